@@ -1,0 +1,213 @@
+//! The command line: raw arguments as clap parses them. Each subcommand's
+//! arguments are turned into ready objects (a compiled mapping, a client, a
+//! ledger) by the module that runs it; this file only says what the flags are.
+//!
+//! The subcommands, flags and environment variables here are a public
+//! contract: scripts call them exactly so. Extend, never rename.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load CSV exports into the Thulium contact-center REST API.
+#[derive(Debug, Parser)]
+#[command(name = "thulium-import", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a CSV file: map every row, send it, record each outcome in the ledger.
+    Run(RunArgs),
+    /// Map every row offline and report the rows that would not go through.
+    Check(CheckArgs),
+    /// Re-run the rows of a ledger that are not done, from the stage where each stopped.
+    Retry(RetryArgs),
+    /// Summarise a ledger; optionally write the rows not done as a CSV to fix.
+    Report(ReportArgs),
+    /// Serve a local Thulium stand-in to rehearse an import against.
+    Sandbox(SandboxArgs),
+}
+
+/// Where to send and as whom. The password is never a flag: it comes from
+/// `THULIUM_PASSWORD` or `--password-file`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The system's root URL, e.g. https://acme.thulium.com (the tool appends /api/...).
+    #[arg(long, env = "THULIUM_URL")]
+    pub url: Option<String>,
+    /// The API user.
+    #[arg(long, env = "THULIUM_USER")]
+    pub user: Option<String>,
+    /// Read the password from this file (must not be readable by group or others).
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// How fast and how wide to send.
+#[derive(Debug, Clone, Args)]
+pub struct PaceArgs {
+    /// Customers (or campaign records) per batch call.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+    /// Requests per second across every endpoint, retries included.
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = 10.0)]
+    pub rate: f64,
+    /// Calls in flight at most.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// Seconds before a request times out (its outcome is then unknown).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Attempts per call for retryable answers (429, 503, connection refused).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub max_attempts: u32,
+    /// Stop (exit 3) after this many consecutive failed calls (circuit breaker).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_consecutive_failures: u32,
+    /// Stop (exit 3) once more than N rows have failed.
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<u64>,
+    /// Stop (exit 3) once more than P percent of the rows so far have failed (checked after 100 rows).
+    #[arg(long, value_name = "P")]
+    pub max_failure_rate: Option<f64>,
+}
+
+/// How to show progress and logs.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// No progress bars; a progress line is logged every few seconds instead.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The CSV export to import.
+    pub csv: PathBuf,
+    /// The TOML column mapping.
+    #[arg(long)]
+    pub mapping: PathBuf,
+    /// The ledger file (default: <CSV>.ledger.jsonl).
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Start the built-in sandbox on a free loopback port and import into it.
+    #[arg(long, conflicts_with = "url")]
+    pub sandbox: bool,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    /// Map and validate every row, send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the payloads of the first N valid rows.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub show_payloads: usize,
+    /// Start a new ledger even if one exists at the ledger path (the old one is kept aside).
+    #[arg(long)]
+    pub force_new_ledger: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The CSV export to check.
+    pub csv: PathBuf,
+    /// The TOML column mapping.
+    #[arg(long)]
+    pub mapping: PathBuf,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// How many row errors to print in text mode.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_errors: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// The ledger of an earlier run.
+    pub ledger: PathBuf,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Also resend rows whose outcome is unknown and cannot be looked up (may duplicate).
+    #[arg(long)]
+    pub include_unknown: bool,
+    /// Read the rows from this edited copy instead of the ledger's source.
+    #[arg(long, value_name = "CSV")]
+    pub source: Option<PathBuf>,
+    /// Re-map the rows with this corrected mapping.
+    #[arg(long, value_name = "TOML")]
+    pub mapping: Option<PathBuf>,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The ledger to summarise.
+    pub ledger: PathBuf,
+    /// Print the counts as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the rows not done to this CSV, with the source's header and cells.
+    #[arg(long, value_name = "PATH")]
+    pub failed_csv: Option<PathBuf>,
+    /// Write the failed-rows CSV as UTF-8 with `,` instead of the source's choices.
+    #[arg(long)]
+    pub utf8: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Delay added to every API request, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Probability (0 to 1) that an API request gets an injected fault.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Which faults to inject (comma-separated): 429, 503, drop_before, drop_after, 500_after.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "429,503,drop_before,drop_after,500_after"
+    )]
+    pub faults: Vec<crate::sandbox::FaultKind>,
+    /// Seed of the fault draw, for reproducible runs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Answer 429 past this many requests per second.
+    #[arg(long, value_name = "REQ_PER_S")]
+    pub rate_limit: Option<u32>,
+    /// Retry-After seconds sent with injected 429 and 503 answers.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub retry_after: u64,
+    /// Most customers or records accepted in one batch call.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Basic-auth user the sandbox accepts.
+    #[arg(long, default_value = "api_user")]
+    pub user: String,
+    /// Basic-auth password the sandbox accepts (a test server's, not a real secret).
+    #[arg(long, default_value = "api_pass")]
+    pub password: String,
+}

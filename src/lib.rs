@@ -1,0 +1,20 @@
+//! thulium-import: loads CSV exports into the Thulium contact-center REST API.
+//!
+//! The pipeline reads top to bottom: [`source`] streams the CSV, [`mapping`]
+//! compiles the TOML column mapping and turns each row into payloads, the
+//! run pipeline chunks them into the API's calls under one rate limiter, and
+//! every row's outcome per stage goes into an append-only ledger. The
+//! [`sandbox`] is a local stand-in for a Thulium system that tests, the
+//! README's demo and the benchmarks run against.
+//!
+//! `main.rs` only parses the command line and maps [`commands::execute`]'s
+//! result to an exit code; everything else lives here so that tests can call
+//! it in-process.
+
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod sandbox;
+pub mod validate;
+
+pub use exit::Exit;

@@ -1,0 +1,814 @@
+//! The five Thulium endpoints plus `GET /api/customers`, as the vendor's pages
+//! describe them: request shapes, keyed per-row answers, whole-call errors in
+//! the vendor's `{"request_id", "errors": [...]}` form.
+//!
+//! Where a request is malformed as a whole (not JSON, wrong content type, a
+//! field of the wrong JSON type, an unknown field, too many items) the whole
+//! call is rejected and nothing is applied. Where one customer or record is
+//! wrong in its content (no surname, a phone number with letters, a customer
+//! that does not exist) only that entry fails, inside the keyed answer.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use super::model::{FieldKind, Record, SystemStatus, AGENTS, CUSTOMER_GROUPS, CUSTOMER_TYPES};
+use super::Shared;
+use crate::validate;
+
+/// Largest request body the sandbox reads (413 past it).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A whole-call error in the vendor's form.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.status, &self.message)
+    }
+}
+
+/// `{"request_id": "...", "errors": [{"message": "...", "code": N}]}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "request_id": super::request_id(),
+        "errors": [{"message": message, "code": status.as_u16()}],
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Checks HTTP Basic credentials against the sandbox's user and password.
+pub fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(encoded) = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let expected = format!("{}:{}", shared.config.user, shared.config.password);
+    decoded == expected.as_bytes()
+}
+
+/// Reads a JSON object body: 415 for another content type, 413 past the size
+/// limit, 400 for malformed JSON or a body that is not an object.
+async fn json_object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json.",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large."))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad("Request body must be a JSON object.")),
+        Err(e) => Err(ApiError::bad(format!("Malformed JSON: {e}."))),
+    }
+}
+
+/// Rejects keys outside `allowed` (a whole-call error: the schema is wrong).
+fn only_keys(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad(format!("Unknown field \"{at}{k}\"."))),
+        None => Ok(()),
+    }
+}
+
+/// An integer given as a JSON number or as a string of digits (the vendor's
+/// own PUT example sends `"status_id":"3"`).
+fn int_like(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn int_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<i64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => int_like(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("Field \"{at}{key}\" must be an integer."))),
+    }
+}
+
+fn str_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad(format!(
+            "Field \"{at}{key}\" must be a string."
+        ))),
+    }
+}
+
+/// A string or a list of strings (`email`, `phone_number`); numbers are taken
+/// as their digits, as a lenient service would.
+fn one_or_many(v: &Value) -> Option<Vec<String>> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match v {
+        Value::Array(items) => items.iter().map(one).collect(),
+        other => one(other).map(|s| vec![s]),
+    }
+}
+
+const CUSTOMER_KEYS: &[&str] = &[
+    "name",
+    "surname",
+    "email",
+    "phone_number",
+    "company_id",
+    "type",
+    "group",
+    "identifier",
+    "gender",
+    "homepage",
+    "birthdate",
+    "nip",
+    "note",
+    "pesel",
+    "job",
+    "job_title",
+    "account_manager",
+    "custom_fields",
+    "fill_read_only_custom_fields",
+    "vip",
+    "address",
+    "invoice_address",
+    "mail_drop_address",
+];
+const ADDRESS_KEYS: &[&str] = &["street", "building", "flat", "postcode", "city", "country"];
+const TEXT_KEYS: &[&str] = &[
+    "name",
+    "surname",
+    "type",
+    "group",
+    "identifier",
+    "gender",
+    "homepage",
+    "birthdate",
+    "nip",
+    "note",
+    "pesel",
+    "job",
+    "job_title",
+    "account_manager",
+];
+
+/// Schema check of one customer: unknown keys and wrong JSON types reject the
+/// whole call.
+fn customer_schema(c: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+    only_keys(c, CUSTOMER_KEYS, at)?;
+    for key in TEXT_KEYS {
+        // Identifiers and NIPs are often numeric in exports; accept numbers.
+        match c.get(*key) {
+            None | Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "Field \"{at}{key}\" must be a string."
+                )))
+            }
+        }
+    }
+    for key in ["email", "phone_number"] {
+        if let Some(v) = c.get(key) {
+            if !v.is_null() && one_or_many(v).is_none() {
+                return Err(ApiError::bad(format!(
+                    "Field \"{at}{key}\" must be a string or a list of strings."
+                )));
+            }
+        }
+    }
+    int_field(c, "company_id", at)?;
+    for key in ["vip", "fill_read_only_custom_fields"] {
+        match c.get(key) {
+            None | Some(Value::Null | Value::Bool(_)) => {}
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "Field \"{at}{key}\" must be a boolean."
+                )))
+            }
+        }
+    }
+    for key in ["address", "invoice_address", "mail_drop_address"] {
+        match c.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(a)) => {
+                only_keys(a, ADDRESS_KEYS, &format!("{at}{key}."))?;
+                for (k, v) in a {
+                    if !(v.is_string() || v.is_number() || v.is_null()) {
+                        return Err(ApiError::bad(format!(
+                            "Field \"{at}{key}.{k}\" must be a string."
+                        )));
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "Field \"{at}{key}\" must be an object."
+                )))
+            }
+        }
+    }
+    match c.get("custom_fields") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(f)) => {
+            if let Some((k, _)) = f.iter().find(|(_, v)| v.is_object() || v.is_array()) {
+                return Err(ApiError::bad(format!(
+                    "Custom field \"{k}\" must hold a single value."
+                )));
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad(format!(
+                "Field \"{at}custom_fields\" must be an object."
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Content check of one customer: the answer for this entry alone.
+fn customer_content(c: &Map<String, Value>) -> Result<(), String> {
+    let text = |k: &str| match c.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if text("surname").is_none_or(|s| s.trim().is_empty()) {
+        return Err("Surname is required.".into());
+    }
+    if let Some(phones) = c.get("phone_number").and_then(one_or_many) {
+        if phones.iter().any(|p| !validate::is_phone(p)) {
+            return Err("Phone number must be numeric.".into());
+        }
+    }
+    if let Some(emails) = c.get("email").and_then(one_or_many) {
+        if let Some(bad) = emails.iter().find(|e| !validate::is_email(e)) {
+            return Err(format!("Invalid e-mail address \"{bad}\"."));
+        }
+    }
+    if let Some(b) = text("birthdate") {
+        if !validate::is_date(&b) {
+            return Err("Birthdate must have the format YYYY-MM-DD.".into());
+        }
+    }
+    if let Some(t) = text("type") {
+        if !CUSTOMER_TYPES.contains(&t.as_str()) {
+            return Err(format!("Customer type \"{t}\" does not exist."));
+        }
+    }
+    if let Some(g) = text("group") {
+        if !CUSTOMER_GROUPS.contains(&g.as_str()) {
+            return Err(format!("Customer group \"{g}\" does not exist."));
+        }
+    }
+    if let Some(a) = text("account_manager") {
+        if !AGENTS.contains(&a.as_str()) {
+            return Err(format!("Agent \"{a}\" does not exist."));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/batch/customers`.
+pub async fn batch_customers(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = json_object(&headers, body).await?;
+    only_keys(&body, &["customers"], "")?;
+    let Some(Value::Array(customers)) = body.get("customers") else {
+        return Err(ApiError::bad(
+            "Field \"customers\" is required and must be a list.",
+        ));
+    };
+    if customers.is_empty() {
+        return Err(ApiError::bad("Field \"customers\" must not be empty."));
+    }
+    if customers.len() > shared.config.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("At most {} customers per call.", shared.config.max_batch),
+        ));
+    }
+    let mut objects = Vec::with_capacity(customers.len());
+    for (i, c) in customers.iter().enumerate() {
+        let at = format!("customers[{i}].");
+        let Value::Object(c) = c else {
+            return Err(ApiError::bad(format!(
+                "Field \"customers[{i}]\" must be an object."
+            )));
+        };
+        customer_schema(c, &at)?;
+        objects.push(c);
+    }
+    let mut state = shared.lock_state();
+    let mut answer = Map::new();
+    for (i, c) in objects.into_iter().enumerate() {
+        let entry = match customer_content(c) {
+            Ok(()) => {
+                let id = state.add_customer(c.clone());
+                json!({"http_status": 201, "customer_id": id.to_string()})
+            }
+            Err(message) => json!({"http_status": 400, "message": message}),
+        };
+        answer.insert(i.to_string(), entry);
+    }
+    Ok((StatusCode::OK, axum::Json(Value::Object(answer))).into_response())
+}
+
+/// Query of `GET /api/customers`.
+#[derive(Debug, serde::Deserialize)]
+pub struct CustomerQuery {
+    identifier: Option<String>,
+    email: Option<String>,
+    phone_number: Option<String>,
+    nip: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /api/customers`: search by identifier, e-mail, phone number or NIP,
+/// paged by `limit` (default 100, at most 1000) and `offset`.
+pub async fn search_customers(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<CustomerQuery>,
+) -> ApiResult {
+    let parse = |v: &Option<String>, name: &str, default: usize| match v {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad(format!("Parameter \"{name}\" must be a number."))),
+    };
+    let limit = parse(&q.limit, "limit", 100)?;
+    let offset = parse(&q.offset, "offset", 0)?;
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad(
+            "Parameter \"limit\" must be between 1 and 1000.",
+        ));
+    }
+    let matches = |c: &Map<String, Value>, key: &str, want: &Option<String>| {
+        let Some(want) = want else { return true };
+        c.get(key)
+            .and_then(one_or_many)
+            .is_some_and(|vs| vs.iter().any(|v| v == want))
+    };
+    let state = shared.lock_state();
+    let found: Vec<&super::model::Customer> = state
+        .customers
+        .values()
+        .filter(|c| {
+            matches(&c.fields, "identifier", &q.identifier)
+                && matches(&c.fields, "email", &q.email)
+                && matches(&c.fields, "phone_number", &q.phone_number)
+                && matches(&c.fields, "nip", &q.nip)
+        })
+        .collect();
+    let result: Vec<Value> = found
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+        .collect();
+    Ok(axum::Json(json!({"count": found.len(), "result": result})).into_response())
+}
+
+/// `POST /api/customer_field_group_items`: one item per call.
+pub async fn field_group_item(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = json_object(&headers, body).await?;
+    only_keys(&body, &["group_id", "customer_id", "values"], "")?;
+    let group_id = int_field(&body, "group_id", "")?
+        .ok_or_else(|| ApiError::bad("Field \"group_id\" is required."))?;
+    let customer_id = int_field(&body, "customer_id", "")?
+        .ok_or_else(|| ApiError::bad("Field \"customer_id\" is required."))?;
+    let Some(Value::Array(values)) = body.get("values") else {
+        return Err(ApiError::bad(
+            "Field \"values\" is required and must be a list.",
+        ));
+    };
+    if values.is_empty() {
+        return Err(ApiError::bad("Field \"values\" must not be empty."));
+    }
+    let mut state = shared.lock_state();
+    let Some(group) = state.field_groups.get(&group_id) else {
+        return Err(ApiError::not_found(format!(
+            "Field group {group_id} does not exist."
+        )));
+    };
+    let mut seen = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let at = format!("values[{i}].");
+        let Value::Object(v) = v else {
+            return Err(ApiError::bad(format!(
+                "Field \"values[{i}]\" must be an object."
+            )));
+        };
+        only_keys(v, &["field_id", "value"], &at)?;
+        let field_id = int_field(v, "field_id", &at)?
+            .ok_or_else(|| ApiError::bad(format!("Field \"{at}field_id\" is required.")))?;
+        let Some((_, name, kind)) = group.fields.iter().find(|(id, _, _)| *id == field_id) else {
+            return Err(ApiError::bad(format!(
+                "Field {field_id} does not belong to field group {group_id}."
+            )));
+        };
+        if seen.contains(&field_id) {
+            return Err(ApiError::bad(format!("Field {field_id} is given twice.")));
+        }
+        seen.push(field_id);
+        let value = v.get("value").unwrap_or(&Value::Null);
+        let ok = match (kind, value) {
+            (_, Value::Object(_) | Value::Array(_)) => false,
+            (FieldKind::Text, _) => true,
+            (FieldKind::Number, Value::Number(_)) => true,
+            (FieldKind::Number, Value::String(s)) => s.trim().parse::<f64>().is_ok(),
+            (FieldKind::Date, Value::String(s)) => validate::is_date(s),
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::bad(format!(
+                "Invalid value {value} for field {field_id} (\"{name}\")."
+            )));
+        }
+    }
+    if !state.customers.contains_key(&customer_id) {
+        return Err(ApiError::not_found(format!(
+            "Customer {customer_id} not found."
+        )));
+    }
+    let item_id = state.add_item(group_id, customer_id, values.clone());
+    Ok((StatusCode::CREATED, axum::Json(json!({"item_id": item_id}))).into_response())
+}
+
+fn campaign_id_checked(id: &str) -> Result<(), ApiError> {
+    if validate::is_campaign_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "Campaign id \"{id}\" must have five characters."
+        )))
+    }
+}
+
+/// Checks status, agent and next-call date against the campaign's statuses,
+/// as for a record being added or edited. `Err` is the message for the entry.
+fn record_rules(
+    statuses: &std::collections::BTreeMap<i64, SystemStatus>,
+    status_id: Option<i64>,
+    dictionary_status_id: Option<i64>,
+    agent_login: Option<&str>,
+    next_call_date: Option<&str>,
+) -> Result<(), String> {
+    if let Some(d) = next_call_date {
+        if !validate::is_date_time(d) {
+            return Err("Next call date must have the format YYYY-MM-DD hh:mm.".into());
+        }
+    }
+    if let Some(a) = agent_login {
+        if !AGENTS.contains(&a) {
+            return Err(format!("Agent \"{a}\" does not exist."));
+        }
+    }
+    if let Some(d) = dictionary_status_id {
+        if !super::model::DICTIONARY_STATUSES.contains(&d) {
+            return Err(format!("Dictionary status {d} does not exist."));
+        }
+    }
+    if let Some(s) = status_id {
+        match statuses.get(&s) {
+            None => return Err(format!("Status {s} does not exist in this campaign.")),
+            Some(SystemStatus::MyRecord) if agent_login.is_none() || next_call_date.is_none() => {
+                return Err("Status MY_RECORD requires agent_login and next_call_date.".into())
+            }
+            Some(SystemStatus::CallNoSoonerThan) if next_call_date.is_none() => {
+                return Err("Status CALL_NO_SOONER_THAN requires next_call_date.".into())
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+const RECORD_KEYS: &[&str] = &[
+    "customer_id",
+    "status_id",
+    "dictionary_status_id",
+    "agent_login",
+    "next_call_date",
+    "order",
+];
+
+/// `POST /api/batch/crm_outbounds/:id/records`: answers keyed by customer id.
+/// Two records for one customer in one call collide in the answer exactly as
+/// a PHP associative array would: the later entry overwrites the earlier one.
+pub async fn campaign_records(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    campaign_id_checked(&id)?;
+    let body = json_object(&headers, body).await?;
+    only_keys(&body, &["records"], "")?;
+    let Some(Value::Array(records)) = body.get("records") else {
+        return Err(ApiError::bad(
+            "Field \"records\" is required and must be a list.",
+        ));
+    };
+    if records.is_empty() {
+        return Err(ApiError::bad("Field \"records\" must not be empty."));
+    }
+    if records.len() > shared.config.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("At most {} records per call.", shared.config.max_batch),
+        ));
+    }
+    struct Parsed<'a> {
+        customer_id: i64,
+        status_id: Option<i64>,
+        dictionary_status_id: Option<i64>,
+        agent_login: Option<&'a str>,
+        next_call_date: Option<&'a str>,
+        order: Option<i64>,
+    }
+    let mut parsed = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let at = format!("records[{i}].");
+        let Value::Object(r) = r else {
+            return Err(ApiError::bad(format!(
+                "Field \"records[{i}]\" must be an object."
+            )));
+        };
+        only_keys(r, RECORD_KEYS, &at)?;
+        parsed.push(Parsed {
+            customer_id: int_field(r, "customer_id", &at)?
+                .ok_or_else(|| ApiError::bad(format!("Field \"{at}customer_id\" is required.")))?,
+            status_id: int_field(r, "status_id", &at)?,
+            dictionary_status_id: int_field(r, "dictionary_status_id", &at)?,
+            agent_login: str_field(r, "agent_login", &at)?,
+            next_call_date: str_field(r, "next_call_date", &at)?,
+            order: int_field(r, "order", &at)?,
+        });
+    }
+    let mut state = shared.lock_state();
+    let state = &mut *state;
+    let Some(campaign) = state.campaigns.get_mut(&id) else {
+        return Err(ApiError::not_found(format!("Campaign {id} not found.")));
+    };
+    if !campaign.crm {
+        return Err(ApiError::bad(format!(
+            "Campaign {id} is not a CRM campaign."
+        )));
+    }
+    let mut answer = Map::new();
+    for p in parsed {
+        let entry = if !state.customers.contains_key(&p.customer_id) {
+            json!({"http_status": 400, "status": "FAILED", "message": "Customer not found."})
+        } else if let Some(existing) = campaign.by_customer.get(&p.customer_id) {
+            json!({"http_status": 400, "record_id": existing.record_id, "status": "ALREADY_EXISTS"})
+        } else {
+            match record_rules(
+                &campaign.statuses,
+                p.status_id,
+                p.dictionary_status_id,
+                p.agent_login,
+                p.next_call_date,
+            ) {
+                Err(message) => json!({"http_status": 400, "status": "FAILED", "message": message}),
+                Ok(()) => {
+                    let record_id = state.next_record_id;
+                    state.next_record_id += 1;
+                    campaign.by_customer.insert(
+                        p.customer_id,
+                        Record {
+                            record_id,
+                            customer_id: Some(p.customer_id),
+                            identifier: None,
+                            status_id: p.status_id,
+                            dictionary_status_id: p.dictionary_status_id,
+                            agent_login: p.agent_login.map(str::to_string),
+                            next_call_date: p.next_call_date.map(str::to_string),
+                            order: p.order,
+                            record_fields: Map::new(),
+                        },
+                    );
+                    json!({"http_status": 201, "record_id": record_id, "status": "ADDED"})
+                }
+            }
+        };
+        answer.insert(p.customer_id.to_string(), entry);
+    }
+    Ok(axum::Json(Value::Object(answer)).into_response())
+}
+
+/// `PUT /api/outbounds/:id/records_by_identifier/:identifier`: edits a phone
+/// campaign's record; empty body on success.
+pub async fn update_record(
+    State(shared): State<Arc<Shared>>,
+    Path((id, identifier)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    campaign_id_checked(&id)?;
+    let body = json_object(&headers, body).await?;
+    only_keys(
+        &body,
+        &[
+            "status_id",
+            "dictionary_status_id",
+            "agent_login",
+            "record_fields",
+            "next_call_date",
+        ],
+        "",
+    )?;
+    let status_id = int_field(&body, "status_id", "")?;
+    let dictionary_status_id = int_field(&body, "dictionary_status_id", "")?;
+    let agent_login = str_field(&body, "agent_login", "")?;
+    let next_call_date = str_field(&body, "next_call_date", "")?;
+    let record_fields = match body.get("record_fields") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(f)) => f.clone(),
+        Some(_) => return Err(ApiError::bad("Field \"record_fields\" must be an object.")),
+    };
+    let mut state = shared.lock_state();
+    let Some(campaign) = state.campaigns.get_mut(&id) else {
+        return Err(ApiError::not_found(format!("Campaign {id} not found.")));
+    };
+    if let Some(k) = record_fields
+        .keys()
+        .find(|k| !campaign.structure.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(format!(
+            "Campaign {id} has no field \"{k}\"."
+        )));
+    }
+    let statuses = campaign.statuses.clone();
+    let Some(record) = campaign.record_by_identifier(&identifier) else {
+        return Err(ApiError::not_found(format!(
+            "Record \"{identifier}\" not found."
+        )));
+    };
+    // The rules apply to the record as it will be after the edit.
+    let agent = agent_login
+        .map(str::to_string)
+        .or_else(|| record.agent_login.clone());
+    let date = next_call_date
+        .map(str::to_string)
+        .or_else(|| record.next_call_date.clone());
+    record_rules(
+        &statuses,
+        status_id,
+        dictionary_status_id,
+        agent.as_deref(),
+        date.as_deref(),
+    )
+    .map_err(ApiError::bad)?;
+    if status_id.is_some() {
+        record.status_id = status_id;
+    }
+    if dictionary_status_id.is_some() {
+        record.dictionary_status_id = dictionary_status_id;
+    }
+    record.agent_login = agent;
+    record.next_call_date = date;
+    record.record_fields.extend(record_fields);
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `POST /api/customers/:id/feed_records`: a ZOWIE entry whose `payload` is a
+/// JSON text holding a list of messages; empty body on success.
+pub async fn feed_record(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let customer_id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("Customer {id} not found.")))?;
+    let body = json_object(&headers, body).await?;
+    only_keys(&body, &["type", "payload"], "")?;
+    match str_field(&body, "type", "")? {
+        Some("ZOWIE") => {}
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "Unknown feed record type \"{other}\"."
+            )))
+        }
+        None => return Err(ApiError::bad("Field \"type\" is required.")),
+    }
+    let payload = str_field(&body, "payload", "")?
+        .ok_or_else(|| ApiError::bad("Field \"payload\" is required."))?;
+    let messages: Vec<Value> = serde_json::from_str(payload).map_err(|e| {
+        ApiError::bad(format!(
+            "Field \"payload\" must be a JSON list of messages: {e}."
+        ))
+    })?;
+    if messages.is_empty() {
+        return Err(ApiError::bad(
+            "Field \"payload\" must hold at least one message.",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(ApiError::bad(format!("Message {i} must be an object.")));
+        };
+        for key in ["id", "type", "author", "time"] {
+            if !m.get(key).is_some_and(Value::is_string) {
+                return Err(ApiError::bad(format!(
+                    "Message {i}: \"{key}\" is required."
+                )));
+            }
+        }
+        let time = m.get("time").and_then(Value::as_str).unwrap_or_default();
+        if !validate::is_feed_time(time) {
+            return Err(ApiError::bad(format!(
+                "Message {i}: \"time\" must have the format YYYY-MM-DDThh:mm:ss."
+            )));
+        }
+        if m.get("type").and_then(Value::as_str) == Some("text")
+            && !m
+                .get("payload")
+                .and_then(|p| p.get("message"))
+                .is_some_and(Value::is_string)
+        {
+            return Err(ApiError::bad(format!(
+                "Message {i}: a text needs payload.message."
+            )));
+        }
+    }
+    let mut state = shared.lock_state();
+    if !state.customers.contains_key(&customer_id) {
+        return Err(ApiError::not_found(format!(
+            "Customer {customer_id} not found."
+        )));
+    }
+    state.add_feed(customer_id, "ZOWIE".into(), payload.to_string());
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// Any other path under `/api/`.
+pub async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "No such resource.")
+}

@@ -1,0 +1,510 @@
+//! The sandbox: a local stand-in for a Thulium system, so that a migration can
+//! be rehearsed, and every test and benchmark run, without touching
+//! production. It serves the five endpoints the importer uses plus
+//! `GET /api/customers`, keeps its state in memory, shows it at
+//! `GET /_sandbox/state` and `GET /_sandbox/stats`, and misbehaves on purpose
+//! when asked: latency, a request-rate limit answered with 429, and random
+//! faults drawn reproducibly from a seed.
+//!
+//! Faults are injected around the real handler, in one place
+//! ([`serve_request`]): 429, 503 and a dropped connection happen *before*
+//! anything is applied; a dropped connection or a 500 *after* it. The last two
+//! are the hard case for a client: the change happened, but the client cannot
+//! know.
+
+pub mod api;
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use model::State as SandboxState;
+
+/// A fault the sandbox can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// 429 with `Retry-After`, before anything is applied.
+    TooManyRequests,
+    /// 503 with `Retry-After`, before anything is applied.
+    Unavailable,
+    /// The connection is closed before the request is read or applied.
+    DropBefore,
+    /// The request is applied, then the connection is closed unanswered.
+    DropAfter,
+    /// The request is applied, then answered 500.
+    ServerErrorAfter,
+}
+
+impl FaultKind {
+    /// Every kind, in the order `--faults` lists them.
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::TooManyRequests,
+        FaultKind::Unavailable,
+        FaultKind::DropBefore,
+        FaultKind::DropAfter,
+        FaultKind::ServerErrorAfter,
+    ];
+
+    /// The name used by `--faults` and in `/_sandbox/stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::TooManyRequests => "429",
+            FaultKind::Unavailable => "503",
+            FaultKind::DropBefore => "drop_before",
+            FaultKind::DropAfter => "drop_after",
+            FaultKind::ServerErrorAfter => "500_after",
+        }
+    }
+
+    /// Whether the client cannot tell if the request was applied: every
+    /// dropped connection (a client cannot see whether the drop came before or
+    /// after the work) and a 500.
+    pub fn is_ambiguous(self) -> bool {
+        matches!(
+            self,
+            FaultKind::DropBefore | FaultKind::DropAfter | FaultKind::ServerErrorAfter
+        )
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "unknown fault kind \"{s}\" (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// How the sandbox is set up. `Default` gives a well-behaved server on a free
+/// loopback port with the vendor's example credentials.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Added to every `/api` request before it is handled.
+    pub latency: Duration,
+    /// Probability that an `/api` request gets a fault.
+    pub fault_rate: f64,
+    /// Which faults may be drawn.
+    pub faults: Vec<FaultKind>,
+    /// Seed of the fault draw: the same seed and the same request order give
+    /// the same faults.
+    pub seed: u64,
+    /// Requests per second allowed before answering 429 (none: unlimited).
+    pub rate_limit: Option<u32>,
+    /// The `Retry-After` seconds sent with injected 429 and 503 answers.
+    pub retry_after_secs: u64,
+    /// Most customers or records accepted in one batch call (413 past it).
+    pub max_batch: usize,
+    /// Basic-auth user.
+    pub user: String,
+    /// Basic-auth password.
+    pub password: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            latency: Duration::ZERO,
+            fault_rate: 0.0,
+            faults: FaultKind::ALL.to_vec(),
+            seed: 0,
+            rate_limit: None,
+            retry_after_secs: 1,
+            max_batch: 1000,
+            user: "api_user".into(),
+            password: "api_pass".into(),
+        }
+    }
+}
+
+/// Counters shown at `/_sandbox/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Every `/api` request received.
+    pub requests_total: u64,
+    /// Requests by endpoint (`POST /api/batch/customers`, ...).
+    pub requests: BTreeMap<String, u64>,
+    /// Responses by HTTP status (`"dropped"` for a closed connection).
+    pub responses: BTreeMap<String, u64>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    /// Faults injected, by endpoint and kind.
+    pub faults_by_endpoint: BTreeMap<String, BTreeMap<String, u64>>,
+    /// All faults injected.
+    pub faults_total: u64,
+    /// Ambiguous faults (dropped connection, 500) on calls that are not
+    /// idempotent (creating customers, items, feed records): each may have
+    /// left the client with rows of unknown outcome.
+    pub ambiguous_non_idempotent: u64,
+    /// 429 answers sent because of `--rate-limit`.
+    pub rate_limited: u64,
+    /// All 429 answers sent (rate limit and injected).
+    pub responses_429: u64,
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: SandboxConfig,
+    state: Mutex<SandboxState>,
+    stats: Mutex<Stats>,
+    rng: Mutex<StdRng>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl Shared {
+    /// The state, even if a handler panicked while holding it (the sandbox
+    /// must keep answering for the tests to see what happened).
+    pub fn lock_state(&self) -> MutexGuard<'_, SandboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_stats(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn draw_fault(&self) -> Option<FaultKind> {
+        if self.config.fault_rate <= 0.0 || self.config.faults.is_empty() {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        if rng.random_bool(self.config.fault_rate.min(1.0)) {
+            let i = rng.random_range(0..self.config.faults.len());
+            Some(self.config.faults[i])
+        } else {
+            None
+        }
+    }
+}
+
+/// A running sandbox. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Sandbox {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl Sandbox {
+    /// Binds and starts serving in the background on the current tokio
+    /// runtime; returns once the socket is listening.
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let limiter = config
+            .rate_limit
+            .and_then(std::num::NonZeroU32::new)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let shared = Arc::new(Shared {
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            config,
+            state: Mutex::new(SandboxState::new()),
+            stats: Mutex::new(Stats::default()),
+            limiter,
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            listener,
+            router(shared.clone()),
+            shared.clone(),
+            stopped,
+        ));
+        Ok(Sandbox { addr, shared, stop })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The system root URL to give the importer (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What `/_sandbox/state` shows.
+    pub fn state_json(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.shared.lock_state()).unwrap_or_default()
+    }
+
+    /// What `/_sandbox/stats` shows.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock_stats().clone()
+    }
+
+    /// The live state, for tests that inspect it directly.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/batch/customers", post(api::batch_customers))
+        .route("/customers", get(api::search_customers))
+        .route("/customer_field_group_items", post(api::field_group_item))
+        .route(
+            "/batch/crm_outbounds/{id}/records",
+            post(api::campaign_records),
+        )
+        .route(
+            "/outbounds/{id}/records_by_identifier/{identifier}",
+            put(api::update_record),
+        )
+        .route("/customers/{id}/feed_records", post(api::feed_record))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(|| async {
+            api::error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+        })
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_auth,
+        ));
+    Router::new()
+        .nest("/api", api)
+        .route("/_sandbox/state", get(show_state))
+        .route("/_sandbox/stats", get(show_stats))
+        .with_state(shared)
+}
+
+async fn require_auth(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if api::authorized(&shared, req.headers()) {
+        next.run(req).await
+    } else {
+        let mut resp = api::error_response(StatusCode::UNAUTHORIZED, "Authentication failed.");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"Thulium\""),
+        );
+        resp
+    }
+}
+
+async fn show_state(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(&*shared.lock_state()).into_response()
+}
+
+async fn show_stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.lock_stats().clone()).into_response()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Sandbox accept failed.");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                serve_request(shared.clone(), router.clone(), req.map(Body::new))
+            });
+            // An error here is a dropped connection, injected or the client's.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Returned to hyper to close a connection without an answer.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the sandbox")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// The endpoint a request is counted under, with ids replaced by names.
+fn endpoint_of(method: &Method, path: &str) -> String {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let shape = match parts.as_slice() {
+        ["api", "batch", "crm_outbounds", _, "records"] => "/api/batch/crm_outbounds/:id/records",
+        ["api", "outbounds", _, "records_by_identifier", _] => {
+            "/api/outbounds/:id/records_by_identifier/:identifier"
+        }
+        ["api", "customers", _, "feed_records"] => "/api/customers/:id/feed_records",
+        _ => return format!("{method} {path}"),
+    };
+    format!("{method} {shape}")
+}
+
+fn is_non_idempotent(endpoint: &str) -> bool {
+    matches!(
+        endpoint,
+        "POST /api/batch/customers"
+            | "POST /api/customer_field_group_items"
+            | "POST /api/customers/:id/feed_records"
+    )
+}
+
+/// Every request passes here: `/api` requests get latency, the rate limit and
+/// fault injection around the real handler; `/_sandbox` requests go straight
+/// through.
+async fn serve_request(
+    shared: Arc<Shared>,
+    router: Router,
+    req: Request,
+) -> Result<Response, DropConnection> {
+    if !req.uri().path().starts_with("/api/") {
+        return Ok(router
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e: Infallible| match e {}));
+    }
+    let endpoint = endpoint_of(req.method(), req.uri().path());
+    {
+        let mut stats = shared.lock_stats();
+        stats.requests_total += 1;
+        *stats.requests.entry(endpoint.clone()).or_default() += 1;
+    }
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
+    if let Some(limiter) = &shared.limiter {
+        if limiter.check().is_err() {
+            let mut stats = shared.lock_stats();
+            stats.rate_limited += 1;
+            stats.responses_429 += 1;
+            *stats.responses.entry("429".into()).or_default() += 1;
+            drop(stats);
+            return Ok(retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                1,
+                "Too many requests.",
+            ));
+        }
+    }
+    let fault = shared.draw_fault();
+    if let Some(kind) = fault {
+        let mut stats = shared.lock_stats();
+        stats.faults_total += 1;
+        *stats.faults.entry(kind.name().into()).or_default() += 1;
+        *stats
+            .faults_by_endpoint
+            .entry(endpoint.clone())
+            .or_default()
+            .entry(kind.name().into())
+            .or_default() += 1;
+        if kind.is_ambiguous() && is_non_idempotent(&endpoint) {
+            stats.ambiguous_non_idempotent += 1;
+        }
+    }
+    let outcome = match fault {
+        Some(FaultKind::TooManyRequests) => Ok(retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            shared.config.retry_after_secs,
+            "Too many requests.",
+        )),
+        Some(FaultKind::Unavailable) => Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            shared.config.retry_after_secs,
+            "Service temporarily unavailable.",
+        )),
+        Some(FaultKind::DropBefore) => Err(DropConnection),
+        Some(kind @ (FaultKind::DropAfter | FaultKind::ServerErrorAfter)) => {
+            let resp = router
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|e: Infallible| match e {});
+            // Read the handler's answer to the end so that the change is done.
+            drop(axum::body::to_bytes(resp.into_body(), usize::MAX).await);
+            if kind == FaultKind::DropAfter {
+                Err(DropConnection)
+            } else {
+                Ok(api::error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal server error.",
+                ))
+            }
+        }
+        None => Ok(router
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e: Infallible| match e {})),
+    };
+    let mut stats = shared.lock_stats();
+    let key = match &outcome {
+        Ok(resp) => resp.status().as_u16().to_string(),
+        Err(_) => "dropped".into(),
+    };
+    if key == "429" && fault.is_some() {
+        stats.responses_429 += 1;
+    }
+    *stats.responses.entry(key).or_default() += 1;
+    outcome
+}
+
+fn retry_later(status: StatusCode, secs: u64, message: &str) -> Response {
+    let mut resp = api::error_response(status, message);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// A request id in the vendor's style (13 hex digits).
+pub fn request_id() -> String {
+    format!("{:013x}", rand::random::<u64>() & 0xf_ffff_ffff_ffff)
+}

@@ -1,0 +1,71 @@
+//! Field-format rules shared by the sandbox (which enforces them like the real
+//! service) and the mapping (which flags rows that the service would reject,
+//! before anything is sent).
+
+use chrono::{NaiveDate, NaiveDateTime};
+
+/// `YYYY-MM-DD`, a real calendar date (birthdate).
+pub fn is_date(s: &str) -> bool {
+    s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+/// `YYYY-MM-DD hh:mm`, a real wall-clock time (`next_call_date`).
+pub fn is_date_time(s: &str) -> bool {
+    s.len() == 16 && NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").is_ok()
+}
+
+/// `YYYY-MM-DDThh:mm:ss`, the time of a ZOWIE feed message.
+pub fn is_feed_time(s: &str) -> bool {
+    s.len() == 19 && NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").is_ok()
+}
+
+/// A phone number as the API wants it: digits only, 3 to 20 of them.
+pub fn is_phone(s: &str) -> bool {
+    (3..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A plausible e-mail address: one `@`, a non-empty local part, a domain with
+/// a dot and no spaces. Deliberately loose: the goal is to catch a name or a
+/// phone number in the e-mail column, not to implement RFC 5322.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && !s.chars().any(char::is_whitespace)
+        && domain
+            .split_once('.')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !domain.ends_with('.'))
+}
+
+/// A campaign id: exactly five characters (`00001`).
+pub fn is_campaign_id(s: &str) -> bool {
+    s.chars().count() == 5 && s.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert!(is_date("1990-02-28"));
+        assert!(!is_date("1990-02-31"));
+        assert!(!is_date("28.02.1990"));
+        assert!(is_date_time("2018-05-24 12:24"));
+        assert!(!is_date_time("2018-05-24 25:24"));
+        assert!(!is_date_time("2018-05-24T12:24"));
+        assert!(is_feed_time("2021-02-02T10:10:12"));
+        assert!(is_phone("48601234567"));
+        assert!(!is_phone("+48601234567"));
+        assert!(!is_phone("60123456x"));
+        assert!(is_email("jan.kowalski@example.pl"));
+        assert!(!is_email("jan.kowalski"));
+        assert!(!is_email("jan kowalski@example.pl"));
+        assert!(!is_email("jan@example."));
+        assert!(!is_email("a@b@c.pl"));
+        assert!(is_campaign_id("00001"));
+        assert!(!is_campaign_id("0001"));
+    }
+}
