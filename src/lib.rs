@@ -11,10 +11,13 @@
 //! result to an exit code; everything else lives here so that tests can call
 //! it in-process.
 
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod mapping;
 pub mod sandbox;
+pub mod source;
 pub mod validate;
 
 pub use exit::Exit;

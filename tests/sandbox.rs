@@ -2,6 +2,8 @@
 //! examples give the vendor's answer shapes, each validation rule gives its
 //! error, each fault happens and is counted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
 use serde_json::{json, Value};
 use thulium_import::sandbox::{FaultKind, Sandbox, SandboxConfig};
 

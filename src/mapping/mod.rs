@@ -1,0 +1,892 @@
+//! The TOML column mapping: how a CRM export's columns become Thulium
+//! payloads.
+//!
+//! Loading is two steps, as in ripgrep's flags: [`load`] parses the file into
+//! the raw serde structs of [`raw`], then [`compile`] checks them against the
+//! CSV header and builds a [`Plan`] — columns resolved to indices, converters
+//! built, constants checked — before any row is read. A config error names
+//! the TOML key, its line in the file and, for a missing column, the closest
+//! header names. [`Plan::map_row`] then turns each row into the payloads of
+//! every stage, or into the list of what is wrong with it.
+
+pub mod raw;
+pub mod spec;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::source::{Cells, FieldError, Row, SourceOptions};
+use raw::{OrderedMap, RawAddress, RawMapping};
+use spec::{Kind, Spec};
+
+/// One problem in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The TOML key at fault, e.g. `customer.birthdate`.
+    pub key: String,
+    /// 1-based line in the mapping file.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Why a mapping cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("{path}: cannot read the mapping: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: the mapping has {} problem(s):\n{}", .issues.len(), list(.path, .issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+fn list(path: &Path, issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {}:{}: {}: {}", path.display(), i.line, i.key, i.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A mapping file, parsed but not yet checked against a header.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub text: String,
+    pub raw: RawMapping,
+}
+
+/// Reads and parses a mapping file (syntax, unknown keys, value types).
+pub fn load(path: &Path) -> Result<Loaded, MappingError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MappingError::Read {
+        path: path.into(),
+        source: e,
+    })?;
+    parse(path, text)
+}
+
+/// Parses mapping text; `path` names it in messages.
+pub fn parse(path: &Path, text: String) -> Result<Loaded, MappingError> {
+    let raw: RawMapping = toml::from_str(&text).map_err(|e| MappingError::Syntax {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    Ok(Loaded {
+        path: path.into(),
+        text,
+        raw,
+    })
+}
+
+impl Loaded {
+    /// The CSV reading options of `[source]` (checked: a bad delimiter or
+    /// encoding is an error here, before the file is opened).
+    pub fn source_options(&self) -> Result<SourceOptions, MappingError> {
+        let mut ctx = Ctx::new(&self.text, &[]);
+        let options = source_options(&mut ctx, &self.raw.source);
+        ctx.finish(&self.path).map(|()| options)
+    }
+}
+
+/// What compiling needs at hand: the mapping text (for line numbers), the
+/// header, and the problems found so far.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    text: &'a str,
+    header: &'a [String],
+    issues: Vec<Issue>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(text: &'a str, header: &'a [String]) -> Self {
+        Ctx {
+            text,
+            header,
+            issues: Vec::new(),
+        }
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// Records a problem with `key` at `span`.
+    pub fn issue(&mut self, key: &str, span: Range<usize>, message: String) {
+        let line = self.line(&span);
+        self.issues.push(Issue {
+            key: key.to_string(),
+            line,
+            message,
+        });
+    }
+
+    /// The message for a column that is not in the header.
+    fn missing_column(&self, name: &str) -> String {
+        let wanted = name.trim().to_lowercase();
+        let mut scored: Vec<(f64, &String)> = self
+            .header
+            .iter()
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                (
+                    strsim::normalized_damerau_levenshtein(&wanted, &h.to_lowercase()),
+                    h,
+                )
+            })
+            .filter(|(score, _)| *score >= 0.5)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let closest: Vec<String> = scored
+            .iter()
+            .take(3)
+            .map(|(_, h)| format!("\"{h}\""))
+            .collect();
+        if closest.is_empty() {
+            let all: Vec<String> = self
+                .header
+                .iter()
+                .take(12)
+                .map(|h| format!("\"{h}\""))
+                .collect();
+            format!(
+                "column \"{name}\" is not in the header (the header has: {})",
+                all.join(", ")
+            )
+        } else {
+            format!(
+                "column \"{name}\" is not in the header (closest: {})",
+                closest.join(", ")
+            )
+        }
+    }
+
+    fn finish(self, path: &Path) -> Result<(), MappingError> {
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(MappingError::Invalid {
+                path: path.into(),
+                issues: self.issues,
+            })
+        }
+    }
+
+    fn spec(&mut self, key: &str, raw: &raw::Spec, kind: Kind, list: bool) -> Option<Spec> {
+        Spec::compile(self, key, raw, kind, list)
+    }
+}
+
+fn source_options(ctx: &mut Ctx<'_>, raw: &raw::RawSource) -> SourceOptions {
+    let mut options = SourceOptions::default();
+    let single_byte = |s: &str| -> Option<u8> {
+        match s {
+            "\\t" | "tab" => Some(b'\t'),
+            s if s.len() == 1 && s.is_ascii() => Some(s.as_bytes()[0]),
+            _ => None,
+        }
+    };
+    if let Some(d) = &raw.delimiter {
+        if d.get_ref() != "auto" {
+            match single_byte(d.get_ref()) {
+                Some(b) if b != b'\n' && b != b'\r' => options.delimiter = Some(b),
+                _ => ctx.issue(
+                    "source.delimiter",
+                    d.span(),
+                    format!(
+                        "delimiter must be one ASCII character or \"auto\", not \"{}\"",
+                        d.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(q) = &raw.quote {
+        match single_byte(q.get_ref()) {
+            Some(b) => options.quote = b,
+            None => ctx.issue(
+                "source.quote",
+                q.span(),
+                format!("quote must be one ASCII character, not \"{}\"", q.get_ref()),
+            ),
+        }
+    }
+    if let Some(e) = &raw.encoding {
+        match encoding_rs::Encoding::for_label(e.get_ref().trim().as_bytes()) {
+            Some(enc) if enc.is_ascii_compatible() && enc != encoding_rs::REPLACEMENT => options.encoding = Some(enc),
+            Some(enc) => ctx.issue("source.encoding", e.span(), format!("encoding {} is not supported: convert the file to UTF-8", enc.name())),
+            None => ctx.issue("source.encoding", e.span(), format!("unknown encoding \"{}\" (use a WHATWG label such as utf-8, windows-1250, iso-8859-2)", e.get_ref())),
+        }
+    }
+    options
+}
+
+/// A custom-field group item to create for a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemPayload {
+    /// Which `[[field_group]]` of the mapping (0-based).
+    pub index: usize,
+    pub group_id: i64,
+    /// `[{"field_id": 12, "value": ...}, ...]`.
+    pub values: Vec<Value>,
+}
+
+/// A campaign record to add for a row (the customer id is filled in later).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignPayload {
+    pub campaign_id: String,
+    /// The record without `customer_id`.
+    pub record: Map<String, Value>,
+}
+
+/// A campaign record edit for a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatePayload {
+    pub campaign_id: String,
+    pub identifier: String,
+    pub body: Map<String, Value>,
+}
+
+/// Everything one row sends, stage by stage. A stage that is absent from
+/// the mapping, or whose `when` is empty for this row, is `None` (or empty).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowPayloads {
+    /// An existing customer id from `[source] customer_id`.
+    pub existing_customer_id: Option<i64>,
+    /// The customer to create (absent when the row has an existing id).
+    pub customer: Option<Map<String, Value>>,
+    pub field_groups: Vec<ItemPayload>,
+    pub campaign: Option<CampaignPayload>,
+    pub campaign_update: Option<UpdatePayload>,
+    /// The feed record body: `{"type": "ZOWIE", "payload": "<JSON text>"}`.
+    pub feed: Option<Map<String, Value>>,
+}
+
+impl RowPayloads {
+    /// Whether any later stage needs the row's customer id.
+    pub fn needs_customer(&self) -> bool {
+        !self.field_groups.is_empty() || self.campaign.is_some() || self.feed.is_some()
+    }
+
+    /// The payloads as one JSON object, as `run --dry-run --show-payloads`
+    /// prints them.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        if let Some(id) = self.existing_customer_id {
+            out.insert("customer_id".into(), json!(id));
+        }
+        if let Some(c) = &self.customer {
+            out.insert("customer".into(), Value::Object(c.clone()));
+        }
+        if !self.field_groups.is_empty() {
+            let items: Vec<Value> = self
+                .field_groups
+                .iter()
+                .map(|i| json!({"group_id": i.group_id, "values": i.values}))
+                .collect();
+            out.insert("field_group".into(), Value::Array(items));
+        }
+        if let Some(c) = &self.campaign {
+            out.insert(
+                "campaign".into(),
+                json!({"id": c.campaign_id, "record": c.record}),
+            );
+        }
+        if let Some(u) = &self.campaign_update {
+            out.insert(
+                "campaign_update".into(),
+                json!({"id": u.campaign_id, "identifier": u.identifier, "body": u.body}),
+            );
+        }
+        if let Some(f) = &self.feed {
+            out.insert("feed".into(), Value::Object(f.clone()));
+        }
+        Value::Object(out)
+    }
+}
+
+/// Target field, its kind, and whether it takes a list.
+type Field = (String, Spec);
+
+#[derive(Debug)]
+struct CustomerPlan {
+    when: Option<Spec>,
+    fields: Vec<Field>,
+    addresses: Vec<(&'static str, Vec<Field>)>,
+    custom_fields: Vec<Field>,
+}
+
+#[derive(Debug)]
+struct FieldGroupPlan {
+    when: Option<Spec>,
+    group_id: i64,
+    values: Vec<(i64, Spec)>,
+}
+
+#[derive(Debug)]
+struct CampaignPlan {
+    when: Option<Spec>,
+    id: Spec,
+    fields: Vec<Field>,
+}
+
+#[derive(Debug)]
+struct UpdatePlan {
+    when: Option<Spec>,
+    id: Spec,
+    identifier: Spec,
+    fields: Vec<Field>,
+    record_fields: Vec<Field>,
+}
+
+#[derive(Debug)]
+struct FeedPlan {
+    when: Option<Spec>,
+    message: Spec,
+    time: Spec,
+    author: Option<Spec>,
+    id: Option<Spec>,
+}
+
+/// A mapping compiled against a header: ready to map rows.
+#[derive(Debug)]
+pub struct Plan {
+    trim: bool,
+    customer_id: Option<(usize, String)>,
+    customer: Option<CustomerPlan>,
+    field_groups: Vec<FieldGroupPlan>,
+    campaign: Option<CampaignPlan>,
+    campaign_update: Option<UpdatePlan>,
+    feed: Option<FeedPlan>,
+}
+
+/// The stages present in a plan, in pipeline order (for summaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stages {
+    pub customer: bool,
+    pub field_group: bool,
+    pub campaign: bool,
+    pub campaign_update: bool,
+    pub feed: bool,
+}
+
+/// Checks a loaded mapping against the CSV header and builds the plan.
+pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError> {
+    let raw = &loaded.raw;
+    let mut ctx = Ctx::new(&loaded.text, header);
+    source_options(&mut ctx, &raw.source);
+    let mut plan = Plan {
+        trim: raw.source.trim.unwrap_or(true),
+        customer_id: None,
+        customer: None,
+        field_groups: Vec::new(),
+        campaign: None,
+        campaign_update: None,
+        feed: None,
+    };
+    if let Some(col) = &raw.source.customer_id {
+        match header.iter().position(|h| h == col.get_ref().trim()) {
+            Some(i) => plan.customer_id = Some((i, col.get_ref().trim().to_string())),
+            None => {
+                let msg = ctx.missing_column(col.get_ref());
+                ctx.issue("source.customer_id", col.span(), msg);
+            }
+        }
+    }
+    let when = |ctx: &mut Ctx<'_>, stage: &str, w: &Option<raw::Spec>| {
+        w.as_ref()
+            .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
+    };
+    if let Some(c) = &raw.customer {
+        let span = c.span();
+        let c = c.get_ref();
+        if c.surname.is_none() {
+            ctx.issue(
+                "customer",
+                span,
+                "customer.surname is required by the API: map it to a column".into(),
+            );
+        }
+        let mut fields = Vec::new();
+        for (name, spec, kind, list) in customer_fields(c) {
+            if let Some(raw) = spec {
+                if let Some(mut s) = ctx.spec(&format!("customer.{name}"), raw, kind, list) {
+                    if name == "surname" {
+                        s.set_required();
+                    }
+                    fields.push((name.to_string(), s));
+                }
+            }
+        }
+        let mut addresses = Vec::new();
+        for (name, address) in [
+            ("address", &c.address),
+            ("invoice_address", &c.invoice_address),
+            ("mail_drop_address", &c.mail_drop_address),
+        ] {
+            if let Some(a) = address {
+                let parts = address_fields(a)
+                    .into_iter()
+                    .filter_map(|(part, spec)| {
+                        let raw = spec?;
+                        let s =
+                            ctx.spec(&format!("customer.{name}.{part}"), raw, Kind::Text, false)?;
+                        Some((part.to_string(), s))
+                    })
+                    .collect();
+                addresses.push((name, parts));
+            }
+        }
+        let custom_fields = ordered(
+            &mut ctx,
+            "customer.custom_fields",
+            c.custom_fields.as_ref(),
+            Kind::Scalar,
+        );
+        plan.customer = Some(CustomerPlan {
+            when: when(&mut ctx, "customer", &c.when),
+            fields,
+            addresses,
+            custom_fields,
+        });
+    }
+    for (n, g) in raw.field_group.iter().enumerate() {
+        let key = format!("field_group[{n}]");
+        let g = g.get_ref();
+        let mut values = Vec::new();
+        for (field, spec) in &g.values.0 {
+            let Ok(field_id) = field.get_ref().trim().parse::<i64>() else {
+                ctx.issue(&format!("{key}.values"), field.span(), format!("\"{}\" is not a field id: keys of values are the numeric field ids of group {}", field.get_ref(), g.group_id.get_ref()));
+                continue;
+            };
+            if let Some(s) = ctx.spec(
+                &format!("{key}.values.{field_id}"),
+                spec,
+                Kind::Scalar,
+                false,
+            ) {
+                values.push((field_id, s));
+            }
+        }
+        if g.values.0.is_empty() {
+            ctx.issue(
+                &format!("{key}.values"),
+                g.group_id.span(),
+                "a field group needs at least one value".into(),
+            );
+        }
+        plan.field_groups.push(FieldGroupPlan {
+            when: when(&mut ctx, &key, &g.when),
+            group_id: *g.group_id.get_ref(),
+            values,
+        });
+    }
+    if let Some(c) = &raw.campaign {
+        let c = c.get_ref();
+        let id = ctx.spec("campaign.id", &c.id, Kind::CampaignId, false);
+        let mut fields = Vec::new();
+        for (name, spec, kind) in [
+            ("status_id", &c.status_id, Kind::Int),
+            ("dictionary_status_id", &c.dictionary_status_id, Kind::Int),
+            ("agent_login", &c.agent_login, Kind::Text),
+            ("next_call_date", &c.next_call_date, Kind::DateTime),
+            ("order", &c.order, Kind::Int),
+        ] {
+            if let Some(raw) = spec {
+                if let Some(s) = ctx.spec(&format!("campaign.{name}"), raw, kind, false) {
+                    fields.push((name.to_string(), s));
+                }
+            }
+        }
+        if let Some(id) = id {
+            plan.campaign = Some(CampaignPlan {
+                when: when(&mut ctx, "campaign", &c.when),
+                id,
+                fields,
+            });
+        }
+    }
+    if let Some(u) = &raw.campaign_update {
+        let u = u.get_ref();
+        let id = ctx.spec("campaign_update.id", &u.id, Kind::CampaignId, false);
+        let identifier = ctx.spec(
+            "campaign_update.identifier",
+            &u.identifier,
+            Kind::Text,
+            false,
+        );
+        let mut fields = Vec::new();
+        for (name, spec, kind) in [
+            ("status_id", &u.status_id, Kind::Int),
+            ("dictionary_status_id", &u.dictionary_status_id, Kind::Int),
+            ("agent_login", &u.agent_login, Kind::Text),
+            ("next_call_date", &u.next_call_date, Kind::DateTime),
+        ] {
+            if let Some(raw) = spec {
+                if let Some(s) = ctx.spec(&format!("campaign_update.{name}"), raw, kind, false) {
+                    fields.push((name.to_string(), s));
+                }
+            }
+        }
+        let record_fields = ordered(
+            &mut ctx,
+            "campaign_update.record_fields",
+            u.record_fields.as_ref(),
+            Kind::Scalar,
+        );
+        if let (Some(id), Some(mut identifier)) = (id, identifier) {
+            identifier.set_required();
+            plan.campaign_update = Some(UpdatePlan {
+                when: when(&mut ctx, "campaign_update", &u.when),
+                id,
+                identifier,
+                fields,
+                record_fields,
+            });
+        }
+    }
+    if let Some(f) = &raw.feed {
+        let f = f.get_ref();
+        let message = ctx.spec("feed.message", &f.message, Kind::Text, false);
+        let time = ctx.spec("feed.time", &f.time, Kind::FeedTime, false);
+        let author = f
+            .author
+            .as_ref()
+            .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false));
+        let id =
+            f.id.as_ref()
+                .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false));
+        if let (Some(mut message), Some(mut time)) = (message, time) {
+            message.set_required();
+            time.set_required();
+            plan.feed = Some(FeedPlan {
+                when: when(&mut ctx, "feed", &f.when),
+                message,
+                time,
+                author,
+                id,
+            });
+        }
+    }
+    let needs_customer =
+        !raw.field_group.is_empty() || raw.campaign.is_some() || raw.feed.is_some();
+    if needs_customer && raw.customer.is_none() && raw.source.customer_id.is_none() {
+        ctx.issues.push(Issue {
+            key: "customer".into(),
+            line: 1,
+            message: "[field_group], [campaign] and [feed] need a customer id: add a [customer] stage to create customers, or [source] customer_id naming a column of existing ids".into(),
+        });
+    }
+    if raw.customer.is_none()
+        && raw.field_group.is_empty()
+        && raw.campaign.is_none()
+        && raw.campaign_update.is_none()
+        && raw.feed.is_none()
+    {
+        ctx.issues.push(Issue { key: "(mapping)".into(), line: 1, message: "the mapping has no stage: add [customer], [[field_group]], [campaign], [campaign_update] or [feed]".into() });
+    }
+    ctx.finish(&loaded.path).map(|()| plan)
+}
+
+fn ordered(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    map: Option<&OrderedMap<raw::Spec>>,
+    kind: Kind,
+) -> Vec<Field> {
+    let Some(map) = map else { return Vec::new() };
+    map.0
+        .iter()
+        .filter_map(|(name, spec)| {
+            let s = ctx.spec(&format!("{key}.\"{}\"", name.get_ref()), spec, kind, false)?;
+            Some((name.get_ref().clone(), s))
+        })
+        .collect()
+}
+
+/// The customer's scalar fields with their kinds, in the API's order.
+fn customer_fields(c: &raw::RawCustomer) -> Vec<(&'static str, &Option<raw::Spec>, Kind, bool)> {
+    vec![
+        ("name", &c.name, Kind::Text, false),
+        ("surname", &c.surname, Kind::Text, false),
+        ("email", &c.email, Kind::Email, true),
+        ("phone_number", &c.phone_number, Kind::Phone, true),
+        ("company_id", &c.company_id, Kind::Int, false),
+        ("type", &c.type_, Kind::Text, false),
+        ("group", &c.group, Kind::Text, false),
+        ("identifier", &c.identifier, Kind::Text, false),
+        ("gender", &c.gender, Kind::Text, false),
+        ("homepage", &c.homepage, Kind::Text, false),
+        ("birthdate", &c.birthdate, Kind::Date, false),
+        ("nip", &c.nip, Kind::Text, false),
+        ("note", &c.note, Kind::Text, false),
+        ("pesel", &c.pesel, Kind::Text, false),
+        ("job", &c.job, Kind::Text, false),
+        ("job_title", &c.job_title, Kind::Text, false),
+        ("account_manager", &c.account_manager, Kind::Text, false),
+        ("vip", &c.vip, Kind::Bool, false),
+        (
+            "fill_read_only_custom_fields",
+            &c.fill_read_only_custom_fields,
+            Kind::Bool,
+            false,
+        ),
+    ]
+}
+
+fn address_fields(a: &RawAddress) -> Vec<(&'static str, Option<&raw::Spec>)> {
+    vec![
+        ("street", a.street.as_ref()),
+        ("building", a.building.as_ref()),
+        ("flat", a.flat.as_ref()),
+        ("postcode", a.postcode.as_ref()),
+        ("city", a.city.as_ref()),
+        ("country", a.country.as_ref()),
+    ]
+}
+
+/// Evaluates fields into `out`, collecting every error of the row.
+fn fill(
+    out: &mut Map<String, Value>,
+    fields: &[Field],
+    cells: &Cells,
+    trim: bool,
+    errors: &mut Vec<FieldError>,
+) {
+    for (name, spec) in fields {
+        match spec.eval(cells, trim) {
+            Ok(Some(v)) => {
+                out.insert(name.clone(), v);
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+}
+
+impl Plan {
+    /// Which stages the mapping has.
+    pub fn stages(&self) -> Stages {
+        Stages {
+            customer: self.customer.is_some() || self.customer_id.is_some(),
+            field_group: !self.field_groups.is_empty(),
+            campaign: self.campaign.is_some(),
+            campaign_update: self.campaign_update.is_some(),
+            feed: self.feed.is_some(),
+        }
+    }
+
+    /// Whether created customers carry an `identifier` (so that a customer
+    /// whose creation had an unknown outcome can be looked up).
+    pub fn customer_has_identifier(&self) -> bool {
+        self.customer
+            .as_ref()
+            .is_some_and(|c| c.fields.iter().any(|(n, _)| n == "identifier"))
+    }
+
+    fn runs(&self, when: &Option<Spec>, cells: &Cells, errors: &mut Vec<FieldError>) -> bool {
+        match when {
+            None => true,
+            Some(w) => match w.eval(cells, self.trim) {
+                Ok(Some(Value::String(s))) => !s.is_empty(),
+                Ok(Some(Value::Bool(b))) => b,
+                Ok(Some(_)) => true,
+                Ok(None) => false,
+                Err(e) => {
+                    errors.push(e);
+                    false
+                }
+            },
+        }
+    }
+
+    /// Maps one row: its payloads, or every problem found in it.
+    pub fn map_row(&self, row: &Row) -> Result<RowPayloads, Vec<FieldError>> {
+        let cells = &row.cells;
+        let trim = self.trim;
+        let mut errors = Vec::new();
+        let mut out = RowPayloads::default();
+        if let Some((i, name)) = &self.customer_id {
+            let cell = cells.get(*i).unwrap_or_default().trim();
+            if !cell.is_empty() {
+                match cell.parse::<i64>() {
+                    Ok(id) if id > 0 => out.existing_customer_id = Some(id),
+                    _ => errors.push(FieldError {
+                        column: Some(name.clone()),
+                        value: Some(crate::source::shorten(cell)),
+                        reason: "not a Thulium customer id (a positive whole number)".into(),
+                    }),
+                }
+            }
+        }
+        if let Some(c) = &self.customer {
+            if out.existing_customer_id.is_none() && self.runs(&c.when, cells, &mut errors) {
+                let mut customer = Map::new();
+                fill(&mut customer, &c.fields, cells, trim, &mut errors);
+                for (name, parts) in &c.addresses {
+                    let mut address = Map::new();
+                    fill(&mut address, parts, cells, trim, &mut errors);
+                    if !address.is_empty() {
+                        customer.insert((*name).to_string(), Value::Object(address));
+                    }
+                }
+                let mut custom = Map::new();
+                fill(&mut custom, &c.custom_fields, cells, trim, &mut errors);
+                if !custom.is_empty() {
+                    customer.insert("custom_fields".into(), Value::Object(custom));
+                }
+                out.customer = Some(customer);
+            }
+        }
+        for (index, g) in self.field_groups.iter().enumerate() {
+            if !self.runs(&g.when, cells, &mut errors) {
+                continue;
+            }
+            let mut values = Vec::new();
+            for (field_id, spec) in &g.values {
+                match spec.eval(cells, trim) {
+                    Ok(Some(v)) => values.push(json!({"field_id": field_id, "value": v})),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            if !values.is_empty() {
+                out.field_groups.push(ItemPayload {
+                    index,
+                    group_id: g.group_id,
+                    values,
+                });
+            }
+        }
+        if let Some(c) = &self.campaign {
+            if self.runs(&c.when, cells, &mut errors) {
+                match c.id.eval(cells, trim) {
+                    Ok(Some(Value::String(id))) => {
+                        let mut record = Map::new();
+                        fill(&mut record, &c.fields, cells, trim, &mut errors);
+                        out.campaign = Some(CampaignPayload {
+                            campaign_id: id,
+                            record,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if let Some(u) = &self.campaign_update {
+            if self.runs(&u.when, cells, &mut errors) {
+                let id = u.id.eval(cells, trim);
+                let identifier = u.identifier.eval(cells, trim);
+                let mut body = Map::new();
+                fill(&mut body, &u.fields, cells, trim, &mut errors);
+                let mut record_fields = Map::new();
+                fill(
+                    &mut record_fields,
+                    &u.record_fields,
+                    cells,
+                    trim,
+                    &mut errors,
+                );
+                if !record_fields.is_empty() {
+                    body.insert("record_fields".into(), Value::Object(record_fields));
+                }
+                match (id, identifier) {
+                    (Ok(Some(Value::String(id))), Ok(Some(identifier))) => {
+                        let identifier = match identifier {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        out.campaign_update = Some(UpdatePayload {
+                            campaign_id: id,
+                            identifier,
+                            body,
+                        });
+                    }
+                    (id, identifier) => {
+                        errors.extend(id.err());
+                        errors.extend(identifier.err());
+                    }
+                }
+            }
+        }
+        if let Some(f) = &self.feed {
+            if self.runs(&f.when, cells, &mut errors) {
+                let mut message = Map::new();
+                let id = match &f.id {
+                    Some(spec) => spec.eval(cells, trim),
+                    None => Ok(None),
+                };
+                match id {
+                    Ok(Some(v)) => message.insert(
+                        "id".into(),
+                        json!(v.as_str().map_or(v.to_string(), str::to_string)),
+                    ),
+                    Ok(None) => {
+                        message.insert("id".into(), json!(format!("thulium-import-{}", row.id.row)))
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                };
+                message.insert("type".into(), json!("text"));
+                match f.message.eval(cells, trim) {
+                    Ok(Some(m)) => {
+                        message.insert("payload".into(), json!({"message": m}));
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+                let author = match &f.author {
+                    Some(a) => a.eval(cells, trim),
+                    None => Ok(None),
+                };
+                match author {
+                    Ok(a) => message.insert("author".into(), a.unwrap_or_else(|| json!("agent"))),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                };
+                match f.time.eval(cells, trim) {
+                    Ok(Some(t)) => {
+                        message.insert("time".into(), t);
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+                let payload = Value::Array(vec![Value::Object(message)]).to_string();
+                let mut body = Map::new();
+                body.insert("type".into(), json!("ZOWIE"));
+                body.insert("payload".into(), Value::String(payload));
+                out.feed = Some(body);
+            }
+        }
+        if errors.is_empty()
+            && out.existing_customer_id.is_none()
+            && out.customer.is_none()
+            && out.needs_customer()
+        {
+            errors.push(FieldError {
+                column: self.customer_id.as_ref().map(|(_, n)| n.clone()),
+                value: None,
+                reason: "no customer id in this row and no [customer] to create one, but a later stage needs it".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}

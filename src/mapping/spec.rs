@@ -1,0 +1,712 @@
+//! Value specs: how one target field gets its value from a row.
+//!
+//! A spec is compiled once against the header (columns resolved to indices,
+//! constants and defaults checked against the target field) and then
+//! evaluated per row without allocating more than the value it produces.
+//! Evaluation order: cell or template → `split` → per item: trim,
+//! `transform`s, `map`, `date`, `type` → the target field's own rule (a
+//! birthdate must be `YYYY-MM-DD`, a phone number digits). An empty result
+//! takes the `default`, fails a `required` field, or leaves the field out.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde_json::Value;
+
+use super::Ctx;
+use crate::source::{shorten, Cells, FieldError};
+use crate::validate;
+
+/// What a target field accepts; decides conversions and the final check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text (numbers given by `type = "integer"` are sent as numbers).
+    Text,
+    /// An integer (ids, `order`).
+    Int,
+    /// `true` / `false`.
+    Bool,
+    /// `YYYY-MM-DD`.
+    Date,
+    /// `YYYY-MM-DD hh:mm`.
+    DateTime,
+    /// `YYYY-MM-DDThh:mm:ss` (a feed message's time).
+    FeedTime,
+    /// Digits only.
+    Phone,
+    /// An e-mail address.
+    Email,
+    /// Five characters (a campaign id).
+    CampaignId,
+    /// Any single value (custom fields, field-group values, record fields).
+    Scalar,
+}
+
+impl Kind {
+    fn output_date_format(self) -> Option<&'static str> {
+        match self {
+            Kind::Date | Kind::Text | Kind::Scalar => Some("%Y-%m-%d"),
+            Kind::DateTime => Some("%Y-%m-%d %H:%M"),
+            Kind::FeedTime => Some("%Y-%m-%dT%H:%M:%S"),
+            _ => None,
+        }
+    }
+}
+
+/// A text transform, applied in the order listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Trim,
+    Lower,
+    Upper,
+    CollapseSpaces,
+    Digits,
+    Phone,
+}
+
+impl Transform {
+    const NAMES: &'static [&'static str] = &[
+        "trim",
+        "lower",
+        "upper",
+        "collapse_spaces",
+        "digits",
+        "phone",
+    ];
+
+    fn parse(name: &str) -> Option<Transform> {
+        Some(match name {
+            "trim" => Transform::Trim,
+            "lower" => Transform::Lower,
+            "upper" => Transform::Upper,
+            "collapse_spaces" => Transform::CollapseSpaces,
+            "digits" => Transform::Digits,
+            "phone" => Transform::Phone,
+            _ => return None,
+        })
+    }
+
+    fn apply(self, s: String) -> Result<String, String> {
+        Ok(match self {
+            Transform::Trim => s.trim().to_string(),
+            Transform::Lower => s.to_lowercase(),
+            Transform::Upper => s.to_uppercase(),
+            Transform::CollapseSpaces => s.split_whitespace().collect::<Vec<_>>().join(" "),
+            Transform::Digits => s.chars().filter(char::is_ascii_digit).collect(),
+            Transform::Phone => {
+                if s.chars().any(char::is_alphabetic) {
+                    return Err("letters in a phone number".into());
+                }
+                let t = s.trim();
+                let t = t.strip_prefix('+').unwrap_or(t);
+                t.chars()
+                    .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace())
+                    .collect()
+            }
+        })
+    }
+}
+
+/// An explicit conversion (`type = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeConv {
+    Integer,
+    String,
+    Bool,
+}
+
+/// Where the text comes from.
+#[derive(Debug, Clone)]
+enum From {
+    Column { index: usize, name: String },
+    Constant(Value),
+    Template { pieces: Vec<Piece>, columns: String },
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    Cell(usize),
+}
+
+/// A compiled value spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    from: From,
+    kind: Kind,
+    required: bool,
+    default: Option<Value>,
+    transforms: Vec<Transform>,
+    date: Option<String>,
+    map: Vec<(String, Value)>,
+    split: Option<String>,
+    conv: Option<TypeConv>,
+}
+
+const SPEC_KEYS: &[&str] = &[
+    "column",
+    "value",
+    "template",
+    "required",
+    "default",
+    "transform",
+    "date",
+    "map",
+    "split",
+    "type",
+];
+
+impl Spec {
+    /// Compiles a spec for a target field. `list` says whether the target
+    /// takes a list (`split`). Problems are pushed to `issues` with `key`.
+    pub fn compile(
+        ctx: &mut Ctx<'_>,
+        key: &str,
+        raw: &toml::Spanned<toml::Value>,
+        kind: Kind,
+        list: bool,
+    ) -> Option<Spec> {
+        let span = raw.span();
+        let mut spec = Spec {
+            from: From::Constant(Value::Null),
+            kind,
+            required: false,
+            default: None,
+            transforms: Vec::new(),
+            date: None,
+            map: Vec::new(),
+            split: None,
+            conv: None,
+        };
+        let table = match raw.get_ref() {
+            toml::Value::String(column) => {
+                spec.from = ctx.column(key, span.clone(), column)?;
+                return Some(spec);
+            }
+            toml::Value::Table(t) => t,
+            other => {
+                ctx.issue(key, span, format!(
+                    "a value spec is a column name (\"Column\") or a table ({{ column = ... }}, {{ value = ... }}, {{ template = ... }}), not {}",
+                    other.type_str()
+                ));
+                return None;
+            }
+        };
+        let mut ok = true;
+        if let Some(unknown) = table.keys().find(|k| !SPEC_KEYS.contains(&k.as_str())) {
+            ctx.issue(
+                key,
+                span.clone(),
+                format!(
+                    "unknown option \"{unknown}\" (expected one of: {})",
+                    SPEC_KEYS.join(", ")
+                ),
+            );
+            ok = false;
+        }
+        let sources: Vec<&str> = ["column", "value", "template"]
+            .into_iter()
+            .filter(|k| table.contains_key(*k))
+            .collect();
+        if sources.len() != 1 {
+            ctx.issue(
+                key,
+                span.clone(),
+                "a value spec needs exactly one of column, value or template".to_string(),
+            );
+            return None;
+        }
+        let mut bad = |ctx: &mut Ctx<'_>, msg: String| {
+            ctx.issue(key, span.clone(), msg);
+            ok = false;
+        };
+        match (
+            table.get("column"),
+            table.get("value"),
+            table.get("template"),
+        ) {
+            (Some(toml::Value::String(c)), _, _) => spec.from = ctx.column(key, span.clone(), c)?,
+            (Some(_), _, _) => bad(ctx, "column must be a string (a header name)".into()),
+            (_, Some(v), _) => match constant(v) {
+                Some(v) => spec.from = From::Constant(v),
+                None => bad(
+                    ctx,
+                    "value must be a string, an integer or a boolean".into(),
+                ),
+            },
+            (_, _, Some(toml::Value::String(t))) => {
+                spec.from = ctx.template(key, span.clone(), t)?
+            }
+            (_, _, Some(_)) => bad(
+                ctx,
+                "template must be a string such as \"{Ulica} {Nr domu}\"".into(),
+            ),
+            _ => {}
+        }
+        match table.get("required") {
+            None => {}
+            Some(toml::Value::Boolean(b)) => spec.required = *b,
+            Some(_) => bad(ctx, "required must be true or false".into()),
+        }
+        if let Some(d) = table.get("default") {
+            match constant(d) {
+                Some(v) => spec.default = Some(v),
+                None => bad(
+                    ctx,
+                    "default must be a string, an integer or a boolean".into(),
+                ),
+            }
+        }
+        match table.get("transform") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for item in items {
+                    match item.as_str().and_then(Transform::parse) {
+                        Some(t) => spec.transforms.push(t),
+                        None => bad(
+                            ctx,
+                            format!(
+                                "unknown transform {item} (expected one of: {})",
+                                Transform::NAMES.join(", ")
+                            ),
+                        ),
+                    }
+                }
+            }
+            Some(toml::Value::String(s)) => match Transform::parse(s) {
+                Some(t) => spec.transforms.push(t),
+                None => bad(
+                    ctx,
+                    format!(
+                        "unknown transform \"{s}\" (expected one of: {})",
+                        Transform::NAMES.join(", ")
+                    ),
+                ),
+            },
+            Some(_) => bad(
+                ctx,
+                "transform must be a list such as [\"trim\", \"phone\"]".into(),
+            ),
+        }
+        match table.get("date") {
+            None => {}
+            Some(toml::Value::String(f)) => {
+                if kind.output_date_format().is_none() {
+                    bad(
+                        ctx,
+                        "date cannot be used on this field (it does not take a date)".into(),
+                    );
+                } else if f.trim().is_empty() || !f.contains('%') {
+                    bad(ctx, format!("date must be a strftime input format such as \"%d.%m.%Y\", not \"{f}\""));
+                } else {
+                    spec.date = Some(f.clone());
+                }
+            }
+            Some(_) => bad(
+                ctx,
+                "date must be a format string such as \"%d.%m.%Y\"".into(),
+            ),
+        }
+        match table.get("map") {
+            None => {}
+            Some(toml::Value::Table(m)) => {
+                for (k, v) in m {
+                    match constant(v) {
+                        Some(v) => spec.map.push((k.clone(), v)),
+                        None => bad(
+                            ctx,
+                            format!(
+                                "map value for \"{k}\" must be a string, an integer or a boolean"
+                            ),
+                        ),
+                    }
+                }
+                if m.is_empty() {
+                    bad(ctx, "map must list at least one value".into());
+                }
+            }
+            Some(_) => bad(
+                ctx,
+                "map must be a table such as { tak = true, nie = false }".into(),
+            ),
+        }
+        match table.get("split") {
+            None => {}
+            Some(toml::Value::String(s)) if !s.is_empty() => {
+                if list {
+                    spec.split = Some(s.clone());
+                } else {
+                    bad(ctx, "split makes a list, and this field takes one value (only email and phone_number take lists)".into());
+                }
+            }
+            Some(_) => bad(ctx, "split must be a non-empty string such as \",\"".into()),
+        }
+        match table.get("type") {
+            None => {}
+            Some(toml::Value::String(t)) => match t.as_str() {
+                "integer" => spec.conv = Some(TypeConv::Integer),
+                "string" => spec.conv = Some(TypeConv::String),
+                "bool" => spec.conv = Some(TypeConv::Bool),
+                other => bad(
+                    ctx,
+                    format!("unknown type \"{other}\" (expected integer, string or bool)"),
+                ),
+            },
+            Some(_) => bad(
+                ctx,
+                "type must be \"integer\", \"string\" or \"bool\"".into(),
+            ),
+        }
+        // Constants and defaults are checked now, not on every row.
+        for (what, v) in [
+            (
+                "value",
+                match &spec.from {
+                    From::Constant(v) => Some(v.clone()),
+                    _ => None,
+                },
+            ),
+            ("default", spec.default.clone()),
+        ] {
+            if let Some(v) = v {
+                match spec.finish_item(v) {
+                    Ok(v) if what == "default" => spec.default = Some(v),
+                    Ok(v) => spec.from = From::Constant(v),
+                    Err(reason) => bad(ctx, format!("{what}: {reason}")),
+                }
+            }
+        }
+        ok.then_some(spec)
+    }
+
+    /// Evaluates the spec for one row: `Ok(None)` leaves the field out.
+    pub fn eval(&self, cells: &Cells, trim: bool) -> Result<Option<Value>, FieldError> {
+        let text: std::borrow::Cow<'_, str> = match &self.from {
+            From::Constant(v) => return Ok(Some(v.clone())),
+            From::Column { index, .. } => {
+                let cell = cells.get(*index).unwrap_or_default();
+                (if trim { cell.trim() } else { cell }).into()
+            }
+            From::Template { pieces, .. } => {
+                let mut any = false;
+                let mut out = String::new();
+                for p in pieces {
+                    match p {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Cell(i) => {
+                            let cell = cells.get(*i).unwrap_or_default();
+                            let cell = if trim { cell.trim() } else { cell };
+                            any |= !cell.is_empty();
+                            out.push_str(cell);
+                        }
+                    }
+                }
+                if any {
+                    out.trim().to_string().into()
+                } else {
+                    "".into()
+                }
+            }
+        };
+        let fail = |reason: String| FieldError {
+            column: self.column_label(),
+            value: Some(shorten(&text)),
+            reason,
+        };
+        let mut items = Vec::new();
+        let parts: Box<dyn Iterator<Item = &str>> = match &self.split {
+            Some(sep) => Box::new(text.split(sep.as_str()).map(str::trim)),
+            None => Box::new(std::iter::once(&*text)),
+        };
+        for part in parts {
+            let mut s = part.to_string();
+            for t in &self.transforms {
+                s = t.apply(s).map_err(&fail)?;
+            }
+            if s.is_empty() {
+                continue;
+            }
+            items.push(self.convert(s).map_err(&fail)?);
+        }
+        if items.is_empty() {
+            return match (&self.default, self.required) {
+                (Some(d), _) => Ok(Some(d.clone())),
+                (None, true) => Err(fail(
+                    "a value is required here, and the cell is empty".into(),
+                )),
+                (None, false) => Ok(None),
+            };
+        }
+        Ok(Some(if self.split.is_some() {
+            Value::Array(items)
+        } else {
+            items.swap_remove(0)
+        }))
+    }
+
+    /// map → date → type → the target's rule, for one non-empty item.
+    fn convert(&self, s: String) -> Result<Value, String> {
+        let mut v = Value::String(s);
+        if !self.map.is_empty() {
+            let key = v.as_str().unwrap_or_default();
+            let found = self.map.iter().find(|(k, _)| k == key).or_else(|| {
+                self.map
+                    .iter()
+                    .find(|(k, _)| k.to_lowercase() == key.to_lowercase())
+            });
+            match found {
+                Some((_, mapped)) => v = mapped.clone(),
+                None => {
+                    let keys: Vec<String> =
+                        self.map.iter().map(|(k, _)| format!("\"{k}\"")).collect();
+                    return Err(format!(
+                        "not in the map (expected one of: {})",
+                        keys.join(", ")
+                    ));
+                }
+            }
+        }
+        if let (Some(input), Value::String(s)) = (&self.date, &v) {
+            let output = self.kind.output_date_format().unwrap_or("%Y-%m-%d");
+            v = Value::String(reformat_date(s, input, output)?);
+        }
+        self.finish_item(v)
+    }
+
+    /// `type` conversion and the target field's rule.
+    fn finish_item(&self, mut v: Value) -> Result<Value, String> {
+        if let Some(conv) = self.conv {
+            v = match (conv, v) {
+                (TypeConv::Integer, Value::String(s)) => Value::from(
+                    s.trim()
+                        .parse::<i64>()
+                        .map_err(|_| "not an integer".to_string())?,
+                ),
+                (TypeConv::Integer, Value::Bool(_)) => return Err("not an integer".into()),
+                (TypeConv::String, Value::Number(n)) => Value::String(n.to_string()),
+                (TypeConv::String, Value::Bool(b)) => Value::String(b.to_string()),
+                (TypeConv::Bool, Value::String(s)) => Value::Bool(
+                    parse_bool(&s)
+                        .ok_or("not a boolean (expected true/false, yes/no, tak/nie, 1/0)")?,
+                ),
+                (TypeConv::Bool, Value::Number(n)) => Value::Bool(match n.as_i64() {
+                    Some(0) => false,
+                    Some(1) => true,
+                    _ => return Err("not a boolean".into()),
+                }),
+                (_, v) => v,
+            };
+        }
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(match self.kind {
+            Kind::Scalar => v,
+            Kind::Text => match v {
+                Value::Bool(_) => return Err("expected text, got a boolean".into()),
+                v => v,
+            },
+            Kind::Int => match &v {
+                Value::Number(n) if n.is_i64() => v,
+                Value::String(s) => Value::from(s.trim().parse::<i64>().map_err(|_| "not an integer".to_string())?),
+                _ => return Err("not an integer".into()),
+            },
+            Kind::Bool => match &v {
+                Value::Bool(_) => v,
+                Value::String(s) => Value::Bool(parse_bool(s).ok_or("not a boolean: add map = { tak = true, nie = false } (or the words your export uses)")?),
+                _ => return Err("not a boolean".into()),
+            },
+            Kind::Date | Kind::DateTime | Kind::FeedTime => {
+                let s = text(&v).ok_or("expected a date")?;
+                let (ok, fmt) = match self.kind {
+                    Kind::Date => (validate::is_date(&s), "YYYY-MM-DD"),
+                    Kind::DateTime => (validate::is_date_time(&s), "YYYY-MM-DD hh:mm"),
+                    _ => (validate::is_feed_time(&s), "YYYY-MM-DDThh:mm:ss"),
+                };
+                if !ok {
+                    return Err(format!("not a date in the format {fmt}; add date = \"<input format>\" (e.g. \"%d.%m.%Y\") to convert"));
+                }
+                Value::String(s)
+            }
+            Kind::Phone => {
+                let s = text(&v).ok_or("expected a phone number")?;
+                if !validate::is_phone(&s) {
+                    return Err("a phone number must be 3 to 20 digits; add transform = [\"phone\"] to strip spaces, dashes and +".into());
+                }
+                Value::String(s)
+            }
+            Kind::Email => {
+                let s = text(&v).ok_or("expected an e-mail address")?;
+                if !validate::is_email(&s) {
+                    return Err("not an e-mail address".into());
+                }
+                Value::String(s)
+            }
+            Kind::CampaignId => {
+                let s = text(&v).ok_or("expected a campaign id")?;
+                if !validate::is_campaign_id(&s) {
+                    return Err("a campaign id has exactly five characters, such as 00001".into());
+                }
+                Value::String(s)
+            }
+        })
+    }
+
+    fn column_label(&self) -> Option<String> {
+        match &self.from {
+            From::Column { name, .. } => Some(name.clone()),
+            From::Template { columns, .. } => Some(columns.clone()),
+            From::Constant(_) => None,
+        }
+    }
+
+    /// Makes an empty value an error for this row (fields the API requires).
+    pub fn set_required(&mut self) {
+        self.required = true;
+    }
+
+    /// Whether the value is a constant (no column involved).
+    pub fn is_constant(&self) -> bool {
+        matches!(self.from, From::Constant(_))
+    }
+}
+
+fn constant(v: &toml::Value) -> Option<Value> {
+    match v {
+        toml::Value::String(s) => Some(Value::String(s.clone())),
+        toml::Value::Integer(i) => Some(Value::from(*i)),
+        toml::Value::Boolean(b) => Some(Value::Bool(*b)),
+        _ => None,
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_lowercase().as_str() {
+        "true" | "yes" | "tak" | "1" | "t" | "y" => Some(true),
+        "false" | "no" | "nie" | "0" | "f" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `s` with the strftime `input` format (a date, or a date and time)
+/// and writes it in `output`. An impossible date (31.02.1990) is an error.
+pub fn reformat_date(s: &str, input: &str, output: &str) -> Result<String, String> {
+    let parsed = NaiveDateTime::parse_from_str(s, input).or_else(|e| {
+        NaiveDate::parse_from_str(s, input)
+            .map(|d| d.and_time(chrono::NaiveTime::MIN))
+            .map_err(|_| e)
+    });
+    match parsed {
+        Ok(dt) => Ok(dt.format(output).to_string()),
+        Err(e) => Err(format!("not a date in the format \"{input}\" ({e})")),
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Resolves a column name against the header, with suggestions.
+    fn column(&mut self, key: &str, span: std::ops::Range<usize>, name: &str) -> Option<From> {
+        match self.header.iter().position(|h| h == name.trim()) {
+            Some(index) => Some(From::Column {
+                index,
+                name: name.trim().to_string(),
+            }),
+            None => {
+                let msg = self.missing_column(name);
+                self.issue(key, span, msg);
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, key: &str, span: std::ops::Range<usize>, t: &str) -> Option<From> {
+        let mut pieces = Vec::new();
+        let mut columns = Vec::new();
+        let mut rest = t;
+        let mut text = String::new();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("{{") {
+                text.push('{');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("}}") {
+                text.push('}');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('{') {
+                let Some(end) = r.find('}') else {
+                    self.issue(
+                        key,
+                        span,
+                        format!("template \"{t}\" has a {{ without a closing }}"),
+                    );
+                    return None;
+                };
+                let name = &r[..end];
+                let From::Column { index, name } = self.column(key, span.clone(), name)? else {
+                    return None;
+                };
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Cell(index));
+                columns.push(name);
+                rest = &r[end + 1..];
+            } else {
+                let c = rest.chars().next().unwrap_or_default();
+                text.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        if columns.is_empty() {
+            self.issue(key, span, format!("template \"{t}\" names no column (write columns as {{Column}}; use value = ... for a constant)"));
+            return None;
+        }
+        Some(From::Template {
+            pieces,
+            columns: columns.join("\", \""),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_reformatted_and_impossible_dates_refused() {
+        assert_eq!(
+            reformat_date("12.05.1980", "%d.%m.%Y", "%Y-%m-%d").unwrap(),
+            "1980-05-12"
+        );
+        assert_eq!(
+            reformat_date("24.05.2018 12:24", "%d.%m.%Y %H:%M", "%Y-%m-%d %H:%M").unwrap(),
+            "2018-05-24 12:24"
+        );
+        assert_eq!(
+            reformat_date("24.05.2018", "%d.%m.%Y", "%Y-%m-%d %H:%M").unwrap(),
+            "2018-05-24 00:00"
+        );
+        assert!(reformat_date("31.02.1990", "%d.%m.%Y", "%Y-%m-%d").is_err());
+        assert!(reformat_date("1990-02-01", "%d.%m.%Y", "%Y-%m-%d").is_err());
+    }
+
+    #[test]
+    fn transforms() {
+        let t = |tr: Transform, s: &str| tr.apply(s.to_string());
+        assert_eq!(
+            t(Transform::Phone, "+48 601-234.567").unwrap(),
+            "48601234567"
+        );
+        assert_eq!(t(Transform::Phone, "(22) 123 45 67").unwrap(), "221234567");
+        assert!(t(Transform::Phone, "601 234 56x").is_err());
+        assert_eq!(t(Transform::Digits, "PL 123-456").unwrap(), "123456");
+        assert_eq!(
+            t(Transform::CollapseSpaces, " a   b \t c ").unwrap(),
+            "a b c"
+        );
+        assert_eq!(t(Transform::Lower, "ŁÓDŹ").unwrap(), "łódź");
+        assert_eq!(t(Transform::Upper, "łódź").unwrap(), "ŁÓDŹ");
+        assert_eq!(t(Transform::Trim, "  x ").unwrap(), "x");
+    }
+}

@@ -1,0 +1,775 @@
+//! The streaming CSV source: bytes on disk → decoded rows with a stable
+//! identity (record number, starting line, byte offset).
+//!
+//! The file is parsed as bytes by the `csv` crate and each cell is decoded on
+//! its own, so that a bad byte costs one row, not the file, and so that the
+//! byte offset of every row is exact in the original file (a retry seeks
+//! straight to it). This works for every ASCII-compatible encoding (UTF-8,
+//! windows-1250, ISO-8859-2, ...), which is every encoding a CSV export
+//! realistically uses; UTF-16 is refused with a hint.
+//!
+//! Memory does not grow with the file: one record buffer is reused and each
+//! row is handed on as it is read.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use encoding_rs::Encoding;
+
+/// How to read the file, from the mapping's `[source]` table.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// The field delimiter; `None` sniffs it from the header line.
+    pub delimiter: Option<u8>,
+    /// The encoding; `None` assumes UTF-8.
+    pub encoding: Option<&'static Encoding>,
+    /// The quote character.
+    pub quote: u8,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            delimiter: None,
+            encoding: None,
+            quote: b'"',
+        }
+    }
+}
+
+/// What was sniffed or assumed; printed at the start of `check` and `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    pub delimiter: u8,
+    pub delimiter_sniffed: bool,
+    pub encoding: &'static Encoding,
+    pub encoding_assumed: bool,
+    pub bom: bool,
+}
+
+impl std::fmt::Display for SourceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let delimiter = match self.delimiter {
+            b'\t' => "tab".to_string(),
+            d => format!("'{}'", d as char),
+        };
+        write!(
+            f,
+            "delimiter {delimiter} ({}), encoding {} ({}), {}",
+            if self.delimiter_sniffed {
+                "sniffed from the header"
+            } else {
+                "from the mapping"
+            },
+            self.encoding.name(),
+            if self.encoding_assumed {
+                "assumed"
+            } else {
+                "from the mapping"
+            },
+            if self.bom {
+                "UTF-8 BOM skipped"
+            } else {
+                "no BOM"
+            },
+        )
+    }
+}
+
+/// Where a data row is in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowId {
+    /// 1-based data record number (the header is not counted).
+    pub row: u64,
+    /// 1-based line on which the record starts.
+    pub line: u64,
+    /// Byte offset of the record's first byte in the file.
+    pub offset: u64,
+}
+
+/// One decoded data row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: RowId,
+    /// The cells, decoded to UTF-8 and not trimmed.
+    pub cells: Cells,
+}
+
+/// What is wrong with one row: a cell that does not decode, a wrong number of
+/// fields, or (from the mapping) a value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The header name of the column at fault, where one is.
+    pub column: Option<String>,
+    /// The offending value, where one is (shortened for display).
+    pub value: Option<String>,
+    /// What is wrong, and where it helps, what to do.
+    pub reason: String,
+}
+
+/// A row that could not be read.
+#[derive(Debug, Clone)]
+pub struct RowError {
+    pub id: RowId,
+    pub error: FieldError,
+}
+
+/// Why a file cannot be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the file is empty: a header row naming the columns is required")]
+    Empty { path: PathBuf },
+    #[error("{path}: the file starts with a UTF-16 byte-order mark; save it as UTF-8 (or windows-1250) and try again")]
+    Utf16 { path: PathBuf },
+    #[error(
+        "{path}: line {line}, column {column}: the header name does not decode as {encoding}{hint}"
+    )]
+    HeaderEncoding {
+        path: PathBuf,
+        line: u64,
+        column: usize,
+        encoding: &'static str,
+        hint: String,
+    },
+    #[error("{path}: line {line}: duplicate header name \"{name}\" (columns {first} and {second}); columns are referred to by name, so names must be unique")]
+    DuplicateHeader {
+        path: PathBuf,
+        line: u64,
+        name: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("{path}: cannot read the CSV: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+}
+
+/// The decoded cells of one row: one string and the end of each cell in it
+/// (the layout of `csv::StringRecord`, without its per-row allocations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cells {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Cells {
+    /// Cells from a list of strings (tests, failed-rows CSV).
+    pub fn from_strs<S: AsRef<str>>(cells: &[S]) -> Cells {
+        let mut out = Cells::default();
+        for c in cells {
+            out.text.push_str(c.as_ref());
+            out.ends.push(out.text.len());
+        }
+        out
+    }
+    /// The cell at `i`, untrimmed.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+    /// How many cells.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    /// Whether there are no cells.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// The cells in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+}
+
+/// One raw record as the CSV parser leaves it: the unescaped bytes of every
+/// field back to back, and each field's end.
+#[derive(Debug, Default)]
+struct RawRecord {
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    /// The record ran to the end of the file inside an opened quote.
+    unterminated_quote: bool,
+}
+
+impl RawRecord {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+    fn fields(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.field(i))
+    }
+}
+
+/// The byte-exact record reader under [`Source`]: `csv_core` does the
+/// parsing, this loop keeps the absolute byte offset and line of every
+/// record's first byte (blank lines and the `\n` of a CRLF are skipped before
+/// a record starts, so the offset points at its first real byte).
+#[derive(Debug)]
+struct Engine<R> {
+    inner: BufReader<R>,
+    core: csv_core::Reader,
+    quote: u8,
+    delimiter: u8,
+    /// Absolute offset of the next unread byte.
+    pos: u64,
+    /// 1-based line of the next unread byte.
+    line: u64,
+}
+
+impl<R: Read> Engine<R> {
+    fn new(inner: BufReader<R>, delimiter: u8, quote: u8, pos: u64, line: u64) -> Self {
+        let core = csv_core::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .quote(quote)
+            .build();
+        Engine {
+            inner,
+            core,
+            quote,
+            delimiter,
+            pos,
+            line,
+        }
+    }
+
+    /// Reads the next record into `rec`; returns where it starts, or `None`
+    /// at the end of the input.
+    fn read(&mut self, rec: &mut RawRecord) -> std::io::Result<Option<(u64, u64)>> {
+        // Skip line ends left over from the previous record and blank lines.
+        loop {
+            let buf = self.inner.fill_buf()?;
+            let n = buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
+            let all = n == buf.len() && n > 0;
+            self.inner.consume(n);
+            self.pos += n as u64;
+            self.line += lines as u64;
+            if !all {
+                break;
+            }
+        }
+        let start = (self.pos, self.line);
+        if rec.out.is_empty() {
+            rec.out.resize(1024, 0);
+        }
+        if rec.ends.is_empty() {
+            rec.ends.resize(32, 0);
+        }
+        let (mut outlen, mut endlen) = (0, 0);
+        // Quote parity over the record's raw bytes, counted only for quotes
+        // that open a field, to spot an unbalanced quote at the end of file.
+        let mut quotes = 0usize;
+        let mut opened_field = false;
+        let mut prev: Option<u8> = None;
+        loop {
+            let input = self.inner.fill_buf()?;
+            let at_eof = input.is_empty();
+            let (res, nin, nout, nend) =
+                self.core
+                    .read_record(input, &mut rec.out[outlen..], &mut rec.ends[endlen..]);
+            for &b in &input[..nin] {
+                if b == b'\n' {
+                    self.line += 1;
+                }
+                if b == self.quote {
+                    quotes += 1;
+                    if prev.is_none() || prev == Some(self.delimiter) {
+                        opened_field = true;
+                    }
+                }
+                prev = Some(b);
+            }
+            self.inner.consume(nin);
+            self.pos += nin as u64;
+            outlen += nout;
+            endlen += nend;
+            match res {
+                csv_core::ReadRecordResult::InputEmpty => continue,
+                csv_core::ReadRecordResult::OutputFull => {
+                    let len = rec.out.len();
+                    rec.out.resize(len * 2, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let len = rec.ends.len();
+                    rec.ends.resize(len * 2, 0);
+                }
+                csv_core::ReadRecordResult::Record => {
+                    // Field ends are offsets into `out`; keep the buffers for
+                    // the next record and remember how much is used.
+                    rec.ends.truncate(endlen);
+                    rec.out.truncate(outlen);
+                    rec.unterminated_quote = at_eof && opened_field && quotes % 2 == 1;
+                    return Ok(Some(start));
+                }
+                csv_core::ReadRecordResult::End => return Ok(None),
+            }
+        }
+    }
+}
+
+/// A streaming reader of one CSV file.
+#[derive(Debug)]
+pub struct Source<R: Read> {
+    path: PathBuf,
+    engine: Engine<R>,
+    header: Vec<String>,
+    info: SourceInfo,
+    record: RawRecord,
+    next_row: u64,
+}
+
+/// How much of the file is looked at to sniff the delimiter.
+const SNIFF_BYTES: usize = 64 * 1024;
+
+impl Source<File> {
+    /// Opens a file and reads its header row.
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, SourceError> {
+        let file = File::open(path).map_err(|e| SourceError::Open {
+            path: path.into(),
+            source: e,
+        })?;
+        Source::from_reader(file, path, options)
+    }
+
+    /// Opens a file positioned at a data row found earlier (its byte offset,
+    /// line and record number), to re-read rows without reading what comes
+    /// before. The header is taken from the caller.
+    pub fn open_at(
+        path: &Path,
+        quote: u8,
+        info: SourceInfo,
+        header: Vec<String>,
+        at: RowId,
+    ) -> Result<Self, SourceError> {
+        let mut file = File::open(path).map_err(|e| SourceError::Open {
+            path: path.into(),
+            source: e,
+        })?;
+        file.seek(SeekFrom::Start(at.offset))
+            .map_err(|e| SourceError::Read {
+                path: path.into(),
+                source: e,
+            })?;
+        let engine = Engine::new(
+            BufReader::new(file),
+            info.delimiter,
+            quote,
+            at.offset,
+            at.line,
+        );
+        Ok(Source {
+            path: path.into(),
+            engine,
+            header,
+            info,
+            record: RawRecord::default(),
+            next_row: at.row,
+        })
+    }
+}
+
+impl<R: Read> Source<R> {
+    /// Reads the header from any reader; `path` names it in messages.
+    pub fn from_reader(
+        inner: R,
+        path: &Path,
+        options: &SourceOptions,
+    ) -> Result<Self, SourceError> {
+        let read_err = |e| SourceError::Read {
+            path: path.into(),
+            source: e,
+        };
+        let mut buffered = BufReader::with_capacity(SNIFF_BYTES, inner);
+        let head = buffered.fill_buf().map_err(read_err)?;
+        if head.is_empty() {
+            return Err(SourceError::Empty { path: path.into() });
+        }
+        if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
+            return Err(SourceError::Utf16 { path: path.into() });
+        }
+        let bom = head.starts_with(&[0xEF, 0xBB, 0xBF]);
+        let head = if bom { &head[3..] } else { head };
+        let (delimiter, delimiter_sniffed) = match options.delimiter {
+            Some(d) => (d, false),
+            None => (sniff_delimiter(head, options.quote), true),
+        };
+        let info = SourceInfo {
+            delimiter,
+            delimiter_sniffed,
+            encoding: options.encoding.unwrap_or(encoding_rs::UTF_8),
+            encoding_assumed: options.encoding.is_none(),
+            bom,
+        };
+        let base_offset = if bom {
+            buffered.consume(3);
+            3
+        } else {
+            0
+        };
+        let engine = Engine::new(buffered, delimiter, options.quote, base_offset, 1);
+        let mut source = Source {
+            path: path.into(),
+            engine,
+            header: Vec::new(),
+            info,
+            record: RawRecord::default(),
+            next_row: 1,
+        };
+        source.read_header()?;
+        Ok(source)
+    }
+
+    fn read_header(&mut self) -> Result<(), SourceError> {
+        let found = self
+            .engine
+            .read(&mut self.record)
+            .map_err(|e| SourceError::Read {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let Some((_, line)) = found else {
+            return Err(SourceError::Empty {
+                path: self.path.clone(),
+            });
+        };
+        let mut header: Vec<String> = Vec::with_capacity(self.record.len());
+        for (i, raw) in self.record.fields().enumerate() {
+            let name =
+                decode(self.info.encoding, raw).ok_or_else(|| SourceError::HeaderEncoding {
+                    path: self.path.clone(),
+                    line,
+                    column: i + 1,
+                    encoding: self.info.encoding.name(),
+                    hint: encoding_hint(self.info.encoding, raw),
+                })?;
+            let name = name.trim().to_string();
+            if !name.is_empty() {
+                if let Some(first) = header.iter().position(|h| h == &name) {
+                    return Err(SourceError::DuplicateHeader {
+                        path: self.path.clone(),
+                        line,
+                        name,
+                        first: first + 1,
+                        second: i + 1,
+                    });
+                }
+            }
+            header.push(name);
+        }
+        self.header = header;
+        Ok(())
+    }
+
+    /// The header names, trimmed, in file order.
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    /// What was sniffed or assumed.
+    pub fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    /// The path the rows come from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next data row; `None` at the end of the file. A row that cannot be
+    /// decoded or has the wrong number of fields is an inner `Err` for that
+    /// row alone; an outer `Err` is an I/O error that ends the stream.
+    pub fn next_row(&mut self) -> Option<Result<Result<Row, RowError>, SourceError>> {
+        match self.engine.read(&mut self.record) {
+            Ok(None) => None,
+            Err(e) => Some(Err(SourceError::Read {
+                path: self.path.clone(),
+                source: e,
+            })),
+            Ok(Some((offset, line))) => {
+                let id = RowId {
+                    row: self.next_row,
+                    line,
+                    offset,
+                };
+                self.next_row += 1;
+                Some(Ok(self.decode_record(id)))
+            }
+        }
+    }
+
+    fn decode_record(&self, id: RowId) -> Result<Row, RowError> {
+        let err = |column: Option<String>, value: Option<String>, reason: String| RowError {
+            id,
+            error: FieldError {
+                column,
+                value,
+                reason,
+            },
+        };
+        let rec = &self.record;
+        let column_name = |i: usize| {
+            self.header
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", i + 1))
+        };
+        if rec.unterminated_quote {
+            return Err(err(
+                None,
+                None,
+                "a quoted field is never closed: the quote runs to the end of the file".into(),
+            ));
+        }
+        if rec.len() != self.header.len() {
+            return Err(err(
+                None,
+                None,
+                format!(
+                    "has {} fields, the header has {}",
+                    rec.len(),
+                    self.header.len()
+                ),
+            ));
+        }
+        let mut cells = Cells {
+            text: String::with_capacity(rec.out.len()),
+            ends: Vec::new(),
+        };
+        cells.ends.reserve(rec.len());
+        for (i, raw) in rec.fields().enumerate() {
+            match decode(self.info.encoding, raw) {
+                Some(text) if let Some(reason) = self.misread(raw, &text) => {
+                    return Err(err(Some(column_name(i)), Some(shorten(&text)), reason));
+                }
+                Some(text) => {
+                    cells.text.push_str(&text);
+                    cells.ends.push(cells.text.len());
+                }
+                None => {
+                    let (value, _) = self.info.encoding.decode_without_bom_handling(raw);
+                    let reason = if self.info.encoding == encoding_rs::UTF_8 {
+                        format!("not valid UTF-8{}", encoding_hint(self.info.encoding, raw))
+                    } else {
+                        format!("not valid {}", self.info.encoding.name())
+                    };
+                    return Err(err(Some(column_name(i)), Some(shorten(&value)), reason));
+                }
+            }
+        }
+        Ok(Row { id, cells })
+    }
+}
+
+impl<R: Read> Source<R> {
+    /// For a single-byte encoding every byte decodes to something, so a file
+    /// in the wrong encoding shows otherwise: a cell of non-ASCII bytes that
+    /// is valid UTF-8 (the file is UTF-8), or a C1 control character (a byte
+    /// the encoding has no letter for).
+    fn misread(&self, raw: &[u8], text: &str) -> Option<String> {
+        if self.info.encoding == encoding_rs::UTF_8 || raw.is_ascii() {
+            return None;
+        }
+        let name = self.info.encoding.name();
+        if std::str::from_utf8(raw).is_ok() {
+            return Some(format!(
+                "looks like UTF-8, not {name}: set encoding = \"utf-8\" in the mapping's [source]"
+            ));
+        }
+        text.chars()
+            .find(|c| ('\u{80}'..='\u{9f}').contains(c))
+            .map(|c| {
+                format!(
+                    "byte 0x{:02X} is not a character in {name}: is the file in another encoding?",
+                    c as u32
+                )
+            })
+    }
+}
+
+/// Decodes a cell, refusing (not replacing) bytes the encoding does not have.
+fn decode<'a>(encoding: &'static Encoding, bytes: &'a [u8]) -> Option<Cow<'a, str>> {
+    encoding.decode_without_bom_handling_and_without_replacement(bytes)
+}
+
+/// A hint when UTF-8 was expected but the bytes read as windows-1250, the
+/// usual reason for an undecodable Polish export.
+fn encoding_hint(expected: &'static Encoding, bytes: &[u8]) -> String {
+    if expected == encoding_rs::UTF_8 && decode(encoding_rs::WINDOWS_1250, bytes).is_some() {
+        "; the file may be windows-1250: set encoding = \"windows-1250\" in the mapping's [source]"
+            .into()
+    } else {
+        String::new()
+    }
+}
+
+/// Picks the delimiter among `,` `;` tab `|` that occurs most often in the
+/// header line outside quotes; `,` when none does.
+pub fn sniff_delimiter(head: &[u8], quote: u8) -> u8 {
+    const CANDIDATES: [u8; 4] = [b',', b';', b'\t', b'|'];
+    let mut counts = [0usize; 4];
+    let mut quoted = false;
+    for &b in head {
+        if b == quote {
+            quoted = !quoted;
+        } else if !quoted && (b == b'\n' || b == b'\r') {
+            break;
+        } else if !quoted {
+            if let Some(i) = CANDIDATES.iter().position(|&c| c == b) {
+                counts[i] += 1;
+            }
+        }
+    }
+    let (best, count) = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, c)| (**c, usize::MAX - i))
+        .unwrap_or((0, &0));
+    if *count == 0 {
+        b','
+    } else {
+        CANDIDATES[best]
+    }
+}
+
+/// A value for a message: at most 60 characters, so that a 10 MB cell does
+/// not become a 10 MB log line.
+pub fn shorten(value: &str) -> String {
+    const MAX: usize = 60;
+    if value.chars().count() <= MAX {
+        value.to_string()
+    } else {
+        let cut: String = value.chars().take(MAX).collect();
+        format!("{cut}… ({} characters)", value.chars().count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(
+        bytes: &[u8],
+        options: &SourceOptions,
+    ) -> (Vec<String>, Vec<Result<Row, RowError>>) {
+        let mut source = Source::from_reader(bytes, Path::new("t.csv"), options).unwrap();
+        let header = source.header().to_vec();
+        let mut rows = Vec::new();
+        while let Some(r) = source.next_row() {
+            rows.push(r.unwrap());
+        }
+        (header, rows)
+    }
+
+    #[test]
+    fn sniffs_delimiters() {
+        assert_eq!(sniff_delimiter(b"a;b;c\n1,2;3", b'"'), b';');
+        assert_eq!(sniff_delimiter(b"a\tb\tc", b'"'), b'\t');
+        assert_eq!(sniff_delimiter(b"\"a;b\",c", b'"'), b',');
+        assert_eq!(sniff_delimiter(b"a|b", b'"'), b'|');
+        assert_eq!(sniff_delimiter(b"single", b'"'), b',');
+    }
+
+    #[test]
+    fn rows_carry_record_line_and_byte_offset() {
+        let data = "\u{feff}a;b\r\n1;\"two\r\nlines\"\r\n3;4\r\n";
+        let (header, rows) = read_all(data.as_bytes(), &SourceOptions::default());
+        assert_eq!(header, ["a", "b"]);
+        let ids: Vec<RowId> = rows.iter().map(|r| r.as_ref().unwrap().id).collect();
+        assert_eq!(
+            ids[0],
+            RowId {
+                row: 1,
+                line: 2,
+                offset: 8
+            }
+        );
+        assert_eq!(ids[1].row, 2);
+        assert_eq!(ids[1].line, 4);
+        assert_eq!(&data.as_bytes()[ids[1].offset as usize..][..3], b"3;4");
+        assert_eq!(rows[0].as_ref().unwrap().cells.get(1), Some("two\r\nlines"));
+    }
+
+    #[test]
+    fn windows_1250_decodes_and_bad_bytes_fail_one_row() {
+        let (bytes, _, _) = encoding_rs::WINDOWS_1250.encode("Imię;Miasto\nŁukasz;Łódź\n");
+        let mut bytes = bytes.into_owned();
+        bytes.extend_from_slice(b"Jan;\x98\nEwa;Gda\xf1sk\n");
+        let options = SourceOptions {
+            encoding: Some(encoding_rs::WINDOWS_1250),
+            ..Default::default()
+        };
+        let (header, rows) = read_all(&bytes, &options);
+        assert_eq!(header, ["Imię", "Miasto"]);
+        assert_eq!(rows[0].as_ref().unwrap().cells.get(1), Some("Łódź"));
+        let bad = rows[1].as_ref().unwrap_err();
+        assert_eq!(bad.id.line, 3);
+        assert_eq!(bad.error.column.as_deref(), Some("Miasto"));
+        assert!(bad.error.reason.contains("windows-1250"));
+        assert_eq!(rows[2].as_ref().unwrap().cells.get(1), Some("Gdańsk"));
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_column_and_hints_at_windows_1250() {
+        let (rows_bytes, _, _) = encoding_rs::WINDOWS_1250.encode("a,b\n1,Łódź\n2,ok\n");
+        let (_, rows) = read_all(&rows_bytes, &SourceOptions::default());
+        let bad = rows[0].as_ref().unwrap_err();
+        assert_eq!(bad.error.column.as_deref(), Some("b"));
+        assert!(
+            bad.error.reason.contains("windows-1250"),
+            "{}",
+            bad.error.reason
+        );
+        assert!(rows[1].is_ok());
+    }
+
+    #[test]
+    fn wrong_field_count_and_duplicate_header() {
+        let (_, rows) = read_all(b"a,b\n1,2,3\n1\n1,2\n", &SourceOptions::default());
+        assert!(rows[0]
+            .as_ref()
+            .unwrap_err()
+            .error
+            .reason
+            .contains("has 3 fields"));
+        assert!(rows[1]
+            .as_ref()
+            .unwrap_err()
+            .error
+            .reason
+            .contains("has 1 fields"));
+        assert!(rows[2].is_ok());
+        let err = Source::from_reader(
+            &b"a,b,a\n"[..],
+            Path::new("t.csv"),
+            &SourceOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("duplicate header name \"a\" (columns 1 and 3)"),
+            "{err}"
+        );
+        let err = Source::from_reader(&b""[..], Path::new("t.csv"), &SourceOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, SourceError::Empty { .. }));
+    }
+}
