@@ -589,7 +589,11 @@ impl<R: Read> Source<R> {
             return None;
         }
         let name = self.info.encoding.name();
-        if std::str::from_utf8(raw).is_ok() {
+        // Valid UTF-8 alone is not enough: in windows-1250 "ÓŚ" happens to
+        // be valid UTF-8 too. UTF-8 that decodes to Latin letters (U+00C0 to
+        // U+017F, where every Polish letter is) is the real sign.
+        let latin = |c: char| c.is_ascii() || ('\u{c0}'..='\u{17f}').contains(&c);
+        if std::str::from_utf8(raw).is_ok_and(|s| s.chars().all(latin)) {
             return Some(format!(
                 "looks like UTF-8, not {name}: set encoding = \"utf-8\" in the mapping's [source]"
             ));

@@ -1,0 +1,221 @@
+//! Properties of the pure parts: mapping never panics and every row yields
+//! payloads or a non-empty list of problems; the CSV source reads back what
+//! the `csv` crate wrote, in every supported encoding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use thulium_import::mapping;
+use thulium_import::source::{Cells, Row, RowId, Source, SourceOptions};
+
+/// Failures are kept in `proptest-regressions/` (committed) and replayed first.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/properties.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
+const COLUMNS: &[&str] = &["A", "B", "Ć", "D d", "E;e"];
+
+/// Any text, weighted towards what breaks parsers: quotes, delimiters,
+/// newlines, Polish letters, digits and date-like strings.
+fn cell() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[ \"';,\\r\\n\\tąęłóśźżĄĘŁ+()0-9.:/-]{0,20}",
+        "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{4}( [0-9]{2}:[0-9]{2})?",
+        "(\\+48 )?[0-9]{3} [0-9]{3} [0-9]{3}",
+        Just(String::new()),
+    ]
+}
+
+/// A value spec from the language, referring to the test columns.
+fn spec(list_ok: bool) -> impl Strategy<Value = String> {
+    let column = prop::sample::select(COLUMNS).prop_map(|c| format!("\"{c}\""));
+    let options = (
+        prop::sample::select(COLUMNS),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec![
+            "\"x\"",
+            "1",
+            "true",
+            "\"2020-01-01\"",
+            "\"00001\"",
+        ])),
+        prop::sample::subsequence(
+            vec![
+                "\"trim\"",
+                "\"lower\"",
+                "\"upper\"",
+                "\"collapse_spaces\"",
+                "\"digits\"",
+                "\"phone\"",
+            ],
+            0..4,
+        ),
+        prop::option::of(prop::sample::select(vec![
+            "\"%d.%m.%Y\"",
+            "\"%d.%m.%Y %H:%M\"",
+            "\"%Y-%m-%d\"",
+        ])),
+        prop::option::of(Just("{ tak = true, nie = false, \"1\" = 1 }")),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec![
+            "\"integer\"",
+            "\"string\"",
+            "\"bool\"",
+        ])),
+    )
+        .prop_map(
+            move |(c, required, default, transforms, date, map, split, ty)| {
+                let mut parts = vec![format!("column = \"{c}\"")];
+                if required {
+                    parts.push("required = true".into());
+                }
+                if let Some(d) = default {
+                    parts.push(format!("default = {d}"));
+                }
+                if !transforms.is_empty() {
+                    parts.push(format!("transform = [{}]", transforms.join(", ")));
+                }
+                if let Some(d) = date {
+                    parts.push(format!("date = {d}"));
+                }
+                if let Some(m) = map {
+                    parts.push(format!("map = {m}"));
+                }
+                if split && list_ok {
+                    parts.push("split = \",\"".into());
+                }
+                if let Some(t) = ty {
+                    parts.push(format!("type = {t}"));
+                }
+                format!("{{ {} }}", parts.join(", "))
+            },
+        );
+    let template = (prop::sample::select(COLUMNS), prop::sample::select(COLUMNS))
+        .prop_map(|(a, b)| format!("{{ template = \"{{{a}}} - {{{b}}}\" }}"));
+    let constant = prop::sample::select(vec![
+        "{ value = \"Klient\" }",
+        "{ value = 3 }",
+        "{ value = false }",
+        "{ value = \"00002\" }",
+    ])
+    .prop_map(str::to_string);
+    prop_oneof![column, options, template, constant]
+}
+
+fn mapping_text() -> impl Strategy<Value = String> {
+    (
+        spec(false),
+        spec(true),
+        spec(true),
+        spec(false),
+        spec(false),
+        spec(false),
+        spec(false),
+        spec(false),
+        spec(false),
+        prop::option::of(spec(false)),
+    )
+        .prop_map(|(surname, email, phone, birthdate, vip, item, campaign_id, next_call, message, when)| {
+            let when = when.map(|w| format!("when = {w}\n")).unwrap_or_default();
+            format!(
+                "[customer]\n{when}surname = {surname}\nemail = {email}\nphone_number = {phone}\nbirthdate = {birthdate}\nvip = {vip}\n\
+                 [customer.custom_fields]\n\"X\" = {item}\n\
+                 [[field_group]]\ngroup_id = 2\n[field_group.values]\n8 = {item}\n\
+                 [campaign]\n{when}id = {campaign_id}\nnext_call_date = {next_call}\n\
+                 [campaign_update]\nid = {campaign_id}\nidentifier = {message}\n\
+                 [feed]\nmessage = {message}\ntime = {next_call}\n"
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    #[test]
+    fn mapping_never_panics_and_every_row_gets_an_outcome(
+        text in mapping_text(),
+        rows in prop::collection::vec(prop::collection::vec(cell(), COLUMNS.len()), 1..8),
+    ) {
+        let header: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
+        let loaded = mapping::parse(Path::new("p.toml"), text.clone()).unwrap();
+        // Some generated mappings are rightly refused (a default that is not a
+        // date for a date field...): that must be an error value, not a panic.
+        let Ok(plan) = mapping::compile(&loaded, &header) else { return Ok(()) };
+        for (i, cells) in rows.iter().enumerate() {
+            let row = Row { id: RowId { row: i as u64 + 1, line: i as u64 + 2, offset: 0 }, cells: Cells::from_strs(cells) };
+            match plan.map_row(&row) {
+                Ok(p) => {
+                    // Whatever is produced is well-formed JSON for the API.
+                    if let Some(f) = &p.feed {
+                        let payload = f["payload"].as_str().unwrap();
+                        prop_assert!(serde_json::from_str::<serde_json::Value>(payload).is_ok());
+                    }
+                    if let Some(c) = &p.campaign {
+                        prop_assert_eq!(c.campaign_id.chars().count(), 5);
+                    }
+                }
+                Err(errors) => prop_assert!(!errors.is_empty(), "an invalid row says why"),
+            }
+        }
+    }
+}
+
+/// Text each tested encoding can represent: ASCII (with the characters that
+/// need quoting) and the Polish letters.
+fn representable_cell() -> impl Strategy<Value = String> {
+    "[ a-zA-Z0-9\"';,|\\t\\r\\nąćęłńóśźżĄĆĘŁŃÓŚŹŻ.-]{0,16}"
+}
+
+proptest! {
+    #![proptest_config(config(500))]
+
+    #[test]
+    fn csv_written_by_the_csv_crate_reads_back_in_every_encoding(
+        records in prop::collection::vec(prop::collection::vec(representable_cell(), 3), 1..20),
+        delimiter in prop::sample::select(vec![b',', b';', b'\t', b'|']),
+        encoding in prop::sample::select(vec!["utf-8", "windows-1250", "iso-8859-2"]),
+        crlf in any::<bool>(),
+        sniff in any::<bool>(),
+    ) {
+        let mut w = csv::WriterBuilder::new()
+            .delimiter(delimiter)
+            .terminator(if crlf { csv::Terminator::CRLF } else { csv::Terminator::Any(b'\n') })
+            .from_writer(Vec::new());
+        w.write_record(["h1", "h2", "h3"]).unwrap();
+        for r in &records {
+            w.write_record(r).unwrap();
+        }
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let enc = encoding_rs::Encoding::for_label(encoding.as_bytes()).unwrap();
+        let (bytes, _, unmappable) = enc.encode(&text);
+        prop_assert!(!unmappable);
+        let options = SourceOptions {
+            delimiter: if sniff { None } else { Some(delimiter) },
+            encoding: Some(enc),
+            quote: b'"',
+        };
+        let mut source = Source::from_reader(&bytes[..], Path::new("p.csv"), &options).unwrap();
+        prop_assert_eq!(source.info().delimiter, delimiter);
+        let mut read = Vec::new();
+        while let Some(next) = source.next_row() {
+            let row = next.unwrap().unwrap();
+            // The byte offset points at the record's first byte.
+            prop_assert!(row.id.offset < bytes.len() as u64);
+            read.push(row.cells.iter().map(str::to_string).collect::<Vec<_>>());
+        }
+        // A record of one empty field is written as an empty line by no one:
+        // the csv crate quotes it, so every record comes back.
+        prop_assert_eq!(read, records);
+    }
+}
