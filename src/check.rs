@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::mapping::{self, MappingError, Plan, RowPayloads};
+use crate::mapping::{self, Evaluated, MappingError, Plan};
 use crate::source::{FieldError, Row, RowId, Source, SourceError, SourceInfo};
 
 /// A file or mapping that cannot be used at all (exit 2).
@@ -96,10 +96,12 @@ impl Input {
     }
 }
 
-/// Maps every row; `on_valid` sees each valid row with its payloads.
+/// Evaluates every row (every value computed and checked, payloads not
+/// assembled); `on_valid` sees each valid row and can assemble its payloads
+/// with [`Plan::assemble`].
 pub fn check(
     input: &mut Input,
-    mut on_valid: impl FnMut(&Row, &RowPayloads),
+    mut on_valid: impl FnMut(&Plan, &Row, Evaluated),
 ) -> Result<CheckReport, InputError> {
     let mut report = CheckReport {
         rows: 0,
@@ -114,10 +116,10 @@ pub fn check(
                 report.invalid += 1;
                 report.errors.push(RowIssue::new(bad.id, bad.error));
             }
-            Ok(row) => match input.plan.map_row(&row) {
-                Ok(payloads) => {
+            Ok(row) => match input.plan.evaluate(&row) {
+                Ok(evaluated) => {
                     report.valid += 1;
-                    on_valid(&row, &payloads);
+                    on_valid(&input.plan, &row, evaluated);
                 }
                 Err(errors) => {
                     report.invalid += 1;

@@ -30,7 +30,7 @@ fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     if !args.json {
         eprintln!("Reading {}: {}", args.csv.display(), input.info());
     }
-    let report = check::check(&mut input, |_, _| {})?;
+    let report = check::check(&mut input, |_, _, _| {})?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -55,9 +55,10 @@ fn dry_run(args: &RunArgs) -> anyhow::Result<Exit> {
     let mut out = stdout.lock();
     let mut shown = 0;
     let mut write_error = None;
-    let report = check::check(&mut input, |row, payloads| {
+    let report = check::check(&mut input, |plan, row, evaluated| {
         if shown < args.show_payloads && write_error.is_none() {
             shown += 1;
+            let payloads = plan.assemble(evaluated, row);
             let line = serde_json::json!({"row": row.id.row, "line": row.id.line, "payloads": payloads.to_json()});
             if let Err(e) = writeln!(out, "{line}") {
                 write_error = Some(e);

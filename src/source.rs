@@ -550,6 +550,20 @@ impl<R: Read> Source<R> {
                 ),
             ));
         }
+        // UTF-8 fast path: validate the whole record at once and copy it in
+        // one go; an invalid byte, or a cell boundary inside a character,
+        // falls through to the per-cell path that names the cell.
+        if self.info.encoding == encoding_rs::UTF_8 {
+            if let Ok(text) = std::str::from_utf8(&rec.out) {
+                if rec.ends.iter().all(|&e| text.is_char_boundary(e)) {
+                    let cells = Cells {
+                        text: text.to_string(),
+                        ends: rec.ends.clone(),
+                    };
+                    return Ok(Row { id, cells });
+                }
+            }
+        }
         let mut cells = Cells {
             text: String::with_capacity(rec.out.len()),
             ends: Vec::new(),

@@ -314,12 +314,11 @@ impl RowPayloads {
     }
 }
 
-/// Target field, its kind, and whether it takes a list.
-type Field = (String, Spec);
+/// A target field name and the slot of its spec in [`Plan::specs`].
+type Field = (String, usize);
 
 #[derive(Debug)]
 struct CustomerPlan {
-    when: Option<Spec>,
     fields: Vec<Field>,
     addresses: Vec<(&'static str, Vec<Field>)>,
     custom_fields: Vec<Field>,
@@ -327,46 +326,67 @@ struct CustomerPlan {
 
 #[derive(Debug)]
 struct FieldGroupPlan {
-    when: Option<Spec>,
     group_id: i64,
-    values: Vec<(i64, Spec)>,
+    values: Vec<(i64, usize)>,
 }
 
 #[derive(Debug)]
 struct CampaignPlan {
-    when: Option<Spec>,
-    id: Spec,
+    id: usize,
     fields: Vec<Field>,
 }
 
 #[derive(Debug)]
 struct UpdatePlan {
-    when: Option<Spec>,
-    id: Spec,
-    identifier: Spec,
+    id: usize,
+    identifier: usize,
     fields: Vec<Field>,
     record_fields: Vec<Field>,
 }
 
 #[derive(Debug)]
 struct FeedPlan {
+    message: usize,
+    time: usize,
+    author: Option<usize>,
+    id: Option<usize>,
+}
+
+/// One stage's `when` and the contiguous slots of its specs: evaluating a
+/// row is one loop over the stages that run, and a stage that does not run
+/// reports no problems.
+#[derive(Debug)]
+struct StageSlots {
     when: Option<Spec>,
-    message: Spec,
-    time: Spec,
-    author: Option<Spec>,
-    id: Option<Spec>,
+    slots: Range<usize>,
 }
 
 /// A mapping compiled against a header: ready to map rows.
+///
+/// Mapping a row is two steps: [`Plan::evaluate`] computes every value of the
+/// stages that run into flat slots (all the checking, nothing else), and
+/// [`Plan::assemble`] moves them into the API's payload shapes. `check` only
+/// needs the first; `run` does both.
 #[derive(Debug)]
 pub struct Plan {
     trim: bool,
     customer_id: Option<(usize, String)>,
-    customer: Option<CustomerPlan>,
-    field_groups: Vec<FieldGroupPlan>,
-    campaign: Option<CampaignPlan>,
-    campaign_update: Option<UpdatePlan>,
-    feed: Option<FeedPlan>,
+    specs: Vec<Spec>,
+    /// Stage order: customer, each field group, campaign, campaign_update, feed.
+    stages: Vec<StageSlots>,
+    customer: Option<(usize, CustomerPlan)>,
+    field_groups: Vec<(usize, FieldGroupPlan)>,
+    campaign: Option<(usize, CampaignPlan)>,
+    campaign_update: Option<(usize, UpdatePlan)>,
+    feed: Option<(usize, FeedPlan)>,
+}
+
+/// One row's evaluated values: slot → value, and which stages run.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    existing_customer_id: Option<i64>,
+    slots: Vec<Option<Value>>,
+    runs: Vec<bool>,
 }
 
 /// The stages present in a plan, in pipeline order (for summaries).
@@ -379,14 +399,43 @@ pub struct Stages {
     pub feed: bool,
 }
 
+/// Compile-time bookkeeping of slots and stages.
+struct Builder {
+    specs: Vec<Spec>,
+    stages: Vec<StageSlots>,
+}
+
+impl Builder {
+    fn slot(&mut self, spec: Spec) -> usize {
+        self.specs.push(spec);
+        self.specs.len() - 1
+    }
+    fn begin(&self) -> usize {
+        self.specs.len()
+    }
+    fn end(&mut self, start: usize, when: Option<Spec>) -> usize {
+        self.stages.push(StageSlots {
+            when,
+            slots: start..self.specs.len(),
+        });
+        self.stages.len() - 1
+    }
+}
+
 /// Checks a loaded mapping against the CSV header and builds the plan.
 pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError> {
     let raw = &loaded.raw;
     let mut ctx = Ctx::new(&loaded.text, header);
     source_options(&mut ctx, &raw.source);
+    let mut b = Builder {
+        specs: Vec::new(),
+        stages: Vec::new(),
+    };
     let mut plan = Plan {
         trim: raw.source.trim.unwrap_or(true),
         customer_id: None,
+        specs: Vec::new(),
+        stages: Vec::new(),
         customer: None,
         field_groups: Vec::new(),
         campaign: None,
@@ -406,6 +455,22 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         w.as_ref()
             .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
     };
+    // Compiles the specs of a list of fields into slots.
+    let fields = |ctx: &mut Ctx<'_>,
+                  b: &mut Builder,
+                  key: &str,
+                  list: Vec<(&str, Option<&raw::Spec>, Kind, bool)>|
+     -> Vec<Field> {
+        list.into_iter()
+            .filter_map(|(name, spec, kind, is_list)| {
+                let mut s = ctx.spec(&format!("{key}.{name}"), spec?, kind, is_list)?;
+                if key == "customer" && name == "surname" {
+                    s.set_required();
+                }
+                Some((name.to_string(), b.slot(s)))
+            })
+            .collect()
+    };
     if let Some(c) = &raw.customer {
         let span = c.span();
         let c = c.get_ref();
@@ -416,17 +481,8 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 "customer.surname is required by the API: map it to a column".into(),
             );
         }
-        let mut fields = Vec::new();
-        for (name, spec, kind, list) in customer_fields(c) {
-            if let Some(raw) = spec {
-                if let Some(mut s) = ctx.spec(&format!("customer.{name}"), raw, kind, list) {
-                    if name == "surname" {
-                        s.set_required();
-                    }
-                    fields.push((name.to_string(), s));
-                }
-            }
-        }
+        let start = b.begin();
+        let scalar = fields(&mut ctx, &mut b, "customer", customer_fields(c));
         let mut addresses = Vec::new();
         for (name, address) in [
             ("address", &c.address),
@@ -434,34 +490,36 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             ("mail_drop_address", &c.mail_drop_address),
         ] {
             if let Some(a) = address {
-                let parts = address_fields(a)
+                let list = address_fields(a)
                     .into_iter()
-                    .filter_map(|(part, spec)| {
-                        let raw = spec?;
-                        let s =
-                            ctx.spec(&format!("customer.{name}.{part}"), raw, Kind::Text, false)?;
-                        Some((part.to_string(), s))
-                    })
+                    .map(|(part, spec)| (part, spec, Kind::Text, false))
                     .collect();
-                addresses.push((name, parts));
+                addresses.push((
+                    name,
+                    fields(&mut ctx, &mut b, &format!("customer.{name}"), list),
+                ));
             }
         }
         let custom_fields = ordered(
             &mut ctx,
+            &mut b,
             "customer.custom_fields",
             c.custom_fields.as_ref(),
-            Kind::Scalar,
         );
-        plan.customer = Some(CustomerPlan {
-            when: when(&mut ctx, "customer", &c.when),
-            fields,
-            addresses,
-            custom_fields,
-        });
+        let stage = b.end(start, when(&mut ctx, "customer", &c.when));
+        plan.customer = Some((
+            stage,
+            CustomerPlan {
+                fields: scalar,
+                addresses,
+                custom_fields,
+            },
+        ));
     }
     for (n, g) in raw.field_group.iter().enumerate() {
         let key = format!("field_group[{n}]");
         let g = g.get_ref();
+        let start = b.begin();
         let mut values = Vec::new();
         for (field, spec) in &g.values.0 {
             let Ok(field_id) = field.get_ref().trim().parse::<i64>() else {
@@ -474,7 +532,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 Kind::Scalar,
                 false,
             ) {
-                values.push((field_id, s));
+                values.push((field_id, b.slot(s)));
             }
         }
         if g.values.0.is_empty() {
@@ -484,97 +542,129 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 "a field group needs at least one value".into(),
             );
         }
-        plan.field_groups.push(FieldGroupPlan {
-            when: when(&mut ctx, &key, &g.when),
-            group_id: *g.group_id.get_ref(),
-            values,
-        });
+        let stage = b.end(start, when(&mut ctx, &key, &g.when));
+        plan.field_groups.push((
+            stage,
+            FieldGroupPlan {
+                group_id: *g.group_id.get_ref(),
+                values,
+            },
+        ));
     }
     if let Some(c) = &raw.campaign {
         let c = c.get_ref();
-        let id = ctx.spec("campaign.id", &c.id, Kind::CampaignId, false);
-        let mut fields = Vec::new();
-        for (name, spec, kind) in [
-            ("status_id", &c.status_id, Kind::Int),
-            ("dictionary_status_id", &c.dictionary_status_id, Kind::Int),
-            ("agent_login", &c.agent_login, Kind::Text),
-            ("next_call_date", &c.next_call_date, Kind::DateTime),
-            ("order", &c.order, Kind::Int),
-        ] {
-            if let Some(raw) = spec {
-                if let Some(s) = ctx.spec(&format!("campaign.{name}"), raw, kind, false) {
-                    fields.push((name.to_string(), s));
-                }
-            }
-        }
+        let start = b.begin();
+        let id = ctx
+            .spec("campaign.id", &c.id, Kind::CampaignId, false)
+            .map(|s| b.slot(s));
+        let list = vec![
+            ("status_id", c.status_id.as_ref(), Kind::Int, false),
+            (
+                "dictionary_status_id",
+                c.dictionary_status_id.as_ref(),
+                Kind::Int,
+                false,
+            ),
+            ("agent_login", c.agent_login.as_ref(), Kind::Text, false),
+            (
+                "next_call_date",
+                c.next_call_date.as_ref(),
+                Kind::DateTime,
+                false,
+            ),
+            ("order", c.order.as_ref(), Kind::Int, false),
+        ];
+        let record = fields(&mut ctx, &mut b, "campaign", list);
+        let stage = b.end(start, when(&mut ctx, "campaign", &c.when));
         if let Some(id) = id {
-            plan.campaign = Some(CampaignPlan {
-                when: when(&mut ctx, "campaign", &c.when),
-                id,
-                fields,
-            });
+            plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
         }
     }
     if let Some(u) = &raw.campaign_update {
         let u = u.get_ref();
-        let id = ctx.spec("campaign_update.id", &u.id, Kind::CampaignId, false);
-        let identifier = ctx.spec(
-            "campaign_update.identifier",
-            &u.identifier,
-            Kind::Text,
-            false,
-        );
-        let mut fields = Vec::new();
-        for (name, spec, kind) in [
-            ("status_id", &u.status_id, Kind::Int),
-            ("dictionary_status_id", &u.dictionary_status_id, Kind::Int),
-            ("agent_login", &u.agent_login, Kind::Text),
-            ("next_call_date", &u.next_call_date, Kind::DateTime),
-        ] {
-            if let Some(raw) = spec {
-                if let Some(s) = ctx.spec(&format!("campaign_update.{name}"), raw, kind, false) {
-                    fields.push((name.to_string(), s));
-                }
-            }
-        }
+        let start = b.begin();
+        let id = ctx
+            .spec("campaign_update.id", &u.id, Kind::CampaignId, false)
+            .map(|s| b.slot(s));
+        let identifier = ctx
+            .spec(
+                "campaign_update.identifier",
+                &u.identifier,
+                Kind::Text,
+                false,
+            )
+            .map(|mut s| {
+                s.set_required();
+                b.slot(s)
+            });
+        let list = vec![
+            ("status_id", u.status_id.as_ref(), Kind::Int, false),
+            (
+                "dictionary_status_id",
+                u.dictionary_status_id.as_ref(),
+                Kind::Int,
+                false,
+            ),
+            ("agent_login", u.agent_login.as_ref(), Kind::Text, false),
+            (
+                "next_call_date",
+                u.next_call_date.as_ref(),
+                Kind::DateTime,
+                false,
+            ),
+        ];
+        let body = fields(&mut ctx, &mut b, "campaign_update", list);
         let record_fields = ordered(
             &mut ctx,
+            &mut b,
             "campaign_update.record_fields",
             u.record_fields.as_ref(),
-            Kind::Scalar,
         );
-        if let (Some(id), Some(mut identifier)) = (id, identifier) {
-            identifier.set_required();
-            plan.campaign_update = Some(UpdatePlan {
-                when: when(&mut ctx, "campaign_update", &u.when),
-                id,
-                identifier,
-                fields,
-                record_fields,
-            });
+        let stage = b.end(start, when(&mut ctx, "campaign_update", &u.when));
+        if let (Some(id), Some(identifier)) = (id, identifier) {
+            plan.campaign_update = Some((
+                stage,
+                UpdatePlan {
+                    id,
+                    identifier,
+                    fields: body,
+                    record_fields,
+                },
+            ));
         }
     }
     if let Some(f) = &raw.feed {
         let f = f.get_ref();
-        let message = ctx.spec("feed.message", &f.message, Kind::Text, false);
-        let time = ctx.spec("feed.time", &f.time, Kind::FeedTime, false);
+        let start = b.begin();
+        let required =
+            |ctx: &mut Ctx<'_>, b: &mut Builder, key: &str, spec: &raw::Spec, kind: Kind| {
+                ctx.spec(key, spec, kind, false).map(|mut s| {
+                    s.set_required();
+                    b.slot(s)
+                })
+            };
+        let message = required(&mut ctx, &mut b, "feed.message", &f.message, Kind::Text);
+        let time = required(&mut ctx, &mut b, "feed.time", &f.time, Kind::FeedTime);
         let author = f
             .author
             .as_ref()
-            .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false));
+            .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false))
+            .map(|s| b.slot(s));
         let id =
             f.id.as_ref()
-                .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false));
-        if let (Some(mut message), Some(mut time)) = (message, time) {
-            message.set_required();
-            time.set_required();
-            plan.feed = Some(FeedPlan {
-                when: when(&mut ctx, "feed", &f.when),
-                message,
-                time,
-                author,
-                id,
-            });
+                .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
+                .map(|s| b.slot(s));
+        let stage = b.end(start, when(&mut ctx, "feed", &f.when));
+        if let (Some(message), Some(time)) = (message, time) {
+            plan.feed = Some((
+                stage,
+                FeedPlan {
+                    message,
+                    time,
+                    author,
+                    id,
+                },
+            ));
         }
     }
     let needs_customer =
@@ -594,49 +684,61 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     {
         ctx.issues.push(Issue { key: "(mapping)".into(), line: 1, message: "the mapping has no stage: add [customer], [[field_group]], [campaign], [campaign_update] or [feed]".into() });
     }
+    plan.specs = b.specs;
+    plan.stages = b.stages;
     ctx.finish(&loaded.path).map(|()| plan)
 }
 
 fn ordered(
     ctx: &mut Ctx<'_>,
+    b: &mut Builder,
     key: &str,
     map: Option<&OrderedMap<raw::Spec>>,
-    kind: Kind,
 ) -> Vec<Field> {
     let Some(map) = map else { return Vec::new() };
     map.0
         .iter()
         .filter_map(|(name, spec)| {
-            let s = ctx.spec(&format!("{key}.\"{}\"", name.get_ref()), spec, kind, false)?;
-            Some((name.get_ref().clone(), s))
+            let s = ctx.spec(
+                &format!("{key}.\"{}\"", name.get_ref()),
+                spec,
+                Kind::Scalar,
+                false,
+            )?;
+            Some((name.get_ref().clone(), b.slot(s)))
         })
         .collect()
 }
 
 /// The customer's scalar fields with their kinds, in the API's order.
-fn customer_fields(c: &raw::RawCustomer) -> Vec<(&'static str, &Option<raw::Spec>, Kind, bool)> {
+fn customer_fields(c: &raw::RawCustomer) -> Vec<(&'static str, Option<&raw::Spec>, Kind, bool)> {
     vec![
-        ("name", &c.name, Kind::Text, false),
-        ("surname", &c.surname, Kind::Text, false),
-        ("email", &c.email, Kind::Email, true),
-        ("phone_number", &c.phone_number, Kind::Phone, true),
-        ("company_id", &c.company_id, Kind::Int, false),
-        ("type", &c.type_, Kind::Text, false),
-        ("group", &c.group, Kind::Text, false),
-        ("identifier", &c.identifier, Kind::Text, false),
-        ("gender", &c.gender, Kind::Text, false),
-        ("homepage", &c.homepage, Kind::Text, false),
-        ("birthdate", &c.birthdate, Kind::Date, false),
-        ("nip", &c.nip, Kind::Text, false),
-        ("note", &c.note, Kind::Text, false),
-        ("pesel", &c.pesel, Kind::Text, false),
-        ("job", &c.job, Kind::Text, false),
-        ("job_title", &c.job_title, Kind::Text, false),
-        ("account_manager", &c.account_manager, Kind::Text, false),
-        ("vip", &c.vip, Kind::Bool, false),
+        ("name", c.name.as_ref(), Kind::Text, false),
+        ("surname", c.surname.as_ref(), Kind::Text, false),
+        ("email", c.email.as_ref(), Kind::Email, true),
+        ("phone_number", c.phone_number.as_ref(), Kind::Phone, true),
+        ("company_id", c.company_id.as_ref(), Kind::Int, false),
+        ("type", c.type_.as_ref(), Kind::Text, false),
+        ("group", c.group.as_ref(), Kind::Text, false),
+        ("identifier", c.identifier.as_ref(), Kind::Text, false),
+        ("gender", c.gender.as_ref(), Kind::Text, false),
+        ("homepage", c.homepage.as_ref(), Kind::Text, false),
+        ("birthdate", c.birthdate.as_ref(), Kind::Date, false),
+        ("nip", c.nip.as_ref(), Kind::Text, false),
+        ("note", c.note.as_ref(), Kind::Text, false),
+        ("pesel", c.pesel.as_ref(), Kind::Text, false),
+        ("job", c.job.as_ref(), Kind::Text, false),
+        ("job_title", c.job_title.as_ref(), Kind::Text, false),
+        (
+            "account_manager",
+            c.account_manager.as_ref(),
+            Kind::Text,
+            false,
+        ),
+        ("vip", c.vip.as_ref(), Kind::Bool, false),
         (
             "fill_read_only_custom_fields",
-            &c.fill_read_only_custom_fields,
+            c.fill_read_only_custom_fields.as_ref(),
             Kind::Bool,
             false,
         ),
@@ -654,22 +756,19 @@ fn address_fields(a: &RawAddress) -> Vec<(&'static str, Option<&raw::Spec>)> {
     ]
 }
 
-/// Evaluates fields into `out`, collecting every error of the row.
-fn fill(
-    out: &mut Map<String, Value>,
-    fields: &[Field],
-    cells: &Cells,
-    trim: bool,
-    errors: &mut Vec<FieldError>,
-) {
-    for (name, spec) in fields {
-        match spec.eval(cells, trim) {
-            Ok(Some(v)) => {
+impl Evaluated {
+    fn take(&mut self, slot: usize) -> Option<Value> {
+        self.slots.get_mut(slot).and_then(Option::take)
+    }
+    /// Moves the values of `fields` into a JSON object.
+    fn object(&mut self, fields: &[Field]) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (name, slot) in fields {
+            if let Some(v) = self.take(*slot) {
                 out.insert(name.clone(), v);
             }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
         }
+        out
     }
 }
 
@@ -690,14 +789,13 @@ impl Plan {
     pub fn customer_has_identifier(&self) -> bool {
         self.customer
             .as_ref()
-            .is_some_and(|c| c.fields.iter().any(|(n, _)| n == "identifier"))
+            .is_some_and(|(_, c)| c.fields.iter().any(|(n, _)| n == "identifier"))
     }
 
     fn runs(&self, when: &Option<Spec>, cells: &Cells, errors: &mut Vec<FieldError>) -> bool {
         match when {
             None => true,
             Some(w) => match w.eval(cells, self.trim) {
-                Ok(Some(Value::String(s))) => !s.is_empty(),
                 Ok(Some(Value::Bool(b))) => b,
                 Ok(Some(_)) => true,
                 Ok(None) => false,
@@ -711,15 +809,23 @@ impl Plan {
 
     /// Maps one row: its payloads, or every problem found in it.
     pub fn map_row(&self, row: &Row) -> Result<RowPayloads, Vec<FieldError>> {
+        self.evaluate(row).map(|ev| self.assemble(ev, row))
+    }
+
+    /// Computes and checks every value of the stages that run for this row.
+    pub fn evaluate(&self, row: &Row) -> Result<Evaluated, Vec<FieldError>> {
         let cells = &row.cells;
-        let trim = self.trim;
         let mut errors = Vec::new();
-        let mut out = RowPayloads::default();
+        let mut ev = Evaluated {
+            existing_customer_id: None,
+            slots: vec![None; self.specs.len()],
+            runs: vec![false; self.stages.len()],
+        };
         if let Some((i, name)) = &self.customer_id {
             let cell = cells.get(*i).unwrap_or_default().trim();
             if !cell.is_empty() {
                 match cell.parse::<i64>() {
-                    Ok(id) if id > 0 => out.existing_customer_id = Some(id),
+                    Ok(id) if id > 0 => ev.existing_customer_id = Some(id),
                     _ => errors.push(FieldError {
                         column: Some(name.clone()),
                         value: Some(crate::source::shorten(cell)),
@@ -728,37 +834,72 @@ impl Plan {
                 }
             }
         }
-        if let Some(c) = &self.customer {
-            if out.existing_customer_id.is_none() && self.runs(&c.when, cells, &mut errors) {
-                let mut customer = Map::new();
-                fill(&mut customer, &c.fields, cells, trim, &mut errors);
+        for (stage, s) in self.stages.iter().enumerate() {
+            let skip_customer = ev.existing_customer_id.is_some()
+                && self.customer.as_ref().is_some_and(|(c, _)| *c == stage);
+            if skip_customer || !self.runs(&s.when, cells, &mut errors) {
+                continue;
+            }
+            ev.runs[stage] = true;
+            for slot in s.slots.clone() {
+                match self.specs[slot].eval(cells, self.trim) {
+                    Ok(v) => ev.slots[slot] = v,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let needs_customer = self.field_groups.iter().any(|(s, _)| ev.runs[*s])
+            || self.campaign.as_ref().is_some_and(|(s, _)| ev.runs[*s])
+            || self.feed.as_ref().is_some_and(|(s, _)| ev.runs[*s]);
+        let creates = self.customer.as_ref().is_some_and(|(s, _)| ev.runs[*s]);
+        if errors.is_empty() && needs_customer && !creates && ev.existing_customer_id.is_none() {
+            errors.push(FieldError {
+                column: self.customer_id.as_ref().map(|(_, n)| n.clone()),
+                value: None,
+                reason: "no customer id in this row and no [customer] to create one, but a later stage needs it".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(ev)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Moves evaluated values into the API's payload shapes.
+    pub fn assemble(&self, mut ev: Evaluated, row: &Row) -> RowPayloads {
+        let mut out = RowPayloads {
+            existing_customer_id: ev.existing_customer_id,
+            ..RowPayloads::default()
+        };
+        if let Some((stage, c)) = &self.customer {
+            if ev.runs[*stage] {
+                let mut customer = ev.object(&c.fields);
                 for (name, parts) in &c.addresses {
-                    let mut address = Map::new();
-                    fill(&mut address, parts, cells, trim, &mut errors);
+                    let address = ev.object(parts);
                     if !address.is_empty() {
                         customer.insert((*name).to_string(), Value::Object(address));
                     }
                 }
-                let mut custom = Map::new();
-                fill(&mut custom, &c.custom_fields, cells, trim, &mut errors);
+                let custom = ev.object(&c.custom_fields);
                 if !custom.is_empty() {
                     customer.insert("custom_fields".into(), Value::Object(custom));
                 }
                 out.customer = Some(customer);
             }
         }
-        for (index, g) in self.field_groups.iter().enumerate() {
-            if !self.runs(&g.when, cells, &mut errors) {
+        for (index, (stage, g)) in self.field_groups.iter().enumerate() {
+            if !ev.runs[*stage] {
                 continue;
             }
-            let mut values = Vec::new();
-            for (field_id, spec) in &g.values {
-                match spec.eval(cells, trim) {
-                    Ok(Some(v)) => values.push(json!({"field_id": field_id, "value": v})),
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-            }
+            let values: Vec<Value> = g
+                .values
+                .iter()
+                .filter_map(|(field_id, slot)| {
+                    ev.take(*slot)
+                        .map(|v| json!({"field_id": field_id, "value": v}))
+                })
+                .collect();
             if !values.is_empty() {
                 out.field_groups.push(ItemPayload {
                     index,
@@ -767,126 +908,62 @@ impl Plan {
                 });
             }
         }
-        if let Some(c) = &self.campaign {
-            if self.runs(&c.when, cells, &mut errors) {
-                match c.id.eval(cells, trim) {
-                    Ok(Some(Value::String(id))) => {
-                        let mut record = Map::new();
-                        fill(&mut record, &c.fields, cells, trim, &mut errors);
-                        out.campaign = Some(CampaignPayload {
-                            campaign_id: id,
-                            record,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(e) => errors.push(e),
+        if let Some((stage, c)) = &self.campaign {
+            if ev.runs[*stage] {
+                if let Some(Value::String(campaign_id)) = ev.take(c.id) {
+                    out.campaign = Some(CampaignPayload {
+                        campaign_id,
+                        record: ev.object(&c.fields),
+                    });
                 }
             }
         }
-        if let Some(u) = &self.campaign_update {
-            if self.runs(&u.when, cells, &mut errors) {
-                let id = u.id.eval(cells, trim);
-                let identifier = u.identifier.eval(cells, trim);
-                let mut body = Map::new();
-                fill(&mut body, &u.fields, cells, trim, &mut errors);
-                let mut record_fields = Map::new();
-                fill(
-                    &mut record_fields,
-                    &u.record_fields,
-                    cells,
-                    trim,
-                    &mut errors,
-                );
+        if let Some((stage, u)) = &self.campaign_update {
+            if ev.runs[*stage] {
+                let id = ev.take(u.id);
+                let identifier = ev.take(u.identifier);
+                let mut body = ev.object(&u.fields);
+                let record_fields = ev.object(&u.record_fields);
                 if !record_fields.is_empty() {
                     body.insert("record_fields".into(), Value::Object(record_fields));
                 }
-                match (id, identifier) {
-                    (Ok(Some(Value::String(id))), Ok(Some(identifier))) => {
-                        let identifier = match identifier {
-                            Value::String(s) => s,
-                            other => other.to_string(),
-                        };
-                        out.campaign_update = Some(UpdatePayload {
-                            campaign_id: id,
-                            identifier,
-                            body,
-                        });
-                    }
-                    (id, identifier) => {
-                        errors.extend(id.err());
-                        errors.extend(identifier.err());
-                    }
+                if let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) {
+                    let identifier = match identifier {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    out.campaign_update = Some(UpdatePayload {
+                        campaign_id,
+                        identifier,
+                        body,
+                    });
                 }
             }
         }
-        if let Some(f) = &self.feed {
-            if self.runs(&f.when, cells, &mut errors) {
-                let mut message = Map::new();
-                let id = match &f.id {
-                    Some(spec) => spec.eval(cells, trim),
-                    None => Ok(None),
+        if let Some((stage, f)) = &self.feed {
+            if ev.runs[*stage] {
+                let id = match f.id.and_then(|s| ev.take(s)) {
+                    Some(Value::String(s)) => s,
+                    Some(other) => other.to_string(),
+                    None => format!("thulium-import-{}", row.id.row),
                 };
-                match id {
-                    Ok(Some(v)) => message.insert(
-                        "id".into(),
-                        json!(v.as_str().map_or(v.to_string(), str::to_string)),
-                    ),
-                    Ok(None) => {
-                        message.insert("id".into(), json!(format!("thulium-import-{}", row.id.row)))
-                    }
-                    Err(e) => {
-                        errors.push(e);
-                        None
-                    }
-                };
-                message.insert("type".into(), json!("text"));
-                match f.message.eval(cells, trim) {
-                    Ok(Some(m)) => {
-                        message.insert("payload".into(), json!({"message": m}));
-                    }
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-                let author = match &f.author {
-                    Some(a) => a.eval(cells, trim),
-                    None => Ok(None),
-                };
-                match author {
-                    Ok(a) => message.insert("author".into(), a.unwrap_or_else(|| json!("agent"))),
-                    Err(e) => {
-                        errors.push(e);
-                        None
-                    }
-                };
-                match f.time.eval(cells, trim) {
-                    Ok(Some(t)) => {
-                        message.insert("time".into(), t);
-                    }
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-                let payload = Value::Array(vec![Value::Object(message)]).to_string();
+                let author = f
+                    .author
+                    .and_then(|s| ev.take(s))
+                    .unwrap_or_else(|| json!("agent"));
+                let message = json!([{
+                    "id": id,
+                    "type": "text",
+                    "payload": {"message": ev.take(f.message)},
+                    "author": author,
+                    "time": ev.take(f.time),
+                }]);
                 let mut body = Map::new();
                 body.insert("type".into(), json!("ZOWIE"));
-                body.insert("payload".into(), Value::String(payload));
+                body.insert("payload".into(), Value::String(message.to_string()));
                 out.feed = Some(body);
             }
         }
-        if errors.is_empty()
-            && out.existing_customer_id.is_none()
-            && out.customer.is_none()
-            && out.needs_customer()
-        {
-            errors.push(FieldError {
-                column: self.customer_id.as_ref().map(|(_, n)| n.clone()),
-                value: None,
-                reason: "no customer id in this row and no [customer] to create one, but a later stage needs it".into(),
-            });
-        }
-        if errors.is_empty() {
-            Ok(out)
-        } else {
-            Err(errors)
-        }
+        out
     }
 }
