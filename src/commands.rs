@@ -7,9 +7,16 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::check::{self, Input};
-use crate::cli::{CheckArgs, Cli, Command, RunArgs, SandboxArgs};
+use crate::cli::{CheckArgs, Cli, Command, ReportArgs, RunArgs, SandboxArgs};
+use crate::client::{ApiClient, ClientConfig};
+use crate::credentials::{self, Credentials, Password};
+use crate::ledger::{self, Header, Ledger};
+use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::Exit;
+use crate::{progress, report};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Runs one parsed command line to its end.
 pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
@@ -17,7 +24,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Sandbox(args) => sandbox(args).await,
         Command::Check(args) => check_command(&args),
         Command::Run(args) if args.dry_run => dry_run(&args),
-        Command::Run(_) | Command::Retry(_) | Command::Report(_) => {
+        Command::Run(args) => run_command(args).await,
+        Command::Report(args) => report_command(&args),
+        Command::Retry(_) => {
             anyhow::bail!("not implemented yet")
         }
     }
@@ -113,4 +122,233 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
     sandbox.stop();
     eprintln!("Sandbox stopped.");
     Ok(Exit::Ok)
+}
+
+/// `thulium-import run`: the import.
+async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
+    if !(args.pace.rate > 0.0 && args.pace.rate.is_finite()) {
+        anyhow::bail!(
+            "--rate must be a positive number of requests per second, not {}",
+            args.pace.rate
+        );
+    }
+    if let Some(p) = args.pace.max_failure_rate {
+        if !(0.0..=100.0).contains(&p) {
+            anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");
+        }
+    }
+    let input = Input::open(&args.csv, &args.mapping)?;
+    // The in-process sandbox gets a fresh random password: nothing to leak.
+    let sandbox = if args.sandbox {
+        let password = format!("{:032x}", rand::random::<u128>());
+        let config = SandboxConfig {
+            password: password.clone(),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::start(config)
+            .await
+            .context("cannot start the sandbox")?;
+        eprintln!(
+            "Sandbox started on {} (in-process; it ends with this run)",
+            sandbox.url()
+        );
+        Some((sandbox, password))
+    } else {
+        None
+    };
+    let credentials = match &sandbox {
+        Some((s, password)) => Credentials {
+            root: s.url(),
+            user: "api_user".into(),
+            password: Password::new(password.clone()),
+        },
+        None => credentials::resolve(
+            args.connect.url.as_deref(),
+            args.connect.user.as_deref(),
+            args.connect.password_file.as_deref(),
+        )?,
+    };
+    // A rehearsal against the in-process sandbox gets its own default ledger,
+    // replaced on every run: the sandbox it describes is gone.
+    let ledger_path = args.ledger.clone().unwrap_or_else(|| {
+        let mut p = args.csv.clone().into_os_string();
+        p.push(if args.sandbox {
+            ".sandbox.ledger.jsonl"
+        } else {
+            ".ledger.jsonl"
+        });
+        p.into()
+    });
+    let existing = if args.force_new_ledger {
+        ledger::Existing::KeepAside
+    } else if args.sandbox && args.ledger.is_none() {
+        ledger::Existing::Replace
+    } else {
+        ledger::Existing::Refuse
+    };
+    let header = Header {
+        version: 1,
+        source: args.csv.display().to_string(),
+        source_sha256: ledger::sha256_file(&args.csv)
+            .with_context(|| format!("{}: cannot read", args.csv.display()))?,
+        mapping: args.mapping.display().to_string(),
+        mapping_sha256: ledger::sha256_file(&args.mapping)
+            .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
+        started_at: ledger::now(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let ledger = Ledger::create(&ledger_path, header, existing)?;
+    let client_config = ClientConfig {
+        rate: args.pace.rate,
+        timeout: Duration::from_secs(args.pace.timeout.max(1)),
+        policy: crate::retry::Policy {
+            max_attempts: args.pace.max_attempts,
+            ..Default::default()
+        },
+    };
+    let client =
+        ApiClient::new(&credentials, &client_config).context("cannot set up the HTTP client")?;
+    eprintln!("Reading {}: {}", args.csv.display(), input.info());
+    eprintln!(
+        "Sending to {} as {} (ledger {})",
+        credentials.root,
+        credentials.user,
+        ledger_path.display()
+    );
+
+    let abort = Arc::new(Abort::default());
+    let ctrl_c = {
+        let abort = abort.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                abort.trip(
+                    "interrupted (Ctrl-C): calls in flight were finished and recorded".into(),
+                );
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("Second Ctrl-C: exiting now; `retry` resumes from the ledger.");
+                    std::process::exit(i32::from(Exit::Aborted.code()));
+                }
+            }
+        })
+    };
+    let progress_state = Arc::new(Progress::default());
+    let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
+    let ticker = progress::start(
+        progress_state.clone(),
+        client.clone(),
+        file_bytes,
+        progress::bars_wanted(args.output.no_progress),
+    );
+    let limits = Limits {
+        batch_size: args.pace.batch_size as usize,
+        concurrency: args.pace.concurrency as usize,
+        max_consecutive_failures: args.pace.max_consecutive_failures,
+        max_failures: args.pace.max_failures,
+        max_failure_rate: args.pace.max_failure_rate,
+    };
+    let started = Instant::now();
+    let Input { source, plan, .. } = input;
+    let end = pipeline::run(
+        source,
+        Arc::new(plan),
+        client.clone(),
+        ledger,
+        limits,
+        abort.clone(),
+        progress_state,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    ticker.abort();
+    ctrl_c.abort();
+    progress::finish();
+
+    let (_, fold, unreadable) = report::fold(&ledger_path)?;
+    let mut summary = fold.report();
+    summary.unreadable_lines = unreadable;
+    let stats = &client.stats;
+    let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{}", report::render(&summary));
+    println!(
+        "requests: {requests} sent, {} retries, {} answered 429; elapsed {:.1} s, {:.1} rows/s, {:.1} requests/s",
+        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        stats.throttled_429.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        end.rows_read as f64 / elapsed.as_secs_f64().max(0.001),
+        requests as f64 / elapsed.as_secs_f64().max(0.001),
+    );
+    println!("ledger: {}", ledger_path.display());
+    if let Some((sandbox, _)) = &sandbox {
+        let state = sandbox.state_json();
+        let len = |v: &serde_json::Value| {
+            v.as_object()
+                .map(|o| o.len())
+                .or_else(|| v.as_array().map(Vec::len))
+                .unwrap_or(0)
+        };
+        let records: usize = state["campaigns"]
+            .as_object()
+            .map(|c| c.values().map(|c| len(&c["by_customer"])).sum())
+            .unwrap_or(0);
+        let updated: usize = state["campaigns"]
+            .as_object()
+            .map(|c| c.values().map(|c| len(&c["by_identifier"])).sum())
+            .unwrap_or(0);
+        println!(
+            "sandbox now holds: {} customers, {} field-group items, {} campaign records, {} edited phone records, {} feed records",
+            len(&state["customers"]), len(&state["field_group_items"]), records, updated, len(&state["feed_records"])
+        );
+    }
+    if let Some(f) = &end.fatal {
+        eprintln!("error: {f}");
+    }
+    Ok(if end.aborted.is_some() {
+        Exit::Aborted
+    } else if summary.ok == summary.rows && end.fatal.is_none() {
+        Exit::Ok
+    } else {
+        Exit::RowsNotDone
+    })
+}
+
+/// `thulium-import report`: fold a ledger into counts and list the rows not done.
+fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
+    let (_, fold, unreadable) = report::fold(&args.ledger)?;
+    let mut summary = fold.report();
+    summary.unreadable_lines = unreadable;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.failed_csv.is_some() {
+        anyhow::bail!("--failed-csv is not implemented yet");
+    }
+    if args.json {
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", report::render(&summary))?;
+        const LIMIT: usize = 50;
+        let problems = report::problems(&args.ledger, &fold, LIMIT)?;
+        for p in &problems {
+            let stage = p.stage.map(|s| s.name()).unwrap_or("?");
+            let status = p
+                .status
+                .map(|s| format!("{s:?}").to_lowercase())
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "row {} (line {}): {stage} {status}: {}",
+                p.row,
+                p.line,
+                p.message.as_deref().unwrap_or("")
+            )?;
+        }
+        for line in &summary.unreadable_lines {
+            writeln!(out, "unreadable ledger {line} (ignored)")?;
+        }
+    }
+    Ok(if summary.ok == summary.rows {
+        Exit::Ok
+    } else {
+        Exit::RowsNotDone
+    })
 }

@@ -13,9 +13,16 @@
 
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod commands;
+pub mod credentials;
 pub mod exit;
+pub mod ledger;
 pub mod mapping;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod retry;
 pub mod sandbox;
 pub mod source;
 pub mod validate;

@@ -219,3 +219,53 @@ proptest! {
         prop_assert_eq!(read, records);
     }
 }
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    /// The campaign chunker never drops, duplicates or reorders a record,
+    /// keeps each call to one campaign, at most `limit` records, and never
+    /// two records for one customer (the answer is keyed by customer id).
+    #[test]
+    fn campaign_chunks_respect_size_campaign_and_one_record_per_customer(
+        records in prop::collection::vec((0usize..3, 1i64..12), 0..200),
+        limit in 1usize..20,
+        flush_every in prop::option::of(1usize..50),
+    ) {
+        use thulium_import::mapping::CampaignPayload;
+        use thulium_import::pipeline::{CampaignBatcher, CampaignChunk};
+        let campaigns = ["00001", "00002", "ABCDE"];
+        let mut batcher = CampaignBatcher::default();
+        let mut chunks: Vec<CampaignChunk> = Vec::new();
+        for (i, (c, customer)) in records.iter().enumerate() {
+            let id = RowId { row: i as u64 + 1, line: i as u64 + 2, offset: i as u64 };
+            let payload = CampaignPayload { campaign_id: campaigns[*c].to_string(), record: serde_json::Map::new() };
+            chunks.extend(batcher.add(id, *customer, payload, limit));
+            if flush_every.is_some_and(|n| i % n == 0) {
+                chunks.extend(batcher.drain());
+            }
+        }
+        chunks.extend(batcher.drain());
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            prop_assert!(!chunk.records.is_empty() && chunk.records.len() <= limit);
+            let mut customers = std::collections::HashSet::new();
+            for r in &chunk.records {
+                prop_assert!(customers.insert(r.customer_id), "two records for customer {} in one call", r.customer_id);
+                let (c, customer) = records[(r.id.row - 1) as usize];
+                prop_assert_eq!(campaigns[c], chunk.campaign_id.as_str());
+                prop_assert_eq!(customer, r.customer_id);
+                seen.push(r.id.row);
+            }
+        }
+        // Every record exactly once...
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, (1..=records.len() as u64).collect::<Vec<_>>());
+        // ...and, within one campaign, in arrival order.
+        for c in campaigns {
+            let order: Vec<u64> = chunks.iter().filter(|ch| ch.campaign_id == c).flat_map(|ch| ch.records.iter().map(|r| r.id.row)).collect();
+            prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{c}: {order:?}");
+        }
+    }
+}

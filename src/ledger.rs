@@ -1,0 +1,369 @@
+//! The ledger: an append-only JSON Lines file that records every row's
+//! outcome per stage, so that the run can be reported, resumed and retried
+//! without duplicates.
+//!
+//! Line 1 is a header (source and mapping with their SHA-256, tool version);
+//! then `row` events (one row, one stage, one status), `intent` events (rows
+//! about to be sent in a call that is not idempotent) and a final `end`
+//! event. Writes go through one thread that batches whatever is queued into
+//! one write and one `fsync` (group commit), and a caller waits for its
+//! entries to be durable before it sends anything that depends on them.
+//!
+//! The ledger holds ids, statuses and messages; it is created with mode 0600
+//! because messages can quote a cell of the row.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// A pipeline stage, as the ledger names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Mapping,
+    Customer,
+    FieldGroup,
+    Campaign,
+    CampaignUpdate,
+    Feed,
+}
+
+impl Stage {
+    /// The stages that send something, in pipeline order.
+    pub const SENDING: [Stage; 5] = [
+        Stage::Customer,
+        Stage::FieldGroup,
+        Stage::Campaign,
+        Stage::CampaignUpdate,
+        Stage::Feed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Mapping => "mapping",
+            Stage::Customer => "customer",
+            Stage::FieldGroup => "field_group",
+            Stage::Campaign => "campaign",
+            Stage::CampaignUpdate => "campaign_update",
+            Stage::Feed => "feed",
+        }
+    }
+}
+
+/// A row's status at one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+    Invalid,
+    Unknown,
+    Skipped,
+}
+
+/// First line of a ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub version: u32,
+    pub source: String,
+    pub source_sha256: String,
+    pub mapping: String,
+    pub mapping_sha256: String,
+    pub started_at: String,
+    pub tool_version: String,
+}
+
+/// One row's outcome at one stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RowEvent {
+    pub row: u64,
+    pub line: u64,
+    pub offset: u64,
+    pub stage: Option<Stage>,
+    pub status: Option<Status>,
+    /// For `field_group`: which `[[field_group]]` of the mapping (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Whether the failure may succeed if sent again unchanged (429s, 5xx on
+    /// idempotent calls, connection errors), as opposed to a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled: Option<bool>,
+}
+
+/// Rows about to be sent in a call that is not idempotent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Intent {
+    pub stage: Stage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+    pub rows: Vec<u64>,
+}
+
+/// The last line of a finished (or aborted) run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct End {
+    pub rows_read: u64,
+    pub finished_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+}
+
+/// One ledger line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Header(Header),
+    Row(RowEvent),
+    Intent(Intent),
+    End(End),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{path}: a ledger already exists here; use `thulium-import retry {path}` to continue that import, or --force-new-ledger to start over (the old ledger is kept as {path}.<time>)")]
+    Exists { path: String },
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "ledger {path}: the ledger writer stopped after an earlier error; nothing more is sent"
+    )]
+    Closed { path: String },
+}
+
+/// What to do with a ledger already at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to start (the default: use `retry` to continue).
+    Refuse,
+    /// Rename it to `<path>.<time>` (`--force-new-ledger`).
+    KeepAside,
+    /// Remove it (a rehearsal against the in-process sandbox).
+    Replace,
+}
+
+type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// The writing side of a ledger.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    path: PathBuf,
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl Ledger {
+    /// Creates a new ledger (never overwrites one) with mode 0600 and writes
+    /// the header durably.
+    pub fn create(path: &Path, header: Header, existing: Existing) -> Result<Ledger, LedgerError> {
+        let io = |e| LedgerError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        if path.exists() {
+            match existing {
+                Existing::Refuse => {
+                    return Err(LedgerError::Exists {
+                        path: path.display().to_string(),
+                    })
+                }
+                Existing::KeepAside => {
+                    let aside = format!(
+                        "{}.{}",
+                        path.display(),
+                        chrono::Utc::now().format("%Y%m%dT%H%M%S")
+                    );
+                    std::fs::rename(path, aside).map_err(io)?;
+                }
+                Existing::Replace => std::fs::remove_file(path).map_err(io)?,
+            }
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        let mut line = serde_json::to_vec(&Entry::Header(header)).unwrap_or_default();
+        line.push(b'\n');
+        file.write_all(&line).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(Ledger::spawn(path, file))
+    }
+
+    /// Opens an existing ledger for appending (retry).
+    pub fn append_to(path: &Path) -> Result<Ledger, LedgerError> {
+        let io = |e| LedgerError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(Ledger::spawn(path, file))
+    }
+
+    fn spawn(path: &Path, file: File) -> Ledger {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let display = path.display().to_string();
+        std::thread::spawn(move || writer(file, rx, display));
+        Ledger {
+            path: path.into(),
+            tx,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends entries and waits until they are on disk.
+    pub async fn write(&self, entries: &[Entry]) -> Result<(), LedgerError> {
+        let mut buf = Vec::with_capacity(entries.len() * 128);
+        for e in entries {
+            serde_json::to_writer(&mut buf, e).map_err(|e| LedgerError::Io {
+                path: self.path.display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
+            buf.push(b'\n');
+        }
+        let (done, wait) = oneshot::channel();
+        let closed = || LedgerError::Closed {
+            path: self.path.display().to_string(),
+        };
+        self.tx.send((buf, done)).map_err(|_| closed())?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(LedgerError::Io {
+                path: self.path.display().to_string(),
+                source: std::io::Error::other(message),
+            }),
+            Err(_) => Err(closed()),
+        }
+    }
+}
+
+/// The writer thread: drains what is queued, writes it, syncs once, acks
+/// all. After an error every later job fails: nothing is sent that cannot
+/// be recorded.
+fn writer(mut file: File, rx: std::sync::mpsc::Receiver<Job>, path: String) {
+    let mut failed: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        if failed.is_none() {
+            let mut buf = Vec::new();
+            for (bytes, _) in &jobs {
+                buf.extend_from_slice(bytes);
+            }
+            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+                tracing::error!(ledger = %path, error = %e, "Cannot write the ledger.");
+                failed = Some(e.to_string());
+            }
+        }
+        for (_, done) in jobs {
+            let _ = done.send(match &failed {
+                None => Ok(()),
+                Some(m) => Err(m.clone()),
+            });
+        }
+    }
+}
+
+/// What reading a ledger found besides its entries.
+#[derive(Debug, Default)]
+pub struct ReadNotes {
+    /// Lines that could not be parsed (a crash mid-write leaves one last).
+    pub bad_lines: Vec<(u64, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: cannot read the ledger: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a thulium-import ledger (the first line is not a ledger header)")]
+    NotALedger { path: String },
+}
+
+/// Reads a ledger, calling `f` for every entry after the header; unreadable
+/// lines are skipped and reported in the notes.
+pub fn read(path: &Path, mut f: impl FnMut(Entry)) -> Result<(Header, ReadNotes), ReadError> {
+    let io = |e| ReadError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut lines = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut notes = ReadNotes::default();
+    let mut header = None;
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if lines.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            break;
+        }
+        n += 1;
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Entry>(text) {
+            Ok(Entry::Header(h)) if header.is_none() => header = Some(h),
+            Ok(_) if header.is_none() => {
+                return Err(ReadError::NotALedger {
+                    path: path.display().to_string(),
+                })
+            }
+            Ok(e) => f(e),
+            Err(_) if header.is_none() => {
+                return Err(ReadError::NotALedger {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(e) => notes.bad_lines.push((n, format!("line {n}: {e}"))),
+        }
+    }
+    let header = header.ok_or_else(|| ReadError::NotALedger {
+        path: path.display().to_string(),
+    })?;
+    Ok((header, notes))
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Now, as the ledger writes times (RFC 3339, UTC).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
