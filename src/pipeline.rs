@@ -188,6 +188,26 @@ impl Run {
         }
     }
 
+    /// Records rows as not sent at a stage because the run is stopping, so
+    /// that no row looks done when a stage it needed never ran.
+    async fn stopped(&self, ids: &[RowId], stage: Stage, group: Option<usize>) {
+        let reason = self
+            .abort
+            .reason()
+            .unwrap_or_else(|| "the run was stopped".into());
+        let entries = ids
+            .iter()
+            .map(|id| {
+                let mut ev = event(*id, stage, Status::Skipped);
+                ev.group = group;
+                ev.message = Some(format!("not sent: the run stopped ({reason})"));
+                ev.retryable = Some(true);
+                Entry::Row(ev)
+            })
+            .collect();
+        self.record(entries).await;
+    }
+
     /// Feeds the circuit breaker with one call's fate.
     fn call_went(&self, ok: bool) {
         if ok {
@@ -549,10 +569,23 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
                 continue;
             }
         };
+        let MappedRow { id, payloads } = row;
         if run.abort.is_set() {
+            for item in &payloads.field_groups {
+                run.stopped(&[id], Stage::FieldGroup, Some(item.index))
+                    .await;
+            }
+            for (present, stage) in [
+                (payloads.campaign.is_some(), Stage::Campaign),
+                (payloads.campaign_update.is_some(), Stage::CampaignUpdate),
+                (payloads.feed.is_some(), Stage::Feed),
+            ] {
+                if present {
+                    run.stopped(&[id], stage, None).await;
+                }
+            }
             continue;
         }
-        let MappedRow { id, payloads } = row;
         let customer = match &state {
             CustomerState::Id(c) => Ok(*c),
             CustomerState::Failed(reason) => Err(reason.clone()),
@@ -602,10 +635,10 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
         }
         while tasks.try_join_next().is_some() {}
     }
-    if !run.abort.is_set() {
-        for chunk in batcher.drain() {
-            spawn_campaign(&run, &mut tasks, chunk).await;
-        }
+    // Whatever the batcher still holds is sent, or (if the run is stopping)
+    // recorded as not sent by the campaign task itself.
+    for chunk in batcher.drain() {
+        spawn_campaign(&run, &mut tasks, chunk).await;
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -712,7 +745,8 @@ async fn spawn_campaign(run: &Arc<Run>, tasks: &mut JoinSet<()>, chunk: Campaign
 /// done), split in halves on a whole-call 4xx.
 async fn campaign_records(run: &Run, chunk: CampaignChunk) {
     if run.abort.is_set() {
-        return;
+        let ids: Vec<RowId> = chunk.records.iter().map(|r| r.id).collect();
+        return run.stopped(&ids, Stage::Campaign, None).await;
     }
     let campaign_id = chunk.campaign_id.clone();
     let mut stack = vec![chunk.records];
@@ -815,10 +849,10 @@ fn campaign_entry(r: &PendingRecord, entry: Option<&Value>, attempts: u32) -> Ro
 
 /// `POST customer_field_group_items`: one item, not idempotent.
 async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: ItemPayload) {
-    if run.abort.is_set() {
-        return;
-    }
     let group = Some(item.index);
+    if run.abort.is_set() {
+        return run.stopped(&[id], Stage::FieldGroup, group).await;
+    }
     let intent = Intent {
         stage: Stage::FieldGroup,
         group,
@@ -862,7 +896,7 @@ async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: Item
 /// `PUT outbounds/:id/records_by_identifier/:identifier`: idempotent.
 async fn campaign_update(run: Arc<Run>, id: RowId, update: UpdatePayload) {
     if run.abort.is_set() {
-        return;
+        return run.stopped(&[id], Stage::CampaignUpdate, None).await;
     }
     let path = format!(
         "outbounds/{}/records_by_identifier/{}",
@@ -893,7 +927,7 @@ async fn campaign_update(run: Arc<Run>, id: RowId, update: UpdatePayload) {
 /// `POST customers/:id/feed_records`: not idempotent.
 async fn feed_record(run: Arc<Run>, id: RowId, customer_id: i64, body: Map<String, Value>) {
     if run.abort.is_set() {
-        return;
+        return run.stopped(&[id], Stage::Feed, None).await;
     }
     let intent = Intent {
         stage: Stage::Feed,

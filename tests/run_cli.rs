@@ -554,3 +554,84 @@ fn plain_http_to_a_remote_host_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unencrypted"));
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        latency: std::time::Duration::from_millis(150),
+        ..config()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("l.jsonl");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
+        .args([
+            "run",
+            SAMPLE,
+            "--mapping",
+            MAPPING,
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+            "--rate",
+            "1000",
+            "--batch-size",
+            "10",
+        ])
+        .arg("--ledger")
+        .arg(&ledger)
+        .env("THULIUM_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it get going, then interrupt it once.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&ledger);
+    assert!(r["aborted"].as_str().unwrap().contains("Ctrl-C"), "{r}");
+    // Calls in flight were finished and recorded: no customer is left unknown,
+    // and every customer the sandbox holds is in the ledger as ok.
+    assert_eq!(r["stages"]["customer"]["unknown"], 0, "{r}");
+    let created = sandbox.state_json()["customers"].as_object().unwrap().len() as u64;
+    assert_eq!(r["stages"]["customer"]["ok"].as_u64().unwrap(), created);
+    assert!(created > 0 && created < 292, "{created}");
+    assert!(r["not_sent"].as_u64().unwrap() > 0 || r["rows"].as_u64().unwrap() < 300);
+    // No row counts as done while a stage it needed never ran: every row
+    // with a customer has a final field-group state.
+    let lines: Vec<Value> = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let finals = finals(&lines);
+    for ((row, stage, _), status) in &finals {
+        if stage == "customer" && status == "ok" {
+            assert!(
+                finals.contains_key(&(*row, "field_group".to_string(), 0)),
+                "row {row} has no field_group state"
+            );
+        }
+    }
+    assert!(
+        r["ok"].as_u64().unwrap() < created,
+        "rows stopped before every stage are not ok: {r}"
+    );
+}

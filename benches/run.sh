@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Reproduces the figures in benches/README.md on this machine. Loopback only:
+# every request goes to a sandbox started here on 127.0.0.1.
+#   bash benches/run.sh            # everything (about 5 minutes)
+#   bash benches/run.sh check      # one part: check | memory | rate | throughput
+set -euo pipefail
+cd "$(dirname "$0")/.."
+part=${1:-all}
+bin=target/release/thulium-import
+data=target/bench-data
+cargo build --release --locked -q
+mkdir -p "$data"
+command -v /usr/bin/time >/dev/null || { echo "needs GNU time: apt-get install time"; exit 1; }
+
+gen() { # rows: writes $data/export-<rows>.csv (via the check bench's generator)
+  [ -f "$data/export-$1.csv" ] || cargo bench --locked -q --bench check -- "$1" >/dev/null
+}
+customers_only="$data/customers-only.toml"
+cat > "$customers_only" <<'TOML'
+[source]
+delimiter = ";"
+[customer]
+surname = { column = "Nazwisko", required = true }
+name = "Imię"
+identifier = "ID klienta"
+email = "E-mail"
+phone_number = { column = "Telefon", transform = ["phone"] }
+birthdate = { column = "Data urodzenia", date = "%d.%m.%Y" }
+[customer.address]
+street = "Ulica"
+city = "Miasto"
+TOML
+with_items="$data/customers-items.toml"
+{ cat "$customers_only"; printf '[[field_group]]\ngroup_id = 2\n[field_group.values]\n12 = "Kanał pozyskania"\n8 = { column = "Liczba zamówień", type = "integer" }\n'; } > "$with_items"
+
+sandbox() { # args...: starts a sandbox on a free port, sets $url and $sandbox_pid
+  local port=$((20000 + RANDOM % 20000))
+  $bin sandbox --listen 127.0.0.1:$port --password bench "$@" >/dev/null 2>&1 &
+  sandbox_pid=$!
+  url=http://127.0.0.1:$port
+  for _ in $(seq 50); do curl -fs "$url/_sandbox/stats" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "sandbox did not start"; exit 1
+}
+import() { # csv mapping extra...: runs an import against $url, prints its summary lines
+  local csv=$1 mapping=$2; shift 2
+  rm -f "$data/bench.ledger.jsonl"
+  THULIUM_PASSWORD=bench $bin run "$csv" --mapping "$mapping" --url "$url" --user api_user \
+    --ledger "$data/bench.ledger.jsonl" --no-progress "$@" 2>/dev/null | grep -E '^(rows|requests):' || true
+}
+
+if [[ $part == all || $part == check ]]; then
+  echo "== 1. check on 1,000,000 rows vs a bare csv read"
+  cargo bench --locked -q --bench check -- 1000000 | tail -4
+fi
+
+if [[ $part == all || $part == memory ]]; then
+  echo "== 2. peak memory, 10,000 vs 1,000,000 rows"
+  gen 10000; gen 1000000
+  for n in 10000 1000000; do
+    /usr/bin/time -f "check $n rows: peak RSS %M KiB, %e s" $bin check "$data/export-$n.csv" --mapping "$customers_only" >/dev/null 2>"$data/time.txt" || true
+    tail -1 "$data/time.txt"
+  done
+  sandbox
+  for n in 10000 1000000; do
+    rm -f "$data/bench.ledger.jsonl"
+    THULIUM_PASSWORD=bench /usr/bin/time -f "run (customers, no rate limit) $n rows: peak RSS %M KiB, %e s" \
+      $bin run "$data/export-$n.csv" --mapping "$customers_only" --url "$url" --user api_user \
+      --ledger "$data/bench.ledger.jsonl" --no-progress --rate 100000 --concurrency 8 >/dev/null 2>"$data/time.txt" || true
+    tail -1 "$data/time.txt"
+  done
+  kill $sandbox_pid
+fi
+
+if [[ $part == all || $part == rate ]]; then
+  echo "== 3. --rate 50 against a sandbox with --latency-ms 50 --rate-limit 50"
+  gen 1500
+  sandbox --latency-ms 50 --rate-limit 50
+  import "$data/export-1500.csv" "$with_items" --rate 50 --concurrency 8
+  curl -s "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("sandbox: %d requests, %d answered 429 (%.2f%%)" % (s["requests_total"], s["responses_429"], 100*s["responses_429"]/max(1,s["requests_total"])))'
+  kill $sandbox_pid
+fi
+
+if [[ $part == all || $part == throughput ]]; then
+  echo "== 4. customer-only import of 100,000 rows, no rate limit, --latency-ms 20"
+  gen 100000
+  for c in 1 2 4 8 16; do
+    sandbox --latency-ms 20
+    echo "--concurrency $c:"
+    import "$data/export-100000.csv" "$customers_only" --rate 100000 --concurrency $c
+    kill $sandbox_pid
+  done
+fi
