@@ -7,14 +7,16 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::check::{self, Input};
-use crate::cli::{CheckArgs, Cli, Command, ReportArgs, RunArgs, SandboxArgs};
+use crate::cli::{
+    CheckArgs, Cli, Command, OutputArgs, PaceArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs,
+};
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials::{self, Credentials, Password};
 use crate::ledger::{self, Header, Ledger};
 use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::Exit;
-use crate::{progress, report};
+use crate::{mapping, progress, report, resume};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +28,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(args) if args.dry_run => dry_run(&args),
         Command::Run(args) => run_command(args).await,
         Command::Report(args) => report_command(&args),
-        Command::Retry(_) => {
-            anyhow::bail!("not implemented yet")
-        }
+        Command::Retry(args) => retry_command(args).await,
     }
 }
 
@@ -198,16 +198,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
     let ledger = Ledger::create(&ledger_path, header, existing)?;
-    let client_config = ClientConfig {
-        rate: args.pace.rate,
-        timeout: Duration::from_secs(args.pace.timeout.max(1)),
-        policy: crate::retry::Policy {
-            max_attempts: args.pace.max_attempts,
-            ..Default::default()
-        },
-    };
-    let client =
-        ApiClient::new(&credentials, &client_config).context("cannot set up the HTTP client")?;
+    let client = ApiClient::new(&credentials, &client_config(&args.pace))
+        .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -216,68 +208,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         ledger_path.display()
     );
 
-    let abort = Arc::new(Abort::default());
-    let ctrl_c = {
-        let abort = abort.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                abort.trip(
-                    "interrupted (Ctrl-C): calls in flight were finished and recorded".into(),
-                );
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("Second Ctrl-C: exiting now; `retry` resumes from the ledger.");
-                    std::process::exit(i32::from(Exit::Aborted.code()));
-                }
-            }
-        })
-    };
-    let progress_state = Arc::new(Progress::default());
-    let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
-    let ticker = progress::start(
-        progress_state.clone(),
-        client.clone(),
-        file_bytes,
-        progress::bars_wanted(args.output.no_progress),
-    );
-    let limits = Limits {
-        batch_size: args.pace.batch_size as usize,
-        concurrency: args.pace.concurrency as usize,
-        max_consecutive_failures: args.pace.max_consecutive_failures,
-        max_failures: args.pace.max_failures,
-        max_failure_rate: args.pace.max_failure_rate,
-    };
-    let started = Instant::now();
     let Input { source, plan, .. } = input;
-    let end = pipeline::run(
-        source,
-        Arc::new(plan),
-        client.clone(),
-        ledger,
-        limits,
-        abort.clone(),
-        progress_state,
-    )
-    .await;
-    let elapsed = started.elapsed();
-    ticker.abort();
-    ctrl_c.abort();
-    progress::finish();
-
-    let (_, fold, unreadable) = report::fold(&ledger_path)?;
-    let mut summary = fold.report();
-    summary.unreadable_lines = unreadable;
-    let stats = &client.stats;
-    let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
-    println!("{}", report::render(&summary));
-    println!(
-        "requests: {requests} sent, {} retries, {} answered 429; elapsed {:.1} s, {:.1} rows/s, {:.1} requests/s",
-        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
-        stats.throttled_429.load(std::sync::atomic::Ordering::Relaxed),
-        elapsed.as_secs_f64(),
-        end.rows_read as f64 / elapsed.as_secs_f64().max(0.001),
-        requests as f64 / elapsed.as_secs_f64().max(0.001),
-    );
-    println!("ledger: {}", ledger_path.display());
+    let feed = pipeline::rows_of(source, Arc::new(plan));
+    let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
+    let (end, elapsed) = drive(feed, &client, ledger, &args.pace, &args.output, file_bytes).await;
+    let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
     if let Some((sandbox, _)) = &sandbox {
         let state = sandbox.state_json();
         let len = |v: &serde_json::Value| {
@@ -299,16 +234,251 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
             len(&state["customers"]), len(&state["field_group_items"]), records, updated, len(&state["feed_records"])
         );
     }
+    Ok(exit_for(&end, &summary))
+}
+
+/// Runs the pipeline over `feed` with Ctrl-C handling and progress display.
+async fn drive(
+    feed: impl Iterator<Item = pipeline::Read> + Send + 'static,
+    client: &Arc<ApiClient>,
+    ledger: Ledger,
+    pace: &PaceArgs,
+    output: &OutputArgs,
+    file_bytes: u64,
+) -> (pipeline::RunEnd, Duration) {
+    let abort = Arc::new(Abort::default());
+    let ctrl_c = {
+        let abort = abort.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                abort.trip(
+                    "interrupted (Ctrl-C): calls in flight were finished and recorded".into(),
+                );
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("Second Ctrl-C: exiting now; `retry` resumes from the ledger.");
+                    std::process::exit(i32::from(Exit::Aborted.code()));
+                }
+            }
+        })
+    };
+    let progress_state = Arc::new(Progress::default());
+    let ticker = progress::start(
+        progress_state.clone(),
+        client.clone(),
+        file_bytes,
+        progress::bars_wanted(output.no_progress),
+    );
+    let limits = Limits {
+        batch_size: pace.batch_size as usize,
+        concurrency: pace.concurrency as usize,
+        max_consecutive_failures: pace.max_consecutive_failures,
+        max_failures: pace.max_failures,
+        max_failure_rate: pace.max_failure_rate,
+    };
+    let started = Instant::now();
+    let end = pipeline::run(feed, client.clone(), ledger, limits, abort, progress_state).await;
+    let elapsed = started.elapsed();
+    ticker.abort();
+    ctrl_c.abort();
+    progress::finish();
+    (end, elapsed)
+}
+
+/// Folds the ledger and prints the summary table and the request figures.
+fn print_summary(
+    ledger_path: &std::path::Path,
+    client: &ApiClient,
+    end: &pipeline::RunEnd,
+    elapsed: Duration,
+) -> anyhow::Result<report::Report> {
+    let (_, fold, unreadable) = report::fold(ledger_path)?;
+    let mut summary = fold.report();
+    summary.unreadable_lines = unreadable;
+    let stats = &client.stats;
+    let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{}", report::render(&summary));
+    println!(
+        "requests: {requests} sent, {} retries, {} answered 429; elapsed {:.1} s, {:.1} rows/s, {:.1} requests/s",
+        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        stats.throttled_429.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        end.rows_read as f64 / elapsed.as_secs_f64().max(0.001),
+        requests as f64 / elapsed.as_secs_f64().max(0.001),
+    );
+    println!("ledger: {}", ledger_path.display());
     if let Some(f) = &end.fatal {
         eprintln!("error: {f}");
     }
-    Ok(if end.aborted.is_some() {
+    Ok(summary)
+}
+
+fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
+    if end.aborted.is_some() {
         Exit::Aborted
     } else if summary.ok == summary.rows && end.fatal.is_none() {
         Exit::Ok
     } else {
         Exit::RowsNotDone
-    })
+    }
+}
+
+fn client_config(pace: &PaceArgs) -> ClientConfig {
+    ClientConfig {
+        rate: pace.rate,
+        timeout: Duration::from_secs(pace.timeout.max(1)),
+        policy: crate::retry::Policy {
+            max_attempts: pace.max_attempts,
+            ..Default::default()
+        },
+    }
+}
+
+fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
+    if !(pace.rate > 0.0 && pace.rate.is_finite()) {
+        anyhow::bail!(
+            "--rate must be a positive number of requests per second, not {}",
+            pace.rate
+        );
+    }
+    if let Some(p) = pace.max_failure_rate {
+        if !(0.0..=100.0).contains(&p) {
+            anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");
+        }
+    }
+    Ok(())
+}
+
+/// `thulium-import retry`: send again what a ledger says is not done.
+async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
+    check_pace(&args.pace)?;
+    let view = resume::view(&args.ledger)?;
+    let header = view.header.clone();
+    for line in &view.unreadable {
+        eprintln!(
+            "warning: {}: unreadable {line} (ignored; a crash mid-write leaves one)",
+            args.ledger.display()
+        );
+    }
+    let (source_path, seekable) = match &args.source {
+        Some(p) => (p.clone(), false),
+        None => {
+            let p = std::path::PathBuf::from(&header.source);
+            let sha = ledger::sha256_file(&p)
+                .with_context(|| format!("{}: cannot read the ledger's source", p.display()))?;
+            if sha != header.source_sha256 {
+                anyhow::bail!(
+                    "{}: the file changed since the run (its SHA-256 differs from the ledger's), so its rows may not be the ledger's rows; if it is an edited copy with the same rows in the same order, pass it as --source <CSV>",
+                    p.display()
+                );
+            }
+            (p, true)
+        }
+    };
+    let (mapping_path, mapping_changed) = match &args.mapping {
+        Some(p) => {
+            let sha =
+                ledger::sha256_file(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            (p.clone(), sha != header.mapping_sha256)
+        }
+        None => {
+            let p = std::path::PathBuf::from(&header.mapping);
+            let sha = ledger::sha256_file(&p)
+                .with_context(|| format!("{}: cannot read the ledger's mapping", p.display()))?;
+            if sha != header.mapping_sha256 {
+                anyhow::bail!("{}: the mapping changed since the run; pass it as --mapping <TOML> to re-map the rows with it", p.display());
+            }
+            (p, false)
+        }
+    };
+    let loaded = mapping::load(&mapping_path)?;
+    let options = loaded.source_options()?;
+    let probe = crate::source::Source::open(&source_path, &options)?;
+    let plan = mapping::compile(&loaded, probe.header())?;
+    drop(probe);
+    let credentials = credentials::resolve(
+        args.connect.url.as_deref(),
+        args.connect.user.as_deref(),
+        args.connect.password_file.as_deref(),
+    )?;
+    let client = ApiClient::new(&credentials, &client_config(&args.pace))
+        .context("cannot set up the HTTP client")?;
+    let rules = resume::Rules {
+        changed: mapping_changed || args.source.is_some(),
+        include_unknown: args.include_unknown,
+        can_reconcile: plan.customer_has_identifier(),
+    };
+    let planned = resume::plan(&view, &plan, &source_path, &options, seekable, rules)?;
+    let ledger = Ledger::append_to(&args.ledger)?;
+    let attempt = ledger::Attempt {
+        started_at: ledger::now(),
+        source: source_path.display().to_string(),
+        source_sha256: ledger::sha256_file(&source_path)?,
+        mapping: mapping_path.display().to_string(),
+        mapping_sha256: ledger::sha256_file(&mapping_path)?,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        include_unknown: args.include_unknown,
+    };
+    let mut first: Vec<ledger::Entry> = vec![ledger::Entry::Attempt(attempt)];
+    for (id, errors) in &planned.invalid {
+        let mut ev = ledger::RowEvent {
+            row: id.row,
+            line: id.line,
+            offset: id.offset,
+            stage: Some(ledger::Stage::Mapping),
+            status: Some(ledger::Status::Invalid),
+            ..Default::default()
+        };
+        ev.message = Some(
+            errors
+                .iter()
+                .map(|e| check::RowIssue::new(*id, e.clone()).to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        first.push(ledger::Entry::Row(ev));
+    }
+    for w in planned.work.iter().filter(|w| w.now_valid) {
+        let id = w.row.id;
+        let ev = ledger::RowEvent {
+            row: id.row,
+            line: id.line,
+            offset: id.offset,
+            stage: Some(ledger::Stage::Mapping),
+            status: Some(ledger::Status::Ok),
+            ..Default::default()
+        };
+        first.push(ledger::Entry::Row(ev));
+    }
+    ledger.write(&first).await?;
+    eprintln!(
+        "Retrying {} row(s) from {} against {}",
+        planned.work.len(),
+        args.ledger.display(),
+        credentials.root
+    );
+
+    let (work, reconciled, duplicates) = resume::reconcile(
+        &client,
+        &ledger,
+        planned.work,
+        args.pace.concurrency as usize,
+    )
+    .await?;
+    let feed = work
+        .into_iter()
+        .map(|row| pipeline::Read::Row(Box::new(row)));
+    let (end, elapsed) = drive(feed, &client, ledger, &args.pace, &args.output, 0).await;
+    let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
+    println!(
+        "retry: {} row(s) looked at, {reconciled} customer(s) reconciled by identifier, {} row(s) resent, {duplicates} left as duplicates, {} invalid",
+        planned.rows_seen,
+        end.rows_read,
+        planned.invalid.len()
+    );
+    for (reason, n) in &planned.left {
+        println!("  left {n}: {reason}");
+    }
+    Ok(exit_for(&end, &summary))
 }
 
 /// `thulium-import report`: fold a ledger into counts and list the rows not done.

@@ -125,11 +125,25 @@ pub struct End {
     pub aborted: Option<String>,
 }
 
+/// The start of a `retry` on an existing ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub started_at: String,
+    pub source: String,
+    pub source_sha256: String,
+    pub mapping: String,
+    pub mapping_sha256: String,
+    pub tool_version: String,
+    #[serde(default)]
+    pub include_unknown: bool,
+}
+
 /// One ledger line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Entry {
     Header(Header),
+    Attempt(Attempt),
     Row(RowEvent),
     Intent(Intent),
     End(End),

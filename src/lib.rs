@@ -22,6 +22,7 @@ pub mod mapping;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod resume;
 pub mod retry;
 pub mod sandbox;
 pub mod source;

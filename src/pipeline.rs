@@ -54,7 +54,7 @@ pub struct MappedRow {
 
 /// What the reader hands on.
 #[derive(Debug)]
-enum Read {
+pub enum Read {
     Row(Box<MappedRow>),
     Invalid(RowId, Vec<crate::source::FieldError>),
     Fatal(SourceError),
@@ -275,10 +275,38 @@ pub struct RunEnd {
     pub fatal: Option<String>,
 }
 
-/// Runs the import of `source` with the mapped `plan` into the ledger.
-pub async fn run(
+/// Reads and maps every row of a file, for [`run`].
+pub fn rows_of(
     mut source: Source<std::fs::File>,
     plan: Arc<crate::mapping::Plan>,
+) -> impl Iterator<Item = Read> + Send + 'static {
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let item = match source.next_row()? {
+            Err(e) => {
+                done = true;
+                Read::Fatal(e)
+            }
+            Ok(Err(bad)) => Read::Invalid(bad.id, vec![bad.error]),
+            Ok(Ok(row)) => match plan.map_row(&row) {
+                Ok(payloads) => Read::Row(Box::new(MappedRow {
+                    id: row.id,
+                    payloads,
+                })),
+                Err(errors) => Read::Invalid(row.id, errors),
+            },
+        };
+        Some(item)
+    })
+}
+
+/// Runs the import of the rows `feed` yields (read and mapped on a thread
+/// of their own) into the ledger.
+pub async fn run(
+    feed: impl Iterator<Item = Read> + Send + 'static,
     client: Arc<ApiClient>,
     ledger: Ledger,
     limits: Limits,
@@ -300,21 +328,10 @@ pub async fn run(
     let reader_abort = abort.clone();
     let reader_progress = progress.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        while let Some(next) = source.next_row() {
+        for item in feed {
             if reader_abort.is_set() {
                 break;
             }
-            let item = match next {
-                Err(e) => Read::Fatal(e),
-                Ok(Err(bad)) => Read::Invalid(bad.id, vec![bad.error]),
-                Ok(Ok(row)) => match plan.map_row(&row) {
-                    Ok(payloads) => Read::Row(Box::new(MappedRow {
-                        id: row.id,
-                        payloads,
-                    })),
-                    Err(errors) => Read::Invalid(row.id, errors),
-                },
-            };
             let fatal = matches!(item, Read::Fatal(_));
             if let Read::Row(r) = &item {
                 reader_progress

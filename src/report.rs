@@ -108,6 +108,8 @@ pub struct Fold {
     groups: HashMap<(u64, usize), u8>,
     rows_read: u64,
     aborted: Option<String>,
+    /// Whether the last run or retry wrote its `end` (it did not crash).
+    ended: bool,
 }
 
 impl Fold {
@@ -147,7 +149,9 @@ impl Fold {
             Entry::End(end) => {
                 self.rows_read = self.rows_read.max(end.rows_read);
                 self.aborted = end.aborted.clone();
+                self.ended = true;
             }
+            Entry::Attempt(_) => self.ended = false,
             _ => {}
         }
     }
@@ -162,6 +166,41 @@ impl Fold {
             }
         }
         status(c)
+    }
+
+    /// Whether every stage recorded for `row` is ok (and one is recorded).
+    pub fn is_done(&self, row: u64) -> bool {
+        let Some(r) = row.checked_sub(1).and_then(|i| self.rows.get(i as usize)) else {
+            return false;
+        };
+        let mut worst = r.iter().copied().max().unwrap_or(NONE);
+        if r[2] != NONE || self.groups.keys().any(|(r2, _)| *r2 == row) {
+            for ((r2, _), g) in &self.groups {
+                if *r2 == row {
+                    worst = worst.max(*g);
+                }
+            }
+        }
+        worst == code(Status::Ok)
+    }
+
+    /// Whether the last run or retry ended (wrote its `end` event). When it
+    /// did not (a crash, `kill -9`), a row can look done while stages it
+    /// needed were never recorded.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The highest row number with any event.
+    pub fn max_row(&self) -> u64 {
+        self.rows.len() as u64
+    }
+
+    /// Whether `row` has any event.
+    pub fn is_recorded(&self, row: u64) -> bool {
+        row.checked_sub(1)
+            .and_then(|i| self.rows.get(i as usize))
+            .is_some_and(|r| r.iter().any(|c| *c != NONE))
     }
 
     /// The counts.

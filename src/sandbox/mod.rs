@@ -179,6 +179,9 @@ pub struct Shared {
     stats: Mutex<Stats>,
     rng: Mutex<StdRng>,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The fault rate in force (f64 bits): starts at the configured one and
+    /// can be changed while serving (tests turn faults off before a retry).
+    fault_rate: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -191,11 +194,12 @@ impl Shared {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn draw_fault(&self) -> Option<FaultKind> {
-        if self.config.fault_rate <= 0.0 || self.config.faults.is_empty() {
+        let rate = f64::from_bits(self.fault_rate.load(std::sync::atomic::Ordering::Relaxed));
+        if rate <= 0.0 || self.config.faults.is_empty() {
             return None;
         }
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        if rng.random_bool(self.config.fault_rate.min(1.0)) {
+        if rng.random_bool(rate.min(1.0)) {
             let i = rng.random_range(0..self.config.faults.len());
             Some(self.config.faults[i])
         } else {
@@ -224,6 +228,7 @@ impl Sandbox {
             .map(|n| RateLimiter::direct(Quota::per_second(n)));
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            fault_rate: std::sync::atomic::AtomicU64::new(config.fault_rate.to_bits()),
             config,
             state: Mutex::new(SandboxState::new()),
             stats: Mutex::new(Stats::default()),
@@ -262,6 +267,13 @@ impl Sandbox {
     /// The live state, for tests that inspect it directly.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Changes the fault rate while serving.
+    pub fn set_fault_rate(&self, rate: f64) {
+        self.shared
+            .fault_rate
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops accepting connections.

@@ -1,0 +1,516 @@
+//! `retry` end to end: the real binary, killed or faulted against the
+//! sandbox, then retried; the sandbox's state is compared with what the
+//! sample should produce, exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use thulium_import::sandbox::{FaultKind, Sandbox, SandboxConfig};
+
+const SAMPLE: &str = "samples/crm_export.csv";
+const MAPPING: &str = "mappings/crm_export.toml";
+const PASSWORD: &str = "retry-secret-77";
+
+fn config() -> SandboxConfig {
+    SandboxConfig {
+        password: PASSWORD.into(),
+        retry_after_secs: 0,
+        ..SandboxConfig::default()
+    }
+}
+
+fn bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
+    cmd.env("THULIUM_PASSWORD", PASSWORD)
+        .env_remove("THULIUM_URL")
+        .env_remove("THULIUM_USER");
+    cmd
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn output(mut cmd: std::process::Command) -> Out {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn run_cmd(
+    sandbox: &Sandbox,
+    csv: &str,
+    mapping: &str,
+    ledger: &Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.args([
+        "run",
+        csv,
+        "--mapping",
+        mapping,
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+        "--no-progress",
+        "--rate",
+        "2000",
+        "--max-consecutive-failures",
+        "0",
+    ])
+    .arg("--ledger")
+    .arg(ledger)
+    .args(extra);
+    cmd
+}
+
+fn retry_cmd(sandbox: &Sandbox, ledger: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("retry")
+        .arg(ledger)
+        .args([
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+            "--rate",
+            "2000",
+        ])
+        .args(extra);
+    cmd
+}
+
+fn report(ledger: &Path) -> Value {
+    let out = bin()
+        .arg("report")
+        .arg(ledger)
+        .arg("--json")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn tempdir() -> PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_apply_faults_are_reconciled_by_identifier_without_duplicates() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        fault_rate: 0.3,
+        faults: vec![FaultKind::DropAfter, FaultKind::ServerErrorAfter],
+        seed: 3,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let ledger = tempdir().join("l.jsonl");
+    // Only customer calls fault here: the other stages need no faults to
+    // show the point, and their own retry rules are tested elsewhere.
+    let first = output(run_cmd(
+        &sandbox,
+        SAMPLE,
+        MAPPING,
+        &ledger,
+        &["--batch-size", "10", "--max-attempts", "2"],
+    ))
+    .await;
+    assert_eq!(first.code, Some(1), "{}{}", first.stdout, first.stderr);
+    let before = report(&ledger);
+    assert!(
+        before["stages"]["customer"]["unknown"].as_u64().unwrap() > 0,
+        "{before}"
+    );
+    let created_before = sandbox.state_json()["customers"].as_object().unwrap().len();
+    assert!(
+        created_before > before["stages"]["customer"]["ok"].as_u64().unwrap() as usize,
+        "some unknowns were really created"
+    );
+
+    sandbox.set_fault_rate(0.0);
+    let second = output(retry_cmd(&sandbox, &ledger, &[])).await;
+    assert_eq!(
+        second.code,
+        Some(1),
+        "only the 8 invalid rows remain\n{}{}",
+        second.stdout,
+        second.stderr
+    );
+    assert!(
+        second.stdout.contains("reconciled by identifier"),
+        "{}",
+        second.stdout
+    );
+    let after = report(&ledger);
+    // Every customer is now known, created exactly once.
+    assert_eq!(
+        (
+            after["stages"]["customer"]["ok"].as_u64(),
+            after["stages"]["customer"]["unknown"].as_u64()
+        ),
+        (Some(292), Some(0)),
+        "{after}"
+    );
+    let state = sandbox.state_json();
+    let identifiers: Vec<&str> = state["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (
+            identifiers.len(),
+            identifiers.iter().collect::<HashSet<_>>().len()
+        ),
+        (292, 292)
+    );
+    // Items and feed records whose creation was ambiguous cannot be looked
+    // up: they stay unknown, are listed, and are not resent.
+    let left_unknown = after["stages"]["field_group"]["unknown"].as_u64().unwrap()
+        + after["stages"]["feed"]["unknown"].as_u64().unwrap();
+    assert_eq!(
+        after["unknown"].as_u64().unwrap() > 0,
+        left_unknown > 0,
+        "{after}"
+    );
+    if left_unknown > 0 {
+        assert!(
+            second.stdout.contains("--include-unknown"),
+            "{}",
+            second.stdout
+        );
+    }
+    let items: Vec<i64> = state["field_group_items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["customer_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        items.iter().collect::<HashSet<_>>().len(),
+        items.len(),
+        "no item twice"
+    );
+    let feed: Vec<&str> = state["feed_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        feed.iter().collect::<HashSet<_>>().len(),
+        feed.len(),
+        "no feed record twice"
+    );
+    assert_eq!(
+        after["ok"].as_u64().unwrap() + after["unknown"].as_u64().unwrap() + 8,
+        300,
+        "{after}"
+    );
+    // The ledger tells the whole story: an attempt event, reconciled rows.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(text.contains("\"kind\":\"attempt\""));
+    assert!(text.contains("\"reconciled\":true"));
+    assert!(
+        !text.contains(PASSWORD)
+            && !second.stdout.contains(PASSWORD)
+            && !second.stderr.contains(PASSWORD)
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_several_points_then_retry_completes_every_row_exactly_once() {
+    // Customers (with identifiers), campaign records and record updates:
+    // with identifiers every unknown customer can be looked up, and the
+    // other two calls are idempotent, so nothing may be left unknown.
+    let dir = tempdir();
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string(MAPPING).unwrap();
+    let cut = text.find("[[field_group]]").unwrap();
+    let tail = &text[text.find("[campaign]").unwrap()..text.find("[feed]").unwrap()];
+    std::fs::write(&mapping, format!("{}{}", &text[..cut], tail)).unwrap();
+    // The reference: the same import, uninterrupted.
+    let reference = Sandbox::start(config()).await.unwrap();
+    let clean = output(run_cmd(
+        &reference,
+        SAMPLE,
+        mapping.to_str().unwrap(),
+        &dir.join("clean.jsonl"),
+        &[],
+    ))
+    .await;
+    assert_eq!(clean.code, Some(1));
+    let want = report(&dir.join("clean.jsonl"));
+    let counts = |state: &Value| {
+        let records: usize = ["00001", "00002"]
+            .iter()
+            .map(|c| {
+                state["campaigns"][c]["by_customer"]
+                    .as_object()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        (
+            state["customers"].as_object().unwrap().len(),
+            records,
+            state["campaigns"]["00003"]["by_identifier"]
+                .as_object()
+                .unwrap()
+                .len(),
+        )
+    };
+    let want_counts = counts(&reference.state_json());
+    for delay_ms in [0u64, 120, 300, 700, 1500] {
+        let sandbox = Sandbox::start(SandboxConfig {
+            latency: Duration::from_millis(40),
+            ..config()
+        })
+        .await
+        .unwrap();
+        let ledger = dir.join(format!("kill-{delay_ms}.jsonl"));
+        let mut child = run_cmd(
+            &sandbox,
+            SAMPLE,
+            mapping.to_str().unwrap(),
+            &ledger,
+            &["--batch-size", "10", "--concurrency", "3"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        // Killed before it even wrote the ledger: nothing was sent, and the
+        // way on is to run again.
+        let second = if ledger.exists() {
+            output(retry_cmd(&sandbox, &ledger, &[])).await
+        } else {
+            assert_eq!(
+                sandbox.stats().requests_total,
+                0,
+                "kill after {delay_ms} ms"
+            );
+            output(run_cmd(
+                &sandbox,
+                SAMPLE,
+                mapping.to_str().unwrap(),
+                &ledger,
+                &[],
+            ))
+            .await
+        };
+        assert_eq!(
+            second.code,
+            Some(1),
+            "kill after {delay_ms} ms\n{}{}",
+            second.stdout,
+            second.stderr
+        );
+        let r = report(&ledger);
+        assert_eq!(
+            (&r["ok"], &r["invalid"], &r["unknown"], &r["not_sent"]),
+            (
+                &want["ok"],
+                &want["invalid"],
+                &Value::from(0),
+                &Value::from(0)
+            ),
+            "kill after {delay_ms} ms: {r}"
+        );
+        let state = sandbox.state_json();
+        let identifiers: Vec<&str> = state["customers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c["identifier"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            identifiers.iter().collect::<HashSet<_>>().len(),
+            identifiers.len(),
+            "kill after {delay_ms} ms: a customer twice"
+        );
+        assert_eq!(counts(&state), want_counts, "kill after {delay_ms} ms");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_without_identifiers_never_duplicates_and_lists_the_unknowns() {
+    let dir = tempdir();
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string(MAPPING)
+        .unwrap()
+        .replace("identifier = \"ID klienta\"", "");
+    std::fs::write(&mapping, text).unwrap();
+    let sandbox = Sandbox::start(SandboxConfig {
+        latency: Duration::from_millis(40),
+        ..config()
+    })
+    .await
+    .unwrap();
+    let ledger = dir.join("l.jsonl");
+    let mut child = run_cmd(
+        &sandbox,
+        SAMPLE,
+        mapping.to_str().unwrap(),
+        &ledger,
+        &["--batch-size", "10", "--concurrency", "3"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let second = output(retry_cmd(&sandbox, &ledger, &[])).await;
+    let r = report(&ledger);
+    let unknown = r["unknown"].as_u64().unwrap();
+    assert_eq!(r["not_sent"], 0, "{r}");
+    assert_eq!(
+        r["ok"].as_u64().unwrap() + unknown + 8,
+        300,
+        "nothing missing but the reported unknowns: {r}"
+    );
+    if unknown > 0 {
+        assert!(
+            second.stdout.contains("--include-unknown"),
+            "the unknowns are listed with the way out: {}",
+            second.stdout
+        );
+    }
+    // No customer twice: created = ok customers + at most the unknown ones.
+    let created = sandbox.state_json()["customers"].as_object().unwrap().len() as u64;
+    let ok_customers = r["stages"]["customer"]["ok"].as_u64().unwrap();
+    let unknown_customers = r["stages"]["customer"]["unknown"].as_u64().unwrap();
+    assert!(
+        created >= ok_customers && created <= ok_customers + unknown_customers,
+        "{created} created, {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_refuses_a_changed_source_and_takes_an_edited_copy_with_source() {
+    let dir = tempdir();
+    let csv = dir.join("export.csv");
+    std::fs::copy(SAMPLE, &csv).unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let ledger = dir.join("l.jsonl");
+    let first = output(run_cmd(
+        &sandbox,
+        csv.to_str().unwrap(),
+        MAPPING,
+        &ledger,
+        &[],
+    ))
+    .await;
+    assert_eq!(first.code, Some(1));
+
+    // Retrying with nothing changed: the invalid rows are left, nothing sent.
+    let requests = sandbox.stats().requests_total;
+    let same = output(retry_cmd(&sandbox, &ledger, &[])).await;
+    assert_eq!(same.code, Some(1));
+    assert!(
+        same.stdout
+            .contains("left 8: invalid, and neither the mapping nor the source changed"),
+        "{}",
+        same.stdout
+    );
+    assert_eq!(sandbox.stats().requests_total, requests, "nothing was sent");
+
+    // Fix row 17's phone number in place: the source changed.
+    let bytes = std::fs::read(&csv).unwrap();
+    let fixed = String::from_utf8_lossy(&bytes).replace("601 234 56x", "601 234 567");
+    let (fixed, _, _) = encoding_rs::WINDOWS_1250.encode(&fixed);
+    // Re-encode only the changed cell: write the windows-1250 bytes back.
+    let edited = dir.join("edited.csv");
+    let original = encoding_rs::WINDOWS_1250
+        .decode(&bytes)
+        .0
+        .replace("601 234 56x", "601 234 567");
+    std::fs::write(
+        &edited,
+        encoding_rs::WINDOWS_1250.encode(&original).0.as_ref(),
+    )
+    .unwrap();
+    std::fs::write(&csv, fixed.as_ref()).unwrap();
+    let refused = output(retry_cmd(&sandbox, &ledger, &[])).await;
+    assert_eq!(refused.code, Some(2));
+    assert!(
+        refused.stderr.contains("changed since the run") && refused.stderr.contains("--source"),
+        "{}",
+        refused.stderr
+    );
+
+    let ok = output(retry_cmd(
+        &sandbox,
+        &ledger,
+        &["--source", edited.to_str().unwrap()],
+    ))
+    .await;
+    assert_eq!(ok.code, Some(1), "{}{}", ok.stdout, ok.stderr);
+    let r = report(&ledger);
+    assert_eq!(
+        (r["ok"].as_u64(), r["invalid"].as_u64()),
+        (Some(293), Some(7)),
+        "{r}"
+    );
+    assert_eq!(
+        sandbox.state_json()["customers"].as_object().unwrap().len(),
+        293,
+        "the fixed row only, no duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_truncated_mid_line_is_read_and_the_partial_line_reported() {
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let dir = tempdir();
+    let ledger = dir.join("l.jsonl");
+    let first = output(run_cmd(&sandbox, SAMPLE, MAPPING, &ledger, &[])).await;
+    assert_eq!(first.code, Some(1));
+    // A crash during a write leaves half a line.
+    let mut text = std::fs::read_to_string(&ledger).unwrap();
+    text.push_str("{\"kind\":\"row\",\"row\":5,\"line\":6,\"off");
+    std::fs::write(&ledger, text).unwrap();
+    let out = bin().arg("report").arg(&ledger).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("292 done"), "{stdout}");
+    assert!(stdout.contains("unreadable ledger line"), "{stdout}");
+    let again = output(retry_cmd(&sandbox, &ledger, &[])).await;
+    assert!(again.stderr.contains("unreadable line"), "{}", again.stderr);
+    assert_eq!(
+        sandbox.state_json()["customers"].as_object().unwrap().len(),
+        292
+    );
+
+    // Not a ledger at all: exit 2 with a clear message.
+    let bogus = dir.join("bogus.jsonl");
+    std::fs::write(&bogus, "hello\n").unwrap();
+    let out = output(retry_cmd(&sandbox, &bogus, &[])).await;
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("not a thulium-import ledger"),
+        "{}",
+        out.stderr
+    );
+}
