@@ -188,10 +188,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     };
     let header = Header {
         version: 1,
-        source: args.csv.display().to_string(),
+        // Absolute, so that `retry` finds them from any working directory.
+        source: absolute(&args.csv),
         source_sha256: ledger::sha256_file(&args.csv)
             .with_context(|| format!("{}: cannot read", args.csv.display()))?,
-        mapping: args.mapping.display().to_string(),
+        mapping: absolute(&args.mapping),
         mapping_sha256: ledger::sha256_file(&args.mapping)
             .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
         started_at: ledger::now(),
@@ -310,6 +311,13 @@ fn print_summary(
         eprintln!("error: {f}");
     }
     Ok(summary)
+}
+
+fn absolute(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
@@ -488,8 +496,10 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
     summary.unreadable_lines = unreadable;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if args.failed_csv.is_some() {
-        anyhow::bail!("--failed-csv is not implemented yet");
+    if let Some(path) = &args.failed_csv {
+        let view = resume::view(&args.ledger)?;
+        let n = crate::failed_csv::write(&view, path, args.utf8)?;
+        eprintln!("{n} row(s) not done written to {}", path.display());
     }
     if args.json {
         serde_json::to_writer(&mut out, &summary)?;

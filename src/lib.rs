@@ -17,6 +17,7 @@ pub mod client;
 pub mod commands;
 pub mod credentials;
 pub mod exit;
+pub mod failed_csv;
 pub mod ledger;
 pub mod mapping;
 pub mod pipeline;

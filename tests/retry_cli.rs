@@ -240,11 +240,7 @@ async fn kill_9_at_several_points_then_retry_completes_every_row_exactly_once() 
     // with identifiers every unknown customer can be looked up, and the
     // other two calls are idempotent, so nothing may be left unknown.
     let dir = tempdir();
-    let mapping = dir.join("m.toml");
-    let text = std::fs::read_to_string(MAPPING).unwrap();
-    let cut = text.find("[[field_group]]").unwrap();
-    let tail = &text[text.find("[campaign]").unwrap()..text.find("[feed]").unwrap()];
-    std::fs::write(&mapping, format!("{}{}", &text[..cut], tail)).unwrap();
+    let mapping = idempotent_downstream_mapping(&dir);
     // The reference: the same import, uninterrupted.
     let reference = Sandbox::start(config()).await.unwrap();
     let clean = output(run_cmd(
@@ -513,4 +509,245 @@ async fn a_ledger_truncated_mid_line_is_read_and_the_partial_line_reported() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_rows_csv_round_trip_fixes_rows_without_duplicates() {
+    let dir = tempdir();
+    // Without `type = "integer"`, "dużo" reaches the API, which refuses the
+    // item (400) after the customer was created: a row failed mid-way.
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string(MAPPING).unwrap().replace(
+        "8 = { column = \"Liczba zamówień\", type = \"integer\" }",
+        "8 = \"Liczba zamówień\"",
+    );
+    std::fs::write(&mapping, text).unwrap();
+    let mapping = mapping.to_str().unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let ledger = dir.join("l.jsonl");
+    let first = output(run_cmd(&sandbox, SAMPLE, mapping, &ledger, &[])).await;
+    assert_eq!(first.code, Some(1));
+    assert_eq!(
+        sandbox.state_json()["customers"].as_object().unwrap().len(),
+        293
+    );
+
+    let failed = dir.join("failed.csv");
+    let out = bin()
+        .arg("report")
+        .arg(&ledger)
+        .arg("--failed-csv")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&failed).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // A spreadsheet-style edit: read it (windows-1250, ';' like the source),
+    // fix two cells, write it back the same way.
+    let bytes = std::fs::read(&failed).unwrap();
+    let text = encoding_rs::WINDOWS_1250.decode(&bytes).0.into_owned();
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let mut rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        8,
+        "7 invalid rows and the one whose item was refused"
+    );
+    let row201 = rows.iter_mut().find(|r| r[col("_row")] == "201").unwrap();
+    assert_eq!(
+        (
+            row201[col("_stage")].as_str(),
+            row201[col("_status")].as_str()
+        ),
+        ("field_group", "failed")
+    );
+    assert!(
+        row201[col("_error")].contains("Invalid value"),
+        "{:?}",
+        row201
+    );
+    assert!(!row201[col("_customer_id")].is_empty());
+    assert!(row201[col("_done")].contains("customer"));
+    row201[col("Liczba zamówień")] = "12".into();
+    let customer_201: i64 = row201[col("_customer_id")].parse().unwrap();
+    let row17 = rows.iter_mut().find(|r| r[col("_row")] == "17").unwrap();
+    assert_eq!(
+        (
+            row17[col("_stage")].as_str(),
+            row17[col("_status")].as_str()
+        ),
+        ("mapping", "invalid")
+    );
+    assert_eq!(row17[col("Telefon")], "601 234 56x");
+    row17[col("Telefon")] = "601 234 567".into();
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(b';')
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    w.write_record(&headers).unwrap();
+    for r in &rows {
+        w.write_record(r).unwrap();
+    }
+    let edited = String::from_utf8(w.into_inner().unwrap()).unwrap();
+    let fixed = dir.join("fixed.csv");
+    std::fs::write(&fixed, encoding_rs::WINDOWS_1250.encode(&edited).0.as_ref()).unwrap();
+
+    // Re-import with the same mapping.
+    let items_before = sandbox.state_json()["field_group_items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let again = output(run_cmd(
+        &sandbox,
+        fixed.to_str().unwrap(),
+        mapping,
+        &dir.join("l2.jsonl"),
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        again.code,
+        Some(1),
+        "6 rows are still invalid\n{}{}",
+        again.stdout,
+        again.stderr
+    );
+    assert!(again.stdout.contains("2 done"), "{}", again.stdout);
+    let state = sandbox.state_json();
+    assert_eq!(
+        state["customers"].as_object().unwrap().len(),
+        294,
+        "row 17's customer only: no duplicate"
+    );
+    let items = state["field_group_items"].as_array().unwrap();
+    assert_eq!(items.len(), items_before + 2, "row 201's item and row 17's");
+    assert_eq!(
+        items
+            .iter()
+            .filter(|i| i["customer_id"] == customer_201)
+            .count(),
+        1
+    );
+}
+
+/// The sample mapping without the stages that are not idempotent after the
+/// customer (items, feed records): a crash can then leave nothing unknown.
+fn idempotent_downstream_mapping(dir: &Path) -> PathBuf {
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string(MAPPING).unwrap();
+    let cut = text.find("[[field_group]]").unwrap();
+    let tail = &text[text.find("[campaign]").unwrap()..text.find("[feed]").unwrap()];
+    std::fs::write(&mapping, format!("{}{}", &text[..cut], tail)).unwrap();
+    mapping
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates() {
+    let dir = tempdir();
+    let drop = dir.join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let mapping = idempotent_downstream_mapping(&dir);
+    // Two nightly files with different customers.
+    let a = drop.join("2026-11-21.csv");
+    let b = drop.join("2026-11-22.csv");
+    std::fs::copy(SAMPLE, &a).unwrap();
+    let sample = std::fs::read(SAMPLE).unwrap();
+    let text = encoding_rs::WINDOWS_1250
+        .decode(&sample)
+        .0
+        .replace("CRM-1", "CRM-9");
+    std::fs::write(&b, encoding_rs::WINDOWS_1250.encode(&text).0.as_ref()).unwrap();
+    let sandbox = Sandbox::start(SandboxConfig {
+        latency: Duration::from_millis(30),
+        ..config()
+    })
+    .await
+    .unwrap();
+
+    // Night 1: the first file's import is killed half-way; the job dies.
+    let mut child = run_cmd(
+        &sandbox,
+        a.to_str().unwrap(),
+        mapping.to_str().unwrap(),
+        &drop.join("2026-11-21.csv.ledger.jsonl"),
+        &["--batch-size", "10"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let half = sandbox.state_json()["customers"].as_object().unwrap().len();
+    assert!(half < 293, "killed half-way ({half})");
+
+    // Night 2: the job as documented.
+    let mut job = std::process::Command::new("bash");
+    job.arg("tests/nightly.sh")
+        .arg(&drop)
+        .arg(&mapping)
+        .env(
+            "THULIUM_IMPORT",
+            assert_cmd::cargo::cargo_bin("thulium-import"),
+        )
+        .env("THULIUM_URL", sandbox.url())
+        .env("THULIUM_USER", "api_user")
+        .env("THULIUM_PASSWORD", PASSWORD);
+    let out = output(job).await;
+    assert_eq!(
+        out.code,
+        Some(1),
+        "invalid rows remain in both files\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let identifiers: Vec<String> = sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["identifier"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(identifiers.len(), 2 * 293, "both files complete");
+    assert_eq!(
+        identifiers.iter().collect::<HashSet<_>>().len(),
+        identifiers.len(),
+        "no duplicates"
+    );
+    for file in [&a, &b] {
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.report.json", file.display())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                report["ok"].as_u64(),
+                report["invalid"].as_u64(),
+                report["unknown"].as_u64()
+            ),
+            (Some(293), Some(7), Some(0)),
+            "{}: {report}",
+            file.display()
+        );
+    }
 }

@@ -359,6 +359,8 @@ struct FeedPlan {
 struct StageSlots {
     when: Option<Spec>,
     slots: Range<usize>,
+    /// The ledger's name of the stage (`customer`, `field_group`, ...).
+    kind: &'static str,
 }
 
 /// A mapping compiled against a header: ready to map rows.
@@ -371,6 +373,10 @@ struct StageSlots {
 pub struct Plan {
     trim: bool,
     customer_id: Option<(usize, String)>,
+    /// Columns of a failed-rows CSV written by `report --failed-csv`:
+    /// `_customer_id` (a customer already created) and `_done` (stages
+    /// already done), so that re-importing it never duplicates.
+    round_trip: (Option<usize>, Option<usize>),
     specs: Vec<Spec>,
     /// Stage order: customer, each field group, campaign, campaign_update, feed.
     stages: Vec<StageSlots>,
@@ -413,10 +419,11 @@ impl Builder {
     fn begin(&self) -> usize {
         self.specs.len()
     }
-    fn end(&mut self, start: usize, when: Option<Spec>) -> usize {
+    fn end(&mut self, start: usize, when: Option<Spec>, kind: &'static str) -> usize {
         self.stages.push(StageSlots {
             when,
             slots: start..self.specs.len(),
+            kind,
         });
         self.stages.len() - 1
     }
@@ -434,6 +441,10 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     let mut plan = Plan {
         trim: raw.source.trim.unwrap_or(true),
         customer_id: None,
+        round_trip: (
+            header.iter().position(|h| h == "_customer_id"),
+            header.iter().position(|h| h == "_done"),
+        ),
         specs: Vec::new(),
         stages: Vec::new(),
         customer: None,
@@ -506,7 +517,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "customer.custom_fields",
             c.custom_fields.as_ref(),
         );
-        let stage = b.end(start, when(&mut ctx, "customer", &c.when));
+        let stage = b.end(start, when(&mut ctx, "customer", &c.when), "customer");
         plan.customer = Some((
             stage,
             CustomerPlan {
@@ -542,7 +553,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 "a field group needs at least one value".into(),
             );
         }
-        let stage = b.end(start, when(&mut ctx, &key, &g.when));
+        let stage = b.end(start, when(&mut ctx, &key, &g.when), "field_group");
         plan.field_groups.push((
             stage,
             FieldGroupPlan {
@@ -575,7 +586,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             ("order", c.order.as_ref(), Kind::Int, false),
         ];
         let record = fields(&mut ctx, &mut b, "campaign", list);
-        let stage = b.end(start, when(&mut ctx, "campaign", &c.when));
+        let stage = b.end(start, when(&mut ctx, "campaign", &c.when), "campaign");
         if let Some(id) = id {
             plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
         }
@@ -620,7 +631,11 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "campaign_update.record_fields",
             u.record_fields.as_ref(),
         );
-        let stage = b.end(start, when(&mut ctx, "campaign_update", &u.when));
+        let stage = b.end(
+            start,
+            when(&mut ctx, "campaign_update", &u.when),
+            "campaign_update",
+        );
         if let (Some(id), Some(identifier)) = (id, identifier) {
             plan.campaign_update = Some((
                 stage,
@@ -654,7 +669,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             f.id.as_ref()
                 .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
                 .map(|s| b.slot(s));
-        let stage = b.end(start, when(&mut ctx, "feed", &f.when));
+        let stage = b.end(start, when(&mut ctx, "feed", &f.when), "feed");
         if let (Some(message), Some(time)) = (message, time) {
             plan.feed = Some((
                 stage,
@@ -834,10 +849,22 @@ impl Plan {
                 }
             }
         }
+        if let Some(i) = self.round_trip.0 {
+            let cell = cells.get(i).unwrap_or_default().trim();
+            if let Ok(id) = cell.parse::<i64>() {
+                ev.existing_customer_id = Some(id);
+            }
+        }
+        let done = self
+            .round_trip
+            .1
+            .map(|i| cells.get(i).unwrap_or_default())
+            .unwrap_or_default();
         for (stage, s) in self.stages.iter().enumerate() {
             let skip_customer = ev.existing_customer_id.is_some()
                 && self.customer.as_ref().is_some_and(|(c, _)| *c == stage);
-            if skip_customer || !self.runs(&s.when, cells, &mut errors) {
+            let already = !done.is_empty() && done.split(',').any(|d| d.trim() == s.kind);
+            if skip_customer || already || !self.runs(&s.when, cells, &mut errors) {
                 continue;
             }
             ev.runs[stage] = true;
