@@ -43,7 +43,7 @@ pub struct ConnectArgs {
     #[arg(long, env = "THULIUM_USER")]
     pub user: Option<String>,
     /// Read the password from this file (must not be readable by group or others).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "THULIUM_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 }
 
