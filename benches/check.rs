@@ -149,7 +149,7 @@ fn main() {
     assert_eq!(n as usize, rows);
     let (ours, report) = best_of(3, || {
         let mut input = Input::open(&csv_path, &mapping_path).unwrap();
-        check::check(&mut input, |_, _, _| {}).unwrap()
+        check::check_parallel(&mut input).unwrap()
     });
     assert_eq!(
         (report.rows as usize, report.invalid),

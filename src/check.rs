@@ -161,3 +161,102 @@ pub fn print_text(
     }
     Ok(())
 }
+
+/// [`check`] on every core: this thread reads and decodes, workers map.
+/// The report is the same (errors in row order); use it when no row needs to
+/// be seen in order (plain `check`).
+pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
+    const BATCH: usize = 512;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    if workers == 1 {
+        return check(input, |_, _, _| {});
+    }
+    let Input { source, plan, .. } = input;
+    let plan: &Plan = plan;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(workers * 4);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = &rx;
+                scope.spawn(move || {
+                    let mut part = CheckReport {
+                        rows: 0,
+                        valid: 0,
+                        invalid: 0,
+                        errors: Vec::new(),
+                    };
+                    loop {
+                        let batch = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(batch) = batch else { break };
+                        for row in batch {
+                            match plan.evaluate(&row) {
+                                Ok(_) => part.valid += 1,
+                                Err(errors) => {
+                                    part.invalid += 1;
+                                    part.errors.extend(
+                                        errors.into_iter().map(|e| RowIssue::new(row.id, e)),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    part
+                })
+            })
+            .collect();
+        let mut report = CheckReport {
+            rows: 0,
+            valid: 0,
+            invalid: 0,
+            errors: Vec::new(),
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut failure = None;
+        while let Some(next) = source.next_row() {
+            report.rows += 1;
+            match next {
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+                Ok(Err(bad)) => {
+                    report.invalid += 1;
+                    report.errors.push(RowIssue::new(bad.id, bad.error));
+                }
+                Ok(Ok(row)) => {
+                    batch.push(row);
+                    if batch.len() == BATCH
+                        && tx
+                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        for h in handles {
+            if let Ok(part) = h.join() {
+                report.valid += part.valid;
+                report.invalid += part.invalid;
+                report.errors.extend(part.errors);
+            }
+        }
+        // Workers finish out of order; a row's own problems stay in order.
+        report.errors.sort_by_key(|e| e.row);
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
+    })
+}

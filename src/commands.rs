@@ -39,7 +39,7 @@ fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     if !args.json {
         eprintln!("Reading {}: {}", args.csv.display(), input.info());
     }
-    let report = check::check(&mut input, |_, _, _| {})?;
+    let report = check::check_parallel(&mut input)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
