@@ -635,3 +635,61 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
         "rows stopped before every stage are not ok: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_appears_nowhere_even_at_trace_level() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        fault_rate: 0.2,
+        seed: 5,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("l.jsonl");
+    let wrong = "wrong-secret-31337";
+    for (password, format) in [(PASSWORD, "text"), (PASSWORD, "json"), (wrong, "text")] {
+        let _ = std::fs::remove_file(&ledger);
+        let out = assert_cmd::Command::cargo_bin("thulium-import")
+            .unwrap()
+            .args([
+                "run",
+                SAMPLE,
+                "--mapping",
+                MAPPING,
+                "--url",
+                &sandbox.url(),
+                "--user",
+                "api_user",
+                "--no-progress",
+                "--rate",
+                "2000",
+                "--max-attempts",
+                "2",
+                "--log-format",
+                format,
+            ])
+            .arg("--ledger")
+            .arg(&ledger)
+            .env("THULIUM_PASSWORD", password)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&ledger).unwrap_or_default()
+        );
+        assert!(all.len() > 1000, "trace logging produced output");
+        assert!(!all.contains(password), "the password leaked ({format})");
+        // Nor its Basic-auth encoding.
+        use base64::Engine;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("api_user:{password}"));
+        assert!(
+            !all.contains(&token),
+            "the Authorization header leaked ({format})"
+        );
+    }
+}
