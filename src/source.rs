@@ -560,7 +560,7 @@ impl<R: Read> Source<R> {
                         text: text.to_string(),
                         ends: rec.ends.clone(),
                     };
-                    return Ok(Row { id, cells });
+                    return self.stray(id, cells);
                 }
             }
         }
@@ -589,7 +589,40 @@ impl<R: Read> Source<R> {
                 }
             }
         }
-        Ok(Row { id, cells })
+        self.stray(id, cells)
+    }
+
+    /// Refuses a row with a NUL byte (binary data) or a byte-order mark
+    /// inside it (two exports concatenated): neither belongs in a customer
+    /// record, and both would reach the API invisibly.
+    fn stray(&self, id: RowId, cells: Cells) -> Result<Row, RowError> {
+        if !cells.text.contains(['\0', '\u{feff}']) {
+            return Ok(Row { id, cells });
+        }
+        let (i, cell) = cells
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.contains(['\0', '\u{feff}']))
+            .unwrap_or((0, ""));
+        let reason = if cell.contains('\0') {
+            "a NUL byte in the cell: binary data, not text"
+        } else {
+            "a byte-order mark inside the file: were two exports concatenated? Remove it (and any repeated header line)"
+        };
+        let column = self
+            .header
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        let value = shorten(&cell.replace(['\0', '\u{feff}'], ""));
+        Err(RowError {
+            id,
+            error: FieldError {
+                column: Some(column),
+                value: Some(value),
+                reason: reason.into(),
+            },
+        })
     }
 }
 
