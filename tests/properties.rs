@@ -10,10 +10,15 @@ use proptest::prelude::*;
 use thulium_import::mapping;
 use thulium_import::source::{Cells, Row, RowId, Source, SourceOptions};
 
-/// Failures are kept in `proptest-regressions/` (committed) and replayed first.
+/// Failures are kept in `proptest-regressions/` (committed) and replayed
+/// first; `PROPTEST_CASES=N` runs N cases of every property instead.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases,
+        // PROPTEST_CASES raises every property's count for a long run.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::Direct(
                 "proptest-regressions/properties.txt",
@@ -267,5 +272,48 @@ proptest! {
             let order: Vec<u64> = chunks.iter().filter(|ch| ch.campaign_id == c).flat_map(|ch| ch.records.iter().map(|r| r.id.row)).collect();
             prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{c}: {order:?}");
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(500))]
+
+    /// Reading a damaged ledger never panics: a valid header and any mix of
+    /// valid, truncated and garbage lines give entries plus reported bad
+    /// lines, and a file without a header is refused.
+    #[test]
+    fn ledger_reading_survives_any_damage(
+        lines in prop::collection::vec(prop_oneof![
+            Just(r#"{"kind":"row","row":3,"line":4,"offset":10,"stage":"customer","status":"ok","customer_id":7}"#.to_string()),
+            Just(r#"{"kind":"intent","stage":"feed","rows":[1,2]}"#.to_string()),
+            Just(r#"{"kind":"end","rows_read":5,"finished_at":"x"}"#.to_string()),
+            ".{0,80}",
+            any::<String>(),
+        ], 0..30),
+        with_header in any::<bool>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let header = r#"{"kind":"header","version":1,"source":"a.csv","source_sha256":"x","mapping":"m.toml","mapping_sha256":"y","started_at":"t","tool_version":"0"}"#;
+        let mut text = String::new();
+        if with_header {
+            text.push_str(header);
+            text.push('\n');
+        }
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        // A crash mid-write: cut the file anywhere.
+        let bytes = text.as_bytes();
+        let bytes = &bytes[..cut.index(bytes.len() + 1)];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        let mut n = 0;
+        match thulium_import::ledger::read(&path, |_| n += 1) {
+            Ok((_, notes)) => prop_assert!(bytes.starts_with(header.as_bytes()) && n + notes.bad_lines.len() <= lines.len()),
+            Err(e) => prop_assert!(e.to_string().contains("not a thulium-import ledger"), "{e}"),
+        }
+        let _ = thulium_import::report::fold(&path).map(|(_, f, _)| f.report());
     }
 }

@@ -751,3 +751,49 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
         );
     }
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_that_cannot_be_written_stops_the_run_before_sending_more() {
+    // A file-size limit stands in for a full disk: past 12 KiB every ledger
+    // write fails (EFBIG; SIGXFSZ is ignored so the write returns an error).
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let dir = tempdir();
+    let ledger = dir.join("l.jsonl");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 12; exec '{}' run {SAMPLE} --mapping {MAPPING} --url {} --user api_user --no-progress --rate 2000 --batch-size 20 --ledger '{}'",
+        assert_cmd::cargo::cargo_bin("thulium-import").display(),
+        sandbox.url(),
+        ledger.display()
+    );
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script]).env("THULIUM_PASSWORD", PASSWORD);
+    let out = output(cmd).await;
+    assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("ledger"), "{}", out.stderr);
+    // Nothing was sent that the ledger does not know about: every customer
+    // in the sandbox belongs to a row whose intent was recorded.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let mut intended = HashSet::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if e["kind"] == "intent" && e["stage"] == "customer" {
+            intended.extend(
+                e["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_u64().unwrap()),
+            );
+        }
+    }
+    let created = sandbox.state_json()["customers"].as_object().unwrap().len();
+    assert!(
+        created <= intended.len(),
+        "{created} customers created, {} rows intended",
+        intended.len()
+    );
+    assert!(created < 292, "the run stopped early ({created})");
+}
