@@ -2,7 +2,7 @@
 # Reproduces the figures in benches/README.md on this machine. Loopback only:
 # every request goes to a sandbox started here on 127.0.0.1.
 #   bash benches/run.sh            # everything (about 5 minutes)
-#   bash benches/run.sh check      # one part: check | memory | rate | throughput
+#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -86,6 +86,21 @@ if [[ $part == all || $part == throughput ]]; then
   for c in 1 2 4 8 16; do
     sandbox --latency-ms 20
     echo "--concurrency $c:"
+    import "$data/export-100000.csv" "$customers_only" --rate 100000 --concurrency $c
+    kill $sandbox_pid
+  done
+fi
+
+if [[ $part == all || $part == python ]]; then
+  echo "== 5. the same customer import by a straightforward Python script (csv + requests), --latency-ms 20"
+  gen 100000
+  python3 -c 'import requests' 2>/dev/null || pip install requests >/dev/null
+  sandbox --latency-ms 20
+  THULIUM_PASSWORD=bench python3 benches/python_baseline.py "$data/export-100000.csv" "$url"
+  kill $sandbox_pid
+  for c in 1 4; do
+    sandbox --latency-ms 20
+    echo "thulium-import --concurrency $c:"
     import "$data/export-100000.csv" "$customers_only" --rate 100000 --concurrency $c
     kill $sandbox_pid
   done
