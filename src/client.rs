@@ -241,6 +241,17 @@ impl ApiClient {
     }
 }
 
+/// An integer from an answer, given as a number or as a string of one
+/// (`customer_id` comes back as `"13"` from one endpoint and `13` from the
+/// others): liberal in what we accept.
+pub fn lenient_int(v: Option<&serde_json::Value>) -> Option<i64> {
+    match v? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// A transport error in words, without the URL's query or any header.
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {

@@ -14,14 +14,7 @@ use crate::ledger::{Stage, Status};
 use crate::resume::View;
 use crate::source::{Source, SourceOptions};
 
-const ORDER: [Stage; 6] = [
-    Stage::Mapping,
-    Stage::Customer,
-    Stage::FieldGroup,
-    Stage::Campaign,
-    Stage::CampaignUpdate,
-    Stage::Feed,
-];
+const ORDER: [Stage; 6] = Stage::ALL;
 
 /// Writes the rows of `view` that are not done; returns how many.
 pub fn write(view: &View, out_path: &Path, utf8: bool) -> anyhow::Result<u64> {

@@ -32,6 +32,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Mapping,
+        Stage::Customer,
+        Stage::FieldGroup,
+        Stage::Campaign,
+        Stage::CampaignUpdate,
+        Stage::Feed,
+    ];
+
     /// The stages that send something, in pipeline order.
     pub const SENDING: [Stage; 5] = [
         Stage::Customer,

@@ -520,11 +520,7 @@ async fn customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, CustomerS
 /// or `{"http_status": 400, "message": "..."}` (numbers accepted as strings
 /// and the other way round).
 fn customer_entry(id: RowId, entry: Option<&Value>, attempts: u32) -> (RowEvent, CustomerState) {
-    let int = |v: Option<&Value>| match v {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    };
+    let int = crate::client::lenient_int;
     let Some(entry) = entry else {
         let mut ev = event(id, Stage::Customer, Status::Unknown);
         ev.message = Some("the answer has no entry for this customer; it may have been created: `retry` reconciles it".into());
@@ -830,11 +826,7 @@ fn campaign_entry(r: &PendingRecord, entry: Option<&Value>, attempts: u32) -> Ro
         ));
         return ev;
     };
-    let int = |v: Option<&Value>| match v {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    };
+    let int = crate::client::lenient_int;
     ev.http_status = int(entry.get("http_status")).and_then(|s| u16::try_from(s).ok());
     ev.record_id = int(entry.get("record_id"));
     let status = entry
@@ -898,11 +890,7 @@ async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: Item
         ev.customer_id = Some(customer_id);
         ev.attempts = Some(reply.attempts);
         let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        ev.item_id = match answer.get("item_id") {
-            Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        };
+        ev.item_id = crate::client::lenient_int(answer.get("item_id"));
         entries.push(Entry::Row(ev));
     } else {
         run.call_went(false);

@@ -48,14 +48,7 @@ fn slot(stage: Stage) -> usize {
     }
 }
 
-const STAGES: [Stage; 6] = [
-    Stage::Mapping,
-    Stage::Customer,
-    Stage::FieldGroup,
-    Stage::Campaign,
-    Stage::CampaignUpdate,
-    Stage::Feed,
-];
+const STAGES: [Stage; 6] = Stage::ALL;
 
 /// Counts per status.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

@@ -459,11 +459,7 @@ async fn lookup(client: &crate::client::ApiClient, identifier: &str) -> Lookup {
             c.get("identifier")
                 .is_none_or(|i| i.as_str().map_or(i.to_string(), str::to_string) == identifier)
         })
-        .filter_map(|c| match c.get("customer_id").or_else(|| c.get("id")) {
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        })
+        .filter_map(|c| crate::client::lenient_int(c.get("customer_id").or_else(|| c.get("id"))))
         .collect();
     match ids.len() {
         0 => Lookup::None,

@@ -122,11 +122,7 @@ fn only_keys(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(),
 /// An integer given as a JSON number or as a string of digits (the vendor's
 /// own PUT example sends `"status_id":"3"`).
 fn int_like(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    crate::client::lenient_int(Some(v))
 }
 
 fn int_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<i64>, ApiError> {
@@ -164,6 +160,31 @@ fn one_or_many(v: &Value) -> Option<Vec<String>> {
         Value::Array(items) => items.iter().map(one).collect(),
         other => one(other).map(|s| vec![s]),
     }
+}
+
+/// The one list of a batch body (`{"customers": [...]}`): present, not
+/// empty, at most `max` items (413 past it), and nothing else in the body.
+fn batch_list<'a>(
+    body: &'a Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<&'a Vec<Value>, ApiError> {
+    only_keys(body, &[key], "")?;
+    let Some(Value::Array(list)) = body.get(key) else {
+        return Err(ApiError::bad(format!(
+            "Field \"{key}\" is required and must be a list."
+        )));
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad(format!("Field \"{key}\" must not be empty.")));
+    }
+    if list.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("At most {max} {key} per call."),
+        ));
+    }
+    Ok(list)
 }
 
 const CUSTOMER_KEYS: &[&str] = &[
@@ -332,21 +353,7 @@ pub async fn batch_customers(
     body: Body,
 ) -> ApiResult {
     let body = json_object(&headers, body).await?;
-    only_keys(&body, &["customers"], "")?;
-    let Some(Value::Array(customers)) = body.get("customers") else {
-        return Err(ApiError::bad(
-            "Field \"customers\" is required and must be a list.",
-        ));
-    };
-    if customers.is_empty() {
-        return Err(ApiError::bad("Field \"customers\" must not be empty."));
-    }
-    if customers.len() > shared.config.max_batch {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("At most {} customers per call.", shared.config.max_batch),
-        ));
-    }
+    let customers = batch_list(&body, "customers", shared.config.max_batch)?;
     let mut objects = Vec::with_capacity(customers.len());
     for (i, c) in customers.iter().enumerate() {
         let at = format!("customers[{i}].");
@@ -568,21 +575,7 @@ pub async fn campaign_records(
 ) -> ApiResult {
     campaign_id_checked(&id)?;
     let body = json_object(&headers, body).await?;
-    only_keys(&body, &["records"], "")?;
-    let Some(Value::Array(records)) = body.get("records") else {
-        return Err(ApiError::bad(
-            "Field \"records\" is required and must be a list.",
-        ));
-    };
-    if records.is_empty() {
-        return Err(ApiError::bad("Field \"records\" must not be empty."));
-    }
-    if records.len() > shared.config.max_batch {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("At most {} records per call.", shared.config.max_batch),
-        ));
-    }
+    let records = batch_list(&body, "records", shared.config.max_batch)?;
     struct Parsed<'a> {
         customer_id: i64,
         status_id: Option<i64>,
