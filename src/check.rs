@@ -195,8 +195,8 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
                         };
                         let Ok(batch) = batch else { break };
                         for row in batch {
-                            match plan.evaluate(&row) {
-                                Ok(_) => part.valid += 1,
+                            match plan.validate(&row) {
+                                Ok(()) => part.valid += 1,
                                 Err(errors) => {
                                     part.invalid += 1;
                                     part.errors.extend(

@@ -829,11 +829,25 @@ impl Plan {
 
     /// Computes and checks every value of the stages that run for this row.
     pub fn evaluate(&self, row: &Row) -> Result<Evaluated, Vec<FieldError>> {
+        self.evaluate_with(row, true)
+    }
+
+    /// Checks a row as [`Plan::evaluate`] does, without building its values:
+    /// what `check` needs.
+    pub fn validate(&self, row: &Row) -> Result<(), Vec<FieldError>> {
+        self.evaluate_with(row, false).map(|_| ())
+    }
+
+    fn evaluate_with(&self, row: &Row, keep: bool) -> Result<Evaluated, Vec<FieldError>> {
         let cells = &row.cells;
         let mut errors = Vec::new();
         let mut ev = Evaluated {
             existing_customer_id: None,
-            slots: vec![None; self.specs.len()],
+            slots: if keep {
+                vec![None; self.specs.len()]
+            } else {
+                Vec::new()
+            },
             runs: vec![false; self.stages.len()],
         };
         if let Some((i, name)) = &self.customer_id {
@@ -869,8 +883,9 @@ impl Plan {
             }
             ev.runs[stage] = true;
             for slot in s.slots.clone() {
-                match self.specs[slot].eval(cells, self.trim) {
-                    Ok(v) => ev.slots[slot] = v,
+                match self.specs[slot].eval_with(cells, self.trim, keep) {
+                    Ok(v) if keep => ev.slots[slot] = v,
+                    Ok(_) => {}
                     Err(e) => errors.push(e),
                 }
             }

@@ -41,6 +41,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Date | Kind::DateTime | Kind::FeedTime => "a date",
+            Kind::Phone => "a phone number",
+            Kind::Email => "an e-mail address",
+            Kind::CampaignId => "a campaign id",
+            _ => "a value",
+        }
+    }
+
     fn output_date_format(self) -> Option<&'static str> {
         match self {
             Kind::Date | Kind::Text | Kind::Scalar => Some("%Y-%m-%d"),
@@ -380,6 +390,18 @@ impl Spec {
 
     /// Evaluates the spec for one row: `Ok(None)` leaves the field out.
     pub fn eval(&self, cells: &Cells, trim: bool) -> Result<Option<Value>, FieldError> {
+        self.eval_with(cells, trim, true)
+    }
+
+    /// Evaluates; with `keep` false only checks: a present value comes back
+    /// as `Value::Null` without building it (what `check` needs, and most of
+    /// its cost avoided).
+    pub fn eval_with(
+        &self,
+        cells: &Cells,
+        trim: bool,
+        keep: bool,
+    ) -> Result<Option<Value>, FieldError> {
         let text: std::borrow::Cow<'_, str> = match &self.from {
             From::Constant(v) => return Ok(Some(v.clone())),
             From::Column { index, .. } => {
@@ -419,7 +441,7 @@ impl Spec {
                 return if part.is_empty() {
                     Ok(None)
                 } else {
-                    self.convert(part).map(Some).map_err(&fail)
+                    self.convert(part, keep).map(Some).map_err(&fail)
                 };
             }
             let mut s = part.to_string();
@@ -429,7 +451,7 @@ impl Spec {
             if s.is_empty() {
                 Ok(None)
             } else {
-                self.convert(&s).map(Some).map_err(&fail)
+                self.convert(&s, keep).map(Some).map_err(&fail)
             }
         };
         let value = match &self.split {
@@ -453,8 +475,16 @@ impl Spec {
     }
 
     /// map → date → type → the target's rule, for one non-empty item.
-    fn convert(&self, s: &str) -> Result<Value, String> {
+    fn convert(&self, s: &str, keep: bool) -> Result<Value, String> {
         if self.map.is_empty() && self.date.is_none() && self.conv.is_none() {
+            if !keep {
+                // Checking only: the rule on the borrowed text, no value built.
+                return match self.kind {
+                    Kind::Int => s.trim().parse::<i64>().map(|_| Value::Null).map_err(|_| "not an integer".into()),
+                    Kind::Bool => parse_bool(s).map(|_| Value::Null).ok_or_else(|| "not a boolean: add map = { tak = true, nie = false } (or the words your export uses)".into()),
+                    _ => self.text_rule(s).map(|()| Value::Null),
+                };
+            }
             // The common case: straight to the target's rule, parsing
             // integers from the borrowed text.
             return match self.kind {
@@ -542,39 +572,35 @@ impl Spec {
                 Value::String(s) => Value::Bool(parse_bool(s).ok_or("not a boolean: add map = { tak = true, nie = false } (or the words your export uses)")?),
                 _ => return Err("not a boolean".into()),
             },
-            Kind::Date | Kind::DateTime | Kind::FeedTime => {
-                let s = text(v).ok_or("expected a date")?;
-                let (ok, fmt) = match self.kind {
-                    Kind::Date => (validate::is_date(&s), "YYYY-MM-DD"),
-                    Kind::DateTime => (validate::is_date_time(&s), "YYYY-MM-DD hh:mm"),
-                    _ => (validate::is_feed_time(&s), "YYYY-MM-DDThh:mm:ss"),
-                };
-                if !ok {
-                    return Err(format!("not a date in the format {fmt}; add date = \"<input format>\" (e.g. \"%d.%m.%Y\") to convert"));
-                }
+            Kind::Date | Kind::DateTime | Kind::FeedTime | Kind::Phone | Kind::Email | Kind::CampaignId => {
+                let s = text(v).ok_or_else(|| format!("expected {}", self.kind.noun()))?;
+                self.text_rule(&s)?;
                 Value::String(s)
             }
-            Kind::Phone => {
-                let s = text(v).ok_or("expected a phone number")?;
-                if !validate::is_phone(&s) {
-                    return Err("a phone number must be 3 to 20 digits; add transform = [\"phone\"] to strip spaces, dashes and +".into());
-                }
-                Value::String(s)
-            }
-            Kind::Email => {
-                let s = text(v).ok_or("expected an e-mail address")?;
-                if !validate::is_email(&s) {
-                    return Err("not an e-mail address".into());
-                }
-                Value::String(s)
-            }
-            Kind::CampaignId => {
-                let s = text(v).ok_or("expected a campaign id")?;
-                if !validate::is_campaign_id(&s) {
-                    return Err("a campaign id has exactly five characters, such as 00001".into());
-                }
-                Value::String(s)
-            }
+        })
+    }
+
+    /// The rule of a target that takes text of a given form.
+    fn text_rule(&self, s: &str) -> Result<(), String> {
+        let ok = match self.kind {
+            Kind::Date => validate::is_date(s),
+            Kind::DateTime => validate::is_date_time(s),
+            Kind::FeedTime => validate::is_feed_time(s),
+            Kind::Phone => validate::is_phone(s),
+            Kind::Email => validate::is_email(s),
+            Kind::CampaignId => validate::is_campaign_id(s),
+            Kind::Text | Kind::Int | Kind::Bool | Kind::Scalar => true,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(match self.kind {
+            Kind::Date => "not a date in the format YYYY-MM-DD; add date = \"<input format>\" (e.g. \"%d.%m.%Y\") to convert".into(),
+            Kind::DateTime => "not a date in the format YYYY-MM-DD hh:mm; add date = \"<input format>\" (e.g. \"%d.%m.%Y %H:%M\") to convert".into(),
+            Kind::FeedTime => "not a date in the format YYYY-MM-DDThh:mm:ss; add date = \"<input format>\" to convert".into(),
+            Kind::Phone => "a phone number must be 3 to 20 digits; add transform = [\"phone\"] to strip spaces, dashes and +".into(),
+            Kind::Email => "not an e-mail address".into(),
+            _ => "a campaign id has exactly five characters, such as 00001".into(),
         })
     }
 
