@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod common;
+use common::{customers, report, spawn_quiet};
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,16 +97,6 @@ fn retry_cmd(sandbox: &Sandbox, ledger: &Path, extra: &[&str]) -> std::process::
     cmd
 }
 
-fn report(ledger: &Path) -> Value {
-    let out = bin()
-        .arg("report")
-        .arg(ledger)
-        .arg("--json")
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn tempdir() -> PathBuf {
     tempfile::tempdir().unwrap().keep()
 }
@@ -135,7 +128,7 @@ async fn after_apply_faults_are_reconciled_by_identifier_without_duplicates() {
         before["stages"]["customer"]["unknown"].as_u64().unwrap() > 0,
         "{before}"
     );
-    let created_before = sandbox.state_json()["customers"].as_object().unwrap().len();
+    let created_before = customers(&sandbox);
     assert!(
         created_before > before["stages"]["customer"]["ok"].as_u64().unwrap() as usize,
         "some unknowns were really created"
@@ -281,17 +274,13 @@ async fn kill_9_at_several_points_then_retry_completes_every_row_exactly_once() 
         .await
         .unwrap();
         let ledger = dir.join(format!("kill-{delay_ms}.jsonl"));
-        let mut child = run_cmd(
+        let mut child = spawn_quiet(run_cmd(
             &sandbox,
             SAMPLE,
             mapping.to_str().unwrap(),
             &ledger,
             &["--batch-size", "10", "--concurrency", "3"],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ));
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         child.kill().unwrap(); // SIGKILL
         let _ = child.wait();
@@ -364,17 +353,13 @@ async fn kill_9_without_identifiers_never_duplicates_and_lists_the_unknowns() {
     .await
     .unwrap();
     let ledger = dir.join("l.jsonl");
-    let mut child = run_cmd(
+    let mut child = spawn_quiet(run_cmd(
         &sandbox,
         SAMPLE,
         mapping.to_str().unwrap(),
         &ledger,
         &["--batch-size", "10", "--concurrency", "3"],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     child.kill().unwrap();
     let _ = child.wait();
@@ -395,7 +380,7 @@ async fn kill_9_without_identifiers_never_duplicates_and_lists_the_unknowns() {
         );
     }
     // No customer twice: created = ok customers + at most the unknown ones.
-    let created = sandbox.state_json()["customers"].as_object().unwrap().len() as u64;
+    let created = customers(&sandbox) as u64;
     let ok_customers = r["stages"]["customer"]["ok"].as_u64().unwrap();
     let unknown_customers = r["stages"]["customer"]["unknown"].as_u64().unwrap();
     assert!(
@@ -470,11 +455,7 @@ async fn retry_refuses_a_changed_source_and_takes_an_edited_copy_with_source() {
         (Some(293), Some(7)),
         "{r}"
     );
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        293,
-        "the fixed row only, no duplicate"
-    );
+    assert_eq!(customers(&sandbox), 293, "the fixed row only, no duplicate");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -494,10 +475,7 @@ async fn a_ledger_truncated_mid_line_is_read_and_the_partial_line_reported() {
     assert!(stdout.contains("unreadable ledger line"), "{stdout}");
     let again = output(retry_cmd(&sandbox, &ledger, &[])).await;
     assert!(again.stderr.contains("unreadable line"), "{}", again.stderr);
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        292
-    );
+    assert_eq!(customers(&sandbox), 292);
 
     // Not a ledger at all: exit 2 with a clear message.
     let bogus = dir.join("bogus.jsonl");
@@ -527,10 +505,7 @@ async fn failed_rows_csv_round_trip_fixes_rows_without_duplicates() {
     let ledger = dir.join("l.jsonl");
     let first = output(run_cmd(&sandbox, SAMPLE, mapping, &ledger, &[])).await;
     assert_eq!(first.code, Some(1));
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        293
-    );
+    assert_eq!(customers(&sandbox), 293);
 
     let failed = dir.join("failed.csv");
     let out = bin()
@@ -685,21 +660,17 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
     .unwrap();
 
     // Night 1: the first file's import is killed half-way; the job dies.
-    let mut child = run_cmd(
+    let mut child = spawn_quiet(run_cmd(
         &sandbox,
         a.to_str().unwrap(),
         mapping.to_str().unwrap(),
         &drop.join("2026-11-21.csv.ledger.jsonl"),
         &["--batch-size", "10"],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();
     let _ = child.wait();
-    let half = sandbox.state_json()["customers"].as_object().unwrap().len();
+    let half = customers(&sandbox);
     assert!(half < 293, "killed half-way ({half})");
 
     // Night 2: the job as documented.
@@ -789,7 +760,7 @@ async fn a_ledger_that_cannot_be_written_stops_the_run_before_sending_more() {
             );
         }
     }
-    let created = sandbox.state_json()["customers"].as_object().unwrap().len();
+    let created = customers(&sandbox);
     assert!(
         created <= intended.len(),
         "{created} customers created, {} rows intended",

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod common;
+use common::{customers, report};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -79,17 +82,6 @@ async fn run_as(
         ledger,
         ledger_path,
     }
-}
-
-fn report(ledger: &Path) -> Value {
-    let out = assert_cmd::Command::cargo_bin("thulium-import")
-        .unwrap()
-        .arg("report")
-        .arg(ledger)
-        .arg("--json")
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// What the mapping makes of every valid row: identifier → customer payload.
@@ -349,10 +341,7 @@ async fn a_429_storm_is_ridden_out() {
     assert!(done.stdout.contains("292 done"), "{}", done.stdout);
     let stats = sandbox.stats();
     assert!(stats.responses_429 > 50, "{stats:?}");
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        292
-    );
+    assert_eq!(customers(&sandbox), 292);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -372,10 +361,7 @@ async fn a_batch_refused_as_a_whole_is_split_until_it_goes_through() {
         done.stdout,
         done.stderr
     );
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        292
-    );
+    assert_eq!(customers(&sandbox), 292);
     assert!(sandbox.stats().responses.get("413").copied().unwrap_or(0) >= 3);
 }
 
@@ -418,10 +404,7 @@ async fn a_refused_row_fails_alone_with_the_reason_and_its_neighbours_go_through
         .as_str()
         .unwrap()
         .contains("request_id"));
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        298
-    );
+    assert_eq!(customers(&sandbox), 298);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,11 +434,7 @@ async fn ambiguous_faults_on_customer_calls_leave_rows_unknown_and_are_not_resen
     let stats = sandbox.stats();
     // 292 valid rows in 3 batches, each sent exactly once.
     assert_eq!(stats.requests["POST /api/batch/customers"], 3, "{stats:?}");
-    assert_eq!(
-        sandbox.state_json()["customers"].as_object().unwrap().len(),
-        292,
-        "applied, answer lost"
-    );
+    assert_eq!(customers(&sandbox), 292, "applied, answer lost");
     let r = report(&done.ledger_path);
     assert_eq!(r["stages"]["customer"]["unknown"], 292, "{r}");
     assert_eq!(r["stages"]["field_group"]["skipped"], 292);
@@ -610,7 +589,7 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
     // Calls in flight were finished and recorded: no customer is left unknown,
     // and every customer the sandbox holds is in the ledger as ok.
     assert_eq!(r["stages"]["customer"]["unknown"], 0, "{r}");
-    let created = sandbox.state_json()["customers"].as_object().unwrap().len() as u64;
+    let created = customers(&sandbox) as u64;
     assert_eq!(r["stages"]["customer"]["ok"].as_u64().unwrap(), created);
     assert!(created > 0 && created < 292, "{created}");
     assert!(r["not_sent"].as_u64().unwrap() > 0 || r["rows"].as_u64().unwrap() < 300);

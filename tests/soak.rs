@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod common;
+use common::report;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -68,16 +71,6 @@ fn bin(args: &[&str], url: &str) -> std::process::Output {
         .env_remove("THULIUM_URL")
         .output()
         .unwrap()
-}
-
-fn report(ledger: &Path) -> Value {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
-        .arg("report")
-        .arg(ledger)
-        .arg("--json")
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,32 @@
+//! Helpers shared by the end-to-end tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses a part
+
+use std::path::Path;
+
+use serde_json::Value;
+use thulium_import::sandbox::Sandbox;
+
+/// `thulium-import report <LEDGER> --json`, parsed.
+pub fn report(ledger: &Path) -> Value {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
+        .arg("report")
+        .arg(ledger)
+        .arg("--json")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// How many customers the sandbox holds.
+pub fn customers(sandbox: &Sandbox) -> usize {
+    sandbox.state_json()["customers"].as_object().unwrap().len()
+}
+
+/// Starts a command with its output discarded (to be killed mid-run).
+pub fn spawn_quiet(mut cmd: std::process::Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
