@@ -58,25 +58,9 @@ fn run_cmd(
     ledger: &Path,
     extra: &[&str],
 ) -> std::process::Command {
-    let mut cmd = bin();
-    cmd.args([
-        "run",
-        csv,
-        "--mapping",
-        mapping,
-        "--url",
-        &sandbox.url(),
-        "--user",
-        "api_user",
-        "--no-progress",
-        "--rate",
-        "2000",
-        "--max-consecutive-failures",
-        "0",
-    ])
-    .arg("--ledger")
-    .arg(ledger)
-    .args(extra);
+    let mut cmd = common::run_command(sandbox, csv, mapping, ledger, PASSWORD);
+    // Faults are the point here: the circuit breaker must not end the run.
+    cmd.args(["--max-consecutive-failures", "0"]).args(extra);
     cmd
 }
 

@@ -47,26 +47,8 @@ async fn run_as(
 ) -> Done {
     let dir = tempfile::tempdir().unwrap().keep();
     let ledger_path = dir.join("ledger.jsonl");
-    let mut cmd = assert_cmd::Command::cargo_bin("thulium-import").unwrap();
-    cmd.args([
-        "run",
-        csv,
-        "--mapping",
-        mapping,
-        "--url",
-        &sandbox.url(),
-        "--user",
-        "api_user",
-        "--no-progress",
-        "--rate",
-        "2000",
-    ])
-    .arg("--ledger")
-    .arg(&ledger_path)
-    .args(extra)
-    .env("THULIUM_PASSWORD", password)
-    .env_remove("THULIUM_URL")
-    .env_remove("THULIUM_USER");
+    let mut cmd = common::run_command(sandbox, csv, mapping, &ledger_path, password);
+    cmd.args(extra);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();

@@ -30,3 +30,32 @@ pub fn spawn_quiet(mut cmd: std::process::Command) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// `thulium-import run CSV --mapping TOML` against `sandbox`, quiet and fast
+/// (`--no-progress --rate 2000`), with `password` in `THULIUM_PASSWORD` and
+/// no `THULIUM_URL`/`THULIUM_USER` from the environment.
+pub fn run_command(
+    sandbox: &Sandbox,
+    csv: &str,
+    mapping: &str,
+    ledger: &Path,
+    password: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
+    cmd.args([
+        "run",
+        csv,
+        "--mapping",
+        mapping,
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+    ])
+    .args(["--no-progress", "--rate", "2000", "--ledger"])
+    .arg(ledger)
+    .env("THULIUM_PASSWORD", password)
+    .env_remove("THULIUM_URL")
+    .env_remove("THULIUM_USER");
+    cmd
+}
