@@ -2,12 +2,13 @@
 //!
 //! `cargo bench --bench check -- [ROWS]` (default 1,000,000) generates a
 //! UTF-8, `;`-separated export of ROWS valid customer rows under
-//! `target/bench-data/` (once), then times, best of three:
+//! `target/bench-data/` (once), then times, in five interleaved rounds:
 //! 1. a bare read with the `csv` crate (`StringRecord`, UTF-8 checked);
-//! 2. thulium-import's `check` path in-process (decode, map every row to
-//!    every stage's payloads).
+//! 2. thulium-import's `check` path in-process (read, decode and check
+//!    every value of every stage, on every core);
+//! 3. thulium-import's source alone, one thread (read and decode each row).
 //!
-//! It prints rows/s and the ratio. Peak memory is measured on the binary by
+//! It prints rows/s and the ratio, best to best and per round. Peak memory is measured on the binary by
 //! `benches/run.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark may panic
@@ -101,16 +102,11 @@ message = "Notatka"
 time = { column = "Data notatki", date = "%d.%m.%Y %H:%M" }
 "#;
 
-fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> (f64, T) {
-    let mut best = f64::MAX;
-    let mut last = None;
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = f();
-        best = best.min(t.elapsed().as_secs_f64());
-        last = Some(r);
-    }
-    (best, last.unwrap())
+/// Seconds taken by `f`.
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -134,53 +130,68 @@ fn main() {
         size as f64 / 1048576.0
     );
 
-    let (bare, n) = best_of(3, || {
+    let bare_read = || {
         let mut r = csv::ReaderBuilder::new()
             .delimiter(b';')
             .from_path(&csv_path)
             .unwrap();
         let mut rec = csv::StringRecord::new();
-        let mut n = 0u64;
+        let mut n = 0usize;
         while r.read_record(&mut rec).unwrap() {
             n += 1;
         }
-        n
-    });
-    assert_eq!(n as usize, rows);
-    let (ours, report) = best_of(3, || {
+        assert_eq!(n, rows);
+    };
+    let check = || {
         let mut input = Input::open(&csv_path, &mapping_path).unwrap();
-        check::check_parallel(&mut input).unwrap()
-    });
-    assert_eq!(
-        (report.rows as usize, report.invalid),
-        (rows, 0),
-        "{:?}",
-        report.errors.first()
-    );
-    let (read_only, _) = best_of(3, || {
+        let report = check::check_parallel(&mut input).unwrap();
+        assert_eq!(
+            (report.rows as usize, report.invalid),
+            (rows, 0),
+            "{:?}",
+            report.errors.first()
+        );
+    };
+    let source_only = || {
         let options = thulium_import::source::SourceOptions {
             delimiter: Some(b';'),
             ..Default::default()
         };
         let mut source = thulium_import::source::Source::open(&csv_path, &options).unwrap();
-        let mut n = 0u64;
         while let Some(r) = source.next_row() {
             r.unwrap().unwrap();
-            n += 1;
         }
-        n
-    });
+    };
+    // Interleaved rounds: the machine's speed drifts (the bare read alone
+    // varies by half between runs), and each round's ratio compares two
+    // runs made seconds apart.
+    const ROUNDS: usize = 5;
+    let (mut bare, mut ours, mut source, mut ratios) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let b = timed(bare_read);
+        let c = timed(check);
+        source.push(timed(source_only));
+        ratios.push(c / b);
+        bare.push(b);
+        ours.push(c);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let line = |what: &str, v: &[f64]| {
+        println!(
+            "{what:<14} best {:.3} s ({:.0} rows/s), worst {:.3} s",
+            best(v),
+            rows as f64 / best(v),
+            worst(v)
+        );
+    };
+    line("bare csv read:", &bare);
+    line("source only:", &source);
+    line("check:", &ours);
     println!(
-        "source only:   {read_only:.3} s, {:.0} rows/s",
-        rows as f64 / read_only
+        "ratio check / bare read: {:.2}x best to best; per round {:.2}x to {:.2}x",
+        best(&ours) / best(&bare),
+        best(&ratios),
+        worst(&ratios)
     );
-    println!(
-        "bare csv read: {bare:.3} s, {:.0} rows/s",
-        rows as f64 / bare
-    );
-    println!(
-        "check:         {ours:.3} s, {:.0} rows/s",
-        rows as f64 / ours
-    );
-    println!("ratio check / bare read: {:.2}x", ours / bare);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::mapping::{self, Evaluated, MappingError, Plan};
-use crate::source::{FieldError, Row, RowId, Source, SourceError, SourceInfo};
+use crate::source::{Cells, FieldError, RawRows, Row, RowId, Source, SourceError, SourceInfo};
 
 /// A file or mapping that cannot be used at all (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ impl std::fmt::Display for RowIssue {
 }
 
 /// What `check` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckReport {
     pub rows: u64,
     pub valid: u64,
@@ -103,12 +103,7 @@ pub fn check(
     input: &mut Input,
     mut on_valid: impl FnMut(&Plan, &Row, Evaluated),
 ) -> Result<CheckReport, InputError> {
-    let mut report = CheckReport {
-        rows: 0,
-        valid: 0,
-        invalid: 0,
-        errors: Vec::new(),
-    };
+    let mut report = CheckReport::default();
     while let Some(next) = input.source.next_row() {
         report.rows += 1;
         match next? {
@@ -162,11 +157,17 @@ pub fn print_text(
     Ok(())
 }
 
-/// [`check`] on every core: this thread reads and decodes, workers map.
-/// The report is the same (errors in row order); use it when no row needs to
-/// be seen in order (plain `check`).
+/// [`check`] on every core: this thread parses the CSV into batches of raw
+/// records; workers decode and check them. Batches go back to the reader to
+/// be refilled, so no memory is allocated per row, and a row's bytes are
+/// read by the worker straight from the batch. The report is the same as
+/// [`check`]'s (errors in row order); use it when no row needs to be seen in
+/// order (plain `check`).
 pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
-    const BATCH: usize = 512;
+    /// Records per batch, and bytes: large enough that handing a batch over
+    /// costs nothing next to checking it, small enough to stay in cache.
+    const ROWS: usize = 2048;
+    const BYTES: usize = 256 * 1024;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
@@ -175,76 +176,68 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
     }
     let Input { source, plan, .. } = input;
     let plan: &Plan = plan;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(workers * 4);
-    let rx = std::sync::Mutex::new(rx);
+    // Two batches per worker circulate: one being checked, one being filled.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<RawRows>(workers * 2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<RawRows>(workers * 2);
+    for _ in 0..workers * 2 {
+        let _ = empty_tx.send(RawRows::default());
+    }
+    let full_rx = std::sync::Mutex::new(full_rx);
+    let decoder = &source.decoder().clone();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                let rx = &rx;
+                let (full_rx, empty_tx) = (&full_rx, empty_tx.clone());
                 scope.spawn(move || {
-                    let mut part = CheckReport {
-                        rows: 0,
-                        valid: 0,
-                        invalid: 0,
-                        errors: Vec::new(),
-                    };
+                    let mut part = CheckReport::default();
+                    let mut scratch = Cells::default();
                     loop {
-                        let batch = match rx.lock() {
+                        let batch = match full_rx.lock() {
                             Ok(guard) => guard.recv(),
                             Err(_) => break,
                         };
                         let Ok(batch) = batch else { break };
-                        for row in batch {
-                            match plan.validate(&row) {
+                        for i in 0..batch.len() {
+                            let id = batch.id(i);
+                            let checked = decoder
+                                .decode(&batch, i, &mut scratch)
+                                .map_err(|e| vec![e])
+                                .and_then(|cells| plan.validate_cells(cells));
+                            match checked {
                                 Ok(()) => part.valid += 1,
                                 Err(errors) => {
                                     part.invalid += 1;
-                                    part.errors.extend(
-                                        errors.into_iter().map(|e| RowIssue::new(row.id, e)),
-                                    );
+                                    part.errors
+                                        .extend(errors.into_iter().map(|e| RowIssue::new(id, e)));
                                 }
                             }
                         }
+                        // The reader may have stopped; then the batch is dropped.
+                        let _ = empty_tx.send(batch);
                     }
                     part
                 })
             })
             .collect();
-        let mut report = CheckReport {
-            rows: 0,
-            valid: 0,
-            invalid: 0,
-            errors: Vec::new(),
-        };
-        let mut batch = Vec::with_capacity(BATCH);
+        drop(empty_tx);
+        let mut report = CheckReport::default();
         let mut failure = None;
-        while let Some(next) = source.next_row() {
-            report.rows += 1;
-            match next {
+        while let Ok(mut batch) = empty_rx.recv() {
+            match source.read_rows(&mut batch, ROWS, BYTES) {
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
-                Ok(Err(bad)) => {
-                    report.invalid += 1;
-                    report.errors.push(RowIssue::new(bad.id, bad.error));
-                }
-                Ok(Ok(row)) => {
-                    batch.push(row);
-                    if batch.len() == BATCH
-                        && tx
-                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                            .is_err()
-                    {
+                Ok(0) => break,
+                Ok(n) => {
+                    report.rows += n as u64;
+                    if full_tx.send(batch).is_err() {
                         break;
                     }
                 }
             }
         }
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
-        }
-        drop(tx);
+        drop(full_tx);
         for h in handles {
             if let Ok(part) = h.join() {
                 report.valid += part.valid;

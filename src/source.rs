@@ -173,8 +173,47 @@ impl Cells {
         }
         out
     }
+    /// The cells, borrowed.
+    pub fn view(&self) -> CellsRef<'_> {
+        CellsRef {
+            text: &self.text,
+            ends: &self.ends,
+        }
+    }
     /// The cell at `i`, untrimmed.
     pub fn get(&self, i: usize) -> Option<&str> {
+        self.view().get(i)
+    }
+    /// How many cells.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    /// Whether there are no cells.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// The cells in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.view().iter()
+    }
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
+/// A row's cells, borrowed: from [`Cells`], or straight from the bytes the
+/// reader left in a [`RawRows`] batch when those are already UTF-8.
+#[derive(Debug, Clone, Copy)]
+pub struct CellsRef<'a> {
+    text: &'a str,
+    /// The end of each cell in `text`.
+    ends: &'a [usize],
+}
+
+impl<'a> CellsRef<'a> {
+    /// The cell at `i`, untrimmed.
+    pub fn get(&self, i: usize) -> Option<&'a str> {
         let end = *self.ends.get(i)?;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         self.text.get(start..end)
@@ -188,31 +227,80 @@ impl Cells {
         self.ends.is_empty()
     }
     /// The cells in order.
-    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        (0..self.len()).map(move |i| self.get(i).unwrap_or_default())
+    }
+    /// An owned copy.
+    pub fn to_cells(self) -> Cells {
+        Cells {
+            text: self.text.to_string(),
+            ends: self.ends.to_vec(),
+        }
     }
 }
 
-/// One raw record as the CSV parser leaves it: the unescaped bytes of every
-/// field back to back, and each field's end.
+/// Records as the CSV parser leaves them, not yet decoded: the unescaped
+/// bytes of every field back to back, each field's end (relative to its
+/// record) and each record's identity. A batch is filled by
+/// [`Source::read_rows`], decoded row by row with [`Decoder::decode`]
+/// (possibly on another thread), and reused: its buffers only grow.
 #[derive(Debug, Default)]
-struct RawRecord {
-    out: Vec<u8>,
+pub struct RawRows {
+    /// Field bytes; only `..bytes_used` is meaningful. Kept at its full
+    /// length so that the parser can write into it without zeroing it again.
+    bytes: Vec<u8>,
+    bytes_used: usize,
+    /// Field ends, the same way.
     ends: Vec<usize>,
+    ends_used: usize,
+    rows: Vec<RawRow>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawRow {
+    id: RowId,
+    bytes: (usize, usize),
+    ends: (usize, usize),
     /// The record ran to the end of the file inside an opened quote.
     unterminated_quote: bool,
 }
 
-impl RawRecord {
-    fn len(&self) -> usize {
-        self.ends.len()
+impl RawRows {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.rows.len()
     }
-    fn field(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.out[start..self.ends[i]]
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
     }
-    fn fields(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.field(i))
+    /// The identity of record `i`.
+    pub fn id(&self, i: usize) -> RowId {
+        self.rows[i].id
+    }
+    /// Forgets the records, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes_used = 0;
+        self.ends_used = 0;
+        self.rows.clear();
+    }
+    /// Bytes held by the records.
+    pub fn bytes_used(&self) -> usize {
+        self.bytes_used
+    }
+    fn bytes_of(&self, i: usize) -> &[u8] {
+        let (a, b) = self.rows[i].bytes;
+        &self.bytes[a..b]
+    }
+    fn ends_of(&self, i: usize) -> &[usize] {
+        let (a, b) = self.rows[i].ends;
+        &self.ends[a..b]
+    }
+    /// The fields of record `i`.
+    fn fields(&self, i: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        let bytes = self.bytes_of(i);
+        let ends = self.ends_of(i);
+        (0..ends.len()).map(move |j| &bytes[if j == 0 { 0 } else { ends[j - 1] }..ends[j]])
     }
 }
 
@@ -232,6 +320,12 @@ struct Engine<R> {
     line: u64,
 }
 
+/// Where a record starts, as [`Engine::read`] found it.
+struct Start {
+    offset: u64,
+    line: u64,
+}
+
 impl<R: Read> Engine<R> {
     fn new(inner: BufReader<R>, delimiter: u8, quote: u8, pos: u64, line: u64) -> Self {
         let core = csv_core::ReaderBuilder::new()
@@ -248,9 +342,9 @@ impl<R: Read> Engine<R> {
         }
     }
 
-    /// Reads the next record into `rec`; returns where it starts, or `None`
-    /// at the end of the input.
-    fn read(&mut self, rec: &mut RawRecord) -> std::io::Result<Option<(u64, u64)>> {
+    /// Appends the next record to `rows` with the record number `row`;
+    /// returns `false` at the end of the input.
+    fn read(&mut self, rows: &mut RawRows, row: u64) -> std::io::Result<bool> {
         // Skip line ends left over from the previous record and blank lines.
         loop {
             let buf = self.inner.fill_buf()?;
@@ -258,7 +352,7 @@ impl<R: Read> Engine<R> {
                 .iter()
                 .take_while(|b| **b == b'\r' || **b == b'\n')
                 .count();
-            let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
+            let lines = memchr::memchr_iter(b'\n', &buf[..n]).count();
             let all = n == buf.len() && n > 0;
             self.inner.consume(n);
             self.pos += n as u64;
@@ -267,14 +361,21 @@ impl<R: Read> Engine<R> {
                 break;
             }
         }
-        let start = (self.pos, self.line);
-        if rec.out.is_empty() {
-            rec.out.resize(1024, 0);
+        let start = Start {
+            offset: self.pos,
+            line: self.line,
+        };
+        let (bytes_start, ends_start) = (rows.bytes_used, rows.ends_used);
+        // Room for a typical record; the parser asks for more if it needs it.
+        if rows.bytes.len() < bytes_start + 1024 {
+            rows.bytes
+                .resize((bytes_start + 1024).max(rows.bytes.len() * 2), 0);
         }
-        if rec.ends.is_empty() {
-            rec.ends.resize(32, 0);
+        if rows.ends.len() < ends_start + 64 {
+            rows.ends
+                .resize((ends_start + 64).max(rows.ends.len() * 2), 0);
         }
-        let (mut outlen, mut endlen) = (0, 0);
+        let (mut outlen, mut endlen) = (bytes_start, ends_start);
         // Quote parity over the record's raw bytes, counted only for quotes
         // that open a field, to spot an unbalanced quote at the end of file.
         let mut quotes = 0usize;
@@ -285,18 +386,18 @@ impl<R: Read> Engine<R> {
             let at_eof = input.is_empty();
             let (res, nin, nout, nend) =
                 self.core
-                    .read_record(input, &mut rec.out[outlen..], &mut rec.ends[endlen..]);
-            for &b in &input[..nin] {
-                if b == b'\n' {
-                    self.line += 1;
+                    .read_record(input, &mut rows.bytes[outlen..], &mut rows.ends[endlen..]);
+            let consumed = &input[..nin];
+            self.line += memchr::memchr_iter(b'\n', consumed).count() as u64;
+            for q in memchr::memchr_iter(self.quote, consumed) {
+                quotes += 1;
+                let before = if q == 0 { prev } else { Some(consumed[q - 1]) };
+                if before.is_none() || before == Some(self.delimiter) {
+                    opened_field = true;
                 }
-                if b == self.quote {
-                    quotes += 1;
-                    if prev.is_none() || prev == Some(self.delimiter) {
-                        opened_field = true;
-                    }
-                }
-                prev = Some(b);
+            }
+            if let Some(&last) = consumed.last() {
+                prev = Some(last);
             }
             self.inner.consume(nin);
             self.pos += nin as u64;
@@ -305,24 +406,175 @@ impl<R: Read> Engine<R> {
             match res {
                 csv_core::ReadRecordResult::InputEmpty => continue,
                 csv_core::ReadRecordResult::OutputFull => {
-                    let len = rec.out.len();
-                    rec.out.resize(len * 2, 0);
+                    let len = rows.bytes.len();
+                    rows.bytes.resize(len * 2, 0);
                 }
                 csv_core::ReadRecordResult::OutputEndsFull => {
-                    let len = rec.ends.len();
-                    rec.ends.resize(len * 2, 0);
+                    let len = rows.ends.len();
+                    rows.ends.resize(len * 2, 0);
                 }
                 csv_core::ReadRecordResult::Record => {
-                    // Field ends are offsets into `out`; keep the buffers for
-                    // the next record and remember how much is used.
-                    rec.ends.truncate(endlen);
-                    rec.out.truncate(outlen);
-                    rec.unterminated_quote = at_eof && opened_field && quotes % 2 == 1;
-                    return Ok(Some(start));
+                    rows.bytes_used = outlen;
+                    rows.ends_used = endlen;
+                    rows.rows.push(RawRow {
+                        id: RowId {
+                            row,
+                            line: start.line,
+                            offset: start.offset,
+                        },
+                        bytes: (bytes_start, outlen),
+                        ends: (ends_start, endlen),
+                        unterminated_quote: at_eof && opened_field && quotes % 2 == 1,
+                    });
+                    return Ok(true);
                 }
-                csv_core::ReadRecordResult::End => return Ok(None),
+                csv_core::ReadRecordResult::End => return Ok(false),
             }
         }
+    }
+}
+
+/// Turns raw records into decoded cells: the file's encoding and header.
+/// Shared by reference, so that rows can be decoded on any thread.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    header: Vec<String>,
+    encoding: &'static Encoding,
+}
+
+impl Decoder {
+    /// Decodes record `i` of `rows`. UTF-8 that needs no change is borrowed
+    /// from `rows`; anything else is decoded into `scratch`. A row that does
+    /// not decode, has the wrong number of fields or holds a NUL or a
+    /// byte-order mark is an error naming the column.
+    pub fn decode<'a>(
+        &self,
+        rows: &'a RawRows,
+        i: usize,
+        scratch: &'a mut Cells,
+    ) -> Result<CellsRef<'a>, FieldError> {
+        let err = |column: Option<String>, value: Option<String>, reason: String| FieldError {
+            column,
+            value,
+            reason,
+        };
+        let raw = &rows.rows[i];
+        let (bytes, ends) = (rows.bytes_of(i), rows.ends_of(i));
+        if raw.unterminated_quote {
+            return Err(err(
+                None,
+                None,
+                "a quoted field is never closed: the quote runs to the end of the file".into(),
+            ));
+        }
+        if ends.len() != self.header.len() {
+            return Err(err(
+                None,
+                None,
+                format!(
+                    "has {} fields, the header has {}",
+                    ends.len(),
+                    self.header.len()
+                ),
+            ));
+        }
+        // UTF-8 fast path: validate the whole record at once and borrow it;
+        // an invalid byte, or a cell boundary inside a character, falls
+        // through to the per-cell path that names the cell.
+        if self.encoding == encoding_rs::UTF_8 {
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                if ends.iter().all(|&e| text.is_char_boundary(e)) {
+                    return self.stray(CellsRef { text, ends });
+                }
+            }
+        }
+        scratch.clear();
+        scratch.text.reserve(bytes.len());
+        for (j, raw) in rows.fields(i).enumerate() {
+            match decode(self.encoding, raw) {
+                Some(text) if let Some(reason) = self.misread(raw, &text) => {
+                    return Err(err(Some(self.column_name(j)), Some(shorten(&text)), reason));
+                }
+                Some(text) => {
+                    scratch.text.push_str(&text);
+                    scratch.ends.push(scratch.text.len());
+                }
+                None => {
+                    let (value, _) = self.encoding.decode_without_bom_handling(raw);
+                    let reason = if self.encoding == encoding_rs::UTF_8 {
+                        format!("not valid UTF-8{}", encoding_hint(self.encoding, raw))
+                    } else {
+                        format!("not valid {}", self.encoding.name())
+                    };
+                    return Err(err(
+                        Some(self.column_name(j)),
+                        Some(shorten(&value)),
+                        reason,
+                    ));
+                }
+            }
+        }
+        self.stray(scratch.view())
+    }
+
+    fn column_name(&self, i: usize) -> String {
+        self.header
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", i + 1))
+    }
+
+    /// Refuses a row with a NUL byte (binary data) or a byte-order mark
+    /// inside it (two exports concatenated): neither belongs in a customer
+    /// record, and both would reach the API invisibly.
+    fn stray<'a>(&self, cells: CellsRef<'a>) -> Result<CellsRef<'a>, FieldError> {
+        // Two single-character searches (memchr) beat one two-character one.
+        if !cells.text.as_bytes().contains(&0) && !cells.text.contains('\u{feff}') {
+            return Ok(cells);
+        }
+        let (i, cell) = cells
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.contains(['\0', '\u{feff}']))
+            .unwrap_or((0, ""));
+        let reason = if cell.contains('\0') {
+            "a NUL byte in the cell: binary data, not text"
+        } else {
+            "a byte-order mark inside the file: were two exports concatenated? Remove it (and any repeated header line)"
+        };
+        Err(FieldError {
+            column: Some(self.column_name(i)),
+            value: Some(shorten(&cell.replace(['\0', '\u{feff}'], ""))),
+            reason: reason.into(),
+        })
+    }
+
+    /// For a single-byte encoding every byte decodes to something, so a file
+    /// in the wrong encoding shows otherwise: a cell of non-ASCII bytes that
+    /// is valid UTF-8 (the file is UTF-8), or a C1 control character (a byte
+    /// the encoding has no letter for).
+    fn misread(&self, raw: &[u8], text: &str) -> Option<String> {
+        if self.encoding == encoding_rs::UTF_8 || raw.is_ascii() {
+            return None;
+        }
+        let name = self.encoding.name();
+        // Valid UTF-8 alone is not enough: in windows-1250 "ÓŚ" happens to
+        // be valid UTF-8 too. UTF-8 that decodes to Latin letters (U+00C0 to
+        // U+017F, where every Polish letter is) is the real sign.
+        let latin = |c: char| c.is_ascii() || ('\u{c0}'..='\u{17f}').contains(&c);
+        if std::str::from_utf8(raw).is_ok_and(|s| s.chars().all(latin)) {
+            return Some(format!(
+                "looks like UTF-8, not {name}: set encoding = \"utf-8\" in the mapping's [source]"
+            ));
+        }
+        text.chars()
+            .find(|c| ('\u{80}'..='\u{9f}').contains(c))
+            .map(|c| {
+                format!(
+                    "byte 0x{:02X} is not a character in {name}: is the file in another encoding?",
+                    c as u32
+                )
+            })
     }
 }
 
@@ -331,9 +583,11 @@ impl<R: Read> Engine<R> {
 pub struct Source<R: Read> {
     path: PathBuf,
     engine: Engine<R>,
-    header: Vec<String>,
+    decoder: Decoder,
     info: SourceInfo,
-    record: RawRecord,
+    /// The one-record batch behind [`Source::next_row`].
+    record: RawRows,
+    scratch: Cells,
     next_row: u64,
 }
 
@@ -379,9 +633,13 @@ impl Source<File> {
         Ok(Source {
             path: path.into(),
             engine,
-            header,
+            decoder: Decoder {
+                header,
+                encoding: info.encoding,
+            },
             info,
-            record: RawRecord::default(),
+            record: RawRows::default(),
+            scratch: Cells::default(),
             next_row: at.row,
         })
     }
@@ -429,9 +687,13 @@ impl<R: Read> Source<R> {
         let mut source = Source {
             path: path.into(),
             engine,
-            header: Vec::new(),
+            decoder: Decoder {
+                header: Vec::new(),
+                encoding: info.encoding,
+            },
             info,
-            record: RawRecord::default(),
+            record: RawRows::default(),
+            scratch: Cells::default(),
             next_row: 1,
         };
         source.read_header()?;
@@ -439,28 +701,30 @@ impl<R: Read> Source<R> {
     }
 
     fn read_header(&mut self) -> Result<(), SourceError> {
+        self.record.clear();
         let found = self
             .engine
-            .read(&mut self.record)
+            .read(&mut self.record, 0)
             .map_err(|e| SourceError::Read {
                 path: self.path.clone(),
                 source: e,
             })?;
-        let Some((_, line)) = found else {
+        if !found {
             return Err(SourceError::Empty {
                 path: self.path.clone(),
             });
-        };
-        let mut header: Vec<String> = Vec::with_capacity(self.record.len());
-        for (i, raw) in self.record.fields().enumerate() {
-            let name =
-                decode(self.info.encoding, raw).ok_or_else(|| SourceError::HeaderEncoding {
-                    path: self.path.clone(),
-                    line,
-                    column: i + 1,
-                    encoding: self.info.encoding.name(),
-                    hint: encoding_hint(self.info.encoding, raw),
-                })?;
+        }
+        let line = self.record.id(0).line;
+        let encoding = self.info.encoding;
+        let mut header: Vec<String> = Vec::new();
+        for (i, raw) in self.record.fields(0).enumerate() {
+            let name = decode(encoding, raw).ok_or_else(|| SourceError::HeaderEncoding {
+                path: self.path.clone(),
+                line,
+                column: i + 1,
+                encoding: encoding.name(),
+                hint: encoding_hint(encoding, raw),
+            })?;
             let name = name.trim().to_string();
             if !name.is_empty() {
                 if let Some(first) = header.iter().position(|h| h == &name) {
@@ -475,13 +739,13 @@ impl<R: Read> Source<R> {
             }
             header.push(name);
         }
-        self.header = header;
+        self.decoder.header = header;
         Ok(())
     }
 
     /// The header names, trimmed, in file order.
     pub fn header(&self) -> &[String] {
-        &self.header
+        &self.decoder.header
     }
 
     /// What was sniffed or assumed.
@@ -494,166 +758,61 @@ impl<R: Read> Source<R> {
         &self.path
     }
 
+    /// The decoder for batches read with [`Source::read_rows`].
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// The next data row; `None` at the end of the file. A row that cannot be
     /// decoded or has the wrong number of fields is an inner `Err` for that
     /// row alone; an outer `Err` is an I/O error that ends the stream.
     pub fn next_row(&mut self) -> Option<Result<Result<Row, RowError>, SourceError>> {
-        match self.engine.read(&mut self.record) {
-            Ok(None) => None,
+        self.record.clear();
+        match self.engine.read(&mut self.record, self.next_row) {
+            Ok(false) => None,
             Err(e) => Some(Err(SourceError::Read {
                 path: self.path.clone(),
                 source: e,
             })),
-            Ok(Some((offset, line))) => {
-                let id = RowId {
-                    row: self.next_row,
-                    line,
-                    offset,
-                };
+            Ok(true) => {
                 self.next_row += 1;
-                Some(Ok(self.decode_record(id)))
+                let id = self.record.id(0);
+                let decoded = self.decoder.decode(&self.record, 0, &mut self.scratch);
+                Some(Ok(match decoded {
+                    Ok(cells) => Ok(Row {
+                        id,
+                        cells: cells.to_cells(),
+                    }),
+                    Err(error) => Err(RowError { id, error }),
+                }))
             }
         }
     }
 
-    fn decode_record(&self, id: RowId) -> Result<Row, RowError> {
-        let err = |column: Option<String>, value: Option<String>, reason: String| RowError {
-            id,
-            error: FieldError {
-                column,
-                value,
-                reason,
-            },
-        };
-        let rec = &self.record;
-        let column_name = |i: usize| {
-            self.header
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("#{}", i + 1))
-        };
-        if rec.unterminated_quote {
-            return Err(err(
-                None,
-                None,
-                "a quoted field is never closed: the quote runs to the end of the file".into(),
-            ));
-        }
-        if rec.len() != self.header.len() {
-            return Err(err(
-                None,
-                None,
-                format!(
-                    "has {} fields, the header has {}",
-                    rec.len(),
-                    self.header.len()
-                ),
-            ));
-        }
-        // UTF-8 fast path: validate the whole record at once and copy it in
-        // one go; an invalid byte, or a cell boundary inside a character,
-        // falls through to the per-cell path that names the cell.
-        if self.info.encoding == encoding_rs::UTF_8 {
-            if let Ok(text) = std::str::from_utf8(&rec.out) {
-                if rec.ends.iter().all(|&e| text.is_char_boundary(e)) {
-                    let cells = Cells {
-                        text: text.to_string(),
-                        ends: rec.ends.clone(),
-                    };
-                    return self.stray(id, cells);
-                }
+    /// Reads the next records, undecoded, into `rows` (cleared first): up to
+    /// `max_rows` of them or until about `max_bytes` are held. Returns how
+    /// many; 0 at the end of the file.
+    pub fn read_rows(
+        &mut self,
+        rows: &mut RawRows,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<usize, SourceError> {
+        rows.clear();
+        while rows.len() < max_rows && rows.bytes_used < max_bytes {
+            let more = self
+                .engine
+                .read(rows, self.next_row)
+                .map_err(|e| SourceError::Read {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            if !more {
+                break;
             }
+            self.next_row += 1;
         }
-        let mut cells = Cells {
-            text: String::with_capacity(rec.out.len()),
-            ends: Vec::new(),
-        };
-        cells.ends.reserve(rec.len());
-        for (i, raw) in rec.fields().enumerate() {
-            match decode(self.info.encoding, raw) {
-                Some(text) if let Some(reason) = self.misread(raw, &text) => {
-                    return Err(err(Some(column_name(i)), Some(shorten(&text)), reason));
-                }
-                Some(text) => {
-                    cells.text.push_str(&text);
-                    cells.ends.push(cells.text.len());
-                }
-                None => {
-                    let (value, _) = self.info.encoding.decode_without_bom_handling(raw);
-                    let reason = if self.info.encoding == encoding_rs::UTF_8 {
-                        format!("not valid UTF-8{}", encoding_hint(self.info.encoding, raw))
-                    } else {
-                        format!("not valid {}", self.info.encoding.name())
-                    };
-                    return Err(err(Some(column_name(i)), Some(shorten(&value)), reason));
-                }
-            }
-        }
-        self.stray(id, cells)
-    }
-
-    /// Refuses a row with a NUL byte (binary data) or a byte-order mark
-    /// inside it (two exports concatenated): neither belongs in a customer
-    /// record, and both would reach the API invisibly.
-    fn stray(&self, id: RowId, cells: Cells) -> Result<Row, RowError> {
-        // Two single-character searches (memchr) beat one two-character one.
-        if !cells.text.as_bytes().contains(&0) && !cells.text.contains('\u{feff}') {
-            return Ok(Row { id, cells });
-        }
-        let (i, cell) = cells
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.contains(['\0', '\u{feff}']))
-            .unwrap_or((0, ""));
-        let reason = if cell.contains('\0') {
-            "a NUL byte in the cell: binary data, not text"
-        } else {
-            "a byte-order mark inside the file: were two exports concatenated? Remove it (and any repeated header line)"
-        };
-        let column = self
-            .header
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", i + 1));
-        let value = shorten(&cell.replace(['\0', '\u{feff}'], ""));
-        Err(RowError {
-            id,
-            error: FieldError {
-                column: Some(column),
-                value: Some(value),
-                reason: reason.into(),
-            },
-        })
-    }
-}
-
-impl<R: Read> Source<R> {
-    /// For a single-byte encoding every byte decodes to something, so a file
-    /// in the wrong encoding shows otherwise: a cell of non-ASCII bytes that
-    /// is valid UTF-8 (the file is UTF-8), or a C1 control character (a byte
-    /// the encoding has no letter for).
-    fn misread(&self, raw: &[u8], text: &str) -> Option<String> {
-        if self.info.encoding == encoding_rs::UTF_8 || raw.is_ascii() {
-            return None;
-        }
-        let name = self.info.encoding.name();
-        // Valid UTF-8 alone is not enough: in windows-1250 "ÓŚ" happens to
-        // be valid UTF-8 too. UTF-8 that decodes to Latin letters (U+00C0 to
-        // U+017F, where every Polish letter is) is the real sign.
-        let latin = |c: char| c.is_ascii() || ('\u{c0}'..='\u{17f}').contains(&c);
-        if std::str::from_utf8(raw).is_ok_and(|s| s.chars().all(latin)) {
-            return Some(format!(
-                "looks like UTF-8, not {name}: set encoding = \"utf-8\" in the mapping's [source]"
-            ));
-        }
-        text.chars()
-            .find(|c| ('\u{80}'..='\u{9f}').contains(c))
-            .map(|c| {
-                format!(
-                    "byte 0x{:02X} is not a character in {name}: is the file in another encoding?",
-                    c as u32
-                )
-            })
+        Ok(rows.len())
     }
 }
 

@@ -33,7 +33,8 @@ pub fn is_email(s: &str) -> bool {
     };
     !local.is_empty()
         && !domain.contains('@')
-        && !s.chars().any(char::is_whitespace)
+        && !s.bytes().any(|b| matches!(b, b'\t'..=b'\r' | b' '))
+        && (s.is_ascii() || !s.chars().any(char::is_whitespace))
         && domain
             .split_once('.')
             .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !domain.ends_with('.'))

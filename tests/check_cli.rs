@@ -174,3 +174,106 @@ fn a_utf8_file_that_is_really_windows_1250_names_the_fix() {
     assert!(text.contains("encoding = \"windows-1250\""), "{text}");
     assert!(text.contains("2 rows read: 1 valid, 1 invalid."), "{text}");
 }
+
+/// `check` maps rows on every core from raw batches; the row-by-row path
+/// (`run --dry-run`) decodes as it reads. On a file long enough for many
+/// batches, with every kind of bad row scattered through it, both must find
+/// the same problems in the same rows, in UTF-8 and in windows-1250.
+#[test]
+fn parallel_check_agrees_with_the_row_by_row_check_on_a_messy_file() {
+    use thulium_import::check::{self, Input};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.toml");
+    for (encoding, bad_byte) in [("utf-8", 0xFFu8), ("windows-1250", 0x98u8)] {
+        let mut text = String::from("Nazwisko;Telefon;Urodzony;Notatka\r\n");
+        let mut bad = Vec::new();
+        let mut bad_bytes_rows = Vec::new();
+        for row in 1..=6000u64 {
+            let phone = if row % 131 == 0 {
+                "12x"
+            } else {
+                "+48 601 234 567"
+            };
+            let date = if row % 149 == 0 {
+                "31.02.1990"
+            } else {
+                "05.03.1990"
+            };
+            let name = match row {
+                r if r % 173 == 0 => "Nul\0ek",
+                r if r % 211 == 0 => "Bom\u{feff}ski",
+                r if r % 229 == 0 => "",
+                _ => "Żółć",
+            };
+            let note = if row % 5 == 0 {
+                "\"dwie;\r\nlinie\""
+            } else {
+                ""
+            };
+            if row % 97 == 0 {
+                text.push_str(&format!("{name};{phone}\r\n"));
+            } else {
+                text.push_str(&format!("{name};{phone};{date};{note}\r\n"));
+            }
+            if row % 257 == 0 {
+                bad_bytes_rows.push(row);
+            }
+            if [97, 131, 149, 173, 211, 229, 257]
+                .iter()
+                .any(|k| row % k == 0)
+            {
+                bad.push(row);
+            }
+        }
+        text.push_str("Ostatni;601234567;05.03.1990;\"never closed\r\n");
+        bad.push(6001);
+        let (bytes, _, _) = encoding_rs::Encoding::for_label(encoding.as_bytes())
+            .unwrap()
+            .encode(&text);
+        // An undecodable byte in the name of some rows (after encoding).
+        let mut bytes = bytes.into_owned();
+        let mut line_starts = vec![0usize];
+        let mut in_quote = false;
+        for (i, b) in bytes.iter().enumerate() {
+            match b {
+                b'"' => in_quote = !in_quote,
+                b'\n' if !in_quote => line_starts.push(i + 1),
+                _ => {}
+            }
+        }
+        for row in &bad_bytes_rows {
+            bytes[line_starts[*row as usize]] = bad_byte;
+        }
+        let csv = dir.path().join(format!("{encoding}.csv"));
+        std::fs::write(&csv, &bytes).unwrap();
+        std::fs::write(
+            &mapping,
+            format!(
+                "[source]\ndelimiter = \";\"\nencoding = \"{encoding}\"\n[customer]\n\
+                 surname = {{ column = \"Nazwisko\", required = true }}\n\
+                 phone_number = {{ column = \"Telefon\", split = \",\", transform = [\"phone\"] }}\n\
+                 birthdate = {{ column = \"Urodzony\", date = \"%d.%m.%Y\" }}\n"
+            ),
+        )
+        .unwrap();
+        let mut input = Input::open(&csv, &mapping).unwrap();
+        let one_by_one = check::check(&mut input, |_, _, _| {}).unwrap();
+        let mut input = Input::open(&csv, &mapping).unwrap();
+        let parallel = check::check_parallel(&mut input).unwrap();
+
+        let mut invalid_rows: Vec<u64> = parallel.errors.iter().map(|e| e.row).collect();
+        invalid_rows.dedup();
+        assert_eq!(invalid_rows, bad, "{encoding}: the bad rows, and only them");
+        assert_eq!(
+            (parallel.rows, parallel.valid, parallel.invalid),
+            (one_by_one.rows, one_by_one.valid, one_by_one.invalid),
+            "{encoding}"
+        );
+        assert_eq!((parallel.rows, parallel.invalid), (6001, bad.len() as u64));
+        assert_eq!(parallel.errors, one_by_one.errors, "{encoding}");
+        // Each message names the line its row starts on.
+        let nul = parallel.errors.iter().find(|e| e.row == 173).unwrap();
+        assert!(nul.reason.contains("NUL"), "{nul:?}");
+    }
+}

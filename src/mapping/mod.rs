@@ -9,6 +9,7 @@
 //! header names. [`Plan::map_row`] then turns each row into the payloads of
 //! every stage, or into the list of what is wrong with it.
 
+pub mod date;
 pub mod raw;
 pub mod spec;
 
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::source::{Cells, FieldError, Row, SourceOptions};
+use crate::source::{CellsRef, FieldError, Row, SourceOptions};
 use raw::{OrderedMap, RawAddress, RawMapping};
 use spec::{Kind, Spec};
 
@@ -807,7 +808,7 @@ impl Plan {
             .is_some_and(|(_, c)| c.fields.iter().any(|(n, _)| n == "identifier"))
     }
 
-    fn runs(&self, when: &Option<Spec>, cells: &Cells, errors: &mut Vec<FieldError>) -> bool {
+    fn runs(&self, when: &Option<Spec>, cells: CellsRef<'_>, errors: &mut Vec<FieldError>) -> bool {
         match when {
             None => true,
             Some(w) => match w.eval(cells, self.trim) {
@@ -829,17 +830,21 @@ impl Plan {
 
     /// Computes and checks every value of the stages that run for this row.
     pub fn evaluate(&self, row: &Row) -> Result<Evaluated, Vec<FieldError>> {
-        self.evaluate_with(row, true)
+        self.evaluate_with(row.cells.view(), true)
     }
 
     /// Checks a row as [`Plan::evaluate`] does, without building its values:
     /// what `check` needs.
     pub fn validate(&self, row: &Row) -> Result<(), Vec<FieldError>> {
-        self.evaluate_with(row, false).map(|_| ())
+        self.validate_cells(row.cells.view())
     }
 
-    fn evaluate_with(&self, row: &Row, keep: bool) -> Result<Evaluated, Vec<FieldError>> {
-        let cells = &row.cells;
+    /// [`Plan::validate`] on borrowed cells (a row decoded in place).
+    pub fn validate_cells(&self, cells: CellsRef<'_>) -> Result<(), Vec<FieldError>> {
+        self.evaluate_with(cells, false).map(|_| ())
+    }
+
+    fn evaluate_with(&self, cells: CellsRef<'_>, keep: bool) -> Result<Evaluated, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut ev = Evaluated {
             existing_customer_id: None,

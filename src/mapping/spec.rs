@@ -8,11 +8,11 @@
 //! birthdate must be `YYYY-MM-DD`, a phone number digits). An empty result
 //! takes the `default`, fails a `required` field, or leaves the field out.
 
-use chrono::{NaiveDate, NaiveDateTime};
 use serde_json::Value;
 
+use super::date::{DateFormat, Written};
 use super::Ctx;
-use crate::source::{shorten, Cells, FieldError};
+use crate::source::{shorten, CellsRef, FieldError};
 use crate::validate;
 
 /// What a target field accepts; decides conversions and the final check.
@@ -51,11 +51,12 @@ impl Kind {
         }
     }
 
-    fn output_date_format(self) -> Option<&'static str> {
+    /// How a date is written for this field, if it takes one.
+    fn written(self) -> Option<Written> {
         match self {
-            Kind::Date | Kind::Text | Kind::Scalar => Some("%Y-%m-%d"),
-            Kind::DateTime => Some("%Y-%m-%d %H:%M"),
-            Kind::FeedTime => Some("%Y-%m-%dT%H:%M:%S"),
+            Kind::Date | Kind::Text | Kind::Scalar => Some(Written::Date),
+            Kind::DateTime => Some(Written::DateTime),
+            Kind::FeedTime => Some(Written::FeedTime),
             _ => None,
         }
     }
@@ -94,7 +95,7 @@ impl Transform {
         })
     }
 
-    fn apply(self, s: String) -> Result<String, String> {
+    fn apply(self, s: &str) -> Result<String, String> {
         Ok(match self {
             Transform::Trim => s.trim().to_string(),
             Transform::Lower => s.to_lowercase(),
@@ -299,7 +300,7 @@ impl Spec {
         match table.get("date") {
             None => {}
             Some(toml::Value::String(f)) => {
-                if kind.output_date_format().is_none() {
+                if kind.written().is_none() {
                     bad(
                         ctx,
                         "date cannot be used on this field (it does not take a date)".into(),
@@ -389,7 +390,7 @@ impl Spec {
     }
 
     /// Evaluates the spec for one row: `Ok(None)` leaves the field out.
-    pub fn eval(&self, cells: &Cells, trim: bool) -> Result<Option<Value>, FieldError> {
+    pub fn eval(&self, cells: CellsRef<'_>, trim: bool) -> Result<Option<Value>, FieldError> {
         self.eval_with(cells, trim, true)
     }
 
@@ -398,15 +399,16 @@ impl Spec {
     /// its cost avoided).
     pub fn eval_with(
         &self,
-        cells: &Cells,
+        cells: CellsRef<'_>,
         trim: bool,
         keep: bool,
     ) -> Result<Option<Value>, FieldError> {
         let text: std::borrow::Cow<'_, str> = match &self.from {
+            From::Constant(_) if !keep => return Ok(Some(Value::Null)),
             From::Constant(v) => return Ok(Some(v.clone())),
             From::Column { index, .. } => {
                 let cell = cells.get(*index).unwrap_or_default();
-                (if trim { cell.trim() } else { cell }).into()
+                (if trim { self::trim(cell) } else { cell }).into()
             }
             From::Template { pieces, .. } => {
                 let mut any = false;
@@ -416,7 +418,7 @@ impl Spec {
                         Piece::Text(t) => out.push_str(t),
                         Piece::Cell(i) => {
                             let cell = cells.get(*i).unwrap_or_default();
-                            let cell = if trim { cell.trim() } else { cell };
+                            let cell = if trim { self::trim(cell) } else { cell };
                             any |= !cell.is_empty();
                             out.push_str(cell);
                         }
@@ -444,9 +446,9 @@ impl Spec {
                     self.convert(part, keep).map(Some).map_err(&fail)
                 };
             }
-            let mut s = part.to_string();
-            for t in &self.transforms {
-                s = t.apply(s).map_err(&fail)?;
+            let mut s = String::new();
+            for (i, t) in self.transforms.iter().enumerate() {
+                s = t.apply(if i == 0 { part } else { &s }).map_err(&fail)?;
             }
             if s.is_empty() {
                 Ok(None)
@@ -457,11 +459,29 @@ impl Spec {
         let value = match &self.split {
             None => one(&text)?,
             Some(sep) => {
-                let mut items = Vec::new();
-                for part in text.split(sep.as_str()) {
-                    items.extend(one(part.trim())?);
+                // Checking only, the items are counted, not kept.
+                let (mut items, mut any) = (Vec::new(), false);
+                let mut each = |part: &str| -> Result<(), FieldError> {
+                    if let Some(v) = one(self::trim(part))? {
+                        any = true;
+                        if keep {
+                            items.push(v);
+                        }
+                    }
+                    Ok(())
+                };
+                let mut chars = sep.chars();
+                match (chars.next(), chars.next()) {
+                    // A one-character separator (the usual ",") as a char
+                    // pattern: the same pieces, without a substring searcher.
+                    (Some(c), None) => text.split(c).try_for_each(&mut each)?,
+                    _ => text.split(sep.as_str()).try_for_each(&mut each)?,
                 }
-                (!items.is_empty()).then_some(Value::Array(items))
+                match (any, keep) {
+                    (false, _) => None,
+                    (true, true) => Some(Value::Array(items)),
+                    (true, false) => Some(Value::Null),
+                }
             }
         };
         match (value, &self.default, self.required) {
@@ -496,35 +516,57 @@ impl Spec {
                 _ => self.finish_item(Value::String(s.to_string())),
             };
         }
-        let mut v = Value::String(s.to_string());
-        if !self.map.is_empty() {
-            let key = s;
-            let found = self.map.iter().find(|(k, _)| k == key).or_else(|| {
-                self.map
-                    .iter()
-                    .find(|(k, _)| k.to_lowercase() == key.to_lowercase())
-            });
-            match found {
-                Some((_, mapped)) => v = mapped.clone(),
-                None => {
-                    let keys: Vec<String> =
-                        self.map.iter().map(|(k, _)| format!("\"{k}\"")).collect();
-                    return Err(format!(
-                        "not in the map (expected one of: {})",
-                        keys.join(", ")
-                    ));
-                }
-            }
-        }
-        if let (Some(format), Value::String(s)) = (&self.date, &v) {
+        let mapped = if self.map.is_empty() {
+            None
+        } else {
+            Some(self.look_up(s)?)
+        };
+        // A date applies to text: the cell, or what the map turned it into.
+        let text = match mapped {
+            None => Some(s),
+            Some(Value::String(m)) => Some(m.as_str()),
+            Some(_) => None,
+        };
+        if let (Some(format), Some(text)) = (&self.date, text) {
             // Written by us in the target's format: no need to check it again.
-            let date = format.reformat(s, self.kind)?;
+            let stamp = format.parse(text)?;
+            let how = self.kind.written().unwrap_or(Written::Date);
             return match self.conv {
-                None | Some(TypeConv::String) => Ok(Value::String(date)),
-                Some(_) => self.finish_item(Value::String(date)),
+                None | Some(TypeConv::String) if !keep => Ok(Value::Null),
+                None | Some(TypeConv::String) => Ok(Value::String(stamp.write(how))),
+                Some(_) => self.finish_item(Value::String(stamp.write(how))),
             };
         }
-        self.finish_item(v)
+        if !keep
+            && mapped.is_none()
+            && self.conv == Some(TypeConv::Integer)
+            && matches!(self.kind, Kind::Scalar | Kind::Text | Kind::Int)
+        {
+            // Checking only: what finish_item does, on the borrowed text.
+            return s
+                .trim()
+                .parse::<i64>()
+                .map(|_| Value::Null)
+                .map_err(|_| "not an integer".into());
+        }
+        self.finish_item(
+            mapped
+                .cloned()
+                .unwrap_or_else(|| Value::String(s.to_string())),
+        )
+    }
+
+    /// The value `map` gives the text: an exact match first, then one that
+    /// differs only in case.
+    fn look_up(&self, key: &str) -> Result<&Value, String> {
+        let found = self.map.iter().find(|(k, _)| k == key).or_else(|| {
+            let key = key.to_lowercase();
+            self.map.iter().find(|(k, _)| k.to_lowercase() == key)
+        });
+        found.map(|(_, v)| v).ok_or_else(|| {
+            let keys: Vec<String> = self.map.iter().map(|(k, _)| format!("\"{k}\"")).collect();
+            format!("not in the map (expected one of: {})", keys.join(", "))
+        })
     }
 
     /// `type` conversion and the target field's rule.
@@ -623,6 +665,20 @@ impl Spec {
     }
 }
 
+/// `str::trim`, returning at once when the ends are plain ASCII (most
+/// cells): the last byte of a multi-byte character is never ASCII, so any
+/// Unicode space at an end takes the full path.
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(a), Some(z)) if is_solid(*a) && is_solid(*z) => s,
+        _ => s.trim(),
+    }
+}
+
+fn is_solid(b: u8) -> bool {
+    b.is_ascii() && !matches!(b, b'\t'..=b'\r' | b' ')
+}
+
 fn constant(v: &toml::Value) -> Option<Value> {
     match v {
         toml::Value::String(s) => Some(Value::String(s.clone())),
@@ -633,7 +689,20 @@ fn constant(v: &toml::Value) -> Option<Value> {
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_lowercase().as_str() {
+    let s = s.trim();
+    if s.is_ascii() {
+        // The common case, without the lowercase copy.
+        const TRUE: &[&str] = &["true", "yes", "tak", "1", "t", "y"];
+        const FALSE: &[&str] = &["false", "no", "nie", "0", "f", "n"];
+        if TRUE.iter().any(|w| w.eq_ignore_ascii_case(s)) {
+            return Some(true);
+        }
+        if FALSE.iter().any(|w| w.eq_ignore_ascii_case(s)) {
+            return Some(false);
+        }
+        return None;
+    }
+    match s.to_lowercase().as_str() {
         "true" | "yes" | "tak" | "1" | "t" | "y" => Some(true),
         "false" | "no" | "nie" | "0" | "f" | "n" => Some(false),
         _ => None,
@@ -644,59 +713,12 @@ fn parse_bool(s: &str) -> Option<bool> {
 /// and writes it in `output`. An impossible date (31.02.1990) is an error.
 pub fn reformat_date(s: &str, input: &str, output: &str) -> Result<String, String> {
     let format = DateFormat::new(input).map_err(|e| format!("bad date format \"{input}\": {e}"))?;
-    let kind = match output {
-        "%Y-%m-%d %H:%M" => Kind::DateTime,
-        "%Y-%m-%dT%H:%M:%S" => Kind::FeedTime,
-        _ => Kind::Date,
+    let how = match output {
+        "%Y-%m-%d %H:%M" => Written::DateTime,
+        "%Y-%m-%dT%H:%M:%S" => Written::FeedTime,
+        _ => Written::Date,
     };
-    format.reformat(s, kind)
-}
-
-/// A strftime input format, parsed once when the mapping is compiled (parsing
-/// the format string per cell was a tenth of `check`'s time).
-#[derive(Debug, Clone)]
-pub struct DateFormat {
-    text: String,
-    items: Vec<chrono::format::Item<'static>>,
-}
-
-impl DateFormat {
-    pub fn new(text: &str) -> Result<DateFormat, chrono::format::ParseError> {
-        let items = chrono::format::StrftimeItems::new(text).parse_to_owned()?;
-        Ok(DateFormat {
-            text: text.to_string(),
-            items,
-        })
-    }
-
-    /// Parses a date, or a date and time (a date alone is midnight), and
-    /// writes it in the format `kind` needs.
-    fn reformat(&self, s: &str, kind: Kind) -> Result<String, String> {
-        use chrono::{Datelike, Timelike};
-        let fail = |e: chrono::format::ParseError| {
-            format!("not a date in the format \"{}\" ({e})", self.text)
-        };
-        let mut parsed = chrono::format::Parsed::new();
-        chrono::format::parse(&mut parsed, s, self.items.iter()).map_err(fail)?;
-        let date: NaiveDate = parsed.to_naive_date().map_err(fail)?;
-        let time = if parsed.hour_div_12.is_some() || parsed.hour_mod_12.is_some() {
-            parsed.to_naive_time().map_err(fail)?
-        } else {
-            chrono::NaiveTime::MIN
-        };
-        let dt = NaiveDateTime::new(date, time);
-        let (y, mo, d) = (dt.year(), dt.month(), dt.day());
-        Ok(match kind {
-            Kind::DateTime => format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}", dt.hour(), dt.minute()),
-            Kind::FeedTime => format!(
-                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-                dt.hour(),
-                dt.minute(),
-                dt.second()
-            ),
-            _ => format!("{y:04}-{mo:02}-{d:02}"),
-        })
-    }
+    format.parse(s).map(|stamp| stamp.write(how))
 }
 
 impl<'a> Ctx<'a> {
@@ -790,7 +812,7 @@ mod tests {
 
     #[test]
     fn transforms() {
-        let t = |tr: Transform, s: &str| tr.apply(s.to_string());
+        let t = |tr: Transform, s: &str| tr.apply(s);
         assert_eq!(
             t(Transform::Phone, "+48 601-234.567").unwrap(),
             "48601234567"
