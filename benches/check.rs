@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench check -- [ROWS]` (default 1,000,000) generates a
 //! UTF-8, `;`-separated export of ROWS valid customer rows under
-//! `target/bench-data/` (once), then times, in five interleaved rounds:
+//! `target/bench-data/` (once), then times, in seven interleaved rounds:
 //! 1. a bare read with the `csv` crate (`StringRecord`, UTF-8 checked);
 //! 2. thulium-import's `check` path in-process (read, decode and check
 //!    every value of every stage, on every core);
@@ -165,7 +165,7 @@ fn main() {
     // Interleaved rounds: the machine's speed drifts (the bare read alone
     // varies by half between runs), and each round's ratio compares two
     // runs made seconds apart.
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 7;
     let (mut bare, mut ours, mut source, mut ratios) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let b = timed(bare_read);
@@ -188,10 +188,12 @@ fn main() {
     line("bare csv read:", &bare);
     line("source only:", &source);
     line("check:", &ours);
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "ratio check / bare read: {:.2}x best to best; per round {:.2}x to {:.2}x",
+        "ratio check / bare read: {:.2}x best to best; per round median {:.2}x ({:.2}x to {:.2}x)",
         best(&ours) / best(&bare),
-        best(&ratios),
-        worst(&ratios)
+        ratios[ROUNDS / 2],
+        ratios[0],
+        ratios[ROUNDS - 1]
     );
 }

@@ -310,6 +310,30 @@ fn when_and_existing_customer_ids() {
     assert!(errors[0].reason.contains("five characters"));
 }
 
+/// Which stages run is kept in bits up to 64 stages and in a list beyond:
+/// both give every stage, with `when` honoured per stage.
+#[test]
+fn many_field_groups_each_run_by_their_own_when() {
+    for groups in [3usize, 64, 70] {
+        let mut toml = BASE.to_string();
+        for g in 0..groups {
+            let when = if g % 3 == 0 { "Kampania" } else { "Status" };
+            toml.push_str(&format!(
+                "\n[[field_group]]\ngroup_id = {}\nwhen = \"{when}\"\n[field_group.values]\n8 = \"Liczba\"\n",
+                g + 1
+            ));
+        }
+        let p = plan(&toml);
+        let out = map(&p, &[("Nazwisko", "N"), ("Kampania", "x"), ("Liczba", "5")]);
+        let ids: Vec<i64> = out.field_groups.iter().map(|i| i.group_id).collect();
+        let expected: Vec<i64> = (1..=groups as i64).step_by(3).collect();
+        assert_eq!(ids, expected, "{groups} groups");
+        assert!(p
+            .validate(&row(&[("Nazwisko", "N"), ("Status", "y")]))
+            .is_ok());
+    }
+}
+
 #[test]
 fn every_stage_matches_the_vendor_shapes() {
     let p = plan(

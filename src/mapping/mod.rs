@@ -393,7 +393,37 @@ pub struct Plan {
 pub struct Evaluated {
     existing_customer_id: Option<i64>,
     slots: Vec<Option<Value>>,
-    runs: Vec<bool>,
+    runs: Runs,
+}
+
+/// Which stages run for a row: bits, without an allocation per row, up to
+/// 64 stages (a mapping with more field groups than that gets a list).
+#[derive(Debug, Clone)]
+enum Runs {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl Runs {
+    fn new(stages: usize) -> Runs {
+        if stages <= 64 {
+            Runs::Bits(0)
+        } else {
+            Runs::Many(vec![false; stages])
+        }
+    }
+    fn get(&self, stage: usize) -> bool {
+        match self {
+            Runs::Bits(b) => b & (1 << stage) != 0,
+            Runs::Many(v) => v[stage],
+        }
+    }
+    fn set(&mut self, stage: usize) {
+        match self {
+            Runs::Bits(b) => *b |= 1 << stage,
+            Runs::Many(v) => v[stage] = true,
+        }
+    }
 }
 
 /// The stages present in a plan, in pipeline order (for summaries).
@@ -853,7 +883,7 @@ impl Plan {
             } else {
                 Vec::new()
             },
-            runs: vec![false; self.stages.len()],
+            runs: Runs::new(self.stages.len()),
         };
         if let Some((i, name)) = &self.customer_id {
             let cell = cells.get(*i).unwrap_or_default().trim();
@@ -886,7 +916,7 @@ impl Plan {
             if skip_customer || already || !self.runs(&s.when, cells, &mut errors) {
                 continue;
             }
-            ev.runs[stage] = true;
+            ev.runs.set(stage);
             for slot in s.slots.clone() {
                 match self.specs[slot].eval_with(cells, self.trim, keep) {
                     Ok(v) if keep => ev.slots[slot] = v,
@@ -895,10 +925,10 @@ impl Plan {
                 }
             }
         }
-        let needs_customer = self.field_groups.iter().any(|(s, _)| ev.runs[*s])
-            || self.campaign.as_ref().is_some_and(|(s, _)| ev.runs[*s])
-            || self.feed.as_ref().is_some_and(|(s, _)| ev.runs[*s]);
-        let creates = self.customer.as_ref().is_some_and(|(s, _)| ev.runs[*s]);
+        let needs_customer = self.field_groups.iter().any(|(s, _)| ev.runs.get(*s))
+            || self.campaign.as_ref().is_some_and(|(s, _)| ev.runs.get(*s))
+            || self.feed.as_ref().is_some_and(|(s, _)| ev.runs.get(*s));
+        let creates = self.customer.as_ref().is_some_and(|(s, _)| ev.runs.get(*s));
         if errors.is_empty() && needs_customer && !creates && ev.existing_customer_id.is_none() {
             errors.push(FieldError {
                 column: self.customer_id.as_ref().map(|(_, n)| n.clone()),
@@ -920,7 +950,7 @@ impl Plan {
             ..RowPayloads::default()
         };
         if let Some((stage, c)) = &self.customer {
-            if ev.runs[*stage] {
+            if ev.runs.get(*stage) {
                 let mut customer = ev.object(&c.fields);
                 for (name, parts) in &c.addresses {
                     let address = ev.object(parts);
@@ -936,7 +966,7 @@ impl Plan {
             }
         }
         for (index, (stage, g)) in self.field_groups.iter().enumerate() {
-            if !ev.runs[*stage] {
+            if !ev.runs.get(*stage) {
                 continue;
             }
             let values: Vec<Value> = g
@@ -956,7 +986,7 @@ impl Plan {
             }
         }
         if let Some((stage, c)) = &self.campaign {
-            if ev.runs[*stage] {
+            if ev.runs.get(*stage) {
                 if let Some(Value::String(campaign_id)) = ev.take(c.id) {
                     out.campaign = Some(CampaignPayload {
                         campaign_id,
@@ -966,7 +996,7 @@ impl Plan {
             }
         }
         if let Some((stage, u)) = &self.campaign_update {
-            if ev.runs[*stage] {
+            if ev.runs.get(*stage) {
                 let id = ev.take(u.id);
                 let identifier = ev.take(u.identifier);
                 let mut body = ev.object(&u.fields);
@@ -988,7 +1018,7 @@ impl Plan {
             }
         }
         if let Some((stage, f)) = &self.feed {
-            if ev.runs[*stage] {
+            if ev.runs.get(*stage) {
                 let id = match f.id.and_then(|s| ev.take(s)) {
                     Some(Value::String(s)) => s,
                     Some(other) => other.to_string(),

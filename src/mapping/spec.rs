@@ -108,9 +108,13 @@ impl Transform {
                 }
                 let t = s.trim();
                 let t = t.strip_prefix('+').unwrap_or(t);
-                t.chars()
-                    .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace())
-                    .collect()
+                let mut out = String::with_capacity(t.len());
+                out.extend(
+                    t.chars().filter(|c| {
+                        !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace()
+                    }),
+                );
+                out
             }
         })
     }
@@ -436,33 +440,13 @@ impl Spec {
             value: Some(shorten(&text)),
             reason,
         };
-        let one = |part: &str| -> Result<Option<Value>, FieldError> {
-            // Transforms need an owned string; without them the cell is
-            // borrowed until the final value is built (one allocation).
-            if self.transforms.is_empty() {
-                return if part.is_empty() {
-                    Ok(None)
-                } else {
-                    self.convert(part, keep).map(Some).map_err(&fail)
-                };
-            }
-            let mut s = String::new();
-            for (i, t) in self.transforms.iter().enumerate() {
-                s = t.apply(if i == 0 { part } else { &s }).map_err(&fail)?;
-            }
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                self.convert(&s, keep).map(Some).map_err(&fail)
-            }
-        };
         let value = match &self.split {
-            None => one(&text)?,
+            None => self.item(&text, keep).map_err(&fail)?,
             Some(sep) => {
                 // Checking only, the items are counted, not kept.
                 let (mut items, mut any) = (Vec::new(), false);
                 let mut each = |part: &str| -> Result<(), FieldError> {
-                    if let Some(v) = one(self::trim(part))? {
+                    if let Some(v) = self.item(self::trim(part), keep).map_err(&fail)? {
                         any = true;
                         if keep {
                             items.push(v);
@@ -486,11 +470,35 @@ impl Spec {
         };
         match (value, &self.default, self.required) {
             (Some(v), _, _) => Ok(Some(v)),
+            (None, Some(_), _) if !keep => Ok(Some(Value::Null)),
             (None, Some(d), _) => Ok(Some(d.clone())),
             (None, None, true) => Err(fail(
                 "a value is required here, and the cell is empty".into(),
             )),
             (None, None, false) => Ok(None),
+        }
+    }
+
+    /// One item (the cell, or one piece of a split cell): transforms, then
+    /// [`Spec::convert`]; `None` if it is empty.
+    fn item(&self, part: &str, keep: bool) -> Result<Option<Value>, String> {
+        // Transforms need an owned string; without them the cell is
+        // borrowed until the final value is built (one allocation).
+        if self.transforms.is_empty() {
+            return if part.is_empty() {
+                Ok(None)
+            } else {
+                self.convert(part, keep).map(Some)
+            };
+        }
+        let mut s = String::new();
+        for (i, t) in self.transforms.iter().enumerate() {
+            s = t.apply(if i == 0 { part } else { &s })?;
+        }
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            self.convert(&s, keep).map(Some)
         }
     }
 
