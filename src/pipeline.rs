@@ -65,7 +65,7 @@ pub enum Read {
 pub struct Progress {
     pub rows_read: AtomicU64,
     pub bytes_read: AtomicU64,
-    /// [stage slot][status]: customer, field_group, campaign, campaign_update, feed × ok, failed, unknown, skipped.
+    /// Indexed by stage slot, then status: customer, field_group, campaign, campaign_update, feed × ok, failed, unknown, skipped.
     pub counts: [[AtomicU64; 4]; 5],
     pub invalid: AtomicU64,
     /// Rows with at least one failed or unknown outcome.

@@ -9,7 +9,9 @@
 //! realistically uses; UTF-16 is refused with a hint.
 //!
 //! Memory does not grow with the file: one record buffer is reused and each
-//! row is handed on as it is read.
+//! row is handed on as it is read. For `check`, records can also be read
+//! undecoded into reusable batches ([`RawRows`]) and decoded on other
+//! threads by a [`Decoder`], borrowing UTF-8 cells in place.
 
 use std::borrow::Cow;
 use std::fs::File;

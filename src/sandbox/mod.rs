@@ -7,7 +7,7 @@
 //! faults drawn reproducibly from a seed.
 //!
 //! Faults are injected around the real handler, in one place
-//! ([`serve_request`]): 429, 503 and a dropped connection happen *before*
+//! (`serve_request`): 429, 503 and a dropped connection happen *before*
 //! anything is applied; a dropped connection or a 500 *after* it. The last two
 //! are the hard case for a client: the change happened, but the client cannot
 //! know.
