@@ -70,6 +70,10 @@ pub struct Progress {
     pub invalid: AtomicU64,
     /// Rows with at least one failed or unknown outcome.
     pub rows_failed: AtomicU64,
+    /// Rows with an outcome recorded at every stage they go to (done,
+    /// failed, unknown or invalid): what the progress bar's ETA follows,
+    /// since rows are read ahead of the calls.
+    pub rows_settled: AtomicU64,
 }
 
 fn stage_index(s: Stage) -> Option<usize> {
@@ -126,6 +130,8 @@ struct Run {
     limits: Limits,
     progress: Arc<Progress>,
     consecutive_failures: AtomicU64,
+    /// Outcomes still to come, per row number, for rows being sent.
+    outstanding: Mutex<HashMap<u64, u32>>,
 }
 
 /// One row's outcome at one stage, ready to be written.
@@ -164,7 +170,18 @@ impl Run {
         };
         if status == Status::Invalid {
             self.progress.invalid.fetch_add(1, Ordering::Relaxed);
+            self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        {
+            let mut outstanding = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(left) = outstanding.get_mut(&ev.row) {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    outstanding.remove(&ev.row);
+                    self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         if let (Some(s), Some(t)) = (stage_index(stage), status_index(status)) {
             self.progress.counts[s][t].fetch_add(1, Ordering::Relaxed);
@@ -321,6 +338,7 @@ pub async fn run(
         limits,
         progress: progress.clone(),
         consecutive_failures: AtomicU64::new(0),
+        outstanding: Mutex::new(HashMap::new()),
     });
 
     // 1. The reader: a blocking thread that maps rows and hands them on.
@@ -378,6 +396,17 @@ pub async fn run(
             Read::Row(row) => {
                 rows_read += 1;
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
+                match row.payloads.outcomes() {
+                    0 => {
+                        progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n => {
+                        run.outstanding
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(row.id.row, n);
+                    }
+                }
                 if row.payloads.customer.is_some() {
                     pending.push(*row);
                     if pending.len() >= run.limits.batch_size {

@@ -62,45 +62,81 @@ pub fn start(
                 .filter(|s| (0..4).any(|t| c(*s, t) > 0))
                 .map(|s| format!("{} {}✓ {}✗ {}?", names[s], c(s, 0), c(s, 1), c(s, 2)))
                 .collect();
-            (
-                progress.rows_read.load(Ordering::Relaxed),
-                progress.bytes_read.load(Ordering::Relaxed),
-                format!(
+            Line {
+                rows: progress.rows_read.load(Ordering::Relaxed),
+                bytes: progress.bytes_read.load(Ordering::Relaxed),
+                settled: progress.rows_settled.load(Ordering::Relaxed),
+                text: format!(
                     "{} | {requests} req, {rate:.1} req/s, {} retries, {} × 429",
                     stages.join(" | "),
                     client.stats.retries.load(Ordering::Relaxed),
                     client.stats.throttled_429.load(Ordering::Relaxed)
                 ),
-            )
+            }
         };
         if bars {
             let multi =
                 BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+            let style = |template: &str| {
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ")
+            };
+            // Reading runs ahead of sending (by the rows queued between the
+            // stages), so the ETA follows the rows settled, out of a total
+            // estimated from how far into the file reading has got.
             let read = multi.add(ProgressBar::new(file_bytes.max(1)));
-            read.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} read {msg} rows [{bar:30}] {percent}% ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            read.set_style(style("  read {msg} rows [{bar:30}] {percent}%"));
+            let done = multi.add(ProgressBar::new(1));
+            done.set_style(style(
+                "{spinner} done {pos} of ~{len} rows [{bar:30}] {percent}% ETA {eta}",
+            ));
             let status = multi.add(ProgressBar::new_spinner());
             loop {
-                let (rows, bytes, text) = line();
-                read.set_position(bytes);
-                read.set_message(rows.to_string());
-                status.set_message(text);
+                let l = line();
+                read.set_position(l.bytes);
+                read.set_message(l.rows.to_string());
+                done.set_length(estimated_rows(l.rows, l.bytes, file_bytes).max(l.settled));
+                done.set_position(l.settled);
+                status.set_message(l.text);
                 status.tick();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         } else {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let (rows, _, text) = line();
-                tracing::info!(rows, "Progress: {text}");
+                let l = line();
+                tracing::info!(
+                    rows = l.rows,
+                    settled = l.settled,
+                    "Progress: {} rows read, {} settled | {}",
+                    l.rows,
+                    l.settled,
+                    l.text
+                );
             }
         }
     })
+}
+
+/// One reading of the counters.
+struct Line {
+    rows: u64,
+    bytes: u64,
+    settled: u64,
+    text: String,
+}
+
+/// The file's rows, estimated from `rows` read, the last of them starting at
+/// byte `last_offset` of `file_bytes`: the rows before it took that many
+/// bytes. Never below `rows`; exact enough once reading is far in.
+pub fn estimated_rows(rows: u64, last_offset: u64, file_bytes: u64) -> u64 {
+    if rows <= 1 || last_offset == 0 {
+        return rows.max(1);
+    }
+    let before = (rows - 1) as f64;
+    let estimate = (before * file_bytes as f64 / last_offset as f64).round() as u64;
+    estimate.max(rows)
 }
 
 /// Removes the bars (before the summary is printed).

@@ -278,6 +278,17 @@ impl RowPayloads {
         !self.field_groups.is_empty() || self.campaign.is_some() || self.feed.is_some()
     }
 
+    /// How many outcomes the row will have in the ledger: one per stage it
+    /// is sent to (one per field-group item).
+    pub fn outcomes(&self) -> u32 {
+        let one = |present: bool| u32::from(present);
+        one(self.customer.is_some())
+            + self.field_groups.len() as u32
+            + one(self.campaign.is_some())
+            + one(self.campaign_update.is_some())
+            + one(self.feed.is_some())
+    }
+
     /// The payloads as one JSON object, as `run --dry-run --show-payloads`
     /// prints them.
     pub fn to_json(&self) -> Value {
