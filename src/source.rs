@@ -216,9 +216,7 @@ pub struct CellsRef<'a> {
 impl<'a> CellsRef<'a> {
     /// The cell at `i`, untrimmed.
     pub fn get(&self, i: usize) -> Option<&'a str> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.text.get(start..end)
+        self.text.get(field(self.ends, i)?)
     }
     /// How many cells.
     pub fn len(&self) -> usize {
@@ -286,10 +284,6 @@ impl RawRows {
         self.ends_used = 0;
         self.rows.clear();
     }
-    /// Bytes held by the records.
-    pub fn bytes_used(&self) -> usize {
-        self.bytes_used
-    }
     fn bytes_of(&self, i: usize) -> &[u8] {
         let (a, b) = self.rows[i].bytes;
         &self.bytes[a..b]
@@ -302,8 +296,20 @@ impl RawRows {
     fn fields(&self, i: usize) -> impl Iterator<Item = &[u8]> + '_ {
         let bytes = self.bytes_of(i);
         let ends = self.ends_of(i);
-        (0..ends.len()).map(move |j| &bytes[if j == 0 { 0 } else { ends[j - 1] }..ends[j]])
+        (0..ends.len()).map(move |j| {
+            field(ends, j)
+                .and_then(|r| bytes.get(r))
+                .unwrap_or_default()
+        })
     }
+}
+
+/// Where field `i` lies, given each field's end: from the previous end (or
+/// 0) to its own. The layout of [`Cells`], [`CellsRef`] and [`RawRows`].
+fn field(ends: &[usize], i: usize) -> Option<std::ops::Range<usize>> {
+    let end = *ends.get(i)?;
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    Some(start..end)
 }
 
 /// The byte-exact record reader under [`Source`]: `csv_core` does the

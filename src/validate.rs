@@ -33,11 +33,17 @@ pub fn is_email(s: &str) -> bool {
     };
     !local.is_empty()
         && !domain.contains('@')
-        && !s.bytes().any(|b| matches!(b, b'\t'..=b'\r' | b' '))
+        && !s.bytes().any(is_ascii_space)
         && (s.is_ascii() || !s.chars().any(char::is_whitespace))
         && domain
             .split_once('.')
             .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !domain.ends_with('.'))
+}
+
+/// The ASCII bytes `char::is_whitespace` accepts (`u8::is_ascii_whitespace`
+/// leaves out the vertical tab).
+pub fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
 }
 
 /// A campaign id: exactly five characters (`00001`).

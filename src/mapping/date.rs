@@ -12,7 +12,7 @@
 //! same answers.
 
 use chrono::format::{Item, Numeric, ParseError, Parsed, StrftimeItems};
-use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use chrono::{Datelike, NaiveDate, NaiveTime, Timelike};
 
 /// A parsed date and time (midnight for a date alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,46 +37,23 @@ pub enum Written {
 }
 
 impl Stamp {
-    /// Writes the stamp as the API wants it.
+    /// Writes the stamp as the API wants it. (Only `run` writes dates;
+    /// `check` stops at parsing them.)
     pub fn write(self, how: Written) -> String {
-        if !(0..=9999).contains(&self.year) {
-            // Only chrono's signed years get here; keep its widths.
-            let y = self.year;
-            let (mo, d, h, mi, s) = (self.month, self.day, self.hour, self.minute, self.second);
-            return match how {
-                Written::Date => format!("{y:04}-{mo:02}-{d:02}"),
-                Written::DateTime => format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}"),
-                Written::FeedTime => format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}"),
-            };
-        }
-        let mut out = String::with_capacity(19);
-        let year = self.year as u32;
-        push2(&mut out, year / 100);
-        push2(&mut out, year % 100);
-        out.push('-');
-        push2(&mut out, self.month);
-        out.push('-');
-        push2(&mut out, self.day);
+        let Stamp {
+            year: y,
+            month: mo,
+            day: d,
+            hour: h,
+            minute: mi,
+            second: s,
+        } = self;
         match how {
-            Written::Date => {}
-            Written::DateTime | Written::FeedTime => {
-                out.push(if how == Written::DateTime { ' ' } else { 'T' });
-                push2(&mut out, self.hour);
-                out.push(':');
-                push2(&mut out, self.minute);
-                if how == Written::FeedTime {
-                    out.push(':');
-                    push2(&mut out, self.second);
-                }
-            }
+            Written::Date => format!("{y:04}-{mo:02}-{d:02}"),
+            Written::DateTime => format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}"),
+            Written::FeedTime => format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}"),
         }
-        out
     }
-}
-
-fn push2(out: &mut String, v: u32) {
-    out.push(char::from(b'0' + (v / 10 % 10) as u8));
-    out.push(char::from(b'0' + (v % 10) as u8));
 }
 
 /// One step of the direct scanner.
@@ -147,14 +124,13 @@ impl DateFormat {
         } else {
             NaiveTime::MIN
         };
-        let dt = NaiveDateTime::new(date, time);
         Ok(Stamp {
-            year: dt.year(),
-            month: dt.month(),
-            day: dt.day(),
-            hour: dt.hour(),
-            minute: dt.minute(),
-            second: dt.second(),
+            year: date.year(),
+            month: date.month(),
+            day: date.day(),
+            hour: time.hour(),
+            minute: time.minute(),
+            second: time.second(),
         })
     }
 }
@@ -289,7 +265,7 @@ mod tests {
         assert_eq!(s.write(Written::Date), "0987-03-05");
         assert_eq!(s.write(Written::DateTime), "0987-03-05 07:05");
         assert_eq!(s.write(Written::FeedTime), "0987-03-05T07:05:00");
-        // A signed year is chrono's, written as before.
+        // A signed year is chrono's, written with the same widths.
         let f = DateFormat::new("%Y-%m-%d").unwrap();
         assert_eq!(
             f.parse("-12-01-02").unwrap().write(Written::Date),

@@ -508,19 +508,15 @@ impl Spec {
             if !keep {
                 // Checking only: the rule on the borrowed text, no value built.
                 return match self.kind {
-                    Kind::Int => s.trim().parse::<i64>().map(|_| Value::Null).map_err(|_| "not an integer".into()),
-                    Kind::Bool => parse_bool(s).map(|_| Value::Null).ok_or_else(|| "not a boolean: add map = { tak = true, nie = false } (or the words your export uses)".into()),
+                    Kind::Int => parse_int(s).map(|_| Value::Null),
+                    Kind::Bool => target_bool(s).map(|_| Value::Null),
                     _ => self.text_rule(s).map(|()| Value::Null),
                 };
             }
             // The common case: straight to the target's rule, parsing
             // integers from the borrowed text.
             return match self.kind {
-                Kind::Int => s
-                    .trim()
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .map_err(|_| "not an integer".into()),
+                Kind::Int => parse_int(s).map(Value::from),
                 _ => self.finish_item(Value::String(s.to_string())),
             };
         }
@@ -551,11 +547,7 @@ impl Spec {
             && matches!(self.kind, Kind::Scalar | Kind::Text | Kind::Int)
         {
             // Checking only: what finish_item does, on the borrowed text.
-            return s
-                .trim()
-                .parse::<i64>()
-                .map(|_| Value::Null)
-                .map_err(|_| "not an integer".into());
+            return parse_int(s).map(|_| Value::Null);
         }
         self.finish_item(
             mapped
@@ -581,11 +573,7 @@ impl Spec {
     fn finish_item(&self, mut v: Value) -> Result<Value, String> {
         if let Some(conv) = self.conv {
             v = match (conv, v) {
-                (TypeConv::Integer, Value::String(s)) => Value::from(
-                    s.trim()
-                        .parse::<i64>()
-                        .map_err(|_| "not an integer".to_string())?,
-                ),
+                (TypeConv::Integer, Value::String(s)) => Value::from(parse_int(&s)?),
                 (TypeConv::Integer, Value::Bool(_)) => return Err("not an integer".into()),
                 (TypeConv::String, Value::Number(n)) => Value::String(n.to_string()),
                 (TypeConv::String, Value::Bool(b)) => Value::String(b.to_string()),
@@ -614,15 +602,20 @@ impl Spec {
             },
             Kind::Int => match &v {
                 Value::Number(n) if n.is_i64() => v,
-                Value::String(s) => Value::from(s.trim().parse::<i64>().map_err(|_| "not an integer".to_string())?),
+                Value::String(s) => Value::from(parse_int(s)?),
                 _ => return Err("not an integer".into()),
             },
             Kind::Bool => match &v {
                 Value::Bool(_) => v,
-                Value::String(s) => Value::Bool(parse_bool(s).ok_or("not a boolean: add map = { tak = true, nie = false } (or the words your export uses)")?),
+                Value::String(s) => Value::Bool(target_bool(s)?),
                 _ => return Err("not a boolean".into()),
             },
-            Kind::Date | Kind::DateTime | Kind::FeedTime | Kind::Phone | Kind::Email | Kind::CampaignId => {
+            Kind::Date
+            | Kind::DateTime
+            | Kind::FeedTime
+            | Kind::Phone
+            | Kind::Email
+            | Kind::CampaignId => {
                 let s = text(v).ok_or_else(|| format!("expected {}", self.kind.noun()))?;
                 self.text_rule(&s)?;
                 Value::String(s)
@@ -684,7 +677,7 @@ fn trim(s: &str) -> &str {
 }
 
 fn is_solid(b: u8) -> bool {
-    b.is_ascii() && !matches!(b, b'\t'..=b'\r' | b' ')
+    b.is_ascii() && !validate::is_ascii_space(b)
 }
 
 fn constant(v: &toml::Value) -> Option<Value> {
@@ -694,6 +687,19 @@ fn constant(v: &toml::Value) -> Option<Value> {
         toml::Value::Boolean(b) => Some(Value::Bool(*b)),
         _ => None,
     }
+}
+
+/// An integer from text, spaces around it allowed.
+fn parse_int(s: &str) -> Result<i64, String> {
+    s.trim().parse::<i64>().map_err(|_| "not an integer".into())
+}
+
+/// A boolean field's value from text, with the hint a refusal needs.
+fn target_bool(s: &str) -> Result<bool, String> {
+    parse_bool(s).ok_or_else(|| {
+        "not a boolean: add map = { tak = true, nie = false } (or the words your export uses)"
+            .into()
+    })
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
