@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
 mod common;
-use common::{customers, report, spawn_quiet};
+use common::{customers, identifiers, report, spawn_quiet};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -143,12 +143,7 @@ async fn after_apply_faults_are_reconciled_by_identifier_without_duplicates() {
         "{after}"
     );
     let state = sandbox.state_json();
-    let identifiers: Vec<&str> = state["customers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c["identifier"].as_str().unwrap())
-        .collect();
+    let identifiers = identifiers(&sandbox);
     assert_eq!(
         (
             identifiers.len(),
@@ -306,12 +301,7 @@ async fn kill_9_at_several_points_then_retry_completes_every_row_exactly_once() 
             "kill after {delay_ms} ms: {r}"
         );
         let state = sandbox.state_json();
-        let identifiers: Vec<&str> = state["customers"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|c| c["identifier"].as_str().unwrap())
-            .collect();
+        let identifiers = identifiers(&sandbox);
         assert_eq!(
             identifiers.iter().collect::<HashSet<_>>().len(),
             identifiers.len(),
@@ -677,12 +667,7 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
         out.stdout,
         out.stderr
     );
-    let identifiers: Vec<String> = sandbox.state_json()["customers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c["identifier"].as_str().unwrap().to_string())
-        .collect();
+    let identifiers = identifiers(&sandbox);
     assert_eq!(identifiers.len(), 2 * 293, "both files complete");
     assert_eq!(
         identifiers.iter().collect::<HashSet<_>>().len(),

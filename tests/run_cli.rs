@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
 mod common;
-use common::{customers, report};
+use common::{customers, identifiers, report, run_command};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ async fn run_as(
 ) -> Done {
     let dir = tempfile::tempdir().unwrap().keep();
     let ledger_path = dir.join("ledger.jsonl");
-    let mut cmd = common::run_command(sandbox, csv, mapping, &ledger_path, password);
+    let mut cmd = run_command(sandbox, csv, mapping, &ledger_path, password);
     cmd.args(extra);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
@@ -217,14 +217,8 @@ async fn faults_never_duplicate_a_customer_and_every_row_ends_in_a_final_state()
         done.stdout,
         done.stderr
     );
-    let state = sandbox.state_json();
-    let identifiers: Vec<&str> = state["customers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c["identifier"].as_str().unwrap())
-        .collect();
-    let unique: HashSet<&&str> = identifiers.iter().collect();
+    let identifiers = identifiers(&sandbox);
+    let unique: HashSet<&String> = identifiers.iter().collect();
     assert_eq!(unique.len(), identifiers.len(), "no customer created twice");
     let stats = sandbox.stats();
     assert!(stats.faults_total > 20, "{stats:?}");
@@ -527,25 +521,8 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("l.jsonl");
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
-        .args([
-            "run",
-            SAMPLE,
-            "--mapping",
-            MAPPING,
-            "--url",
-            &sandbox.url(),
-            "--user",
-            "api_user",
-            "--no-progress",
-            "--rate",
-            "1000",
-            "--batch-size",
-            "10",
-        ])
-        .arg("--ledger")
-        .arg(&ledger)
-        .env("THULIUM_PASSWORD", PASSWORD)
+    let child = run_command(&sandbox, SAMPLE, MAPPING, &ledger, PASSWORD)
+        .args(["--batch-size", "10"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -611,28 +588,8 @@ async fn the_password_appears_nowhere_even_at_trace_level() {
     let wrong = "wrong-secret-31337";
     for (password, format) in [(PASSWORD, "text"), (PASSWORD, "json"), (wrong, "text")] {
         let _ = std::fs::remove_file(&ledger);
-        let out = assert_cmd::Command::cargo_bin("thulium-import")
-            .unwrap()
-            .args([
-                "run",
-                SAMPLE,
-                "--mapping",
-                MAPPING,
-                "--url",
-                &sandbox.url(),
-                "--user",
-                "api_user",
-                "--no-progress",
-                "--rate",
-                "2000",
-                "--max-attempts",
-                "2",
-                "--log-format",
-                format,
-            ])
-            .arg("--ledger")
-            .arg(&ledger)
-            .env("THULIUM_PASSWORD", password)
+        let out = run_command(&sandbox, SAMPLE, MAPPING, &ledger, password)
+            .args(["--max-attempts", "2", "--log-format", format])
             .env("RUST_LOG", "trace")
             .output()
             .unwrap();

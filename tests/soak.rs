@@ -158,10 +158,7 @@ async fn twenty_thousand_rows_through_every_fault_then_retry() {
     // Zero duplicates of anything.
     let state = sandbox.state_json();
     let customers = state["customers"].as_object().unwrap();
-    let identifiers: HashSet<&str> = customers
-        .values()
-        .map(|c| c["identifier"].as_str().unwrap())
-        .collect();
+    let identifiers: HashSet<String> = common::identifiers(&sandbox).into_iter().collect();
     assert_eq!(
         identifiers.len(),
         customers.len(),

@@ -23,6 +23,16 @@ pub fn customers(sandbox: &Sandbox) -> usize {
     sandbox.state_json()["customers"].as_object().unwrap().len()
 }
 
+/// The identifiers of the customers the sandbox holds (one per customer).
+pub fn identifiers(sandbox: &Sandbox) -> Vec<String> {
+    sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["identifier"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Starts a command with its output discarded (to be killed mid-run).
 pub fn spawn_quiet(mut cmd: std::process::Command) -> std::process::Child {
     cmd.stdout(std::process::Stdio::null())
