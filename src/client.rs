@@ -1,10 +1,17 @@
-//! The HTTP client: one shared rate limiter charged for every attempt, one
+//! The HTTP transport: one shared rate limiter charged for every attempt, one
 //! shared pause that 429/503 answers extend for every worker, the retry rules
-//! of [`crate::retry`], and nothing else. It knows endpoints only as method,
-//! path and body; the pipeline gives them meaning.
+//! of [`crate::retry`], and nothing else. It moves a method, a path under
+//! `/api/` and a JSON text; what those mean is [`crate::api`]'s business.
 //!
-//! The `Authorization` header is marked sensitive and no body is ever logged,
-//! at any level.
+//! HTTP hygiene, so that a call never does something it was not asked to:
+//! - a redirect is never followed for a call that is not a GET (a 301/302
+//!   would turn a POST into a GET, and a 307 would resend a body that may
+//!   already have been applied): it ends the call with an error that names
+//!   the `Location`; a GET follows at most five;
+//! - an answer's body is read up to [`MAX_ANSWER_BYTES`]; a larger one is an
+//!   error, never an unbounded allocation;
+//! - the `Authorization` header is marked sensitive and no body is ever
+//!   logged, at any level.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,12 +19,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::Method;
 use tokio::time::Instant;
 
 use crate::credentials::Credentials;
 use crate::retry::{self, Class, Decision, Policy};
+
+/// The largest answer body read (16 MiB): a page of 1,000 customers is well
+/// under 1 MiB.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Counters of what went over the wire.
 #[derive(Debug, Default)]
@@ -30,36 +41,92 @@ pub struct WireStats {
     pub throttled_429: AtomicU64,
 }
 
-/// How a call ended, after retries.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// A 2xx answer and its body.
-    Answered { status: u16, body: String },
-    /// A 4xx (not 401/403/429): nothing was applied.
-    Rejected { status: u16, message: String },
-    /// 401/403: stop the run.
+/// Why a call did not end in a 2xx answer, after retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// A 4xx (not 401/403/429) for the whole call: nothing was applied.
+    Refused { status: u16, message: String },
+    /// 401/403: a wrong password, or a method this API user may not call.
     Unauthorized { status: u16, message: String },
-    /// A non-idempotent call that may or may not have been applied.
+    /// A 3xx: the call was not followed to `location`; nothing was applied
+    /// where it was sent.
+    Redirected { status: u16, location: String },
+    /// A call that is not idempotent may or may not have been applied
+    /// (timeout, dropped connection, 5xx after sending).
     Unknown { message: String },
-    /// Retries exhausted on a cause that left nothing applied (or an
-    /// idempotent call): safe to send again later.
+    /// Retries ran out on a cause that left nothing applied, or on an
+    /// idempotent call: safe to send again later.
     GaveUp {
-        http_status: Option<u16>,
+        status: Option<u16>,
         message: String,
     },
+    /// Never sent: the run was stopping.
+    NotSent { reason: String },
 }
 
-/// A call's outcome and how many attempts it took.
+impl CallError {
+    /// The HTTP status, where the call got one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            CallError::Refused { status, .. }
+            | CallError::Unauthorized { status, .. }
+            | CallError::Redirected { status, .. } => Some(*status),
+            CallError::GaveUp { status, .. } => *status,
+            CallError::Unknown { .. } | CallError::NotSent { .. } => None,
+        }
+    }
+
+    /// Why the whole run must stop, when this error means no later call can
+    /// succeed either.
+    pub fn stops_the_run(&self) -> Option<String> {
+        match self {
+            CallError::Unauthorized { status, message } => Some(format!(
+                "HTTP {status}: {message}: the password is wrong, or the API user may not call this method (API users get per-method permissions in Administracja → Użytkownicy → Użytkownicy API)"
+            )),
+            CallError::Redirected { status, location } => Some(format!(
+                "HTTP {status}: the API redirected the call to {location}; it was not followed (a redirected POST would become a GET): check --url"
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Refused { message, .. }
+            | CallError::Unauthorized { message, .. }
+            | CallError::Unknown { message }
+            | CallError::GaveUp { message, .. } => f.write_str(message),
+            CallError::Redirected { status, location } => {
+                write!(f, "HTTP {status}: redirected to {location} (not followed)")
+            }
+            CallError::NotSent { reason } => write!(f, "not sent: {reason}"),
+        }
+    }
+}
+
+/// A 2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// How a call ended, and after how many attempts.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub outcome: Outcome,
+    pub result: Result<Answer, CallError>,
     pub attempts: u32,
 }
 
-/// The API client shared by every worker.
+/// The API transport shared by every worker.
 #[derive(Debug)]
 pub struct ApiClient {
+    /// For calls that are not GETs: never follows a redirect.
     http: reqwest::Client,
+    /// For GETs: follows at most five redirects.
+    http_get: reqwest::Client,
     root: String,
     auth: HeaderValue,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -84,12 +151,17 @@ impl ApiClient {
         config: &ClientConfig,
     ) -> Result<Arc<ApiClient>, reqwest::Error> {
         // rustls with the platform's certificate checks, always on.
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("thulium-import/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let builder = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(50))
+                .user_agent(concat!("thulium-import/", env!("CARGO_PKG_VERSION")))
+                .redirect(redirects)
+                .build()
+        };
+        let http = builder(reqwest::redirect::Policy::none())?;
+        let http_get = builder(reqwest::redirect::Policy::limited(5))?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             credentials.user,
@@ -109,6 +181,7 @@ impl ApiClient {
         });
         Ok(Arc::new(ApiClient {
             http,
+            http_get,
             root: credentials.root.clone(),
             auth,
             limiter,
@@ -139,9 +212,10 @@ impl ApiClient {
         }
     }
 
-    /// Sends `body` (JSON text) to `path` under `/api/`, retrying per the
-    /// rules, and says how it ended.
-    pub async fn call(
+    /// Sends `body` (JSON text) to `path` under `/api/` (a path and, for a
+    /// GET, its query), retrying per the rules, and says how it ended. Only
+    /// [`crate::api`] calls this.
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -157,8 +231,12 @@ impl ApiClient {
             if attempt > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let mut req = self
-                .http
+            let http = if method == Method::GET {
+                &self.http_get
+            } else {
+                &self.http
+            };
+            let mut req = http
                 .request(method.clone(), &url)
                 .header(AUTHORIZATION, self.auth.clone());
             if let Some(b) = &body {
@@ -166,23 +244,33 @@ impl ApiClient {
                     .header(CONTENT_TYPE, "application/json; charset=utf-8")
                     .body(b.clone());
             }
+            let mut location = None;
             let (class, finished) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = retry::parse_retry_after(
+                    let header = |name| {
                         resp.headers()
-                            .get(RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok()),
-                    );
+                            .get(name)
+                            .and_then(|v: &HeaderValue| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    let retry_after = retry::parse_retry_after(header(RETRY_AFTER).as_deref());
+                    location = header(LOCATION);
                     if status == 429 {
                         self.stats.throttled_429.fetch_add(1, Ordering::Relaxed);
                     }
                     let class = retry::classify_status(status, retry_after);
-                    match resp.text().await {
+                    match read_capped(resp).await {
                         Ok(text) => (class, Ok((status, text))),
+                        Err(Unread::TooLarge(n)) => (
+                            Class::TooLarge,
+                            Err(format!(
+                                "the answer ({status}) is larger than {n}: not read"
+                            )),
+                        ),
                         // The body broke off: for a 2xx the work was done
                         // but the answer is lost.
-                        Err(e) => (
+                        Err(Unread::BrokeOff(e)) => (
                             Class::Ambiguous,
                             Err(format!("the answer ({status}) broke off: {e}")),
                         ),
@@ -203,52 +291,77 @@ impl ApiClient {
                 }
                 continue;
             }
-            let outcome = match (class, finished) {
-                (Class::Success, Ok((status, body))) => Outcome::Answered { status, body },
-                (Class::Rejected, Ok((status, body))) => Outcome::Rejected {
+            let result = match (class, finished) {
+                (Class::Success, Ok((status, body))) => Ok(Answer { status, body }),
+                (Class::Rejected, Ok((status, body))) => Err(CallError::Refused {
                     status,
                     message: error_message(&body),
-                },
-                (Class::Auth, Ok((status, body))) => Outcome::Unauthorized {
+                }),
+                (Class::Auth, Ok((status, body))) => Err(CallError::Unauthorized {
                     status,
                     message: error_message(&body),
-                },
-                (Class::Ambiguous, result) if !idempotent => Outcome::Unknown {
-                    message: match result {
-                        Ok((status, body)) => {
-                            format!("HTTP {status} after sending: {}", error_message(&body))
-                        }
-                        Err(e) => e,
-                    },
-                },
-                (_, Ok((status, body))) => Outcome::GaveUp {
-                    http_status: Some(status),
+                }),
+                (Class::Redirected, Ok((status, _))) => Err(CallError::Redirected {
+                    status,
+                    location: location.unwrap_or_else(|| "(no Location header)".into()),
+                }),
+                (Class::Ambiguous | Class::TooLarge, result) if !idempotent => {
+                    Err(CallError::Unknown {
+                        message: match result {
+                            Ok((status, body)) => {
+                                format!("HTTP {status} after sending: {}", error_message(&body))
+                            }
+                            Err(e) => e,
+                        },
+                    })
+                }
+                (_, Ok((status, body))) => Err(CallError::GaveUp {
+                    status: Some(status),
                     message: format!(
                         "gave up after {attempt} attempt(s): HTTP {status}: {}",
                         error_message(&body)
                     ),
-                },
-                (_, Err(e)) => Outcome::GaveUp {
-                    http_status: None,
+                }),
+                (_, Err(e)) => Err(CallError::GaveUp {
+                    status: None,
                     message: format!("gave up after {attempt} attempt(s): {e}"),
-                },
+                }),
             };
             return Reply {
-                outcome,
+                result,
                 attempts: attempt,
             };
         }
     }
 }
 
-/// An integer from an answer, given as a number or as a string of one
-/// (`customer_id` comes back as `"13"` from one endpoint and `13` from the
-/// others): liberal in what we accept.
-pub fn lenient_int(v: Option<&serde_json::Value>) -> Option<i64> {
-    match v? {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// Why an answer's body was not read.
+enum Unread {
+    TooLarge(String),
+    BrokeOff(String),
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`] of it.
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, Unread> {
+    let too_large = || Unread::TooLarge(format!("{} MiB", MAX_ANSWER_BYTES / (1024 * 1024)));
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Err(e) => return Err(Unread::BrokeOff(describe(&e))),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::cli::{
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials::{self, Credentials, Password};
 use crate::ledger::{self, Header, Ledger};
+use crate::outcomes::Outcomes;
 use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::Exit;
@@ -210,9 +211,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     );
 
     let Input { source, plan, .. } = input;
-    let feed = pipeline::rows_of(source, Arc::new(plan));
+    let rows = pipeline::mapped_rows(source, Arc::new(plan));
     let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
-    let (end, elapsed) = drive(feed, &client, ledger, &args.pace, &args.output, file_bytes).await;
+    let (end, elapsed, _) =
+        drive(rows, &client, ledger, &args.pace, &args.output, file_bytes).await;
     let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
     if let Some((sandbox, _)) = &sandbox {
         let state = sandbox.state_json();
@@ -238,15 +240,15 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     Ok(exit_for(&end, &summary))
 }
 
-/// Runs the pipeline over `feed` with Ctrl-C handling and progress display.
+/// Runs the pipeline over `rows` with Ctrl-C handling and progress display.
 async fn drive(
-    feed: impl Iterator<Item = pipeline::Read> + Send + 'static,
+    rows: impl Iterator<Item = pipeline::Incoming> + Send + 'static,
     client: &Arc<ApiClient>,
     ledger: Ledger,
     pace: &PaceArgs,
     output: &OutputArgs,
     file_bytes: u64,
-) -> (pipeline::RunEnd, Duration) {
+) -> (pipeline::RunEnd, Duration, Arc<Progress>) {
     let abort = Arc::new(Abort::default());
     let ctrl_c = {
         let abort = abort.clone();
@@ -277,12 +279,20 @@ async fn drive(
         max_failure_rate: pace.max_failure_rate,
     };
     let started = Instant::now();
-    let end = pipeline::run(feed, client.clone(), ledger, limits, abort, progress_state).await;
+    let end = pipeline::run(
+        rows,
+        client.clone(),
+        ledger,
+        limits,
+        abort,
+        progress_state.clone(),
+    )
+    .await;
     let elapsed = started.elapsed();
     ticker.abort();
     ctrl_c.abort();
     progress::finish();
-    (end, elapsed)
+    (end, elapsed, progress_state)
 }
 
 /// Folds the ledger and prints the summary table and the request figures.
@@ -292,9 +302,7 @@ fn print_summary(
     end: &pipeline::RunEnd,
     elapsed: Duration,
 ) -> anyhow::Result<report::Report> {
-    let (_, fold, unreadable) = report::fold(ledger_path)?;
-    let mut summary = fold.report();
-    summary.unreadable_lines = unreadable;
+    let summary = report::Report::of(&Outcomes::read(ledger_path)?);
     let stats = &client.stats;
     let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
     println!("{}", report::render(&summary));
@@ -307,8 +315,8 @@ fn print_summary(
         requests as f64 / elapsed.as_secs_f64().max(0.001),
     );
     println!("ledger: {}", ledger_path.display());
-    if let Some(f) = &end.fatal {
-        eprintln!("error: {f}");
+    if let Some(e) = &end.read_error {
+        eprintln!("error: {e}");
     }
     Ok(summary)
 }
@@ -320,10 +328,12 @@ fn absolute(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// A run that stopped early, or whose source failed mid-file, is aborted
+/// (3); one that finished with rows not done is 1.
 fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
-    if end.aborted.is_some() {
+    if end.aborted.is_some() || end.read_error.is_some() {
         Exit::Aborted
-    } else if summary.ok == summary.rows && end.fatal.is_none() {
+    } else if summary.all_done() {
         Exit::Ok
     } else {
         Exit::RowsNotDone
@@ -359,9 +369,9 @@ fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
 /// `thulium-import retry`: send again what a ledger says is not done.
 async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     check_pace(&args.pace)?;
-    let view = resume::view(&args.ledger)?;
-    let header = view.header.clone();
-    for line in &view.unreadable {
+    let outcomes = Outcomes::read(&args.ledger)?;
+    let header = outcomes.header.clone();
+    for line in &outcomes.unreadable {
         eprintln!(
             "warning: {}: unreadable {line} (ignored; a crash mid-write leaves one)",
             args.ledger.display()
@@ -413,77 +423,45 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     let rules = resume::Rules {
         changed: mapping_changed || args.source.is_some(),
         include_unknown: args.include_unknown,
-        can_reconcile: plan.customer_has_identifier(),
     };
-    let planned = resume::plan(&view, &plan, &source_path, &options, seekable, rules)?;
+    let rows = resume::RetryRows::new(
+        Arc::new(outcomes),
+        Arc::new(plan),
+        &source_path,
+        &options,
+        seekable,
+        rules,
+    )?;
+    let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger)?;
     let attempt = ledger::Attempt {
         started_at: ledger::now(),
-        source: source_path.display().to_string(),
+        source: absolute(&source_path),
         source_sha256: ledger::sha256_file(&source_path)?,
-        mapping: mapping_path.display().to_string(),
+        mapping: absolute(&mapping_path),
         mapping_sha256: ledger::sha256_file(&mapping_path)?,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         include_unknown: args.include_unknown,
     };
-    let mut first: Vec<ledger::Entry> = vec![ledger::Entry::Attempt(attempt)];
-    for (id, errors) in &planned.invalid {
-        let mut ev = ledger::RowEvent {
-            row: id.row,
-            line: id.line,
-            offset: id.offset,
-            stage: Some(ledger::Stage::Mapping),
-            status: Some(ledger::Status::Invalid),
-            ..Default::default()
-        };
-        ev.message = Some(
-            errors
-                .iter()
-                .map(|e| check::RowIssue::new(*id, e.clone()).to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-        first.push(ledger::Entry::Row(ev));
-    }
-    for w in planned.work.iter().filter(|w| w.now_valid) {
-        let id = w.row.id;
-        let ev = ledger::RowEvent {
-            row: id.row,
-            line: id.line,
-            offset: id.offset,
-            stage: Some(ledger::Stage::Mapping),
-            status: Some(ledger::Status::Ok),
-            ..Default::default()
-        };
-        first.push(ledger::Entry::Row(ev));
-    }
-    ledger.write(&first).await?;
+    ledger.write(&[ledger::Entry::Attempt(attempt)]).await?;
     eprintln!(
-        "Retrying {} row(s) from {} against {}",
-        planned.work.len(),
+        "Retrying the rows of {} that are not done, against {}",
         args.ledger.display(),
         credentials.root
     );
-
-    let (work, reconciled, duplicates) = resume::reconcile(
-        &client,
-        &ledger,
-        planned.work,
-        args.pace.concurrency as usize,
-    )
-    .await?;
-    let feed = work
-        .into_iter()
-        .map(|row| pipeline::Read::Row(Box::new(row)));
-    let (end, elapsed) = drive(feed, &client, ledger, &args.pace, &args.output, 0).await;
+    let (end, elapsed, progress) = drive(rows, &client, ledger, &args.pace, &args.output, 0).await;
     let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
+    let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "retry: {} row(s) looked at, {reconciled} customer(s) reconciled by identifier, {} row(s) resent, {duplicates} left as duplicates, {} invalid",
-        planned.rows_seen,
-        end.rows_read,
-        planned.invalid.len()
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) resent, {} left as duplicates, {} invalid",
+        planning.rows_seen,
+        count(&progress.reconciled),
+        end.rows_read.saturating_sub(planning.invalid),
+        count(&progress.duplicates),
+        planning.invalid
     );
-    for (reason, n) in &planned.left {
+    for (reason, n) in &planning.left {
         println!("  left {n}: {reason}");
     }
     Ok(exit_for(&end, &summary))
@@ -491,14 +469,15 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
 
 /// `thulium-import report`: fold a ledger into counts and list the rows not done.
 fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
-    let (_, fold, unreadable) = report::fold(&args.ledger)?;
-    let mut summary = fold.report();
-    summary.unreadable_lines = unreadable;
+    let outcomes = Outcomes::read(&args.ledger)?;
+    let summary = report::Report::of(&outcomes);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if let Some(path) = &args.failed_csv {
-        let view = resume::view(&args.ledger)?;
-        let n = crate::failed_csv::write(&view, path, args.utf8)?;
+        let names = mapping::load(std::path::Path::new(&outcomes.header.mapping))
+            .map(|m| mapping::field_group_done_names(&m.raw))
+            .unwrap_or_default();
+        let n = crate::failed_csv::write(&outcomes, path, args.utf8, &names)?;
         eprintln!("{n} row(s) not done written to {}", path.display());
     }
     if args.json {
@@ -507,26 +486,22 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
     } else {
         writeln!(out, "{}", report::render(&summary))?;
         const LIMIT: usize = 50;
-        let problems = report::problems(&args.ledger, &fold, LIMIT)?;
-        for p in &problems {
-            let stage = p.stage.map(|s| s.name()).unwrap_or("?");
-            let status = p
-                .status
-                .map(|s| format!("{s:?}").to_lowercase())
-                .unwrap_or_default();
+        for p in outcomes.problems(LIMIT) {
             writeln!(
                 out,
-                "row {} (line {}): {stage} {status}: {}",
+                "row {} (line {}): {} {}: {}",
                 p.row,
                 p.line,
-                p.message.as_deref().unwrap_or("")
+                p.stage.name(),
+                p.status.name(),
+                p.message
             )?;
         }
         for line in &summary.unreadable_lines {
             writeln!(out, "unreadable ledger {line} (ignored)")?;
         }
     }
-    Ok(if summary.ok == summary.rows {
+    Ok(if summary.all_done() {
         Exit::Ok
     } else {
         Exit::RowsNotDone

@@ -5,21 +5,53 @@
 //! in its delimiter and encoding unless `--utf8`), plus `_row`, `_line`,
 //! `_stage`, `_status`, `_error`, `_customer_id` and `_done`. When it is
 //! imported, a row with `_customer_id` skips customer creation and the stages
-//! listed in `_done` are not sent again, so the round trip never duplicates.
+//! listed in `_done` (each field group by its own name, `field_group:2`) are
+//! not sent again, so the round trip never duplicates.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::ledger::{Stage, Status};
-use crate::resume::View;
-use crate::source::{Source, SourceOptions};
+use crate::outcomes::Outcomes;
+use crate::source::{Source, SourceError, SourceOptions};
 
-const ORDER: [Stage; 6] = Stage::ALL;
+/// Why the failed-rows CSV could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FailedCsvError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
-/// Writes the rows of `view` that are not done; returns how many.
-pub fn write(view: &View, out_path: &Path, utf8: bool) -> anyhow::Result<u64> {
-    use anyhow::Context;
-    let header = &view.header;
+/// The bookkeeping columns added after the source's own.
+pub const COLUMNS: [&str; 7] = [
+    "_row",
+    "_line",
+    "_stage",
+    "_status",
+    "_error",
+    "_customer_id",
+    "_done",
+];
+
+/// Writes the rows of `outcomes` that are not done; returns how many.
+/// `field_group_names[i]` is how `_done` names the mapping's i-th field
+/// group ([`crate::mapping::field_group_done_names`]).
+pub fn write(
+    outcomes: &Outcomes,
+    out_path: &Path,
+    utf8: bool,
+    field_group_names: &[String],
+) -> Result<u64, FailedCsvError> {
+    let io = |source| FailedCsvError::Write {
+        path: out_path.into(),
+        source,
+    };
+    let header = &outcomes.header;
     let source_path = Path::new(&header.source);
     // The mapping's [source] says how the file is read; without it, sniff.
     let options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
@@ -36,58 +68,48 @@ pub fn write(view: &View, out_path: &Path, utf8: bool) -> anyhow::Result<u64> {
     file_options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut file_options, 0o600);
-    let file = file_options
-        .open(out_path)
-        .with_context(|| format!("{}: cannot create", out_path.display()))?;
+    let file = file_options.open(out_path).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
     let mut out = std::io::BufWriter::new(file);
     let mut builder = csv::WriterBuilder::new();
     builder
         .delimiter(delimiter)
         .terminator(csv::Terminator::CRLF);
-    let emit =
-        |fields: &[String], out: &mut std::io::BufWriter<std::fs::File>| -> anyhow::Result<()> {
-            let mut line = builder.from_writer(Vec::new());
-            line.write_record(fields)?;
-            let text = String::from_utf8(line.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
-            let (bytes, _, unmappable) = encoding.encode(&text);
-            if unmappable {
-                // Characters the encoding lacks become '?', not HTML escapes.
-                let safe: String = text
-                    .chars()
-                    .map(|c| {
-                        if encoding.encode(&c.to_string()).2 {
-                            '?'
-                        } else {
-                            c
-                        }
-                    })
-                    .collect();
-                out.write_all(&encoding.encode(&safe).0)?;
-            } else {
-                out.write_all(&bytes)?;
-            }
-            Ok(())
-        };
+    let emit = |fields: &[String], out: &mut std::io::BufWriter<std::fs::File>| {
+        let mut line = builder.from_writer(Vec::new());
+        line.write_record(fields)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let bytes = line
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let (bytes, _, unmappable) = encoding.encode(&text);
+        if unmappable {
+            // Characters the encoding lacks become '?', not HTML escapes.
+            let safe: String = text
+                .chars()
+                .map(|c| {
+                    if encoding.encode(&c.to_string()).2 {
+                        '?'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            out.write_all(&encoding.encode(&safe).0)
+        } else {
+            out.write_all(&bytes)
+        }
+    };
     let mut columns: Vec<String> = source.header().to_vec();
     let width = columns.len();
-    columns.extend(
-        [
-            "_row",
-            "_line",
-            "_stage",
-            "_status",
-            "_error",
-            "_customer_id",
-            "_done",
-        ]
-        .map(String::from),
-    );
-    emit(&columns, &mut out)?;
+    columns.extend(COLUMNS.map(String::from));
+    emit(&columns, &mut out).map_err(io)?;
     let mut written = 0;
     while let Some(next) = source.next_row() {
         let (id, cells) = match next? {
@@ -99,53 +121,45 @@ pub fn write(view: &View, out_path: &Path, utf8: bool) -> anyhow::Result<u64> {
             // it in the source file.
             Err(bad) => (bad.id, vec![String::new(); width]),
         };
-        if view.fold.is_done(id.row) && view.fold.ended() {
+        let view = outcomes.row(id.row);
+        if outcomes.ended() && view.is_some_and(|v| v.is_done()) {
             continue;
         }
-        let stages = view.stages.get(&id.row);
-        let last = |stage: Stage| {
-            stages
-                .map(|s| {
-                    s.iter()
-                        .filter(|((st, _), _)| *st == stage)
-                        .map(|(_, l)| l)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        };
         let mut first_bad = None;
-        let mut done = Vec::new();
+        let mut done: Vec<String> = Vec::new();
         let mut customer_id = String::new();
-        for stage in ORDER {
-            let lasts = last(stage);
-            if lasts.is_empty() {
-                continue;
-            }
-            if let Some(id) = lasts
-                .iter()
-                .find_map(|l| l.customer_id)
-                .filter(|_| stage == Stage::Customer)
-            {
+        if let Some(view) = view {
+            if let Some(id) = view.customer_id() {
                 customer_id = id.to_string();
             }
-            match lasts.iter().find(|l| l.status != Status::Ok) {
-                None if stage != Stage::Mapping => done.push(stage.name()),
-                None => {}
-                Some(l) if first_bad.is_none() => {
-                    first_bad = Some((stage, l.status, l.message.clone().unwrap_or_default()))
+            for (stage, group, outcome) in view.all() {
+                if outcome.status == Status::Ok {
+                    match stage {
+                        Stage::Mapping => {}
+                        Stage::FieldGroup => done.push(
+                            field_group_names
+                                .get(group)
+                                .cloned()
+                                .unwrap_or_else(|| format!("field_group#{}", group + 1)),
+                        ),
+                        other => done.push(other.name().into()),
+                    }
+                } else if first_bad.is_none() {
+                    first_bad = Some((
+                        stage,
+                        outcome.status,
+                        view.message(stage, group).unwrap_or_default().to_string(),
+                    ));
                 }
-                Some(_) => {}
+            }
+            if first_bad.is_none() && view.is_done() {
+                continue;
             }
         }
-        if first_bad.is_none() && view.fold.is_done(id.row) {
-            continue;
-        }
         let (stage, status, error) = match first_bad {
-            Some((stage, status, message)) => (
-                stage.name().to_string(),
-                format!("{status:?}").to_lowercase(),
-                message,
-            ),
+            Some((stage, status, message)) => {
+                (stage.name().to_string(), status.name().to_string(), message)
+            }
             None => (
                 String::new(),
                 "not_sent".to_string(),
@@ -163,9 +177,9 @@ pub fn write(view: &View, out_path: &Path, utf8: bool) -> anyhow::Result<u64> {
             customer_id,
             done.join(","),
         ]);
-        emit(&fields, &mut out)?;
+        emit(&fields, &mut out).map_err(io)?;
         written += 1;
     }
-    out.flush()?;
+    out.flush().map_err(io)?;
     Ok(written)
 }

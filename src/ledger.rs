@@ -51,6 +51,11 @@ impl Stage {
         Stage::Feed,
     ];
 
+    /// The stage's place in [`Stage::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Stage::Mapping => "mapping",
@@ -74,8 +79,33 @@ pub enum Status {
     Skipped,
 }
 
+impl Status {
+    /// How bad the status is: a row's overall status is its worst stage's,
+    /// by the precedence invalid > failed > unknown > skipped > ok.
+    pub fn severity(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Skipped => 1,
+            Status::Unknown => 2,
+            Status::Failed => 3,
+            Status::Invalid => 4,
+        }
+    }
+
+    /// The name the ledger and the reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Invalid => "invalid",
+            Status::Unknown => "unknown",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
 /// First line of a ledger.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Header {
     pub version: u32,
     pub source: String,
@@ -133,6 +163,10 @@ pub struct End {
     pub finished_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// The source failed after `rows_read` rows (an I/O error): the rows
+    /// after them were never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
 }
 
 /// The start of a `retry` on an existing ledger.

@@ -11,6 +11,7 @@
 //! result to an exit code; everything else lives here so that tests can call
 //! it in-process.
 
+pub mod api;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod exit;
 pub mod failed_csv;
 pub mod ledger;
 pub mod mapping;
+pub mod outcomes;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

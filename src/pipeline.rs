@@ -1,12 +1,15 @@
-//! `run`: the import pipeline, top to bottom.
+//! `run`: the import pipeline, top to bottom. It orchestrates — reading,
+//! batching, stages, pacing, the ledger — and leaves every fact about the
+//! API to [`crate::api`]: it asks "create these customers" and gets a typed
+//! [`RowFate`] per row back.
 //!
 //! ```text
-//! reader thread ──rows──▶ customer batcher ──▶ POST batch/customers (chunks)
+//! reader thread ──rows──▶ customer batcher ──▶ create customers (chunks, bisected)
 //!      │ (invalid rows → ledger)        │ rows with an id (created or given)
 //!      ▼                                ▼
 //!                               downstream dispatcher ──▶ field-group items (per row)
-//!                                                    ├──▶ campaign batcher ──▶ POST batch/crm_outbounds
-//!                                                    ├──▶ PUT records_by_identifier (per row)
+//!                                                    ├──▶ campaign batcher ──▶ add campaign records (chunks, bisected)
+//!                                                    ├──▶ edit campaign records (per row)
 //!                                                    └──▶ feed records (per row)
 //! ```
 //!
@@ -24,15 +27,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use futures::StreamExt;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::client::{ApiClient, Outcome, Reply};
+use crate::api::campaigns::{AddRecords, Added, UpdateRecord};
+use crate::api::customers::{CreateCustomers, Created, SearchKey};
+use crate::api::feed::CreateFeedRecord;
+use crate::api::field_groups::{CreateItem, ItemCreated};
+use crate::api::payload::{CampaignRecord, FeedRecord, NewItem, RecordFields};
+use crate::api::{self, ApiClient, Call, Endpoint, RowFate};
 use crate::ledger::{self, Entry, Intent, Ledger, RowEvent, Stage, Status};
 use crate::mapping::{CampaignPayload, ItemPayload, RowPayloads, UpdatePayload};
-use crate::source::{RowId, Source, SourceError};
+use crate::source::{FieldError, RowId, Source, SourceError};
 
 /// Limits of one run.
 #[derive(Debug, Clone)]
@@ -50,14 +57,70 @@ pub struct Limits {
 pub struct MappedRow {
     pub id: RowId,
     pub payloads: RowPayloads,
+    /// Look the customer up before creating it.
+    pub lookup: Option<CustomerLookup>,
+    /// The row was invalid in the ledger and maps now (a retry with a
+    /// corrected mapping or source): recorded as such.
+    pub now_valid: bool,
 }
 
-/// What the reader hands on.
+impl MappedRow {
+    /// A row read and mapped for the first time.
+    pub fn new(id: RowId, payloads: RowPayloads) -> MappedRow {
+        MappedRow {
+            id,
+            payloads,
+            lookup: None,
+            now_valid: false,
+        }
+    }
+}
+
+/// A customer to find before creating it: after an unknown outcome, by its
+/// identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerLookup {
+    pub key: SearchKey,
+    pub value: String,
+}
+
+/// What the reader hands on: a row ready to send, a row that cannot be
+/// sent, or the end of reading because the source failed.
 #[derive(Debug)]
-pub enum Read {
-    Row(Box<MappedRow>),
-    Invalid(RowId, Vec<crate::source::FieldError>),
-    Fatal(SourceError),
+pub enum Incoming {
+    Mapped(Box<MappedRow>),
+    Invalid(RowId, Vec<FieldError>),
+    SourceFailed(SourceError),
+}
+
+/// Outcomes counted at one stage.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub unknown: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, status: Status) {
+        let counter = match status {
+            Status::Ok => &self.ok,
+            Status::Failed => &self.failed,
+            Status::Unknown => &self.unknown,
+            Status::Skipped => &self.skipped,
+            Status::Invalid => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every outcome counted.
+    pub fn total(&self) -> u64 {
+        [&self.ok, &self.failed, &self.unknown, &self.skipped]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Live counters for progress lines and thresholds.
@@ -65,28 +128,35 @@ pub enum Read {
 pub struct Progress {
     pub rows_read: AtomicU64,
     pub bytes_read: AtomicU64,
-    /// Indexed by stage slot, then status: customer, field_group, campaign, campaign_update, feed × ok, failed, unknown, skipped.
-    pub counts: [[AtomicU64; 4]; 5],
+    pub customer: Tally,
+    pub field_group: Tally,
+    pub campaign: Tally,
+    pub campaign_update: Tally,
+    pub feed: Tally,
     pub invalid: AtomicU64,
     /// Rows with at least one failed or unknown outcome.
     pub rows_failed: AtomicU64,
+    /// Customers of unknown outcome found by a lookup and adopted.
+    pub reconciled: AtomicU64,
+    /// Customers a lookup found more than once (left alone).
+    pub duplicates: AtomicU64,
     /// Rows with an outcome recorded at every stage they go to (done,
     /// failed, unknown or invalid): what the progress bar's ETA follows,
     /// since rows are read ahead of the calls.
     pub rows_settled: AtomicU64,
 }
 
-fn stage_index(s: Stage) -> Option<usize> {
-    Stage::SENDING.iter().position(|x| *x == s)
-}
-
-fn status_index(s: Status) -> Option<usize> {
-    match s {
-        Status::Ok => Some(0),
-        Status::Failed => Some(1),
-        Status::Unknown => Some(2),
-        Status::Skipped => Some(3),
-        Status::Invalid => None,
+impl Progress {
+    /// The counters of a sending stage.
+    pub fn tally(&self, stage: Stage) -> Option<&Tally> {
+        Some(match stage {
+            Stage::Customer => &self.customer,
+            Stage::FieldGroup => &self.field_group,
+            Stage::Campaign => &self.campaign,
+            Stage::CampaignUpdate => &self.campaign_update,
+            Stage::Feed => &self.feed,
+            Stage::Mapping => return None,
+        })
     }
 }
 
@@ -95,11 +165,10 @@ fn status_index(s: Status) -> Option<usize> {
 pub struct Abort {
     flag: AtomicBool,
     reason: Mutex<Option<String>>,
-    /// How the process should exit: `true` for auth/breaker/Ctrl-C.
-    notify: Notify,
 }
 
 impl Abort {
+    /// Stops the run; the first reason given is the one reported.
     pub fn trip(&self, reason: String) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
@@ -107,7 +176,6 @@ impl Abort {
             *r = Some(reason);
         }
         self.flag.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
     }
     pub fn is_set(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
@@ -118,6 +186,21 @@ impl Abort {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+    /// The reason, once the run is stopping.
+    fn stopping(&self) -> Option<String> {
+        self.is_set().then(|| {
+            self.reason()
+                .unwrap_or_else(|| "the run was stopped".into())
+        })
+    }
+}
+
+/// A row's outcomes still to come, and whether it already counts as failed
+/// (`--max-failures` counts rows, not outcomes).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    left: u32,
+    failed: bool,
 }
 
 /// Everything the workers share.
@@ -130,12 +213,12 @@ struct Run {
     limits: Limits,
     progress: Arc<Progress>,
     consecutive_failures: AtomicU64,
-    /// Outcomes still to come, per row number, for rows being sent.
-    outstanding: Mutex<HashMap<u64, u32>>,
+    /// Rows being sent, by row number.
+    pending: Mutex<HashMap<u64, Pending>>,
 }
 
 /// One row's outcome at one stage, ready to be written.
-fn event(id: RowId, stage: Stage, status: Status) -> RowEvent {
+pub fn event(id: RowId, stage: Stage, status: Status) -> RowEvent {
     RowEvent {
         row: id.row,
         line: id.line,
@@ -144,6 +227,52 @@ fn event(id: RowId, stage: Stage, status: Status) -> RowEvent {
         status: Some(status),
         ..RowEvent::default()
     }
+}
+
+/// The event that records how a row fared in a call; for a row that was
+/// done, `fill` adds what the answer said (ids).
+pub fn fate_event<T>(
+    id: RowId,
+    stage: Stage,
+    group: Option<usize>,
+    attempts: u32,
+    fate: &RowFate<T>,
+    fill: impl FnOnce(&mut RowEvent, &T),
+) -> RowEvent {
+    let mut ev = event(id, stage, Status::Ok);
+    ev.group = group;
+    ev.attempts = (attempts > 0).then_some(attempts);
+    match fate {
+        RowFate::Done(t) => fill(&mut ev, t),
+        RowFate::Refused {
+            http_status,
+            message,
+        } => {
+            ev.status = Some(Status::Failed);
+            ev.http_status = *http_status;
+            ev.message = Some(message.clone());
+            ev.retryable = Some(false);
+        }
+        RowFate::Unknown { message } => {
+            ev.status = Some(Status::Unknown);
+            ev.message = Some(message.clone());
+        }
+        RowFate::Retryable {
+            http_status,
+            message,
+        } => {
+            ev.status = Some(Status::Failed);
+            ev.http_status = *http_status;
+            ev.message = Some(message.clone());
+            ev.retryable = Some(true);
+        }
+        RowFate::NotSent { message } => {
+            ev.status = Some(Status::Skipped);
+            ev.message = Some(message.clone());
+            ev.retryable = Some(true);
+        }
+    }
+    ev
 }
 
 impl Run {
@@ -173,20 +302,27 @@ impl Run {
             self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        {
-            let mut outstanding = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(left) = outstanding.get_mut(&ev.row) {
-                *left = left.saturating_sub(1);
-                if *left == 0 {
-                    outstanding.remove(&ev.row);
-                    self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+        let failed = matches!(status, Status::Failed | Status::Unknown);
+        let newly_failed = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.get_mut(&ev.row) {
+                Some(p) => {
+                    let newly = failed && !p.failed;
+                    p.failed |= failed;
+                    p.left = p.left.saturating_sub(1);
+                    if p.left == 0 {
+                        pending.remove(&ev.row);
+                        self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    newly
                 }
+                None => failed,
             }
+        };
+        if let Some(tally) = self.progress.tally(stage) {
+            tally.add(status);
         }
-        if let (Some(s), Some(t)) = (stage_index(stage), status_index(status)) {
-            self.progress.counts[s][t].fetch_add(1, Ordering::Relaxed);
-        }
-        if matches!(status, Status::Failed | Status::Unknown) {
+        if newly_failed {
             let failed = self.progress.rows_failed.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(max) = self.limits.max_failures {
                 if failed > max {
@@ -210,77 +346,76 @@ impl Run {
     async fn stopped(&self, ids: &[RowId], stage: Stage, group: Option<usize>) {
         let reason = self
             .abort
-            .reason()
+            .stopping()
             .unwrap_or_else(|| "the run was stopped".into());
+        let fate: RowFate<()> = RowFate::NotSent {
+            message: format!("not sent: the run stopped ({reason})"),
+        };
         let entries = ids
             .iter()
-            .map(|id| {
-                let mut ev = event(*id, stage, Status::Skipped);
-                ev.group = group;
-                ev.message = Some(format!("not sent: the run stopped ({reason})"));
-                ev.retryable = Some(true);
-                Entry::Row(ev)
-            })
+            .map(|id| Entry::Row(fate_event(*id, stage, group, 0, &fate, |_, _| {})))
             .collect();
         self.record(entries).await;
     }
 
-    /// Feeds the circuit breaker with one call's fate.
-    fn call_went(&self, ok: bool) {
-        if ok {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        } else {
-            let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            let max = u64::from(self.limits.max_consecutive_failures);
-            if max > 0 && n >= max {
-                self.abort.trip(format!(
-                    "{n} calls in a row failed (circuit breaker, --max-consecutive-failures {max})"
-                ));
+    /// Feeds the circuit breaker and the abort flag with one call's fate.
+    fn observe<A>(&self, call: &Call<A>) {
+        let failed = match &call.result {
+            Ok(_) => false,
+            Err(api::CallError::NotSent { .. }) => return,
+            Err(e) => {
+                if let Some(reason) = e.stops_the_run() {
+                    self.abort.trip(reason);
+                }
+                true
             }
+        };
+        if !failed {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let max = u64::from(self.limits.max_consecutive_failures);
+        if max > 0 && n >= max {
+            self.abort.trip(format!(
+                "{n} calls in a row failed (circuit breaker, --max-consecutive-failures {max})"
+            ));
         }
     }
 
-    /// Outcome of a whole call that did not answer per row, as row events.
-    fn whole_call(
+    /// One call for one row at one stage: an intent first when the call is
+    /// not idempotent, then the outcome.
+    async fn send_for_row<E, T>(
         &self,
-        reply: &Reply,
-        ids: &[RowId],
+        id: RowId,
         stage: Stage,
         group: Option<usize>,
-    ) -> Vec<Entry> {
-        let (status, http_status, message, retryable) = match &reply.outcome {
-            Outcome::Answered { .. } => return Vec::new(),
-            Outcome::Rejected { status, message } => {
-                (Status::Failed, Some(*status), message.clone(), false)
+        endpoint: E,
+        fill: impl FnOnce(&mut RowEvent, &T),
+    ) where
+        E: Endpoint<Answer = RowFate<T>>,
+    {
+        if self.abort.is_set() {
+            return self.stopped(&[id], stage, group).await;
+        }
+        if !E::IDEMPOTENT {
+            let intent = Intent {
+                stage,
+                group,
+                rows: vec![id.row],
+            };
+            if !self.record(vec![Entry::Intent(intent)]).await {
+                return;
             }
-            Outcome::Unauthorized { status, message } => {
-                self.abort.trip(format!(
-                    "HTTP {status}: {message}: the password is wrong, or the API user may not call this method (API users get per-method permissions in Administracja → Użytkownicy → Użytkownicy API)"
-                ));
-                (Status::Failed, Some(*status), message.clone(), true)
-            }
-            Outcome::Unknown { message } => (
-                Status::Unknown,
-                None,
-                format!("{message}; the call may have been applied: `retry` reconciles it"),
-                false,
-            ),
-            Outcome::GaveUp {
-                http_status,
-                message,
-            } => (Status::Failed, *http_status, message.clone(), true),
+        }
+        let call = self.client.send(&endpoint).await;
+        self.observe(&call);
+        let fate = match &call.result {
+            Ok(fate) => fate,
+            Err(e) => &RowFate::of_call(e),
         };
-        ids.iter()
-            .map(|id| {
-                let mut ev = event(*id, stage, status);
-                ev.group = group;
-                ev.http_status = http_status;
-                ev.message = Some(message.clone());
-                ev.attempts = Some(reply.attempts);
-                ev.retryable = Some(retryable);
-                Entry::Row(ev)
-            })
-            .collect()
+        let ev = fate_event(id, stage, group, call.attempts, fate, fill);
+        self.record(vec![Entry::Row(ev)]).await;
     }
 }
 
@@ -289,14 +424,15 @@ impl Run {
 pub struct RunEnd {
     pub rows_read: u64,
     pub aborted: Option<String>,
-    pub fatal: Option<String>,
+    /// The source failed mid-file: rows after `rows_read` were never read.
+    pub read_error: Option<String>,
 }
 
 /// Reads and maps every row of a file, for [`run`].
-pub fn rows_of(
+pub fn mapped_rows(
     mut source: Source<std::fs::File>,
     plan: Arc<crate::mapping::Plan>,
-) -> impl Iterator<Item = Read> + Send + 'static {
+) -> impl Iterator<Item = Incoming> + Send + 'static {
     let mut done = false;
     std::iter::from_fn(move || {
         if done {
@@ -305,25 +441,32 @@ pub fn rows_of(
         let item = match source.next_row()? {
             Err(e) => {
                 done = true;
-                Read::Fatal(e)
+                Incoming::SourceFailed(e)
             }
-            Ok(Err(bad)) => Read::Invalid(bad.id, vec![bad.error]),
+            Ok(Err(bad)) => Incoming::Invalid(bad.id, vec![bad.error]),
             Ok(Ok(row)) => match plan.map_row(&row) {
-                Ok(payloads) => Read::Row(Box::new(MappedRow {
-                    id: row.id,
-                    payloads,
-                })),
-                Err(errors) => Read::Invalid(row.id, errors),
+                Ok(payloads) => Incoming::Mapped(Box::new(MappedRow::new(row.id, payloads))),
+                Err(errors) => Incoming::Invalid(row.id, errors),
             },
         };
         Some(item)
     })
 }
 
-/// Runs the import of the rows `feed` yields (read and mapped on a thread
+/// The ledger message of an invalid row: every problem, with its line,
+/// column and value.
+pub fn invalid_message(id: RowId, errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| crate::check::RowIssue::new(id, e.clone()).to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs the import of the rows `rows` yields (read and mapped on a thread
 /// of their own) into the ledger.
 pub async fn run(
-    feed: impl Iterator<Item = Read> + Send + 'static,
+    rows: impl Iterator<Item = Incoming> + Send + 'static,
     client: Arc<ApiClient>,
     ledger: Ledger,
     limits: Limits,
@@ -338,25 +481,25 @@ pub async fn run(
         limits,
         progress: progress.clone(),
         consecutive_failures: AtomicU64::new(0),
-        outstanding: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
     });
 
     // 1. The reader: a blocking thread that maps rows and hands them on.
-    let (rows_tx, mut rows_rx) = mpsc::channel::<Read>(512);
+    let (rows_tx, mut rows_rx) = mpsc::channel::<Incoming>(512);
     let reader_abort = abort.clone();
     let reader_progress = progress.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        for item in feed {
+        for item in rows {
             if reader_abort.is_set() {
                 break;
             }
-            let fatal = matches!(item, Read::Fatal(_));
-            if let Read::Row(r) = &item {
+            let failed = matches!(item, Incoming::SourceFailed(_));
+            if let Incoming::Mapped(r) = &item {
                 reader_progress
                     .bytes_read
                     .store(r.id.offset, Ordering::Relaxed);
             }
-            if rows_tx.blocking_send(item).is_err() || fatal {
+            if rows_tx.blocking_send(item).is_err() || failed {
                 break;
             }
         }
@@ -366,51 +509,95 @@ pub async fn run(
     let (down_tx, down_rx) = mpsc::channel::<(MappedRow, CustomerState)>(1024);
     let downstream = tokio::spawn(downstream(run.clone(), down_rx));
 
-    // 3. The customer batcher.
+    // 3. Customers to look up first (each on a task of its own, so that a
+    // lookup in flight never waits for this loop), in file order.
+    let width = run.limits.concurrency.max(1);
+    let lookups = {
+        let run = run.clone();
+        futures::stream::poll_fn(move |cx| rows_rx.poll_recv(cx))
+            .map(move |item| {
+                let run = run.clone();
+                async move {
+                    match item {
+                        Incoming::Mapped(row) if row.lookup.is_some() => {
+                            let id = row.id;
+                            match tokio::spawn(look_up(run, *row)).await {
+                                Ok((row, ev)) => (Incoming::Mapped(Box::new(row)), ev),
+                                Err(e) => {
+                                    let mut ev = event(id, Stage::Customer, Status::Unknown);
+                                    ev.message =
+                                        Some(format!("the lookup stopped ({e}); still unknown"));
+                                    (
+                                        Incoming::Mapped(Box::new(MappedRow::new(
+                                            id,
+                                            RowPayloads::default(),
+                                        ))),
+                                        Some(ev),
+                                    )
+                                }
+                            }
+                        }
+                        other => (other, None),
+                    }
+                }
+            })
+            .buffered(width)
+    };
+    let mut lookups = Box::pin(lookups);
+
+    // 4. The customer batcher.
     let mut tasks = JoinSet::new();
-    let mut pending: Vec<MappedRow> = Vec::new();
-    let mut fatal = None;
+    let mut batch: Vec<MappedRow> = Vec::new();
+    let mut read_error = None;
     let mut rows_read = 0u64;
-    while let Some(item) = rows_rx.recv().await {
+    while let Some((item, looked_up)) = lookups.next().await {
         if abort.is_set() {
             break;
         }
         match item {
-            Read::Fatal(e) => {
-                fatal = Some(e.to_string());
+            Incoming::SourceFailed(e) => {
+                read_error = Some(e.to_string());
                 break;
             }
-            Read::Invalid(id, errors) => {
+            Incoming::Invalid(id, errors) => {
                 rows_read += 1;
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
                 let mut ev = event(id, Stage::Mapping, Status::Invalid);
-                ev.message = Some(
-                    errors
-                        .iter()
-                        .map(|e| crate::check::RowIssue::new(id, e.clone()).to_string())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                );
+                ev.message = Some(invalid_message(id, &errors));
                 run.record(vec![Entry::Row(ev)]).await;
             }
-            Read::Row(row) => {
+            Incoming::Mapped(row) => {
                 rows_read += 1;
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
-                match row.payloads.outcomes() {
+                let mut first = Vec::new();
+                if row.now_valid {
+                    first.push(Entry::Row(event(row.id, Stage::Mapping, Status::Ok)));
+                }
+                first.extend(looked_up.map(Entry::Row));
+                match row.payloads.outcomes() + first.len() as u32 {
                     0 => {
                         progress.rows_settled.fetch_add(1, Ordering::Relaxed);
                     }
-                    n => {
-                        run.outstanding
+                    left => {
+                        run.pending
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(row.id.row, n);
+                            .insert(
+                                row.id.row,
+                                Pending {
+                                    left,
+                                    failed: false,
+                                },
+                            );
                     }
                 }
+                if !first.is_empty() && !run.record(first).await {
+                    break;
+                }
                 if row.payloads.customer.is_some() {
-                    pending.push(*row);
-                    if pending.len() >= run.limits.batch_size {
-                        spawn_customers(&run, &mut tasks, std::mem::take(&mut pending), &down_tx)
+                    batch.push(*row);
+                    if batch.len() >= run.limits.batch_size {
+                        spawn_customers(&run, &mut tasks, std::mem::take(&mut batch), &down_tx)
                             .await;
                     }
                 } else {
@@ -426,9 +613,10 @@ pub async fn run(
         }
         while tasks.try_join_next().is_some() {}
     }
-    drop(rows_rx);
-    if !pending.is_empty() && !abort.is_set() {
-        spawn_customers(&run, &mut tasks, pending, &down_tx).await;
+    // Closing the stream closes the reader's channel: it stops reading.
+    drop(lookups);
+    if !batch.is_empty() {
+        spawn_customers(&run, &mut tasks, batch, &down_tx).await;
     }
     while tasks.join_next().await.is_some() {}
     drop(down_tx);
@@ -439,12 +627,13 @@ pub async fn run(
         rows_read,
         finished_at: ledger::now(),
         aborted: aborted.clone(),
+        read_error: read_error.clone(),
     };
     let _ = run.ledger.write(&[Entry::End(end)]).await;
     RunEnd {
         rows_read,
         aborted,
-        fatal,
+        read_error,
     }
 }
 
@@ -452,8 +641,12 @@ pub async fn run(
 #[derive(Debug, Clone)]
 enum CustomerState {
     Id(i64),
-    /// Created nothing and has no id: later stages needing one are skipped.
-    Failed(String),
+    /// No customer was created (refused, failed, or not sent): later stages
+    /// needing one are skipped with this reason.
+    NotCreated(String),
+    /// The creation's outcome is unknown: later stages are skipped until
+    /// `retry` finds out.
+    Unknown(String),
     /// The row has no stage that needs a customer.
     NotNeeded,
 }
@@ -470,9 +663,25 @@ async fn spawn_customers(
     let run = run.clone();
     let down = down.clone();
     tasks.spawn(async move {
-        let results = customers(&run, rows).await;
+        let intent = Intent {
+            stage: Stage::Customer,
+            group: None,
+            rows: rows.iter().map(|r| r.id.row).collect(),
+        };
+        if !run.record(vec![Entry::Intent(intent)]).await {
+            return;
+        }
+        let batch = CustomerBatch {
+            run: &run,
+            settled: Mutex::new(Vec::with_capacity(rows.len())),
+        };
+        api::bisect(&batch, rows).await;
+        let settled = batch
+            .settled
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         drop(permit);
-        for (row, state) in results {
+        for (row, state) in settled {
             if down.send((row, state)).await.is_err() {
                 break;
             }
@@ -480,117 +689,60 @@ async fn spawn_customers(
     });
 }
 
-/// `POST batch/customers` for a chunk, split in halves on a whole-call 4xx.
-async fn customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, CustomerState)> {
-    if run.abort.is_set() {
-        return Vec::new();
-    }
-    let intent = Intent {
-        stage: Stage::Customer,
-        group: None,
-        rows: rows.iter().map(|r| r.id.row).collect(),
-    };
-    if !run.record(vec![Entry::Intent(intent)]).await {
-        return Vec::new();
-    }
-    let mut done = Vec::with_capacity(rows.len());
-    let mut stack = vec![rows];
-    while let Some(chunk) = stack.pop() {
-        let list: Vec<&Map<String, Value>> = chunk
+/// The customer stage's calls: create, bisected on a whole-call 4xx.
+struct CustomerBatch<'a> {
+    run: &'a Run,
+    /// Rows settled so far, handed downstream once the permit is released.
+    settled: Mutex<Vec<(MappedRow, CustomerState)>>,
+}
+
+impl api::Batch for CustomerBatch<'_> {
+    type Item = MappedRow;
+    type Answer = Vec<RowFate<Created>>;
+
+    async fn send(&self, rows: &[MappedRow]) -> Call<Self::Answer> {
+        let customers = rows
             .iter()
             .filter_map(|r| r.payloads.customer.as_ref())
             .collect();
-        let body = json!({ "customers": list }).to_string();
-        let reply = run
-            .client
-            .call(Method::POST, "batch/customers", Some(body), false)
-            .await;
-        if let Outcome::Rejected { .. } = reply.outcome {
-            if chunk.len() > 1 {
-                tracing::info!(
-                    rows = chunk.len(),
-                    "Batch refused as a whole; splitting it."
-                );
-                let mut chunk = chunk;
-                let second = chunk.split_off(chunk.len() / 2);
-                stack.push(second);
-                stack.push(chunk);
-                continue;
-            }
-        }
-        let ids: Vec<RowId> = chunk.iter().map(|r| r.id).collect();
-        let mut entries = run.whole_call(&reply, &ids, Stage::Customer, None);
-        let mut states: Vec<CustomerState> = Vec::with_capacity(chunk.len());
-        if let Outcome::Answered { body, .. } = &reply.outcome {
-            run.call_went(true);
-            let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            for (i, row) in chunk.iter().enumerate() {
-                // Keyed by position; be liberal: an array answers by index.
-                let entry = answer.get(i.to_string()).or_else(|| answer.get(i));
-                let (ev, state) = customer_entry(row.id, entry, reply.attempts);
-                entries.push(Entry::Row(ev));
-                states.push(state);
-            }
-        } else {
-            run.call_went(false);
-            let reason = match &reply.outcome {
-                Outcome::Unknown { .. } => "the customer's creation has an unknown outcome",
-                _ => "the customer was not created",
-            };
-            states = vec![CustomerState::Failed(reason.into()); chunk.len()];
-        }
-        run.record(entries).await;
-        done.extend(chunk.into_iter().zip(states));
+        self.run.client.send(&CreateCustomers { customers }).await
     }
-    done
-}
 
-/// Reads one per-customer answer: `{"http_status": 201, "customer_id": "13"}`
-/// or `{"http_status": 400, "message": "..."}` (numbers accepted as strings
-/// and the other way round).
-fn customer_entry(id: RowId, entry: Option<&Value>, attempts: u32) -> (RowEvent, CustomerState) {
-    let int = crate::client::lenient_int;
-    let Some(entry) = entry else {
-        let mut ev = event(id, Stage::Customer, Status::Unknown);
-        ev.message = Some("the answer has no entry for this customer; it may have been created: `retry` reconciles it".into());
-        ev.attempts = Some(attempts);
-        return (
-            ev,
-            CustomerState::Failed("the customer's creation has an unknown outcome".into()),
-        );
-    };
-    let http_status = int(entry.get("http_status")).and_then(|s| u16::try_from(s).ok());
-    let customer_id = int(entry.get("customer_id"));
-    let message = entry
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let mut ev = event(id, Stage::Customer, Status::Ok);
-    ev.http_status = http_status;
-    ev.attempts = Some(attempts);
-    match (http_status, customer_id) {
-        (Some(200..=299) | None, Some(cid)) => {
-            ev.customer_id = Some(cid);
-            (ev, CustomerState::Id(cid))
+    async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {
+        self.run.observe(&call);
+        let fates = RowFate::of_rows(&call.result, rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut states = Vec::with_capacity(rows.len());
+        for (row, fate) in rows.iter().zip(&fates) {
+            let ev = fate_event(
+                row.id,
+                Stage::Customer,
+                None,
+                call.attempts,
+                fate,
+                |ev, c| {
+                    ev.http_status = c.http_status;
+                    ev.customer_id = Some(c.customer_id);
+                },
+            );
+            entries.push(Entry::Row(ev));
+            states.push(match fate {
+                RowFate::Done(c) => CustomerState::Id(c.customer_id),
+                RowFate::Unknown { .. } => {
+                    CustomerState::Unknown("the customer's creation has an unknown outcome".into())
+                }
+                _ => CustomerState::NotCreated("the customer was not created".into()),
+            });
         }
-        (Some(200..=299), None) => {
-            ev.status = Some(Status::Unknown);
-            ev.message =
-                Some("created, but the answer has no customer_id: `retry` reconciles it".into());
-            (
-                ev,
-                CustomerState::Failed("the customer id is unknown".into()),
-            )
-        }
-        (_, _) => {
-            ev.status = Some(Status::Failed);
-            ev.retryable = Some(false);
-            ev.message = Some(message.unwrap_or_else(|| "refused without a message".into()));
-            (
-                ev,
-                CustomerState::Failed("the customer was not created".into()),
-            )
-        }
+        self.run.record(entries).await;
+        self.settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(rows.into_iter().zip(states));
+    }
+
+    fn stopping(&self) -> Option<String> {
+        self.run.abort.stopping()
     }
 }
 
@@ -611,7 +763,7 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
                 continue;
             }
         };
-        let MappedRow { id, payloads } = row;
+        let MappedRow { id, payloads, .. } = row;
         if run.abort.is_set() {
             for item in &payloads.field_groups {
                 run.stopped(&[id], Stage::FieldGroup, Some(item.index))
@@ -630,7 +782,9 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
         }
         let customer = match &state {
             CustomerState::Id(c) => Ok(*c),
-            CustomerState::Failed(reason) => Err(reason.clone()),
+            CustomerState::NotCreated(reason) | CustomerState::Unknown(reason) => {
+                Err(reason.clone())
+            }
             CustomerState::NotNeeded => Err("no customer".into()),
         };
         let mut skipped = Vec::new();
@@ -658,7 +812,10 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
         }
         if let Some(feed) = payloads.feed {
             match &customer {
-                Ok(c) => spawn_row(&run, &mut tasks, feed_record(run.clone(), id, *c, feed)).await,
+                Ok(c) => {
+                    let record = FeedRecord::zowie(std::slice::from_ref(&feed));
+                    spawn_row(&run, &mut tasks, feed_record(run.clone(), id, *c, record)).await
+                }
                 Err(r) => skip(Stage::Feed, None, r),
             }
         }
@@ -678,7 +835,7 @@ async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerSt
         while tasks.try_join_next().is_some() {}
     }
     // Whatever the batcher still holds is sent, or (if the run is stopping)
-    // recorded as not sent by the campaign task itself.
+    // recorded as not sent by the bisection routine.
     for chunk in batcher.drain() {
         spawn_campaign(&run, &mut tasks, chunk).await;
     }
@@ -704,7 +861,7 @@ async fn spawn_row(
 pub struct PendingRecord {
     pub id: RowId,
     pub customer_id: i64,
-    pub record: Map<String, Value>,
+    pub record: RecordFields,
 }
 
 /// A chunk for one campaign call.
@@ -780,229 +937,179 @@ impl CampaignBatcher {
 
 async fn spawn_campaign(run: &Arc<Run>, tasks: &mut JoinSet<()>, chunk: CampaignChunk) {
     let r = run.clone();
-    spawn_row(run, tasks, async move { campaign_records(&r, chunk).await }).await;
+    spawn_row(run, tasks, async move {
+        let batch = CampaignBatch {
+            run: &r,
+            campaign_id: &chunk.campaign_id,
+        };
+        api::bisect(&batch, chunk.records).await;
+    })
+    .await;
 }
 
-/// `POST batch/crm_outbounds/:id/records` (idempotent: `ALREADY_EXISTS` is
-/// done), split in halves on a whole-call 4xx.
-async fn campaign_records(run: &Run, chunk: CampaignChunk) {
-    if run.abort.is_set() {
-        let ids: Vec<RowId> = chunk.records.iter().map(|r| r.id).collect();
-        return run.stopped(&ids, Stage::Campaign, None).await;
-    }
-    let campaign_id = chunk.campaign_id.clone();
-    let mut stack = vec![chunk.records];
-    while let Some(records) = stack.pop() {
-        let list: Vec<Value> = records
+/// The campaign stage's calls for one campaign: add records (idempotent:
+/// `ALREADY_EXISTS` is done), bisected on a whole-call 4xx.
+struct CampaignBatch<'a> {
+    run: &'a Run,
+    campaign_id: &'a str,
+}
+
+impl api::Batch for CampaignBatch<'_> {
+    type Item = PendingRecord;
+    type Answer = Vec<RowFate<Added>>;
+
+    async fn send(&self, records: &[PendingRecord]) -> Call<Self::Answer> {
+        let records = records
             .iter()
-            .map(|r| {
-                let mut rec = Map::new();
-                rec.insert("customer_id".into(), json!(r.customer_id));
-                rec.extend(r.record.clone());
-                Value::Object(rec)
+            .map(|r| CampaignRecord {
+                customer_id: r.customer_id,
+                fields: &r.record,
             })
             .collect();
-        let path = format!(
-            "batch/crm_outbounds/{}/records",
-            encode_segment(&campaign_id)
-        );
-        let reply = run
+        let endpoint = AddRecords {
+            campaign_id: self.campaign_id,
+            records,
+        };
+        self.run.client.send(&endpoint).await
+    }
+
+    async fn settle(&self, records: Vec<PendingRecord>, call: Call<Self::Answer>) {
+        self.run.observe(&call);
+        let fates = RowFate::of_rows(&call.result, records.len());
+        let entries = records
+            .iter()
+            .zip(&fates)
+            .map(|(r, fate)| {
+                let mut ev =
+                    fate_event(r.id, Stage::Campaign, None, call.attempts, fate, |ev, a| {
+                        ev.http_status = a.http_status;
+                        ev.record_id = a.record_id;
+                        if a.already {
+                            ev.message = Some("already in the campaign".into());
+                        }
+                    });
+                ev.customer_id = Some(r.customer_id);
+                Entry::Row(ev)
+            })
+            .collect();
+        self.run.record(entries).await;
+    }
+
+    fn stopping(&self) -> Option<String> {
+        self.run.abort.stopping()
+    }
+}
+
+/// Looks a row's customer up before creating it (its creation had an
+/// unknown outcome): one match is adopted (`ok`, `"reconciled": true`), none
+/// means it was never created, so it goes on to be created; several are
+/// left alone as duplicates, and a lookup that fails leaves it unknown. In
+/// the last two cases the stages that need the customer are dropped for
+/// this run. Returns the row as it goes on, and the customer-stage event to
+/// record, if any.
+async fn look_up(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Option<RowEvent>) {
+    let Some(lookup) = row.lookup.take() else {
+        return (row, None);
+    };
+    let found = {
+        let _permit = run.permits.acquire().await;
+        let call = run
             .client
-            .call(
-                Method::POST,
-                &path,
-                Some(json!({ "records": list }).to_string()),
-                true,
-            )
+            .find_customer_ids(&lookup.key, &lookup.value)
             .await;
-        if matches!(reply.outcome, Outcome::Rejected { .. }) && records.len() > 1 {
-            let mut records = records;
-            let second = records.split_off(records.len() / 2);
-            stack.push(second);
-            stack.push(records);
-            continue;
+        run.observe(&call);
+        call.result
+    };
+    let mut ev = event(row.id, Stage::Customer, Status::Ok);
+    let key = lookup.key.name();
+    match found.as_deref() {
+        Ok([]) => return (row, None),
+        Ok([customer_id]) => {
+            run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
+            ev.customer_id = Some(*customer_id);
+            ev.reconciled = Some(true);
+            ev.message = Some(format!(
+                "found by {key} after an unknown outcome: adopted, not created again"
+            ));
+            row.payloads.customer = None;
+            row.payloads.existing_customer_id = Some(*customer_id);
+            return (row, Some(ev));
         }
-        let ids: Vec<RowId> = records.iter().map(|r| r.id).collect();
-        let mut entries = run.whole_call(&reply, &ids, Stage::Campaign, None);
-        if let Outcome::Answered { body, .. } = &reply.outcome {
-            run.call_went(true);
-            let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            for r in &records {
-                entries.push(Entry::Row(campaign_entry(
-                    r,
-                    answer.get(r.customer_id.to_string()),
-                    reply.attempts,
-                )));
-            }
-        } else {
-            run.call_went(false);
+        Ok(ids) => {
+            run.progress.duplicates.fetch_add(1, Ordering::Relaxed);
+            ev.status = Some(Status::Failed);
+            ev.retryable = Some(false);
+            ev.message = Some(format!(
+                "ambiguous: customers {} have {key} {}: duplicates, not touched; merge them in Thulium",
+                join_ids(ids),
+                crate::source::shorten(&lookup.value)
+            ));
         }
-        run.record(entries).await;
+        Err(e) => {
+            ev.status = Some(Status::Unknown);
+            ev.message = Some(format!(
+                "could not look the customer up ({e}); still unknown"
+            ));
+        }
+    }
+    // Only the campaign record edit, which needs no customer, goes on.
+    row.payloads.customer = None;
+    row.payloads.field_groups.clear();
+    row.payloads.campaign = None;
+    row.payloads.feed = None;
+    (row, Some(ev))
+}
+
+/// `12, 57 and 90`.
+pub fn join_ids(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    match ids.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => ids.join(""),
     }
 }
 
-/// Reads one keyed campaign answer: ADDED and ALREADY_EXISTS are done.
-fn campaign_entry(r: &PendingRecord, entry: Option<&Value>, attempts: u32) -> RowEvent {
-    let mut ev = event(r.id, Stage::Campaign, Status::Ok);
-    ev.customer_id = Some(r.customer_id);
-    ev.attempts = Some(attempts);
-    let Some(entry) = entry else {
-        ev.status = Some(Status::Failed);
-        ev.retryable = Some(true);
-        ev.message = Some(format!(
-            "the answer has no entry for customer {}",
-            r.customer_id
-        ));
-        return ev;
-    };
-    let int = crate::client::lenient_int;
-    ev.http_status = int(entry.get("http_status")).and_then(|s| u16::try_from(s).ok());
-    ev.record_id = int(entry.get("record_id"));
-    let status = entry
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    let ok = match status.as_str() {
-        "ADDED" | "ALREADY_EXISTS" => true,
-        "FAILED" => false,
-        _ => matches!(ev.http_status, Some(200..=299)),
-    };
-    if status == "ALREADY_EXISTS" {
-        ev.message = Some("already in the campaign".into());
-    }
-    if !ok {
-        ev.status = Some(Status::Failed);
-        ev.retryable = Some(false);
-        ev.message = Some(
-            entry
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("refused without a message")
-                .to_string(),
-        );
-    }
-    ev
-}
-
-/// `POST customer_field_group_items`: one item, not idempotent.
+/// A field-group item: not idempotent.
 async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: ItemPayload) {
-    let group = Some(item.index);
-    if run.abort.is_set() {
-        return run.stopped(&[id], Stage::FieldGroup, group).await;
-    }
-    let intent = Intent {
-        stage: Stage::FieldGroup,
-        group,
-        rows: vec![id.row],
+    let endpoint = CreateItem {
+        item: NewItem {
+            group_id: item.group_id,
+            customer_id,
+            values: &item.values,
+        },
     };
-    if !run.record(vec![Entry::Intent(intent)]).await {
-        return;
-    }
-    let body =
-        json!({"group_id": item.group_id, "customer_id": customer_id, "values": item.values})
-            .to_string();
-    let reply = run
-        .client
-        .call(
-            Method::POST,
-            "customer_field_group_items",
-            Some(body),
-            false,
-        )
-        .await;
-    let mut entries = run.whole_call(&reply, &[id], Stage::FieldGroup, group);
-    if let Outcome::Answered { body, .. } = &reply.outcome {
-        run.call_went(true);
-        let mut ev = event(id, Stage::FieldGroup, Status::Ok);
-        ev.group = group;
-        ev.customer_id = Some(customer_id);
-        ev.attempts = Some(reply.attempts);
-        let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        ev.item_id = crate::client::lenient_int(answer.get("item_id"));
-        entries.push(Entry::Row(ev));
-    } else {
-        run.call_went(false);
-    }
-    run.record(entries).await;
+    run.send_for_row(
+        id,
+        Stage::FieldGroup,
+        Some(item.index),
+        endpoint,
+        |ev, created: &ItemCreated| {
+            ev.customer_id = Some(customer_id);
+            ev.item_id = created.item_id;
+        },
+    )
+    .await;
 }
 
-/// `PUT outbounds/:id/records_by_identifier/:identifier`: idempotent.
+/// A campaign record edit: idempotent, needs no customer.
 async fn campaign_update(run: Arc<Run>, id: RowId, update: UpdatePayload) {
-    if run.abort.is_set() {
-        return run.stopped(&[id], Stage::CampaignUpdate, None).await;
-    }
-    let path = format!(
-        "outbounds/{}/records_by_identifier/{}",
-        encode_segment(&update.campaign_id),
-        encode_segment(&update.identifier)
-    );
-    let reply = run
-        .client
-        .call(
-            Method::PUT,
-            &path,
-            Some(Value::Object(update.body).to_string()),
-            true,
-        )
-        .await;
-    let mut entries = run.whole_call(&reply, &[id], Stage::CampaignUpdate, None);
-    if let Outcome::Answered { .. } = reply.outcome {
-        run.call_went(true);
-        let mut ev = event(id, Stage::CampaignUpdate, Status::Ok);
-        ev.attempts = Some(reply.attempts);
-        entries.push(Entry::Row(ev));
-    } else {
-        run.call_went(false);
-    }
-    run.record(entries).await;
-}
-
-/// `POST customers/:id/feed_records`: not idempotent.
-async fn feed_record(run: Arc<Run>, id: RowId, customer_id: i64, body: Map<String, Value>) {
-    if run.abort.is_set() {
-        return run.stopped(&[id], Stage::Feed, None).await;
-    }
-    let intent = Intent {
-        stage: Stage::Feed,
-        group: None,
-        rows: vec![id.row],
+    let endpoint = UpdateRecord {
+        campaign_id: &update.campaign_id,
+        identifier: &update.identifier,
+        update: &update.body,
     };
-    if !run.record(vec![Entry::Intent(intent)]).await {
-        return;
-    }
-    let path = format!("customers/{customer_id}/feed_records");
-    let reply = run
-        .client
-        .call(
-            Method::POST,
-            &path,
-            Some(Value::Object(body).to_string()),
-            false,
-        )
+    run.send_for_row(id, Stage::CampaignUpdate, None, endpoint, |_, _| {})
         .await;
-    let mut entries = run.whole_call(&reply, &[id], Stage::Feed, None);
-    if let Outcome::Answered { .. } = reply.outcome {
-        run.call_went(true);
-        let mut ev = event(id, Stage::Feed, Status::Ok);
-        ev.customer_id = Some(customer_id);
-        ev.attempts = Some(reply.attempts);
-        entries.push(Entry::Row(ev));
-    } else {
-        run.call_went(false);
-    }
-    run.record(entries).await;
 }
 
-/// Percent-encodes one URL path segment.
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// A contact-history entry: not idempotent.
+async fn feed_record(run: Arc<Run>, id: RowId, customer_id: i64, record: FeedRecord) {
+    let endpoint = CreateFeedRecord {
+        customer_id,
+        record: &record,
+    };
+    run.send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
+        ev.customer_id = Some(customer_id);
+    })
+    .await;
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::ApiClient;
+use crate::ledger::Stage;
 use crate::pipeline::Progress;
 
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
@@ -54,13 +55,20 @@ pub fn start(
     tokio::spawn(async move {
         let started = Instant::now();
         let line = move || {
-            let c = |s: usize, t: usize| progress.counts[s][t].load(Ordering::Relaxed);
             let requests = client.stats.requests.load(Ordering::Relaxed);
             let rate = requests as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let names = ["customer", "field_group", "campaign", "update", "feed"];
-            let stages: Vec<String> = (0..5)
-                .filter(|s| (0..4).any(|t| c(*s, t) > 0))
-                .map(|s| format!("{} {}✓ {}✗ {}?", names[s], c(s, 0), c(s, 1), c(s, 2)))
+            let stages: Vec<String> = Stage::SENDING
+                .iter()
+                .filter_map(|stage| Some((stage, progress.tally(*stage)?)))
+                .filter(|(_, t)| t.total() > 0)
+                .map(|(stage, t)| {
+                    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                    let name = match stage {
+                        Stage::CampaignUpdate => "update",
+                        other => other.name(),
+                    };
+                    format!("{name} {}✓ {}✗ {}?", n(&t.ok), n(&t.failed), n(&t.unknown))
+                })
                 .collect();
             Line {
                 rows: progress.rows_read.load(Ordering::Relaxed),

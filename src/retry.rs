@@ -8,7 +8,9 @@
 //! | connection refused / failed before sending, 408 | retry | retry |
 //! | timeout, dropped connection, other 5xx | retry | **unknown**: never resent |
 //! | 401, 403 | stop the run | stop the run |
+//! | 3xx (a redirect, never followed but for a GET) | stop the run: the URL is wrong | same |
 //! | other 4xx | rejected: nothing applied (split the batch) | same |
+//! | an answer larger than the cap | not resent (it would be as large again): given up | **unknown** |
 //!
 //! Waits are exponential with full jitter, capped, and the number of
 //! attempts is bounded.
@@ -32,6 +34,12 @@ pub enum Class {
     Auth,
     /// Another 4xx: refused as a whole, nothing applied.
     Rejected,
+    /// A 3xx that was not followed: nothing applied where it was sent.
+    Redirected,
+    /// The answer was larger than the client reads: the call was processed
+    /// (for a 2xx), but its answer is lost, and sending it again would give
+    /// the same.
+    TooLarge,
 }
 
 /// Classifies an HTTP status.
@@ -41,6 +49,7 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Class {
         429 | 503 => Class::Throttled(retry_after),
         408 => Class::NotSent,
         401 | 403 => Class::Auth,
+        300..=399 => Class::Redirected,
         400..=499 => Class::Rejected,
         _ => Class::Ambiguous,
     }
@@ -117,7 +126,11 @@ impl Policy {
         let retryable = match class {
             Class::Throttled(_) | Class::NotSent => true,
             Class::Ambiguous => idempotent,
-            Class::Success | Class::Auth | Class::Rejected => false,
+            Class::Success
+            | Class::Auth
+            | Class::Rejected
+            | Class::Redirected
+            | Class::TooLarge => false,
         };
         if !retryable || attempt >= self.max_attempts {
             return Decision::Stop;
@@ -166,6 +179,9 @@ mod tests {
         assert_eq!(classify_status(403, None), Class::Auth);
         for s in [400, 404, 409, 413, 415, 422] {
             assert_eq!(classify_status(s, None), Class::Rejected, "{s}");
+        }
+        for s in [301, 302, 307, 308] {
+            assert_eq!(classify_status(s, None), Class::Redirected, "{s}");
         }
         for s in [500, 502, 504] {
             assert_eq!(classify_status(s, None), Class::Ambiguous, "{s}");
@@ -237,7 +253,13 @@ mod tests {
             p.decide(&Class::NotSent, true, 3, &mut rng()),
             Decision::Stop
         );
-        for c in [Class::Success, Class::Auth, Class::Rejected] {
+        for c in [
+            Class::Success,
+            Class::Auth,
+            Class::Rejected,
+            Class::Redirected,
+            Class::TooLarge,
+        ] {
             assert_eq!(p.decide(&c, true, 1, &mut rng()), Decision::Stop);
         }
     }

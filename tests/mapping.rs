@@ -75,7 +75,7 @@ fn map_err(plan: &Plan, cells: &[(&str, &str)]) -> Vec<FieldError> {
 }
 
 fn customer(plan: &Plan, cells: &[(&str, &str)]) -> Value {
-    Value::Object(map(plan, cells).customer.unwrap())
+    json!(map(plan, cells).customer.unwrap())
 }
 
 const BASE: &str = "[customer]\nsurname = \"Nazwisko\"\n";
@@ -186,14 +186,12 @@ fn dates_are_rewritten_for_the_target_field() {
             ("Kiedy", "2021/02/02 10:10"),
         ],
     );
-    assert_eq!(out.customer.unwrap()["birthdate"], "1980-11-05");
+    assert_eq!(json!(out.customer.unwrap())["birthdate"], "1980-11-05");
     assert_eq!(
-        out.campaign.unwrap().record["next_call_date"],
+        json!(out.campaign.unwrap().record)["next_call_date"],
         "2018-05-24 12:24"
     );
-    let payload: Value =
-        serde_json::from_str(out.feed.unwrap()["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(payload[0]["time"], "2021-02-02T10:10:00");
+    assert_eq!(json!(out.feed.unwrap())["time"], "2021-02-02T10:10:00");
     let errors = map_err(&p, &[("Nazwisko", "N"), ("Urodzony", "31.02.1990")]);
     assert_eq!(
         (errors[0].column.as_deref(), errors[0].value.as_deref()),
@@ -266,12 +264,12 @@ fn type_conversions() {
         ],
     );
     assert_eq!(
-        out.field_groups[0].values,
-        vec![
-            json!({"field_id": 8, "value": 13}),
-            json!({"field_id": 10, "value": "7"}),
-            json!({"field_id": 12, "value": true})
-        ]
+        json!(out.field_groups[0].values),
+        json!([
+            {"field_id": 8, "value": 13},
+            {"field_id": 10, "value": "7"},
+            {"field_id": 12, "value": true}
+        ])
     );
     let errors = map_err(
         &p,
@@ -356,7 +354,7 @@ fn every_stage_matches_the_vendor_shapes() {
         ],
     );
     assert_eq!(
-        Value::Object(out.customer.unwrap()),
+        json!(out.customer.unwrap()),
         json!({"name": "Jan", "surname": "Kowalski", "custom_fields": {"Źródło": "3"}})
     );
     let item = &out.field_groups[0];
@@ -369,10 +367,7 @@ fn every_stage_matches_the_vendor_shapes() {
     );
     let campaign = out.campaign.unwrap();
     assert_eq!(
-        (
-            campaign.campaign_id.as_str(),
-            Value::Object(campaign.record)
-        ),
+        (campaign.campaign_id.as_str(), json!(campaign.record)),
         ("00001", json!({"status_id": 3, "agent_login": "j.doe"}))
     );
     let update = out.campaign_update.unwrap();
@@ -381,12 +376,14 @@ fn every_stage_matches_the_vendor_shapes() {
         ("00003", "1234567890")
     );
     assert_eq!(
-        Value::Object(update.body),
+        json!(update.body),
         json!({"status_id": 3, "record_fields": {"Wynik": "Sample message"}})
     );
     // The vendor's own feed example, byte for byte.
     assert_eq!(
-        Value::Object(out.feed.unwrap()),
+        json!(thulium_import::api::payload::FeedRecord::zowie(&[out
+            .feed
+            .unwrap()])),
         json!({"type":"ZOWIE","payload":"[{\"id\":\"sample-id\",\"type\":\"text\",\"payload\":{\"message\":\"Sample message\"},\"author\":\"customer\",\"time\":\"2021-02-02T10:10:12\"}]"})
     );
 }

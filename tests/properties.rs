@@ -165,8 +165,9 @@ proptest! {
                 Ok(p) => {
                     // Whatever is produced is well-formed JSON for the API.
                     if let Some(f) = &p.feed {
-                        let payload = f["payload"].as_str().unwrap();
-                        prop_assert!(serde_json::from_str::<serde_json::Value>(payload).is_ok());
+                        let record = thulium_import::api::payload::FeedRecord::zowie(std::slice::from_ref(f));
+                        let payload: serde_json::Value = serde_json::from_str(&record.payload).unwrap();
+                        prop_assert_eq!(payload[0]["type"].as_str(), Some("text"));
                     }
                     if let Some(c) = &p.campaign {
                         prop_assert_eq!(c.campaign_id.chars().count(), 5);
@@ -246,7 +247,7 @@ proptest! {
         let mut chunks: Vec<CampaignChunk> = Vec::new();
         for (i, (c, customer)) in records.iter().enumerate() {
             let id = RowId { row: i as u64 + 1, line: i as u64 + 2, offset: i as u64 };
-            let payload = CampaignPayload { campaign_id: campaigns[*c].to_string(), record: serde_json::Map::new() };
+            let payload = CampaignPayload { campaign_id: campaigns[*c].to_string(), record: Default::default() };
             chunks.extend(batcher.add(id, *customer, payload, limit));
             if flush_every.is_some_and(|n| i % n == 0) {
                 chunks.extend(batcher.drain());
@@ -316,6 +317,7 @@ proptest! {
             Ok((_, notes)) => prop_assert!(bytes.starts_with(header.as_bytes()) && n + notes.bad_lines.len() <= lines.len()),
             Err(e) => prop_assert!(e.to_string().contains("not a thulium-import ledger"), "{e}"),
         }
-        let _ = thulium_import::report::fold(&path).map(|(_, f, _)| f.report());
+        let _ = thulium_import::outcomes::Outcomes::read(&path)
+            .map(|o| thulium_import::report::Report::of(&o));
     }
 }

@@ -72,7 +72,7 @@ fn expected_customers(csv: &str, mapping: &str) -> HashMap<String, Value> {
     let mut out = HashMap::new();
     check::check(&mut input, |plan, row, ev| {
         let p = plan.assemble(ev, row);
-        let c = Value::Object(p.customer.unwrap());
+        let c = json!(p.customer.unwrap());
         out.insert(c["identifier"].as_str().unwrap().to_string(), c);
     })
     .unwrap();

@@ -215,13 +215,7 @@ async fn twenty_thousand_rows_through_every_fault_then_retry() {
     let mut input = Input::open(&csv, &mapping).unwrap();
     check::check(&mut input, |plan, row, ev| {
         let p = plan.assemble(ev, row);
-        expected.insert(
-            row.id.row,
-            p.customer.unwrap()["identifier"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        expected.insert(row.id.row, p.customer.unwrap().identifier_text().unwrap());
     })
     .unwrap();
     let item_ids: HashMap<i64, i64> = items

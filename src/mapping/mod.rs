@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use crate::api::payload::{
+    AddressKind, AddressPart, Customer, CustomerField, FeedMessage, FeedRecord, ItemValue, Named,
+    RecordField, RecordFields, RecordUpdate, Scalar,
+};
 use crate::source::{CellsRef, FieldError, Row, SourceOptions};
 use raw::{OrderedMap, RawAddress, RawMapping};
 use spec::{Kind, Spec};
@@ -237,16 +241,14 @@ pub struct ItemPayload {
     /// Which `[[field_group]]` of the mapping (0-based).
     pub index: usize,
     pub group_id: i64,
-    /// `[{"field_id": 12, "value": ...}, ...]`.
-    pub values: Vec<Value>,
+    pub values: Vec<ItemValue>,
 }
 
 /// A campaign record to add for a row (the customer id is filled in later).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CampaignPayload {
     pub campaign_id: String,
-    /// The record without `customer_id`.
-    pub record: Map<String, Value>,
+    pub record: RecordFields,
 }
 
 /// A campaign record edit for a row.
@@ -254,22 +256,23 @@ pub struct CampaignPayload {
 pub struct UpdatePayload {
     pub campaign_id: String,
     pub identifier: String,
-    pub body: Map<String, Value>,
+    pub body: RecordUpdate,
 }
 
-/// Everything one row sends, stage by stage. A stage that is absent from
-/// the mapping, or whose `when` is empty for this row, is `None` (or empty).
+/// Everything one row sends, stage by stage, as the API's typed requests. A
+/// stage that is absent from the mapping, or whose `when` is empty for this
+/// row, is `None` (or empty).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowPayloads {
     /// An existing customer id from `[source] customer_id`.
     pub existing_customer_id: Option<i64>,
     /// The customer to create (absent when the row has an existing id).
-    pub customer: Option<Map<String, Value>>,
+    pub customer: Option<Customer>,
     pub field_groups: Vec<ItemPayload>,
     pub campaign: Option<CampaignPayload>,
     pub campaign_update: Option<UpdatePayload>,
-    /// The feed record body: `{"type": "ZOWIE", "payload": "<JSON text>"}`.
-    pub feed: Option<Map<String, Value>>,
+    /// The contact-history message (sent as a ZOWIE feed record).
+    pub feed: Option<FeedMessage>,
 }
 
 impl RowPayloads {
@@ -289,6 +292,15 @@ impl RowPayloads {
             + one(self.feed.is_some())
     }
 
+    /// Whether nothing is left to send.
+    pub fn is_empty(&self) -> bool {
+        self.customer.is_none()
+            && self.field_groups.is_empty()
+            && self.campaign.is_none()
+            && self.campaign_update.is_none()
+            && self.feed.is_none()
+    }
+
     /// The payloads as one JSON object, as `run --dry-run --show-payloads`
     /// prints them.
     pub fn to_json(&self) -> Value {
@@ -297,7 +309,7 @@ impl RowPayloads {
             out.insert("customer_id".into(), json!(id));
         }
         if let Some(c) = &self.customer {
-            out.insert("customer".into(), Value::Object(c.clone()));
+            out.insert("customer".into(), json!(c));
         }
         if !self.field_groups.is_empty() {
             let items: Vec<Value> = self
@@ -320,20 +332,28 @@ impl RowPayloads {
             );
         }
         if let Some(f) = &self.feed {
-            out.insert("feed".into(), Value::Object(f.clone()));
+            out.insert(
+                "feed".into(),
+                json!(FeedRecord::zowie(std::slice::from_ref(f))),
+            );
         }
         Value::Object(out)
     }
 }
 
-/// A target field name and the slot of its spec in [`Plan::specs`].
-type Field = (String, usize);
+/// A target field named by the user (a custom field, a campaign structure
+/// field) and the slot of its spec in [`Plan::specs`].
+#[derive(Debug)]
+struct NamedSlot {
+    name: String,
+    slot: usize,
+}
 
 #[derive(Debug)]
 struct CustomerPlan {
-    fields: Vec<Field>,
-    addresses: Vec<(&'static str, Vec<Field>)>,
-    custom_fields: Vec<Field>,
+    fields: Vec<(CustomerField, usize)>,
+    addresses: Vec<(AddressKind, Vec<(AddressPart, usize)>)>,
+    custom_fields: Vec<NamedSlot>,
 }
 
 #[derive(Debug)]
@@ -345,17 +365,16 @@ struct FieldGroupPlan {
 #[derive(Debug)]
 struct CampaignPlan {
     id: usize,
-    fields: Vec<Field>,
+    fields: Vec<(RecordField, usize)>,
 }
 
 #[derive(Debug)]
 struct UpdatePlan {
     id: usize,
     identifier: usize,
-    fields: Vec<Field>,
-    record_fields: Vec<Field>,
+    fields: Vec<(RecordField, usize)>,
+    record_fields: Vec<NamedSlot>,
 }
-
 #[derive(Debug)]
 struct FeedPlan {
     message: usize,
@@ -373,6 +392,9 @@ struct StageSlots {
     slots: Range<usize>,
     /// The ledger's name of the stage (`customer`, `field_group`, ...).
     kind: &'static str,
+    /// How a failed-rows CSV's `_done` names it: the ledger's name, or for a
+    /// field group `field_group:<group_id>`.
+    done_name: String,
 }
 
 /// A mapping compiled against a header: ready to map rows.
@@ -385,10 +407,8 @@ struct StageSlots {
 pub struct Plan {
     trim: bool,
     customer_id: Option<(usize, String)>,
-    /// Columns of a failed-rows CSV written by `report --failed-csv`:
-    /// `_customer_id` (a customer already created) and `_done` (stages
-    /// already done), so that re-importing it never duplicates.
-    round_trip: (Option<usize>, Option<usize>),
+    /// The bookkeeping columns of a failed-rows CSV, when the file is one.
+    failed_csv: FailedCsvColumns,
     specs: Vec<Spec>,
     /// Stage order: customer, each field group, campaign, campaign_update, feed.
     stages: Vec<StageSlots>,
@@ -399,40 +419,50 @@ pub struct Plan {
     feed: Option<(usize, FeedPlan)>,
 }
 
+/// Columns of a failed-rows CSV written by `report --failed-csv`:
+/// `_customer_id` (a customer already created) and `_done` (stages already
+/// done), so that re-importing it never duplicates.
+#[derive(Debug, Clone, Copy, Default)]
+struct FailedCsvColumns {
+    customer_id: Option<usize>,
+    done: Option<usize>,
+}
+
 /// One row's evaluated values: slot → value, and which stages run.
 #[derive(Debug, Clone)]
 pub struct Evaluated {
     existing_customer_id: Option<i64>,
     slots: Vec<Option<Value>>,
-    runs: Runs,
+    running: StageSet,
 }
 
-/// Which stages run for a row: bits, without an allocation per row, up to
-/// 64 stages (a mapping with more field groups than that gets a list).
+/// A set of stages (indices into [`Plan`]'s stage list): bits, without an
+/// allocation per row, up to 64 stages (a mapping with more field groups
+/// than that gets a list).
 #[derive(Debug, Clone)]
-enum Runs {
+enum StageSet {
     Bits(u64),
     Many(Vec<bool>),
 }
 
-impl Runs {
-    fn new(stages: usize) -> Runs {
+impl StageSet {
+    fn new(stages: usize) -> StageSet {
         if stages <= 64 {
-            Runs::Bits(0)
+            StageSet::Bits(0)
         } else {
-            Runs::Many(vec![false; stages])
+            StageSet::Many(vec![false; stages])
         }
     }
-    fn get(&self, stage: usize) -> bool {
+    fn contains(&self, stage: usize) -> bool {
         match self {
-            Runs::Bits(b) => b & (1 << stage) != 0,
-            Runs::Many(v) => v[stage],
+            StageSet::Bits(b) => b & (1 << stage) != 0,
+            StageSet::Many(v) => v[stage],
         }
     }
-    fn set(&mut self, stage: usize) {
+    fn insert(&mut self, stage: usize) {
         match self {
-            Runs::Bits(b) => *b |= 1 << stage,
-            Runs::Many(v) => v[stage] = true,
+            StageSet::Bits(b) => *b |= 1 << stage,
+            StageSet::Many(v) => v[stage] = true,
         }
     }
 }
@@ -461,11 +491,18 @@ impl Builder {
     fn begin(&self) -> usize {
         self.specs.len()
     }
-    fn end(&mut self, start: usize, when: Option<Spec>, kind: &'static str) -> usize {
+    fn end(
+        &mut self,
+        start: usize,
+        when: Option<Spec>,
+        kind: &'static str,
+        done_name: String,
+    ) -> usize {
         self.stages.push(StageSlots {
             when,
             slots: start..self.specs.len(),
             kind,
+            done_name,
         });
         self.stages.len() - 1
     }
@@ -483,10 +520,10 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     let mut plan = Plan {
         trim: raw.source.trim.unwrap_or(true),
         customer_id: None,
-        round_trip: (
-            header.iter().position(|h| h == "_customer_id"),
-            header.iter().position(|h| h == "_done"),
-        ),
+        failed_csv: FailedCsvColumns {
+            customer_id: header.iter().position(|h| h == "_customer_id"),
+            done: header.iter().position(|h| h == "_done"),
+        },
         specs: Vec::new(),
         stages: Vec::new(),
         customer: None,
@@ -508,22 +545,6 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         w.as_ref()
             .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
     };
-    // Compiles the specs of a list of fields into slots.
-    let fields = |ctx: &mut Ctx<'_>,
-                  b: &mut Builder,
-                  key: &str,
-                  list: Vec<(&str, Option<&raw::Spec>, Kind, bool)>|
-     -> Vec<Field> {
-        list.into_iter()
-            .filter_map(|(name, spec, kind, is_list)| {
-                let mut s = ctx.spec(&format!("{key}.{name}"), spec?, kind, is_list)?;
-                if key == "customer" && name == "surname" {
-                    s.set_required();
-                }
-                Some((name.to_string(), b.slot(s)))
-            })
-            .collect()
-    };
     if let Some(c) = &raw.customer {
         let span = c.span();
         let c = c.get_ref();
@@ -535,22 +556,31 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             );
         }
         let start = b.begin();
-        let scalar = fields(&mut ctx, &mut b, "customer", customer_fields(c));
+        let mut scalar = Vec::new();
+        for (field, spec, kind, list) in customer_fields(c) {
+            let key = format!("customer.{}", field.key());
+            if let Some(mut s) = spec.and_then(|spec| ctx.spec(&key, spec, kind, list)) {
+                if field == CustomerField::Surname {
+                    s.set_required();
+                }
+                scalar.push((field, b.slot(s)));
+            }
+        }
         let mut addresses = Vec::new();
-        for (name, address) in [
-            ("address", &c.address),
-            ("invoice_address", &c.invoice_address),
-            ("mail_drop_address", &c.mail_drop_address),
+        for (kind, address) in [
+            (AddressKind::Address, &c.address),
+            (AddressKind::Invoice, &c.invoice_address),
+            (AddressKind::MailDrop, &c.mail_drop_address),
         ] {
             if let Some(a) = address {
-                let list = address_fields(a)
-                    .into_iter()
-                    .map(|(part, spec)| (part, spec, Kind::Text, false))
-                    .collect();
-                addresses.push((
-                    name,
-                    fields(&mut ctx, &mut b, &format!("customer.{name}"), list),
-                ));
+                let mut parts = Vec::new();
+                for (part, spec) in address_fields(a) {
+                    let key = format!("customer.{}.{}", kind.key(), part.key());
+                    if let Some(s) = spec.and_then(|spec| ctx.spec(&key, spec, Kind::Text, false)) {
+                        parts.push((part, b.slot(s)));
+                    }
+                }
+                addresses.push((kind, parts));
             }
         }
         let custom_fields = ordered(
@@ -559,7 +589,12 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "customer.custom_fields",
             c.custom_fields.as_ref(),
         );
-        let stage = b.end(start, when(&mut ctx, "customer", &c.when), "customer");
+        let stage = b.end(
+            start,
+            when(&mut ctx, "customer", &c.when),
+            "customer",
+            "customer".into(),
+        );
         plan.customer = Some((
             stage,
             CustomerPlan {
@@ -569,6 +604,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             },
         ));
     }
+    let group_names = field_group_done_names(raw);
     for (n, g) in raw.field_group.iter().enumerate() {
         let key = format!("field_group[{n}]");
         let g = g.get_ref();
@@ -595,7 +631,12 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 "a field group needs at least one value".into(),
             );
         }
-        let stage = b.end(start, when(&mut ctx, &key, &g.when), "field_group");
+        let stage = b.end(
+            start,
+            when(&mut ctx, &key, &g.when),
+            "field_group",
+            group_names[n].clone(),
+        );
         plan.field_groups.push((
             stage,
             FieldGroupPlan {
@@ -610,25 +651,23 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         let id = ctx
             .spec("campaign.id", &c.id, Kind::CampaignId, false)
             .map(|s| b.slot(s));
-        let list = vec![
-            ("status_id", c.status_id.as_ref(), Kind::Int, false),
+        let list = [
+            (RecordField::StatusId, c.status_id.as_ref()),
             (
-                "dictionary_status_id",
+                RecordField::DictionaryStatusId,
                 c.dictionary_status_id.as_ref(),
-                Kind::Int,
-                false,
             ),
-            ("agent_login", c.agent_login.as_ref(), Kind::Text, false),
-            (
-                "next_call_date",
-                c.next_call_date.as_ref(),
-                Kind::DateTime,
-                false,
-            ),
-            ("order", c.order.as_ref(), Kind::Int, false),
+            (RecordField::AgentLogin, c.agent_login.as_ref()),
+            (RecordField::NextCallDate, c.next_call_date.as_ref()),
+            (RecordField::Order, c.order.as_ref()),
         ];
-        let record = fields(&mut ctx, &mut b, "campaign", list);
-        let stage = b.end(start, when(&mut ctx, "campaign", &c.when), "campaign");
+        let record = record_fields(&mut ctx, &mut b, "campaign", &list);
+        let stage = b.end(
+            start,
+            when(&mut ctx, "campaign", &c.when),
+            "campaign",
+            "campaign".into(),
+        );
         if let Some(id) = id {
             plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
         }
@@ -650,23 +689,16 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 s.set_required();
                 b.slot(s)
             });
-        let list = vec![
-            ("status_id", u.status_id.as_ref(), Kind::Int, false),
+        let list = [
+            (RecordField::StatusId, u.status_id.as_ref()),
             (
-                "dictionary_status_id",
+                RecordField::DictionaryStatusId,
                 u.dictionary_status_id.as_ref(),
-                Kind::Int,
-                false,
             ),
-            ("agent_login", u.agent_login.as_ref(), Kind::Text, false),
-            (
-                "next_call_date",
-                u.next_call_date.as_ref(),
-                Kind::DateTime,
-                false,
-            ),
+            (RecordField::AgentLogin, u.agent_login.as_ref()),
+            (RecordField::NextCallDate, u.next_call_date.as_ref()),
         ];
-        let body = fields(&mut ctx, &mut b, "campaign_update", list);
+        let body = record_fields(&mut ctx, &mut b, "campaign_update", &list);
         let record_fields = ordered(
             &mut ctx,
             &mut b,
@@ -677,6 +709,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             start,
             when(&mut ctx, "campaign_update", &u.when),
             "campaign_update",
+            "campaign_update".into(),
         );
         if let (Some(id), Some(identifier)) = (id, identifier) {
             plan.campaign_update = Some((
@@ -711,7 +744,12 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             f.id.as_ref()
                 .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
                 .map(|s| b.slot(s));
-        let stage = b.end(start, when(&mut ctx, "feed", &f.when), "feed");
+        let stage = b.end(
+            start,
+            when(&mut ctx, "feed", &f.when),
+            "feed",
+            "feed".into(),
+        );
         if let (Some(message), Some(time)) = (message, time) {
             plan.feed = Some((
                 stage,
@@ -746,12 +784,54 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     ctx.finish(&loaded.path).map(|()| plan)
 }
 
+/// The fields of a campaign record or its edit, compiled into slots.
+fn record_fields(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    stage: &str,
+    list: &[(RecordField, Option<&raw::Spec>)],
+) -> Vec<(RecordField, usize)> {
+    list.iter()
+        .filter_map(|(field, spec)| {
+            let kind = match field {
+                RecordField::AgentLogin => Kind::Text,
+                RecordField::NextCallDate => Kind::DateTime,
+                _ => Kind::Int,
+            };
+            let s = ctx.spec(&format!("{stage}.{}", field.key()), (*spec)?, kind, false)?;
+            Some((*field, b.slot(s)))
+        })
+        .collect()
+}
+
+/// A table of user-named fields (custom fields, record fields), compiled
+/// into slots in file order.
+/// How a failed-rows CSV's `_done` names each `[[field_group]]` of a
+/// mapping: `field_group:<group_id>`, and for a group id the mapping uses
+/// again, `field_group:<group_id>.2`, `.3`, ...
+pub fn field_group_done_names(raw: &RawMapping) -> Vec<String> {
+    let mut seen: Vec<i64> = Vec::new();
+    raw.field_group
+        .iter()
+        .map(|g| {
+            let id = *g.get_ref().group_id.get_ref();
+            let n = seen.iter().filter(|s| **s == id).count();
+            seen.push(id);
+            if n == 0 {
+                format!("field_group:{id}")
+            } else {
+                format!("field_group:{id}.{}", n + 1)
+            }
+        })
+        .collect()
+}
+
 fn ordered(
     ctx: &mut Ctx<'_>,
     b: &mut Builder,
     key: &str,
     map: Option<&OrderedMap<raw::Spec>>,
-) -> Vec<Field> {
+) -> Vec<NamedSlot> {
     let Some(map) = map else { return Vec::new() };
     map.0
         .iter()
@@ -762,39 +842,43 @@ fn ordered(
                 Kind::Scalar,
                 false,
             )?;
-            Some((name.get_ref().clone(), b.slot(s)))
+            Some(NamedSlot {
+                name: name.get_ref().clone(),
+                slot: b.slot(s),
+            })
         })
         .collect()
 }
 
 /// The customer's scalar fields with their kinds, in the API's order.
-fn customer_fields(c: &raw::RawCustomer) -> Vec<(&'static str, Option<&raw::Spec>, Kind, bool)> {
+fn customer_fields(c: &raw::RawCustomer) -> Vec<(CustomerField, Option<&raw::Spec>, Kind, bool)> {
+    use CustomerField as F;
     vec![
-        ("name", c.name.as_ref(), Kind::Text, false),
-        ("surname", c.surname.as_ref(), Kind::Text, false),
-        ("email", c.email.as_ref(), Kind::Email, true),
-        ("phone_number", c.phone_number.as_ref(), Kind::Phone, true),
-        ("company_id", c.company_id.as_ref(), Kind::Int, false),
-        ("type", c.type_.as_ref(), Kind::Text, false),
-        ("group", c.group.as_ref(), Kind::Text, false),
-        ("identifier", c.identifier.as_ref(), Kind::Text, false),
-        ("gender", c.gender.as_ref(), Kind::Text, false),
-        ("homepage", c.homepage.as_ref(), Kind::Text, false),
-        ("birthdate", c.birthdate.as_ref(), Kind::Date, false),
-        ("nip", c.nip.as_ref(), Kind::Text, false),
-        ("note", c.note.as_ref(), Kind::Text, false),
-        ("pesel", c.pesel.as_ref(), Kind::Text, false),
-        ("job", c.job.as_ref(), Kind::Text, false),
-        ("job_title", c.job_title.as_ref(), Kind::Text, false),
+        (F::Name, c.name.as_ref(), Kind::Text, false),
+        (F::Surname, c.surname.as_ref(), Kind::Text, false),
+        (F::Email, c.email.as_ref(), Kind::Email, true),
+        (F::PhoneNumber, c.phone_number.as_ref(), Kind::Phone, true),
+        (F::CompanyId, c.company_id.as_ref(), Kind::Int, false),
+        (F::Type, c.type_.as_ref(), Kind::Text, false),
+        (F::Group, c.group.as_ref(), Kind::Text, false),
+        (F::Identifier, c.identifier.as_ref(), Kind::Text, false),
+        (F::Gender, c.gender.as_ref(), Kind::Text, false),
+        (F::Homepage, c.homepage.as_ref(), Kind::Text, false),
+        (F::Birthdate, c.birthdate.as_ref(), Kind::Date, false),
+        (F::Nip, c.nip.as_ref(), Kind::Text, false),
+        (F::Note, c.note.as_ref(), Kind::Text, false),
+        (F::Pesel, c.pesel.as_ref(), Kind::Text, false),
+        (F::Job, c.job.as_ref(), Kind::Text, false),
+        (F::JobTitle, c.job_title.as_ref(), Kind::Text, false),
         (
-            "account_manager",
+            F::AccountManager,
             c.account_manager.as_ref(),
             Kind::Text,
             false,
         ),
-        ("vip", c.vip.as_ref(), Kind::Bool, false),
+        (F::Vip, c.vip.as_ref(), Kind::Bool, false),
         (
-            "fill_read_only_custom_fields",
+            F::FillReadOnlyCustomFields,
             c.fill_read_only_custom_fields.as_ref(),
             Kind::Bool,
             false,
@@ -802,14 +886,14 @@ fn customer_fields(c: &raw::RawCustomer) -> Vec<(&'static str, Option<&raw::Spec
     ]
 }
 
-fn address_fields(a: &RawAddress) -> Vec<(&'static str, Option<&raw::Spec>)> {
-    vec![
-        ("street", a.street.as_ref()),
-        ("building", a.building.as_ref()),
-        ("flat", a.flat.as_ref()),
-        ("postcode", a.postcode.as_ref()),
-        ("city", a.city.as_ref()),
-        ("country", a.country.as_ref()),
+fn address_fields(a: &RawAddress) -> [(AddressPart, Option<&raw::Spec>); 6] {
+    [
+        (AddressPart::Street, a.street.as_ref()),
+        (AddressPart::Building, a.building.as_ref()),
+        (AddressPart::Flat, a.flat.as_ref()),
+        (AddressPart::Postcode, a.postcode.as_ref()),
+        (AddressPart::City, a.city.as_ref()),
+        (AddressPart::Country, a.country.as_ref()),
     ]
 }
 
@@ -817,15 +901,14 @@ impl Evaluated {
     fn take(&mut self, slot: usize) -> Option<Value> {
         self.slots.get_mut(slot).and_then(Option::take)
     }
-    /// Moves the values of `fields` into a JSON object.
-    fn object(&mut self, fields: &[Field]) -> Map<String, Value> {
-        let mut out = Map::new();
-        for (name, slot) in fields {
-            if let Some(v) = self.take(*slot) {
-                out.insert(name.clone(), v);
-            }
-        }
-        out
+    /// Moves the values of user-named fields into name → value pairs.
+    fn named(&mut self, fields: &[NamedSlot]) -> Named {
+        Named(
+            fields
+                .iter()
+                .filter_map(|f| Some((f.name.clone(), Scalar::from_value(self.take(f.slot)?))))
+                .collect(),
+        )
     }
 }
 
@@ -844,12 +927,19 @@ impl Plan {
     /// Whether created customers carry an `identifier` (so that a customer
     /// whose creation had an unknown outcome can be looked up).
     pub fn customer_has_identifier(&self) -> bool {
-        self.customer
-            .as_ref()
-            .is_some_and(|(_, c)| c.fields.iter().any(|(n, _)| n == "identifier"))
+        self.customer.as_ref().is_some_and(|(_, c)| {
+            c.fields
+                .iter()
+                .any(|(f, _)| *f == CustomerField::Identifier)
+        })
     }
 
-    fn runs(&self, when: &Option<Spec>, cells: CellsRef<'_>, errors: &mut Vec<FieldError>) -> bool {
+    fn stage_runs(
+        &self,
+        when: &Option<Spec>,
+        cells: CellsRef<'_>,
+        errors: &mut Vec<FieldError>,
+    ) -> bool {
         match when {
             None => true,
             Some(w) => match w.eval(cells, self.trim) {
@@ -894,7 +984,7 @@ impl Plan {
             } else {
                 Vec::new()
             },
-            runs: Runs::new(self.stages.len()),
+            running: StageSet::new(self.stages.len()),
         };
         if let Some((i, name)) = &self.customer_id {
             let cell = cells.get(*i).unwrap_or_default().trim();
@@ -909,25 +999,31 @@ impl Plan {
                 }
             }
         }
-        if let Some(i) = self.round_trip.0 {
+        if let Some(i) = self.failed_csv.customer_id {
             let cell = cells.get(i).unwrap_or_default().trim();
             if let Ok(id) = cell.parse::<i64>() {
                 ev.existing_customer_id = Some(id);
             }
         }
         let done = self
-            .round_trip
-            .1
+            .failed_csv
+            .done
             .map(|i| cells.get(i).unwrap_or_default())
             .unwrap_or_default();
         for (stage, s) in self.stages.iter().enumerate() {
             let skip_customer = ev.existing_customer_id.is_some()
                 && self.customer.as_ref().is_some_and(|(c, _)| *c == stage);
-            let already = !done.is_empty() && done.split(',').any(|d| d.trim() == s.kind);
-            if skip_customer || already || !self.runs(&s.when, cells, &mut errors) {
+            // `field_group` alone (written by versions before per-group
+            // names) means every field group.
+            let already = !done.is_empty()
+                && done.split(',').any(|d| {
+                    let d = d.trim();
+                    d == s.done_name || d == s.kind
+                });
+            if skip_customer || already || !self.stage_runs(&s.when, cells, &mut errors) {
                 continue;
             }
-            ev.runs.set(stage);
+            ev.running.insert(stage);
             for slot in s.slots.clone() {
                 match self.specs[slot].eval_with(cells, self.trim, keep) {
                     Ok(v) if keep => ev.slots[slot] = v,
@@ -936,10 +1032,22 @@ impl Plan {
                 }
             }
         }
-        let needs_customer = self.field_groups.iter().any(|(s, _)| ev.runs.get(*s))
-            || self.campaign.as_ref().is_some_and(|(s, _)| ev.runs.get(*s))
-            || self.feed.as_ref().is_some_and(|(s, _)| ev.runs.get(*s));
-        let creates = self.customer.as_ref().is_some_and(|(s, _)| ev.runs.get(*s));
+        let needs_customer = self
+            .field_groups
+            .iter()
+            .any(|(s, _)| ev.running.contains(*s))
+            || self
+                .campaign
+                .as_ref()
+                .is_some_and(|(s, _)| ev.running.contains(*s))
+            || self
+                .feed
+                .as_ref()
+                .is_some_and(|(s, _)| ev.running.contains(*s));
+        let creates = self
+            .customer
+            .as_ref()
+            .is_some_and(|(s, _)| ev.running.contains(*s));
         if errors.is_empty() && needs_customer && !creates && ev.existing_customer_id.is_none() {
             errors.push(FieldError {
                 column: self.customer_id.as_ref().map(|(_, n)| n.clone()),
@@ -954,38 +1062,43 @@ impl Plan {
         }
     }
 
-    /// Moves evaluated values into the API's payload shapes.
+    /// Moves evaluated values into the API's typed requests.
     pub fn assemble(&self, mut ev: Evaluated, row: &Row) -> RowPayloads {
         let mut out = RowPayloads {
             existing_customer_id: ev.existing_customer_id,
             ..RowPayloads::default()
         };
         if let Some((stage, c)) = &self.customer {
-            if ev.runs.get(*stage) {
-                let mut customer = ev.object(&c.fields);
-                for (name, parts) in &c.addresses {
-                    let address = ev.object(parts);
-                    if !address.is_empty() {
-                        customer.insert((*name).to_string(), Value::Object(address));
+            if ev.running.contains(*stage) {
+                let mut customer = Customer::default();
+                for (field, slot) in &c.fields {
+                    if let Some(v) = ev.take(*slot) {
+                        customer.set(*field, v);
                     }
                 }
-                let custom = ev.object(&c.custom_fields);
-                if !custom.is_empty() {
-                    customer.insert("custom_fields".into(), Value::Object(custom));
+                for (kind, parts) in &c.addresses {
+                    for (part, slot) in parts {
+                        if let Some(v) = ev.take(*slot) {
+                            customer.address_mut(*kind).set(*part, v);
+                        }
+                    }
                 }
+                customer.custom_fields = ev.named(&c.custom_fields);
                 out.customer = Some(customer);
             }
         }
         for (index, (stage, g)) in self.field_groups.iter().enumerate() {
-            if !ev.runs.get(*stage) {
+            if !ev.running.contains(*stage) {
                 continue;
             }
-            let values: Vec<Value> = g
+            let values: Vec<ItemValue> = g
                 .values
                 .iter()
                 .filter_map(|(field_id, slot)| {
-                    ev.take(*slot)
-                        .map(|v| json!({"field_id": field_id, "value": v}))
+                    Some(ItemValue {
+                        field_id: *field_id,
+                        value: Scalar::from_value(ev.take(*slot)?),
+                    })
                 })
                 .collect();
             if !values.is_empty() {
@@ -997,59 +1110,61 @@ impl Plan {
             }
         }
         if let Some((stage, c)) = &self.campaign {
-            if ev.runs.get(*stage) {
+            if ev.running.contains(*stage) {
                 if let Some(Value::String(campaign_id)) = ev.take(c.id) {
+                    let mut record = RecordFields::default();
+                    for (field, slot) in &c.fields {
+                        if let Some(v) = ev.take(*slot) {
+                            record.set(*field, v);
+                        }
+                    }
                     out.campaign = Some(CampaignPayload {
                         campaign_id,
-                        record: ev.object(&c.fields),
+                        record,
                     });
                 }
             }
         }
         if let Some((stage, u)) = &self.campaign_update {
-            if ev.runs.get(*stage) {
+            if ev.running.contains(*stage) {
                 let id = ev.take(u.id);
                 let identifier = ev.take(u.identifier);
-                let mut body = ev.object(&u.fields);
-                let record_fields = ev.object(&u.record_fields);
-                if !record_fields.is_empty() {
-                    body.insert("record_fields".into(), Value::Object(record_fields));
+                let mut body = RecordUpdate::default();
+                for (field, slot) in &u.fields {
+                    if let Some(v) = ev.take(*slot) {
+                        body.set(*field, v);
+                    }
                 }
+                body.record_fields = ev.named(&u.record_fields);
                 if let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) {
-                    let identifier = match identifier {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
                     out.campaign_update = Some(UpdatePayload {
                         campaign_id,
-                        identifier,
+                        identifier: Scalar::from_value(identifier).text().into_owned(),
                         body,
                     });
                 }
             }
         }
         if let Some((stage, f)) = &self.feed {
-            if ev.runs.get(*stage) {
+            if ev.running.contains(*stage) {
                 let id = match f.id.and_then(|s| ev.take(s)) {
-                    Some(Value::String(s)) => s,
-                    Some(other) => other.to_string(),
+                    Some(v) => Scalar::from_value(v).text().into_owned(),
                     None => format!("thulium-import-{}", row.id.row),
                 };
                 let author = f
                     .author
                     .and_then(|s| ev.take(s))
-                    .unwrap_or_else(|| json!("agent"));
-                let message = json!([{
-                    "id": id,
-                    "type": "text",
-                    "payload": {"message": ev.take(f.message)},
-                    "author": author,
-                    "time": ev.take(f.time),
-                }]);
-                let mut body = Map::new();
-                body.insert("type".into(), json!("ZOWIE"));
-                body.insert("payload".into(), Value::String(message.to_string()));
-                out.feed = Some(body);
+                    .map_or(Scalar::Text("agent".into()), Scalar::from_value);
+                let message = ev.take(f.message).map(Scalar::from_value);
+                let time = ev.take(f.time).map(Scalar::from_value);
+                if let (Some(message), Some(time)) = (message, time) {
+                    out.feed = Some(FeedMessage::text(
+                        id,
+                        message,
+                        author,
+                        time.text().into_owned(),
+                    ));
+                }
             }
         }
         out

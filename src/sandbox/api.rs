@@ -122,7 +122,7 @@ fn only_keys(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(),
 /// An integer given as a JSON number or as a string of digits (the vendor's
 /// own PUT example sends `"status_id":"3"`).
 fn int_like(v: &Value) -> Option<i64> {
-    crate::client::lenient_int(Some(v))
+    crate::api::lenient_int(Some(v))
 }
 
 fn int_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<i64>, ApiError> {

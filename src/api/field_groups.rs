@@ -1,0 +1,215 @@
+//! Custom-field group items: `POST customer_field_group_items` (one item,
+//! not idempotent), `GET customer_field_group_items` (a customer's items in
+//! a group, paged) and `PUT customer_field_group_items/:id` (replace an
+//! item's values, idempotent).
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::payload::{ItemValue, ItemValues, NewItem};
+use super::{json_of, lenient_int, query, unreadable, Answer, CallError, Endpoint, Page, RowFate};
+
+/// What creating an item gave: its id, when the answer carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemCreated {
+    pub item_id: Option<i64>,
+}
+
+/// `POST customer_field_group_items`: `{"group_id", "customer_id",
+/// "values": [{"field_id", "value"}]}`; the answer is `{"item_id": 38}`.
+#[derive(Debug)]
+pub struct CreateItem<'a> {
+    pub item: NewItem<'a>,
+}
+
+impl Endpoint for CreateItem<'_> {
+    type Answer = RowFate<ItemCreated>;
+    const METHOD: Method = Method::POST;
+    const IDEMPOTENT: bool = false;
+
+    fn path(&self) -> String {
+        "customer_field_group_items".into()
+    }
+
+    fn body(&self) -> Option<String> {
+        serde_json::to_string(&self.item).ok()
+    }
+
+    fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
+        // The 2xx status says the item was created; its id is a bonus the
+        // answer usually carries.
+        let v = json_of(answer).unwrap_or(Value::Null);
+        let item_id = lenient_int(v.get("item_id").or_else(|| v.get("id")));
+        Ok(RowFate::Done(ItemCreated { item_id }))
+    }
+}
+
+/// An item as `GET customer_field_group_items` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundItem {
+    pub item_id: i64,
+    pub group_id: Option<i64>,
+    pub customer_id: Option<i64>,
+    /// Field id → value, in the answer's order.
+    pub values: Vec<(i64, Value)>,
+}
+
+/// One page of items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemPage {
+    pub count: Option<u64>,
+    pub items: Vec<FoundItem>,
+}
+
+/// `GET customer_field_group_items?customer_id=&group_id=&limit=&offset=`.
+/// The vendor's example answer shows a group's definition instead of items;
+/// items are read as `{"item_id" (or "id"), "group_id", "customer_id",
+/// "values"}` with `values` a list of `{"field_id", "value"}` or an object
+/// field id → value.
+#[derive(Debug, Clone)]
+pub struct FindItems {
+    pub customer_id: i64,
+    pub group_id: i64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+impl Endpoint for FindItems {
+    type Answer = ItemPage;
+    const METHOD: Method = Method::GET;
+    const IDEMPOTENT: bool = true;
+
+    fn path(&self) -> String {
+        format!(
+            "customer_field_group_items?{}",
+            query(&[
+                ("customer_id", self.customer_id.to_string()),
+                ("group_id", self.group_id.to_string()),
+                ("limit", self.limit.to_string()),
+                ("offset", self.offset.to_string()),
+            ])
+        )
+    }
+
+    fn body(&self) -> Option<String> {
+        None
+    }
+
+    fn parse(&self, answer: &Answer) -> Result<ItemPage, CallError> {
+        let page = json_of(answer)
+            .and_then(Page::read)
+            .map_err(|m| unreadable(true, m))?;
+        let items = page.items.iter().filter_map(found_item).collect();
+        Ok(ItemPage {
+            count: page.count,
+            items,
+        })
+    }
+}
+
+fn found_item(v: &Value) -> Option<FoundItem> {
+    let item_id = lenient_int(v.get("item_id").or_else(|| v.get("id")))?;
+    let values = match v.get("values") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|e| {
+                let id = lenient_int(e.get("field_id").or_else(|| e.get("id")))?;
+                Some((id, e.get("value").cloned().unwrap_or(Value::Null)))
+            })
+            .collect(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.trim().parse().ok()?, v.clone())))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(FoundItem {
+        item_id,
+        group_id: lenient_int(v.get("group_id")),
+        customer_id: lenient_int(v.get("customer_id")),
+        values,
+    })
+}
+
+/// `PUT customer_field_group_items/:id`: `{"values": [...]}`; empty answer.
+#[derive(Debug)]
+pub struct UpdateItem<'a> {
+    pub item_id: i64,
+    pub values: &'a [ItemValue],
+}
+
+impl Endpoint for UpdateItem<'_> {
+    type Answer = RowFate<()>;
+    const METHOD: Method = Method::PUT;
+    const IDEMPOTENT: bool = true;
+
+    fn path(&self) -> String {
+        format!("customer_field_group_items/{}", self.item_id)
+    }
+
+    fn body(&self) -> Option<String> {
+        serde_json::to_string(&ItemValues {
+            values: self.values,
+        })
+        .ok()
+    }
+
+    fn parse(&self, _: &Answer) -> Result<Self::Answer, CallError> {
+        Ok(RowFate::Done(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str) -> Answer {
+        Answer {
+            status: 200,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn items_are_read_in_either_value_shape() {
+        let f = FindItems {
+            customer_id: 5,
+            group_id: 2,
+            limit: 1000,
+            offset: 0,
+        };
+        assert_eq!(
+            f.path(),
+            "customer_field_group_items?customer_id=5&group_id=2&limit=1000&offset=0"
+        );
+        let page = f
+            .parse(&answer(
+                r#"{"count":2,"result":[{"item_id":"38","group_id":2,"customer_id":5,"values":[{"field_id":"12","value":"x"}]},{"id":39,"values":{"8":13}}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(page.items[0].item_id, 38);
+        assert_eq!(page.items[0].values, vec![(12, Value::from("x"))]);
+        assert_eq!(page.items[1].values, vec![(8, Value::from(13))]);
+    }
+
+    #[test]
+    fn a_created_item_without_an_id_is_still_done() {
+        let e = CreateItem {
+            item: NewItem {
+                group_id: 2,
+                customer_id: 1,
+                values: &[],
+            },
+        };
+        for body in ["", "{}", "null", r#"{"item_id":"38"}"#] {
+            assert!(
+                matches!(e.parse(&answer(body)), Ok(RowFate::Done(_))),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            e.parse(&answer(r#"{"item_id":"38"}"#)).unwrap(),
+            RowFate::Done(ItemCreated { item_id: Some(38) })
+        );
+    }
+}
