@@ -210,4 +210,7 @@ pub struct SandboxArgs {
     /// Basic-auth password the sandbox accepts (a test server's, not a real secret).
     #[arg(long, default_value = "api_pass")]
     pub password: String,
+    /// Most requests kept in the journal at /_sandbox/requests (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub journal_limit: usize,
 }

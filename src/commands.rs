@@ -106,6 +106,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
         max_batch: args.max_batch,
         user: args.user,
         password: args.password,
+        journal_limit: args.journal_limit,
     };
     let user = config.user.clone();
     let sandbox = Sandbox::start(config)
@@ -217,25 +218,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         drive(rows, &client, ledger, &args.pace, &args.output, file_bytes).await;
     let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
     if let Some((sandbox, _)) = &sandbox {
-        let state = sandbox.state_json();
-        let len = |v: &serde_json::Value| {
-            v.as_object()
-                .map(|o| o.len())
-                .or_else(|| v.as_array().map(Vec::len))
-                .unwrap_or(0)
-        };
-        let records: usize = state["campaigns"]
-            .as_object()
-            .map(|c| c.values().map(|c| len(&c["by_customer"])).sum())
-            .unwrap_or(0);
-        let updated: usize = state["campaigns"]
-            .as_object()
-            .map(|c| c.values().map(|c| len(&c["by_identifier"])).sum())
-            .unwrap_or(0);
-        println!(
-            "sandbox now holds: {} customers, {} field-group items, {} campaign records, {} edited phone records, {} feed records",
-            len(&state["customers"]), len(&state["field_group_items"]), records, updated, len(&state["feed_records"])
-        );
+        println!("sandbox now holds: {}", sandbox.holdings());
     }
     Ok(exit_for(&end, &summary))
 }

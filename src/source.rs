@@ -492,7 +492,7 @@ impl Decoder {
         if self.encoding == encoding_rs::UTF_8 {
             if let Ok(text) = std::str::from_utf8(bytes) {
                 if ends.iter().all(|&e| text.is_char_boundary(e)) {
-                    return self.stray(CellsRef { text, ends });
+                    return self.refuse_nul_or_bom(CellsRef { text, ends });
                 }
             }
         }
@@ -500,7 +500,7 @@ impl Decoder {
         scratch.text.reserve(bytes.len());
         for (j, raw) in rows.fields(i).enumerate() {
             match decode(self.encoding, raw) {
-                Some(text) if let Some(reason) = self.misread(raw, &text) => {
+                Some(text) if let Some(reason) = self.wrong_encoding(raw, &text) => {
                     return Err(err(Some(self.column_name(j)), Some(shorten(&text)), reason));
                 }
                 Some(text) => {
@@ -522,7 +522,7 @@ impl Decoder {
                 }
             }
         }
-        self.stray(scratch.view())
+        self.refuse_nul_or_bom(scratch.view())
     }
 
     fn column_name(&self, i: usize) -> String {
@@ -535,7 +535,7 @@ impl Decoder {
     /// Refuses a row with a NUL byte (binary data) or a byte-order mark
     /// inside it (two exports concatenated): neither belongs in a customer
     /// record, and both would reach the API invisibly.
-    fn stray<'a>(&self, cells: CellsRef<'a>) -> Result<CellsRef<'a>, FieldError> {
+    fn refuse_nul_or_bom<'a>(&self, cells: CellsRef<'a>) -> Result<CellsRef<'a>, FieldError> {
         // Two single-character searches (memchr) beat one two-character one.
         if !cells.text.as_bytes().contains(&0) && !cells.text.contains('\u{feff}') {
             return Ok(cells);
@@ -561,7 +561,7 @@ impl Decoder {
     /// in the wrong encoding shows otherwise: a cell of non-ASCII bytes that
     /// is valid UTF-8 (the file is UTF-8), or a C1 control character (a byte
     /// the encoding has no letter for).
-    fn misread(&self, raw: &[u8], text: &str) -> Option<String> {
+    fn wrong_encoding(&self, raw: &[u8], text: &str) -> Option<String> {
         if self.encoding == encoding_rs::UTF_8 || raw.is_ascii() {
             return None;
         }

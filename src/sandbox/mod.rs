@@ -2,7 +2,8 @@
 //! be rehearsed, and every test and benchmark run, without touching
 //! production. It serves the five endpoints the importer uses plus
 //! `GET /api/customers`, keeps its state in memory, shows it at
-//! `GET /_sandbox/state` and `GET /_sandbox/stats`, and misbehaves on purpose
+//! `GET /_sandbox/state` and `GET /_sandbox/stats`, journals every `/api/`
+//! request at `GET /_sandbox/requests`, and misbehaves on purpose
 //! when asked: latency, a request-rate limit answered with 429, and random
 //! faults drawn reproducibly from a seed.
 //!
@@ -127,6 +128,9 @@ pub struct SandboxConfig {
     pub user: String,
     /// Basic-auth password.
     pub password: String,
+    /// Requests kept in the journal (`/_sandbox/requests`); the oldest go
+    /// first past it.
+    pub journal_limit: usize,
 }
 
 impl Default for SandboxConfig {
@@ -142,6 +146,7 @@ impl Default for SandboxConfig {
             max_batch: 1000,
             user: "api_user".into(),
             password: "api_pass".into(),
+            journal_limit: 1_000_000,
         }
     }
 }
@@ -171,12 +176,27 @@ pub struct Stats {
     pub responses_429: u64,
 }
 
+/// One `/api/` request as it arrived, for `GET /_sandbox/requests`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JournalEntry {
+    pub method: String,
+    /// The path as sent (still percent-encoded).
+    pub path: String,
+    /// The query string as sent, if any.
+    pub query: Option<String>,
+    /// The body as the JSON received; `null` when there is none, a string
+    /// when it is not JSON.
+    pub body: serde_json::Value,
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct Shared {
     pub config: SandboxConfig,
     state: Mutex<SandboxState>,
     stats: Mutex<Stats>,
+    /// Every `/api/` request, in arrival order (faulted ones included).
+    journal: Mutex<std::collections::VecDeque<JournalEntry>>,
     rng: Mutex<StdRng>,
     limiter: Option<DefaultDirectRateLimiter>,
     /// The fault rate in force (f64 bits): starts at the configured one and
@@ -192,6 +212,9 @@ impl Shared {
     }
     fn lock_stats(&self) -> MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_journal(&self) -> MutexGuard<'_, std::collections::VecDeque<JournalEntry>> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn draw_fault(&self) -> Option<FaultKind> {
         let rate = f64::from_bits(self.fault_rate.load(std::sync::atomic::Ordering::Relaxed));
@@ -232,6 +255,7 @@ impl Sandbox {
             config,
             state: Mutex::new(SandboxState::new()),
             stats: Mutex::new(Stats::default()),
+            journal: Mutex::new(std::collections::VecDeque::new()),
             limiter,
         });
         let (stop, stopped) = watch::channel(false);
@@ -259,9 +283,32 @@ impl Sandbox {
         serde_json::to_value(&*self.shared.lock_state()).unwrap_or_default()
     }
 
+    /// What the sandbox holds, in one line: `292 customers, 292
+    /// field-group items, ...`.
+    pub fn holdings(&self) -> String {
+        let state = self.shared.lock_state();
+        let records: usize = state.campaigns.values().map(|c| c.by_customer.len()).sum();
+        let edited: usize = state
+            .campaigns
+            .values()
+            .map(|c| c.by_identifier.len())
+            .sum();
+        format!(
+            "{} customers, {} field-group items, {records} campaign records, {edited} edited phone records, {} feed records",
+            state.customers.len(),
+            state.field_group_items.len(),
+            state.feed_records.len()
+        )
+    }
+
     /// What `/_sandbox/stats` shows.
     pub fn stats(&self) -> Stats {
         self.shared.lock_stats().clone()
+    }
+
+    /// What `/_sandbox/requests` shows: every `/api/` request so far.
+    pub fn requests(&self) -> Vec<JournalEntry> {
+        self.shared.lock_journal().iter().cloned().collect()
     }
 
     /// The live state, for tests that inspect it directly.
@@ -314,6 +361,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .nest("/api", api)
         .route("/_sandbox/state", get(show_state))
         .route("/_sandbox/stats", get(show_stats))
+        .route(
+            "/_sandbox/requests",
+            get(show_requests).delete(clear_requests),
+        )
         .with_state(shared)
 }
 
@@ -340,6 +391,16 @@ async fn show_state(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn show_stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.lock_stats().clone()).into_response()
+}
+
+async fn show_requests(State(shared): State<Arc<Shared>>) -> Response {
+    let journal: Vec<JournalEntry> = shared.lock_journal().iter().cloned().collect();
+    axum::Json(journal).into_response()
+}
+
+async fn clear_requests(State(shared): State<Arc<Shared>>) -> Response {
+    shared.lock_journal().clear();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn accept_loop(
@@ -431,6 +492,33 @@ async fn serve_request(
         stats.requests_total += 1;
         *stats.requests.entry(endpoint.clone()).or_default() += 1;
     }
+    // The journal needs the body; it is read here and put back.
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, api::MAX_BODY_BYTES).await else {
+        return Ok(api::error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body is too large.",
+        ));
+    };
+    {
+        let mut journal = shared.lock_journal();
+        if journal.len() >= shared.config.journal_limit.max(1) {
+            journal.pop_front();
+        }
+        journal.push_back(JournalEntry {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            body: if bytes.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                })
+            },
+        });
+    }
+    let req = Request::from_parts(parts, Body::from(bytes));
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
