@@ -37,6 +37,9 @@ struct RowOutcomes {
     /// The customer's id once known (0: none).
     customer_id: i64,
     stages: [Option<StageOutcome>; 6],
+    /// One more than the highest field group recorded (kept in
+    /// `more_groups` when above 0).
+    groups: u16,
 }
 
 /// Everything a ledger says, folded.
@@ -45,8 +48,8 @@ pub struct Outcomes {
     pub header: Header,
     /// Row n at index n-1.
     rows: Vec<RowOutcomes>,
-    /// Field groups after the first (`group` > 0), per row.
-    more_groups: HashMap<u64, Vec<(usize, StageOutcome)>>,
+    /// Field groups after the first (`group` > 0), by (row, group).
+    more_groups: HashMap<(u64, u16), StageOutcome>,
     /// The message of every latest outcome that is not `ok`.
     messages: HashMap<(u64, Stage, usize), String>,
     rows_read: u64,
@@ -111,11 +114,9 @@ impl Outcomes {
         }
         let state = self.at(row);
         if stage == Stage::FieldGroup && group > 0 {
-            let groups = self.more_groups.entry(row).or_default();
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, o)) => *o = outcome,
-                None => groups.push((group, outcome)),
-            }
+            let group = u16::try_from(group).unwrap_or(u16::MAX - 1);
+            state.groups = state.groups.max(group + 1);
+            self.more_groups.insert((row, group), outcome);
         } else {
             state.stages[stage.index()] = Some(outcome);
         }
@@ -275,12 +276,8 @@ impl<'a> RowView<'a> {
     /// The latest outcome at `stage` (for field groups, the `group`th).
     pub fn stage(&self, stage: Stage, group: usize) -> Option<StageOutcome> {
         if stage == Stage::FieldGroup && group > 0 {
-            self.outcomes
-                .more_groups
-                .get(&self.row)?
-                .iter()
-                .find(|(g, _)| *g == group)
-                .map(|(_, o)| *o)
+            let group = u16::try_from(group).ok()?;
+            self.outcomes.more_groups.get(&(self.row, group)).copied()
         } else {
             self.state.stages[stage.index()]
         }
@@ -297,19 +294,16 @@ impl<'a> RowView<'a> {
     /// Every outcome recorded for the row, as (stage, group, outcome), in
     /// pipeline order.
     pub fn all(&self) -> impl Iterator<Item = (Stage, usize, StageOutcome)> + 'a {
-        let state = self.state;
-        let groups = self
-            .outcomes
-            .more_groups
-            .get(&self.row)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let (state, more, row) = (self.state, &self.outcomes.more_groups, self.row);
         Stage::ALL.into_iter().flat_map(move |stage| {
             let first = state.stages[stage.index()].map(|o| (stage, 0, o));
+            let groups = if stage == Stage::FieldGroup {
+                1..state.groups
+            } else {
+                0..0
+            };
             let more = groups
-                .iter()
-                .filter(move |_| stage == Stage::FieldGroup)
-                .map(move |(g, o)| (stage, *g, *o));
+                .filter_map(move |g| more.get(&(row, g)).map(|o| (stage, usize::from(g), *o)));
             first.into_iter().chain(more)
         })
     }
