@@ -111,7 +111,7 @@ pub fn check(
                 report.invalid += 1;
                 report.errors.push(RowIssue::new(bad.id, bad.error));
             }
-            Ok(row) => match input.plan.evaluate(&row) {
+            Ok(row) => match input.plan.evaluate(&row).and_then(Evaluated::checked) {
                 Ok(evaluated) => {
                     report.valid += 1;
                     on_valid(&input.plan, &row, evaluated);

@@ -119,6 +119,9 @@ pub struct RunArgs {
     /// Start a new ledger even if one exists at the ledger path (the old one is kept aside).
     #[arg(long)]
     pub force_new_ledger: bool,
+    /// Importing a failed-rows CSV: also send rows whose earlier outcome is unknown and cannot be looked up (may duplicate).
+    #[arg(long)]
+    pub include_unknown: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -12,7 +12,7 @@ use crate::cli::{
 };
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials::{self, Credentials, Password};
-use crate::ledger::{self, Header, Ledger};
+use crate::ledger::{self, Header, Ledger, LedgerLock};
 use crate::outcomes::Outcomes;
 use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -200,7 +200,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         started_at: ledger::now(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let ledger = Ledger::create(&ledger_path, header, existing)?;
+    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     let client = ApiClient::new(&credentials, &client_config(&args.pace))
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
@@ -212,11 +212,25 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     );
 
     let Input { source, plan, .. } = input;
-    let rows = pipeline::mapped_rows(source, Arc::new(plan));
+    let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown);
     let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
-    let (end, elapsed, _) =
+    let (end, elapsed, progress) =
         drive(rows, &client, ledger, &args.pace, &args.output, file_bytes).await;
     let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    if count(&progress.reconciled) + count(&progress.duplicates) > 0 {
+        println!(
+            "{} customer(s) of unknown outcome found by identifier and adopted, {} found more than once (left as duplicates)",
+            count(&progress.reconciled),
+            count(&progress.duplicates)
+        );
+    }
+    if count(&progress.left_unknown) > 0 {
+        println!(
+            "left out {} row(s) whose earlier outcome is unknown and cannot be looked up (no identifier, or a feed record): recorded unknown; --include-unknown sends them, and they may then be created twice",
+            count(&progress.left_unknown)
+        );
+    }
     if let Some((sandbox, _)) = &sandbox {
         println!("sandbox now holds: {}", sandbox.holdings());
     }
@@ -352,6 +366,8 @@ fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
 /// `thulium-import retry`: send again what a ledger says is not done.
 async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     check_pace(&args.pace)?;
+    // Locked before it is read: a run still writing it would change it.
+    let lock = LedgerLock::acquire(&args.ledger, "retry")?;
     let outcomes = Outcomes::read(&args.ledger)?;
     let header = outcomes.header.clone();
     for line in &outcomes.unreadable {
@@ -416,7 +432,7 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         rules,
     )?;
     let planning = rows.summary();
-    let ledger = Ledger::append_to(&args.ledger)?;
+    let ledger = Ledger::append_to(&args.ledger, lock)?;
     let attempt = ledger::Attempt {
         started_at: ledger::now(),
         source: absolute(&source_path),
@@ -452,6 +468,11 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
 
 /// `thulium-import report`: fold a ledger into counts and list the rows not done.
 fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
+    // The failed-rows CSV is read from a ledger no process is writing.
+    let _lock = match &args.failed_csv {
+        Some(_) => Some(LedgerLock::acquire(&args.ledger, "report --failed-csv")?),
+        None => None,
+    };
     let outcomes = Outcomes::read(&args.ledger)?;
     let summary = report::Report::of(&outcomes);
     let stdout = std::io::stdout();
@@ -489,4 +510,39 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::RowsNotDone
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_whose_source_failed_mid_file_exits_3() {
+        let end = |aborted: Option<&str>, read_error: Option<&str>| pipeline::RunEnd {
+            rows_read: 10,
+            aborted: aborted.map(str::to_string),
+            read_error: read_error.map(str::to_string),
+        };
+        let all_done = report::Report {
+            rows: 10,
+            ok: 10,
+            ..Default::default()
+        };
+        let some_left = report::Report {
+            rows: 10,
+            ok: 9,
+            invalid: 1,
+            ..Default::default()
+        };
+        assert_eq!(exit_for(&end(None, None), &all_done), Exit::Ok);
+        assert_eq!(exit_for(&end(None, None), &some_left), Exit::RowsNotDone);
+        assert_eq!(
+            exit_for(&end(None, Some("disk gone")), &all_done),
+            Exit::Aborted
+        );
+        assert_eq!(
+            exit_for(&end(Some("Ctrl-C"), None), &all_done),
+            Exit::Aborted
+        );
+    }
 }

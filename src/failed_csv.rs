@@ -3,10 +3,14 @@
 //!
 //! The file has the source's own header and cells (re-read from the source,
 //! in its delimiter and encoding unless `--utf8`), plus `_row`, `_line`,
-//! `_stage`, `_status`, `_error`, `_customer_id` and `_done`. When it is
-//! imported, a row with `_customer_id` skips customer creation and the stages
-//! listed in `_done` (each field group by its own name, `field_group:2`) are
-//! not sent again, so the round trip never duplicates.
+//! `_stage`, `_status`, `_error`, `_customer_id`, `_done` and `_unknown`.
+//! When it is imported with the same mapping, a row with `_customer_id`
+//! skips customer creation, the stages listed in `_done` (each field group
+//! by its own name, `field_group:2`) are not sent again, and those in
+//! `_unknown` (sent, outcome unknown) are looked up first — a customer by
+//! its identifier, an item among the customer's items — or, where nothing
+//! can be looked up, left out unless `--include-unknown`: the round trip
+//! never creates anything twice.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ pub enum FailedCsvError {
 }
 
 /// The bookkeeping columns added after the source's own.
-pub const COLUMNS: [&str; 7] = [
+pub const COLUMNS: [&str; 8] = [
     "_row",
     "_line",
     "_stage",
@@ -36,6 +40,7 @@ pub const COLUMNS: [&str; 7] = [
     "_error",
     "_customer_id",
     "_done",
+    "_unknown",
 ];
 
 /// Writes the rows of `outcomes` that are not done; returns how many.
@@ -127,22 +132,26 @@ pub fn write(
         }
         let mut first_bad = None;
         let mut done: Vec<String> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
         let mut customer_id = String::new();
         if let Some(view) = view {
             if let Some(id) = view.customer_id() {
                 customer_id = id.to_string();
             }
             for (stage, group, outcome) in view.all() {
+                let name = || match stage {
+                    Stage::FieldGroup => field_group_names
+                        .get(group)
+                        .cloned()
+                        .unwrap_or_else(|| format!("field_group#{}", group + 1)),
+                    other => other.name().into(),
+                };
+                if outcome.status == Status::Unknown {
+                    unknown.push(name());
+                }
                 if outcome.status == Status::Ok {
-                    match stage {
-                        Stage::Mapping => {}
-                        Stage::FieldGroup => done.push(
-                            field_group_names
-                                .get(group)
-                                .cloned()
-                                .unwrap_or_else(|| format!("field_group#{}", group + 1)),
-                        ),
-                        other => done.push(other.name().into()),
+                    if stage != Stage::Mapping {
+                        done.push(name());
                     }
                 } else if first_bad.is_none() {
                     first_bad = Some((
@@ -176,6 +185,7 @@ pub fn write(
             error,
             customer_id,
             done.join(","),
+            unknown.join(","),
         ]);
         emit(&fields, &mut out).map_err(io)?;
         written += 1;

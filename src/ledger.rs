@@ -145,6 +145,10 @@ pub struct RowEvent {
     pub retryable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled: Option<bool>,
+    /// A short fingerprint of the row's identifier (8 hex digits of a hash,
+    /// never the value): `retry --source` refuses a copy whose rows moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp: Option<String>,
 }
 
 /// Rows about to be sent in a call that is not idempotent.
@@ -206,6 +210,77 @@ pub enum LedgerError {
         "ledger {path}: the ledger writer stopped after an earlier error; nothing more is sent"
     )]
     Closed { path: String },
+    #[error("{path}: the ledger is in use by {holder}; one process at a time works on a ledger (wait for it to end, or stop it)")]
+    Busy { path: String, holder: String },
+}
+
+/// An exclusive advisory lock on a ledger, held by `run`, `retry` and
+/// `report --failed-csv` for their whole run, so that two processes never
+/// work on one ledger (a cron job overlapping the night before's). Who holds
+/// it, and since when, is written beside it in `<ledger>.lock` for the
+/// message a second process prints; the lock itself is the kernel's, so a
+/// crash releases it.
+#[derive(Debug)]
+pub struct LedgerLock {
+    _file: File,
+    info: PathBuf,
+}
+
+impl LedgerLock {
+    /// Takes the lock on the ledger at `path` (which must exist) for
+    /// `command`, or says who holds it.
+    pub fn acquire(path: &Path, command: &str) -> Result<LedgerLock, LedgerError> {
+        let io = |e| LedgerError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let file = File::open(path).map_err(io)?;
+        let info = lock_info_path(path);
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&info)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "another process".into());
+                return Err(LedgerError::Busy {
+                    path: path.display().to_string(),
+                    holder,
+                });
+            }
+            // A file system without locks (some network mounts): go on,
+            // saying so.
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(ledger = %path.display(), error = %e, "Cannot lock the ledger; make sure no other process uses it.");
+            }
+        }
+        let text = format!(
+            "process {} (`thulium-import {command}`) since {}\n",
+            std::process::id(),
+            now()
+        );
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        if let Ok(mut f) = options.open(&info) {
+            let _ = f.write_all(text.as_bytes());
+        }
+        Ok(LedgerLock { _file: file, info })
+    }
+}
+
+impl Drop for LedgerLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.info);
+    }
+}
+
+fn lock_info_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    p.into()
 }
 
 /// What to do with a ledger already at the path.
@@ -221,17 +296,23 @@ pub enum Existing {
 
 type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
-/// The writing side of a ledger.
+/// The writing side of a ledger, holding its lock.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     path: PathBuf,
     tx: std::sync::mpsc::Sender<Job>,
+    _lock: std::sync::Arc<LedgerLock>,
 }
 
 impl Ledger {
-    /// Creates a new ledger (never overwrites one) with mode 0600 and writes
-    /// the header durably.
-    pub fn create(path: &Path, header: Header, existing: Existing) -> Result<Ledger, LedgerError> {
+    /// Creates a new ledger (never overwrites one) with mode 0600, locks it
+    /// for `command` and writes the header durably.
+    pub fn create(
+        path: &Path,
+        header: Header,
+        existing: Existing,
+        command: &str,
+    ) -> Result<Ledger, LedgerError> {
         let io = |e| LedgerError::Io {
             path: path.display().to_string(),
             source: e,
@@ -244,6 +325,8 @@ impl Ledger {
                     })
                 }
                 Existing::KeepAside => {
+                    // Not from under a process still writing it.
+                    let _busy = LedgerLock::acquire(path, command)?;
                     let aside = format!(
                         "{}.{}",
                         path.display(),
@@ -251,7 +334,10 @@ impl Ledger {
                     );
                     std::fs::rename(path, aside).map_err(io)?;
                 }
-                Existing::Replace => std::fs::remove_file(path).map_err(io)?,
+                Existing::Replace => {
+                    let _busy = LedgerLock::acquire(path, command)?;
+                    std::fs::remove_file(path).map_err(io)?
+                }
             }
         }
         let mut options = std::fs::OpenOptions::new();
@@ -259,15 +345,16 @@ impl Ledger {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(path).map_err(io)?;
+        let lock = LedgerLock::acquire(path, command)?;
         let mut line = serde_json::to_vec(&Entry::Header(header)).unwrap_or_default();
         line.push(b'\n');
         file.write_all(&line).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(Ledger::spawn(path, file))
+        Ok(Ledger::spawn(path, file, lock))
     }
 
-    /// Opens an existing ledger for appending (retry).
-    pub fn append_to(path: &Path) -> Result<Ledger, LedgerError> {
+    /// Opens an existing ledger for appending (retry), under its lock.
+    pub fn append_to(path: &Path, lock: LedgerLock) -> Result<Ledger, LedgerError> {
         let io = |e| LedgerError::Io {
             path: path.display().to_string(),
             source: e,
@@ -276,16 +363,17 @@ impl Ledger {
             .append(true)
             .open(path)
             .map_err(io)?;
-        Ok(Ledger::spawn(path, file))
+        Ok(Ledger::spawn(path, file, lock))
     }
 
-    fn spawn(path: &Path, file: File) -> Ledger {
+    fn spawn(path: &Path, file: File, lock: LedgerLock) -> Ledger {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let display = path.display().to_string();
         std::thread::spawn(move || writer(file, rx, display));
         Ledger {
             path: path.into(),
             tx,
+            _lock: std::sync::Arc::new(lock),
         }
     }
 
@@ -410,6 +498,23 @@ pub fn read(path: &Path, mut f: impl FnMut(Entry)) -> Result<(Header, ReadNotes)
         path: path.display().to_string(),
     })?;
     Ok((header, notes))
+}
+
+/// The fingerprint of an identifier: the first four bytes of its SHA-256.
+pub fn fingerprint(identifier: &str) -> u32 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(identifier.as_bytes());
+    u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]])
+}
+
+/// A fingerprint as the ledger writes it.
+pub fn format_fingerprint(fp: u32) -> String {
+    format!("{fp:08x}")
+}
+
+/// A fingerprint as the ledger wrote it.
+pub fn parse_fingerprint(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 16).ok()
 }
 
 /// SHA-256 of a file, hex.

@@ -37,6 +37,8 @@ struct RowOutcomes {
     /// The customer's id once known (0: none).
     customer_id: i64,
     stages: [Option<StageOutcome>; 6],
+    /// The fingerprint of the row's identifier, as recorded.
+    fp: Option<u32>,
     /// One more than the highest field group recorded (kept in
     /// `more_groups` when above 0).
     groups: u16,
@@ -145,11 +147,15 @@ impl Outcomes {
                 message,
                 customer_id,
                 retryable,
+                fp,
                 ..
             }) => {
                 let state = self.at(row);
                 state.line = line;
                 state.offset = offset;
+                if let Some(fp) = fp.as_deref().and_then(crate::ledger::parse_fingerprint) {
+                    state.fp = Some(fp);
+                }
                 if let (Stage::Customer, Some(id)) = (stage, customer_id) {
                     state.customer_id = id;
                 }
@@ -265,6 +271,7 @@ impl<'a> RowView<'a> {
             row: self.row,
             line: self.state.line,
             offset: self.state.offset,
+            fp: self.state.fp,
         }
     }
 

@@ -59,9 +59,9 @@ pub struct MappedRow {
     pub payloads: RowPayloads,
     /// Look the customer up before creating it.
     pub lookup: Option<CustomerLookup>,
-    /// The row was invalid in the ledger and maps now (a retry with a
-    /// corrected mapping or source): recorded as such.
-    pub now_valid: bool,
+    /// Outcomes known before anything is sent (a row invalid before that
+    /// maps now; stages left as they were), recorded as the row comes in.
+    pub first: Vec<RowEvent>,
 }
 
 impl MappedRow {
@@ -71,7 +71,7 @@ impl MappedRow {
             id,
             payloads,
             lookup: None,
-            now_valid: false,
+            first: Vec::new(),
         }
     }
 }
@@ -140,6 +140,9 @@ pub struct Progress {
     pub reconciled: AtomicU64,
     /// Customers a lookup found more than once (left alone).
     pub duplicates: AtomicU64,
+    /// Rows of a failed-rows CSV left out: a stage's earlier outcome is
+    /// unknown and cannot be looked up (`--include-unknown` sends them).
+    pub left_unknown: AtomicU64,
     /// Rows with an outcome recorded at every stage they go to (done,
     /// failed, unknown or invalid): what the progress bar's ETA follows,
     /// since rows are read ahead of the calls.
@@ -225,6 +228,7 @@ pub fn event(id: RowId, stage: Stage, status: Status) -> RowEvent {
         offset: id.offset,
         stage: Some(stage),
         status: Some(status),
+        fp: id.fp.map(ledger::format_fingerprint),
         ..RowEvent::default()
     }
 }
@@ -299,8 +303,6 @@ impl Run {
         };
         if status == Status::Invalid {
             self.progress.invalid.fetch_add(1, Ordering::Relaxed);
-            self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
-            return;
         }
         let failed = matches!(status, Status::Failed | Status::Unknown);
         let newly_failed = {
@@ -316,9 +318,17 @@ impl Run {
                     }
                     newly
                 }
+                // A row invalid as a whole is never pending: it settles here.
+                None if status == Status::Invalid => {
+                    self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 None => failed,
             }
         };
+        if status == Status::Invalid {
+            return;
+        }
         if let Some(tally) = self.progress.tally(stage) {
             tally.add(status);
         }
@@ -428,10 +438,14 @@ pub struct RunEnd {
     pub read_error: Option<String>,
 }
 
-/// Reads and maps every row of a file, for [`run`].
-pub fn mapped_rows(
-    mut source: Source<std::fs::File>,
+/// Reads and maps every row of a file, for [`run`]. A failed-rows CSV's
+/// rows whose earlier outcome was unknown (`_unknown`) are planned as
+/// `retry` plans them: looked up first where they can be, left (and
+/// recorded unknown) where they cannot unless `include_unknown`.
+pub fn mapped_rows<R: std::io::Read + Send + 'static>(
+    mut source: Source<R>,
     plan: Arc<crate::mapping::Plan>,
+    include_unknown: bool,
 ) -> impl Iterator<Item = Incoming> + Send + 'static {
     let mut done = false;
     std::iter::from_fn(move || {
@@ -444,13 +458,41 @@ pub fn mapped_rows(
                 Incoming::SourceFailed(e)
             }
             Ok(Err(bad)) => Incoming::Invalid(bad.id, vec![bad.error]),
-            Ok(Ok(row)) => match plan.map_row(&row) {
-                Ok(payloads) => Incoming::Mapped(Box::new(MappedRow::new(row.id, payloads))),
-                Err(errors) => Incoming::Invalid(row.id, errors),
-            },
+            Ok(Ok(mut row)) => {
+                row.id.fp = plan.fingerprint(&row);
+                match plan.map_row(&row) {
+                    Ok(payloads) if payloads.unknown.any() => {
+                        Incoming::Mapped(Box::new(after_unknown(row.id, payloads, include_unknown)))
+                    }
+                    Ok(payloads) => Incoming::Mapped(Box::new(MappedRow::new(row.id, payloads))),
+                    Err(errors) => Incoming::Invalid(row.id, errors),
+                }
+            }
         };
         Some(item)
     })
+}
+
+/// A failed-rows CSV's row that an earlier run left unknown at some stage:
+/// what it still needs, by `retry`'s rules.
+fn after_unknown(id: RowId, mut payloads: RowPayloads, include_unknown: bool) -> MappedRow {
+    let unknown = std::mem::take(&mut payloads.unknown);
+    let rules = crate::resume::Rules {
+        // The person edited the file: refused rows are sent again.
+        changed: true,
+        include_unknown,
+    };
+    let previous = crate::resume::failed_csv_previous(&unknown);
+    let kept = crate::resume::keep_what_is_not_done(&mut payloads, &previous, None, rules);
+    let mut row = MappedRow::new(id, payloads);
+    row.lookup = kept.lookup;
+    for (stage, group, reason) in kept.left {
+        let mut ev = event(id, stage, Status::Unknown);
+        ev.group = (stage == Stage::FieldGroup).then_some(group);
+        ev.message = Some(format!("left out of this import: {reason}"));
+        row.first.push(ev);
+    }
+    row
 }
 
 /// The ledger message of an invalid row: every problem, with its line,
@@ -566,15 +608,24 @@ pub async fn run(
                 ev.message = Some(invalid_message(id, &errors));
                 run.record(vec![Entry::Row(ev)]).await;
             }
-            Incoming::Mapped(row) => {
+            Incoming::Mapped(mut row) => {
                 rows_read += 1;
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
-                let mut first = Vec::new();
-                if row.now_valid {
-                    first.push(Entry::Row(event(row.id, Stage::Mapping, Status::Ok)));
+                if row.first.iter().any(|e| e.status == Some(Status::Unknown)) {
+                    progress.left_unknown.fetch_add(1, Ordering::Relaxed);
                 }
-                first.extend(looked_up.map(Entry::Row));
-                match row.payloads.outcomes() + first.len() as u32 {
+                let mut first: Vec<Entry> = std::mem::take(&mut row.first)
+                    .into_iter()
+                    .chain(looked_up)
+                    .map(Entry::Row)
+                    .collect();
+                for (stage, problem) in &row.payloads.invalid_stages {
+                    let mut ev = event(row.id, *stage, Status::Invalid);
+                    ev.message = Some(invalid_message(row.id, std::slice::from_ref(problem)));
+                    first.push(Entry::Row(ev));
+                }
+                let recorded_now = first.len() - row.payloads.invalid_stages.len();
+                match row.payloads.outcomes() + recorded_now as u32 {
                     0 => {
                         progress.rows_settled.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1069,8 +1120,52 @@ pub fn join_ids(ids: &[i64]) -> String {
     }
 }
 
-/// A field-group item: not idempotent.
+/// A field-group item: not idempotent. One whose creation had an unknown
+/// outcome is looked for among the customer's items in its group first: an
+/// item holding the values sent is adopted (`ok`, `"reconciled": true`),
+/// none means it is created, and items that all differ are a mismatch,
+/// reported and left.
 async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: ItemPayload) {
+    let group = Some(item.index);
+    if item.reconcile && !run.abort.is_set() {
+        let call = run.client.find_items(customer_id, item.group_id).await;
+        run.observe(&call);
+        let mut ev = event(id, Stage::FieldGroup, Status::Ok);
+        ev.group = group;
+        ev.customer_id = Some(customer_id);
+        ev.attempts = Some(call.attempts);
+        match call.result {
+            Ok(items) if items.is_empty() => {}
+            Ok(items) => {
+                match items.iter().find(|i| i.holds(&item.values)) {
+                    Some(found) => {
+                        ev.item_id = Some(found.item_id);
+                        ev.reconciled = Some(true);
+                        ev.message = Some(
+                            "found among the customer's items after an unknown outcome: adopted, not created again".into(),
+                        );
+                    }
+                    None => {
+                        ev.status = Some(Status::Failed);
+                        ev.retryable = Some(false);
+                        ev.message = Some(format!(
+                            "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
+                            items.len(),
+                            item.group_id
+                        ));
+                    }
+                }
+                run.record(vec![Entry::Row(ev)]).await;
+                return;
+            }
+            Err(e) => {
+                ev.status = Some(Status::Unknown);
+                ev.message = Some(format!("could not look the item up ({e}); still unknown"));
+                run.record(vec![Entry::Row(ev)]).await;
+                return;
+            }
+        }
+    }
     let endpoint = CreateItem {
         item: NewItem {
             group_id: item.group_id,
@@ -1081,7 +1176,7 @@ async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: Item
     run.send_for_row(
         id,
         Stage::FieldGroup,
-        Some(item.index),
+        group,
         endpoint,
         |ev, created: &ItemCreated| {
             ev.customer_id = Some(customer_id);

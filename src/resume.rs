@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::customers::SearchKey;
 use crate::ledger::{Stage, Status};
-use crate::mapping::{Plan, RowPayloads};
-use crate::outcomes::{Outcomes, RowView, StageOutcome};
+use crate::mapping::{Plan, RowPayloads, Unknowns};
+use crate::outcomes::{Outcomes, StageOutcome};
 use crate::pipeline::{CustomerLookup, Incoming, MappedRow};
 use crate::source::{RowId, Source, SourceError, SourceOptions};
 
@@ -77,82 +77,173 @@ fn verdict(last: Option<StageOutcome>, stage: Stage, rules: Rules) -> Verdict {
                 Verdict::Leave(LEFT_REFUSED.into())
             }
         }
+        // Sending these twice does no harm.
+        Status::Unknown if matches!(stage, Stage::Campaign | Stage::CampaignUpdate) => {
+            Verdict::Send
+        }
+        // An item can be found among the customer's items.
+        Status::Unknown if stage == Stage::FieldGroup => Verdict::LookUpFirst,
         Status::Unknown if rules.include_unknown => Verdict::Send,
+        Status::Unknown if stage == Stage::Customer => Verdict::Leave(
+            "customer outcome unknown, and the row has no identifier to look it up by: not resent without --include-unknown (it may be created twice)".into(),
+        ),
         Status::Unknown => Verdict::Leave(format!(
-            "{} outcome unknown: it may have been applied; not resent without --include-unknown{}",
-            stage.name(),
-            if stage == Stage::Customer {
-                " (the row has no identifier to look the customer up by)"
-            } else {
-                ""
-            }
+            "{} outcome unknown: it may have been applied, and the API cannot look it up; not resent without --include-unknown",
+            stage.name()
         )),
     }
 }
 
-/// Keeps only what a row still needs; returns the customer's verdict.
-fn keep_what_is_not_done(
+/// What a row still needs, once its earlier outcomes are known.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Look the customer up first (its creation had an unknown outcome).
+    pub lookup: Option<CustomerLookup>,
+    /// Stages left as they were (stage, field group, why).
+    pub left: Vec<(Stage, usize, String)>,
+}
+
+/// Keeps only what a row still needs, given each stage's earlier outcome
+/// (`previous(stage, group)`) and the customer's id if one is known: the
+/// one set of rules for `retry` and for importing a failed-rows CSV.
+pub fn keep_what_is_not_done(
     payloads: &mut RowPayloads,
-    row: Option<RowView<'_>>,
+    previous: &dyn Fn(Stage, usize) -> Option<StageOutcome>,
+    known_customer: Option<i64>,
     rules: Rules,
-    left: &mut BTreeMap<String, u64>,
-) -> Option<Verdict> {
-    let last = |stage: Stage, group: usize| row.and_then(|r| r.stage(stage, group));
-    let mut leave = |v: &Verdict| {
+) -> Kept {
+    let mut kept = Kept::default();
+    let mut leave = |stage: Stage, group: usize, v: &Verdict| {
         if let Verdict::Leave(reason) = v {
-            *left.entry(reason.clone()).or_default() += 1;
+            kept.left.push((stage, group, reason.clone()));
         }
     };
     // The customer.
-    let customer = if payloads.customer.is_some() || payloads.existing_customer_id.is_some() {
-        let previous = last(Stage::Customer, 0);
-        let unknown = previous.is_some_and(|p| p.status == Status::Unknown);
-        let has_key = payloads
-            .customer
-            .as_ref()
-            .and_then(|c| c.identifier_text())
-            .is_some();
-        let v = if payloads.customer.is_none() {
-            Verdict::Done
-        } else if unknown && has_key {
-            // Unknown, and a key to look it up by: find out first.
-            Verdict::LookUpFirst
-        } else {
-            verdict(previous, Stage::Customer, rules)
-        };
-        if v == Verdict::Done {
-            if let Some(id) = row.and_then(|r| r.customer_id()) {
-                payloads.existing_customer_id = Some(id);
+    let mut customer_blocked = false;
+    let mut lookup = None;
+    if payloads.customer.is_some() {
+        let last = previous(Stage::Customer, 0);
+        let identifier = payloads.customer.as_ref().and_then(|c| c.identifier_text());
+        let unknown = last.is_some_and(|l| l.status == Status::Unknown);
+        let v = match verdict(last, Stage::Customer, rules) {
+            // Unknown, and a key to look it up by: find out first, even
+            // with --include-unknown.
+            Verdict::Send | Verdict::Leave(_) if unknown && identifier.is_some() => {
+                Verdict::LookUpFirst
             }
-            payloads.customer = None;
+            v => v,
+        };
+        match &v {
+            Verdict::Done => {
+                payloads.existing_customer_id = known_customer.or(payloads.existing_customer_id);
+                payloads.customer = None;
+            }
+            Verdict::LookUpFirst => {
+                lookup = identifier.map(|value| CustomerLookup {
+                    key: SearchKey::Identifier,
+                    value,
+                });
+            }
+            Verdict::Leave(_) => customer_blocked = true,
+            Verdict::Send => {}
         }
-        leave(&v);
-        Some(v)
-    } else {
-        None
+        leave(Stage::Customer, 0, &v);
+    }
+    // Whether a stage is sent (and if so, looked up first).
+    let mut needed = |stage: Stage, group: usize| -> Option<bool> {
+        let v = verdict(previous(stage, group), stage, rules);
+        leave(stage, group, &v);
+        match v {
+            Verdict::Send => Some(false),
+            Verdict::LookUpFirst => Some(true),
+            Verdict::Done | Verdict::Leave(_) => None,
+        }
     };
-    let customer_blocked = matches!(customer, Some(Verdict::Leave(_)));
-    let mut needed = |stage: Stage, group: usize| {
-        let v = verdict(last(stage, group), stage, rules);
-        leave(&v);
-        v == Verdict::Send
-    };
-    payloads
-        .field_groups
-        .retain(|item| !customer_blocked && needed(Stage::FieldGroup, item.index));
-    if payloads.campaign.is_some() && (customer_blocked || !needed(Stage::Campaign, 0)) {
+    payloads.field_groups.retain_mut(|item| {
+        if customer_blocked {
+            return false;
+        }
+        match needed(Stage::FieldGroup, item.index) {
+            Some(reconcile) => {
+                item.reconcile = reconcile;
+                true
+            }
+            None => false,
+        }
+    });
+    if payloads.campaign.is_some() && (customer_blocked || needed(Stage::Campaign, 0).is_none()) {
         payloads.campaign = None;
     }
-    if payloads.feed.is_some() && (customer_blocked || !needed(Stage::Feed, 0)) {
+    if payloads.feed.is_some() && (customer_blocked || needed(Stage::Feed, 0).is_none()) {
         payloads.feed = None;
     }
-    if payloads.campaign_update.is_some() && !needed(Stage::CampaignUpdate, 0) {
+    if payloads.campaign_update.is_some() && needed(Stage::CampaignUpdate, 0).is_none() {
         payloads.campaign_update = None;
     }
+    payloads
+        .invalid_stages
+        .retain(|(stage, _)| needed(*stage, 0).is_some());
     if customer_blocked {
         payloads.customer = None;
     }
-    customer
+    kept.lookup = lookup;
+    kept
+}
+
+/// What an earlier run left unknown, as a failed-rows CSV's `_unknown`
+/// says (every other stage in the file is still to be sent).
+pub fn failed_csv_previous(
+    unknown: &Unknowns,
+) -> impl Fn(Stage, usize) -> Option<StageOutcome> + '_ {
+    let outcome = StageOutcome {
+        status: Status::Unknown,
+        retryable: None,
+        http_status: None,
+    };
+    move |stage, group| {
+        let is = match stage {
+            Stage::Customer => unknown.customer,
+            Stage::FieldGroup => unknown.field_groups.contains(&group),
+            Stage::Feed => unknown.feed,
+            _ => false,
+        };
+        is.then_some(outcome)
+    }
+}
+
+/// Why a retry cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{path}: row {row} (line {line}) is not the ledger's row {row}: its identifier differs from the one the ledger recorded, so rows were deleted, inserted or moved (or the identifier edited); its later rows would be matched with the wrong customers. Keep every row where it was (fix cells in place, leave rows you do not want to retry as they are)")]
+    Moved { path: String, row: u64, line: u64 },
+}
+
+/// Checks that an edited copy (`--source`) has the ledger's rows where the
+/// ledger has them, by each row's identifier fingerprint; names the first
+/// row that moved. One pass over the copy, nothing kept.
+fn same_rows(
+    outcomes: &Outcomes,
+    plan: &Plan,
+    path: &Path,
+    options: &SourceOptions,
+) -> Result<(), RetryError> {
+    let mut source = Source::open(path, options)?;
+    while let Some(item) = source.next_row() {
+        let Ok(row) = item? else { continue };
+        let Some(recorded) = outcomes.row(row.id.row).and_then(|r| r.id().fp) else {
+            continue;
+        };
+        if plan.fingerprint(&row) != Some(recorded) {
+            return Err(RetryError::Moved {
+                path: path.display().to_string(),
+                row: row.id.row,
+                line: row.id.line,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The rows a retry sends, read from the source as the pipeline asks for
@@ -185,7 +276,10 @@ impl RetryRows {
         options: &SourceOptions,
         seekable: bool,
         rules: Rules,
-    ) -> Result<RetryRows, SourceError> {
+    ) -> Result<RetryRows, RetryError> {
+        if !seekable {
+            same_rows(&outcomes, &plan, path, options)?;
+        }
         let source = Source::open(path, options)?;
         Ok(RetryRows {
             outcomes,
@@ -234,13 +328,14 @@ impl RetryRows {
             self.note(|s| *s.left.entry(LEFT_INVALID.into()).or_default() += 1);
             return None;
         }
-        let row = match item {
+        let mut row = match item {
             Err(bad) => {
                 self.note(|s| s.invalid += 1);
                 return Some(Incoming::Invalid(bad.id, vec![bad.error]));
             }
             Ok(row) => row,
         };
+        row.id.fp = self.plan.fingerprint(&row);
         let mut payloads = match self.plan.map_row(&row) {
             Ok(p) => p,
             Err(errors) => {
@@ -248,31 +343,32 @@ impl RetryRows {
                 return Some(Incoming::Invalid(row.id, errors));
             }
         };
-        let mut left = BTreeMap::new();
-        let customer = keep_what_is_not_done(&mut payloads, view, self.rules, &mut left);
-        if !left.is_empty() {
+        let previous = |stage: Stage, group: usize| view.and_then(|v| v.stage(stage, group));
+        let kept = keep_what_is_not_done(
+            &mut payloads,
+            &previous,
+            view.and_then(|v| v.customer_id()),
+            self.rules,
+        );
+        if !kept.left.is_empty() {
             self.note(|s| {
-                for (reason, n) in left {
-                    *s.left.entry(reason).or_default() += n;
+                for (_, _, reason) in kept.left {
+                    *s.left.entry(reason).or_default() += 1;
                 }
             });
         }
-        let lookup = (customer == Some(Verdict::LookUpFirst))
-            .then(|| payloads.customer.as_ref().and_then(|c| c.identifier_text()))
-            .flatten()
-            .map(|identifier| CustomerLookup {
-                key: SearchKey::Identifier,
-                value: identifier,
-            });
+        let lookup = kept.lookup;
         if payloads.is_empty() && !was_invalid {
             return None;
         }
-        Some(Incoming::Mapped(Box::new(MappedRow {
-            id: row.id,
-            payloads,
-            lookup,
-            now_valid: was_invalid,
-        })))
+        let mut mapped = MappedRow::new(row.id, payloads);
+        mapped.lookup = lookup;
+        if was_invalid {
+            mapped
+                .first
+                .push(crate::pipeline::event(row.id, Stage::Mapping, Status::Ok));
+        }
+        Some(Incoming::Mapped(Box::new(mapped)))
     }
 
     /// Moves the source to row `n` by its byte offset, when it is known.

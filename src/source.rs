@@ -81,7 +81,7 @@ impl std::fmt::Display for SourceInfo {
 }
 
 /// Where a data row is in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowId {
     /// 1-based data record number (the header is not counted).
     pub row: u64,
@@ -89,6 +89,10 @@ pub struct RowId {
     pub line: u64,
     /// Byte offset of the record's first byte in the file.
     pub offset: u64,
+    /// A short fingerprint of the row's identifier (a few bytes of a hash,
+    /// never the value), set once the mapping has read it: what tells an
+    /// edited copy's rows from moved ones.
+    pub fp: Option<u32>,
 }
 
 /// One decoded data row.
@@ -429,6 +433,7 @@ impl<R: Read> Engine<R> {
                             row,
                             line: start.line,
                             offset: start.offset,
+                            fp: None,
                         },
                         bytes: (bytes_start, outlen),
                         ends: (ends_start, endlen),
@@ -918,7 +923,8 @@ mod tests {
             RowId {
                 row: 1,
                 line: 2,
-                offset: 8
+                offset: 8,
+                fp: None
             }
         );
         assert_eq!(ids[1].row, 2);

@@ -59,6 +59,7 @@ fn row(cells: &[(&str, &str)]) -> Row {
             row: 7,
             line: 8,
             offset: 100,
+            fp: None,
         },
         cells: Cells::from_strs(&values),
     }

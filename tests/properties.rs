@@ -158,9 +158,9 @@ proptest! {
         // date for a date field...): that must be an error value, not a panic.
         let Ok(plan) = mapping::compile(&loaded, &header) else { return Ok(()) };
         for (i, cells) in rows.iter().enumerate() {
-            let row = Row { id: RowId { row: i as u64 + 1, line: i as u64 + 2, offset: 0 }, cells: Cells::from_strs(cells) };
+            let row = Row { id: RowId { row: i as u64 + 1, line: i as u64 + 2, offset: 0, fp: None }, cells: Cells::from_strs(cells) };
             // check's fast path (values checked, not built) agrees exactly.
-            prop_assert_eq!(plan.validate(&row), plan.evaluate(&row).map(|_| ()));
+            prop_assert_eq!(plan.validate(&row), plan.evaluate(&row).and_then(mapping::Evaluated::checked).map(|_| ()));
             match plan.map_row(&row) {
                 Ok(p) => {
                     // Whatever is produced is well-formed JSON for the API.
@@ -246,7 +246,7 @@ proptest! {
         let mut batcher = CampaignBatcher::default();
         let mut chunks: Vec<CampaignChunk> = Vec::new();
         for (i, (c, customer)) in records.iter().enumerate() {
-            let id = RowId { row: i as u64 + 1, line: i as u64 + 2, offset: i as u64 };
+            let id = RowId { row: i as u64 + 1, line: i as u64 + 2, offset: i as u64, fp: None };
             let payload = CampaignPayload { campaign_id: campaigns[*c].to_string(), record: Default::default() };
             chunks.extend(batcher.add(id, *customer, payload, limit));
             if flush_every.is_some_and(|n| i % n == 0) {

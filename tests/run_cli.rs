@@ -611,3 +611,80 @@ async fn the_password_appears_nowhere_even_at_trace_level() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_campaign_id_is_invalid_at_that_stage_and_the_rest_goes_on() {
+    // No `when`: rows without a campaign cannot be added to one. They get
+    // an outcome at the campaign stage (invalid, with the reason) instead
+    // of the stage vanishing, and their customers are still created.
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.toml");
+    let text = std::fs::read_to_string(MAPPING)
+        .unwrap()
+        .replace(
+            "when = \"Kampania\"               # only rows with a campaign\n",
+            "",
+        )
+        .replace("when = \"Nr rekordu\"\n", "");
+    assert!(!text.contains("when = \"Kampania\"") && !text.contains("when = \"Nr rekordu\""));
+    std::fs::write(&mapping, &text).unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let done = run(&sandbox, SAMPLE, mapping.to_str().unwrap(), &[]).await;
+    assert_eq!(done.code, Some(1), "{}{}", done.stdout, done.stderr);
+    assert_eq!(customers(&sandbox), 292, "every valid row's customer");
+    let finals = finals(&done.ledger);
+    let invalid_campaign: Vec<u64> = finals
+        .iter()
+        .filter(|((_, s, _), v)| s == "campaign" && *v == "invalid")
+        .map(|((r, _, _), _)| *r)
+        .collect();
+    assert_eq!(
+        invalid_campaign.len(),
+        292 - 169,
+        "every row without a campaign"
+    );
+    let invalid_update = finals
+        .iter()
+        .filter(|((_, s, _), v)| s == "campaign_update" && *v == "invalid")
+        .count();
+    assert_eq!(invalid_update, 292 - 79);
+    let row = invalid_campaign[0];
+    assert_eq!(finals[&(row, "customer".into(), 0)], "ok");
+    let ev = done
+        .ledger
+        .iter()
+        .find(|e| e["row"] == row && e["stage"] == "campaign")
+        .unwrap();
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains("column \"Kampania\": the campaign id is empty"),
+        "{ev}"
+    );
+    let r = report(&done.ledger_path);
+    assert_eq!(r["stages"]["campaign"]["invalid"], 292 - 169, "{r}");
+    assert_eq!(r["not_sent"], 0);
+    // `check` lists the same rows.
+    let out = assert_cmd::Command::cargo_bin("thulium-import")
+        .unwrap()
+        .args([
+            "check",
+            SAMPLE,
+            "--mapping",
+            mapping.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(check["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["row"] == row
+            && e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("campaign id is empty")));
+}

@@ -8,46 +8,12 @@ mod common;
 use common::report;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use serde_json::Value;
 use thulium_import::check::{self, Input};
 use thulium_import::sandbox::{Sandbox, SandboxConfig};
 
 const PASSWORD: &str = "soak-secret";
-
-/// The sample's valid rows, repeated with unique identifiers, in UTF-8.
-fn make_export(path: &Path, copies: usize) -> usize {
-    let bytes = std::fs::read("samples/crm_export.csv").unwrap();
-    let text = encoding_rs::WINDOWS_1250.decode(&bytes).0.into_owned();
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(b';')
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers = reader.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = reader
-        .records()
-        .map(Result::unwrap)
-        .filter(|r| r.len() == headers.len())
-        .collect();
-    let mut w = csv::WriterBuilder::new()
-        .delimiter(b';')
-        .from_path(path)
-        .unwrap();
-    w.write_record(&headers).unwrap();
-    let id = headers.iter().position(|h| h == "ID klienta").unwrap();
-    let mut n = 0;
-    for k in 0..copies {
-        for r in &rows {
-            let mut r: Vec<String> = r.iter().map(str::to_string).collect();
-            r[id] = format!("{}-{k}", r[id]);
-            w.write_record(&r).unwrap();
-            n += 1;
-        }
-    }
-    w.flush().unwrap();
-    n
-}
 
 fn bin(args: &[&str], url: &str) -> std::process::Output {
     std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
@@ -77,14 +43,10 @@ fn bin(args: &[&str], url: &str) -> std::process::Output {
 async fn twenty_thousand_rows_through_every_fault_then_retry() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("soak.csv");
-    let rows = make_export(&csv, 70);
+    let rows = common::make_export(&csv, 70, None);
     assert!(rows >= 20_000, "{rows}");
     // The sample mapping, reading the UTF-8 copy.
-    let mapping = dir.path().join("m.toml");
-    let text = std::fs::read_to_string("mappings/crm_export.toml")
-        .unwrap()
-        .replace("encoding = \"windows-1250\"", "encoding = \"utf-8\"");
-    std::fs::write(&mapping, text).unwrap();
+    let mapping = common::utf8_mapping(dir.path());
     let ledger = dir.path().join("soak.ledger.jsonl");
 
     let sandbox = Sandbox::start(SandboxConfig {

@@ -6,8 +6,11 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::payload::{ItemValue, ItemValues, NewItem};
-use super::{json_of, lenient_int, query, unreadable, Answer, CallError, Endpoint, Page, RowFate};
+use super::payload::{ItemValue, ItemValues, NewItem, Scalar};
+use super::{
+    json_of, lenient_int, query, unreadable, Answer, ApiClient, Call, CallError, Endpoint, Page,
+    RowFate,
+};
 
 /// What creating an item gave: its id, when the answer carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,74 @@ impl Endpoint for UpdateItem<'_> {
 
     fn parse(&self, _: &Answer) -> Result<Self::Answer, CallError> {
         Ok(RowFate::Done(()))
+    }
+}
+
+impl FoundItem {
+    /// Whether the item holds every value of `values` (numbers and their
+    /// text compare equal, spaces around text aside).
+    pub fn holds(&self, values: &[ItemValue]) -> bool {
+        values.iter().all(|want| {
+            self.values
+                .iter()
+                .any(|(id, v)| *id == want.field_id && same_value(&want.value, v))
+        })
+    }
+}
+
+fn same_value(sent: &Scalar, found: &Value) -> bool {
+    let found = match found {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return false,
+    };
+    let sent = sent.text();
+    let sent = sent.trim();
+    sent == found || matches!((sent.parse::<f64>(), found.parse::<f64>()), (Ok(a), Ok(b)) if a == b)
+}
+
+impl ApiClient {
+    /// Every item of a customer in a group, page by page (1,000 a page).
+    pub async fn find_items(&self, customer_id: i64, group_id: i64) -> Call<Vec<FoundItem>> {
+        const LIMIT: u32 = 1000;
+        let mut items = Vec::new();
+        let mut attempts = 0;
+        let mut offset = 0u64;
+        loop {
+            let call = self
+                .send(&FindItems {
+                    customer_id,
+                    group_id,
+                    limit: LIMIT,
+                    offset,
+                })
+                .await;
+            attempts += call.attempts;
+            let page = match call.result {
+                Ok(page) => page,
+                Err(e) => {
+                    return Call {
+                        attempts,
+                        result: Err(e),
+                    }
+                }
+            };
+            let got = page.items.len() as u64;
+            // Only this customer's items in this group count, whatever the
+            // filter let through.
+            items.extend(page.items.into_iter().filter(|i| {
+                i.customer_id.is_none_or(|c| c == customer_id)
+                    && i.group_id.is_none_or(|g| g == group_id)
+            }));
+            offset += got;
+            if got < u64::from(LIMIT) || page.count.is_some_and(|c| offset >= c) {
+                return Call {
+                    attempts,
+                    result: Ok(items),
+                };
+            }
+        }
     }
 }
 

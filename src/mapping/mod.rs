@@ -22,6 +22,7 @@ use crate::api::payload::{
     AddressKind, AddressPart, Customer, CustomerField, FeedMessage, FeedRecord, ItemValue, Named,
     RecordField, RecordFields, RecordUpdate, Scalar,
 };
+use crate::ledger::Stage;
 use crate::source::{CellsRef, FieldError, Row, SourceOptions};
 use raw::{OrderedMap, RawAddress, RawMapping};
 use spec::{Kind, Spec};
@@ -242,6 +243,9 @@ pub struct ItemPayload {
     pub index: usize,
     pub group_id: i64,
     pub values: Vec<ItemValue>,
+    /// Its creation had an unknown outcome: look among the customer's items
+    /// first.
+    pub reconcile: bool,
 }
 
 /// A campaign record to add for a row (the customer id is filled in later).
@@ -273,6 +277,27 @@ pub struct RowPayloads {
     pub campaign_update: Option<UpdatePayload>,
     /// The contact-history message (sent as a ZOWIE feed record).
     pub feed: Option<FeedMessage>,
+    /// Stages that run for the row but cannot be sent (an empty campaign
+    /// id): recorded `invalid` at their stage.
+    pub invalid_stages: Vec<(Stage, FieldError)>,
+    /// Stages an earlier run sent with an unknown outcome (a failed-rows
+    /// CSV's `_unknown`): looked up before they are sent again.
+    pub unknown: Unknowns,
+}
+
+/// Stages sent before with an unknown outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unknowns {
+    pub customer: bool,
+    /// Indices of `[[field_group]]`s.
+    pub field_groups: Vec<usize>,
+    pub feed: bool,
+}
+
+impl Unknowns {
+    pub fn any(&self) -> bool {
+        self.customer || self.feed || !self.field_groups.is_empty()
+    }
 }
 
 impl RowPayloads {
@@ -286,6 +311,7 @@ impl RowPayloads {
     pub fn outcomes(&self) -> u32 {
         let one = |present: bool| u32::from(present);
         one(self.customer.is_some())
+            + self.invalid_stages.len() as u32
             + self.field_groups.len() as u32
             + one(self.campaign.is_some())
             + one(self.campaign_update.is_some())
@@ -299,6 +325,7 @@ impl RowPayloads {
             && self.campaign.is_none()
             && self.campaign_update.is_none()
             && self.feed.is_none()
+            && self.invalid_stages.is_empty()
     }
 
     /// The payloads as one JSON object, as `run --dry-run --show-payloads`
@@ -395,6 +422,10 @@ struct StageSlots {
     /// How a failed-rows CSV's `_done` names it: the ledger's name, or for a
     /// field group `field_group:<group_id>`.
     done_name: String,
+    /// Slots the stage cannot be sent without (a campaign id, a record
+    /// identifier), with what they are: empty, the stage is `invalid` for
+    /// the row while its other stages go on.
+    keys: Vec<(usize, &'static str)>,
 }
 
 /// A mapping compiled against a header: ready to map rows.
@@ -420,12 +451,25 @@ pub struct Plan {
 }
 
 /// Columns of a failed-rows CSV written by `report --failed-csv`:
-/// `_customer_id` (a customer already created) and `_done` (stages already
-/// done), so that re-importing it never duplicates.
+/// `_customer_id` (a customer already created), `_done` (stages already
+/// done) and `_unknown` (stages sent with an unknown outcome), so that
+/// re-importing it never duplicates.
 #[derive(Debug, Clone, Copy, Default)]
 struct FailedCsvColumns {
     customer_id: Option<usize>,
     done: Option<usize>,
+    unknown: Option<usize>,
+}
+
+/// Whether a comma-separated list of stage names (`_done`, `_unknown`)
+/// names a stage: by its own name, or for field groups by `field_group`
+/// alone (every group; written by versions before per-group names).
+fn lists(list: &str, s: &StageSlots) -> bool {
+    !list.is_empty()
+        && list.split(',').any(|d| {
+            let d = d.trim();
+            d == s.done_name || d == s.kind
+        })
 }
 
 /// One row's evaluated values: slot → value, and which stages run.
@@ -434,6 +478,22 @@ pub struct Evaluated {
     existing_customer_id: Option<i64>,
     slots: Vec<Option<Value>>,
     running: StageSet,
+    /// Stages a failed-rows CSV lists in `_unknown`.
+    unknown: StageSet,
+    /// Stages that run for the row but cannot be sent (an empty campaign
+    /// id): each is `invalid` at its stage while the others go on.
+    stage_problems: Vec<(usize, FieldError)>,
+}
+
+impl Evaluated {
+    /// The row with every problem as a row error: what `check` reports.
+    pub fn checked(self) -> Result<Evaluated, Vec<FieldError>> {
+        if self.stage_problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(self.stage_problems.into_iter().map(|(_, e)| e).collect())
+        }
+    }
 }
 
 /// A set of stages (indices into [`Plan`]'s stage list): bits, without an
@@ -463,6 +523,12 @@ impl StageSet {
         match self {
             StageSet::Bits(b) => *b |= 1 << stage,
             StageSet::Many(v) => v[stage] = true,
+        }
+    }
+    fn remove(&mut self, stage: usize) {
+        match self {
+            StageSet::Bits(b) => *b &= !(1 << stage),
+            StageSet::Many(v) => v[stage] = false,
         }
     }
 }
@@ -503,6 +569,7 @@ impl Builder {
             slots: start..self.specs.len(),
             kind,
             done_name,
+            keys: Vec::new(),
         });
         self.stages.len() - 1
     }
@@ -523,6 +590,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         failed_csv: FailedCsvColumns {
             customer_id: header.iter().position(|h| h == "_customer_id"),
             done: header.iter().position(|h| h == "_done"),
+            unknown: header.iter().position(|h| h == "_unknown"),
         },
         specs: Vec::new(),
         stages: Vec::new(),
@@ -669,6 +737,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "campaign".into(),
         );
         if let Some(id) = id {
+            b.stages[stage].keys.push((id, "campaign id"));
             plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
         }
     }
@@ -685,10 +754,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 Kind::Text,
                 false,
             )
-            .map(|mut s| {
-                s.set_required();
-                b.slot(s)
-            });
+            .map(|s| b.slot(s));
         let list = [
             (RecordField::StatusId, u.status_id.as_ref()),
             (
@@ -712,6 +778,9 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "campaign_update".into(),
         );
         if let (Some(id), Some(identifier)) = (id, identifier) {
+            b.stages[stage]
+                .keys
+                .extend([(id, "campaign id"), (identifier, "record identifier")]);
             plan.campaign_update = Some((
                 stage,
                 UpdatePlan {
@@ -934,6 +1003,38 @@ impl Plan {
         })
     }
 
+    /// A short fingerprint of the row's identity: of the customer's
+    /// identifier, or else the existing customer id, or else the campaign
+    /// record identifier; `None` when the row has none of them.
+    pub fn fingerprint(&self, row: &Row) -> Option<u32> {
+        let cells = row.cells.view();
+        let value = |slot: usize| match self.specs[slot].eval(cells, self.trim) {
+            Ok(Some(v)) => Scalar::from_value(v).text().trim().to_string(),
+            _ => String::new(),
+        };
+        let identifier = self.customer.as_ref().and_then(|(_, c)| {
+            c.fields
+                .iter()
+                .find(|(f, _)| *f == CustomerField::Identifier)
+                .map(|(_, slot)| *slot)
+        });
+        let candidates = [
+            identifier.map(value),
+            self.customer_id
+                .as_ref()
+                .and_then(|(i, _)| cells.get(*i))
+                .map(|c| c.trim().to_string()),
+            self.campaign_update
+                .as_ref()
+                .map(|(_, u)| value(u.identifier)),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|v| !v.is_empty())
+            .map(|v| crate::ledger::fingerprint(&v))
+    }
+
     fn stage_runs(
         &self,
         when: &Option<Spec>,
@@ -964,15 +1065,17 @@ impl Plan {
         self.evaluate_with(row.cells.view(), true)
     }
 
-    /// Checks a row as [`Plan::evaluate`] does, without building its values:
-    /// what `check` needs.
+    /// Checks a row as [`Plan::evaluate`] does, without building its values
+    /// (a stage that cannot be sent is an error here): what `check` needs.
     pub fn validate(&self, row: &Row) -> Result<(), Vec<FieldError>> {
         self.validate_cells(row.cells.view())
     }
 
     /// [`Plan::validate`] on borrowed cells (a row decoded in place).
     pub fn validate_cells(&self, cells: CellsRef<'_>) -> Result<(), Vec<FieldError>> {
-        self.evaluate_with(cells, false).map(|_| ())
+        self.evaluate_with(cells, false)
+            .and_then(Evaluated::checked)
+            .map(|_| ())
     }
 
     fn evaluate_with(&self, cells: CellsRef<'_>, keep: bool) -> Result<Evaluated, Vec<FieldError>> {
@@ -985,6 +1088,8 @@ impl Plan {
                 Vec::new()
             },
             running: StageSet::new(self.stages.len()),
+            unknown: StageSet::new(self.stages.len()),
+            stage_problems: Vec::new(),
         };
         if let Some((i, name)) = &self.customer_id {
             let cell = cells.get(*i).unwrap_or_default().trim();
@@ -1005,31 +1110,43 @@ impl Plan {
                 ev.existing_customer_id = Some(id);
             }
         }
-        let done = self
-            .failed_csv
-            .done
-            .map(|i| cells.get(i).unwrap_or_default())
-            .unwrap_or_default();
+        let column = |i: Option<usize>| i.and_then(|i| cells.get(i)).unwrap_or_default();
+        let done = column(self.failed_csv.done);
+        let unknown = column(self.failed_csv.unknown);
         for (stage, s) in self.stages.iter().enumerate() {
             let skip_customer = ev.existing_customer_id.is_some()
                 && self.customer.as_ref().is_some_and(|(c, _)| *c == stage);
-            // `field_group` alone (written by versions before per-group
-            // names) means every field group.
-            let already = !done.is_empty()
-                && done.split(',').any(|d| {
-                    let d = d.trim();
-                    d == s.done_name || d == s.kind
-                });
+            let already = lists(done, s);
+            if lists(unknown, s) {
+                ev.unknown.insert(stage);
+            }
             if skip_customer || already || !self.stage_runs(&s.when, cells, &mut errors) {
                 continue;
             }
             ev.running.insert(stage);
+            let mut missing = None;
             for slot in s.slots.clone() {
                 match self.specs[slot].eval_with(cells, self.trim, keep) {
+                    Ok(None) if missing.is_none() => {
+                        missing = s.keys.iter().find(|(k, _)| *k == slot).map(|(_, what)| {
+                            FieldError {
+                                column: self.specs[slot].column_label(),
+                                value: None,
+                                reason: format!(
+                                    "the {what} is empty: the row's {} stage cannot be sent (its other stages go on)",
+                                    s.kind
+                                ),
+                            }
+                        });
+                    }
                     Ok(v) if keep => ev.slots[slot] = v,
                     Ok(_) => {}
                     Err(e) => errors.push(e),
                 }
+            }
+            if let Some(problem) = missing {
+                ev.running.remove(stage);
+                ev.stage_problems.push((stage, problem));
             }
         }
         let needs_customer = self
@@ -1068,6 +1185,24 @@ impl Plan {
             existing_customer_id: ev.existing_customer_id,
             ..RowPayloads::default()
         };
+        if let Some((stage, _)) = &self.customer {
+            out.unknown.customer = ev.unknown.contains(*stage);
+        }
+        for (index, (stage, _)) in self.field_groups.iter().enumerate() {
+            if ev.unknown.contains(*stage) {
+                out.unknown.field_groups.push(index);
+            }
+        }
+        if let Some((stage, _)) = &self.feed {
+            out.unknown.feed = ev.unknown.contains(*stage);
+        }
+        for (stage, problem) in std::mem::take(&mut ev.stage_problems) {
+            let stage = match self.stages[stage].kind {
+                "campaign" => Stage::Campaign,
+                _ => Stage::CampaignUpdate,
+            };
+            out.invalid_stages.push((stage, problem));
+        }
         if let Some((stage, c)) = &self.customer {
             if ev.running.contains(*stage) {
                 let mut customer = Customer::default();
@@ -1106,6 +1241,7 @@ impl Plan {
                     index,
                     group_id: g.group_id,
                     values,
+                    reconcile: false,
                 });
             }
         }

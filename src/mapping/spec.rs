@@ -647,7 +647,8 @@ impl Spec {
         })
     }
 
-    fn column_label(&self) -> Option<String> {
+    /// The column (or the template's columns) the value comes from.
+    pub fn column_label(&self) -> Option<String> {
         match &self.from {
             From::Column { name, .. } => Some(name.clone()),
             From::Template { columns, .. } => Some(columns.clone()),

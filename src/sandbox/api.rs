@@ -397,19 +397,7 @@ pub async fn search_customers(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<CustomerQuery>,
 ) -> ApiResult {
-    let parse = |v: &Option<String>, name: &str, default: usize| match v {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<usize>()
-            .map_err(|_| ApiError::bad(format!("Parameter \"{name}\" must be a number."))),
-    };
-    let limit = parse(&q.limit, "limit", 100)?;
-    let offset = parse(&q.offset, "offset", 0)?;
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad(
-            "Parameter \"limit\" must be between 1 and 1000.",
-        ));
-    }
+    let (limit, offset) = paging(&q.limit, &q.offset)?;
     let matches = |c: &Map<String, Value>, key: &str, want: &Option<String>| {
         let Some(want) = want else { return true };
         c.get(key)
@@ -462,6 +450,20 @@ pub async fn field_group_item(
             "Field group {group_id} does not exist."
         )));
     };
+    item_values(group, values)?;
+    if !state.customers.contains_key(&customer_id) {
+        return Err(ApiError::not_found(format!(
+            "Customer {customer_id} not found."
+        )));
+    }
+    let item_id = state.add_item(group_id, customer_id, values.clone());
+    Ok((StatusCode::CREATED, axum::Json(json!({"item_id": item_id}))).into_response())
+}
+
+/// Checks an item's values against its group's fields: each a field of the
+/// group, once, with a value of the field's kind.
+fn item_values(group: &super::model::FieldGroup, values: &[Value]) -> Result<(), ApiError> {
+    let group_id = group.group_id;
     let mut seen = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let at = format!("values[{i}].");
@@ -497,13 +499,109 @@ pub async fn field_group_item(
             )));
         }
     }
-    if !state.customers.contains_key(&customer_id) {
-        return Err(ApiError::not_found(format!(
-            "Customer {customer_id} not found."
-        )));
+    Ok(())
+}
+
+/// Query of `GET /api/customer_field_group_items`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ItemQuery {
+    customer_id: Option<String>,
+    group_id: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /api/customer_field_group_items`: items filtered by customer and
+/// group, paged by `limit` (default 100, at most 1000) and `offset`.
+pub async fn list_items(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ItemQuery>,
+) -> ApiResult {
+    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let number = |v: &Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::bad(format!("Parameter \"{name}\" must be a number.")))
+            })
+            .transpose()
+    };
+    let customer_id = number(&q.customer_id, "customer_id")?;
+    let group_id = number(&q.group_id, "group_id")?;
+    let state = shared.lock_state();
+    let found: Vec<&super::model::Item> = state
+        .field_group_items
+        .iter()
+        .filter(|i| customer_id.is_none_or(|c| i.customer_id == c))
+        .filter(|i| group_id.is_none_or(|g| i.group_id == g))
+        .collect();
+    let result: Vec<Value> = found
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+        .collect();
+    Ok(axum::Json(json!({"count": found.len(), "result": result})).into_response())
+}
+
+/// `PUT /api/customer_field_group_items/:id`: replaces the values given;
+/// empty answer.
+pub async fn update_item(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let item_id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("Item {id} not found.")))?;
+    let body = json_object(&headers, body).await?;
+    only_keys(&body, &["values"], "")?;
+    let Some(Value::Array(values)) = body.get("values") else {
+        return Err(ApiError::bad(
+            "Field \"values\" is required and must be a list.",
+        ));
+    };
+    let mut state = shared.lock_state();
+    let state = &mut *state;
+    let Some(item) = state
+        .field_group_items
+        .iter_mut()
+        .find(|i| i.item_id == item_id)
+    else {
+        return Err(ApiError::not_found(format!("Item {item_id} not found.")));
+    };
+    let Some(group) = state.field_groups.get(&item.group_id) else {
+        return Err(ApiError::not_found("Field group not found."));
+    };
+    item_values(group, values)?;
+    for v in values {
+        let field_id = int_like(&v["field_id"]);
+        item.values
+            .retain(|old| int_like(&old["field_id"]) != field_id);
+        item.values.push(v.clone());
     }
-    let item_id = state.add_item(group_id, customer_id, values.clone());
-    Ok((StatusCode::CREATED, axum::Json(json!({"item_id": item_id}))).into_response())
+    state.item_updates += 1;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `limit` (1 to 1000, default 100) and `offset` of a list call.
+fn paging(limit: &Option<String>, offset: &Option<String>) -> Result<(usize, usize), ApiError> {
+    let parse = |v: &Option<String>, name: &str, default: usize| match v {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad(format!("Parameter \"{name}\" must be a number."))),
+    };
+    let limit = parse(limit, "limit", 100)?;
+    let offset = parse(offset, "offset", 0)?;
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad(
+            "Parameter \"limit\" must be between 1 and 1000.",
+        ));
+    }
+    Ok((limit, offset))
 }
 
 fn campaign_id_checked(id: &str) -> Result<(), ApiError> {

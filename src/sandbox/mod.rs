@@ -339,7 +339,11 @@ fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/batch/customers", post(api::batch_customers))
         .route("/customers", get(api::search_customers))
-        .route("/customer_field_group_items", post(api::field_group_item))
+        .route(
+            "/customer_field_group_items",
+            post(api::field_group_item).get(api::list_items),
+        )
+        .route("/customer_field_group_items/{id}", put(api::update_item))
         .route(
             "/batch/crm_outbounds/{id}/records",
             post(api::campaign_records),
@@ -458,6 +462,7 @@ fn endpoint_of(method: &Method, path: &str) -> String {
             "/api/outbounds/:id/records_by_identifier/:identifier"
         }
         ["api", "customers", _, "feed_records"] => "/api/customers/:id/feed_records",
+        ["api", "customer_field_group_items", _] => "/api/customer_field_group_items/:id",
         _ => return format!("{method} {path}"),
     };
     format!("{method} {shape}")

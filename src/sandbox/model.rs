@@ -143,6 +143,9 @@ pub struct State {
     pub field_group_items: Vec<Item>,
     pub campaigns: BTreeMap<String, Campaign>,
     pub feed_records: Vec<FeedRecord>,
+    /// Items whose values a `PUT` replaced (counted for `/_sandbox/stats`).
+    #[serde(skip)]
+    pub item_updates: u64,
     #[serde(skip)]
     next_customer_id: i64,
     #[serde(skip)]
@@ -222,6 +225,7 @@ impl State {
                 .map(|c| (c.id.to_string(), c))
                 .collect(),
             feed_records: Vec::new(),
+            item_updates: 0,
             next_customer_id: 1,
             next_item_id: 1,
             // Pre-loaded phone records take ids below this.

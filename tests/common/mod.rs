@@ -69,3 +69,89 @@ pub fn run_command(
     .env_remove("THULIUM_USER");
     cmd
 }
+
+/// Writes a UTF-8, `;`-separated export: the sample's valid rows repeated
+/// `copies` times with unique identifiers (`CRM-10001-<copy>`) and unique
+/// e-mail addresses (`r<n>@example.pl`, one per row, so that customers
+/// without an identifier can be told apart too); every `blank_every`-th row (if any)
+/// has an empty identifier cell. Returns the number of rows.
+pub fn make_export(path: &Path, copies: usize, blank_every: Option<usize>) -> usize {
+    let bytes = std::fs::read("samples/crm_export.csv").unwrap();
+    let text = encoding_rs::WINDOWS_1250.decode(&bytes).0.into_owned();
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| r.len() == headers.len())
+        .collect();
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(b';')
+        .from_path(path)
+        .unwrap();
+    w.write_record(&headers).unwrap();
+    let id = headers.iter().position(|h| h == "ID klienta").unwrap();
+    let email = headers.iter().position(|h| h == "E-mail").unwrap();
+    let mut n = 0;
+    for k in 0..copies {
+        for r in &rows {
+            let mut r: Vec<String> = r.iter().map(str::to_string).collect();
+            n += 1;
+            r[id] = match blank_every {
+                Some(b) if n % b == 0 => String::new(),
+                _ => format!("{}-{k}", r[id]),
+            };
+            r[email] = format!("r{n}@example.pl");
+            w.write_record(&r).unwrap();
+        }
+    }
+    w.flush().unwrap();
+    n
+}
+
+/// The sample mapping reading a UTF-8 copy, written to `dir`.
+pub fn utf8_mapping(dir: &Path) -> std::path::PathBuf {
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string("mappings/crm_export.toml")
+        .unwrap()
+        .replace("encoding = \"windows-1250\"", "encoding = \"utf-8\"");
+    std::fs::write(&mapping, text).unwrap();
+    mapping
+}
+
+/// Customers the sandbox holds more than once: by identifier where they
+/// have one, by e-mail address otherwise. Empty when nothing is doubled.
+pub fn doubled_customers(sandbox: &Sandbox) -> Vec<String> {
+    let state = sandbox.state_json();
+    let mut seen = std::collections::HashMap::new();
+    for c in state["customers"].as_object().unwrap().values() {
+        let key = match c["identifier"].as_str() {
+            Some(i) if !i.is_empty() => format!("identifier {i}"),
+            _ => format!("email {}", c["email"]),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect()
+}
+
+/// Field-group items the sandbox holds more than once for one (customer,
+/// group).
+pub fn doubled_items(sandbox: &Sandbox) -> Vec<String> {
+    let state = sandbox.state_json();
+    let mut seen = std::collections::HashMap::new();
+    for i in state["field_group_items"].as_array().unwrap() {
+        *seen
+            .entry((i["customer_id"].as_i64(), i["group_id"].as_i64()))
+            .or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, n)| format!("{k:?} ×{n}"))
+        .collect()
+}
