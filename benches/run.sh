@@ -2,7 +2,7 @@
 # Reproduces the figures in benches/README.md on this machine. Loopback only:
 # every request goes to a sandbox started here on 127.0.0.1.
 #   bash benches/run.sh            # everything (about 5 minutes)
-#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python
+#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python | report | retry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -102,6 +102,34 @@ if [[ $part == all || $part == python ]]; then
     sandbox --latency-ms 20
     echo "thulium-import --concurrency $c:"
     import "$data/export-100000.csv" "$customers_only" --rate 100000 --concurrency $c
+    kill $sandbox_pid
+  done
+fi
+
+if [[ $part == all || $part == report ]]; then
+  echo "== 6. report (the one fold of the ledger) at 20,000, 200,000 and 1,000,000 rows"
+  cargo bench --locked -q --bench report | tail -5
+  for n in 20000 200000 1000000; do
+    /usr/bin/time -f "report $n rows: peak RSS %M KiB, %e s" $bin report "$data/ledger-$n.jsonl" >/dev/null 2>"$data/time.txt" || true
+    tail -1 "$data/time.txt"
+  done
+fi
+
+if [[ $part == all || $part == retry ]]; then
+  echo "== 7. retry streams: peak memory of a retry after a crash 1 s into the import (--latency-ms 20), 10,000 vs 1,000,000 rows"
+  gen 10000; gen 1000000
+  for n in 10000 1000000; do
+    sandbox --latency-ms 20
+    rm -f "$data/retry.ledger.jsonl"
+    THULIUM_PASSWORD=bench $bin run "$data/export-$n.csv" --mapping "$customers_only" --url "$url" --user api_user \
+      --ledger "$data/retry.ledger.jsonl" --no-progress --rate 100000 --concurrency 8 >/dev/null 2>&1 &
+    run_pid=$!
+    sleep 1; kill -9 $run_pid 2>/dev/null || true; wait $run_pid 2>/dev/null || true
+    done_before=$(grep -c '"stage":"customer","status":"ok"' "$data/retry.ledger.jsonl" || true)
+    THULIUM_PASSWORD=bench /usr/bin/time -f "retry of $n rows ($done_before done before the crash): peak RSS %M KiB, %e s" \
+      $bin retry "$data/retry.ledger.jsonl" --url "$url" --user api_user --no-progress --rate 100000 --concurrency 8 \
+      >/dev/null 2>"$data/time.txt" || true
+    tail -1 "$data/time.txt"
     kill $sandbox_pid
   done
 fi

@@ -24,7 +24,6 @@ pub struct StageOutcome {
     pub status: Status,
     /// Whether sending it again unchanged may succeed (for `failed`).
     pub retryable: Option<bool>,
-    pub http_status: Option<u16>,
 }
 
 /// The message of a call in flight when its run stopped.
@@ -143,7 +142,6 @@ impl Outcomes {
                 stage: Some(stage),
                 status: Some(status),
                 group,
-                http_status,
                 message,
                 customer_id,
                 retryable,
@@ -159,18 +157,13 @@ impl Outcomes {
                 if let (Stage::Customer, Some(id)) = (stage, customer_id) {
                     state.customer_id = id;
                 }
-                let outcome = StageOutcome {
-                    status,
-                    retryable,
-                    http_status,
-                };
+                let outcome = StageOutcome { status, retryable };
                 self.set(row, stage, group.unwrap_or(0), outcome, message);
             }
             Entry::Intent(i) => {
                 let outcome = StageOutcome {
                     status: Status::Unknown,
                     retryable: None,
-                    http_status: None,
                 };
                 for row in i.rows {
                     let group = i.group.unwrap_or(0);

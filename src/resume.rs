@@ -198,7 +198,6 @@ pub fn failed_csv_previous(
     let outcome = StageOutcome {
         status: Status::Unknown,
         retryable: None,
-        http_status: None,
     };
     move |stage, group| {
         let is = match stage {
