@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::identity::FileKeys;
 use crate::mapping::{self, Evaluated, MappingError, Plan};
 use crate::source::{Cells, FieldError, RawRows, Row, RowId, Source, SourceError, SourceInfo};
 
@@ -104,6 +105,7 @@ pub fn check(
     mut on_valid: impl FnMut(&Plan, &Row, Evaluated),
 ) -> Result<CheckReport, InputError> {
     let mut report = CheckReport::default();
+    let mut file_keys = FileKeys::default();
     while let Some(next) = input.source.next_row() {
         report.rows += 1;
         match next? {
@@ -111,7 +113,16 @@ pub fn check(
                 report.invalid += 1;
                 report.errors.push(RowIssue::new(bad.id, bad.error));
             }
-            Ok(row) => match input.plan.evaluate(&row).and_then(Evaluated::checked) {
+            Ok(row) => match input
+                .plan
+                .evaluate(&row)
+                .and_then(Evaluated::checked)
+                .and_then(|ev| {
+                    match file_keys.check(row.id, &input.plan.key_hashes(row.cells.view())) {
+                        Some(twice) => Err(vec![twice]),
+                        None => Ok(ev),
+                    }
+                }) {
                 Ok(evaluated) => {
                     report.valid += 1;
                     on_valid(&input.plan, &row, evaluated);
@@ -176,6 +187,7 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
     }
     let Input { source, plan, .. } = input;
     let plan: &Plan = plan;
+    let matching = plan.upsert().is_some();
     // Two batches per worker circulate: one being checked, one being filled.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<RawRows>(workers * 2);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<RawRows>(workers * 2);
@@ -190,6 +202,7 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
                 let (full_rx, empty_tx) = (&full_rx, empty_tx.clone());
                 scope.spawn(move || {
                     let mut part = CheckReport::default();
+                    let mut keys = Vec::new();
                     let mut scratch = Cells::default();
                     loop {
                         let batch = match full_rx.lock() {
@@ -202,7 +215,13 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
                             let checked = decoder
                                 .decode(&batch, i, &mut scratch)
                                 .map_err(|e| vec![e])
-                                .and_then(|cells| plan.validate_cells(cells));
+                                .and_then(|cells| {
+                                    plan.validate_cells(cells).map(|()| {
+                                        if matching {
+                                            keys.push((id, plan.key_hashes(cells)));
+                                        }
+                                    })
+                                });
                             match checked {
                                 Ok(()) => part.valid += 1,
                                 Err(errors) => {
@@ -215,7 +234,7 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
                         // The reader may have stopped; then the batch is dropped.
                         let _ = empty_tx.send(batch);
                     }
-                    part
+                    (part, keys)
                 })
             })
             .collect();
@@ -238,11 +257,23 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
             }
         }
         drop(full_tx);
+        let mut keys = Vec::new();
         for h in handles {
-            if let Ok(part) = h.join() {
+            if let Ok((part, part_keys)) = h.join() {
                 report.valid += part.valid;
                 report.invalid += part.invalid;
                 report.errors.extend(part.errors);
+                keys.extend(part_keys);
+            }
+        }
+        // Two valid rows with one key value: the later one is invalid.
+        keys.sort_unstable_by_key(|(id, _)| id.row);
+        let mut file_keys = FileKeys::default();
+        for (id, hashes) in keys {
+            if let Some(twice) = file_keys.check(id, &hashes) {
+                report.valid -= 1;
+                report.invalid += 1;
+                report.errors.push(RowIssue::new(id, twice));
             }
         }
         // Workers finish out of order; a row's own problems stay in order.

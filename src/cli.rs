@@ -87,6 +87,27 @@ pub struct OutputArgs {
     pub log_format: LogFormat,
 }
 
+/// Finding the customers that exist, and remembering what was synced.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// The sync state (an SQLite file, created 0600): what was sent, so that the next run of the same export sends only what changed. Needs [customer] match.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Ignore the state's record of what was sent, for this run: send every payload again.
+    #[arg(long)]
+    pub full: bool,
+    /// How existing customers are found ([customer] match): an index of the whole system read once, a lookup per row, or whichever takes fewer requests.
+    #[arg(long, value_enum, default_value_t = IndexMode::Auto)]
+    pub index: IndexMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IndexMode {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -123,6 +144,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub include_unknown: bool,
     #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -156,6 +179,8 @@ pub struct RetryArgs {
     /// Re-map the rows with this corrected mapping.
     #[arg(long, value_name = "TOML")]
     pub mapping: Option<PathBuf>,
+    #[command(flatten)]
+    pub sync: SyncArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
     #[command(flatten)]
@@ -216,4 +241,13 @@ pub struct SandboxArgs {
     /// Most requests kept in the journal at /_sandbox/requests (the oldest go first).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub journal_limit: usize,
+    /// Start with N customers (identifiers PRE-000001..., e-mail preN@example.com).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preload_customers: usize,
+    /// Start with the customers (and field-group items) this file makes with --preload-mapping.
+    #[arg(long, value_name = "CSV", requires = "preload_mapping")]
+    pub preload: Option<PathBuf>,
+    /// The mapping for --preload.
+    #[arg(long, value_name = "TOML", requires = "preload")]
+    pub preload_mapping: Option<PathBuf>,
 }

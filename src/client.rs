@@ -91,6 +91,8 @@ impl CallError {
     }
 }
 
+impl std::error::Error for CallError {}
+
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -8,14 +8,17 @@ use anyhow::Context;
 
 use crate::check::{self, Input};
 use crate::cli::{
-    CheckArgs, Cli, Command, OutputArgs, PaceArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs,
+    CheckArgs, Cli, Command, IndexMode, OutputArgs, PaceArgs, ReportArgs, RetryArgs, RunArgs,
+    SandboxArgs, SyncArgs,
 };
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials::{self, Credentials, Password};
+use crate::identity;
 use crate::ledger::{self, Header, Ledger, LedgerLock};
 use crate::outcomes::Outcomes;
 use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::state::SyncState;
 use crate::Exit;
 use crate::{mapping, progress, report, resume};
 use std::sync::Arc;
@@ -107,11 +110,19 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
         user: args.user,
         password: args.password,
         journal_limit: args.journal_limit,
+        preload_customers: args.preload_customers,
     };
     let user = config.user.clone();
     let sandbox = Sandbox::start(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let (Some(csv), Some(mapping)) = (&args.preload, &args.preload_mapping) {
+        let (customers, items) = sandbox.preload(csv, mapping)?;
+        eprintln!(
+            "Preloaded {customers} customer(s) and {items} field-group item(s) from {}",
+            csv.display()
+        );
+    }
     // The password is the sandbox's own, given on its command line; it is
     // still not echoed, so that a terminal recording shows no credential.
     eprintln!(
@@ -128,18 +139,9 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
 
 /// `thulium-import run`: the import.
 async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
-    if !(args.pace.rate > 0.0 && args.pace.rate.is_finite()) {
-        anyhow::bail!(
-            "--rate must be a positive number of requests per second, not {}",
-            args.pace.rate
-        );
-    }
-    if let Some(p) = args.pace.max_failure_rate {
-        if !(0.0..=100.0).contains(&p) {
-            anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");
-        }
-    }
+    check_pace(&args.pace)?;
     let input = Input::open(&args.csv, &args.mapping)?;
+    check_sync(&args.sync, &input.plan)?;
     // The in-process sandbox gets a fresh random password: nothing to leak.
     let sandbox = if args.sandbox {
         let password = format!("{:032x}", rand::random::<u128>());
@@ -200,10 +202,21 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         started_at: ledger::now(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     let client = ApiClient::new(&credentials, &client_config(&args.pace))
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
+    // Before the ledger: what cannot be set up leaves nothing behind.
+    let csv = args.csv.clone();
+    let mapping_path = args.mapping.clone();
+    let sync = prepare_sync(
+        &args.sync,
+        &input.plan,
+        &client,
+        &credentials.root,
+        move |state| rows_to_look_up(&csv, &mapping_path, state),
+    )
+    .await?;
+    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
         credentials.root,
@@ -214,8 +227,16 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown);
     let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
-    let (end, elapsed, progress) =
-        drive(rows, &client, ledger, &args.pace, &args.output, file_bytes).await;
+    let (end, elapsed, progress) = drive(
+        rows,
+        &client,
+        ledger,
+        sync,
+        &args.pace,
+        &args.output,
+        file_bytes,
+    )
+    .await;
     let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     if count(&progress.reconciled) + count(&progress.duplicates) > 0 {
@@ -242,6 +263,7 @@ async fn drive(
     rows: impl Iterator<Item = pipeline::Incoming> + Send + 'static,
     client: &Arc<ApiClient>,
     ledger: Ledger,
+    sync: pipeline::Sync,
     pace: &PaceArgs,
     output: &OutputArgs,
     file_bytes: u64,
@@ -283,6 +305,7 @@ async fn drive(
         limits,
         abort,
         progress_state.clone(),
+        sync,
     )
     .await;
     let elapsed = started.elapsed();
@@ -363,6 +386,102 @@ fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--state` and `--full` need the mapping to match customers.
+fn check_sync(args: &SyncArgs, plan: &mapping::Plan) -> anyhow::Result<()> {
+    if plan.upsert().is_none() && (args.state.is_some() || args.full) {
+        anyhow::bail!(
+            "--state and --full need [customer] match in the mapping: the keys that tell a row's customer from one run to the next"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the sync state and decides how customers are found: an index of
+/// the whole system when reading it takes fewer requests than looking the
+/// rows up one by one (`--index auto`), as `count_lookups` counts them.
+async fn prepare_sync(
+    args: &SyncArgs,
+    plan: &mapping::Plan,
+    client: &ApiClient,
+    system: &str,
+    count_lookups: impl FnOnce(Option<&SyncState>) -> anyhow::Result<u64>,
+) -> anyhow::Result<pipeline::Sync> {
+    let Some(upsert) = plan.upsert() else {
+        return Ok(pipeline::Sync::default());
+    };
+    let state = match &args.state {
+        Some(path) => Some(SyncState::open(path, system)?),
+        None => None,
+    };
+    let use_index = match args.index {
+        IndexMode::Never => false,
+        IndexMode::Always => true,
+        IndexMode::Auto => {
+            let lookups = count_lookups(state.as_deref())?;
+            if lookups == 0 {
+                false
+            } else {
+                let count = identity::Index::count(client).await.result?;
+                let pages = count.map_or(u64::MAX, |c| c.div_ceil(1000).max(1));
+                eprintln!(
+                    "Finding customers: {lookups} row(s) to look up; the system holds {} customer(s), {pages} page(s) to read them all: {}",
+                    count.map_or("an unknown number of".into(), |c| c.to_string()),
+                    if pages < lookups { "reading them all (an index)" } else { "a lookup per row" }
+                );
+                pages < lookups
+            }
+        }
+    };
+    let index = if use_index {
+        let index = identity::Index::read(client, &upsert.keys).await?;
+        eprintln!(
+            "Index: {} customer(s) read in {} request(s)",
+            index.customers, index.pages
+        );
+        Some(index)
+    } else {
+        None
+    };
+    Ok(pipeline::Sync {
+        upsert: Some(upsert.clone()),
+        finder: identity::Finder {
+            index,
+            state: state.clone(),
+        },
+        state,
+        full: args.full,
+        group_parts: plan.group_parts().to_vec(),
+    })
+}
+
+/// How many rows of a file have a match-key value that the sync state does
+/// not know: the lookups a run without an index would make.
+fn rows_to_look_up(
+    csv: &std::path::Path,
+    mapping_path: &std::path::Path,
+    state: Option<&SyncState>,
+) -> anyhow::Result<u64> {
+    let mut input = Input::open(csv, mapping_path)?;
+    let keys = input.plan.lookup_keys();
+    let mut n = 0;
+    while let Some(row) = input.source.next_row() {
+        let Ok(row) = row? else { continue };
+        let Ok(payloads) = input.plan.map_row(&row) else {
+            continue;
+        };
+        let Some(customer) = &payloads.customer else {
+            continue;
+        };
+        let row_keys = identity::RowKeys::of(customer, &keys);
+        let known =
+            state.is_some_and(|s| row_keys.hashes().any(|(_, h)| s.customer_of(h).is_some()));
+        if !row_keys.is_empty() && !known {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// `thulium-import retry`: send again what a ledger says is not done.
 async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     check_pace(&args.pace)?;
@@ -412,6 +531,7 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     let probe = crate::source::Source::open(&source_path, &options)?;
     let plan = mapping::compile(&loaded, probe.header())?;
     drop(probe);
+    check_sync(&args.sync, &plan)?;
     let credentials = credentials::resolve(
         args.connect.url.as_deref(),
         args.connect.user.as_deref(),
@@ -423,6 +543,14 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         changed: mapping_changed || args.source.is_some(),
         include_unknown: args.include_unknown,
     };
+    // Without an index, every row not done may need a lookup.
+    let not_done = (1..=outcomes.rows())
+        .filter(|n| !outcomes.is_done(*n))
+        .count() as u64;
+    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
+        Ok(not_done)
+    })
+    .await?;
     let rows = resume::RetryRows::new(
         Arc::new(outcomes),
         Arc::new(plan),
@@ -448,7 +576,8 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         args.ledger.display(),
         credentials.root
     );
-    let (end, elapsed, progress) = drive(rows, &client, ledger, &args.pace, &args.output, 0).await;
+    let (end, elapsed, progress) =
+        drive(rows, &client, ledger, sync, &args.pace, &args.output, 0).await;
     let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
     let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

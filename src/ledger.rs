@@ -104,6 +104,47 @@ impl Status {
     }
 }
 
+/// What became of a row's customer (on `customer` events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Created by this run.
+    Created,
+    /// Matched, and changed by an update.
+    Updated,
+    /// Matched, and what would be sent is what was sent before (`--state`):
+    /// nothing sent. Other stages carry it too when they send nothing.
+    Unchanged,
+    /// Found after a creation of unknown outcome: it was created after all.
+    Adopted,
+    /// Matched, and left as it is (`on_match = "skip"`).
+    SkippedExisting,
+    /// Not found, and not created (`on_missing = "skip"`).
+    SkippedMissing,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::Created,
+        Action::Updated,
+        Action::Unchanged,
+        Action::Adopted,
+        Action::SkippedExisting,
+        Action::SkippedMissing,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+            Action::Adopted => "adopted",
+            Action::SkippedExisting => "skipped_existing",
+            Action::SkippedMissing => "skipped_missing",
+        }
+    }
+}
+
 /// First line of a ledger.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Header {
@@ -145,6 +186,9 @@ pub struct RowEvent {
     pub retryable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled: Option<bool>,
+    /// What became of the customer (or, `unchanged`, that nothing was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
     /// A short fingerprint of the row's identifier (8 hex digits of a hash,
     /// never the value): `retry --source` refuses a copy whose rows moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,6 +19,7 @@ pub mod commands;
 pub mod credentials;
 pub mod exit;
 pub mod failed_csv;
+pub mod identity;
 pub mod ledger;
 pub mod mapping;
 pub mod outcomes;
@@ -29,6 +30,7 @@ pub mod resume;
 pub mod retry;
 pub mod sandbox;
 pub mod source;
+pub mod state;
 pub mod validate;
 
 pub use exit::Exit;

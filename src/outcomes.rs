@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use crate::ledger::{self, Entry, Header, ReadError, RowEvent, Stage, Status};
+use crate::ledger::{self, Action, Entry, Header, ReadError, RowEvent, Stage, Status};
 use crate::source::RowId;
 
 /// The latest outcome of one row at one stage (one field group).
@@ -38,6 +38,8 @@ struct RowOutcomes {
     stages: [Option<StageOutcome>; 6],
     /// The fingerprint of the row's identifier, as recorded.
     fp: Option<u32>,
+    /// What became of the customer (the latest customer event's action).
+    action: Option<Action>,
     /// One more than the highest field group recorded (kept in
     /// `more_groups` when above 0).
     groups: u16,
@@ -146,9 +148,13 @@ impl Outcomes {
                 customer_id,
                 retryable,
                 fp,
+                action,
                 ..
             }) => {
                 let state = self.at(row);
+                if stage == Stage::Customer {
+                    state.action = action;
+                }
                 state.line = line;
                 state.offset = offset;
                 if let Some(fp) = fp.as_deref().and_then(crate::ledger::parse_fingerprint) {
@@ -268,6 +274,11 @@ impl<'a> RowView<'a> {
         }
     }
 
+    /// What became of the row's customer, as its latest customer event says.
+    pub fn action(&self) -> Option<Action> {
+        self.state.action
+    }
+
     /// The created (or adopted) customer's id.
     pub fn customer_id(&self) -> Option<i64> {
         (self.state.customer_id != 0).then_some(self.state.customer_id)
@@ -352,6 +363,19 @@ impl Counts {
 }
 
 impl Outcomes {
+    /// How many rows' customers were created, updated, ... (every action,
+    /// zero included).
+    pub fn actions(&self) -> BTreeMap<&'static str, u64> {
+        let mut out: BTreeMap<&'static str, u64> =
+            Action::ALL.iter().map(|a| (a.name(), 0)).collect();
+        for r in &self.rows {
+            if let Some(a) = r.action {
+                *out.entry(a.name()).or_default() += 1;
+            }
+        }
+        out
+    }
+
     /// Counts of rows per overall status, and per stage.
     pub fn counts(&self) -> (Counts, u64, BTreeMap<&'static str, Counts>) {
         let mut rows = Counts::default();

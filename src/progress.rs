@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::ApiClient;
-use crate::ledger::Stage;
+use crate::ledger::{Action, Stage};
 use crate::pipeline::Progress;
 
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
@@ -70,12 +70,23 @@ pub fn start(
                     format!("{name} {}✓ {}✗ {}?", n(&t.ok), n(&t.failed), n(&t.unknown))
                 })
                 .collect();
+            let actions: Vec<String> = Action::ALL
+                .iter()
+                .zip(&progress.actions)
+                .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+                .map(|(a, n)| format!("{} {}", n.load(Ordering::Relaxed), a.name()))
+                .collect();
+            let actions = if actions.is_empty() {
+                String::new()
+            } else {
+                format!(" | customers {}", actions.join(", "))
+            };
             Line {
                 rows: progress.rows_read.load(Ordering::Relaxed),
                 bytes: progress.bytes_read.load(Ordering::Relaxed),
                 settled: progress.rows_settled.load(Ordering::Relaxed),
                 text: format!(
-                    "{} | {requests} req, {rate:.1} req/s, {} retries, {} × 429",
+                    "{}{actions} | {requests} req, {rate:.1} req/s, {} retries, {} × 429",
                     stages.join(" | "),
                     client.stats.retries.load(Ordering::Relaxed),
                     client.stats.throttled_429.load(Ordering::Relaxed)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ledger::Stage;
+use crate::ledger::{Action, Stage};
 use crate::outcomes::{Counts, Outcomes};
 
 /// What `report --json` prints.
@@ -21,6 +21,9 @@ pub struct Report {
     /// Rows read but never sent (the run stopped first).
     pub not_sent: u64,
     pub stages: BTreeMap<&'static str, Counts>,
+    /// What became of the rows' customers: created, updated, unchanged,
+    /// adopted, skipped_existing, skipped_missing.
+    pub actions: BTreeMap<&'static str, u64>,
     /// Why the last run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
@@ -45,6 +48,7 @@ impl Report {
             skipped: rows.skipped,
             not_sent,
             stages,
+            actions: outcomes.actions(),
             aborted: outcomes.aborted().map(str::to_string),
             read_error: outcomes.read_error().map(str::to_string),
             unreadable_lines: outcomes.unreadable.clone(),
@@ -93,6 +97,19 @@ pub fn render(report: &Report) -> String {
         report.skipped,
         report.not_sent
     );
+    if report.actions.values().any(|n| *n > 0) {
+        let n = |a: Action| report.actions.get(a.name()).copied().unwrap_or(0);
+        let _ = write!(
+            out,
+            "\ncustomers: {} created, {} updated, {} unchanged, {} adopted, {} skipped (existing), {} skipped (missing)",
+            n(Action::Created),
+            n(Action::Updated),
+            n(Action::Unchanged),
+            n(Action::Adopted),
+            n(Action::SkippedExisting),
+            n(Action::SkippedMissing)
+        );
+    }
     if let Some(a) = &report.aborted {
         let _ = write!(out, "\naborted: {a}");
     }

@@ -27,7 +27,7 @@ use crate::api::customers::SearchKey;
 use crate::ledger::{Stage, Status};
 use crate::mapping::{Plan, RowPayloads, Unknowns};
 use crate::outcomes::{Outcomes, StageOutcome};
-use crate::pipeline::{CustomerLookup, Incoming, MappedRow};
+use crate::pipeline::{Incoming, LookupReason, MappedRow};
 use crate::source::{RowId, Source, SourceError, SourceOptions};
 
 /// A stage's verdict.
@@ -98,19 +98,22 @@ fn verdict(last: Option<StageOutcome>, stage: Stage, rules: Rules) -> Verdict {
 #[derive(Debug, Default)]
 pub struct Kept {
     /// Look the customer up first (its creation had an unknown outcome).
-    pub lookup: Option<CustomerLookup>,
+    pub look_up: bool,
     /// Stages left as they were (stage, field group, why).
     pub left: Vec<(Stage, usize, String)>,
 }
 
 /// Keeps only what a row still needs, given each stage's earlier outcome
 /// (`previous(stage, group)`) and the customer's id if one is known: the
-/// one set of rules for `retry` and for importing a failed-rows CSV.
+/// one set of rules for `retry` and for importing a failed-rows CSV. `keys`
+/// are what a customer can be looked up by (the mapping's `match`, or the
+/// identifier).
 pub fn keep_what_is_not_done(
     payloads: &mut RowPayloads,
     previous: &dyn Fn(Stage, usize) -> Option<StageOutcome>,
     known_customer: Option<i64>,
     rules: Rules,
+    keys: &[SearchKey],
 ) -> Kept {
     let mut kept = Kept::default();
     let mut leave = |stage: Stage, group: usize, v: &Verdict| {
@@ -120,17 +123,15 @@ pub fn keep_what_is_not_done(
     };
     // The customer.
     let mut customer_blocked = false;
-    let mut lookup = None;
-    if payloads.customer.is_some() {
+    let mut look_up = false;
+    if let Some(customer) = &payloads.customer {
         let last = previous(Stage::Customer, 0);
-        let identifier = payloads.customer.as_ref().and_then(|c| c.identifier_text());
+        let has_key = !crate::identity::RowKeys::of(customer, keys).is_empty();
         let unknown = last.is_some_and(|l| l.status == Status::Unknown);
         let v = match verdict(last, Stage::Customer, rules) {
             // Unknown, and a key to look it up by: find out first, even
             // with --include-unknown.
-            Verdict::Send | Verdict::Leave(_) if unknown && identifier.is_some() => {
-                Verdict::LookUpFirst
-            }
+            Verdict::Send | Verdict::Leave(_) if unknown && has_key => Verdict::LookUpFirst,
             v => v,
         };
         match &v {
@@ -138,12 +139,7 @@ pub fn keep_what_is_not_done(
                 payloads.existing_customer_id = known_customer.or(payloads.existing_customer_id);
                 payloads.customer = None;
             }
-            Verdict::LookUpFirst => {
-                lookup = identifier.map(|value| CustomerLookup {
-                    key: SearchKey::Identifier,
-                    value,
-                });
-            }
+            Verdict::LookUpFirst => look_up = true,
             Verdict::Leave(_) => customer_blocked = true,
             Verdict::Send => {}
         }
@@ -164,8 +160,10 @@ pub fn keep_what_is_not_done(
             return false;
         }
         match needed(Stage::FieldGroup, item.index) {
-            Some(reconcile) => {
-                item.reconcile = reconcile;
+            Some(look_first) => {
+                if look_first {
+                    item.mode = crate::mapping::ItemMode::Reconcile;
+                }
                 true
             }
             None => false,
@@ -186,7 +184,7 @@ pub fn keep_what_is_not_done(
     if customer_blocked {
         payloads.customer = None;
     }
-    kept.lookup = lookup;
+    kept.look_up = look_up;
     kept
 }
 
@@ -348,6 +346,7 @@ impl RetryRows {
             &previous,
             view.and_then(|v| v.customer_id()),
             self.rules,
+            &self.plan.lookup_keys(),
         );
         if !kept.left.is_empty() {
             self.note(|s| {
@@ -356,7 +355,7 @@ impl RetryRows {
                 }
             });
         }
-        let lookup = kept.lookup;
+        let lookup = kept.look_up.then_some(LookupReason::UnknownBefore);
         if payloads.is_empty() && !was_invalid {
             return None;
         }

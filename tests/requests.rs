@@ -268,7 +268,7 @@ async fn lookups_and_updates_send_exact_queries_and_bodies() {
             (
                 "GET",
                 "/api/customers",
-                Some("identifier=CRM%207%2F%C5%BC&limit=100&offset=0"),
+                Some("identifier=CRM%207%2F%C5%BC&limit=1000&offset=0"),
                 &Value::Null
             ),
             (

@@ -350,28 +350,62 @@ impl Endpoint for FindCustomers {
 }
 
 impl super::ApiClient {
-    /// The ids of the customers whose `key` is `value` (compared normalised:
-    /// the search may match more loosely, only equal values count), from
-    /// the first page of a search: one id, none, or several.
+    /// The ids of the customers whose `key` is `value`, compared normalised
+    /// (the search may match more loosely, e.g. by prefix: only equal
+    /// values count), reading every page of the search: one id, none, or
+    /// several.
     pub async fn find_customer_ids(&self, key: &SearchKey, value: &str) -> super::Call<Vec<i64>> {
-        let call = self.send(&FindCustomers::by(key.clone(), value)).await;
+        /// Pages read at most: a key that loose is not a key.
+        const MAX_PAGES: u64 = 10;
         let wanted = key.normalise(value);
-        super::Call {
-            attempts: call.attempts,
-            result: call.result.map(|page| {
-                let mut ids: Vec<i64> = page
-                    .customers
+        let mut find = FindCustomers::by(key.clone(), value);
+        find.limit = 1000;
+        let mut ids = Vec::new();
+        let mut attempts = 0;
+        for page_no in 0..MAX_PAGES {
+            find.offset = page_no * u64::from(find.limit);
+            let call = self.send(&find).await;
+            attempts += call.attempts;
+            let page = match call.result {
+                Ok(page) => page,
+                Err(e) => {
+                    return super::Call {
+                        attempts,
+                        result: Err(e),
+                    }
+                }
+            };
+            let got = page.customers.len() as u64;
+            ids.extend(
+                page.customers
                     .iter()
                     // A customer listed without the field at all is taken
                     // on the search's word.
                     .filter(|c| {
                         !c.has(key) || c.values(key).iter().any(|v| key.normalise(v) == wanted)
                     })
-                    .map(|c| c.customer_id)
-                    .collect();
+                    .map(|c| c.customer_id),
+            );
+            let read = find.offset + got;
+            if got < u64::from(find.limit) || page.count.is_some_and(|c| read >= c) {
                 ids.sort_unstable();
                 ids.dedup();
-                ids
+                return super::Call {
+                    attempts,
+                    result: Ok(ids),
+                };
+            }
+        }
+        super::Call {
+            attempts,
+            result: Err(CallError::GaveUp {
+                status: None,
+                message: format!(
+                    "more than {} customers match {} {}: too loose to tell",
+                    MAX_PAGES * u64::from(find.limit),
+                    key.name(),
+                    crate::source::shorten(value)
+                ),
             }),
         }
     }

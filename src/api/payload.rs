@@ -127,7 +127,7 @@ pub struct Address {
 }
 
 /// One part of an address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddressPart {
     Street,
     Building,
@@ -178,7 +178,7 @@ impl Address {
 }
 
 /// Which of a customer's three addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddressKind {
     Address,
     Invoice,
@@ -369,6 +369,66 @@ impl Customer {
             .as_ref()
             .map(|i| i.text().into_owned())
             .filter(|i| !i.is_empty())
+    }
+}
+
+/// A mapped customer field whose cell was empty: with `clear_empty`, an
+/// update sends it as an empty value, which clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Cleared {
+    Field(CustomerField),
+    Address(AddressKind, AddressPart),
+    Custom(String),
+}
+
+impl Customer {
+    /// This customer with every `cleared` field set to an empty value (the
+    /// fields of an update with `clear_empty`). Booleans and `company_id`
+    /// have no empty value and are left out.
+    pub fn clearing(&self, cleared: &[Cleared]) -> Customer {
+        let mut out = self.clone();
+        let empty = || Value::String(String::new());
+        for c in cleared {
+            match c {
+                Cleared::Field(
+                    CustomerField::Vip
+                    | CustomerField::FillReadOnlyCustomFields
+                    | CustomerField::CompanyId,
+                ) => {}
+                Cleared::Field(f) => out.set(*f, empty()),
+                Cleared::Address(kind, part) => out.address_mut(*kind).set(*part, empty()),
+                Cleared::Custom(name) => out
+                    .custom_fields
+                    .0
+                    .push((name.clone(), Scalar::Text(String::new()))),
+            }
+        }
+        out
+    }
+
+    /// The customer's values of a match key: one identifier, every e-mail
+    /// address and phone number, one NIP, one custom field's value.
+    pub fn key_values(&self, key: &crate::api::customers::SearchKey) -> Vec<String> {
+        use crate::api::customers::SearchKey;
+        let one = |v: &Option<Scalar>| v.iter().map(|s| s.text().trim().to_string()).collect();
+        let many = |v: &Option<OneOrMany>| {
+            v.iter()
+                .flat_map(|m| m.values().map(|s| s.trim().to_string()))
+                .collect()
+        };
+        let mut out: Vec<String> = match key {
+            SearchKey::Identifier => one(&self.identifier),
+            SearchKey::Email => many(&self.email),
+            SearchKey::PhoneNumber => many(&self.phone_number),
+            SearchKey::Nip => one(&self.nip),
+            SearchKey::CustomField(name) => self
+                .custom_fields
+                .get(name)
+                .map(|v| vec![v.text().trim().to_string()])
+                .unwrap_or_default(),
+        };
+        out.retain(|v| !v.is_empty());
+        out
     }
 }
 

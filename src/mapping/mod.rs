@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use crate::api::customers::SearchKey;
 use crate::api::payload::{
-    AddressKind, AddressPart, Customer, CustomerField, FeedMessage, FeedRecord, ItemValue, Named,
-    RecordField, RecordFields, RecordUpdate, Scalar,
+    AddressKind, AddressPart, Cleared, Customer, CustomerField, FeedMessage, FeedRecord, ItemValue,
+    Named, RecordField, RecordFields, RecordUpdate, Scalar,
 };
 use crate::ledger::Stage;
 use crate::source::{CellsRef, FieldError, Row, SourceOptions};
@@ -243,9 +244,23 @@ pub struct ItemPayload {
     pub index: usize,
     pub group_id: i64,
     pub values: Vec<ItemValue>,
-    /// Its creation had an unknown outcome: look among the customer's items
-    /// first.
-    pub reconcile: bool,
+    /// How it is sent.
+    pub mode: ItemMode,
+}
+
+/// How a field-group item is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ItemMode {
+    /// Created (a new customer has no items).
+    #[default]
+    Create,
+    /// Its creation had an unknown outcome: an item among the customer's
+    /// with the values sent is adopted; none, it is created; only others,
+    /// a mismatch is reported.
+    Reconcile,
+    /// The customer existed: the item in the group is updated when its
+    /// values differ, left when equal, created when there is none.
+    Upsert,
 }
 
 /// A campaign record to add for a row (the customer id is filled in later).
@@ -283,6 +298,9 @@ pub struct RowPayloads {
     /// Stages an earlier run sent with an unknown outcome (a failed-rows
     /// CSV's `_unknown`): looked up before they are sent again.
     pub unknown: Unknowns,
+    /// Mapped customer fields whose cells were empty, with `clear_empty`:
+    /// an update clears them.
+    pub cleared: Vec<Cleared>,
 }
 
 /// Stages sent before with an unknown outcome.
@@ -428,6 +446,154 @@ struct StageSlots {
     keys: Vec<(usize, &'static str)>,
 }
 
+/// What to do with a customer that already exists (`on_match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMatch {
+    Update,
+    Skip,
+}
+
+/// What to do when no customer matches (`on_missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    Create,
+    Skip,
+}
+
+/// `[customer] match`, `on_match`, `on_missing`, `clear_empty`: how rows
+/// find the customers that already exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upsert {
+    /// Tried in order; a key whose value is empty in a row is skipped.
+    pub keys: Vec<SearchKey>,
+    pub on_match: OnMatch,
+    pub on_missing: OnMissing,
+    pub clear_empty: bool,
+}
+
+/// Compiles `[customer] match` and its companions; `None` without `match`.
+fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
+    let choice =
+        |ctx: &mut Ctx<'_>, key: &str, v: &Option<toml::Spanned<String>>, options: [&str; 2]| {
+            let v = v.as_ref()?;
+            if options.contains(&v.get_ref().as_str()) {
+                Some(v.get_ref() == options[0])
+            } else {
+                ctx.issue(
+                    key,
+                    v.span(),
+                    format!(
+                        "\"{}\" is not one of \"{}\" or \"{}\"",
+                        v.get_ref(),
+                        options[0],
+                        options[1]
+                    ),
+                );
+                None
+            }
+        };
+    let on_match = choice(ctx, "customer.on_match", &c.on_match, ["update", "skip"]);
+    let on_missing = choice(
+        ctx,
+        "customer.on_missing",
+        &c.on_missing,
+        ["create", "skip"],
+    );
+    let Some(raw) = &c.match_keys else {
+        for (key, given) in [
+            ("customer.on_match", c.on_match.as_ref().map(|v| v.span())),
+            (
+                "customer.on_missing",
+                c.on_missing.as_ref().map(|v| v.span()),
+            ),
+        ] {
+            if let Some(span) = given {
+                ctx.issue(
+                    key,
+                    span,
+                    "needs customer.match: the keys that find existing customers".into(),
+                );
+            }
+        }
+        return None;
+    };
+    let span = raw.span();
+    let names: Vec<String> = match raw.get_ref() {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(items) if !items.is_empty() => {
+            let names: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect();
+            match names {
+                Some(n) => n,
+                None => {
+                    ctx.issue("customer.match", span, "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into());
+                    return None;
+                }
+            }
+        }
+        _ => {
+            ctx.issue(
+                "customer.match",
+                span,
+                "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into(),
+            );
+            return None;
+        }
+    };
+    let mut keys = Vec::new();
+    for name in names {
+        let Some(key) = SearchKey::parse(name.trim()) else {
+            ctx.issue("customer.match", span.clone(), format!("\"{name}\" is not a match key (expected identifier, email, phone_number, nip or custom_fields.<Name>)"));
+            continue;
+        };
+        let mapped = match &key {
+            SearchKey::Identifier => c.identifier.is_some(),
+            SearchKey::Email => c.email.is_some(),
+            SearchKey::PhoneNumber => c.phone_number.is_some(),
+            SearchKey::Nip => c.nip.is_some(),
+            SearchKey::CustomField(n) => c
+                .custom_fields
+                .as_ref()
+                .is_some_and(|f| f.0.iter().any(|(k, _)| k.get_ref() == n)),
+        };
+        if !mapped {
+            ctx.issue(
+                "customer.match",
+                span.clone(),
+                format!(
+                    "{name} is a match key but the mapping does not fill it: map customer.{name}"
+                ),
+            );
+            continue;
+        }
+        if keys.contains(&key) {
+            ctx.issue(
+                "customer.match",
+                span.clone(),
+                format!("{name} is listed twice"),
+            );
+            continue;
+        }
+        keys.push(key);
+    }
+    Some(Upsert {
+        keys,
+        on_match: if on_match == Some(false) {
+            OnMatch::Skip
+        } else {
+            OnMatch::Update
+        },
+        on_missing: if on_missing == Some(false) {
+            OnMissing::Skip
+        } else {
+            OnMissing::Create
+        },
+        clear_empty: c.clear_empty.unwrap_or(false),
+    })
+}
+
 /// A mapping compiled against a header: ready to map rows.
 ///
 /// Mapping a row is two steps: [`Plan::evaluate`] computes every value of the
@@ -444,6 +610,10 @@ pub struct Plan {
     /// Stage order: customer, each field group, campaign, campaign_update, feed.
     stages: Vec<StageSlots>,
     customer: Option<(usize, CustomerPlan)>,
+    /// `[customer] match`: find customers that exist before creating.
+    upsert: Option<Upsert>,
+    /// How each `[[field_group]]` is named (`field_group:2`).
+    group_parts: Vec<String>,
     field_groups: Vec<(usize, FieldGroupPlan)>,
     campaign: Option<(usize, CampaignPlan)>,
     campaign_update: Option<(usize, UpdatePlan)>,
@@ -595,6 +765,8 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         specs: Vec::new(),
         stages: Vec::new(),
         customer: None,
+        upsert: None,
+        group_parts: field_group_done_names(raw),
         field_groups: Vec::new(),
         campaign: None,
         campaign_update: None,
@@ -616,11 +788,15 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     if let Some(c) = &raw.customer {
         let span = c.span();
         let c = c.get_ref();
-        if c.surname.is_none() {
+        let upsert = upsert(&mut ctx, c);
+        let creates = upsert
+            .as_ref()
+            .is_none_or(|u| u.on_missing == OnMissing::Create);
+        if c.surname.is_none() && creates {
             ctx.issue(
                 "customer",
                 span,
-                "customer.surname is required by the API: map it to a column".into(),
+                "customer.surname is required by the API to create customers: map it to a column (or set on_missing = \"skip\")".into(),
             );
         }
         let start = b.begin();
@@ -628,7 +804,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         for (field, spec, kind, list) in customer_fields(c) {
             let key = format!("customer.{}", field.key());
             if let Some(mut s) = spec.and_then(|spec| ctx.spec(&key, spec, kind, list)) {
-                if field == CustomerField::Surname {
+                if field == CustomerField::Surname && creates {
                     s.set_required();
                 }
                 scalar.push((field, b.slot(s)));
@@ -671,6 +847,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
                 custom_fields,
             },
         ));
+        plan.upsert = upsert;
     }
     let group_names = field_group_done_names(raw);
     for (n, g) in raw.field_group.iter().enumerate() {
@@ -993,6 +1170,27 @@ impl Plan {
         }
     }
 
+    /// `[customer] match` and its companions, if the mapping matches
+    /// customers that exist.
+    pub fn upsert(&self) -> Option<&Upsert> {
+        self.upsert.as_ref()
+    }
+
+    /// How the sync state and a failed-rows CSV's `_done` name each
+    /// `[[field_group]]`.
+    pub fn group_parts(&self) -> &[String] {
+        &self.group_parts
+    }
+
+    /// What a customer of unknown outcome is looked up by: the `match` keys,
+    /// or else the identifier.
+    pub fn lookup_keys(&self) -> Vec<SearchKey> {
+        match &self.upsert {
+            Some(u) => u.keys.clone(),
+            None => vec![SearchKey::Identifier],
+        }
+    }
+
     /// Whether created customers carry an `identifier` (so that a customer
     /// whose creation had an unknown outcome can be looked up).
     pub fn customer_has_identifier(&self) -> bool {
@@ -1069,6 +1267,47 @@ impl Plan {
     /// (a stage that cannot be sent is an error here): what `check` needs.
     pub fn validate(&self, row: &Row) -> Result<(), Vec<FieldError>> {
         self.validate_cells(row.cells.view())
+    }
+
+    /// The hashes of a row's match-key values (`[customer] match`), computed
+    /// from its cells without building its payloads; empty without `match`
+    /// or when the customer stage does not run for the row.
+    pub fn key_hashes(&self, cells: CellsRef<'_>) -> Vec<(SearchKey, crate::identity::KeyHash)> {
+        let (Some(upsert), Some((stage, c))) = (&self.upsert, &self.customer) else {
+            return Vec::new();
+        };
+        if !self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for key in &upsert.keys {
+            let slot = match key {
+                SearchKey::CustomField(name) => c
+                    .custom_fields
+                    .iter()
+                    .find(|f| &f.name == name)
+                    .map(|f| f.slot),
+                other => c
+                    .fields
+                    .iter()
+                    .find(|(f, _)| f.key() == other.name())
+                    .map(|(_, s)| *s),
+            };
+            let Some(Ok(Some(value))) = slot.map(|s| self.specs[s].eval(cells, self.trim)) else {
+                continue;
+            };
+            let values = match value {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            for v in values {
+                let text = Scalar::from_value(v).text().trim().to_string();
+                if !text.is_empty() {
+                    out.push((key.clone(), crate::identity::key_hash(key, &text)));
+                }
+            }
+        }
+        out
     }
 
     /// [`Plan::validate`] on borrowed cells (a row decoded in place).
@@ -1205,16 +1444,28 @@ impl Plan {
         }
         if let Some((stage, c)) = &self.customer {
             if ev.running.contains(*stage) {
+                let clear = self.upsert.as_ref().is_some_and(|u| u.clear_empty);
                 let mut customer = Customer::default();
                 for (field, slot) in &c.fields {
-                    if let Some(v) = ev.take(*slot) {
-                        customer.set(*field, v);
+                    match ev.take(*slot) {
+                        Some(v) => customer.set(*field, v),
+                        None if clear => out.cleared.push(Cleared::Field(*field)),
+                        None => {}
                     }
                 }
                 for (kind, parts) in &c.addresses {
                     for (part, slot) in parts {
-                        if let Some(v) = ev.take(*slot) {
-                            customer.address_mut(*kind).set(*part, v);
+                        match ev.take(*slot) {
+                            Some(v) => customer.address_mut(*kind).set(*part, v),
+                            None if clear => out.cleared.push(Cleared::Address(*kind, *part)),
+                            None => {}
+                        }
+                    }
+                }
+                if clear {
+                    for f in &c.custom_fields {
+                        if ev.slots.get(f.slot).is_some_and(Option::is_none) {
+                            out.cleared.push(Cleared::Custom(f.name.clone()));
                         }
                     }
                 }
@@ -1241,7 +1492,7 @@ impl Plan {
                     index,
                     group_id: g.group_id,
                     values,
-                    reconcile: false,
+                    mode: ItemMode::Create,
                 });
             }
         }

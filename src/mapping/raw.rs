@@ -75,6 +75,18 @@ pub struct RawSource {
 #[serde(deny_unknown_fields)]
 pub struct RawCustomer {
     pub when: Option<Spec>,
+    /// Match keys, tried in order: one name or a list (`identifier`,
+    /// `email`, `phone_number`, `nip`, `custom_fields.<Name>`). Without it,
+    /// every row creates a customer.
+    #[serde(rename = "match")]
+    pub match_keys: Option<Spanned<toml::Value>>,
+    /// A matched customer: `"update"` (the default) or `"skip"`.
+    pub on_match: Option<Spanned<String>>,
+    /// No customer matched: `"create"` (the default) or `"skip"`.
+    pub on_missing: Option<Spanned<String>>,
+    /// In an update, send empty cells as empty values (clearing the fields)
+    /// instead of leaving them out; default false.
+    pub clear_empty: Option<bool>,
     pub name: Option<Spec>,
     pub surname: Option<Spec>,
     pub email: Option<Spec>,

@@ -380,40 +380,64 @@ pub async fn batch_customers(
     Ok((StatusCode::OK, axum::Json(Value::Object(answer))).into_response())
 }
 
-/// Query of `GET /api/customers`.
-#[derive(Debug, serde::Deserialize)]
-pub struct CustomerQuery {
-    identifier: Option<String>,
-    email: Option<String>,
-    phone_number: Option<String>,
-    nip: Option<String>,
-    limit: Option<String>,
-    offset: Option<String>,
-}
-
-/// `GET /api/customers`: search by identifier, e-mail, phone number or NIP,
-/// paged by `limit` (default 100, at most 1000) and `offset`.
+/// `GET /api/customers`: search by `identifier`, `email`, `phone_number`,
+/// `nip` and `custom_fields[Name][]` (or `custom_fields[Name]`), paged by
+/// `limit` (default 100, at most 1000) and `offset`. Like a loose search a
+/// real server might do, `identifier` matches by prefix, e-mail addresses
+/// without case and phone numbers by their digits: the importer must keep
+/// only exact matches. An empty value finds the customers that have none.
 pub async fn search_customers(
     State(shared): State<Arc<Shared>>,
-    Query(q): Query<CustomerQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult {
-    let (limit, offset) = paging(&q.limit, &q.offset)?;
-    let matches = |c: &Map<String, Value>, key: &str, want: &Option<String>| {
-        let Some(want) = want else { return true };
-        c.get(key)
-            .and_then(one_or_many)
-            .is_some_and(|vs| vs.iter().any(|v| v == want))
+    let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (limit, offset) = paging(&get("limit"), &get("offset"))?;
+    let mut filters: Vec<(String, String)> = Vec::new();
+    for (k, v) in &q {
+        match k.as_str() {
+            "identifier" | "email" | "phone_number" | "nip" => filters.push((k.clone(), v.clone())),
+            "limit"
+            | "offset"
+            | "include_custom_fields"
+            | "include_address"
+            | "include_invoice_address"
+            | "include_mail_drop_address" => {}
+            other => match other
+                .strip_prefix("custom_fields[")
+                .map(|r| r.trim_end_matches("[]"))
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                Some(name) => filters.push((format!("custom_fields.{name}"), v.clone())),
+                None => return Err(ApiError::bad(format!("Unknown parameter \"{other}\"."))),
+            },
+        }
+    }
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let matches = |c: &Map<String, Value>, key: &str, want: &str| {
+        let values: Vec<String> = match key.strip_prefix("custom_fields.") {
+            Some(name) => c
+                .get("custom_fields")
+                .and_then(|f| f.get(name))
+                .and_then(one_or_many)
+                .unwrap_or_default(),
+            None => c.get(key).and_then(one_or_many).unwrap_or_default(),
+        };
+        let values: Vec<&String> = values.iter().filter(|v| !v.is_empty()).collect();
+        if want.is_empty() {
+            return values.is_empty();
+        }
+        values.iter().any(|v| match key {
+            "identifier" => v.starts_with(want),
+            "email" => v.eq_ignore_ascii_case(want),
+            "phone_number" | "nip" => digits(v) == digits(want),
+            _ => *v == want,
+        })
     };
     let state = shared.lock_state();
     let found: Vec<&super::model::Customer> = state
         .customers
         .values()
-        .filter(|c| {
-            matches(&c.fields, "identifier", &q.identifier)
-                && matches(&c.fields, "email", &q.email)
-                && matches(&c.fields, "phone_number", &q.phone_number)
-                && matches(&c.fields, "nip", &q.nip)
-        })
+        .filter(|c| filters.iter().all(|(k, v)| matches(&c.fields, k, v)))
         .collect();
     let result: Vec<Value> = found
         .iter()
@@ -422,6 +446,91 @@ pub async fn search_customers(
         .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
         .collect();
     Ok(axum::Json(json!({"count": found.len(), "result": result})).into_response())
+}
+
+/// `PUT /api/batch/customers`: each entry `customer_id` plus any field of
+/// `POST`'s (`surname` optional); the answer is keyed by position like
+/// `POST`'s. Fields given replace the stored ones; an empty custom field
+/// value clears the field; addresses merge part by part.
+pub async fn update_customers(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = json_object(&headers, body).await?;
+    let customers = batch_list(&body, "customers", shared.config.max_batch)?;
+    let mut entries = Vec::with_capacity(customers.len());
+    for (i, c) in customers.iter().enumerate() {
+        let at = format!("customers[{i}].");
+        let Value::Object(c) = c else {
+            return Err(ApiError::bad(format!(
+                "Field \"customers[{i}]\" must be an object."
+            )));
+        };
+        let mut fields = c.clone();
+        let customer_id = int_field(c, "customer_id", &at)?
+            .ok_or_else(|| ApiError::bad(format!("Field \"{at}customer_id\" is required.")))?;
+        fields.remove("customer_id");
+        customer_schema(&fields, &at)?;
+        entries.push((customer_id, fields));
+    }
+    let mut state = shared.lock_state();
+    let mut answer = Map::new();
+    let mut updated = 0;
+    for (i, (customer_id, fields)) in entries.into_iter().enumerate() {
+        let entry = match state.customers.get_mut(&customer_id) {
+            None => json!({"http_status": 404, "message": "Customer not found."}),
+            Some(stored) => {
+                let mut merged = stored.fields.clone();
+                merge_customer(&mut merged, fields);
+                match customer_content(&merged) {
+                    Ok(()) => {
+                        stored.fields = merged;
+                        updated += 1;
+                        json!({"http_status": 200, "customer_id": customer_id.to_string()})
+                    }
+                    Err(message) => json!({"http_status": 400, "message": message}),
+                }
+            }
+        };
+        answer.insert(i.to_string(), entry);
+    }
+    drop(state);
+    shared.lock_stats().customers_updated += updated;
+    Ok(axum::Json(Value::Object(answer)).into_response())
+}
+
+/// Applies an update to a stored customer's fields.
+fn merge_customer(stored: &mut Map<String, Value>, update: Map<String, Value>) {
+    for (k, v) in update {
+        match (k.as_str(), v) {
+            ("custom_fields", Value::Object(new)) => {
+                let Value::Object(old) = stored
+                    .entry("custom_fields")
+                    .or_insert_with(|| Value::Object(Map::new()))
+                else {
+                    continue;
+                };
+                for (name, value) in new {
+                    if value.as_str() == Some("") || value.is_null() {
+                        old.remove(&name);
+                    } else {
+                        old.insert(name, value);
+                    }
+                }
+            }
+            ("address" | "invoice_address" | "mail_drop_address", Value::Object(new)) => {
+                let entry = stored.entry(k).or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(old) = entry {
+                    old.extend(new);
+                }
+            }
+            (_, Value::Null) => {}
+            (_, v) => {
+                stored.insert(k, v);
+            }
+        }
+    }
 }
 
 /// `POST /api/customer_field_group_items`: one item per call.
@@ -563,8 +672,8 @@ pub async fn update_item(
             "Field \"values\" is required and must be a list.",
         ));
     };
-    let mut state = shared.lock_state();
-    let state = &mut *state;
+    let mut guard = shared.lock_state();
+    let state = &mut *guard;
     let Some(item) = state
         .field_group_items
         .iter_mut()
@@ -582,7 +691,8 @@ pub async fn update_item(
             .retain(|old| int_like(&old["field_id"]) != field_id);
         item.values.push(v.clone());
     }
-    state.item_updates += 1;
+    drop(guard);
+    shared.lock_stats().items_updated += 1;
     Ok(StatusCode::OK.into_response())
 }
 

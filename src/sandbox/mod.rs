@@ -131,6 +131,9 @@ pub struct SandboxConfig {
     /// Requests kept in the journal (`/_sandbox/requests`); the oldest go
     /// first past it.
     pub journal_limit: usize,
+    /// Customers the system starts with (`PRE-000001`, ...), to rehearse a
+    /// migration into a populated system.
+    pub preload_customers: usize,
 }
 
 impl Default for SandboxConfig {
@@ -147,6 +150,7 @@ impl Default for SandboxConfig {
             user: "api_user".into(),
             password: "api_pass".into(),
             journal_limit: 1_000_000,
+            preload_customers: 0,
         }
     }
 }
@@ -174,6 +178,10 @@ pub struct Stats {
     pub rate_limited: u64,
     /// All 429 answers sent (rate limit and injected).
     pub responses_429: u64,
+    /// Customers changed by `PUT /api/batch/customers`.
+    pub customers_updated: u64,
+    /// Items changed by `PUT /api/customer_field_group_items/:id`.
+    pub items_updated: u64,
 }
 
 /// One `/api/` request as it arrived, for `GET /_sandbox/requests`.
@@ -249,11 +257,13 @@ impl Sandbox {
             .rate_limit
             .and_then(std::num::NonZeroU32::new)
             .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let mut state = SandboxState::new();
+        state.preload(config.preload_customers);
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             fault_rate: std::sync::atomic::AtomicU64::new(config.fault_rate.to_bits()),
             config,
-            state: Mutex::new(SandboxState::new()),
+            state: Mutex::new(state),
             stats: Mutex::new(Stats::default()),
             journal: Mutex::new(std::collections::VecDeque::new()),
             limiter,
@@ -301,6 +311,44 @@ impl Sandbox {
         )
     }
 
+    /// Loads the customers (and field-group items) a mapping makes of a
+    /// file, as if an earlier import had created them: a populated system
+    /// to rehearse a migration into. Returns how many customers and items.
+    pub fn preload(
+        &self,
+        csv: &std::path::Path,
+        mapping: &std::path::Path,
+    ) -> Result<(usize, usize), crate::check::InputError> {
+        let mut input = crate::check::Input::open(csv, mapping)?;
+        let (mut customers, mut items) = (0, 0);
+        let mut state = self.shared.lock_state();
+        while let Some(row) = input.source.next_row() {
+            let Ok(row) = row? else { continue };
+            let Ok(p) = input.plan.map_row(&row) else {
+                continue;
+            };
+            let Some(serde_json::Value::Object(fields)) = p
+                .customer
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok())
+            else {
+                continue;
+            };
+            let customer_id = state.add_customer(fields);
+            customers += 1;
+            for item in &p.field_groups {
+                let values = item
+                    .values
+                    .iter()
+                    .filter_map(|v| serde_json::to_value(v).ok())
+                    .collect();
+                state.add_item(item.group_id, customer_id, values);
+                items += 1;
+            }
+        }
+        Ok((customers, items))
+    }
+
     /// What `/_sandbox/stats` shows.
     pub fn stats(&self) -> Stats {
         self.shared.lock_stats().clone()
@@ -337,7 +385,10 @@ impl Drop for Sandbox {
 
 fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
-        .route("/batch/customers", post(api::batch_customers))
+        .route(
+            "/batch/customers",
+            post(api::batch_customers).put(api::update_customers),
+        )
         .route("/customers", get(api::search_customers))
         .route(
             "/customer_field_group_items",
@@ -468,6 +519,8 @@ fn endpoint_of(method: &Method, path: &str) -> String {
     format!("{method} {shape}")
 }
 
+/// Whether an endpoint's call creates something (so that a dropped answer
+/// leaves its client not knowing whether it did).
 fn is_non_idempotent(endpoint: &str) -> bool {
     matches!(
         endpoint,

@@ -143,9 +143,6 @@ pub struct State {
     pub field_group_items: Vec<Item>,
     pub campaigns: BTreeMap<String, Campaign>,
     pub feed_records: Vec<FeedRecord>,
-    /// Items whose values a `PUT` replaced (counted for `/_sandbox/stats`).
-    #[serde(skip)]
-    pub item_updates: u64,
     #[serde(skip)]
     next_customer_id: i64,
     #[serde(skip)]
@@ -225,12 +222,25 @@ impl State {
                 .map(|c| (c.id.to_string(), c))
                 .collect(),
             feed_records: Vec::new(),
-            item_updates: 0,
             next_customer_id: 1,
             next_item_id: 1,
             // Pre-loaded phone records take ids below this.
             next_record_id: 100_001,
             next_feed_id: 1,
+        }
+    }
+
+    /// Adds `n` customers as an earlier import would have: identifiers
+    /// `PRE-000001` ..., an e-mail address and a phone number each.
+    pub fn preload(&mut self, n: usize) {
+        for i in 1..=n {
+            let mut fields = Map::new();
+            fields.insert("name".into(), Value::from("Anna"));
+            fields.insert("surname".into(), Value::from(format!("Preloaded {i}")));
+            fields.insert("identifier".into(), Value::from(format!("PRE-{i:06}")));
+            fields.insert("email".into(), Value::from(format!("pre{i}@example.com")));
+            fields.insert("phone_number".into(), Value::from(format!("48500{i:06}")));
+            self.add_customer(fields);
         }
     }
 

@@ -4,10 +4,13 @@
 //! [`RowFate`] per row back.
 //!
 //! ```text
-//! reader thread ──rows──▶ customer batcher ──▶ create customers (chunks, bisected)
-//!      │ (invalid rows → ledger)        │ rows with an id (created or given)
-//!      ▼                                ▼
-//!                               downstream dispatcher ──▶ field-group items (per row)
+//! reader thread ──rows──▶ resolve (find existing customers: customers.rs)
+//!      │ (invalid rows → ledger)   │
+//!      ▼                           ▼
+//!                         customer batcher ──▶ create / update customers (chunks, bisected)
+//!                                  │ rows with an id (created, matched or given)
+//!                                  ▼
+//!                         downstream dispatcher (downstream.rs) ──▶ field-group items (per row)
 //!                                                    ├──▶ campaign batcher ──▶ add campaign records (chunks, bisected)
 //!                                                    ├──▶ edit campaign records (per row)
 //!                                                    └──▶ feed records (per row)
@@ -22,24 +25,26 @@
 //! not idempotent, the outcomes after. A row that fails a stage is `skipped`
 //! at the stages that need its customer id.
 
+mod customers;
+mod downstream;
+
+pub use downstream::{CampaignBatcher, CampaignChunk, PendingRecord};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::api::campaigns::{AddRecords, Added, UpdateRecord};
-use crate::api::customers::{CreateCustomers, Created, SearchKey};
-use crate::api::feed::CreateFeedRecord;
-use crate::api::field_groups::{CreateItem, ItemCreated};
-use crate::api::payload::{CampaignRecord, FeedRecord, NewItem, RecordFields};
 use crate::api::{self, ApiClient, Call, Endpoint, RowFate};
-use crate::ledger::{self, Entry, Intent, Ledger, RowEvent, Stage, Status};
-use crate::mapping::{CampaignPayload, ItemPayload, RowPayloads, UpdatePayload};
+use crate::identity::{Finder, KeyHash, RowKeys};
+use crate::ledger::{self, Action, Entry, Intent, Ledger, RowEvent, Stage, Status};
+use crate::mapping::{RowPayloads, Upsert};
 use crate::source::{FieldError, RowId, Source, SourceError};
+use crate::state::{Learnt, SyncState};
+use customers::CustomerState;
 
 /// Limits of one run.
 #[derive(Debug, Clone)]
@@ -57,11 +62,18 @@ pub struct Limits {
 pub struct MappedRow {
     pub id: RowId,
     pub payloads: RowPayloads,
-    /// Look the customer up before creating it.
-    pub lookup: Option<CustomerLookup>,
+    /// Look the customer up before creating it (set for every row with a
+    /// customer when the mapping matches customers).
+    pub lookup: Option<LookupReason>,
     /// Outcomes known before anything is sent (a row invalid before that
     /// maps now; stages left as they were), recorded as the row comes in.
     pub first: Vec<RowEvent>,
+    /// The row's match-key values (once looked up).
+    pub keys: RowKeys,
+    /// The matched customer to update.
+    pub update_of: Option<i64>,
+    /// The customer existed before this run (matched or adopted).
+    pub existed: bool,
 }
 
 impl MappedRow {
@@ -72,16 +84,45 @@ impl MappedRow {
             payloads,
             lookup: None,
             first: Vec::new(),
+            keys: RowKeys::default(),
+            update_of: None,
+            existed: false,
         }
     }
 }
 
-/// A customer to find before creating it: after an unknown outcome, by its
-/// identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerLookup {
-    pub key: SearchKey,
-    pub value: String,
+/// Why a row's customer is looked up before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupReason {
+    /// Its creation had an unknown outcome: look it up by its keys (its
+    /// identifier without `match`) to find out.
+    UnknownBefore,
+    /// The mapping matches customers (`[customer] match`).
+    Match,
+}
+
+/// How the run finds and remembers customers that exist: the mapping's
+/// `match`, an index of the system, the sync state.
+#[derive(Debug, Default)]
+pub struct Sync {
+    pub upsert: Option<Upsert>,
+    pub finder: Finder,
+    /// The sync state (`--state`), when given (the finder reads it too).
+    pub state: Option<Arc<SyncState>>,
+    /// `--full`: payload hashes are ignored for this run.
+    pub full: bool,
+    /// How the state names each `[[field_group]]`'s part.
+    pub group_parts: Vec<String>,
+}
+
+impl Sync {
+    /// The sync state's name of the i-th field group.
+    fn group_part(&self, index: usize) -> String {
+        self.group_parts
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| format!("field_group#{}", index + 1))
+    }
 }
 
 /// What the reader hands on: a row ready to send, a row that cannot be
@@ -140,6 +181,8 @@ pub struct Progress {
     pub reconciled: AtomicU64,
     /// Customers a lookup found more than once (left alone).
     pub duplicates: AtomicU64,
+    /// Customer-stage actions, in [`Action::ALL`]'s order.
+    pub actions: [AtomicU64; 6],
     /// Rows of a failed-rows CSV left out: a stage's earlier outcome is
     /// unknown and cannot be looked up (`--include-unknown` sends them).
     pub left_unknown: AtomicU64,
@@ -218,6 +261,7 @@ struct Run {
     consecutive_failures: AtomicU64,
     /// Rows being sent, by row number.
     pending: Mutex<HashMap<u64, Pending>>,
+    sync: Sync,
 }
 
 /// One row's outcome at one stage, ready to be written.
@@ -332,6 +376,11 @@ impl Run {
         if let Some(tally) = self.progress.tally(stage) {
             tally.add(status);
         }
+        if let (Stage::Customer, Some(action)) = (stage, ev.action) {
+            if let Some(i) = Action::ALL.iter().position(|a| *a == action) {
+                self.progress.actions[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if newly_failed {
             let failed = self.progress.rows_failed.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(max) = self.limits.max_failures {
@@ -380,6 +429,11 @@ impl Run {
                 true
             }
         };
+        self.breaker_sees(failed);
+    }
+
+    /// The circuit breaker: consecutive failed calls stop the run.
+    fn breaker_sees(&self, failed: bool) {
         if !failed {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return;
@@ -391,6 +445,49 @@ impl Run {
                 "{n} calls in a row failed (circuit breaker, --max-consecutive-failures {max})"
             ));
         }
+    }
+
+    /// Writes something learnt into the sync state, if there is one.
+    fn learn(&self, learnt: Learnt) {
+        if let Some(state) = &self.sync.state {
+            state.learn(learnt);
+        }
+    }
+
+    /// A part of a customer was sent with this payload hash.
+    fn learn_part(&self, customer_id: i64, part: &str, hash: KeyHash, item_id: Option<i64>) {
+        if self.sync.state.is_some() {
+            self.learn(Learnt::Part {
+                customer_id,
+                part: part.into(),
+                hash,
+                item_id,
+            });
+        }
+    }
+
+    /// A row's keys belong to this customer, whose payload (if sent) hashes
+    /// as `hash`.
+    fn learn_customer(&self, row: &MappedRow, customer_id: i64, hash: Option<KeyHash>) {
+        if self.sync.state.is_none() {
+            return;
+        }
+        for (_, key) in row.keys.hashes() {
+            self.learn(Learnt::Key { key, customer_id });
+        }
+        if let Some(hash) = hash {
+            self.learn_part(customer_id, "customer", hash, None);
+        }
+    }
+
+    /// With a sync state and without `--full`: `Some(item id)` when a part
+    /// of a customer was last sent with this very payload.
+    fn unchanged(&self, customer_id: i64, part: &str, hash: KeyHash) -> Option<Option<i64>> {
+        if self.sync.full {
+            return None;
+        }
+        let (known, item_id) = self.sync.state.as_ref()?.part(customer_id, part)?;
+        (known == hash).then_some(item_id)
     }
 
     /// One call for one row at one stage: an intent first when the call is
@@ -448,6 +545,8 @@ pub fn mapped_rows<R: std::io::Read + Send + 'static>(
     include_unknown: bool,
 ) -> impl Iterator<Item = Incoming> + Send + 'static {
     let mut done = false;
+    // Two rows with one key value: the later one is invalid.
+    let mut file_keys = crate::identity::FileKeys::default();
     std::iter::from_fn(move || {
         if done {
             return None;
@@ -460,10 +559,17 @@ pub fn mapped_rows<R: std::io::Read + Send + 'static>(
             Ok(Err(bad)) => Incoming::Invalid(bad.id, vec![bad.error]),
             Ok(Ok(mut row)) => {
                 row.id.fp = plan.fingerprint(&row);
+                // Only valid rows claim their keys.
+                let twice = |file_keys: &mut crate::identity::FileKeys| {
+                    file_keys.check(row.id, &plan.key_hashes(row.cells.view()))
+                };
                 match plan.map_row(&row) {
-                    Ok(payloads) if payloads.unknown.any() => {
-                        Incoming::Mapped(Box::new(after_unknown(row.id, payloads, include_unknown)))
+                    Ok(_) if let Some(e) = twice(&mut file_keys) => {
+                        Incoming::Invalid(row.id, vec![e])
                     }
+                    Ok(payloads) if payloads.unknown.any() => Incoming::Mapped(Box::new(
+                        after_unknown(row.id, payloads, include_unknown, &plan.lookup_keys()),
+                    )),
                     Ok(payloads) => Incoming::Mapped(Box::new(MappedRow::new(row.id, payloads))),
                     Err(errors) => Incoming::Invalid(row.id, errors),
                 }
@@ -475,7 +581,12 @@ pub fn mapped_rows<R: std::io::Read + Send + 'static>(
 
 /// A failed-rows CSV's row that an earlier run left unknown at some stage:
 /// what it still needs, by `retry`'s rules.
-fn after_unknown(id: RowId, mut payloads: RowPayloads, include_unknown: bool) -> MappedRow {
+fn after_unknown(
+    id: RowId,
+    mut payloads: RowPayloads,
+    include_unknown: bool,
+    keys: &[crate::api::customers::SearchKey],
+) -> MappedRow {
     let unknown = std::mem::take(&mut payloads.unknown);
     let rules = crate::resume::Rules {
         // The person edited the file: refused rows are sent again.
@@ -483,9 +594,9 @@ fn after_unknown(id: RowId, mut payloads: RowPayloads, include_unknown: bool) ->
         include_unknown,
     };
     let previous = crate::resume::failed_csv_previous(&unknown);
-    let kept = crate::resume::keep_what_is_not_done(&mut payloads, &previous, None, rules);
+    let kept = crate::resume::keep_what_is_not_done(&mut payloads, &previous, None, rules, keys);
     let mut row = MappedRow::new(id, payloads);
-    row.lookup = kept.lookup;
+    row.lookup = kept.look_up.then_some(LookupReason::UnknownBefore);
     for (stage, group, reason) in kept.left {
         let mut ev = event(id, stage, Status::Unknown);
         ev.group = (stage == Stage::FieldGroup).then_some(group);
@@ -514,6 +625,7 @@ pub async fn run(
     limits: Limits,
     abort: Arc<Abort>,
     progress: Arc<Progress>,
+    sync: Sync,
 ) -> RunEnd {
     let run = Arc::new(Run {
         client,
@@ -524,6 +636,7 @@ pub async fn run(
         progress: progress.clone(),
         consecutive_failures: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
+        sync,
     });
 
     // 1. The reader: a blocking thread that maps rows and hands them on.
@@ -549,7 +662,7 @@ pub async fn run(
 
     // 2. Downstream of the customer stage.
     let (down_tx, down_rx) = mpsc::channel::<(MappedRow, CustomerState)>(1024);
-    let downstream = tokio::spawn(downstream(run.clone(), down_rx));
+    let downstream = tokio::spawn(downstream::downstream(run.clone(), down_rx));
 
     // 3. Customers to look up first (each on a task of its own, so that a
     // lookup in flight never waits for this loop), in file order.
@@ -561,9 +674,14 @@ pub async fn run(
                 let run = run.clone();
                 async move {
                     match item {
-                        Incoming::Mapped(row) if row.lookup.is_some() => {
+                        Incoming::Mapped(mut row)
+                            if row.lookup.is_some()
+                                || (run.sync.upsert.is_some()
+                                    && row.payloads.customer.is_some()) =>
+                        {
+                            row.lookup.get_or_insert(LookupReason::Match);
                             let id = row.id;
-                            match tokio::spawn(look_up(run, *row)).await {
+                            match tokio::spawn(customers::resolve(run, *row)).await {
                                 Ok((row, ev)) => (Incoming::Mapped(Box::new(row)), ev),
                                 Err(e) => {
                                     let mut ev = event(id, Stage::Customer, Status::Unknown);
@@ -587,9 +705,10 @@ pub async fn run(
     };
     let mut lookups = Box::pin(lookups);
 
-    // 4. The customer batcher.
+    // 4. The customer batcher: creations and updates, in chunks.
     let mut tasks = JoinSet::new();
     let mut batch: Vec<MappedRow> = Vec::new();
+    let mut updates: Vec<MappedRow> = Vec::new();
     let mut read_error = None;
     let mut rows_read = 0u64;
     while let Some((item, looked_up)) = lookups.next().await {
@@ -646,10 +765,12 @@ pub async fn run(
                     break;
                 }
                 if row.payloads.customer.is_some() {
-                    batch.push(*row);
-                    if batch.len() >= run.limits.batch_size {
-                        spawn_customers(&run, &mut tasks, std::mem::take(&mut batch), &down_tx)
-                            .await;
+                    let update = row.update_of.is_some();
+                    let chunk = if update { &mut updates } else { &mut batch };
+                    chunk.push(*row);
+                    if chunk.len() >= run.limits.batch_size {
+                        let rows = std::mem::take(chunk);
+                        customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
                     }
                 } else {
                     let state = match row.payloads.existing_customer_id {
@@ -666,8 +787,10 @@ pub async fn run(
     }
     // Closing the stream closes the reader's channel: it stops reading.
     drop(lookups);
-    if !batch.is_empty() {
-        spawn_customers(&run, &mut tasks, batch, &down_tx).await;
+    for (rows, update) in [(batch, false), (updates, true)] {
+        if !rows.is_empty() {
+            customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
+        }
     }
     while tasks.join_next().await.is_some() {}
     drop(down_tx);
@@ -681,434 +804,14 @@ pub async fn run(
         read_error: read_error.clone(),
     };
     let _ = run.ledger.write(&[Entry::End(end)]).await;
+    if let Some(state) = &run.sync.state {
+        state.flush();
+    }
     RunEnd {
         rows_read,
         aborted,
         read_error,
     }
-}
-
-/// Where a row stands after the customer stage.
-#[derive(Debug, Clone)]
-enum CustomerState {
-    Id(i64),
-    /// No customer was created (refused, failed, or not sent): later stages
-    /// needing one are skipped with this reason.
-    NotCreated(String),
-    /// The creation's outcome is unknown: later stages are skipped until
-    /// `retry` finds out.
-    Unknown(String),
-    /// The row has no stage that needs a customer.
-    NotNeeded,
-}
-
-async fn spawn_customers(
-    run: &Arc<Run>,
-    tasks: &mut JoinSet<()>,
-    rows: Vec<MappedRow>,
-    down: &mpsc::Sender<(MappedRow, CustomerState)>,
-) {
-    let Ok(permit) = run.permits.clone().acquire_owned().await else {
-        return;
-    };
-    let run = run.clone();
-    let down = down.clone();
-    tasks.spawn(async move {
-        let intent = Intent {
-            stage: Stage::Customer,
-            group: None,
-            rows: rows.iter().map(|r| r.id.row).collect(),
-        };
-        if !run.record(vec![Entry::Intent(intent)]).await {
-            return;
-        }
-        let batch = CustomerBatch {
-            run: &run,
-            settled: Mutex::new(Vec::with_capacity(rows.len())),
-        };
-        api::bisect(&batch, rows).await;
-        let settled = batch
-            .settled
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner());
-        drop(permit);
-        for (row, state) in settled {
-            if down.send((row, state)).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// The customer stage's calls: create, bisected on a whole-call 4xx.
-struct CustomerBatch<'a> {
-    run: &'a Run,
-    /// Rows settled so far, handed downstream once the permit is released.
-    settled: Mutex<Vec<(MappedRow, CustomerState)>>,
-}
-
-impl api::Batch for CustomerBatch<'_> {
-    type Item = MappedRow;
-    type Answer = Vec<RowFate<Created>>;
-
-    async fn send(&self, rows: &[MappedRow]) -> Call<Self::Answer> {
-        let customers = rows
-            .iter()
-            .filter_map(|r| r.payloads.customer.as_ref())
-            .collect();
-        self.run.client.send(&CreateCustomers { customers }).await
-    }
-
-    async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {
-        self.run.observe(&call);
-        let fates = RowFate::of_rows(&call.result, rows.len());
-        let mut entries = Vec::with_capacity(rows.len());
-        let mut states = Vec::with_capacity(rows.len());
-        for (row, fate) in rows.iter().zip(&fates) {
-            let ev = fate_event(
-                row.id,
-                Stage::Customer,
-                None,
-                call.attempts,
-                fate,
-                |ev, c| {
-                    ev.http_status = c.http_status;
-                    ev.customer_id = Some(c.customer_id);
-                },
-            );
-            entries.push(Entry::Row(ev));
-            states.push(match fate {
-                RowFate::Done(c) => CustomerState::Id(c.customer_id),
-                RowFate::Unknown { .. } => {
-                    CustomerState::Unknown("the customer's creation has an unknown outcome".into())
-                }
-                _ => CustomerState::NotCreated("the customer was not created".into()),
-            });
-        }
-        self.run.record(entries).await;
-        self.settled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(rows.into_iter().zip(states));
-    }
-
-    fn stopping(&self) -> Option<String> {
-        self.run.abort.stopping()
-    }
-}
-
-/// The stages after the customer: per-row calls and the campaign batcher.
-async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerState)>) {
-    let mut tasks = JoinSet::new();
-    let mut batcher = CampaignBatcher::default();
-    loop {
-        let next = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
-        let (row, state) = match next {
-            Ok(Some(item)) => item,
-            Ok(None) => break,
-            Err(_) => {
-                // Quiet for a while: send what the campaign batcher holds.
-                for chunk in batcher.drain() {
-                    spawn_campaign(&run, &mut tasks, chunk).await;
-                }
-                continue;
-            }
-        };
-        let MappedRow { id, payloads, .. } = row;
-        if run.abort.is_set() {
-            for item in &payloads.field_groups {
-                run.stopped(&[id], Stage::FieldGroup, Some(item.index))
-                    .await;
-            }
-            for (present, stage) in [
-                (payloads.campaign.is_some(), Stage::Campaign),
-                (payloads.campaign_update.is_some(), Stage::CampaignUpdate),
-                (payloads.feed.is_some(), Stage::Feed),
-            ] {
-                if present {
-                    run.stopped(&[id], stage, None).await;
-                }
-            }
-            continue;
-        }
-        let customer = match &state {
-            CustomerState::Id(c) => Ok(*c),
-            CustomerState::NotCreated(reason) | CustomerState::Unknown(reason) => {
-                Err(reason.clone())
-            }
-            CustomerState::NotNeeded => Err("no customer".into()),
-        };
-        let mut skipped = Vec::new();
-        let mut skip = |stage: Stage, group: Option<usize>, reason: &str| {
-            let mut ev = event(id, stage, Status::Skipped);
-            ev.group = group;
-            ev.message = Some(format!("not sent: {reason}"));
-            skipped.push(Entry::Row(ev));
-        };
-        for item in payloads.field_groups {
-            match &customer {
-                Ok(c) => {
-                    spawn_row(
-                        &run,
-                        &mut tasks,
-                        field_group_item(run.clone(), id, *c, item),
-                    )
-                    .await
-                }
-                Err(r) => skip(Stage::FieldGroup, Some(item.index), r),
-            }
-        }
-        if let Some(update) = payloads.campaign_update {
-            spawn_row(&run, &mut tasks, campaign_update(run.clone(), id, update)).await;
-        }
-        if let Some(feed) = payloads.feed {
-            match &customer {
-                Ok(c) => {
-                    let record = FeedRecord::zowie(std::slice::from_ref(&feed));
-                    spawn_row(&run, &mut tasks, feed_record(run.clone(), id, *c, record)).await
-                }
-                Err(r) => skip(Stage::Feed, None, r),
-            }
-        }
-        if let Some(campaign) = payloads.campaign {
-            match &customer {
-                Ok(c) => {
-                    for chunk in batcher.add(id, *c, campaign, run.limits.batch_size) {
-                        spawn_campaign(&run, &mut tasks, chunk).await;
-                    }
-                }
-                Err(r) => skip(Stage::Campaign, None, r),
-            }
-        }
-        if !skipped.is_empty() {
-            run.record(skipped).await;
-        }
-        while tasks.try_join_next().is_some() {}
-    }
-    // Whatever the batcher still holds is sent, or (if the run is stopping)
-    // recorded as not sent by the bisection routine.
-    for chunk in batcher.drain() {
-        spawn_campaign(&run, &mut tasks, chunk).await;
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-async fn spawn_row(
-    run: &Arc<Run>,
-    tasks: &mut JoinSet<()>,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let Ok(permit) = run.permits.clone().acquire_owned().await else {
-        return;
-    };
-    tasks.spawn(async move {
-        work.await;
-        drop(permit);
-    });
-}
-
-/// One campaign record waiting for its chunk.
-#[derive(Debug, Clone)]
-pub struct PendingRecord {
-    pub id: RowId,
-    pub customer_id: i64,
-    pub record: RecordFields,
-}
-
-/// A chunk for one campaign call.
-#[derive(Debug, Clone)]
-pub struct CampaignChunk {
-    pub campaign_id: String,
-    pub records: Vec<PendingRecord>,
-}
-
-/// Groups campaign records into calls: by campaign id, at most `limit` per
-/// call, in arrival order, and never two records for one customer in one call
-/// (the answer is keyed by customer id, so they would collide).
-#[derive(Debug, Default)]
-pub struct CampaignBatcher {
-    open: HashMap<String, CampaignChunk>,
-    order: Vec<String>,
-}
-
-impl CampaignBatcher {
-    /// Adds a record; returns the chunks that are now ready.
-    pub fn add(
-        &mut self,
-        id: RowId,
-        customer_id: i64,
-        payload: CampaignPayload,
-        limit: usize,
-    ) -> Vec<CampaignChunk> {
-        let mut ready = Vec::new();
-        let CampaignPayload {
-            campaign_id,
-            record,
-        } = payload;
-        if let Some(open) = self.open.get(&campaign_id) {
-            if open.records.iter().any(|r| r.customer_id == customer_id) {
-                ready.extend(self.take(&campaign_id));
-            }
-        }
-        if !self.open.contains_key(&campaign_id) {
-            self.order.push(campaign_id.clone());
-        }
-        let chunk = self
-            .open
-            .entry(campaign_id.clone())
-            .or_insert_with(|| CampaignChunk {
-                campaign_id: campaign_id.clone(),
-                records: Vec::new(),
-            });
-        chunk.records.push(PendingRecord {
-            id,
-            customer_id,
-            record,
-        });
-        if chunk.records.len() >= limit.max(1) {
-            ready.extend(self.take(&campaign_id));
-        }
-        ready
-    }
-
-    fn take(&mut self, campaign_id: &str) -> Option<CampaignChunk> {
-        self.order.retain(|c| c != campaign_id);
-        self.open.remove(campaign_id)
-    }
-
-    /// Every open chunk, oldest first.
-    pub fn drain(&mut self) -> Vec<CampaignChunk> {
-        let order = std::mem::take(&mut self.order);
-        order
-            .into_iter()
-            .filter_map(|c| self.open.remove(&c))
-            .collect()
-    }
-}
-
-async fn spawn_campaign(run: &Arc<Run>, tasks: &mut JoinSet<()>, chunk: CampaignChunk) {
-    let r = run.clone();
-    spawn_row(run, tasks, async move {
-        let batch = CampaignBatch {
-            run: &r,
-            campaign_id: &chunk.campaign_id,
-        };
-        api::bisect(&batch, chunk.records).await;
-    })
-    .await;
-}
-
-/// The campaign stage's calls for one campaign: add records (idempotent:
-/// `ALREADY_EXISTS` is done), bisected on a whole-call 4xx.
-struct CampaignBatch<'a> {
-    run: &'a Run,
-    campaign_id: &'a str,
-}
-
-impl api::Batch for CampaignBatch<'_> {
-    type Item = PendingRecord;
-    type Answer = Vec<RowFate<Added>>;
-
-    async fn send(&self, records: &[PendingRecord]) -> Call<Self::Answer> {
-        let records = records
-            .iter()
-            .map(|r| CampaignRecord {
-                customer_id: r.customer_id,
-                fields: &r.record,
-            })
-            .collect();
-        let endpoint = AddRecords {
-            campaign_id: self.campaign_id,
-            records,
-        };
-        self.run.client.send(&endpoint).await
-    }
-
-    async fn settle(&self, records: Vec<PendingRecord>, call: Call<Self::Answer>) {
-        self.run.observe(&call);
-        let fates = RowFate::of_rows(&call.result, records.len());
-        let entries = records
-            .iter()
-            .zip(&fates)
-            .map(|(r, fate)| {
-                let mut ev =
-                    fate_event(r.id, Stage::Campaign, None, call.attempts, fate, |ev, a| {
-                        ev.http_status = a.http_status;
-                        ev.record_id = a.record_id;
-                        if a.already {
-                            ev.message = Some("already in the campaign".into());
-                        }
-                    });
-                ev.customer_id = Some(r.customer_id);
-                Entry::Row(ev)
-            })
-            .collect();
-        self.run.record(entries).await;
-    }
-
-    fn stopping(&self) -> Option<String> {
-        self.run.abort.stopping()
-    }
-}
-
-/// Looks a row's customer up before creating it (its creation had an
-/// unknown outcome): one match is adopted (`ok`, `"reconciled": true`), none
-/// means it was never created, so it goes on to be created; several are
-/// left alone as duplicates, and a lookup that fails leaves it unknown. In
-/// the last two cases the stages that need the customer are dropped for
-/// this run. Returns the row as it goes on, and the customer-stage event to
-/// record, if any.
-async fn look_up(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Option<RowEvent>) {
-    let Some(lookup) = row.lookup.take() else {
-        return (row, None);
-    };
-    let found = {
-        let _permit = run.permits.acquire().await;
-        let call = run
-            .client
-            .find_customer_ids(&lookup.key, &lookup.value)
-            .await;
-        run.observe(&call);
-        call.result
-    };
-    let mut ev = event(row.id, Stage::Customer, Status::Ok);
-    let key = lookup.key.name();
-    match found.as_deref() {
-        Ok([]) => return (row, None),
-        Ok([customer_id]) => {
-            run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
-            ev.customer_id = Some(*customer_id);
-            ev.reconciled = Some(true);
-            ev.message = Some(format!(
-                "found by {key} after an unknown outcome: adopted, not created again"
-            ));
-            row.payloads.customer = None;
-            row.payloads.existing_customer_id = Some(*customer_id);
-            return (row, Some(ev));
-        }
-        Ok(ids) => {
-            run.progress.duplicates.fetch_add(1, Ordering::Relaxed);
-            ev.status = Some(Status::Failed);
-            ev.retryable = Some(false);
-            ev.message = Some(format!(
-                "ambiguous: customers {} have {key} {}: duplicates, not touched; merge them in Thulium",
-                join_ids(ids),
-                crate::source::shorten(&lookup.value)
-            ));
-        }
-        Err(e) => {
-            ev.status = Some(Status::Unknown);
-            ev.message = Some(format!(
-                "could not look the customer up ({e}); still unknown"
-            ));
-        }
-    }
-    // Only the campaign record edit, which needs no customer, goes on.
-    row.payloads.customer = None;
-    row.payloads.field_groups.clear();
-    row.payloads.campaign = None;
-    row.payloads.feed = None;
-    (row, Some(ev))
 }
 
 /// `12, 57 and 90`.
@@ -1118,93 +821,4 @@ pub fn join_ids(ids: &[i64]) -> String {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => ids.join(""),
     }
-}
-
-/// A field-group item: not idempotent. One whose creation had an unknown
-/// outcome is looked for among the customer's items in its group first: an
-/// item holding the values sent is adopted (`ok`, `"reconciled": true`),
-/// none means it is created, and items that all differ are a mismatch,
-/// reported and left.
-async fn field_group_item(run: Arc<Run>, id: RowId, customer_id: i64, item: ItemPayload) {
-    let group = Some(item.index);
-    if item.reconcile && !run.abort.is_set() {
-        let call = run.client.find_items(customer_id, item.group_id).await;
-        run.observe(&call);
-        let mut ev = event(id, Stage::FieldGroup, Status::Ok);
-        ev.group = group;
-        ev.customer_id = Some(customer_id);
-        ev.attempts = Some(call.attempts);
-        match call.result {
-            Ok(items) if items.is_empty() => {}
-            Ok(items) => {
-                match items.iter().find(|i| i.holds(&item.values)) {
-                    Some(found) => {
-                        ev.item_id = Some(found.item_id);
-                        ev.reconciled = Some(true);
-                        ev.message = Some(
-                            "found among the customer's items after an unknown outcome: adopted, not created again".into(),
-                        );
-                    }
-                    None => {
-                        ev.status = Some(Status::Failed);
-                        ev.retryable = Some(false);
-                        ev.message = Some(format!(
-                            "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
-                            items.len(),
-                            item.group_id
-                        ));
-                    }
-                }
-                run.record(vec![Entry::Row(ev)]).await;
-                return;
-            }
-            Err(e) => {
-                ev.status = Some(Status::Unknown);
-                ev.message = Some(format!("could not look the item up ({e}); still unknown"));
-                run.record(vec![Entry::Row(ev)]).await;
-                return;
-            }
-        }
-    }
-    let endpoint = CreateItem {
-        item: NewItem {
-            group_id: item.group_id,
-            customer_id,
-            values: &item.values,
-        },
-    };
-    run.send_for_row(
-        id,
-        Stage::FieldGroup,
-        group,
-        endpoint,
-        |ev, created: &ItemCreated| {
-            ev.customer_id = Some(customer_id);
-            ev.item_id = created.item_id;
-        },
-    )
-    .await;
-}
-
-/// A campaign record edit: idempotent, needs no customer.
-async fn campaign_update(run: Arc<Run>, id: RowId, update: UpdatePayload) {
-    let endpoint = UpdateRecord {
-        campaign_id: &update.campaign_id,
-        identifier: &update.identifier,
-        update: &update.body,
-    };
-    run.send_for_row(id, Stage::CampaignUpdate, None, endpoint, |_, _| {})
-        .await;
-}
-
-/// A contact-history entry: not idempotent.
-async fn feed_record(run: Arc<Run>, id: RowId, customer_id: i64, record: FeedRecord) {
-    let endpoint = CreateFeedRecord {
-        customer_id,
-        record: &record,
-    };
-    run.send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
-        ev.customer_id = Some(customer_id);
-    })
-    .await;
 }

@@ -1,0 +1,370 @@
+//! Identity: which customer in Thulium a row is. A mapping's `match` keys
+//! (`identifier`, `email`, ...) are looked up in order; a key whose value is
+//! empty in a row is skipped. Customers are found, cheapest first, in the
+//! sync state (what earlier runs learnt), in an index of the whole system
+//! read once by paging `GET customers`, or by a `GET customers?key=value`
+//! per row.
+//!
+//! Keys are compared normalised ([`SearchKey::normalise`]) and held as
+//! 128-bit hashes of the key's name and normalised value: compact (an
+//! index of 1,000,000 customers with two keys is about 70 MiB), and no
+//! customer's data is kept.
+
+use std::collections::HashMap;
+
+use sha2::Digest;
+
+use crate::api::customers::{FindCustomers, SearchKey};
+use crate::api::payload::Customer;
+use crate::api::{ApiClient, Call, CallError};
+use crate::source::{FieldError, RowId};
+
+/// A key's value, hashed: the first 16 bytes of the SHA-256 of the key's
+/// name and its normalised value.
+pub type KeyHash = u128;
+
+/// The hash of `value` as a value of `key`.
+pub fn key_hash(key: &SearchKey, value: &str) -> KeyHash {
+    let mut h = sha2::Sha256::new();
+    h.update(key.name().as_bytes());
+    h.update([0]);
+    h.update(key.normalise(value).as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+/// A row's match-key values, in the mapping's key order (keys with no
+/// value left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowKeys(pub Vec<(SearchKey, Vec<String>)>);
+
+impl RowKeys {
+    /// The values of `keys` in a customer payload.
+    pub fn of(customer: &Customer, keys: &[SearchKey]) -> RowKeys {
+        RowKeys(
+            keys.iter()
+                .map(|k| (k.clone(), customer.key_values(k)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every (key, value) hash.
+    pub fn hashes(&self) -> impl Iterator<Item = (&SearchKey, KeyHash)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(k, values)| values.iter().map(move |v| (k, key_hash(k, v))))
+    }
+}
+
+/// Rows of one file that share a key value: the later one is invalid
+/// ("never two creates for one key in one run").
+#[derive(Debug, Default)]
+pub struct FileKeys {
+    seen: HashMap<KeyHash, (u64, u64)>,
+}
+
+impl FileKeys {
+    /// Records a row's key values (hashed, as [`crate::mapping::Plan::key_hashes`]
+    /// gives them); the problem, if an earlier row has one of them.
+    pub fn check(&mut self, id: RowId, keys: &[(SearchKey, KeyHash)]) -> Option<FieldError> {
+        for (key, hash) in keys {
+            if let Some((row, line)) = self.seen.get(hash) {
+                if *row != id.row {
+                    return Some(FieldError {
+                        column: None,
+                        value: None,
+                        reason: format!(
+                            "same {} as row {row} (line {line}): one customer, two rows; only the first is sent",
+                            key.name()
+                        ),
+                    });
+                }
+            }
+        }
+        for (_, hash) in keys {
+            self.seen.entry(*hash).or_insert((id.row, id.line));
+        }
+        None
+    }
+}
+
+/// The customers with one key value: one, or several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ids {
+    One(i64),
+    Many(Box<[i64]>),
+}
+
+/// Every customer of a system, read once by paging `GET customers`: key
+/// hashes → customer ids.
+#[derive(Debug, Default)]
+pub struct Index {
+    ids: HashMap<KeyHash, Ids>,
+    /// Customers read.
+    pub customers: u64,
+    /// Requests it took.
+    pub pages: u64,
+}
+
+impl Index {
+    /// Adds a customer's values of every key.
+    pub fn add(&mut self, customer_id: i64, values: impl IntoIterator<Item = KeyHash>) {
+        self.customers += 1;
+        for h in values {
+            match self.ids.get_mut(&h) {
+                None => {
+                    self.ids.insert(h, Ids::One(customer_id));
+                }
+                Some(Ids::One(id)) if *id == customer_id => {}
+                Some(Ids::One(id)) => {
+                    let many = vec![*id, customer_id].into_boxed_slice();
+                    self.ids.insert(h, Ids::Many(many));
+                }
+                Some(Ids::Many(ids)) => {
+                    if !ids.contains(&customer_id) {
+                        let mut v = ids.to_vec();
+                        v.push(customer_id);
+                        *ids = v.into_boxed_slice();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ids with this key value.
+    fn get(&self, h: KeyHash) -> &[i64] {
+        match self.ids.get(&h) {
+            None => &[],
+            Some(Ids::One(id)) => std::slice::from_ref(id),
+            Some(Ids::Many(ids)) => ids,
+        }
+    }
+
+    /// Reads the whole system, 1,000 customers a page.
+    pub async fn read(client: &ApiClient, keys: &[SearchKey]) -> Result<Index, CallError> {
+        const LIMIT: u32 = 1000;
+        let custom = keys.iter().any(|k| matches!(k, SearchKey::CustomField(_)));
+        let mut index = Index::default();
+        let mut offset = 0u64;
+        loop {
+            let call = client
+                .send(&FindCustomers {
+                    filter: None,
+                    limit: LIMIT,
+                    offset,
+                    custom_fields: custom,
+                })
+                .await;
+            index.pages += 1;
+            let page = call.result?;
+            let got = page.customers.len() as u64;
+            for c in &page.customers {
+                let hashes: Vec<KeyHash> = keys
+                    .iter()
+                    .flat_map(|k| c.values(k).into_iter().map(move |v| key_hash(k, &v)))
+                    .collect();
+                index.add(c.customer_id, hashes);
+            }
+            offset += got;
+            if got < u64::from(LIMIT) || page.count.is_some_and(|n| offset >= n) {
+                return Ok(index);
+            }
+        }
+    }
+
+    /// How many customers the system holds, from one small page's `count`
+    /// (what deciding between an index and per-row lookups costs).
+    pub async fn count(client: &ApiClient) -> Call<Option<u64>> {
+        let call = client
+            .send(&FindCustomers {
+                filter: None,
+                limit: 1,
+                offset: 0,
+                custom_fields: false,
+            })
+            .await;
+        Call {
+            attempts: call.attempts,
+            result: call.result.map(|p| p.count),
+        }
+    }
+}
+
+/// What looking a row's customer up found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Exactly one customer, by this key.
+    Matched { customer_id: i64, key: SearchKey },
+    /// No key found anyone.
+    Missing,
+    /// A key found several customers.
+    Ambiguous {
+        ids: Vec<i64>,
+        key: SearchKey,
+        value: String,
+    },
+    /// The lookup could not be made.
+    Failed(String),
+}
+
+impl Found {
+    /// "ambiguous: customers 12 and 57 have identifier X".
+    pub fn ambiguity(ids: &[i64], key: &SearchKey, value: &str) -> String {
+        format!(
+            "ambiguous: customers {} have {} {}: nothing sent for this row; merge them in Thulium",
+            crate::pipeline::join_ids(ids),
+            key.name(),
+            crate::source::shorten(value)
+        )
+    }
+}
+
+/// Where customers are found: the sync state's known keys, an index, or a
+/// lookup per row.
+#[derive(Debug, Default)]
+pub struct Finder {
+    pub index: Option<Index>,
+    pub state: Option<std::sync::Arc<crate::state::SyncState>>,
+}
+
+impl Finder {
+    /// Finds the customer of a row: keys in order, each value of a key
+    /// (several e-mail addresses) looked up; one customer matches, several
+    /// are ambiguous, none goes on to the next key.
+    pub async fn find(&self, client: &ApiClient, keys: &RowKeys) -> (Found, u32) {
+        let mut attempts = 0;
+        // What earlier runs learnt: a cache, trusted for the id.
+        if let Some(state) = &self.state {
+            for (key, values) in &keys.0 {
+                for v in values {
+                    if let Some(id) = state.customer_of(key_hash(key, v)) {
+                        return (
+                            Found::Matched {
+                                customer_id: id,
+                                key: key.clone(),
+                            },
+                            0,
+                        );
+                    }
+                }
+            }
+        }
+        for (key, values) in &keys.0 {
+            let mut ids: Vec<i64> = Vec::new();
+            let mut value_of_many = String::new();
+            for v in values {
+                let found = match &self.index {
+                    Some(index) => index.get(key_hash(key, v)).to_vec(),
+                    None => {
+                        let call = client.find_customer_ids(key, v).await;
+                        attempts += call.attempts;
+                        match call.result {
+                            Ok(ids) => ids,
+                            Err(e) => return (Found::Failed(e.to_string()), attempts),
+                        }
+                    }
+                };
+                if found.len() > 1 {
+                    value_of_many = v.clone();
+                }
+                for id in found {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            match ids.len() {
+                0 => continue,
+                1 => {
+                    return (
+                        Found::Matched {
+                            customer_id: ids[0],
+                            key: key.clone(),
+                        },
+                        attempts,
+                    )
+                }
+                _ => {
+                    ids.sort_unstable();
+                    if value_of_many.is_empty() {
+                        value_of_many = values.join(", ");
+                    }
+                    return (
+                        Found::Ambiguous {
+                            ids,
+                            key: key.clone(),
+                            value: value_of_many,
+                        },
+                        attempts,
+                    );
+                }
+            }
+        }
+        (Found::Missing, attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_normalised() {
+        assert_eq!(
+            key_hash(&SearchKey::Email, " Jan@Example.PL "),
+            key_hash(&SearchKey::Email, "jan@example.pl")
+        );
+        assert_eq!(
+            key_hash(&SearchKey::PhoneNumber, "+48 601-234-567"),
+            key_hash(&SearchKey::PhoneNumber, "48601234567")
+        );
+        assert_ne!(
+            key_hash(&SearchKey::Identifier, "A1"),
+            key_hash(&SearchKey::Identifier, "a1")
+        );
+        assert_ne!(
+            key_hash(&SearchKey::Identifier, "7"),
+            key_hash(&SearchKey::Nip, "7")
+        );
+    }
+
+    #[test]
+    fn the_index_tells_one_from_many() {
+        let mut index = Index::default();
+        let h = key_hash(&SearchKey::Email, "a@b.pl");
+        index.add(1, [h]);
+        index.add(1, [h]);
+        assert_eq!(index.get(h), &[1]);
+        index.add(2, [h]);
+        index.add(3, [h]);
+        assert_eq!(index.get(h), &[1, 2, 3]);
+        assert!(index.get(0).is_empty());
+    }
+
+    #[test]
+    fn the_later_of_two_rows_with_one_key_value_is_invalid() {
+        let mut seen = FileKeys::default();
+        let keys = |v: &str| vec![(SearchKey::Email, key_hash(&SearchKey::Email, v))];
+        let id = |row| RowId {
+            row,
+            line: row + 1,
+            offset: 0,
+            fp: None,
+        };
+        assert!(seen.check(id(17), &keys("a@b.pl")).is_none());
+        assert!(seen.check(id(18), &keys("c@d.pl")).is_none());
+        let e = seen.check(id(30), &keys("A@B.pl")).unwrap();
+        assert!(
+            e.reason.starts_with("same email as row 17 (line 18)"),
+            "{}",
+            e.reason
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! The sync state (`--state PATH`): what earlier runs sent to one Thulium
+//! system, so that the next run of the same full export sends only what
+//! changed. An embedded SQLite database (no server to install), created with
+//! mode 0600, holding only ids and hashes:
+//!
+//! - `keys`: a match key's hash (of the key's name and normalised value,
+//!   never the value) → the customer's id;
+//! - `parts`: per customer and part (`customer`, `field_group:2`,
+//!   `campaign`, `campaign_update`) the hash of the payload last sent, and
+//!   for a field group the item's id;
+//! - `feed`: hashes of the feed messages (text, author, time) sent to a
+//!   customer;
+//! - `meta`: the system's URL (a state belongs to one system) and the
+//!   format's version.
+//!
+//! The state is a cache derived from the ledger; Thulium is the truth. It is
+//! written after the ledger records an outcome, so a crash between the two
+//! costs one row sent again (as an idempotent update); deleting it costs
+//! the next run its lookups, never correctness.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::identity::KeyHash;
+
+/// Why the state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state {path} belongs to {recorded}, not {given}: one state file per Thulium system (pass another --state)")]
+    OtherSystem {
+        path: String,
+        recorded: String,
+        given: String,
+    },
+}
+
+/// One thing learnt, to write down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Learnt {
+    /// A key value belongs to this customer.
+    Key { key: KeyHash, customer_id: i64 },
+    /// The key value's customer is gone (the state was stale).
+    Forget { key: KeyHash },
+    /// A part of a customer was sent with this payload hash.
+    Part {
+        customer_id: i64,
+        part: String,
+        hash: KeyHash,
+        item_id: Option<i64>,
+    },
+    /// A feed message was sent to a customer.
+    Feed { customer_id: i64, hash: KeyHash },
+}
+
+enum Job {
+    Write(Learnt),
+    Flush(mpsc::Sender<()>),
+}
+
+/// An open sync state.
+#[derive(Debug)]
+pub struct SyncState {
+    path: PathBuf,
+    read: Mutex<Connection>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key BLOB PRIMARY KEY, customer_id INTEGER NOT NULL, synced_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parts (
+    customer_id INTEGER NOT NULL, part TEXT NOT NULL, hash BLOB NOT NULL,
+    item_id INTEGER, synced_at TEXT NOT NULL, PRIMARY KEY (customer_id, part)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed (
+    customer_id INTEGER NOT NULL, hash BLOB NOT NULL, synced_at TEXT NOT NULL,
+    PRIMARY KEY (customer_id, hash)
+) WITHOUT ROWID;
+";
+
+fn blob(h: KeyHash) -> [u8; 16] {
+    h.to_be_bytes()
+}
+
+impl SyncState {
+    /// Opens (or creates, mode 0600) the state at `path` for the system at
+    /// `system` (its root URL); refuses a state of another system.
+    pub fn open(path: &Path, system: &str) -> Result<Arc<SyncState>, StateError> {
+        let display = path.display().to_string();
+        let sql = |source| StateError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        if !path.exists() {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(path).map_err(|source| StateError::Io {
+                path: display.clone(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        let recorded: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE name = 'system'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)?;
+        match recorded {
+            Some(r) if r != system => {
+                return Err(StateError::OtherSystem {
+                    path: display,
+                    recorded: r,
+                    given: system.into(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('system', ?1), ('version', '1')",
+                    params![system],
+                )
+                .map_err(sql)?;
+            }
+        }
+        let write = Connection::open(path).map_err(sql)?;
+        write.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_path = display.clone();
+        let writer = std::thread::spawn(move || writer(write, rx, writer_path));
+        Ok(Arc::new(SyncState {
+            path: path.into(),
+            read: Mutex::new(conn),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn query<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<Option<T>>) -> Option<T> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        match f(&conn) {
+            Ok(v) => v,
+            Err(e) => {
+                // A state that cannot be read is a cache miss: the customer
+                // is looked up in Thulium instead.
+                tracing::warn!(state = %self.path.display(), error = %e, "Cannot read the state.");
+                None
+            }
+        }
+    }
+
+    /// The customer a key value belongs to, as far as earlier runs know.
+    pub fn customer_of(&self, key: KeyHash) -> Option<i64> {
+        self.query(|c| {
+            c.prepare_cached("SELECT customer_id FROM keys WHERE key = ?1")?
+                .query_row(params![blob(key)], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// The hash of the payload last sent for a part of a customer, and the
+    /// item's id for a field group.
+    pub fn part(&self, customer_id: i64, part: &str) -> Option<(KeyHash, Option<i64>)> {
+        self.query(|c| {
+            c.prepare_cached(
+                "SELECT hash, item_id FROM parts WHERE customer_id = ?1 AND part = ?2",
+            )?
+            .query_row(params![customer_id, part], |r| {
+                let h: Vec<u8> = r.get(0)?;
+                let mut b = [0u8; 16];
+                if h.len() == 16 {
+                    b.copy_from_slice(&h);
+                }
+                Ok((u128::from_be_bytes(b), r.get(1)?))
+            })
+            .optional()
+        })
+    }
+
+    /// Whether this feed message was sent to the customer before.
+    pub fn has_feed(&self, customer_id: i64, hash: KeyHash) -> bool {
+        self.query(|c| {
+            c.prepare_cached("SELECT 1 FROM feed WHERE customer_id = ?1 AND hash = ?2")?
+                .query_row(params![customer_id, blob(hash)], |_| Ok(()))
+                .optional()
+        })
+        .is_some()
+    }
+
+    /// Writes something learnt down (in the background, in batches).
+    pub fn learn(&self, learnt: Learnt) {
+        if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(Job::Write(learnt));
+        }
+    }
+
+    /// Waits until everything learnt so far is written.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            if tx.send(Job::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    /// Writes what is left and stops the writer.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for SyncState {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: whatever is queued goes in one transaction.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, path: String) {
+    let now = crate::ledger::now;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+            if jobs.len() >= 10_000 {
+                break;
+            }
+        }
+        let at = now();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for job in &jobs {
+                let Job::Write(l) = job else { continue };
+                match l {
+                    Learnt::Key { key, customer_id } => {
+                        tx.prepare_cached("INSERT INTO keys (key, customer_id, synced_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET customer_id = excluded.customer_id, synced_at = excluded.synced_at")?
+                            .execute(params![blob(*key), customer_id, at])?;
+                    }
+                    Learnt::Forget { key } => {
+                        tx.prepare_cached("DELETE FROM keys WHERE key = ?1")?
+                            .execute(params![blob(*key)])?;
+                    }
+                    Learnt::Part {
+                        customer_id,
+                        part,
+                        hash,
+                        item_id,
+                    } => {
+                        tx.prepare_cached("INSERT INTO parts (customer_id, part, hash, item_id, synced_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(customer_id, part) DO UPDATE SET hash = excluded.hash, item_id = COALESCE(excluded.item_id, parts.item_id), synced_at = excluded.synced_at")?
+                            .execute(params![customer_id, part, blob(*hash), item_id, at])?;
+                    }
+                    Learnt::Feed { customer_id, hash } => {
+                        tx.prepare_cached("INSERT OR IGNORE INTO feed (customer_id, hash, synced_at) VALUES (?1, ?2, ?3)")?
+                            .execute(params![customer_id, blob(*hash), at])?;
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            // A cache that cannot be written costs the next run speed only.
+            tracing::warn!(state = %path, error = %e, "Cannot write the state.");
+        }
+        for job in jobs {
+            if let Job::Flush(done) = job {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// The hash of a payload as sent (its JSON).
+pub fn payload_hash(payload: &impl serde::Serialize) -> KeyHash {
+    use sha2::Digest;
+    let json = serde_json::to_vec(payload).unwrap_or_default();
+    let d = sha2::Sha256::digest(&json);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parts_and_feeds_round_trip_and_one_system_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        s.learn(Learnt::Key {
+            key: 7,
+            customer_id: 13,
+        });
+        s.learn(Learnt::Part {
+            customer_id: 13,
+            part: "field_group:2".into(),
+            hash: 99,
+            item_id: Some(38),
+        });
+        s.learn(Learnt::Part {
+            customer_id: 13,
+            part: "field_group:2".into(),
+            hash: 100,
+            item_id: None,
+        });
+        s.learn(Learnt::Feed {
+            customer_id: 13,
+            hash: 5,
+        });
+        s.flush();
+        assert_eq!(s.customer_of(7), Some(13));
+        assert_eq!(s.customer_of(8), None);
+        assert_eq!(s.part(13, "field_group:2"), Some((100, Some(38))));
+        assert!(s.has_feed(13, 5) && !s.has_feed(13, 6));
+        s.learn(Learnt::Forget { key: 7 });
+        s.flush();
+        assert_eq!(s.customer_of(7), None);
+        drop(s);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let e = SyncState::open(&path, "https://b.thulium.com").unwrap_err();
+        assert!(
+            e.to_string().contains("belongs to https://a.thulium.com"),
+            "{e}"
+        );
+    }
+}
