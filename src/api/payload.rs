@@ -372,36 +372,21 @@ impl Customer {
     }
 }
 
-/// A mapped customer field whose cell was empty: with `clear_empty`, an
-/// update sends it as an empty value, which clears it.
+/// A mapped custom field whose cell was empty: with `clear_empty`, an
+/// update sends it as an empty value, which (as the vendor documents for
+/// custom fields) clears it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Cleared {
-    Field(CustomerField),
-    Address(AddressKind, AddressPart),
-    Custom(String),
-}
+pub struct Cleared(pub String);
 
 impl Customer {
-    /// This customer with every `cleared` field set to an empty value (the
-    /// fields of an update with `clear_empty`). Booleans and `company_id`
-    /// have no empty value and are left out.
+    /// This customer with every `cleared` custom field set to an empty
+    /// value (an update with `clear_empty`).
     pub fn clearing(&self, cleared: &[Cleared]) -> Customer {
         let mut out = self.clone();
-        let empty = || Value::String(String::new());
-        for c in cleared {
-            match c {
-                Cleared::Field(
-                    CustomerField::Vip
-                    | CustomerField::FillReadOnlyCustomFields
-                    | CustomerField::CompanyId,
-                ) => {}
-                Cleared::Field(f) => out.set(*f, empty()),
-                Cleared::Address(kind, part) => out.address_mut(*kind).set(*part, empty()),
-                Cleared::Custom(name) => out
-                    .custom_fields
-                    .0
-                    .push((name.clone(), Scalar::Text(String::new()))),
-            }
+        for Cleared(name) in cleared {
+            out.custom_fields
+                .0
+                .push((name.clone(), Scalar::Text(String::new())));
         }
         out
     }

@@ -298,8 +298,8 @@ pub struct RowPayloads {
     /// Stages an earlier run sent with an unknown outcome (a failed-rows
     /// CSV's `_unknown`): looked up before they are sent again.
     pub unknown: Unknowns,
-    /// Mapped customer fields whose cells were empty, with `clear_empty`:
-    /// an update clears them.
+    /// Mapped custom fields whose cells were empty, with `clear_empty`: an
+    /// update clears them.
     pub cleared: Vec<Cleared>,
 }
 
@@ -1447,25 +1447,23 @@ impl Plan {
                 let clear = self.upsert.as_ref().is_some_and(|u| u.clear_empty);
                 let mut customer = Customer::default();
                 for (field, slot) in &c.fields {
-                    match ev.take(*slot) {
-                        Some(v) => customer.set(*field, v),
-                        None if clear => out.cleared.push(Cleared::Field(*field)),
-                        None => {}
+                    if let Some(v) = ev.take(*slot) {
+                        customer.set(*field, v);
                     }
                 }
                 for (kind, parts) in &c.addresses {
                     for (part, slot) in parts {
-                        match ev.take(*slot) {
-                            Some(v) => customer.address_mut(*kind).set(*part, v),
-                            None if clear => out.cleared.push(Cleared::Address(*kind, *part)),
-                            None => {}
+                        if let Some(v) = ev.take(*slot) {
+                            customer.address_mut(*kind).set(*part, v);
                         }
                     }
                 }
+                // The vendor documents clearing (an empty value) for custom
+                // fields only: other empty cells stay out of an update.
                 if clear {
                     for f in &c.custom_fields {
                         if ev.slots.get(f.slot).is_some_and(Option::is_none) {
-                            out.cleared.push(Cleared::Custom(f.name.clone()));
+                            out.cleared.push(Cleared(f.name.clone()));
                         }
                     }
                 }

@@ -84,8 +84,9 @@ pub struct RawCustomer {
     pub on_match: Option<Spanned<String>>,
     /// No customer matched: `"create"` (the default) or `"skip"`.
     pub on_missing: Option<Spanned<String>>,
-    /// In an update, send empty cells as empty values (clearing the fields)
-    /// instead of leaving them out; default false.
+    /// In an update, send the empty cells of custom fields as empty values
+    /// (which clears them, as the vendor documents) instead of leaving them
+    /// out; default false. Other fields are never cleared.
     pub clear_empty: Option<bool>,
     pub name: Option<Spec>,
     pub surname: Option<Spec>,

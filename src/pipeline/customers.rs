@@ -230,7 +230,7 @@ pub(super) async fn spawn_customers(
 
 /// How many times, at most, a creation of unknown outcome is looked up
 /// and sent again within one run.
-const RECHECK_ROUNDS: usize = 3;
+const RECHECK_ROUNDS: usize = 5;
 
 /// Creates customers: an intent, then the calls (bisected on a whole-call
 /// 4xx). When the mapping matches customers, a creation of unknown outcome
