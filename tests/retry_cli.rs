@@ -646,7 +646,7 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
 
     // Night 2: the job as documented.
     let mut job = std::process::Command::new("bash");
-    job.arg("tests/nightly.sh")
+    job.arg("contrib/nightly.sh")
         .arg(&drop)
         .arg(&mapping)
         .env(
@@ -655,7 +655,9 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
         )
         .env("THULIUM_URL", sandbox.url())
         .env("THULIUM_USER", "api_user")
-        .env("THULIUM_PASSWORD", PASSWORD);
+        .env("THULIUM_PASSWORD", PASSWORD)
+        .env("NIGHTLY_SETTLE_SECONDS", "0")
+        .env("NIGHTLY_ARGS", "--rate 2000");
     let out = output(job).await;
     assert_eq!(
         out.code,

@@ -610,3 +610,118 @@ async fn empty_cells_never_clear_data_unless_clear_empty() {
     let r = report(&dir.join("b.jsonl"));
     assert_eq!(r["stages"]["customer"]["failed"], 0, "{r}");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nightly_full_export_sends_only_what_changed_and_waits_for_files_being_written() {
+    let dir = tempdir();
+    let drop = dir.join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let csv = drop.join("crm-full.csv");
+    make_export(&csv, 2, None);
+    let m = mapping(&dir, "match = [\"identifier\", \"email\"]");
+    let state = dir.join("acme.sqlite");
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let job = |settle: &str| {
+        let mut job = std::process::Command::new("bash");
+        job.arg("contrib/nightly.sh")
+            .arg(&drop)
+            .arg(&m)
+            .arg(&state)
+            .env(
+                "THULIUM_IMPORT",
+                assert_cmd::cargo::cargo_bin("thulium-import"),
+            )
+            .env("THULIUM_URL", sandbox.url())
+            .env("THULIUM_USER", "api_user")
+            .env("THULIUM_PASSWORD", PASSWORD)
+            .env("NIGHTLY_SETTLE_SECONDS", settle)
+            .env("NIGHTLY_ARGS", "--rate 5000");
+        job
+    };
+    let night = |mut job: std::process::Command| async move {
+        tokio::task::spawn_blocking(move || job.output().unwrap())
+            .await
+            .unwrap()
+    };
+    // Night 1: everything is created.
+    let out = night(job("0")).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = common::customers(&sandbox);
+    let night1: Value = serde_json::from_str(
+        &std::fs::read_to_string(drop.join("crm-full.csv.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        night1["actions"]["created"].as_u64().unwrap() as usize,
+        created
+    );
+
+    // Night 2: the same full export with two names changed lands over it,
+    // while another file is still being written.
+    let text = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replacen(";Dorota;", ";Dorothy;", 1)
+        .replacen(";Zofia;", ";Sophie;", 1);
+    std::fs::write(&csv, text).unwrap();
+    let growing = drop.join("partial.csv");
+    std::fs::write(&growing, "ID klienta;Nazwisko\n").unwrap();
+    let writer = {
+        let growing = growing.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for i in 0..30 {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&growing)
+                    .unwrap();
+                writeln!(f, "P-{i};Nowak").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let before = sandbox.requests().len();
+    let out = night(job("1")).await;
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("partial.csv: still being written"),
+        "{stderr}"
+    );
+    assert!(!drop.join("partial.csv.ledger.jsonl").exists());
+    let sent = &sandbox.requests()[before..];
+    assert!(sent
+        .iter()
+        .all(|e| e.method == "PUT" && e.path == "/api/batch/customers"));
+    let updated: usize = sent
+        .iter()
+        .map(|e| e.body["customers"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(updated, 2, "only the two changed customers");
+    assert_eq!(common::customers(&sandbox), created);
+    // Last night's ledger is kept aside.
+    let aside = std::fs::read_dir(&drop)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("crm-full.csv.ledger.jsonl.")
+        })
+        .count();
+    assert_eq!(aside, 1);
+
+    // With `.done` markers, only marked files are taken.
+    std::fs::write(drop.join("crm-full.csv.done"), "").unwrap();
+    let out = night(job("0")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("partial.csv: no"), "{stderr}");
+    assert!(!drop.join("partial.csv.ledger.jsonl").exists());
+}
