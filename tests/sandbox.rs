@@ -590,6 +590,135 @@ async fn customer_search_filters_and_pages() {
     assert_error(&body, "limit");
 }
 
+#[tokio::test]
+async fn searches_are_loose_and_updates_merge() {
+    let api = Api::new().await;
+    api.customers(json!([
+        {"surname": "A", "identifier": "K-1", "email": "Ann@X.pl", "custom_fields": {"Karta": "77", "Segment": "A"}},
+        {"surname": "B", "identifier": "K-10", "phone_number": "48601000000"},
+        {"surname": "C"}
+    ]))
+    .await;
+    // identifier by prefix (the importer keeps exact matches), e-mail
+    // without case, phone numbers by digits, custom fields, empty values.
+    let count = |body: &Value| body["count"].as_i64().unwrap();
+    assert_eq!(count(&api.get("customers?identifier=K-1").await.1), 2);
+    assert_eq!(count(&api.get("customers?email=ann@x.pl").await.1), 1);
+    assert_eq!(
+        count(
+            &api.get("customers?phone_number=%2B48%20601-000-000")
+                .await
+                .1
+        ),
+        1
+    );
+    assert_eq!(
+        count(&api.get("customers?custom_fields[Karta][]=77").await.1),
+        1
+    );
+    assert_eq!(
+        count(&api.get("customers?custom_fields[Karta]=78").await.1),
+        0
+    );
+    assert_eq!(
+        count(&api.get("customers?identifier=").await.1),
+        1,
+        "the one without"
+    );
+    let (status, body) = api.get("customers?colour=red").await;
+    assert_eq!(status, 400);
+    assert_error(&body, "colour");
+
+    // PUT batch/customers: keyed by position; fields replace, an empty
+    // custom field clears, a missing customer fails alone.
+    let (status, text) = api
+        .put(
+            "batch/customers",
+            json!({"customers": [
+                {"customer_id": 1, "name": "Anna", "custom_fields": {"Segment": ""}},
+                {"customer_id": 99, "name": "X"},
+                {"customer_id": 2, "phone_number": "12x"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let answer = parse(&text);
+    assert_eq!(answer["0"]["http_status"], 200);
+    assert_eq!(answer["1"]["http_status"], 404);
+    assert_eq!(answer["2"]["http_status"], 400);
+    let state = api.state();
+    let one = &state["customers"]["1"];
+    assert_eq!(
+        (one["name"].as_str(), one["surname"].as_str()),
+        (Some("Anna"), Some("A"))
+    );
+    assert_eq!(one["custom_fields"], json!({"Karta": "77"}));
+    assert_eq!(state["customers"]["2"]["phone_number"], "48601000000");
+    assert_eq!(api.sandbox.stats().customers_updated, 1);
+    // Searches follow the update.
+    let (status, _) = api
+        .put(
+            "batch/customers",
+            json!({"customers": [{"customer_id": 1, "identifier": "Z-9"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&api.get("customers?identifier=K-1").await.1), 1);
+    assert_eq!(count(&api.get("customers?identifier=Z-9").await.1), 1);
+    let (status, body) = api
+        .put("batch/customers", json!({"customers": [{"name": "no id"}]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Items: listed by customer and group, replaced by PUT.
+    let (status, body) = api
+        .post(
+            "customer_field_group_items",
+            json!({"group_id": 2, "customer_id": 1, "values": [{"field_id": 12, "value": "www"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let item = body["item_id"].as_i64().unwrap();
+    let (_, list) = api
+        .get("customer_field_group_items?customer_id=1&group_id=2")
+        .await;
+    assert_eq!(list["count"], 1);
+    assert_eq!(
+        list["result"][0]["values"],
+        json!([{"field_id": 12, "value": "www"}])
+    );
+    assert_eq!(
+        count(&api.get("customer_field_group_items?customer_id=2").await.1),
+        0
+    );
+    let (status, _) = api
+        .put(
+            &format!("customer_field_group_items/{item}"),
+            json!({"values": [{"field_id": 12, "value": "tel"}, {"field_id": 8, "value": 3}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, list) = api
+        .get("customer_field_group_items?customer_id=1&group_id=2")
+        .await;
+    assert_eq!(
+        list["result"][0]["values"],
+        json!([{"field_id": 12, "value": "tel"}, {"field_id": 8, "value": 3}])
+    );
+    let (status, _) = api
+        .put(
+            &format!("customer_field_group_items/{item}"),
+            json!({"values": [{"field_id": 20, "value": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "a field of another group");
+    let (status, _) = api
+        .put("customer_field_group_items/999", json!({"values": []}))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(api.sandbox.stats().items_updated, 1);
+}
+
 fn faulty(kind: FaultKind) -> SandboxConfig {
     SandboxConfig {
         fault_rate: 1.0,

@@ -412,7 +412,7 @@ pub async fn search_customers(
             },
         }
     }
-    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let digits = super::model::digits;
     let matches = |c: &Map<String, Value>, key: &str, want: &str| {
         let values: Vec<String> = match key.strip_prefix("custom_fields.") {
             Some(name) => c
@@ -434,18 +434,28 @@ pub async fn search_customers(
         })
     };
     let state = shared.lock_state();
-    let found: Vec<&super::model::Customer> = state
-        .customers
-        .values()
-        .filter(|c| filters.iter().all(|(k, v)| matches(&c.fields, k, v)))
-        .collect();
-    let result: Vec<Value> = found
+    // An indexed filter narrows the customers to read; every filter then
+    // decides.
+    let narrowed = filters
         .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-        .collect();
-    Ok(axum::Json(json!({"count": found.len(), "result": result})).into_response())
+        .find_map(|(k, v)| state.search.candidates(k, v));
+    let all: Box<dyn Iterator<Item = &super::model::Customer>> = match narrowed {
+        Some(mut ids) => {
+            ids.sort_unstable();
+            ids.dedup();
+            Box::new(ids.into_iter().filter_map(|id| state.customers.get(&id)))
+        }
+        None => Box::new(state.customers.values()),
+    };
+    let mut count = 0;
+    let mut result = Vec::new();
+    for c in all.filter(|c| filters.iter().all(|(k, v)| matches(&c.fields, k, v))) {
+        if count >= offset && result.len() < limit {
+            result.push(serde_json::to_value(c).unwrap_or(Value::Null));
+        }
+        count += 1;
+    }
+    Ok(axum::Json(json!({"count": count, "result": result})).into_response())
 }
 
 /// `PUT /api/batch/customers`: each entry `customer_id` plus any field of
@@ -478,14 +488,14 @@ pub async fn update_customers(
     let mut answer = Map::new();
     let mut updated = 0;
     for (i, (customer_id, fields)) in entries.into_iter().enumerate() {
-        let entry = match state.customers.get_mut(&customer_id) {
+        let entry = match state.customers.get(&customer_id) {
             None => json!({"http_status": 404, "message": "Customer not found."}),
             Some(stored) => {
                 let mut merged = stored.fields.clone();
                 merge_customer(&mut merged, fields);
                 match customer_content(&merged) {
                     Ok(()) => {
-                        stored.fields = merged;
+                        state.replace_customer(customer_id, merged);
                         updated += 1;
                         json!({"http_status": 200, "customer_id": customer_id.to_string()})
                     }
@@ -639,9 +649,11 @@ pub async fn list_items(
     let customer_id = number(&q.customer_id, "customer_id")?;
     let group_id = number(&q.group_id, "group_id")?;
     let state = shared.lock_state();
-    let found: Vec<&super::model::Item> = state
-        .field_group_items
-        .iter()
+    let all: Box<dyn Iterator<Item = &super::model::Item>> = match customer_id {
+        Some(c) => Box::new(state.items_of(c)),
+        None => Box::new(state.field_group_items.iter()),
+    };
+    let found: Vec<&super::model::Item> = all
         .filter(|i| customer_id.is_none_or(|c| i.customer_id == c))
         .filter(|i| group_id.is_none_or(|g| i.group_id == g))
         .collect();

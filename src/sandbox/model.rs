@@ -143,6 +143,13 @@ pub struct State {
     pub field_group_items: Vec<Item>,
     pub campaigns: BTreeMap<String, Campaign>,
     pub feed_records: Vec<FeedRecord>,
+    /// Customers by their searchable values, so that a search does not read
+    /// every customer (a system of 1,000,000 customers stays quick).
+    #[serde(skip)]
+    pub search: SearchIndex,
+    /// Positions in `field_group_items`, by customer.
+    #[serde(skip)]
+    items_by_customer: std::collections::HashMap<i64, Vec<usize>>,
     #[serde(skip)]
     next_customer_id: i64,
     #[serde(skip)]
@@ -222,6 +229,8 @@ impl State {
                 .map(|c| (c.id.to_string(), c))
                 .collect(),
             feed_records: Vec::new(),
+            search: SearchIndex::default(),
+            items_by_customer: std::collections::HashMap::new(),
             next_customer_id: 1,
             next_item_id: 1,
             // Pre-loaded phone records take ids below this.
@@ -247,6 +256,7 @@ impl State {
     pub fn add_customer(&mut self, fields: Map<String, Value>) -> i64 {
         let customer_id = self.next_customer_id;
         self.next_customer_id += 1;
+        self.search.add(customer_id, &fields);
         self.customers.insert(
             customer_id,
             Customer {
@@ -257,9 +267,31 @@ impl State {
         customer_id
     }
 
+    /// Replaces a customer's fields (an update), keeping the search index.
+    pub fn replace_customer(&mut self, customer_id: i64, fields: Map<String, Value>) {
+        if let Some(c) = self.customers.get_mut(&customer_id) {
+            self.search.remove(customer_id, &c.fields);
+            self.search.add(customer_id, &fields);
+            c.fields = fields;
+        }
+    }
+
+    /// The items of one customer, in the order they were added.
+    pub fn items_of(&self, customer_id: i64) -> impl Iterator<Item = &Item> {
+        self.items_by_customer
+            .get(&customer_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.field_group_items.get(*i))
+    }
+
     pub fn add_item(&mut self, group_id: i64, customer_id: i64, values: Vec<Value>) -> i64 {
         let item_id = self.next_item_id;
         self.next_item_id += 1;
+        self.items_by_customer
+            .entry(customer_id)
+            .or_default()
+            .push(self.field_group_items.len());
         self.field_group_items.push(Item {
             item_id,
             group_id,
@@ -305,5 +337,118 @@ impl Campaign {
             self.by_identifier.insert(identifier.to_string(), record);
         }
         self.by_identifier.get_mut(identifier)
+    }
+}
+
+/// Customers by identifier (ordered, for a prefix search), e-mail address
+/// (without case), phone number and NIP (by digits).
+#[derive(Debug, Default)]
+pub struct SearchIndex {
+    pub identifier: BTreeMap<String, std::collections::BTreeSet<i64>>,
+    pub email: std::collections::HashMap<String, std::collections::BTreeSet<i64>>,
+    pub phone_number: std::collections::HashMap<String, std::collections::BTreeSet<i64>>,
+    pub nip: std::collections::HashMap<String, std::collections::BTreeSet<i64>>,
+}
+
+/// A field's values: one, or a list.
+fn texts(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().flat_map(|i| texts(Some(i))).collect(),
+        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(Value::Number(n)) => vec![n.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// Digits only (how phone numbers and NIPs are searched).
+pub fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+impl SearchIndex {
+    fn entries(fields: &Map<String, Value>) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        out.extend(texts(fields.get("identifier")).into_iter().map(|v| (0, v)));
+        out.extend(
+            texts(fields.get("email"))
+                .into_iter()
+                .map(|v| (1, v.to_lowercase())),
+        );
+        out.extend(
+            texts(fields.get("phone_number"))
+                .into_iter()
+                .map(|v| (2, digits(&v))),
+        );
+        out.extend(
+            texts(fields.get("nip"))
+                .into_iter()
+                .map(|v| (3, digits(&v))),
+        );
+        out
+    }
+
+    fn add(&mut self, id: i64, fields: &Map<String, Value>) {
+        for (k, v) in Self::entries(fields) {
+            let set = match k {
+                0 => self.identifier.entry(v).or_default(),
+                1 => self.email.entry(v).or_default(),
+                2 => self.phone_number.entry(v).or_default(),
+                _ => self.nip.entry(v).or_default(),
+            };
+            set.insert(id);
+        }
+    }
+
+    fn remove(&mut self, id: i64, fields: &Map<String, Value>) {
+        for (k, v) in Self::entries(fields) {
+            let set = match k {
+                0 => self.identifier.get_mut(&v),
+                1 => self.email.get_mut(&v),
+                2 => self.phone_number.get_mut(&v),
+                _ => self.nip.get_mut(&v),
+            };
+            if let Some(set) = set {
+                set.remove(&id);
+            }
+        }
+    }
+
+    /// The customers a search by `key = value` can match (a superset, to be
+    /// filtered), or `None` when the key is not indexed.
+    pub fn candidates(&self, key: &str, value: &str) -> Option<Vec<i64>> {
+        if value.is_empty() {
+            return None;
+        }
+        let ids: Vec<i64> = match key {
+            "identifier" => self
+                .identifier
+                .range(value.to_string()..)
+                .take_while(|(k, _)| k.starts_with(value))
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect(),
+            "email" => self
+                .email
+                .get(&value.to_lowercase())
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+            "phone_number" => self
+                .phone_number
+                .get(&digits(value))
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+            "nip" => self
+                .nip
+                .get(&digits(value))
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+            _ => return None,
+        };
+        Some(ids)
     }
 }
