@@ -2,7 +2,7 @@
 # Reproduces the figures in benches/README.md on this machine. Loopback only:
 # every request goes to a sandbox started here on 127.0.0.1.
 #   bash benches/run.sh            # everything (about 5 minutes)
-#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python | report | retry
+#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python | report | retry | upsert
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -132,4 +132,57 @@ if [[ $part == all || $part == retry ]]; then
     tail -1 "$data/time.txt"
     kill $sandbox_pid
   done
+fi
+
+if [[ $part == all || $part == upsert ]]; then
+  echo "== 8. upsert: a system of 100,000 customers, a full export of 100,000 rows, 1 % changed on night 2"
+  gen 100000
+  upsert_map="$data/customers-upsert.toml"
+  sed 's/^\[customer\]$/[customer]\nmatch = "identifier"/' "$customers_only" > "$upsert_map"
+  night2="$data/export-100000-night2.csv"
+  python3 - "$data/export-100000.csv" "$night2" <<'PY'
+import csv, sys
+with open(sys.argv[1], newline="", encoding="utf-8") as f, open(sys.argv[2], "w", newline="", encoding="utf-8") as out:
+    r, w = csv.reader(f, delimiter=";"), csv.writer(out, delimiter=";", lineterminator="\r\n")
+    w.writerow(next(r))
+    for i, row in enumerate(r):
+        if i % 100 == 0:
+            row[1] = "Renamed"  # Imię: 1 % of the rows changed
+        w.writerow(row)
+PY
+  sandbox --preload "$data/export-100000.csv" --preload-mapping "$customers_only"
+  rm -f "$data/upsert.sqlite"*
+  for night in 1 2; do
+    file="$data/export-100000.csv"; [ $night = 2 ] && file="$night2"
+    rm -f "$data/night.ledger.jsonl"
+    echo "night $night:"
+    THULIUM_PASSWORD=bench $bin run "$file" --mapping "$upsert_map" --url "$url" --user api_user \
+      --ledger "$data/night.ledger.jsonl" --state "$data/upsert.sqlite" --no-progress --rate 100000 --concurrency 8 \
+      2>&1 | grep -E '^(customers|requests):|^Finding|^Index' || true
+  done
+  kill $sandbox_pid
+
+  echo "== 9. finding customers: a lookup per row vs an index, against 100,000 customers"
+  head -n 1001 "$data/export-100000.csv" > "$data/export-first-1000.csv"
+  for f in export-first-1000 export-100000; do
+    for mode in never always; do
+      sandbox --preload "$data/export-100000.csv" --preload-mapping "$customers_only"
+      rm -f "$data/lookup.ledger.jsonl"
+      echo "$f, --index $mode:"
+      THULIUM_PASSWORD=bench $bin run "$data/$f.csv" --mapping "$upsert_map" --url "$url" --user api_user \
+        --ledger "$data/lookup.ledger.jsonl" --index $mode --no-progress --rate 100000 --concurrency 8 \
+        2>&1 | grep -E '^requests:|^Index' || true
+      kill $sandbox_pid
+    done
+  done
+
+  echo "== 10. the index of 1,000,000 customers: in-process, and the importer's peak memory reading one"
+  cargo bench --locked -q --bench index | tail -1
+  sandbox --preload-customers 1000000
+  rm -f "$data/index.ledger.jsonl"
+  THULIUM_PASSWORD=bench /usr/bin/time -f "run --index always, 1,000 rows against 1,000,000 customers: peak RSS %M KiB, %e s" \
+    $bin run "$data/export-first-1000.csv" --mapping "$upsert_map" --url "$url" --user api_user \
+    --ledger "$data/index.ledger.jsonl" --index always --no-progress --rate 100000 --concurrency 8 >/dev/null 2>"$data/time.txt" || true
+  grep -E 'Index|peak' "$data/time.txt"
+  kill $sandbox_pid
 fi

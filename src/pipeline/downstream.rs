@@ -37,16 +37,23 @@ struct Customer {
 pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerState)>) {
     let mut tasks = JoinSet::new();
     let mut batcher = CampaignBatcher::default();
+    // Outcomes known without a call (skipped, unchanged), written in groups.
+    let mut known: Vec<Entry> = Vec::new();
     loop {
+        if known.len() >= super::KNOWN_GROUP {
+            run.record(std::mem::take(&mut known)).await;
+        }
         let next = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
         let (row, state) = match next {
             Ok(Some(item)) => item,
             Ok(None) => break,
             Err(_) => {
-                // Quiet for a while: send what the campaign batcher holds.
+                // Quiet for a while: send what the campaign batcher holds,
+                // write what is known.
                 for chunk in batcher.drain() {
                     spawn_campaign(&run, &mut tasks, chunk).await;
                 }
+                run.record(std::mem::take(&mut known)).await;
                 continue;
             }
         };
@@ -154,11 +161,10 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
                 Err(r) => skip(&mut now, Stage::Campaign, None, r),
             }
         }
-        if !now.is_empty() {
-            run.record(now).await;
-        }
+        known.extend(now);
         while tasks.try_join_next().is_some() {}
     }
+    run.record(known).await;
     // Whatever the batcher still holds is sent, or (if the run is stopping)
     // recorded as not sent by the bisection routine.
     for chunk in batcher.drain() {

@@ -327,6 +327,9 @@ impl Run {
     /// Writes entries; a ledger that cannot be written stops the run (never
     /// send what cannot be written down).
     async fn record(&self, entries: Vec<Entry>) -> bool {
+        if entries.is_empty() {
+            return true;
+        }
         for e in &entries {
             if let Entry::Row(ev) = e {
                 self.count(ev);
@@ -711,7 +714,14 @@ pub async fn run(
     let mut updates: Vec<MappedRow> = Vec::new();
     let mut read_error = None;
     let mut rows_read = 0u64;
+    // Outcomes known without a call (invalid rows, unchanged customers, ...)
+    // are written in groups: one fsync per row would set the pace of a run
+    // that sends little.
+    let mut known = Vec::new();
     while let Some((item, looked_up)) = lookups.next().await {
+        if known.len() >= KNOWN_GROUP && !run.record(std::mem::take(&mut known)).await {
+            break;
+        }
         if abort.is_set() {
             break;
         }
@@ -725,7 +735,7 @@ pub async fn run(
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
                 let mut ev = event(id, Stage::Mapping, Status::Invalid);
                 ev.message = Some(invalid_message(id, &errors));
-                run.record(vec![Entry::Row(ev)]).await;
+                known.push(Entry::Row(ev));
             }
             Incoming::Mapped(mut row) => {
                 rows_read += 1;
@@ -761,9 +771,7 @@ pub async fn run(
                             );
                     }
                 }
-                if !first.is_empty() && !run.record(first).await {
-                    break;
-                }
+                known.extend(first);
                 if row.payloads.customer.is_some() {
                     let update = row.update_of.is_some();
                     let chunk = if update { &mut updates } else { &mut batch };
@@ -787,6 +795,7 @@ pub async fn run(
     }
     // Closing the stream closes the reader's channel: it stops reading.
     drop(lookups);
+    run.record(known).await;
     for (rows, update) in [(batch, false), (updates, true)] {
         if !rows.is_empty() {
             customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
@@ -813,6 +822,9 @@ pub async fn run(
         read_error,
     }
 }
+
+/// How many outcomes known without a call are written together.
+const KNOWN_GROUP: usize = 512;
 
 /// `12, 57 and 90`.
 pub fn join_ids(ids: &[i64]) -> String {
