@@ -716,11 +716,23 @@ pub async fn run(
     let mut rows_read = 0u64;
     // Outcomes known without a call (invalid rows, unchanged customers, ...)
     // are written in groups: one fsync per row would set the pace of a run
-    // that sends little.
+    // that sends little. The rows they belong to go downstream only once
+    // they are written, so that the ledger tells each row's story in order.
     let mut known = Vec::new();
+    let mut held: Vec<(MappedRow, CustomerState)> = Vec::new();
+    let mut last_flush = std::time::Instant::now();
     while let Some((item, looked_up)) = lookups.next().await {
-        if known.len() >= KNOWN_GROUP && !run.record(std::mem::take(&mut known)).await {
+        let waiting = !known.is_empty() || !held.is_empty();
+        if (known.len() >= KNOWN_GROUP
+            || held.len() >= KNOWN_GROUP
+            || (waiting && last_flush.elapsed() >= std::time::Duration::from_secs(1)))
+            && !flush_known(&run, &mut known, &mut held, &down_tx).await
+        {
             break;
+        }
+        if known.is_empty() && held.is_empty() {
+            // The age of what waits is measured from its arrival.
+            last_flush = std::time::Instant::now();
         }
         if abort.is_set() {
             break;
@@ -785,9 +797,7 @@ pub async fn run(
                         Some(id) => CustomerState::Id(id),
                         None => CustomerState::NotNeeded,
                     };
-                    if down_tx.send((*row, state)).await.is_err() {
-                        break;
-                    }
+                    held.push((*row, state));
                 }
             }
         }
@@ -795,7 +805,7 @@ pub async fn run(
     }
     // Closing the stream closes the reader's channel: it stops reading.
     drop(lookups);
-    run.record(known).await;
+    flush_known(&run, &mut known, &mut held, &down_tx).await;
     for (rows, update) in [(batch, false), (updates, true)] {
         if !rows.is_empty() {
             customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
@@ -825,6 +835,26 @@ pub async fn run(
 
 /// How many outcomes known without a call are written together.
 const KNOWN_GROUP: usize = 512;
+
+/// Writes the outcomes known without a call, then hands the rows held for
+/// them downstream. `false` when the ledger cannot be written or the
+/// downstream stages are gone.
+async fn flush_known(
+    run: &Run,
+    known: &mut Vec<Entry>,
+    held: &mut Vec<(MappedRow, CustomerState)>,
+    down: &customers::Downstream,
+) -> bool {
+    if !run.record(std::mem::take(known)).await {
+        return false;
+    }
+    for item in held.drain(..) {
+        if down.send(item).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
 
 /// `12, 57 and 90`.
 pub fn join_ids(ids: &[i64]) -> String {
