@@ -71,13 +71,41 @@ if [[ $part == all || $part == memory ]]; then
   kill $sandbox_pid
 fi
 
+stats() { # prints the sandbox's request total, 429 share and busiest second
+  curl -s "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("  sandbox: %d requests, %d answered 429 (%.2f%%), at most %d in any 1-second window" % (s["requests_total"], s["responses_429"], 100*s["responses_429"]/max(1,s["requests_total"]), s["max_in_any_second"]))'
+}
+
 if [[ $part == all || $part == rate ]]; then
-  echo "== 3. --rate 50 against a sandbox with --latency-ms 50 --rate-limit 50"
-  gen 1500
-  sandbox --latency-ms 50 --rate-limit 50
-  import "$data/export-1500.csv" "$with_items" --rate 50 --concurrency 8
-  curl -s "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("sandbox: %d requests, %d answered 429 (%.2f%%)" % (s["requests_total"], s["responses_429"], 100*s["responses_429"]/max(1,s["requests_total"])))'
-  kill $sandbox_pid
+  echo "== 3. pacing: --rate 50 against --rate-limit 50 counted three ways (--latency-ms 20, 1,000 rows with an item each)"
+  gen 1000
+  for limiter in sliding fixed bucket; do
+    sandbox --latency-ms 20 --rate-limit 50 --limiter $limiter
+    echo "--limiter $limiter:"
+    import "$data/export-1000.csv" "$with_items" --rate 50
+    stats
+    kill $sandbox_pid
+  done
+  echo "== 3b. --rate auto against an undocumented limit of 40/s, about a minute each (1,200 rows with an item each)"
+  gen 1200
+  for limiter in sliding fixed bucket; do
+    sandbox --latency-ms 20 --rate-limit 40 --limiter $limiter
+    echo "--limiter $limiter:"
+    THULIUM_PASSWORD=bench $bin run "$data/export-1200.csv" --mapping "$with_items" --url "$url" --user api_user \
+      --ledger "$data/bench.ledger.jsonl.auto" --no-progress --rate auto 2>/dev/null | grep -E '^(requests|rate):' || true
+    rm -f "$data/bench.ledger.jsonl.auto"
+    stats
+    kill $sandbox_pid
+  done
+  echo "== 3c. --rate 50 on a slow server: calls in flight follow rate x latency (300 rows with an item each)"
+  gen 300
+  for latency in 50 300 1000; do
+    for conc in "" "--concurrency 4"; do
+      sandbox --latency-ms $latency
+      echo "--latency-ms $latency ${conc:-(adaptive)}:"
+      import "$data/export-300.csv" "$with_items" --rate 50 $conc
+      kill $sandbox_pid
+    done
+  done
 fi
 
 if [[ $part == all || $part == throughput ]]; then

@@ -53,12 +53,12 @@ pub struct PaceArgs {
     /// Customers (or campaign records) per batch call.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch_size: u32,
-    /// Requests per second across every endpoint, retries included.
-    #[arg(long, value_name = "REQ_PER_S", default_value_t = 10.0)]
-    pub rate: f64,
-    /// Calls in flight at most.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub concurrency: u32,
+    /// Requests in any 1-second window, across every endpoint, retries included; or auto (auto:MAX) to find the server's limit.
+    #[arg(long, value_name = "REQ_PER_S|auto[:MAX]", default_value = "10")]
+    pub rate: crate::pace::RateSpec,
+    /// Calls in flight at most (by default they follow rate × latency, up to 32).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: Option<u32>,
     /// Seconds before a request times out (its outcome is then unknown).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
@@ -226,6 +226,9 @@ pub struct SandboxArgs {
     /// Answer 429 past this many requests per second.
     #[arg(long, value_name = "REQ_PER_S")]
     pub rate_limit: Option<u32>,
+    /// How --rate-limit counts: sliding (any 1-second window), fixed (each calendar second) or bucket (a token bucket).
+    #[arg(long, value_name = "KIND", default_value = "sliding")]
+    pub limiter: crate::sandbox::LimiterKind,
     /// Retry-After seconds sent with injected 429 and 503 answers.
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     pub retry_after: u64,

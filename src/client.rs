@@ -1,6 +1,7 @@
-//! The HTTP transport: one shared rate limiter charged for every attempt, one
-//! shared pause that 429/503 answers extend for every worker, the retry rules
-//! of [`crate::retry`], and nothing else. It moves a method, a path under
+//! The HTTP transport: one shared pacer ([`crate::pace`]) charged for every
+//! attempt, one shared pause that 429/503 answers extend for every worker,
+//! the `--rate auto` controller fed by every answer, the retry rules of
+//! [`crate::retry`], and nothing else. It moves a method, a path under
 //! `/api/` and a JSON text; what those mean is [`crate::api`]'s business.
 //!
 //! HTTP hygiene, so that a call never does something it was not asked to:
@@ -18,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::Method;
 use tokio::time::Instant;
 
 use crate::credentials::Credentials;
+use crate::pace::{Aimd, Pacer};
 use crate::retry::{self, Class, Decision, Policy};
 
 /// The largest answer body read (16 MiB): a page of 1,000 customers is well
@@ -131,7 +132,12 @@ pub struct ApiClient {
     http_get: reqwest::Client,
     root: String,
     auth: HeaderValue,
-    limiter: Option<DefaultDirectRateLimiter>,
+    pacer: Pacer,
+    fixed_rate: f64,
+    /// `--rate auto`: the controller that sets the pacer's rate.
+    auto: Option<Mutex<Aimd>>,
+    /// Seconds an attempt takes, smoothed (what calls in flight follow).
+    latency: Mutex<f64>,
     policy: Policy,
     /// No attempt starts before this instant (raised by 429/503).
     pause_until: Mutex<Instant>,
@@ -143,8 +149,22 @@ pub struct ApiClient {
 pub struct ClientConfig {
     /// Requests per second across every endpoint; 0 or less: unlimited.
     pub rate: f64,
+    /// `--rate auto:MAX`: find the rate, up to this ceiling (`rate` is then
+    /// ignored).
+    pub auto_max: Option<f64>,
     pub timeout: Duration,
     pub policy: Policy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            rate: 10.0,
+            auto_max: None,
+            timeout: Duration::from_secs(30),
+            policy: Policy::default(),
+        }
+    }
 }
 
 impl ApiClient {
@@ -172,21 +192,22 @@ impl ApiClient {
         let mut auth = HeaderValue::from_str(&format!("Basic {token}"))
             .unwrap_or(HeaderValue::from_static(""));
         auth.set_sensitive(true);
-        let limiter = (config.rate > 0.0 && config.rate.is_finite()).then(|| {
-            let period = Duration::from_secs_f64(1.0 / config.rate);
-            // A small burst: a fifth of a second's worth, at least 1.
-            let burst = std::num::NonZeroU32::new(((config.rate / 5.0).ceil() as u32).clamp(1, 10))
-                .unwrap_or(std::num::NonZeroU32::MIN);
-            let quota =
-                Quota::with_period(period).unwrap_or(Quota::per_second(std::num::NonZeroU32::MIN));
-            RateLimiter::direct(quota.allow_burst(burst))
-        });
+        let auto = config
+            .auto_max
+            .map(|max| Mutex::new(Aimd::new(Instant::now(), max)));
+        let rate = match &auto {
+            Some(a) => a.lock().unwrap_or_else(|e| e.into_inner()).rate(),
+            None => config.rate,
+        };
         Ok(Arc::new(ApiClient {
             http,
             http_get,
             root: credentials.root.clone(),
             auth,
-            limiter,
+            pacer: Pacer::new(rate),
+            fixed_rate: config.rate.max(0.0),
+            auto,
+            latency: Mutex::new(0.1),
             policy: config.policy.clone(),
             pause_until: Mutex::new(Instant::now()),
             stats: WireStats::default(),
@@ -209,8 +230,56 @@ impl ApiClient {
             }
             tokio::time::sleep_until(until).await;
         }
-        if let Some(l) = &self.limiter {
-            l.until_ready().await;
+        self.pacer.until_ready().await;
+    }
+
+    /// The rate in force, in requests per second (0: unlimited).
+    pub fn rate(&self) -> f64 {
+        match &self.auto {
+            Some(a) => a.lock().unwrap_or_else(|e| e.into_inner()).rate(),
+            None => self.fixed_rate,
+        }
+    }
+
+    /// With `--rate auto`: the rate the server last refused (what it settled
+    /// under).
+    pub fn settled_limit(&self) -> Option<f64> {
+        self.auto
+            .as_ref()
+            .and_then(|a| a.lock().unwrap_or_else(|e| e.into_inner()).limit())
+    }
+
+    /// Whether the rate is found as it goes (`--rate auto`).
+    pub fn is_auto(&self) -> bool {
+        self.auto.is_some()
+    }
+
+    /// How long an attempt takes, smoothed.
+    pub fn latency(&self) -> Duration {
+        Duration::from_secs_f64(*self.latency.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Feeds an attempt's fate to the latency average and `--rate auto`.
+    fn observed(&self, took: Duration, class: &Class, wait: Option<Duration>) {
+        {
+            let mut l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+            *l = *l * 0.8 + took.as_secs_f64() * 0.2;
+        }
+        let Some(auto) = &self.auto else { return };
+        let mut auto = auto.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let changed = match class {
+            Class::Throttled(_) => auto.on_throttle(now, wait.unwrap_or_default()),
+            Class::Success | Class::Rejected => auto.on_success(now),
+            _ => false,
+        };
+        if changed {
+            self.pacer.set_rate(auto.rate());
+            tracing::info!(
+                rate = format!("{:.1}", auto.rate()),
+                limit = auto.limit().map(|l| format!("{l:.1}")),
+                "Rate in force changed (--rate auto)."
+            );
         }
     }
 
@@ -247,6 +316,7 @@ impl ApiClient {
                     .body(b.clone());
             }
             let mut location = None;
+            let sent_at = Instant::now();
             let (class, finished) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -285,6 +355,11 @@ impl ApiClient {
                 let mut rng = rand::rng();
                 self.policy.decide(&class, idempotent, attempt, &mut rng)
             };
+            let wait = match &decision {
+                Decision::Retry { wait, .. } => Some(*wait),
+                Decision::Stop => None,
+            };
+            self.observed(sent_at.elapsed(), &class, wait);
             if let Decision::Retry { wait, pause_all } = decision {
                 if pause_all {
                     self.pause_all(wait);

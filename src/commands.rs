@@ -16,6 +16,7 @@ use crate::credentials::{self, Credentials, Password};
 use crate::identity;
 use crate::ledger::{self, Header, Ledger, LedgerLock};
 use crate::outcomes::Outcomes;
+use crate::pace::RateSpec;
 use crate::pipeline::{self, Abort, Limits, Progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::state::SyncState;
@@ -105,6 +106,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
         faults: args.faults,
         seed: args.seed,
         rate_limit: args.rate_limit,
+        limiter: args.limiter,
         retry_after_secs: args.retry_after,
         max_batch: args.max_batch,
         user: args.user,
@@ -292,7 +294,9 @@ async fn drive(
     );
     let limits = Limits {
         batch_size: pace.batch_size as usize,
-        concurrency: pace.concurrency as usize,
+        concurrency: pace
+            .concurrency
+            .map_or(pipeline::MAX_IN_FLIGHT, |c| c as usize),
         max_consecutive_failures: pace.max_consecutive_failures,
         max_failures: pace.max_failures,
         max_failure_rate: pace.max_failure_rate,
@@ -334,6 +338,15 @@ fn print_summary(
         end.rows_read as f64 / elapsed.as_secs_f64().max(0.001),
         requests as f64 / elapsed.as_secs_f64().max(0.001),
     );
+    if client.is_auto() {
+        let rate = client.rate();
+        match client.settled_limit() {
+            Some(limit) => {
+                println!("rate: auto, settled at {rate:.1} requests/s (last refused at {limit:.1})")
+            }
+            None => println!("rate: auto, reached {rate:.1} requests/s without being refused"),
+        }
+    }
     println!("ledger: {}", ledger_path.display());
     if let Some(e) = &end.read_error {
         eprintln!("error: {e}");
@@ -361,8 +374,13 @@ fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
 }
 
 fn client_config(pace: &PaceArgs) -> ClientConfig {
+    let (rate, auto_max) = match pace.rate {
+        RateSpec::Fixed(r) => (r, None),
+        RateSpec::Auto { max } => (max, Some(max)),
+    };
     ClientConfig {
-        rate: pace.rate,
+        rate,
+        auto_max,
         timeout: Duration::from_secs(pace.timeout.max(1)),
         policy: crate::retry::Policy {
             max_attempts: pace.max_attempts,
@@ -372,12 +390,6 @@ fn client_config(pace: &PaceArgs) -> ClientConfig {
 }
 
 fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
-    if !(pace.rate > 0.0 && pace.rate.is_finite()) {
-        anyhow::bail!(
-            "--rate must be a positive number of requests per second, not {}",
-            pace.rate
-        );
-    }
     if let Some(p) = pace.max_failure_rate {
         if !(0.0..=100.0).contains(&p) {
             anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod ledger;
 pub mod mapping;
 pub mod outcomes;
+pub mod pace;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

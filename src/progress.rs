@@ -86,8 +86,10 @@ pub fn start(
                 bytes: progress.bytes_read.load(Ordering::Relaxed),
                 settled: progress.rows_settled.load(Ordering::Relaxed),
                 text: format!(
-                    "{}{actions} | {requests} req, {rate:.1} req/s, {} retries, {} × 429",
+                    "{}{actions} | {requests} req, {rate:.1} req/s{}, {} in flight, {} retries, {} × 429",
                     stages.join(" | "),
+                    pace_note(&client),
+                    progress.in_flight.load(Ordering::Relaxed),
                     client.stats.retries.load(Ordering::Relaxed),
                     client.stats.throttled_429.load(Ordering::Relaxed)
                 ),
@@ -136,6 +138,20 @@ pub fn start(
             }
         }
     })
+}
+
+/// With `--rate auto`: the rate in force and the limit found so far.
+pub fn pace_note(client: &ApiClient) -> String {
+    if !client.is_auto() {
+        return String::new();
+    }
+    match client.settled_limit() {
+        Some(limit) => format!(
+            " (auto: {:.1} in force, refused at {limit:.1})",
+            client.rate()
+        ),
+        None => format!(" (auto: {:.1} in force, not refused yet)", client.rate()),
+    }
 }
 
 /// One reading of the counters.

@@ -42,6 +42,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
                 max_backoff: Duration::from_millis(20),
                 max_retry_after: Duration::from_secs(1),
             },
+            auto_max: None,
         },
     )
     .unwrap();
@@ -194,6 +195,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
             rate: 0.0,
             timeout: Duration::from_secs(5),
             policy: Policy::default(),
+            auto_max: None,
         },
     )
     .unwrap();

@@ -41,6 +41,7 @@ fn client(sandbox: &Sandbox) -> Arc<ApiClient> {
             rate: 0.0,
             timeout: Duration::from_secs(5),
             policy: Policy::default(),
+            auto_max: None,
         },
     )
     .unwrap()

@@ -636,7 +636,7 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
         a.to_str().unwrap(),
         mapping.to_str().unwrap(),
         &drop.join("2026-11-21.csv.ledger.jsonl"),
-        &["--batch-size", "10"],
+        &["--batch-size", "10", "--concurrency", "2"],
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();

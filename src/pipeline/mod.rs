@@ -46,10 +46,15 @@ use crate::source::{FieldError, RowId, Source, SourceError};
 use crate::state::{Learnt, SyncState};
 use customers::CustomerState;
 
+/// Calls in flight at most, without `--concurrency`.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// Limits of one run.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub batch_size: usize,
+    /// Calls in flight at most; within it, they follow the rate × the
+    /// latency measured.
     pub concurrency: usize,
     /// Consecutive failed calls before the circuit breaker stops the run.
     pub max_consecutive_failures: u32,
@@ -183,6 +188,8 @@ pub struct Progress {
     pub duplicates: AtomicU64,
     /// Customer-stage actions, in [`Action::ALL`]'s order.
     pub actions: [AtomicU64; 6],
+    /// Calls allowed in flight now.
+    pub in_flight: AtomicU64,
     /// Rows of a failed-rows CSV left out: a stage's earlier outcome is
     /// unknown and cannot be looked up (`--include-unknown` sends them).
     pub left_unknown: AtomicU64,
@@ -633,7 +640,7 @@ pub async fn run(
     let run = Arc::new(Run {
         client,
         ledger,
-        permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+        permits: Arc::new(Semaphore::new(1)),
         abort: abort.clone(),
         limits,
         progress: progress.clone(),
@@ -641,6 +648,9 @@ pub async fn run(
         pending: Mutex::new(HashMap::new()),
         sync,
     });
+
+    // 0. Calls in flight follow rate × latency, within the limit.
+    let in_flight = tokio::spawn(follow_in_flight(run.clone()));
 
     // 1. The reader: a blocking thread that maps rows and hands them on.
     let (rows_tx, mut rows_rx) = mpsc::channel::<Incoming>(512);
@@ -815,6 +825,7 @@ pub async fn run(
     drop(down_tx);
     let _ = downstream.await;
     let _ = reader.await;
+    in_flight.abort();
     let aborted = abort.reason();
     let end = ledger::End {
         rows_read,
@@ -830,6 +841,43 @@ pub async fn run(
         rows_read,
         aborted,
         read_error,
+    }
+}
+
+/// Keeps the number of calls in flight at what the rate in force needs at
+/// the latency measured ([`crate::pace::in_flight`]), within
+/// `--concurrency`: permits are added at once, and taken back as calls
+/// finish.
+async fn follow_in_flight(run: Arc<Run>) {
+    let cap = run.limits.concurrency.max(1);
+    let mut issued = 1usize;
+    let mut owed = 0usize;
+    loop {
+        let rate = run.client.rate();
+        let target = if rate > 0.0 {
+            crate::pace::in_flight(rate, run.client.latency(), cap)
+        } else {
+            cap
+        };
+        let held = issued - owed;
+        if target > held {
+            let more = target - held;
+            let repaid = more.min(owed);
+            owed -= repaid;
+            run.permits.add_permits(more - repaid);
+            issued += more - repaid;
+        } else if target < held {
+            owed += held - target;
+        }
+        if owed > 0 {
+            let taken = run.permits.forget_permits(owed);
+            owed -= taken;
+            issued -= taken;
+        }
+        run.progress
+            .in_flight
+            .store((issued - owed) as u64, Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

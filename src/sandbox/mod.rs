@@ -103,6 +103,103 @@ impl FromStr for FaultKind {
     }
 }
 
+/// How `--rate-limit` counts requests, as servers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimiterKind {
+    /// At most N requests in any 1-second window (the strictest).
+    #[default]
+    Sliding,
+    /// At most N requests in each calendar second.
+    Fixed,
+    /// A token bucket of N tokens refilled at N per second (it forgives a
+    /// burst after a quiet spell).
+    Bucket,
+}
+
+impl FromStr for LimiterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sliding" => Ok(LimiterKind::Sliding),
+            "fixed" => Ok(LimiterKind::Fixed),
+            "bucket" => Ok(LimiterKind::Bucket),
+            other => Err(format!(
+                "unknown limiter \"{other}\" (expected sliding, fixed or bucket)"
+            )),
+        }
+    }
+}
+
+/// The rate limit in force.
+#[derive(Debug)]
+enum Limiter {
+    Bucket(DefaultDirectRateLimiter),
+    Sliding {
+        n: usize,
+        admitted: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    },
+    Fixed {
+        n: u32,
+        start: std::time::Instant,
+        /// (second, requests admitted in it)
+        current: Mutex<(u64, u32)>,
+    },
+}
+
+impl Limiter {
+    fn new(kind: LimiterKind, n: u32) -> Option<Limiter> {
+        let nz = std::num::NonZeroU32::new(n)?;
+        Some(match kind {
+            LimiterKind::Bucket => Limiter::Bucket(RateLimiter::direct(Quota::per_second(nz))),
+            LimiterKind::Sliding => Limiter::Sliding {
+                n: n as usize,
+                admitted: Mutex::new(std::collections::VecDeque::new()),
+            },
+            LimiterKind::Fixed => Limiter::Fixed {
+                n,
+                start: std::time::Instant::now(),
+                current: Mutex::new((0, 0)),
+            },
+        })
+    }
+
+    /// Admits a request now, or says it is over the limit.
+    fn admit(&self) -> bool {
+        let now = std::time::Instant::now();
+        match self {
+            Limiter::Bucket(l) => l.check().is_ok(),
+            Limiter::Sliding { n, admitted } => {
+                let mut q = admitted.lock().unwrap_or_else(|e| e.into_inner());
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    q.pop_front();
+                }
+                if q.len() < *n {
+                    q.push_back(now);
+                    true
+                } else {
+                    false
+                }
+            }
+            Limiter::Fixed { n, start, current } => {
+                let second = now.duration_since(*start).as_secs();
+                let mut c = current.lock().unwrap_or_else(|e| e.into_inner());
+                if c.0 != second {
+                    *c = (second, 0);
+                }
+                if c.1 < *n {
+                    c.1 += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
 /// How the sandbox is set up. `Default` gives a well-behaved server on a free
 /// loopback port with the vendor's example credentials.
 #[derive(Debug, Clone)]
@@ -120,6 +217,8 @@ pub struct SandboxConfig {
     pub seed: u64,
     /// Requests per second allowed before answering 429 (none: unlimited).
     pub rate_limit: Option<u32>,
+    /// How the rate limit counts.
+    pub limiter: LimiterKind,
     /// The `Retry-After` seconds sent with injected 429 and 503 answers.
     pub retry_after_secs: u64,
     /// Most customers or records accepted in one batch call (413 past it).
@@ -145,6 +244,7 @@ impl Default for SandboxConfig {
             faults: FaultKind::ALL.to_vec(),
             seed: 0,
             rate_limit: None,
+            limiter: LimiterKind::Sliding,
             retry_after_secs: 1,
             max_batch: 1000,
             user: "api_user".into(),
@@ -178,6 +278,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// All 429 answers sent (rate limit and injected).
     pub responses_429: u64,
+    /// The most `/api` requests that arrived within any 1-second window.
+    pub max_in_any_second: u64,
     /// Customers changed by `PUT /api/batch/customers`.
     pub customers_updated: u64,
     /// Items changed by `PUT /api/customer_field_group_items/:id`.
@@ -206,7 +308,9 @@ pub struct Shared {
     /// Every `/api/` request, in arrival order (faulted ones included).
     journal: Mutex<std::collections::VecDeque<JournalEntry>>,
     rng: Mutex<StdRng>,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Limiter>,
+    /// Arrivals in the last second, for `max_in_any_second`.
+    arrivals: Mutex<std::collections::VecDeque<std::time::Instant>>,
     /// The fault rate in force (f64 bits): starts at the configured one and
     /// can be changed while serving (tests turn faults off before a retry).
     fault_rate: std::sync::atomic::AtomicU64,
@@ -255,8 +359,7 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let limiter = config
             .rate_limit
-            .and_then(std::num::NonZeroU32::new)
-            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+            .and_then(|n| Limiter::new(config.limiter, n));
         let mut state = SandboxState::new();
         state.preload(config.preload_customers);
         let shared = Arc::new(Shared {
@@ -265,6 +368,7 @@ impl Sandbox {
             config,
             state: Mutex::new(state),
             stats: Mutex::new(Stats::default()),
+            arrivals: Mutex::new(std::collections::VecDeque::new()),
             journal: Mutex::new(std::collections::VecDeque::new()),
             limiter,
         });
@@ -545,9 +649,22 @@ async fn serve_request(
             .unwrap_or_else(|e: Infallible| match e {}));
     }
     let endpoint = endpoint_of(req.method(), req.uri().path());
+    let in_window = {
+        let now = std::time::Instant::now();
+        let mut q = shared.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            q.pop_front();
+        }
+        q.push_back(now);
+        q.len() as u64
+    };
     {
         let mut stats = shared.lock_stats();
         stats.requests_total += 1;
+        stats.max_in_any_second = stats.max_in_any_second.max(in_window);
         *stats.requests.entry(endpoint.clone()).or_default() += 1;
     }
     // The journal needs the body; it is read here and put back.
@@ -581,7 +698,7 @@ async fn serve_request(
         tokio::time::sleep(shared.config.latency).await;
     }
     if let Some(limiter) = &shared.limiter {
-        if limiter.check().is_err() {
+        if !limiter.admit() {
             let mut stats = shared.lock_stats();
             stats.rate_limited += 1;
             stats.responses_429 += 1;
