@@ -85,24 +85,25 @@ if [[ $part == all || $part == rate ]]; then
     stats
     kill $sandbox_pid
   done
-  echo "== 3b. --rate auto against an undocumented limit of 40/s, about a minute each (1,200 rows with an item each)"
-  gen 1200
+  echo "== 3b. --rate auto against an undocumented limit of 40/s, about a minute each (2,400 rows with an item each)"
+  gen 2400
   for limiter in sliding fixed bucket; do
     sandbox --latency-ms 20 --rate-limit 40 --limiter $limiter
     echo "--limiter $limiter:"
-    THULIUM_PASSWORD=bench $bin run "$data/export-1200.csv" --mapping "$with_items" --url "$url" --user api_user \
+    THULIUM_PASSWORD=bench $bin run "$data/export-2400.csv" --mapping "$with_items" --url "$url" --user api_user \
       --ledger "$data/bench.ledger.jsonl.auto" --no-progress --rate auto 2>/dev/null | grep -E '^(requests|rate):' || true
     rm -f "$data/bench.ledger.jsonl.auto"
     stats
     kill $sandbox_pid
   done
-  echo "== 3c. --rate 50 on a slow server: calls in flight follow rate x latency (300 rows with an item each)"
+  echo "== 3c. --rate 50 on a slow server: calls in flight follow rate x latency (1,000 rows with an item each; 300 with --concurrency 4)"
   gen 300
   for latency in 50 300 1000; do
     for conc in "" "--concurrency 4"; do
       sandbox --latency-ms $latency
       echo "--latency-ms $latency ${conc:-(adaptive)}:"
-      import "$data/export-300.csv" "$with_items" --rate 50 $conc
+      file="$data/export-1000.csv"; [ -n "$conc" ] && file="$data/export-300.csv"
+      import "$file" "$with_items" --rate 50 $conc
       kill $sandbox_pid
     done
   done

@@ -7,10 +7,11 @@
 //!   the way. Every attempt passes it, retries included.
 //! - [`Aimd`]: `--rate auto`: for a server whose limit nobody documented.
 //!   It starts low and doubles while nothing is refused (slow start); a 429
-//!   or 503 remembers the rate it came at as the limit and cuts the rate
-//!   (multiplicative decrease); then it climbs back quickly to just under
-//!   that limit and probes above it slowly (additive increase), as TCP
-//!   does. `Retry-After` is honoured by the client's shared pause.
+//!   or 503 takes the rate the server let through in the second before it
+//!   as the limit and cuts the rate under it (multiplicative decrease); then
+//!   it climbs back quickly to just under that limit and probes above it
+//!   slowly (additive increase), as TCP does. `Retry-After` is honoured by
+//!   the client's shared pause.
 //! - [`in_flight`]: how many calls to keep in flight so that the rate is
 //!   reachable at the latency measured: rate × latency, with headroom, up to
 //!   a cap (`--concurrency` when given).
@@ -141,20 +142,26 @@ pub struct Aimd {
     /// After a throttle, the answers still in flight were sent at the old
     /// rate: they are not held against the new one.
     quiet_until: Instant,
+    /// When the answers of the last second that went through came.
+    passed: std::collections::VecDeque<Instant>,
 }
 
 /// The rate `--rate auto` starts at.
-pub const AUTO_START: f64 = 2.0;
+pub const AUTO_START: f64 = 4.0;
 /// The lowest rate it goes down to.
 const AUTO_MIN: f64 = 0.5;
-/// How often the rate steps up while nothing is refused.
+/// How often the rate steps up while nothing is refused: after a whole
+/// second at a rate in slow start (a window's worth of evidence), twice a
+/// second afterwards.
 const STEP: Duration = Duration::from_millis(500);
-/// The cut after a 429 or 503.
-const DECREASE: f64 = 0.85;
+const SLOW_START_STEP: Duration = Duration::from_secs(1);
+/// The cut under the limit after a 429 or 503.
+const DECREASE: f64 = 0.9;
 /// How close under the known limit the rate climbs back quickly.
-const NEAR: f64 = 0.97;
-/// The probe above it: this share more, per step.
-const PROBE: f64 = 0.0025;
+const NEAR: f64 = 0.98;
+/// The probe above it: this share more, plus [`PROBE_STEP`], per step.
+const PROBE: f64 = 0.001;
+const PROBE_STEP: f64 = 0.01;
 
 impl Aimd {
     pub fn new(now: Instant, max: f64) -> Aimd {
@@ -165,7 +172,20 @@ impl Aimd {
             limit: None,
             last_step: now,
             quiet_until: now,
+            passed: std::collections::VecDeque::new(),
         }
+    }
+
+    /// How many answers went through in the second before `now`.
+    fn passed_last_second(&mut self, now: Instant) -> usize {
+        while self
+            .passed
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.passed.pop_front();
+        }
+        self.passed.len()
     }
 
     /// The rate in force.
@@ -180,7 +200,14 @@ impl Aimd {
 
     /// A request went through: step up, at most once per step.
     pub fn on_success(&mut self, now: Instant) -> bool {
-        if now < self.quiet_until || now.duration_since(self.last_step) < STEP {
+        self.passed.push_back(now);
+        self.passed_last_second(now);
+        let step = if self.slow_start {
+            SLOW_START_STEP
+        } else {
+            STEP
+        };
+        if now < self.quiet_until || now.duration_since(self.last_step) < step {
             return false;
         }
         self.last_step = now;
@@ -194,27 +221,30 @@ impl Aimd {
                 (self.rate + (near - self.rate) / 2.0).max(self.rate + 0.1)
             } else {
                 // ...then probe above it slowly.
-                self.rate * (1.0 + PROBE) + 0.02
+                self.rate * (1.0 + PROBE) + PROBE_STEP
             }
         }
         .min(self.max);
         self.rate != before
     }
 
-    /// A 429 or 503: remember the limit, cut the rate. `wait` is the pause
-    /// the answer asked for (`Retry-After`).
+    /// A 429 or 503: take what went through in the last second as the
+    /// limit (the rate in force if that is lower; half of it at least, for
+    /// a second in which little was asked), cut the rate under it. `wait`
+    /// is the pause the answer asked for (`Retry-After`).
     pub fn on_throttle(&mut self, now: Instant, wait: Duration) -> bool {
         if now < self.quiet_until {
             return false;
         }
-        self.limit = Some(self.rate);
-        self.rate = if self.slow_start {
-            // The rate before the last doubling went through.
-            self.rate / 2.0
-        } else {
-            self.rate * DECREASE
+        let passed = self.passed_last_second(now) as f64;
+        let mut limit = passed.clamp(self.rate / 2.0, self.rate);
+        // Refused before it even got back near the last limit: that limit
+        // was too high.
+        if self.limit.is_some_and(|l| self.rate < l * NEAR) {
+            limit = limit.min(self.rate * DECREASE);
         }
-        .max(AUTO_MIN);
+        self.limit = Some(limit);
+        self.rate = (limit * DECREASE).max(AUTO_MIN);
         self.slow_start = false;
         self.quiet_until = now + wait.max(STEP);
         self.last_step = self.quiet_until;
@@ -245,57 +275,76 @@ mod tests {
         assert_eq!(RateSpec::Auto { max: 60.0 }.to_string(), "auto:60");
     }
 
-    /// Runs the controller against a server that refuses above `limit`
-    /// requests/s, on a fake clock, for `secs`: the rates in force.
-    fn against(limit: f64, secs: u64) -> (Aimd, Vec<f64>, u32) {
+    /// Runs the controller against a server that lets `limit` requests a
+    /// second through, on a fake clock, for `secs`, a request at a time
+    /// (each refusal pausing everyone for a second): the requests that went
+    /// through and the refusals.
+    fn against(limit: f64, secs: u64) -> (Aimd, u64, u64) {
         let start = Instant::now();
         let mut aimd = Aimd::new(start, AUTO_MAX);
-        let mut rates = Vec::new();
-        let mut throttles = 0;
-        for tenth in 0..secs * 10 {
-            let now = start + Duration::from_millis(tenth * 100);
-            if aimd.rate() > limit {
-                throttles += u32::from(aimd.on_throttle(now, Duration::from_secs(1)));
-            } else {
-                aimd.on_success(now);
+        let (mut passed, mut refused) = (0u64, 0u64);
+        let mut window: std::collections::VecDeque<Instant> = Default::default();
+        let mut t = start;
+        let end = start + Duration::from_secs(secs);
+        while t < end {
+            while window
+                .front()
+                .is_some_and(|w| t.duration_since(*w) >= Duration::from_secs(1))
+            {
+                window.pop_front();
             }
-            rates.push(aimd.rate());
+            if (window.len() as f64) < limit {
+                window.push_back(t);
+                passed += 1;
+                aimd.on_success(t);
+            } else {
+                refused += 1;
+                aimd.on_throttle(t, Duration::from_secs(1));
+                t += Duration::from_secs(1);
+            }
+            t += Duration::from_secs_f64(1.0 / (aimd.rate() * HEADROOM));
         }
-        (aimd, rates, throttles)
+        (aimd, passed, refused)
     }
 
     #[test]
-    fn slow_start_doubles_until_refused_then_halves() {
+    fn slow_start_doubles_until_refused_then_settles_under_what_passed() {
         let start = Instant::now();
         let mut aimd = Aimd::new(start, AUTO_MAX);
         assert_eq!(aimd.rate(), AUTO_START);
-        assert!(
-            !aimd.on_success(start + Duration::from_millis(100)),
-            "once per step"
-        );
-        assert!(aimd.on_success(start + STEP));
-        assert_eq!(aimd.rate(), 4.0);
-        aimd.on_success(start + STEP * 2);
-        aimd.on_success(start + STEP * 3);
+        assert!(!aimd.on_success(start + STEP), "a whole second first");
+        assert!(aimd.on_success(start + SLOW_START_STEP));
+        assert_eq!(aimd.rate(), 8.0);
+        aimd.on_success(start + SLOW_START_STEP * 2);
         assert_eq!(aimd.rate(), 16.0);
-        assert!(aimd.on_throttle(start + STEP * 3, Duration::from_secs(2)));
-        assert_eq!((aimd.rate(), aimd.limit()), (8.0, Some(16.0)));
+        // 13 more answers went through (14 in the last second): that is
+        // the limit.
+        for i in 1..=13 {
+            aimd.on_success(start + SLOW_START_STEP * 2 + Duration::from_millis(40 * i));
+        }
+        let at = start + SLOW_START_STEP * 2 + Duration::from_millis(600);
+        assert!(aimd.on_throttle(at, Duration::from_secs(2)));
+        assert_eq!(aimd.limit(), Some(14.0));
+        assert!((aimd.rate() - 14.0 * DECREASE).abs() < 1e-9);
         // Answers still in flight are not held against the new rate, and
         // nothing steps up before Retry-After has passed.
-        assert!(!aimd.on_throttle(start + STEP * 4, Duration::from_secs(2)));
-        assert!(!aimd.on_success(start + STEP * 4));
-        assert!(aimd.on_success(start + STEP * 3 + Duration::from_secs(2) + STEP));
-        assert!(aimd.rate() > 8.0 && aimd.rate() < 16.0 * NEAR);
+        assert!(!aimd.on_throttle(at + STEP, Duration::from_secs(2)));
+        assert!(!aimd.on_success(at + STEP));
+        assert!(aimd.on_success(at + Duration::from_secs(2) + STEP));
+        assert!(aimd.rate() > 14.0 * DECREASE && aimd.rate() <= 14.0 * NEAR);
     }
 
     #[test]
     fn it_settles_under_the_limit_and_probes_slowly() {
-        let (aimd, rates, throttles) = against(40.0, 120);
-        let late = &rates[rates.len() / 2..];
-        let mean = late.iter().sum::<f64>() / late.len() as f64;
-        assert!(mean > 36.0 && mean <= 40.5, "mean {mean}");
-        assert!(throttles < 30, "{throttles} throttles in two minutes");
-        assert!(aimd.limit().is_some_and(|l| (38.0..44.0).contains(&l)));
+        let (aimd, passed, refused) = against(40.0, 60);
+        let utilisation = passed as f64 / 60.0 / 40.0;
+        assert!(utilisation > 0.85, "{utilisation}");
+        assert!((refused as f64) < passed as f64 * 0.03, "{refused} refused");
+        assert!(
+            aimd.limit().is_some_and(|l| (36.0..=44.0).contains(&l)),
+            "{:?}",
+            aimd.limit()
+        );
         // A ceiling is a ceiling.
         let start = Instant::now();
         let mut capped = Aimd::new(start, 12.0);

@@ -29,6 +29,7 @@ pub mod customers;
 pub mod feed;
 pub mod field_groups;
 pub mod payload;
+pub mod system;
 
 use std::future::Future;
 

@@ -736,10 +736,17 @@ fn campaign_id_checked(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// What a campaign allows in its records.
+struct Rules<'a> {
+    id: &'a str,
+    statuses: &'a std::collections::BTreeMap<i64, super::model::StatusDef>,
+    agents: &'a [String],
+}
+
 /// Checks status, agent and next-call date against the campaign's statuses,
 /// as for a record being added or edited. `Err` is the message for the entry.
 fn record_rules(
-    statuses: &std::collections::BTreeMap<i64, SystemStatus>,
+    campaign: &Rules<'_>,
     status_id: Option<i64>,
     dictionary_status_id: Option<i64>,
     agent_login: Option<&str>,
@@ -754,14 +761,24 @@ fn record_rules(
         if !AGENTS.contains(&a) {
             return Err(format!("Agent \"{a}\" does not exist."));
         }
+        if !campaign.agents.iter().any(|c| c == a) {
+            return Err(format!(
+                "Agent \"{a}\" is not an agent of campaign {}.",
+                campaign.id
+            ));
+        }
     }
     if let Some(d) = dictionary_status_id {
-        if !super::model::DICTIONARY_STATUSES.contains(&d) {
+        if !campaign
+            .statuses
+            .values()
+            .any(|s| s.dictionary_status_id == Some(d))
+        {
             return Err(format!("Dictionary status {d} does not exist."));
         }
     }
     if let Some(s) = status_id {
-        match statuses.get(&s) {
+        match campaign.statuses.get(&s).map(|s| s.kind()) {
             None => return Err(format!("Status {s} does not exist in this campaign.")),
             Some(SystemStatus::MyRecord) if agent_login.is_none() || next_call_date.is_none() => {
                 return Err("Status MY_RECORD requires agent_login and next_call_date.".into())
@@ -840,8 +857,13 @@ pub async fn campaign_records(
         } else if let Some(existing) = campaign.by_customer.get(&p.customer_id) {
             json!({"http_status": 400, "record_id": existing.record_id, "status": "ALREADY_EXISTS"})
         } else {
+            let rules = Rules {
+                id: campaign.id,
+                statuses: &campaign.statuses,
+                agents: &campaign.agents,
+            };
             match record_rules(
-                &campaign.statuses,
+                &rules,
                 p.status_id,
                 p.dictionary_status_id,
                 p.agent_login,
@@ -917,6 +939,8 @@ pub async fn update_record(
         )));
     }
     let statuses = campaign.statuses.clone();
+    let agents = campaign.agents.clone();
+    let campaign_id = campaign.id;
     let Some(record) = campaign.record_by_identifier(&identifier) else {
         return Err(ApiError::not_found(format!(
             "Record \"{identifier}\" not found."
@@ -929,8 +953,13 @@ pub async fn update_record(
     let date = next_call_date
         .map(str::to_string)
         .or_else(|| record.next_call_date.clone());
+    let rules = Rules {
+        id: campaign_id,
+        statuses: &statuses,
+        agents: &agents,
+    };
     record_rules(
-        &statuses,
+        &rules,
         status_id,
         dictionary_status_id,
         agent.as_deref(),

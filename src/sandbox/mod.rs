@@ -280,6 +280,8 @@ pub struct Stats {
     pub responses_429: u64,
     /// The most `/api` requests that arrived within any 1-second window.
     pub max_in_any_second: u64,
+    /// The most `/api` requests being served at once.
+    pub max_concurrent: u64,
     /// Customers changed by `PUT /api/batch/customers`.
     pub customers_updated: u64,
     /// Items changed by `PUT /api/customer_field_group_items/:id`.
@@ -311,6 +313,8 @@ pub struct Shared {
     limiter: Option<Limiter>,
     /// Arrivals in the last second, for `max_in_any_second`.
     arrivals: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// `/api` requests being served now.
+    serving: std::sync::atomic::AtomicU64,
     /// The fault rate in force (f64 bits): starts at the configured one and
     /// can be changed while serving (tests turn faults off before a retry).
     fault_rate: std::sync::atomic::AtomicU64,
@@ -369,6 +373,7 @@ impl Sandbox {
             state: Mutex::new(state),
             stats: Mutex::new(Stats::default()),
             arrivals: Mutex::new(std::collections::VecDeque::new()),
+            serving: std::sync::atomic::AtomicU64::new(0),
             journal: Mutex::new(std::collections::VecDeque::new()),
             limiter,
         });
@@ -596,6 +601,29 @@ async fn accept_loop(
     }
 }
 
+/// Counts a request as being served until it is dropped.
+struct Serving<'a>(&'a Shared);
+
+impl<'a> Serving<'a> {
+    fn start(shared: &'a Shared) -> Serving<'a> {
+        let now = shared
+            .serving
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut stats = shared.lock_stats();
+        stats.max_concurrent = stats.max_concurrent.max(now);
+        Serving(shared)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0
+            .serving
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Returned to hyper to close a connection without an answer.
 #[derive(Debug)]
 struct DropConnection;
@@ -661,6 +689,7 @@ async fn serve_request(
         q.push_back(now);
         q.len() as u64
     };
+    let _serving = Serving::start(&shared);
     {
         let mut stats = shared.lock_stats();
         stats.requests_total += 1;

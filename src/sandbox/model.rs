@@ -60,6 +60,39 @@ pub enum SystemStatus {
     CallNoSoonerThan,
 }
 
+/// A campaign status: what `GET outbounds/:id/statuses` lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusDef {
+    pub system_status: &'static str,
+    pub name: &'static str,
+    pub dictionary_status_id: Option<i64>,
+}
+
+impl StatusDef {
+    /// What the system status asks of a record.
+    pub fn kind(&self) -> SystemStatus {
+        match self.system_status {
+            "MY_RECORD" => SystemStatus::MyRecord,
+            "CALL_NO_SOONER_THAN" => SystemStatus::CallNoSoonerThan,
+            _ => SystemStatus::Plain,
+        }
+    }
+}
+
+/// Every campaign's statuses: id, system status, name.
+const STATUSES: [(i64, &str, &str); 10] = [
+    (1, "TO_CALL", "Nowy"),
+    (2, "IN_PROGRESS", "W trakcie"),
+    (3, "CALL", "Do kontaktu"),
+    (4, "NO_CALL", "Nie dzwonić"),
+    (5, "ABANDONED_AFTER_N_TRIES", "Porzucony"),
+    (6, "CALL", "Zainteresowany"),
+    (7, "NO_CALL", "Odmowa"),
+    (8, "CALL_PROGRESSIVE", "Progresywny"),
+    (9, "MY_RECORD", "Mój rekord"),
+    (10, "CALL_NO_SOONER_THAN", "Nie wcześniej niż"),
+];
+
 /// A campaign record, whether added for a CRM customer or pre-loaded with an
 /// identifier (phone campaigns).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -91,7 +124,10 @@ pub struct Campaign {
     pub name: &'static str,
     pub crm: bool,
     /// Status id → what it means to the system.
-    pub statuses: BTreeMap<i64, SystemStatus>,
+    pub statuses: BTreeMap<i64, StatusDef>,
+    /// The agents' logins assigned to the campaign (`agent_login` must be
+    /// one of them).
+    pub agents: Vec<String>,
     /// Campaign structure fields (`record_fields` keys), phone campaigns only.
     pub structure: Vec<&'static str>,
     /// Pre-loaded identifiers `first..=last` exist as records without being
@@ -192,18 +228,25 @@ impl State {
                 ],
             },
         ];
-        let crm_statuses: BTreeMap<i64, SystemStatus> = (1..=8)
-            .map(|id| (id, SystemStatus::Plain))
-            .chain([
-                (9, SystemStatus::MyRecord),
-                (10, SystemStatus::CallNoSoonerThan),
-            ])
+        let crm_statuses: BTreeMap<i64, StatusDef> = STATUSES
+            .iter()
+            .map(|(id, system_status, name)| {
+                (
+                    *id,
+                    StatusDef {
+                        system_status,
+                        name,
+                        dictionary_status_id: Some(*id),
+                    },
+                )
+            })
             .collect();
         let campaign = |id, name, crm, structure: Vec<&'static str>, preloaded| Campaign {
             id,
             name,
             crm,
             statuses: crm_statuses.clone(),
+            agents: AGENTS.iter().map(|a| a.to_string()).collect(),
             structure,
             preloaded,
             by_customer: BTreeMap::new(),
