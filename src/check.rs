@@ -104,36 +104,76 @@ pub fn check(
     input: &mut Input,
     mut on_valid: impl FnMut(&Plan, &Row, Evaluated),
 ) -> Result<CheckReport, InputError> {
+    check_rows(input, None, |plan, row, ev| {
+        on_valid(plan, row, ev);
+        Ok(())
+    })
+}
+
+/// `check --online`: every row, and what the system says of it (a status
+/// the row's campaign does not have, an agent not in it, ...): the problems
+/// preflight finds per row count as the row's.
+pub fn check_online(
+    input: &mut Input,
+    limit: Option<u64>,
+    system: &crate::preflight::System,
+) -> Result<CheckReport, InputError> {
+    check_rows(input, limit, |plan, row, ev| {
+        let mut payloads = plan.assemble(ev, row);
+        system.check_row(&mut payloads);
+        if payloads.invalid_stages.is_empty() {
+            Ok(())
+        } else {
+            Err(payloads
+                .invalid_stages
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect())
+        }
+    })
+}
+
+/// The first `limit` rows (all without one), one by one: `judge` sees each
+/// row that maps and may still find problems with it.
+pub fn check_rows(
+    input: &mut Input,
+    limit: Option<u64>,
+    mut judge: impl FnMut(&Plan, &Row, Evaluated) -> Result<(), Vec<crate::source::FieldError>>,
+) -> Result<CheckReport, InputError> {
     let mut report = CheckReport::default();
     let mut file_keys = FileKeys::default();
     while let Some(next) = input.source.next_row() {
+        if limit.is_some_and(|l| report.rows >= l) {
+            break;
+        }
         report.rows += 1;
         match next? {
             Err(bad) => {
                 report.invalid += 1;
                 report.errors.push(RowIssue::new(bad.id, bad.error));
             }
-            Ok(row) => match input
-                .plan
-                .evaluate(&row)
-                .and_then(Evaluated::checked)
-                .and_then(|ev| {
-                    match file_keys.check(row.id, &input.plan.key_hashes(row.cells.view())) {
-                        Some(twice) => Err(vec![twice]),
-                        None => Ok(ev),
+            Ok(row) => {
+                let plan = &input.plan;
+                let judged = plan
+                    .evaluate(&row)
+                    .and_then(Evaluated::checked)
+                    .and_then(|ev| {
+                        match file_keys.check(row.id, &plan.key_hashes(row.cells.view())) {
+                            Some(twice) => Err(vec![twice]),
+                            None => Ok(ev),
+                        }
+                    })
+                    .and_then(|ev| judge(plan, &row, ev));
+                match judged {
+                    Ok(()) => report.valid += 1,
+                    Err(errors) => {
+                        report.invalid += 1;
+                        report
+                            .errors
+                            .extend(errors.into_iter().map(|e| RowIssue::new(row.id, e)));
                     }
-                }) {
-                Ok(evaluated) => {
-                    report.valid += 1;
-                    on_valid(&input.plan, &row, evaluated);
                 }
-                Err(errors) => {
-                    report.invalid += 1;
-                    report
-                        .errors
-                        .extend(errors.into_iter().map(|e| RowIssue::new(row.id, e)));
-                }
-            },
+            }
         }
     }
     Ok(report)

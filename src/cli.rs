@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// Importing a failed-rows CSV: also send rows whose earlier outcome is unknown and cannot be looked up (may duplicate).
     #[arg(long)]
     pub include_unknown: bool,
+    /// A pilot: send only the first N data rows, then stop (`retry` on the ledger sends the rest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Do not ask the system first what the mapping refers to.
+    #[arg(long)]
+    pub no_preflight: bool,
     #[command(flatten)]
     pub sync: SyncArgs,
     #[command(flatten)]
@@ -162,6 +168,14 @@ pub struct CheckArgs {
     /// How many row errors to print in text mode.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_errors: usize,
+    /// Also ask the system (read-only GETs) what the mapping refers to: field groups, campaigns, statuses, agents.
+    #[arg(long)]
+    pub online: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Check only the first N data rows.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -179,6 +193,9 @@ pub struct RetryArgs {
     /// Re-map the rows with this corrected mapping.
     #[arg(long, value_name = "TOML")]
     pub mapping: Option<PathBuf>,
+    /// Do not ask the system first what the mapping refers to.
+    #[arg(long)]
+    pub no_preflight: bool,
     #[command(flatten)]
     pub sync: SyncArgs,
     #[command(flatten)]
@@ -253,4 +270,7 @@ pub struct SandboxArgs {
     /// The mapping for --preload.
     #[arg(long, value_name = "TOML", requires = "preload")]
     pub preload_mapping: Option<PathBuf>,
+    /// The agents of a campaign: ID=LOGIN,LOGIN (repeatable; campaigns not named have every agent).
+    #[arg(long, value_name = "ID=LOGINS")]
+    pub campaign_agents: Vec<String>,
 }

@@ -18,6 +18,7 @@ use crate::ledger::{self, Header, Ledger, LedgerLock};
 use crate::outcomes::Outcomes;
 use crate::pace::RateSpec;
 use crate::pipeline::{self, Abort, Limits, Progress};
+use crate::preflight;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::state::SyncState;
 use crate::Exit;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Sandbox(args) => sandbox(args).await,
-        Command::Check(args) => check_command(&args),
+        Command::Check(args) => check_command(&args).await,
         Command::Run(args) if args.dry_run => dry_run(&args),
         Command::Run(args) => run_command(args).await,
         Command::Report(args) => report_command(&args),
@@ -39,12 +40,28 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
 
 /// `thulium-import check`: exit 0 when every row is valid, 1 when some are
 /// not, 2 when the mapping or the file cannot be used.
-fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
+async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     let mut input = Input::open(&args.csv, &args.mapping)?;
     if !args.json {
         eprintln!("Reading {}: {}", args.csv.display(), input.info());
     }
-    let report = check::check_parallel(&mut input)?;
+    let report = if args.online {
+        let credentials = credentials::resolve(
+            args.connect.url.as_deref(),
+            args.connect.user.as_deref(),
+            args.connect.password_file.as_deref(),
+        )?;
+        let client = ApiClient::new(&credentials, &ClientConfig::default())
+            .context("cannot set up the HTTP client")?;
+        let system = preflight(&input.mapping, &args.csv, &args.mapping, &client, true)
+            .await?
+            .unwrap_or_default();
+        check::check_online(&mut input, args.limit, &system)?
+    } else if args.limit.is_some() {
+        check::check_rows(&mut input, args.limit, |_, _, _| Ok(()))?
+    } else {
+        check::check_parallel(&mut input)?
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -113,6 +130,23 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
         password: args.password,
         journal_limit: args.journal_limit,
         preload_customers: args.preload_customers,
+        campaign_agents: args
+            .campaign_agents
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((id, logins)) => Ok((
+                    id.trim().to_string(),
+                    logins
+                        .split(',')
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect(),
+                )),
+                None => Err(anyhow::anyhow!(
+                    "--campaign-agents {a}: expected ID=LOGIN,LOGIN (e.g. 00001=j.doe,a.nowak)"
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let user = config.user.clone();
     let sandbox = Sandbox::start(config)
@@ -207,6 +241,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     let client = ApiClient::new(&credentials, &client_config(&args.pace))
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
+    // A ledger path in use refuses the run before anything is asked.
+    ledger::check_free(&ledger_path, existing)?;
     // Before the ledger: what cannot be set up leaves nothing behind.
     let csv = args.csv.clone();
     let mapping_path = args.mapping.clone();
@@ -218,6 +254,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         move |state| rows_to_look_up(&csv, &mapping_path, state),
     )
     .await?;
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
+    };
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -227,18 +268,14 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     );
 
     let Input { source, plan, .. } = input;
-    let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown);
-    let file_bytes = std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0);
-    let (end, elapsed, progress) = drive(
-        rows,
-        &client,
+    let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
+    let job = Job {
         ledger,
         sync,
-        &args.pace,
-        &args.output,
-        file_bytes,
-    )
-    .await;
+        file_bytes: std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0),
+        pilot: args.limit,
+    };
+    let (end, elapsed, progress) = drive(rows, &client, job, &args.pace, &args.output).await;
     let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     if count(&progress.reconciled) + count(&progress.duplicates) > 0 {
@@ -260,16 +297,30 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     Ok(exit_for(&end, &summary))
 }
 
+/// What one run of the pipeline is given, besides its rows and pacing.
+struct Job {
+    ledger: Ledger,
+    sync: pipeline::Sync,
+    /// The file's size, for the progress bar (0: unknown).
+    file_bytes: u64,
+    /// `--limit`: a pilot.
+    pilot: Option<u64>,
+}
+
 /// Runs the pipeline over `rows` with Ctrl-C handling and progress display.
 async fn drive(
     rows: impl Iterator<Item = pipeline::Incoming> + Send + 'static,
     client: &Arc<ApiClient>,
-    ledger: Ledger,
-    sync: pipeline::Sync,
+    job: Job,
     pace: &PaceArgs,
     output: &OutputArgs,
-    file_bytes: u64,
 ) -> (pipeline::RunEnd, Duration, Arc<Progress>) {
+    let Job {
+        ledger,
+        sync,
+        file_bytes,
+        pilot,
+    } = job;
     let abort = Arc::new(Abort::default());
     let ctrl_c = {
         let abort = abort.clone();
@@ -300,6 +351,7 @@ async fn drive(
         max_consecutive_failures: pace.max_consecutive_failures,
         max_failures: pace.max_failures,
         max_failure_rate: pace.max_failure_rate,
+        rows: pilot,
     };
     let started = Instant::now();
     let end = pipeline::run(
@@ -396,6 +448,59 @@ fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Preflight: reads what the mapping refers to (the campaigns the file's
+/// rows use among them) and refuses, before anything is sent, what cannot
+/// work for any row. `None` when the mapping refers to nothing the system
+/// configures, or (unless `strict`, as `check --online` is) when the
+/// system cannot be read.
+async fn preflight(
+    loaded: &mapping::Loaded,
+    csv: &std::path::Path,
+    mapping_path: &std::path::Path,
+    client: &ApiClient,
+    strict: bool,
+) -> anyhow::Result<Option<Arc<preflight::System>>> {
+    let (mut ids, from_column) = preflight::constant_campaigns(&loaded.raw);
+    if from_column {
+        // Campaign ids come from a column: the file says which.
+        let mut input = Input::open(csv, mapping_path)?;
+        while let Some(row) = input.source.next_row() {
+            let Ok(row) = row? else { continue };
+            if let Ok(p) = input.plan.map_row(&row) {
+                ids.extend(p.campaign.map(|c| c.campaign_id));
+                ids.extend(p.campaign_update.map(|u| u.campaign_id));
+            }
+            if ids.len() > 200 {
+                break;
+            }
+        }
+    }
+    let needs = preflight::Needs::of(&loaded.raw, ids);
+    if !needs.any() {
+        return Ok(None);
+    }
+    let system = match preflight::System::read(client, &needs).await {
+        Ok(system) => system,
+        // The system could not say (a method this API user may not call, a
+        // server that keeps failing): the import goes on, and the server
+        // refuses what it refuses.
+        Err(e) if !strict => {
+            eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!("preflight: cannot read what the mapping refers to: {e}"),
+    };
+    preflight::check_mapping(loaded, &system)?;
+    eprintln!(
+        "Preflight: what the mapping refers to, read in {} request(s): {} field group(s), {} campaign(s), {} agent(s)",
+        system.requests,
+        system.field_groups.as_ref().map_or(0, Vec::len),
+        system.campaigns.len(),
+        system.agents.as_ref().map_or(0, Vec::len)
+    );
+    Ok(Some(Arc::new(system)))
 }
 
 /// `--state` and `--full` need the mapping to match customers.
@@ -559,18 +664,27 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     let not_done = (1..=outcomes.rows())
         .filter(|n| !outcomes.is_done(*n))
         .count() as u64;
-    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
-        Ok(not_done)
-    })
-    .await?;
+    // An edited copy is checked first: if its rows moved, it is refused
+    // before anything is asked or sent.
+    let plan = Arc::new(plan);
     let rows = resume::RetryRows::new(
         Arc::new(outcomes),
-        Arc::new(plan),
+        plan.clone(),
         &source_path,
         &options,
         seekable,
         rules,
     )?;
+    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
+        Ok(not_done)
+    })
+    .await?;
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&loaded, &source_path, &mapping_path, &client, false).await?
+    };
+    let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
     let attempt = ledger::Attempt {
@@ -583,13 +697,18 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         include_unknown: args.include_unknown,
     };
     ledger.write(&[ledger::Entry::Attempt(attempt)]).await?;
+    let job = Job {
+        ledger,
+        sync,
+        file_bytes: 0,
+        pilot: None,
+    };
     eprintln!(
         "Retrying the rows of {} that are not done, against {}",
         args.ledger.display(),
         credentials.root
     );
-    let (end, elapsed, progress) =
-        drive(rows, &client, ledger, sync, &args.pace, &args.output, 0).await;
+    let (end, elapsed, progress) = drive(rows, &client, job, &args.pace, &args.output).await;
     let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
     let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -663,6 +782,7 @@ mod tests {
             rows_read: 10,
             aborted: aborted.map(str::to_string),
             read_error: read_error.map(str::to_string),
+            limit: None,
         };
         let all_done = report::Report {
             rows: 10,

@@ -215,6 +215,10 @@ pub struct End {
     /// after them were never read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_error: Option<String>,
+    /// A pilot (`run --limit N`) stopped after N rows; the rows after them
+    /// were not read (`retry` sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// The start of a `retry` on an existing ledger.
@@ -256,6 +260,21 @@ pub enum LedgerError {
     Closed { path: String },
     #[error("{path}: the ledger is in use by {holder}; one process at a time works on a ledger (wait for it to end, or stop it)")]
     Busy { path: String, holder: String },
+}
+
+/// Whether a new ledger can be created at `path` as `existing` says: not
+/// over a ledger without `--force-new-ledger`, not from under a process
+/// still using one. Checked before anything is asked of the system.
+pub fn check_free(path: &Path, existing: Existing) -> Result<(), LedgerError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match existing {
+        Existing::Refuse => Err(LedgerError::Exists {
+            path: path.display().to_string(),
+        }),
+        Existing::KeepAside | Existing::Replace => LedgerLock::acquire(path, "run").map(drop),
+    }
 }
 
 /// An exclusive advisory lock on a ledger, held by `run`, `retry` and

@@ -25,6 +25,7 @@ pub mod mapping;
 pub mod outcomes;
 pub mod pace;
 pub mod pipeline;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod resume;

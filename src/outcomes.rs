@@ -58,6 +58,7 @@ pub struct Outcomes {
     rows_read: u64,
     aborted: Option<String>,
     read_error: Option<String>,
+    limit: Option<u64>,
     ended: bool,
     /// Ledger lines that could not be read (a crash mid-write leaves one).
     pub unreadable: Vec<String>,
@@ -91,6 +92,7 @@ impl Outcomes {
             rows_read: 0,
             aborted: None,
             read_error: None,
+            limit: None,
             ended: false,
             unreadable: Vec::new(),
         }
@@ -180,6 +182,7 @@ impl Outcomes {
                 self.rows_read = self.rows_read.max(end.rows_read);
                 self.aborted = end.aborted;
                 self.read_error = end.read_error;
+                self.limit = end.limit;
                 self.ended = true;
             }
             Entry::Attempt(_) => self.ended = false,
@@ -202,6 +205,12 @@ impl Outcomes {
     /// The source error that ended the last run's reading, if one did.
     pub fn read_error(&self) -> Option<&str> {
         self.read_error.as_deref()
+    }
+
+    /// A pilot's `--limit`, when the last run was one that stopped before
+    /// the end of the file.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
     }
 
     /// How many rows the runs read (at least every row recorded).
@@ -457,6 +466,7 @@ mod tests {
             finished_at: String::new(),
             aborted: None,
             read_error: None,
+            limit: None,
         }));
         assert!(!o.is_done(1) && o.is_done(2) && !o.is_done(3));
         let r1 = o.row(1).unwrap();

@@ -30,6 +30,10 @@ pub struct Report {
     /// The source failed mid-file: rows after `rows` were never read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_error: Option<String>,
+    /// A pilot (`run --limit N`) stopped after N rows: the rest were not
+    /// read yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
     /// Ledger lines that could not be read (a crash mid-write).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable_lines: Vec<String>,
@@ -51,13 +55,14 @@ impl Report {
             actions: outcomes.actions(),
             aborted: outcomes.aborted().map(str::to_string),
             read_error: outcomes.read_error().map(str::to_string),
+            limit: outcomes.limit(),
             unreadable_lines: outcomes.unreadable.clone(),
         }
     }
 
     /// Whether every row is done.
     pub fn all_done(&self) -> bool {
-        self.ok == self.rows && self.read_error.is_none()
+        self.ok == self.rows && self.read_error.is_none() && self.limit.is_none()
     }
 }
 
@@ -112,6 +117,12 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(a) = &report.aborted {
         let _ = write!(out, "\naborted: {a}");
+    }
+    if let Some(n) = report.limit {
+        let _ = write!(
+            out,
+            "\npilot: stopped after {n} rows (--limit); `retry` on this ledger sends the rest"
+        );
     }
     if let Some(e) = &report.read_error {
         let _ = write!(

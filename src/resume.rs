@@ -260,6 +260,8 @@ pub struct RetryRows {
     wanted: u64,
     failed: bool,
     summary: Arc<Mutex<Summary>>,
+    /// What preflight read: rows are checked against it.
+    system: Option<Arc<crate::preflight::System>>,
 }
 
 impl RetryRows {
@@ -290,7 +292,14 @@ impl RetryRows {
             wanted: 1,
             failed: false,
             summary: Arc::new(Mutex::new(Summary::default())),
+            system: None,
         })
+    }
+
+    /// Checks the rows against what preflight read.
+    pub fn with_system(mut self, system: Option<Arc<crate::preflight::System>>) -> RetryRows {
+        self.system = system;
+        self
     }
 
     /// What planning found so far (complete once the rows are consumed).
@@ -334,7 +343,12 @@ impl RetryRows {
         };
         row.id.fp = self.plan.fingerprint(&row);
         let mut payloads = match self.plan.map_row(&row) {
-            Ok(p) => p,
+            Ok(mut p) => {
+                if let Some(system) = &self.system {
+                    system.check_row(&mut p);
+                }
+                p
+            }
             Err(errors) => {
                 self.note(|s| s.invalid += 1);
                 return Some(Incoming::Invalid(row.id, errors));

@@ -40,6 +40,8 @@ async fn run(url: &str, dir: &std::path::Path) -> (Option<i32>, String, serde_js
         "1000",
         "--concurrency",
         "1",
+        // The stand-in answers only the call under test.
+        "--no-preflight",
         "--ledger",
     ])
     .arg(&ledger)

@@ -363,6 +363,8 @@ async fn max_failures_counts_rows_not_outcomes() {
         &mapping,
         &ledger,
     );
+    // The server's refusals are the point: no preflight to catch them first.
+    cmd.arg("--no-preflight");
     cmd.args([
         "--max-failures",
         "10",

@@ -26,7 +26,7 @@ const MAPPING: &str = "mappings/crm_export.toml";
 async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
     let input = Input::open(Path::new(SAMPLE), Path::new(MAPPING)).unwrap();
     let Input { plan, source, .. } = input;
-    let rows = pipeline::mapped_rows(source, Arc::new(plan), false);
+    let rows = pipeline::mapped_rows(source, Arc::new(plan), false, None);
     let client = ApiClient::new(
         &Credentials {
             root: sandbox.url(),
@@ -64,6 +64,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         max_consecutive_failures: 1000,
         max_failures: None,
         max_failure_rate: None,
+        rows: None,
     };
     let end = pipeline::run(
         rows,
@@ -173,7 +174,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
     };
     let source = thulium_import::source::Source::from_reader(reader, &sample, &options).unwrap();
     let plan = thulium_import::mapping::compile(&loaded, source.header()).unwrap();
-    let rows = pipeline::mapped_rows(source, Arc::new(plan), false);
+    let rows = pipeline::mapped_rows(source, Arc::new(plan), false, None);
     let path = dir.path().join("ledger.jsonl");
     let header = Header {
         version: 1,
@@ -205,6 +206,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         max_consecutive_failures: 20,
         max_failures: None,
         max_failure_rate: None,
+        rows: None,
     };
     let end = pipeline::run(
         rows,

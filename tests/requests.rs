@@ -195,7 +195,27 @@ async fn every_stage_sends_exactly_the_vendors_shapes() {
         .await
         .unwrap();
     assert_eq!(served.len(), journal.len());
-    assert_eq!(served[0]["method"], "POST");
+    // Preflight reads first, and only reads: what the mapping refers to.
+    let reads: Vec<(String, Option<String>)> = journal
+        .iter()
+        .take_while(|e| e.method == "GET")
+        .map(|e| (e.path.clone(), e.query.clone()))
+        .collect();
+    let page = Some("limit=1000&offset=0".to_string());
+    assert_eq!(
+        reads,
+        [
+            ("/api/customer_field_groups".to_string(), page.clone()),
+            ("/api/outbounds".to_string(), page),
+            ("/api/outbounds/00001/statuses".to_string(), None),
+            ("/api/outbounds/00001/agents".to_string(), None),
+            ("/api/outbounds/00002/statuses".to_string(), None),
+            ("/api/outbounds/00002/agents".to_string(), None),
+            ("/api/outbounds/00003/statuses".to_string(), None),
+            ("/api/outbounds/00003/agents".to_string(), None),
+        ]
+    );
+    assert!(reads.iter().zip(&served).all(|(_, s)| s["body"].is_null()));
     http.delete(format!("{}/_sandbox/requests", sandbox.url()))
         .send()
         .await

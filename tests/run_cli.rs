@@ -349,11 +349,12 @@ async fn a_refused_row_fails_alone_with_the_reason_and_its_neighbours_go_through
     // customers are created.
     std::fs::write(&mapping, "[source]\ndelimiter=\";\"\nencoding=\"windows-1250\"\n[customer]\nsurname=\"Nazwisko\"\nidentifier=\"ID klienta\"\n[[field_group]]\ngroup_id=2\n[field_group.values]\n20=\"Segment\"\n").unwrap();
     let sandbox = Sandbox::start(config()).await.unwrap();
+    // The server's refusal is the point: no preflight to catch it first.
     let done = run(
         &sandbox,
         SAMPLE,
         mapping.to_str().unwrap(),
-        &["--max-consecutive-failures", "0"],
+        &["--max-consecutive-failures", "0", "--no-preflight"],
     )
     .await;
     assert_eq!(done.code, Some(1));
@@ -522,7 +523,7 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("l.jsonl");
     let child = run_command(&sandbox, SAMPLE, MAPPING, &ledger, PASSWORD)
-        .args(["--batch-size", "10"])
+        .args(["--batch-size", "10", "--concurrency", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

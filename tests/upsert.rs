@@ -88,6 +88,19 @@ async fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path, extra
     }
 }
 
+/// Whether a request is one of preflight's reads (what the mapping refers
+/// to), which every run makes first.
+fn preflight(e: &thulium_import::sandbox::JournalEntry) -> bool {
+    e.method == "GET"
+        && [
+            "/api/customer_field_groups",
+            "/api/outbounds",
+            "/api/agents",
+        ]
+        .iter()
+        .any(|p| e.path.starts_with(p))
+}
+
 fn tempdir() -> PathBuf {
     tempfile::tempdir().unwrap().keep()
 }
@@ -231,7 +244,7 @@ async fn the_same_file_twice_sends_only_the_changed_rows() {
     .await;
     assert_eq!(night2.code, Some(1), "{}", night2.text);
     let journal = sandbox.requests();
-    let sent = &journal[before..];
+    let sent: Vec<_> = journal[before..].iter().filter(|e| !preflight(e)).collect();
     // Only updates of the changed customers (minus rows invalid either
     // way), nothing else: no lookups, no index, no item, record or feed.
     assert!(
@@ -472,7 +485,7 @@ async fn upsert_under_every_fault_leaves_no_duplicate_and_no_unknown_customer() 
         &csv,
         &m,
         &ledger,
-        &["--max-attempts", "10", "--batch-size", "25"],
+        &["--max-attempts", "10", "--batch-size", "10"],
     )
     .await;
     assert!(matches!(out.code, Some(1)), "{}", out.text);
@@ -485,10 +498,19 @@ async fn upsert_under_every_fault_leaves_no_duplicate_and_no_unknown_customer() 
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
     let r = report(&ledger);
     assert_eq!(r["stages"]["customer"]["unknown"], 0, "{r}");
+    // Creations applied but unanswered were found, not made again.
+    let stats = sandbox.stats();
+    let applied_unanswered = stats
+        .faults_by_endpoint
+        .get("POST /api/batch/customers")
+        .map_or(0, |f| {
+            f.get("drop_after").unwrap_or(&0) + f.get("500_after").unwrap_or(&0)
+        });
     assert!(
-        r["actions"]["adopted"].as_u64().unwrap() > 0,
-        "some unknown creations were found after all: {r}"
+        applied_unanswered > 0,
+        "the faults hit creations: {stats:?}"
     );
+    assert!(r["actions"]["adopted"].as_u64().unwrap() > 0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -695,7 +717,8 @@ async fn the_nightly_full_export_sends_only_what_changed_and_waits_for_files_bei
         "{stderr}"
     );
     assert!(!drop.join("partial.csv.ledger.jsonl").exists());
-    let sent = &sandbox.requests()[before..];
+    let journal = sandbox.requests();
+    let sent: Vec<_> = journal[before..].iter().filter(|e| !preflight(e)).collect();
     assert!(sent
         .iter()
         .all(|e| e.method == "PUT" && e.path == "/api/batch/customers"));

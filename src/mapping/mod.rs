@@ -91,6 +91,11 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, MappingError> {
 }
 
 impl Loaded {
+    /// The 1-based line of a position in the mapping file.
+    pub fn line_of(&self, span: &Range<usize>) -> usize {
+        Ctx::new(&self.text, &[]).line(span)
+    }
+
     /// The CSV reading options of `[source]` (checked: a bad delimiter or
     /// encoding is an error here, before the file is opened).
     pub fn source_options(&self) -> Result<SourceOptions, MappingError> {

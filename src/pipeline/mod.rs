@@ -60,6 +60,8 @@ pub struct Limits {
     pub max_consecutive_failures: u32,
     pub max_failures: Option<u64>,
     pub max_failure_rate: Option<f64>,
+    /// A pilot: read only this many data rows.
+    pub rows: Option<u64>,
 }
 
 /// A mapped row on its way through the stages.
@@ -543,6 +545,8 @@ pub struct RunEnd {
     pub aborted: Option<String>,
     /// The source failed mid-file: rows after `rows_read` were never read.
     pub read_error: Option<String>,
+    /// A pilot stopped after this many rows, before the end of the file.
+    pub limit: Option<u64>,
 }
 
 /// Reads and maps every row of a file, for [`run`]. A failed-rows CSV's
@@ -553,6 +557,7 @@ pub fn mapped_rows<R: std::io::Read + Send + 'static>(
     mut source: Source<R>,
     plan: Arc<crate::mapping::Plan>,
     include_unknown: bool,
+    system: Option<Arc<crate::preflight::System>>,
 ) -> impl Iterator<Item = Incoming> + Send + 'static {
     let mut done = false;
     // Two rows with one key value: the later one is invalid.
@@ -577,10 +582,18 @@ pub fn mapped_rows<R: std::io::Read + Send + 'static>(
                     Ok(_) if let Some(e) = twice(&mut file_keys) => {
                         Incoming::Invalid(row.id, vec![e])
                     }
-                    Ok(payloads) if payloads.unknown.any() => Incoming::Mapped(Box::new(
-                        after_unknown(row.id, payloads, include_unknown, &plan.lookup_keys()),
-                    )),
-                    Ok(payloads) => Incoming::Mapped(Box::new(MappedRow::new(row.id, payloads))),
+                    Ok(mut payloads) => {
+                        // What the system says the row cannot do.
+                        if let Some(system) = &system {
+                            system.check_row(&mut payloads);
+                        }
+                        let row = if payloads.unknown.any() {
+                            after_unknown(row.id, payloads, include_unknown, &plan.lookup_keys())
+                        } else {
+                            MappedRow::new(row.id, payloads)
+                        };
+                        Incoming::Mapped(Box::new(row))
+                    }
                     Err(errors) => Incoming::Invalid(row.id, errors),
                 }
             }
@@ -656,10 +669,21 @@ pub async fn run(
     let (rows_tx, mut rows_rx) = mpsc::channel::<Incoming>(512);
     let reader_abort = abort.clone();
     let reader_progress = progress.clone();
+    let pilot = run.limits.rows;
     let reader = tokio::task::spawn_blocking(move || {
+        let mut read = 0u64;
+        // Whether a pilot stopped before the end of the file.
+        let mut cut = false;
         for item in rows {
             if reader_abort.is_set() {
                 break;
+            }
+            if !matches!(item, Incoming::SourceFailed(_)) {
+                read += 1;
+                if pilot.is_some_and(|n| read > n) {
+                    cut = true;
+                    break;
+                }
             }
             let failed = matches!(item, Incoming::SourceFailed(_));
             if let Incoming::Mapped(r) = &item {
@@ -671,6 +695,7 @@ pub async fn run(
                 break;
             }
         }
+        cut
     });
 
     // 2. Downstream of the customer stage.
@@ -824,7 +849,8 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     drop(down_tx);
     let _ = downstream.await;
-    let _ = reader.await;
+    let cut = reader.await.unwrap_or(false);
+    let limit = if cut { run.limits.rows } else { None };
     in_flight.abort();
     let aborted = abort.reason();
     let end = ledger::End {
@@ -832,6 +858,7 @@ pub async fn run(
         finished_at: ledger::now(),
         aborted: aborted.clone(),
         read_error: read_error.clone(),
+        limit,
     };
     let _ = run.ledger.write(&[Entry::End(end)]).await;
     if let Some(state) = &run.sync.state {
@@ -841,6 +868,7 @@ pub async fn run(
         rows_read,
         aborted,
         read_error,
+        limit,
     }
 }
 

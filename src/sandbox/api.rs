@@ -1050,6 +1050,98 @@ pub async fn feed_record(
     Ok(StatusCode::CREATED.into_response())
 }
 
+/// `GET /api/customer_field_groups`: the field groups and their fields.
+pub async fn list_field_groups(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ItemQuery>,
+) -> ApiResult {
+    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let state = shared.lock_state();
+    let result: Vec<Value> = state
+        .field_groups
+        .values()
+        .skip(offset)
+        .take(limit)
+        .map(|g| {
+            json!({
+                "group_id": g.group_id,
+                "name": g.name,
+                "fields": g.fields.iter().map(|(id, name, _)| json!({"field_id": id, "name": name})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"count": state.field_groups.len(), "result": result})).into_response())
+}
+
+/// `GET /api/outbounds`: the campaigns.
+pub async fn list_outbounds(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ItemQuery>,
+) -> ApiResult {
+    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let state = shared.lock_state();
+    let result: Vec<Value> = state
+        .campaigns
+        .values()
+        .skip(offset)
+        .take(limit)
+        .map(|c| json!({"id": c.id, "name": c.name, "type": if c.crm { "crm" } else { "phone" }}))
+        .collect();
+    Ok(axum::Json(json!({"count": state.campaigns.len(), "result": result})).into_response())
+}
+
+/// `GET /api/outbounds/:id/statuses`: a bare list, `status_id` as a string,
+/// as the vendor shows it.
+pub async fn list_statuses(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    let state = shared.lock_state();
+    let Some(c) = state.campaigns.get(&id) else {
+        return Err(ApiError::not_found(format!("Campaign {id} not found.")));
+    };
+    let list: Vec<Value> = c
+        .statuses
+        .iter()
+        .map(|(id, s)| {
+            json!({"system_status": s.system_status, "status_id": id.to_string(),
+                   "dictionary_status_id": s.dictionary_status_id, "name": s.name})
+        })
+        .collect();
+    Ok(axum::Json(Value::Array(list)).into_response())
+}
+
+/// `GET /api/outbounds/:id/agents`: the campaign's agents, a bare list.
+pub async fn list_campaign_agents(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let state = shared.lock_state();
+    let Some(c) = state.campaigns.get(&id) else {
+        return Err(ApiError::not_found(format!("Campaign {id} not found.")));
+    };
+    let list: Vec<Value> = c
+        .agents
+        .iter()
+        .map(|login| {
+            let n = AGENTS.iter().position(|a| a == login).unwrap_or(0) + 1;
+            json!({"login": login, "number": format!("31{n:02}"), "active": true,
+                   "active_in_outbound": true, "agent_id": n})
+        })
+        .collect();
+    Ok(axum::Json(Value::Array(list)).into_response())
+}
+
+/// `GET /api/agents`: every agent of the system.
+pub async fn list_agents(Query(q): Query<ItemQuery>) -> ApiResult {
+    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let result: Vec<Value> = AGENTS
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(limit)
+        .map(|(i, login)| json!({"agent_id": i + 1, "login": login, "active": true}))
+        .collect();
+    Ok(axum::Json(json!({"count": AGENTS.len(), "result": result})).into_response())
+}
+
 /// Any other path under `/api/`.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "No such resource.")

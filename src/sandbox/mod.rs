@@ -233,6 +233,9 @@ pub struct SandboxConfig {
     /// Customers the system starts with (`PRE-000001`, ...), to rehearse a
     /// migration into a populated system.
     pub preload_customers: usize,
+    /// Which agents are in which campaign (campaign id → logins); campaigns
+    /// not listed have every agent.
+    pub campaign_agents: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for SandboxConfig {
@@ -251,6 +254,7 @@ impl Default for SandboxConfig {
             password: "api_pass".into(),
             journal_limit: 1_000_000,
             preload_customers: 0,
+            campaign_agents: BTreeMap::new(),
         }
     }
 }
@@ -366,6 +370,11 @@ impl Sandbox {
             .and_then(|n| Limiter::new(config.limiter, n));
         let mut state = SandboxState::new();
         state.preload(config.preload_customers);
+        for (id, agents) in &config.campaign_agents {
+            if let Some(c) = state.campaigns.get_mut(id) {
+                c.agents = agents.clone();
+            }
+        }
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             fault_rate: std::sync::atomic::AtomicU64::new(config.fault_rate.to_bits()),
@@ -504,6 +513,11 @@ fn router(shared: Arc<Shared>) -> Router {
             post(api::field_group_item).get(api::list_items),
         )
         .route("/customer_field_group_items/{id}", put(api::update_item))
+        .route("/customer_field_groups", get(api::list_field_groups))
+        .route("/outbounds", get(api::list_outbounds))
+        .route("/outbounds/{id}/statuses", get(api::list_statuses))
+        .route("/outbounds/{id}/agents", get(api::list_campaign_agents))
+        .route("/agents", get(api::list_agents))
         .route(
             "/batch/crm_outbounds/{id}/records",
             post(api::campaign_records),
@@ -646,6 +660,8 @@ fn endpoint_of(method: &Method, path: &str) -> String {
         }
         ["api", "customers", _, "feed_records"] => "/api/customers/:id/feed_records",
         ["api", "customer_field_group_items", _] => "/api/customer_field_group_items/:id",
+        ["api", "outbounds", _, "statuses"] => "/api/outbounds/:id/statuses",
+        ["api", "outbounds", _, "agents"] => "/api/outbounds/:id/agents",
         _ => return format!("{method} {path}"),
     };
     format!("{method} {shape}")

@@ -1,0 +1,499 @@
+//! Preflight: what `check` cannot know offline, the system tells in a
+//! handful of GET requests before anything is written. `check --online` and
+//! the start of every `run` and `retry` (but `--no-preflight`) read what the
+//! mapping refers to — field groups and their fields, campaigns with their
+//! statuses and agents, the system's agents — and then:
+//!
+//! - what cannot work for any row is refused before anything is sent (exit
+//!   2), naming the TOML key, the value and what the system has: a field
+//!   group or field id that does not exist, a campaign id that does not
+//!   exist, a constant status, dictionary status, agent or account manager
+//!   the campaign or the system does not have;
+//! - what cannot work for one row makes that row `invalid` at that stage
+//!   (its other stages go on): a status the row's campaign does not have, an
+//!   `agent_login` that is not an agent of the campaign, an
+//!   `account_manager` that is not an agent, a `MY_RECORD` status without
+//!   `agent_login` and `next_call_date`, a `CALL_NO_SOONER_THAN` status
+//!   without `next_call_date`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::system::{
+    Agent, FieldGroupDef, ListAgents, ListCampaignAgents, ListFieldGroups, ListOutbounds,
+    ListStatuses, Outbound, Status,
+};
+use crate::api::{ApiClient, CallError};
+use crate::ledger::Stage;
+use crate::mapping::raw::{RawMapping, Spec};
+use crate::mapping::{Issue, Loaded, MappingError, RowPayloads};
+use crate::source::{shorten, FieldError};
+
+/// What the mapping refers to, and so what preflight reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub field_groups: bool,
+    pub campaigns: bool,
+    /// Campaigns whose statuses and agents are read.
+    pub campaign_ids: BTreeSet<String>,
+    pub agents: bool,
+}
+
+impl Needs {
+    /// What `raw` refers to; `campaign_ids` are the campaigns the rows use
+    /// (a constant id, or the values a column holds).
+    pub fn of(raw: &RawMapping, campaign_ids: BTreeSet<String>) -> Needs {
+        Needs {
+            field_groups: !raw.field_group.is_empty(),
+            campaigns: raw.campaign.is_some() || raw.campaign_update.is_some(),
+            campaign_ids,
+            agents: raw
+                .customer
+                .as_ref()
+                .is_some_and(|c| c.get_ref().account_manager.is_some()),
+        }
+    }
+
+    /// Whether anything is to be read at all.
+    pub fn any(&self) -> bool {
+        self.field_groups || self.campaigns || self.agents
+    }
+}
+
+/// One campaign's statuses and agents.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignFacts {
+    pub statuses: Vec<Status>,
+    pub agents: Vec<Agent>,
+}
+
+/// What the system has, as far as the mapping needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct System {
+    pub field_groups: Option<Vec<FieldGroupDef>>,
+    pub outbounds: Option<Vec<Outbound>>,
+    pub campaigns: BTreeMap<String, CampaignFacts>,
+    pub agents: Option<Vec<Agent>>,
+    /// Requests it took.
+    pub requests: u32,
+}
+
+impl System {
+    /// Reads what `needs` names.
+    pub async fn read(client: &ApiClient, needs: &Needs) -> Result<System, CallError> {
+        let mut system = System::default();
+        if needs.field_groups {
+            let call = client
+                .all_pages(|limit, offset| ListFieldGroups { limit, offset })
+                .await;
+            system.requests += call.attempts;
+            system.field_groups = Some(call.result?);
+        }
+        if needs.campaigns {
+            let call = client
+                .all_pages(|limit, offset| ListOutbounds { limit, offset })
+                .await;
+            system.requests += call.attempts;
+            let outbounds = call.result?;
+            for id in &needs.campaign_ids {
+                if !outbounds.iter().any(|o| &o.id == id) {
+                    continue;
+                }
+                let statuses = client.send(&ListStatuses { campaign_id: id }).await;
+                system.requests += statuses.attempts;
+                let agents = client.send(&ListCampaignAgents { campaign_id: id }).await;
+                system.requests += agents.attempts;
+                system.campaigns.insert(
+                    id.clone(),
+                    CampaignFacts {
+                        statuses: statuses.result?,
+                        agents: agents.result?,
+                    },
+                );
+            }
+            system.outbounds = Some(outbounds);
+        }
+        if needs.agents {
+            let call = client
+                .all_pages(|limit, offset| ListAgents { limit, offset })
+                .await;
+            system.requests += call.attempts;
+            system.agents = Some(call.result?);
+        }
+        Ok(system)
+    }
+
+    fn outbound_list(&self) -> String {
+        list(self.outbounds.iter().flatten(), |o| {
+            format!("{} {}", o.id, o.name)
+        })
+    }
+
+    /// A campaign's facts (`None` when they were not read), or why there
+    /// are none: the campaign does not exist.
+    fn campaign(&self, id: &str) -> Result<Option<&CampaignFacts>, String> {
+        let Some(outbounds) = &self.outbounds else {
+            return Ok(None);
+        };
+        if !outbounds.iter().any(|o| o.id == id) {
+            return Err(format!(
+                "campaign {id} does not exist; the system has {}",
+                self.outbound_list()
+            ));
+        }
+        Ok(self.campaigns.get(id))
+    }
+}
+
+/// `a, b, c, … (N in all)`: at most twelve.
+fn list<T>(items: impl Iterator<Item = T>, show: impl Fn(T) -> String) -> String {
+    let all: Vec<String> = items.map(show).collect();
+    if all.is_empty() {
+        return "none".into();
+    }
+    if all.len() <= 12 {
+        all.join(", ")
+    } else {
+        format!("{}, … ({} in all)", all[..12].join(", "), all.len())
+    }
+}
+
+fn statuses(facts: &CampaignFacts) -> String {
+    list(facts.statuses.iter(), |s| {
+        format!("{} {} ({})", s.status_id, s.name, s.system_status)
+    })
+}
+
+/// Why a status cannot be used in campaign `id`, if it cannot. With
+/// `new_record`, the system status's needs count (`MY_RECORD`: an agent and
+/// a next call date; `CALL_NO_SOONER_THAN`: a next call date); an edit
+/// keeps what the record has.
+fn status_problem(
+    id: &str,
+    facts: &CampaignFacts,
+    status_id: i64,
+    has_agent: bool,
+    has_date: bool,
+    new_record: bool,
+) -> Option<String> {
+    let Some(status) = facts.statuses.iter().find(|x| x.status_id == status_id) else {
+        return Some(format!(
+            "status_id {status_id} is not a status of campaign {id}; it has {}",
+            statuses(facts)
+        ));
+    };
+    match status.system_status.as_str() {
+        "MY_RECORD" if new_record && !(has_agent && has_date) => Some(format!(
+            "status {status_id} ({}) of campaign {id} is MY_RECORD, which needs agent_login and next_call_date",
+            status.name
+        )),
+        "CALL_NO_SOONER_THAN" if new_record && !has_date => Some(format!(
+            "status {status_id} ({}) of campaign {id} is CALL_NO_SOONER_THAN, which needs next_call_date",
+            status.name
+        )),
+        _ => None,
+    }
+}
+
+fn dictionary_problem(id: &str, facts: &CampaignFacts, d: i64) -> Option<String> {
+    if facts
+        .statuses
+        .iter()
+        .any(|x| x.dictionary_status_id == Some(d))
+    {
+        return None;
+    }
+    let have: BTreeSet<i64> = facts
+        .statuses
+        .iter()
+        .filter_map(|x| x.dictionary_status_id)
+        .collect();
+    Some(format!(
+        "dictionary_status_id {d} is not a dictionary status of campaign {id}; it has {}",
+        list(have.iter(), i64::to_string)
+    ))
+}
+
+fn agent_problem(id: &str, facts: &CampaignFacts, login: &str) -> Option<String> {
+    let working = |x: &&Agent| x.active && x.active_in_outbound;
+    if facts
+        .agents
+        .iter()
+        .filter(working)
+        .any(|x| x.login == login)
+    {
+        return None;
+    }
+    Some(format!(
+        "agent {login} is not an agent of campaign {id}; it has {}",
+        list(facts.agents.iter().filter(working), |x| x.login.clone())
+    ))
+}
+
+/// Why a record with these values cannot go into campaign `id`, if it
+/// cannot.
+fn record_problem(
+    id: &str,
+    facts: &CampaignFacts,
+    status_id: Option<i64>,
+    dictionary_status_id: Option<i64>,
+    agent_login: Option<&str>,
+    next_call_date: Option<&str>,
+    new_record: bool,
+) -> Option<String> {
+    status_id
+        .and_then(|s| {
+            status_problem(
+                id,
+                facts,
+                s,
+                agent_login.is_some(),
+                next_call_date.is_some(),
+                new_record,
+            )
+        })
+        .or_else(|| dictionary_status_id.and_then(|d| dictionary_problem(id, facts, d)))
+        .or_else(|| agent_login.and_then(|a| agent_problem(id, facts, a)))
+}
+
+impl System {
+    /// Makes a row's stages that cannot work `invalid` (recorded at their
+    /// stage, not sent): the problems found.
+    pub fn check_row(&self, p: &mut RowPayloads) {
+        let problem = |value: &str, reason: String| FieldError {
+            column: None,
+            value: Some(shorten(value)),
+            reason,
+        };
+        if let (Some(c), Some(agents)) = (&p.customer, &self.agents) {
+            if let Some(a) = &c.account_manager {
+                let login = a.text();
+                if !agents.iter().any(|x| x.login == login && x.active) {
+                    let e = problem(
+                        &login,
+                        format!(
+                            "account_manager {login} is not an agent of this system; it has {}",
+                            list(agents.iter().filter(|x| x.active), |x| x.login.clone())
+                        ),
+                    );
+                    p.customer = None;
+                    p.invalid_stages.push((Stage::Customer, e));
+                }
+            }
+        }
+        if let Some(c) = &p.campaign {
+            let r = &c.record;
+            let found = match self.campaign(&c.campaign_id) {
+                Ok(Some(facts)) => record_problem(
+                    &c.campaign_id,
+                    facts,
+                    r.status_id,
+                    r.dictionary_status_id,
+                    r.agent_login.as_deref(),
+                    r.next_call_date.as_deref(),
+                    true,
+                ),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(reason) = found {
+                let e = problem(&c.campaign_id, reason);
+                p.campaign = None;
+                p.invalid_stages.push((Stage::Campaign, e));
+            }
+        }
+        if let Some(u) = &p.campaign_update {
+            let b = &u.body;
+            let found = match self.campaign(&u.campaign_id) {
+                Ok(Some(facts)) => record_problem(
+                    &u.campaign_id,
+                    facts,
+                    b.status_id,
+                    b.dictionary_status_id,
+                    b.agent_login.as_deref(),
+                    b.next_call_date.as_deref(),
+                    false,
+                ),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(reason) = found {
+                let e = problem(&u.campaign_id, reason);
+                p.campaign_update = None;
+                p.invalid_stages.push((Stage::CampaignUpdate, e));
+            }
+        }
+    }
+}
+
+/// The campaign ids the mapping gives as constants, and whether another
+/// comes from a column (then the file says which).
+pub fn constant_campaigns(raw: &RawMapping) -> (BTreeSet<String>, bool) {
+    let mut ids = BTreeSet::new();
+    let mut from_column = false;
+    for id in [
+        raw.campaign.as_ref().map(|c| &c.get_ref().id),
+        raw.campaign_update.as_ref().map(|u| &u.get_ref().id),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match constant(id) {
+            Some(c) => {
+                ids.insert(c);
+            }
+            None => from_column = true,
+        }
+    }
+    (ids, from_column)
+}
+
+/// A constant in the mapping (`{ value = ... }`), as text.
+fn constant(spec: &Spec) -> Option<String> {
+    let toml::Value::Table(t) = spec.get_ref() else {
+        return None;
+    };
+    match t.get("value")? {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Refuses what cannot work for any row: every problem, by TOML key.
+pub fn check_mapping(loaded: &Loaded, system: &System) -> Result<(), MappingError> {
+    let raw = &loaded.raw;
+    let mut issues = Vec::new();
+    let mut issue = |key: String, span: std::ops::Range<usize>, message: String| {
+        issues.push(Issue {
+            key,
+            line: loaded.line_of(&span),
+            message,
+        });
+    };
+    if let Some(groups) = &system.field_groups {
+        for (n, g) in raw.field_group.iter().enumerate() {
+            let g = g.get_ref();
+            let id = *g.group_id.get_ref();
+            let Some(def) = groups.iter().find(|d| d.group_id == id) else {
+                issue(
+                    format!("field_group[{n}].group_id"),
+                    g.group_id.span(),
+                    format!(
+                        "field group {id} does not exist; the system has {}",
+                        list(groups.iter(), |d| format!("{} {}", d.group_id, d.name))
+                    ),
+                );
+                continue;
+            };
+            for (field, _) in &g.values.0 {
+                let Ok(fid) = field.get_ref().trim().parse::<i64>() else {
+                    continue;
+                };
+                if !def.fields.iter().any(|(f, _)| *f == fid) {
+                    issue(
+                        format!("field_group[{n}].values.{fid}"),
+                        field.span(),
+                        format!(
+                            "field {fid} is not a field of group {id} ({}); it has {}",
+                            def.name,
+                            list(def.fields.iter(), |(f, name)| format!("{f} {name}"))
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // (stage, id, status, dictionary status, agent, next call date mapped,
+    // a new record)
+    let stages = [
+        raw.campaign.as_ref().map(|c| {
+            let c = c.get_ref();
+            let date = c.next_call_date.is_some();
+            (
+                "campaign",
+                &c.id,
+                &c.status_id,
+                &c.dictionary_status_id,
+                &c.agent_login,
+                date,
+                true,
+            )
+        }),
+        raw.campaign_update.as_ref().map(|u| {
+            let u = u.get_ref();
+            let date = u.next_call_date.is_some();
+            (
+                "campaign_update",
+                &u.id,
+                &u.status_id,
+                &u.dictionary_status_id,
+                &u.agent_login,
+                date,
+                false,
+            )
+        }),
+    ];
+    for (stage, id, status, dictionary, agent, has_date, new_record) in stages.into_iter().flatten()
+    {
+        let Some(campaign_id) = constant(id) else {
+            continue;
+        };
+        let facts = match system.campaign(&campaign_id) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                issue(format!("{stage}.id"), id.span(), e);
+                continue;
+            }
+        };
+        let int = |spec: &Spec| constant(spec).and_then(|v| v.parse::<i64>().ok());
+        if let Some(spec) = status {
+            if let Some(p) = int(spec).and_then(|s| {
+                status_problem(
+                    &campaign_id,
+                    facts,
+                    s,
+                    agent.is_some(),
+                    has_date,
+                    new_record,
+                )
+            }) {
+                issue(format!("{stage}.status_id"), spec.span(), p);
+            }
+        }
+        if let Some(spec) = dictionary {
+            if let Some(p) = int(spec).and_then(|d| dictionary_problem(&campaign_id, facts, d)) {
+                issue(format!("{stage}.dictionary_status_id"), spec.span(), p);
+            }
+        }
+        if let Some(spec) = agent {
+            if let Some(p) = constant(spec).and_then(|a| agent_problem(&campaign_id, facts, &a)) {
+                issue(format!("{stage}.agent_login"), spec.span(), p);
+            }
+        }
+    }
+    if let (Some(c), Some(agents)) = (&raw.customer, &system.agents) {
+        if let Some(spec) = &c.get_ref().account_manager {
+            if let Some(login) = constant(spec) {
+                if !agents.iter().any(|x| x.login == login && x.active) {
+                    issue(
+                        "customer.account_manager".into(),
+                        spec.span(),
+                        format!(
+                            "account_manager {login} is not an agent of this system; it has {}",
+                            list(agents.iter().filter(|x| x.active), |x| x.login.clone())
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(MappingError::Invalid {
+            path: loaded.path.clone(),
+            issues,
+        })
+    }
+}
