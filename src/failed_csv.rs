@@ -122,9 +122,15 @@ pub fn write(
                 row.id,
                 row.cells.iter().map(str::to_string).collect::<Vec<_>>(),
             ),
-            // A row that could not be read is written with empty cells: fix
-            // it in the source file.
-            Err(bad) => (bad.id, vec![String::new(); width]),
+            // A row that could not be read is written with the cells that
+            // could (a spreadsheet's, but for its error cell), or empty
+            // cells: fix it in the source file.
+            Err(bad) => (
+                bad.id,
+                bad.cells
+                    .map(|c| c.iter().map(str::to_string).collect())
+                    .unwrap_or_else(|| vec![String::new(); width]),
+            ),
         };
         let view = outcomes.row(id.row);
         if outcomes.ended() && view.is_some_and(|v| v.is_done()) {

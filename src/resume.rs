@@ -385,7 +385,8 @@ impl RetryRows {
 
     /// Moves the source to row `n` by its byte offset, when it is known.
     fn seek(&mut self, n: u64) -> Result<(), SourceError> {
-        if !self.seekable || self.next == n {
+        // A spreadsheet is read on from where it is.
+        if !self.seekable || self.next == n || self.source.is_sheet() {
             return Ok(());
         }
         let Some(at) = self.outcomes.row(n).map(|r| r.id()) else {

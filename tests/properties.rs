@@ -212,6 +212,7 @@ proptest! {
             delimiter: if sniff { None } else { Some(delimiter) },
             encoding: Some(enc),
             quote: b'"',
+            sheet: None,
         };
         let mut source = Source::from_reader(&bytes[..], Path::new("p.csv"), &options).unwrap();
         prop_assert_eq!(source.info().delimiter, delimiter);

@@ -106,12 +106,17 @@ impl DateFormat {
     }
 
     /// Parses a date, or a date and time (a date alone is midnight). An
-    /// impossible date (31.02.1990) is an error.
+    /// impossible date (31.02.1990) is an error. A value the format does
+    /// not read but that is an ISO date (`2024-03-15`, `2024-03-15 10:30`,
+    /// `2024-03-15T10:30:00`) is read as one: that is how a spreadsheet's
+    /// date cell arrives, and how the failed-rows CSV of a spreadsheet
+    /// writes it; ISO is never ambiguous.
     pub fn parse(&self, s: &str) -> Result<Stamp, String> {
         if let Some(stamp) = self.fast.as_deref().and_then(|steps| scan(steps, s)) {
             return Ok(stamp);
         }
         self.parse_with_chrono(s)
+            .or_else(|e| parse_iso(s.trim()).ok_or(e))
     }
 
     fn parse_with_chrono(&self, s: &str) -> Result<Stamp, String> {
@@ -133,6 +138,46 @@ impl DateFormat {
             second: time.second(),
         })
     }
+}
+
+/// `YYYY-MM-DD`, then optionally ` hh:mm` or `Thh:mm`, then optionally
+/// `:ss`; a real date and time.
+fn parse_iso(s: &str) -> Option<Stamp> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if !matches!(b.len(), 10 | 16 | 19) || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    let (mut hour, mut minute, mut second) = (0, 0, 0);
+    if b.len() >= 16 {
+        if !matches!(b[10], b' ' | b'T') || b[13] != b':' {
+            return None;
+        }
+        (hour, minute) = (num(11..13)?, num(14..16)?);
+        if b.len() == 19 {
+            if b[16] != b':' {
+                return None;
+            }
+            second = num(17..19)?;
+        }
+        NaiveTime::from_hms_opt(hour, minute, second)?;
+    }
+    Some(Stamp {
+        year: year as i32,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+    })
 }
 
 /// The scanner's steps, if the format has only numeric date fields (each at
@@ -277,6 +322,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_iso_date_is_read_whatever_the_format() {
+        let f = DateFormat::new("%d.%m.%Y").unwrap();
+        let w = |s: &str| f.parse(s).map(|d| d.write(Written::DateTime));
+        assert_eq!(w("15.03.2024").unwrap(), "2024-03-15 00:00");
+        assert_eq!(w("2024-03-15").unwrap(), "2024-03-15 00:00");
+        assert_eq!(w("2024-03-15 10:30").unwrap(), "2024-03-15 10:30");
+        assert_eq!(w("2024-03-15T10:30:05").unwrap(), "2024-03-15 10:30");
+        // Not a real date, not ISO's shape: the format's own error.
+        assert!(w("2024-02-30").unwrap_err().contains("%d.%m.%Y"));
+        assert!(w("2024-3-15").is_err());
+        assert!(w("2024-03-15 25:00").is_err());
+        // The format comes first: "%Y-%d-%m" reads 2024-03-05 as 3 May.
+        let f = DateFormat::new("%Y-%d-%m").unwrap();
+        assert_eq!(
+            f.parse("2024-03-05").unwrap().write(Written::Date),
+            "2024-05-03"
+        );
+    }
+
     /// Text shaped like dates, with the slips exports contain.
     fn date_like() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -302,7 +367,8 @@ mod tests {
             let chrono = f.parse_with_chrono(&s);
             match scan(f.fast.as_deref().unwrap(), &s) {
                 Some(stamp) => prop_assert_eq!(Ok(stamp), chrono),
-                None => prop_assert_eq!(f.parse(&s), chrono),
+                // Where neither reads it, an ISO date still may.
+                None => prop_assert_eq!(f.parse(&s), chrono.or_else(|e| parse_iso(s.trim()).ok_or(e))),
             }
         }
     }

@@ -199,7 +199,10 @@ impl<'a> Ctx<'a> {
 }
 
 fn source_options(ctx: &mut Ctx<'_>, raw: &raw::RawSource) -> SourceOptions {
-    let mut options = SourceOptions::default();
+    let mut options = SourceOptions {
+        sheet: raw.sheet.clone(),
+        ..SourceOptions::default()
+    };
     let single_byte = |s: &str| -> Option<u8> {
         match s {
             "\\t" | "tab" => Some(b'\t'),

@@ -63,6 +63,8 @@ pub struct RawSource {
     pub encoding: Option<Spanned<String>>,
     /// The quote character; default `"`.
     pub quote: Option<Spanned<String>>,
+    /// A spreadsheet's sheet by name; default the first.
+    pub sheet: Option<String>,
     /// Trim spaces around every cell; default true.
     pub trim: Option<bool>,
     /// A column holding an existing Thulium customer id: rows with a value

@@ -822,7 +822,12 @@ mod tests {
             "2018-05-24 00:00"
         );
         assert!(reformat_date("31.02.1990", "%d.%m.%Y", "%Y-%m-%d").is_err());
-        assert!(reformat_date("1990-02-01", "%d.%m.%Y", "%Y-%m-%d").is_err());
+        assert!(reformat_date("1990/02/01", "%d.%m.%Y", "%Y-%m-%d").is_err());
+        // An ISO date is read whatever the format (a spreadsheet's date cell).
+        assert_eq!(
+            reformat_date("1990-02-01", "%d.%m.%Y", "%Y-%m-%d").unwrap(),
+            "1990-02-01"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod sheets;
+
 use serde_json::Value;
 use thulium_import::sandbox::Sandbox;
 

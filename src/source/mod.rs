@@ -1,5 +1,6 @@
-//! The streaming CSV source: bytes on disk → decoded rows with a stable
-//! identity (record number, starting line, byte offset).
+//! The streaming source: a CSV file's bytes (or a spreadsheet's cells, in
+//! [`sheet`]) → decoded rows with a stable identity (record number, starting
+//! line, byte offset).
 //!
 //! The file is parsed as bytes by the `csv` crate and each cell is decoded on
 //! its own, so that a bad byte costs one row, not the file, and so that the
@@ -20,6 +21,10 @@ use std::path::{Path, PathBuf};
 
 use encoding_rs::Encoding;
 
+pub mod sheet;
+
+pub use sheet::{is_spreadsheet, SheetInfo};
+
 /// How to read the file, from the mapping's `[source]` table.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
@@ -29,6 +34,8 @@ pub struct SourceOptions {
     pub encoding: Option<&'static Encoding>,
     /// The quote character.
     pub quote: u8,
+    /// A spreadsheet's sheet; `None` reads the first.
+    pub sheet: Option<String>,
 }
 
 impl Default for SourceOptions {
@@ -37,6 +44,7 @@ impl Default for SourceOptions {
             delimiter: None,
             encoding: None,
             quote: b'"',
+            sheet: None,
         }
     }
 }
@@ -49,10 +57,35 @@ pub struct SourceInfo {
     pub encoding: &'static Encoding,
     pub encoding_assumed: bool,
     pub bom: bool,
+    /// A spreadsheet: which sheet (a spreadsheet's rows are UTF-8 text, as
+    /// a CSV with commas would be).
+    pub sheet: Option<SheetInfo>,
 }
 
 impl std::fmt::Display for SourceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(sheet) = &self.sheet {
+            write!(
+                f,
+                "{}, sheet \"{}\" ({} of {} sheets)",
+                sheet.format,
+                sheet.name,
+                if sheet.named {
+                    "from the mapping"
+                } else {
+                    "the first"
+                },
+                sheet.sheets
+            )?;
+            if !sheet.ignored.is_empty() {
+                write!(
+                    f,
+                    "; [source] {} do not apply to a spreadsheet: ignored",
+                    sheet.ignored.join(" and ")
+                )?;
+            }
+            return Ok(());
+        }
         let delimiter = match self.delimiter {
             b'\t' => "tab".to_string(),
             d => format!("'{}'", d as char),
@@ -120,6 +153,9 @@ pub struct FieldError {
 pub struct RowError {
     pub id: RowId,
     pub error: FieldError,
+    /// Its cells, where they could be read (a spreadsheet's row with an
+    /// error cell): what the failed-rows CSV shows to fix.
+    pub cells: Option<Cells>,
 }
 
 /// Why a file cannot be used at all.
@@ -159,6 +195,14 @@ pub enum SourceError {
     },
     #[error("{path}: cannot read the CSV: {source}")]
     Csv { path: PathBuf, source: csv::Error },
+    #[error("{path}: {message}")]
+    Sheet { path: PathBuf, message: String },
+    #[error("{path}: this is a spreadsheet ({kind}), not a CSV: give it its extension ({extensions}) and it is read as one")]
+    SpreadsheetAsCsv {
+        path: PathBuf,
+        kind: &'static str,
+        extensions: &'static str,
+    },
 }
 
 /// The decoded cells of one row: one string and the end of each cell in it
@@ -267,6 +311,8 @@ struct RawRow {
     ends: (usize, usize),
     /// The record ran to the end of the file inside an opened quote.
     unterminated_quote: bool,
+    /// A spreadsheet's cell that is not a value: its index and why.
+    cell_problem: Option<(usize, sheet::CellProblem)>,
 }
 
 impl RawRows {
@@ -281,6 +327,32 @@ impl RawRows {
     /// The identity of record `i`.
     pub fn id(&self, i: usize) -> RowId {
         self.rows[i].id
+    }
+    /// Record `i` as cells, if its bytes are UTF-8.
+    fn text_cells(&self, i: usize) -> Option<Cells> {
+        let text = std::str::from_utf8(self.bytes_of(i)).ok()?;
+        let ends = self.ends_of(i);
+        ends.iter()
+            .all(|&e| text.is_char_boundary(e))
+            .then(|| CellsRef { text, ends }.to_cells())
+    }
+    /// Appends a spreadsheet's row (already text).
+    fn push_sheet_row(&mut self, id: RowId, row: &sheet::SheetRow) {
+        let (bytes_start, ends_start) = (self.bytes_used, self.ends_used);
+        let text = row.cells.text.as_bytes();
+        self.bytes.truncate(bytes_start);
+        self.bytes.extend_from_slice(text);
+        self.bytes_used = self.bytes.len();
+        self.ends.truncate(ends_start);
+        self.ends.extend_from_slice(&row.cells.ends);
+        self.ends_used = self.ends.len();
+        self.rows.push(RawRow {
+            id,
+            bytes: (bytes_start, self.bytes_used),
+            ends: (ends_start, self.ends_used),
+            unterminated_quote: false,
+            cell_problem: row.problem,
+        });
     }
     /// Forgets the records, keeping the buffers.
     pub fn clear(&mut self) {
@@ -438,6 +510,7 @@ impl<R: Read> Engine<R> {
                         bytes: (bytes_start, outlen),
                         ends: (ends_start, endlen),
                         unterminated_quote: at_eof && opened_field && quotes % 2 == 1,
+                        cell_problem: None,
                     });
                     return Ok(true);
                 }
@@ -479,6 +552,23 @@ impl Decoder {
                 None,
                 "a quoted field is never closed: the quote runs to the end of the file".into(),
             ));
+        }
+        if let Some((j, problem)) = raw.cell_problem {
+            let value = field(ends, j)
+                .and_then(|r| bytes.get(r))
+                .map(|b| shorten(&String::from_utf8_lossy(b)));
+            return Err(match problem {
+                sheet::CellProblem::Error => err(
+                    Some(self.column_name(j)),
+                    value,
+                    "the cell holds a spreadsheet error, not a value: fix the formula or clear the cell".into(),
+                ),
+                sheet::CellProblem::PastHeader => err(
+                    None,
+                    value,
+                    "a value in a column the header row does not name: name the column or clear the cell".into(),
+                ),
+            });
         }
         if ends.len() != self.header.len() {
             return Err(err(
@@ -591,11 +681,11 @@ impl Decoder {
     }
 }
 
-/// A streaming reader of one CSV file.
+/// A streaming reader of one CSV file or spreadsheet.
 #[derive(Debug)]
 pub struct Source<R: Read> {
     path: PathBuf,
-    engine: Engine<R>,
+    records: Records<R>,
     decoder: Decoder,
     info: SourceInfo,
     /// The one-record batch behind [`Source::next_row`].
@@ -604,17 +694,108 @@ pub struct Source<R: Read> {
     next_row: u64,
 }
 
+/// Where records come from: a CSV's bytes or a spreadsheet's rows.
+// One per open file: the size difference costs nothing; a box would cost
+// an indirection on the CSV's hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Records<R> {
+    Csv(Engine<R>),
+    Sheet(sheet::SheetReader),
+}
+
+impl<R: Read> Records<R> {
+    /// Appends the next record to `rows` as record number `row`; `false`
+    /// at the end.
+    fn read(&mut self, rows: &mut RawRows, row: u64) -> std::io::Result<bool> {
+        match self {
+            Records::Csv(engine) => engine.read(rows, row),
+            Records::Sheet(reader) => {
+                let Some(sheet_row) = reader.next()? else {
+                    return Ok(false);
+                };
+                let id = RowId {
+                    row,
+                    line: sheet_row.line,
+                    offset: sheet_row.line,
+                    fp: None,
+                };
+                rows.push_sheet_row(id, &sheet_row);
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// How much of the file is looked at to sniff the delimiter.
 const SNIFF_BYTES: usize = 64 * 1024;
 
 impl Source<File> {
-    /// Opens a file and reads its header row.
+    /// Opens a file (a CSV, or a spreadsheet by its extension) and reads
+    /// its header row.
     pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, SourceError> {
+        if is_spreadsheet(path) {
+            return Source::open_sheet(path, options);
+        }
         let file = File::open(path).map_err(|e| SourceError::Open {
             path: path.into(),
             source: e,
         })?;
         Source::from_reader(file, path, options)
+    }
+
+    /// Opens a spreadsheet's sheet; its header is the first row with a
+    /// value.
+    fn open_sheet(path: &Path, options: &SourceOptions) -> Result<Self, SourceError> {
+        if let Err(e) = File::open(path) {
+            return Err(SourceError::Open {
+                path: path.into(),
+                source: e,
+            });
+        }
+        let mut ignored = Vec::new();
+        if options.delimiter.is_some() {
+            ignored.push("delimiter");
+        }
+        if options.encoding.is_some() {
+            ignored.push("encoding");
+        }
+        let opened = sheet::open(path, options.sheet.as_deref(), ignored).map_err(|message| {
+            SourceError::Sheet {
+                path: path.into(),
+                message,
+            }
+        })?;
+        if opened.names.is_empty() {
+            return Err(SourceError::Empty { path: path.into() });
+        }
+        check_header(path, opened.line, &opened.names)?;
+        let info = SourceInfo {
+            delimiter: b',',
+            delimiter_sniffed: false,
+            encoding: encoding_rs::UTF_8,
+            encoding_assumed: false,
+            bom: false,
+            sheet: Some(opened.info),
+        };
+        Ok(Source {
+            path: path.into(),
+            records: Records::Sheet(opened.reader),
+            decoder: Decoder {
+                header: opened.names,
+                encoding: encoding_rs::UTF_8,
+            },
+            info,
+            record: RawRows::default(),
+            scratch: Cells::default(),
+            next_row: 1,
+        })
+    }
+
+    /// Whether the rows come from a spreadsheet (which cannot be entered
+    /// in the middle: [`Source::open_at`] is for CSV files).
+    pub fn is_sheet(&self) -> bool {
+        matches!(self.records, Records::Sheet(_))
     }
 
     /// Opens a file positioned at a data row found earlier (its byte offset,
@@ -645,7 +826,7 @@ impl Source<File> {
         );
         Ok(Source {
             path: path.into(),
-            engine,
+            records: Records::Csv(engine),
             decoder: Decoder {
                 header,
                 encoding: info.encoding,
@@ -677,6 +858,17 @@ impl<R: Read> Source<R> {
         if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
             return Err(SourceError::Utf16 { path: path.into() });
         }
+        let spreadsheet = |kind| SourceError::SpreadsheetAsCsv {
+            path: path.into(),
+            kind,
+            extensions: ".xlsx, .xls, .ods",
+        };
+        if head.starts_with(b"PK\x03\x04") {
+            return Err(spreadsheet("a zip file: .xlsx or .ods"));
+        }
+        if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]) {
+            return Err(spreadsheet("an OLE file: .xls"));
+        }
         let bom = head.starts_with(&[0xEF, 0xBB, 0xBF]);
         let head = if bom { &head[3..] } else { head };
         let (delimiter, delimiter_sniffed) = match options.delimiter {
@@ -689,6 +881,7 @@ impl<R: Read> Source<R> {
             encoding: options.encoding.unwrap_or(encoding_rs::UTF_8),
             encoding_assumed: options.encoding.is_none(),
             bom,
+            sheet: None,
         };
         let base_offset = if bom {
             buffered.consume(3);
@@ -699,7 +892,7 @@ impl<R: Read> Source<R> {
         let engine = Engine::new(buffered, delimiter, options.quote, base_offset, 1);
         let mut source = Source {
             path: path.into(),
-            engine,
+            records: Records::Csv(engine),
             decoder: Decoder {
                 header: Vec::new(),
                 encoding: info.encoding,
@@ -716,7 +909,7 @@ impl<R: Read> Source<R> {
     fn read_header(&mut self) -> Result<(), SourceError> {
         self.record.clear();
         let found = self
-            .engine
+            .records
             .read(&mut self.record, 0)
             .map_err(|e| SourceError::Read {
                 path: self.path.clone(),
@@ -738,20 +931,9 @@ impl<R: Read> Source<R> {
                 encoding: encoding.name(),
                 hint: encoding_hint(encoding, raw),
             })?;
-            let name = name.trim().to_string();
-            if !name.is_empty() {
-                if let Some(first) = header.iter().position(|h| h == &name) {
-                    return Err(SourceError::DuplicateHeader {
-                        path: self.path.clone(),
-                        line,
-                        name,
-                        first: first + 1,
-                        second: i + 1,
-                    });
-                }
-            }
-            header.push(name);
+            header.push(name.trim().to_string());
         }
+        check_header(&self.path, line, &header)?;
         self.decoder.header = header;
         Ok(())
     }
@@ -781,7 +963,7 @@ impl<R: Read> Source<R> {
     /// row alone; an outer `Err` is an I/O error that ends the stream.
     pub fn next_row(&mut self) -> Option<Result<Result<Row, RowError>, SourceError>> {
         self.record.clear();
-        match self.engine.read(&mut self.record, self.next_row) {
+        match self.records.read(&mut self.record, self.next_row) {
             Ok(false) => None,
             Err(e) => Some(Err(SourceError::Read {
                 path: self.path.clone(),
@@ -796,7 +978,15 @@ impl<R: Read> Source<R> {
                         id,
                         cells: cells.to_cells(),
                     }),
-                    Err(error) => Err(RowError { id, error }),
+                    Err(error) => Err(RowError {
+                        id,
+                        error,
+                        cells: self.record.rows[0]
+                            .cell_problem
+                            .is_some()
+                            .then(|| self.record.text_cells(0))
+                            .flatten(),
+                    }),
                 }))
             }
         }
@@ -814,7 +1004,7 @@ impl<R: Read> Source<R> {
         rows.clear();
         while rows.len() < max_rows && rows.bytes_used < max_bytes {
             let more = self
-                .engine
+                .records
                 .read(rows, self.next_row)
                 .map_err(|e| SourceError::Read {
                     path: self.path.clone(),
@@ -827,6 +1017,25 @@ impl<R: Read> Source<R> {
         }
         Ok(rows.len())
     }
+}
+
+/// Refuses a header with a name twice: columns are referred to by name.
+fn check_header(path: &Path, line: u64, header: &[String]) -> Result<(), SourceError> {
+    for (i, name) in header.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
+        if let Some(first) = header[..i].iter().position(|h| h == name) {
+            return Err(SourceError::DuplicateHeader {
+                path: path.into(),
+                line,
+                name: name.clone(),
+                first: first + 1,
+                second: i + 1,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a cell, refusing (not replacing) bytes the encoding does not have.
