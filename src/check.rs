@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::identity::FileKeys;
+use crate::ledger::Stage;
 use crate::mapping::{self, Evaluated, MappingError, Plan};
 use crate::source::{Cells, FieldError, RawRows, Row, RowId, Source, SourceError, SourceInfo};
 
@@ -24,6 +25,10 @@ pub enum InputError {
 pub struct RowIssue {
     pub row: u64,
     pub line: u64,
+    /// The stage the problem is at, when it is one stage's (what `check
+    /// --online` finds); absent for a row that cannot be read or mapped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,6 +41,7 @@ impl RowIssue {
         RowIssue {
             row: id.row,
             line: id.line,
+            stage: None,
             column: e.column,
             value: e.value,
             reason: e.reason,
@@ -64,6 +70,22 @@ pub struct CheckReport {
     pub invalid: u64,
     /// Every problem found (a row may have several).
     pub errors: Vec<RowIssue>,
+    /// The problems grouped by reason, most rows first (set by
+    /// [`CheckReport::grouped`]).
+    pub reasons: Vec<crate::reasons::Reason>,
+}
+
+impl CheckReport {
+    /// The report with its problems grouped by reason.
+    pub fn grouped(mut self) -> CheckReport {
+        let mut reasons = crate::reasons::Reasons::default();
+        for issue in &self.errors {
+            let stage = issue.stage.unwrap_or("mapping");
+            reasons.add(stage, "invalid", issue.row, issue.line, &issue.to_string());
+        }
+        self.reasons = reasons.sorted();
+        self
+    }
 }
 
 /// A mapping and a file, opened and compiled: ready to read rows.
@@ -124,11 +146,7 @@ pub fn check_online(
         if payloads.invalid_stages.is_empty() {
             Ok(())
         } else {
-            Err(payloads
-                .invalid_stages
-                .into_iter()
-                .map(|(_, e)| e)
-                .collect())
+            Err(payloads.invalid_stages)
         }
     })
 }
@@ -138,7 +156,7 @@ pub fn check_online(
 pub fn check_rows(
     input: &mut Input,
     limit: Option<u64>,
-    mut judge: impl FnMut(&Plan, &Row, Evaluated) -> Result<(), Vec<crate::source::FieldError>>,
+    mut judge: impl FnMut(&Plan, &Row, Evaluated) -> Result<(), Vec<(Stage, FieldError)>>,
 ) -> Result<CheckReport, InputError> {
     let mut report = CheckReport::default();
     let mut file_keys = FileKeys::default();
@@ -163,14 +181,17 @@ pub fn check_rows(
                             None => Ok(ev),
                         }
                     })
+                    .map_err(|errors| errors.into_iter().map(|e| (Stage::Mapping, e)).collect())
                     .and_then(|ev| judge(plan, &row, ev));
                 match judged {
                     Ok(()) => report.valid += 1,
                     Err(errors) => {
                         report.invalid += 1;
-                        report
-                            .errors
-                            .extend(errors.into_iter().map(|e| RowIssue::new(row.id, e)));
+                        report.errors.extend(errors.into_iter().map(|(stage, e)| {
+                            let mut issue = RowIssue::new(row.id, e);
+                            issue.stage = (stage != Stage::Mapping).then(|| stage.name());
+                            issue
+                        }));
                     }
                 }
             }
@@ -179,13 +200,14 @@ pub fn check_rows(
     Ok(report)
 }
 
-/// Prints a report for a person: the first `max_errors` problems, a count of
-/// the rest, and the totals.
+/// Prints a report for a person: the problems by reason, the first
+/// `max_errors` problems row by row, a count of the rest, and the totals.
 pub fn print_text(
     out: &mut impl Write,
     report: &CheckReport,
     max_errors: usize,
 ) -> std::io::Result<()> {
+    write!(out, "{}", crate::reasons::render(&report.reasons, 20))?;
     for issue in report.errors.iter().take(max_errors) {
         writeln!(out, "{issue}")?;
     }

@@ -165,9 +165,12 @@ pub struct CheckArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// How many row errors to print in text mode.
+    /// How many row errors to print in text mode, after the problems by reason.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_errors: usize,
+    /// List every row error (text mode).
+    #[arg(long)]
+    pub all: bool,
     /// Also ask the system (read-only GETs) what the mapping refers to: field groups, campaigns, statuses, agents.
     #[arg(long)]
     pub online: bool,
@@ -217,6 +220,9 @@ pub struct ReportArgs {
     /// Write the failed-rows CSV as UTF-8 with `,` instead of the source's choices.
     #[arg(long)]
     pub utf8: bool,
+    /// After the problems by reason, list every row that is not done.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Args)]

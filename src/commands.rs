@@ -61,14 +61,20 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
         check::check_rows(&mut input, args.limit, |_, _, _| Ok(()))?
     } else {
         check::check_parallel(&mut input)?
-    };
+    }
+    .grouped();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        check::print_text(&mut out, &report, args.max_errors)?;
+        let listed = if args.all {
+            usize::MAX
+        } else {
+            args.max_errors
+        };
+        check::print_text(&mut out, &report, listed)?;
     }
     Ok(if report.invalid == 0 {
         Exit::Ok
@@ -99,6 +105,7 @@ fn dry_run(args: &RunArgs) -> anyhow::Result<Exit> {
     if let Some(e) = write_error {
         return Err(e.into());
     }
+    let report = report.grouped();
     check::print_text(&mut out, &report, 20)?;
     writeln!(out, "Dry run: nothing was sent.")?;
     Ok(if report.invalid == 0 {
@@ -749,8 +756,9 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
         writeln!(out)?;
     } else {
         writeln!(out, "{}", report::render(&summary))?;
-        const LIMIT: usize = 50;
-        for p in outcomes.problems(LIMIT) {
+        // The reasons are in the summary; every row with `--all`.
+        let listed = if args.all { usize::MAX } else { 0 };
+        for p in outcomes.problems(listed) {
             writeln!(
                 out,
                 "row {} (line {}): {} {}: {}",

@@ -27,6 +27,7 @@ pub mod pace;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;
+pub mod reasons;
 pub mod report;
 pub mod resume;
 pub mod retry;

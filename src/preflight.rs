@@ -296,7 +296,12 @@ impl System {
                 Err(e) => Some(e),
             };
             if let Some(reason) = found {
-                let e = problem(&c.campaign_id, reason);
+                // The reason names the value at fault (a status, an agent).
+                let e = FieldError {
+                    column: None,
+                    value: None,
+                    reason,
+                };
                 p.campaign = None;
                 p.invalid_stages.push((Stage::Campaign, e));
             }
@@ -317,7 +322,11 @@ impl System {
                 Err(e) => Some(e),
             };
             if let Some(reason) = found {
-                let e = problem(&u.campaign_id, reason);
+                let e = FieldError {
+                    column: None,
+                    value: None,
+                    reason,
+                };
                 p.campaign_update = None;
                 p.invalid_stages.push((Stage::CampaignUpdate, e));
             }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::ledger::{Action, Stage};
 use crate::outcomes::{Counts, Outcomes};
+use crate::reasons::{Reason, Reasons};
 
 /// What `report --json` prints.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct Report {
     /// Ledger lines that could not be read (a crash mid-write).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable_lines: Vec<String>,
+    /// The outcomes that are not ok, grouped by reason, most rows first.
+    pub reasons: Vec<Reason>,
 }
 
 impl Report {
@@ -57,6 +60,7 @@ impl Report {
             read_error: outcomes.read_error().map(str::to_string),
             limit: outcomes.limit(),
             unreadable_lines: outcomes.unreadable.clone(),
+            reasons: reasons(outcomes),
         }
     }
 
@@ -65,6 +69,18 @@ impl Report {
         self.ok == self.rows && self.read_error.is_none() && self.limit.is_none()
     }
 }
+
+/// The outcomes that are not ok, by reason.
+fn reasons(outcomes: &Outcomes) -> Vec<Reason> {
+    let mut reasons = Reasons::default();
+    for p in outcomes.problems(usize::MAX) {
+        reasons.add(p.stage.name(), p.status.name(), p.row, p.line, &p.message);
+    }
+    reasons.sorted()
+}
+
+/// How many reasons the text lists (`--json` has all).
+const REASONS_SHOWN: usize = 20;
 
 /// The summary table, as `run` and `report` print it.
 pub fn render(report: &Report) -> String {
@@ -130,6 +146,10 @@ pub fn render(report: &Report) -> String {
             "\nreading stopped after row {}: {e}; the rows after it were never read (`retry` continues from there)",
             report.rows
         );
+    }
+    let reasons = crate::reasons::render(&report.reasons, REASONS_SHOWN);
+    if !reasons.is_empty() {
+        let _ = write!(out, "\n{}", reasons.trim_end());
     }
     out
 }
