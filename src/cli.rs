@@ -30,6 +30,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Serve a local Thulium stand-in to rehearse an import against.
     Sandbox(SandboxArgs),
+    /// Write a first mapping for a file: [source] sniffed, columns matched to customer fields, the others as comments.
+    Init(InitArgs),
 }
 
 /// Where to send and as whom. The password is never a flag: it comes from
@@ -223,6 +225,29 @@ pub struct ReportArgs {
     /// After the problems by reason, list every row that is not done.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The CSV export or spreadsheet to write a mapping for.
+    pub file: PathBuf,
+    /// Write the mapping to this file (created 0600: its comments quote the file's values) instead of stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Overwrite --output if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// A spreadsheet's sheet (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
+    /// How many data rows to look at.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample: u64,
+    /// Also list the system's field groups, campaigns and agents as comments (read-only GETs).
+    #[arg(long)]
+    pub online: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,12 +8,13 @@ use anyhow::Context;
 
 use crate::check::{self, Input};
 use crate::cli::{
-    CheckArgs, Cli, Command, IndexMode, OutputArgs, PaceArgs, ReportArgs, RetryArgs, RunArgs,
-    SandboxArgs, SyncArgs,
+    CheckArgs, Cli, Command, IndexMode, InitArgs, OutputArgs, PaceArgs, ReportArgs, RetryArgs,
+    RunArgs, SandboxArgs, SyncArgs,
 };
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials::{self, Credentials, Password};
 use crate::identity;
+use crate::init;
 use crate::ledger::{self, Header, Ledger, LedgerLock};
 use crate::outcomes::Outcomes;
 use crate::pace::RateSpec;
@@ -35,7 +36,109 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(args) => run_command(args).await,
         Command::Report(args) => report_command(&args),
         Command::Retry(args) => retry_command(args).await,
+        Command::Init(args) => init_command(&args).await,
     }
+}
+
+/// `thulium-import init`: writes a first mapping for a file (exit 0); exit
+/// 2 when the file cannot be read or `--output` exists without `--force`.
+async fn init_command(args: &InitArgs) -> anyhow::Result<Exit> {
+    if let Some(out) = &args.output {
+        if std::fs::canonicalize(out).ok() == std::fs::canonicalize(&args.file).ok() && out.exists()
+        {
+            anyhow::bail!("--output {} is the file to read", out.display());
+        }
+        if out.exists() && !args.force {
+            anyhow::bail!("{} exists: pass --force to overwrite it", out.display());
+        }
+    }
+    let system = if args.online {
+        let credentials = credentials::resolve(
+            args.connect.url.as_deref(),
+            args.connect.user.as_deref(),
+            args.connect.password_file.as_deref(),
+        )?;
+        let client = ApiClient::new(&credentials, &ClientConfig::default())
+            .context("cannot set up the HTTP client")?;
+        let system = init::read_system(&client)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read what the system has: {e}"))?;
+        eprintln!(
+            "Read what the system has in {} request(s).",
+            system.requests
+        );
+        Some(system)
+    } else {
+        None
+    };
+    let options = init::InitOptions {
+        sheet: args.sheet.clone(),
+        sample: args.sample,
+    };
+    let draft = init::draft(&args.file, &options, system.as_ref())?;
+    let checked = init::verify(&args.file, &draft.text, draft.sampled)?;
+    match &args.output {
+        Some(out) => write_private(out, draft.text.as_bytes())
+            .with_context(|| format!("cannot write {}", out.display()))?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(draft.text.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
+    let mapped: Vec<String> = draft
+        .mapped
+        .iter()
+        .map(|(key, column)| format!("{key} ← \"{column}\""))
+        .collect();
+    eprintln!(
+        "Mapped {} column(s) to customer fields: {}; {} other column(s) left as comments.",
+        mapped.len(),
+        mapped.join(", "),
+        draft.commented
+    );
+    if draft.match_keys.is_empty() {
+        eprintln!("No column is a unique key in the rows sampled: no match suggested (every row creates a customer).");
+    } else {
+        eprintln!(
+            "Suggested match = {}: customers that exist are found and updated.",
+            draft.match_keys.join(", ")
+        );
+    }
+    eprintln!(
+        "Checked with the first {} row(s): {} valid, {} invalid.",
+        checked.rows, checked.valid, checked.invalid
+    );
+    eprint!("{}", crate::reasons::render(&checked.reasons, 5));
+    for note in &draft.notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(out) = &args.output {
+        eprintln!(
+            "Wrote {}. Read its comments, then: thulium-import check {} --mapping {}",
+            out.display(),
+            args.file.display(),
+            out.display()
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, created
+/// 0600, renamed over `path` once complete.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 /// `thulium-import check`: exit 0 when every row is valid, 1 when some are

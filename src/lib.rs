@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod exit;
 pub mod failed_csv;
 pub mod identity;
+pub mod init;
 pub mod ledger;
 pub mod mapping;
 pub mod outcomes;

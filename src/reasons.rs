@@ -198,12 +198,14 @@ pub fn generalize(message: &str) -> String {
         let from = start + "value \"".len();
         if let Some(len) = owned[from..].find("\": ") {
             value = Some(owned[from..from + len].to_string());
-            let cut_from = if owned[..start].ends_with(": ") {
-                start - 2
+            // `…: value "v": reason` loses `: value "v"`; `value "v":
+            // reason` at the start loses `value "v": `.
+            let cut = if owned[..start].ends_with(": ") {
+                start - 2..from + len + 1
             } else {
-                start
+                start..from + len + 3
             };
-            owned.replace_range(cut_from..from + len + 1, "");
+            owned.replace_range(cut, "");
         }
     }
     match value {
@@ -281,6 +283,13 @@ mod tests {
         assert_eq!(
             generalize("line 340: has 10 fields, the header has 23"),
             "has 10 fields, the header has 23"
+        );
+        // A value without a column (preflight's words on a constant field).
+        assert_eq!(
+            generalize(
+                "line 2: value \"jdoe\": account_manager jdoe is not an agent of this system"
+            ),
+            "account_manager … is not an agent of this system"
         );
         // The value repeated in the reason, as a word.
         assert_eq!(

@@ -1,0 +1,1714 @@
+//! `init`: a first mapping for a file, written from its header and its
+//! first rows, so that nobody starts from a blank page.
+//!
+//! - `[source]` from sniffing: the encoding (UTF-8, or which of the two
+//!   Polish 8-bit code pages), a byte-order mark, the delimiter (the one
+//!   that splits the first lines into the header's number of fields), or a
+//!   spreadsheet's sheet.
+//! - Columns matched to customer fields by name ([`TARGETS`]): case,
+//!   diacritics, punctuation and words such as "klienta" or "customer"
+//!   ignored, Polish and English synonyms, then near misses (one letter
+//!   off, with `strsim`). Values can veto a name: an "E-mail" column
+//!   without addresses is not mapped to `email`.
+//! - Options from the values ([`Profile`]): `phone` for phone numbers,
+//!   `split` where cells hold several, a `date` format (day first or month
+//!   first decided by values over 12), `map` for yes/no columns, `type =
+//!   "integer"` for whole numbers.
+//! - A column whose values are unique in the sample suggested as `match`.
+//! - Every other column as a commented `custom_fields` line, with samples.
+//!
+//! The mapping is compiled and checked against the sampled rows before it
+//! is written: `check` accepts what `init` writes.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use encoding_rs::Encoding;
+
+use crate::check::{self, CheckReport, Input};
+use crate::mapping::date::DateFormat;
+use crate::preflight::System;
+use crate::source::{is_spreadsheet, Source, SourceError, SourceOptions};
+use crate::validate::is_email;
+
+/// How much of a CSV is looked at to tell its encoding.
+const ENCODING_BYTES: usize = 8 << 20;
+/// How much of a CSV is looked at to tell its delimiter.
+const DELIMITER_BYTES: usize = 256 << 10;
+/// Where comments start on a mapping line.
+const COMMENT_AT: usize = 44;
+
+/// What `init` is asked for.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// A spreadsheet's sheet (default: the first).
+    pub sheet: Option<String>,
+    /// How many data rows are looked at.
+    pub sample: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            sheet: None,
+            sample: 1000,
+        }
+    }
+}
+
+/// A file `init` cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The mapping written does not compile: a bug in `init`.
+    #[error("the mapping init wrote does not work, which is a bug in init: {0}")]
+    Invalid(String),
+}
+
+/// A mapping written by [`draft`].
+#[derive(Debug)]
+pub struct Draft {
+    /// The mapping's text.
+    pub text: String,
+    /// What a person should know (printed on stderr).
+    pub notes: Vec<String>,
+    /// Customer fields mapped: (TOML key, column).
+    pub mapped: Vec<(String, String)>,
+    /// Columns left as comments.
+    pub commented: usize,
+    /// The keys suggested as `match`.
+    pub match_keys: Vec<&'static str>,
+    /// The data rows looked at.
+    pub sampled: u64,
+}
+
+/// Writes a first mapping for `path` from its header and first rows;
+/// `system`, when read (`init --online`), adds what the system has as
+/// comments.
+pub fn draft(
+    path: &Path,
+    options: &InitOptions,
+    system: Option<&System>,
+) -> Result<Draft, InitError> {
+    let sniffed = sniff(path, options)?;
+    let mut source = Source::open(path, &sniffed.options)?;
+    let header = source.header().to_vec();
+    let mut columns: Vec<Profile> = header.iter().map(|h| Profile::new(h)).collect();
+    let (mut sampled, mut unreadable) = (0u64, 0u64);
+    while let Some(next) = source.next_row() {
+        if sampled >= options.sample {
+            break;
+        }
+        sampled += 1;
+        match next? {
+            Ok(row) => {
+                for (profile, cell) in columns.iter_mut().zip(row.cells.iter()) {
+                    profile.add(cell);
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    for column in &mut columns {
+        column.finish();
+    }
+    let sheet = source.info().sheet.clone();
+    let mut notes = Vec::new();
+    if unreadable > 0 {
+        notes.push(format!(
+            "{unreadable} of the first {sampled} rows could not be read; `check` says why"
+        ));
+    }
+    let chosen = choose(&columns, sampled, &mut notes);
+    let mut out = Writer::default();
+    out.preamble(path, sampled);
+    match &sheet {
+        Some(sheet) => out.sheet_source(sheet),
+        None => out.csv_source(&sniffed),
+    }
+    if let Some(col) = chosen.customer_id {
+        out.entry(
+            "customer_id",
+            &quote(&columns[col].name),
+            &format!(
+                "Thulium customer ids: these rows skip creation; {}",
+                columns[col].samples()
+            ),
+        );
+    }
+    out.customer(&columns, &chosen, system);
+    if let Some(system) = system {
+        out.system(&columns, system);
+    }
+    let draft = Draft {
+        text: out.text,
+        notes,
+        mapped: chosen
+            .fields
+            .iter()
+            .map(|c| (c.target.key.to_string(), columns[c.column].name.clone()))
+            .collect(),
+        commented: chosen.unused(columns.len()).count(),
+        match_keys: chosen.match_keys.clone(),
+        sampled,
+    };
+    Ok(draft)
+}
+
+/// Compiles `text` as the mapping of `path` and checks the first `limit`
+/// rows with it, as `check --limit` would.
+pub fn verify(path: &Path, text: &str, limit: u64) -> Result<CheckReport, InitError> {
+    let invalid = |e: &dyn std::fmt::Display| InitError::Invalid(e.to_string());
+    let mapping =
+        crate::mapping::parse(Path::new("(init)"), text.to_string()).map_err(|e| invalid(&e))?;
+    let options = mapping.source_options().map_err(|e| invalid(&e))?;
+    let source = Source::open(path, &options)?;
+    let plan = crate::mapping::compile(&mapping, source.header()).map_err(|e| invalid(&e))?;
+    let mut input = Input {
+        csv: path.into(),
+        mapping,
+        plan,
+        source,
+    };
+    let report =
+        check::check_rows(&mut input, Some(limit), |_, _, _| Ok(())).map_err(|e| match e {
+            check::InputError::Source(e) => InitError::Source(e),
+            check::InputError::Mapping(e) => invalid(&e),
+        })?;
+    Ok(report.grouped())
+}
+
+/// What `init --online` lists: the field groups with their fields, the
+/// campaigns with their statuses (the first 20), the agents.
+pub async fn read_system(client: &crate::api::ApiClient) -> Result<System, crate::api::CallError> {
+    let mut needs = crate::preflight::Needs {
+        field_groups: true,
+        campaigns: true,
+        agents: true,
+        ..Default::default()
+    };
+    let mut system = System::read(client, &needs).await?;
+    needs.campaign_ids = system
+        .outbounds
+        .iter()
+        .flatten()
+        .take(20)
+        .map(|o| o.id.clone())
+        .collect();
+    if !needs.campaign_ids.is_empty() {
+        needs.field_groups = false;
+        needs.agents = false;
+        let more = System::read(client, &needs).await?;
+        system.campaigns = more.campaigns;
+        system.requests += more.requests;
+    }
+    Ok(system)
+}
+
+// ---------------------------------------------------------------------------
+// Sniffing
+
+/// How the file is read, and why.
+#[derive(Debug)]
+struct Sniffed {
+    options: SourceOptions,
+    /// Why this encoding.
+    encoding_why: String,
+    bom: bool,
+    /// Why this delimiter.
+    delimiter_why: String,
+}
+
+fn sniff(path: &Path, options: &InitOptions) -> Result<Sniffed, InitError> {
+    if is_spreadsheet(path) {
+        return Ok(Sniffed {
+            options: SourceOptions {
+                sheet: options.sheet.clone(),
+                ..SourceOptions::default()
+            },
+            encoding_why: String::new(),
+            bom: false,
+            delimiter_why: String::new(),
+        });
+    }
+    let mut head = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| SourceError::Open {
+        path: path.into(),
+        source: e,
+    })?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, ENCODING_BYTES as u64),
+        &mut head,
+    )
+    .map_err(|e| InitError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let whole = head.len() < ENCODING_BYTES;
+    let bom = head.starts_with(&[0xEF, 0xBB, 0xBF]);
+    let body = if bom { &head[3..] } else { &head[..] };
+    let (encoding, encoding_why) = sniff_encoding(body, whole, bom);
+    let cut = &body[..body.len().min(DELIMITER_BYTES)];
+    let text = encoding.decode_without_bom_handling(cut).0;
+    let (delimiter, delimiter_why) = sniff_delimiter(&text);
+    Ok(Sniffed {
+        options: SourceOptions {
+            delimiter: Some(delimiter),
+            encoding: Some(encoding),
+            ..SourceOptions::default()
+        },
+        encoding_why,
+        bom,
+        delimiter_why,
+    })
+}
+
+/// UTF-8 when the bytes are UTF-8 (or start with its byte-order mark);
+/// otherwise one of the two code pages Polish text comes in: windows-1250
+/// uses bytes 0x80–0x9F for letters (ś, ź, Ś, Ź...) that ISO-8859-2 keeps
+/// for control codes, and they place ą, ś, ź differently.
+fn sniff_encoding(bytes: &[u8], whole: bool, bom: bool) -> (&'static Encoding, String) {
+    if bom {
+        return (encoding_rs::UTF_8, "a UTF-8 byte-order mark".into());
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(_) => return (encoding_rs::UTF_8, "the bytes read are UTF-8".into()),
+        // Cut in the middle of a character at the end of what was read.
+        Err(e) if e.error_len().is_none() && !whole => {
+            return (encoding_rs::UTF_8, "the bytes read are UTF-8".into())
+        }
+        Err(_) => {}
+    }
+    let windows_only = bytes.iter().filter(|b| (0x80..=0x9F).contains(*b)).count();
+    let iso = bytes
+        .iter()
+        .filter(|b| matches!(b, 0xA1 | 0xA6 | 0xAC | 0xB1 | 0xB6 | 0xBC))
+        .count();
+    let windows = bytes.iter().filter(|b| matches!(b, 0xA5 | 0xB9)).count();
+    if windows_only == 0 && iso > windows {
+        (
+            encoding_rs::ISO_8859_2,
+            "not UTF-8; the letters read as ISO-8859-2".into(),
+        )
+    } else {
+        (
+            encoding_rs::WINDOWS_1250,
+            "not UTF-8; Polish letters read as windows-1250".into(),
+        )
+    }
+}
+
+/// The delimiter among `,` `;` tab `|` that splits the first lines into as
+/// many fields as the header has, most often, with the most fields.
+fn sniff_delimiter(text: &str) -> (u8, String) {
+    // Whole lines only.
+    let text = match text.rfind('\n') {
+        Some(i) if i + 1 < text.len() => &text[..=i],
+        _ => text,
+    };
+    let mut best: Option<(u8, usize, usize, usize)> = None; // (d, width, consistent, lines)
+    for d in [b',', b';', b'\t', b'|'] {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(d)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut records = reader.records().take(200).filter_map(Result::ok);
+        let Some(first) = records.next() else {
+            continue;
+        };
+        let width = first.len();
+        let (mut lines, mut consistent) = (0, 0);
+        for r in records {
+            lines += 1;
+            consistent += usize::from(r.len() == width);
+        }
+        if width < 2 {
+            continue;
+        }
+        let better = best.is_none_or(|(_, w, c, l)| {
+            // Compare consistent/lines fractions, then widths.
+            let ours = consistent * l.max(1);
+            let theirs = c * lines.max(1);
+            ours > theirs || (ours == theirs && width > w)
+        });
+        if better {
+            best = Some((d, width, consistent, lines));
+        }
+    }
+    match best {
+        Some((d, width, consistent, lines)) => (
+            d,
+            format!("{width} columns in the header; {consistent} of the next {lines} lines split into as many"),
+        ),
+        None => (b',', "one column: no delimiter splits the header".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the columns hold
+
+/// One column's sampled values and what they look like.
+#[derive(Debug)]
+struct Profile {
+    name: String,
+    /// Compact name: lowercase ASCII letters and digits.
+    compact: String,
+    /// The compact name without filler words ("klienta", "customer").
+    stripped: String,
+    values: Vec<String>,
+    filled: usize,
+    distinct: usize,
+    kind: Kind,
+    /// Phone numbers (most values), and the separator of cells with several.
+    phone: Option<Option<char>>,
+}
+
+/// What a column's values are.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Empty,
+    /// E-mail addresses; `Some(sep)` when some cells hold several.
+    Email(Option<char>),
+    Date(DateGuess),
+    /// Yes/no: the words for true and false.
+    Bool(&'static str, &'static str),
+    Integer,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DateGuess {
+    format: &'static str,
+    /// Values that do not read as the format.
+    misses: usize,
+    /// Day and month order not settled by the sample (no value over 12).
+    ambiguous: bool,
+}
+
+/// The words a yes/no column uses, `true` word first.
+const BOOLS: &[(&str, &str)] = &[
+    ("tak", "nie"),
+    ("t", "n"),
+    ("yes", "no"),
+    ("y", "n"),
+    ("true", "false"),
+    ("prawda", "fałsz"),
+    ("1", "0"),
+];
+
+/// Date formats tried, day-first before month-first; within one, the
+/// date alone before the date and time.
+const DATE_FORMATS: &[&str] = &[
+    "%Y-%m-%d",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d %H:%M:%S",
+    "%d.%m.%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%d-%m-%Y",
+    "%d-%m-%Y %H:%M",
+    "%Y.%m.%d",
+    "%Y/%m/%d",
+    "%d.%m.%y",
+];
+
+impl Profile {
+    fn new(name: &str) -> Profile {
+        let (compact, stripped) = names(name);
+        Profile {
+            name: name.to_string(),
+            compact,
+            stripped,
+            values: Vec::new(),
+            filled: 0,
+            distinct: 0,
+            kind: Kind::Empty,
+            phone: None,
+        }
+    }
+
+    fn add(&mut self, cell: &str) {
+        let cell = cell.trim();
+        if !cell.is_empty() {
+            self.filled += 1;
+            self.values.push(cell.to_string());
+        }
+    }
+
+    fn finish(&mut self) {
+        self.distinct = self.values.iter().collect::<HashSet<_>>().len();
+        self.kind = kind(&self.values);
+        self.phone = most(&self.values, |v| list_of(v, looks_like_phone));
+    }
+
+    /// Whether every value is different (and there is one).
+    fn unique(&self, fold: bool) -> bool {
+        if self.filled == 0 {
+            return false;
+        }
+        if fold {
+            let set: HashSet<String> = self.values.iter().map(|v| v.to_lowercase()).collect();
+            set.len() == self.filled
+        } else {
+            self.distinct == self.filled
+        }
+    }
+
+    /// "e.g. "a", "b", "c"", the first three different values, shortened.
+    fn samples(&self) -> String {
+        if self.values.is_empty() {
+            return "empty in the rows sampled".into();
+        }
+        let mut seen = HashSet::new();
+        let shown: Vec<String> = self
+            .values
+            .iter()
+            .filter(|v| seen.insert(v.as_str()))
+            .take(3)
+            .map(|v| format!("\"{}\"", comment_safe(v)))
+            .collect();
+        format!("e.g. {}", shown.join(", "))
+    }
+}
+
+/// What most values (four in five) are; `Some(sep)` when some needed
+/// splitting on `sep`.
+fn most(values: &[String], each: impl Fn(&str) -> Option<Option<char>>) -> Option<Option<char>> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut hits = 0;
+    let mut sep = None;
+    for v in values {
+        if let Some(s) = each(v) {
+            hits += 1;
+            sep = sep.or(s);
+        }
+    }
+    (hits * 5 >= values.len() * 4).then_some(sep)
+}
+
+/// `Some(None)` when `v` is one item, `Some(Some(sep))` when it is several
+/// separated by `,` or `;`.
+fn list_of(v: &str, item: impl Fn(&str) -> bool) -> Option<Option<char>> {
+    if item(v) {
+        return Some(None);
+    }
+    for sep in [',', ';'] {
+        let parts: Vec<&str> = v.split(sep).map(str::trim).collect();
+        if parts.len() > 1 && parts.iter().all(|p| p.is_empty() || item(p)) {
+            return Some(Some(sep));
+        }
+    }
+    None
+}
+
+/// A phone number as people write one: 6 to 15 digits, maybe a leading
+/// `+`, spaces, dashes, dots and parentheses, no letters.
+fn looks_like_phone(v: &str) -> bool {
+    let v = v.trim();
+    let v = v.strip_prefix('+').unwrap_or(v);
+    let digits = v.chars().filter(char::is_ascii_digit).count();
+    (6..=15).contains(&digits)
+        && v.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')' | '/'))
+}
+
+fn kind(values: &[String]) -> Kind {
+    if values.is_empty() {
+        return Kind::Empty;
+    }
+    if let Some(sep) = most(values, |v| list_of(v, is_email)) {
+        return Kind::Email(sep);
+    }
+    if let Some(date) = date_guess(values) {
+        return Kind::Date(date);
+    }
+    if let Some((yes, no)) = yes_no(values) {
+        return Kind::Bool(yes, no);
+    }
+    let whole = |v: &String| {
+        let d = v.strip_prefix('-').unwrap_or(v);
+        (1..=15).contains(&d.len())
+            && d.bytes().all(|b| b.is_ascii_digit())
+            && (d == "0" || !d.starts_with('0'))
+    };
+    if values.iter().all(whole) {
+        return Kind::Integer;
+    }
+    Kind::Text
+}
+
+/// The yes/no words most values (four in five) are, both of them seen;
+/// 1 and 0 only when every value is one of them (a count is as likely).
+fn yes_no(values: &[String]) -> Option<(&'static str, &'static str)> {
+    let lower: Vec<String> = values.iter().map(|v| v.to_lowercase()).collect();
+    BOOLS.iter().copied().find(|&(yes, no)| {
+        let hits = lower.iter().filter(|v| *v == yes || *v == no).count();
+        let both = lower.iter().any(|v| v == yes) && lower.iter().any(|v| v == no);
+        if yes == "1" {
+            both && hits == lower.len()
+        } else {
+            hits > 0 && hits * 5 >= lower.len() * 4
+        }
+    })
+}
+
+/// The date format most values read as (four in five at least).
+fn date_guess(values: &[String]) -> Option<DateGuess> {
+    let mut best: Option<(&'static str, usize)> = None;
+    let mut hits_of = Vec::new();
+    for &f in DATE_FORMATS {
+        let Ok(format) = DateFormat::new(f) else {
+            continue;
+        };
+        let hits = values.iter().filter(|v| format.parse(v).is_ok()).count();
+        hits_of.push((f, hits));
+        if best.is_none_or(|(_, h)| hits > h) {
+            best = Some((f, hits));
+        }
+    }
+    let (format, hits) = best?;
+    if hits == 0 || hits * 5 < values.len() * 4 {
+        return None;
+    }
+    // Day first and month first both read every value: nothing over 12.
+    let other = format
+        .split_once("%d/%m")
+        .map(|(a, b)| format!("{a}%m/%d{b}"));
+    let ambiguous = other.is_some_and(|o| hits_of.iter().any(|(f, h)| *f == o && *h == hits));
+    Some(DateGuess {
+        format,
+        misses: values.len() - hits,
+        ambiguous,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Names
+
+/// What a column can become.
+#[derive(Debug)]
+pub struct Target {
+    /// The TOML key within its table.
+    pub key: &'static str,
+    table: Table,
+    /// Names, as people write them (normalised when compared).
+    names: &'static [&'static str],
+    /// Names that say less (`ID`, `Tel`): they score below the others.
+    generic: &'static [&'static str],
+    want: Want,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Customer,
+    Address,
+    /// `[source] customer_id`.
+    Source,
+    /// A whole name or a company: `surname` when nothing else is.
+    Fallback,
+}
+
+/// What a target's values must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Any,
+    Email,
+    Phone,
+    Date,
+    Bool,
+    Integer,
+}
+
+macro_rules! target {
+    ($key:literal, $table:ident, $want:ident, [$($n:literal),* $(,)?] $(, generic [$($g:literal),*])?) => {
+        Target {
+            key: $key,
+            table: Table::$table,
+            names: &[$($n),*],
+            generic: &[$($($g),*)?],
+            want: Want::$want,
+        }
+    };
+}
+
+/// The customer fields and the names columns go by.
+pub static TARGETS: &[Target] = &[
+    target!(
+        "surname",
+        Customer,
+        Any,
+        [
+            "Nazwisko",
+            "Last Name",
+            "Surname",
+            "Family Name",
+            "Lastname"
+        ]
+    ),
+    target!(
+        "name",
+        Customer,
+        Any,
+        ["Imię", "First Name", "Given Name", "Forename", "Imiona"]
+    ),
+    target!(
+        "email",
+        Customer,
+        Email,
+        [
+            "E-mail",
+            "Email",
+            "Adres e-mail",
+            "Email Address",
+            "E-mail address",
+            "Adres mailowy",
+            "E-maile",
+            "Emails",
+            "Emaile"
+        ],
+        generic["Mail"]
+    ),
+    target!(
+        "phone_number",
+        Customer,
+        Phone,
+        [
+            "Telefon",
+            "Tel. komórkowy",
+            "Telefon komórkowy",
+            "Tel. kom.",
+            "Komórka",
+            "Mobile",
+            "Mobile Phone",
+            "Phone",
+            "Phone Number",
+            "Cell",
+            "Cell Phone",
+            "Numer telefonu",
+            "Nr telefonu",
+            "Nr tel.",
+            "Telefony",
+            "Phones",
+            "GSM",
+            "Telefon kontaktowy",
+            "Mobile Number"
+        ],
+        generic["Tel"]
+    ),
+    target!(
+        "identifier",
+        Customer,
+        Any,
+        [
+            "ID klienta",
+            "Nr klienta",
+            "Numer klienta",
+            "Kod klienta",
+            "Customer ID",
+            "Client ID",
+            "Customer Number",
+            "Customer No",
+            "External ID",
+            "CRM ID",
+            "Identyfikator",
+            "Identifier",
+            "Account Number",
+            "Contact ID"
+        ],
+        generic["ID"]
+    ),
+    target!(
+        "note",
+        Customer,
+        Any,
+        [
+            "Notatka",
+            "Notatki",
+            "Uwagi",
+            "Uwaga",
+            "Note",
+            "Notes",
+            "Comment",
+            "Comments",
+            "Komentarz",
+            "Opis",
+            "Description",
+            "Remarks"
+        ]
+    ),
+    target!(
+        "nip",
+        Customer,
+        Any,
+        ["NIP", "VAT ID", "VAT Number", "Tax ID", "NIP firmy", "VAT"]
+    ),
+    target!("pesel", Customer, Any, ["PESEL"]),
+    target!(
+        "birthdate",
+        Customer,
+        Date,
+        [
+            "Data urodzenia",
+            "Urodziny",
+            "Birth Date",
+            "Birthdate",
+            "Date of Birth",
+            "DOB",
+            "Birthday",
+            "Data ur."
+        ]
+    ),
+    target!(
+        "vip",
+        Customer,
+        Bool,
+        ["VIP", "Klient VIP", "Is VIP", "VIP customer"]
+    ),
+    target!(
+        "account_manager",
+        Customer,
+        Any,
+        [
+            "Opiekun",
+            "Opiekun klienta",
+            "Account Manager",
+            "Account Owner",
+            "Owner",
+            "Handlowiec",
+            "Sales Rep",
+            "Doradca",
+            "Przedstawiciel"
+        ],
+        generic["Manager"]
+    ),
+    target!(
+        "job_title",
+        Customer,
+        Any,
+        ["Stanowisko", "Job Title", "Position"],
+        generic["Title"]
+    ),
+    target!(
+        "job",
+        Customer,
+        Any,
+        ["Zawód", "Job", "Occupation", "Profession"]
+    ),
+    target!("gender", Customer, Any, ["Płeć", "Gender", "Sex"]),
+    target!(
+        "homepage",
+        Customer,
+        Any,
+        [
+            "Strona WWW",
+            "WWW",
+            "Website",
+            "Homepage",
+            "Strona internetowa",
+            "Web"
+        ],
+        generic["URL"]
+    ),
+    target!(
+        "group",
+        Customer,
+        Any,
+        ["Grupa", "Grupa klientów", "Customer Group", "Group"]
+    ),
+    target!(
+        "street",
+        Address,
+        Any,
+        [
+            "Ulica",
+            "Ul.",
+            "Street",
+            "Address",
+            "Address Line 1",
+            "Street Address",
+            "Adres",
+            "Address 1"
+        ]
+    ),
+    target!(
+        "building",
+        Address,
+        Any,
+        [
+            "Nr domu",
+            "Numer domu",
+            "Nr budynku",
+            "Numer budynku",
+            "Budynek",
+            "Dom",
+            "Building",
+            "Building Number",
+            "House Number",
+            "House No",
+            "Nr bud."
+        ],
+        generic["Nr"]
+    ),
+    target!(
+        "flat",
+        Address,
+        Any,
+        [
+            "Nr lokalu",
+            "Numer lokalu",
+            "Nr mieszkania",
+            "Numer mieszkania",
+            "Lokal",
+            "Mieszkanie",
+            "Nr lok.",
+            "Nr m.",
+            "Flat",
+            "Flat Number",
+            "Apartment",
+            "Apt",
+            "Suite",
+            "Unit",
+            "Apartment Number"
+        ]
+    ),
+    target!(
+        "postcode",
+        Address,
+        Any,
+        [
+            "Kod pocztowy",
+            "Postcode",
+            "Postal Code",
+            "Post Code",
+            "ZIP",
+            "ZIP Code",
+            "Zipcode",
+            "Kod poczt."
+        ],
+        generic["Kod"]
+    ),
+    target!(
+        "city",
+        Address,
+        Any,
+        ["Miasto", "Miejscowość", "City", "Town", "Locality"]
+    ),
+    target!("country", Address, Any, ["Kraj", "Country", "Państwo"]),
+    target!(
+        "customer_id",
+        Source,
+        Integer,
+        [
+            "Thulium ID",
+            "ID Thulium",
+            "Thulium customer ID",
+            "Thulium customer",
+            "Customer ID Thulium",
+            "ID w Thulium"
+        ]
+    ),
+    target!(
+        "full name",
+        Fallback,
+        Any,
+        [
+            "Klient",
+            "Imię i nazwisko",
+            "Imię nazwisko",
+            "Nazwisko i imię",
+            "Full Name",
+            "Customer Name",
+            "Contact Name",
+            "Nazwa klienta",
+            "Dane klienta",
+            "Name",
+            "Kontakt"
+        ]
+    ),
+    target!(
+        "company",
+        Fallback,
+        Any,
+        [
+            "Firma",
+            "Company",
+            "Company Name",
+            "Nazwa firmy",
+            "Organizacja",
+            "Organization",
+            "Account Name",
+            "Nazwa"
+        ]
+    ),
+];
+
+/// Words that say nothing about the field ("Nazwisko klienta", "Customer
+/// Email", "Telefon kontaktowy", "Główny e-mail").
+const FILLER: &[&str] = &[
+    "klienta",
+    "klientow",
+    "customer",
+    "customers",
+    "client",
+    "clients",
+    "contact",
+    "kontaktu",
+    "kontaktowy",
+    "kontaktowe",
+    "glowny",
+    "glowna",
+    "primary",
+    "main",
+    "the",
+    "of",
+    "adres",
+    "address",
+    "osoby",
+    "person",
+];
+
+/// A name as compared: lowercase ASCII letters and digits (Polish letters
+/// without their marks), and the same without filler words.
+fn names(name: &str) -> (String, String) {
+    let words = words(name);
+    let compact = words.concat();
+    let stripped: String = words
+        .iter()
+        .filter(|w| !FILLER.contains(&w.as_str()))
+        .map(String::as_str)
+        .collect();
+    (compact, stripped)
+}
+
+fn words(name: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            'ą' | 'á' | 'à' | 'â' | 'ä' | 'ã' => 'a',
+            'ć' | 'č' | 'ç' => 'c',
+            'ę' | 'é' | 'è' | 'ê' | 'ë' | 'ě' => 'e',
+            'ł' => 'l',
+            'ń' | 'ñ' | 'ň' => 'n',
+            'ó' | 'ò' | 'ô' | 'ö' | 'õ' => 'o',
+            'ś' | 'š' => 's',
+            'ź' | 'ż' | 'ž' => 'z',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ú' | 'ù' | 'û' | 'ü' | 'ů' => 'u',
+            'ý' => 'y',
+            'ř' => 'r',
+            'ť' => 't',
+            'ď' => 'd',
+            c => c,
+        };
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else if !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// How well a column's name says `target`: 100 a name it goes by, 95 the
+/// same once filler words are out, 80 one letter off (a near miss), 60 a
+/// name that starts with one of the target's; generic names score 10 less.
+fn score(column: &Profile, target: &Target) -> u32 {
+    let mut best = 0;
+    let all = target
+        .names
+        .iter()
+        .map(|n| (n, 0))
+        .chain(target.generic.iter().map(|n| (n, 10)));
+    for (name, less) in all {
+        let (syn, _) = names(name);
+        let s: u32 = if column.compact == syn {
+            100
+        } else if !column.stripped.is_empty() && column.stripped == syn {
+            95
+        } else if less == 0 && syn.len() >= 5 && near(&column.stripped, &syn) {
+            80
+        } else if less == 0 && syn.len() >= 5 && column.stripped.starts_with(&syn) {
+            60
+        } else {
+            0
+        };
+        best = best.max(s.saturating_sub(less));
+    }
+    best
+}
+
+/// One edit apart (a letter missing, extra, wrong or two swapped), or
+/// nearly the same for a long name.
+fn near(a: &str, b: &str) -> bool {
+    a.len() >= 5
+        && (strsim::damerau_levenshtein(a, b) == 1
+            || (a.len() >= 9 && strsim::normalized_damerau_levenshtein(a, b) >= 0.88))
+}
+
+/// Whether a column's values allow the target.
+fn fits(column: &Profile, target: &Target) -> bool {
+    if column.filled == 0 {
+        // Nothing says otherwise.
+        return true;
+    }
+    match target.want {
+        Want::Any => true,
+        Want::Email => matches!(column.kind, Kind::Email(_)),
+        Want::Phone => column.phone.is_some(),
+        Want::Date => matches!(column.kind, Kind::Date(_)),
+        Want::Bool => matches!(column.kind, Kind::Bool(..)),
+        Want::Integer => column.kind == Kind::Integer,
+    }
+}
+
+/// A column chosen for a target, and how.
+#[derive(Debug)]
+struct Choice {
+    target: &'static Target,
+    column: usize,
+    /// Why, when not by its name alone.
+    how: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Chosen {
+    fields: Vec<Choice>,
+    customer_id: Option<usize>,
+    match_keys: Vec<&'static str>,
+    /// Why each key was or was not suggested.
+    match_why: Vec<String>,
+}
+
+impl Chosen {
+    fn column_of(&self, key: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .find(|c| c.target.key == key && c.target.table != Table::Address)
+            .map(|c| c.column)
+    }
+
+    fn used(&self, column: usize) -> bool {
+        self.customer_id == Some(column) || self.fields.iter().any(|c| c.column == column)
+    }
+
+    fn unused(&self, columns: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..columns).filter(|&c| !self.used(c))
+    }
+}
+
+/// Matches columns to targets, best pairs first.
+fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>) -> Chosen {
+    let mut pairs = Vec::new();
+    for (c, column) in columns.iter().enumerate() {
+        for (t, target) in TARGETS.iter().enumerate() {
+            let s = score(column, target);
+            if s > 0 && fits(column, target) {
+                pairs.push((s, c, t));
+            }
+        }
+    }
+    // Best score first; among equals, the column further left.
+    pairs.sort_by_key(|&(s, c, t)| (std::cmp::Reverse(s), c, t));
+    let mut chosen = Chosen::default();
+    let mut fallback: Vec<(usize, usize)> = Vec::new(); // (target, column)
+    let (mut taken_c, mut taken_t) = (HashSet::new(), HashSet::new());
+    for (s, c, t) in pairs {
+        if taken_c.contains(&c) || taken_t.contains(&t) {
+            continue;
+        }
+        let target = &TARGETS[t];
+        taken_c.insert(c);
+        taken_t.insert(t);
+        match target.table {
+            Table::Source => chosen.customer_id = Some(c),
+            Table::Fallback => fallback.push((t, c)),
+            _ => chosen.fields.push(Choice {
+                target,
+                column: c,
+                how: (s <= 80).then(|| "by a name close to it".to_string()),
+            }),
+        }
+    }
+    // A whole name, or a company, is the surname when nothing else is.
+    if chosen.column_of("surname").is_none() {
+        let surname = target_named("surname");
+        if let Some(&(t, c)) = fallback.first() {
+            chosen.fields.push(Choice {
+                target: surname,
+                column: c,
+                how: Some(format!(
+                    "the {} (no separate surname column): Thulium requires a surname",
+                    TARGETS[t].key
+                )),
+            });
+        }
+    }
+    // E-mail addresses are recognised by their values too.
+    if chosen.column_of("email").is_none() {
+        if let Some(c) = (0..columns.len())
+            .find(|&c| !chosen.used(c) && matches!(columns[c].kind, Kind::Email(_)))
+        {
+            chosen.fields.push(Choice {
+                target: target_named("email"),
+                column: c,
+                how: Some("by its values: e-mail addresses".into()),
+            });
+        }
+    }
+    if chosen.column_of("surname").is_none() {
+        // Thulium needs a surname to create a customer: guess, loudly.
+        let guess = (0..columns.len())
+            .filter(|&c| !chosen.used(c) && columns[c].kind == Kind::Text)
+            .max_by_key(|&c| (columns[c].distinct, std::cmp::Reverse(c)))
+            .or_else(|| (0..columns.len()).find(|&c| !chosen.used(c)));
+        if let Some(c) = guess {
+            notes.push(format!(
+                "no column looks like a surname: customer.surname is a guess (\"{}\"); Thulium requires one — correct it",
+                columns[c].name
+            ));
+            chosen.fields.push(Choice {
+                target: target_named("surname"),
+                column: c,
+                how: Some("A GUESS: no column looks like a surname; Thulium requires one".into()),
+            });
+        }
+    }
+    suggest_match(columns, &mut chosen, sampled);
+    chosen.fields.sort_by_key(|c| {
+        TARGETS
+            .iter()
+            .position(|t| t.key == c.target.key && t.table == c.target.table)
+            .unwrap_or(usize::MAX)
+    });
+    chosen
+}
+
+fn target_named(key: &str) -> &'static Target {
+    TARGETS.iter().find(|t| t.key == key).unwrap_or(&TARGETS[0])
+}
+
+/// `identifier`, then `email`, as `match` keys when their values are
+/// unique in the sample (an e-mail without case).
+fn suggest_match(columns: &[Profile], chosen: &mut Chosen, sampled: u64) {
+    for key in ["identifier", "email"] {
+        let Some(c) = chosen.column_of(key) else {
+            continue;
+        };
+        let column = &columns[c];
+        let several = matches!(column.kind, Kind::Email(Some(_)));
+        if !several && column.unique(key == "email") {
+            chosen.match_keys.push(key);
+            chosen.match_why.push(format!(
+                "{key} (\"{}\"): unique in the {} rows sampled, {} of them filled",
+                column.name, sampled, column.filled
+            ));
+        } else if column.filled > 0 {
+            chosen.match_why.push(format!(
+                "not {key} (\"{}\"): {}",
+                column.name,
+                if several {
+                    "cells hold several addresses".to_string()
+                } else {
+                    format!(
+                        "{} values repeat in the rows sampled",
+                        column.filled - column.distinct.min(column.filled)
+                    )
+                }
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+#[derive(Debug, Default)]
+struct Writer {
+    text: String,
+}
+
+impl Writer {
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    /// `key = value` with a comment at [`COMMENT_AT`].
+    fn entry(&mut self, key: &str, value: &str, comment: &str) {
+        let code = format!("{key} = {value}");
+        self.commented_code(&code, comment);
+    }
+
+    fn commented_code(&mut self, code: &str, comment: &str) {
+        if comment.is_empty() {
+            self.line(code);
+        } else {
+            let width = code.chars().count();
+            let pad = COMMENT_AT.saturating_sub(width).max(1);
+            self.line(&format!("{code}{}# {comment}", " ".repeat(pad)));
+        }
+    }
+
+    fn preamble(&mut self, path: &Path, sampled: u64) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        self.line(&format!(
+            "# Mapping for {} written by `thulium-import init` (version {}) from",
+            comment_safe(&name),
+            env!("CARGO_PKG_VERSION")
+        ));
+        self.line(&format!(
+            "# its header and its first {sampled} data rows. Each choice is commented with"
+        ));
+        self.line("# the column's sample values: read them, correct what is wrong, then");
+        self.line("# `thulium-import check <FILE> --mapping <THIS FILE>`. The language is in");
+        self.line("# mappings/README.md. The comments quote the file's values: keep this file");
+        self.line("# as private as the export.");
+        self.line("");
+    }
+
+    fn csv_source(&mut self, sniffed: &Sniffed) {
+        self.line("[source]");
+        let encoding = sniffed
+            .options
+            .encoding
+            .unwrap_or(encoding_rs::UTF_8)
+            .name()
+            .to_lowercase();
+        let why = if sniffed.bom && encoding != "utf-8" {
+            format!("{}; a UTF-8 BOM is skipped", sniffed.encoding_why)
+        } else {
+            sniffed.encoding_why.clone()
+        };
+        self.entry("encoding", &quote(&encoding), &why);
+        let delimiter = match sniffed.options.delimiter.unwrap_or(b',') {
+            b'\t' => "\"\\t\"".to_string(),
+            d => quote(&(d as char).to_string()),
+        };
+        self.entry("delimiter", &delimiter, &sniffed.delimiter_why);
+    }
+
+    fn sheet_source(&mut self, sheet: &crate::source::SheetInfo) {
+        self.line("[source]");
+        self.entry(
+            "sheet",
+            &quote(&sheet.name),
+            &format!(
+                "{}: {} of {} sheet(s); delimiter and encoding do not apply",
+                sheet.format,
+                if sheet.named { "named" } else { "the first" },
+                sheet.sheets
+            ),
+        );
+    }
+
+    fn customer(&mut self, columns: &[Profile], chosen: &Chosen, system: Option<&System>) {
+        self.line("");
+        self.line("[customer]                                  # POST /api/batch/customers");
+        let agents: Option<HashSet<&str>> = system
+            .and_then(|s| s.agents.as_ref())
+            .map(|a| a.iter().map(|a| a.login.as_str()).collect());
+        for choice in chosen
+            .fields
+            .iter()
+            .filter(|c| c.target.table == Table::Customer)
+        {
+            let column = &columns[choice.column];
+            let (spec, mut comment) = spec_for(choice.target, column);
+            if let Some(how) = &choice.how {
+                comment = format!("{how}; {comment}");
+            }
+            if choice.target.key == "account_manager" {
+                if let Some(agents) = &agents {
+                    let logins = column
+                        .values
+                        .iter()
+                        .filter(|v| agents.contains(v.as_str()))
+                        .count();
+                    if logins * 2 < column.values.len() {
+                        self.commented_code(
+                            &format!("# account_manager = {spec}"),
+                            &format!(
+                                "the values are not agent logins of the system ({}): give logins, or leave it out",
+                                column.samples()
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+            self.entry(choice.target.key, &spec, &comment);
+        }
+        match chosen.match_keys.as_slice() {
+            [] => {
+                self.line("# match = \"identifier\"                      # no column is a unique key in the rows sampled: every row");
+                self.line("#                                            # creates a customer; a key finds the ones that exist");
+            }
+            [one] => self.entry(
+                "match",
+                &quote(one),
+                "find customers that exist by this key",
+            ),
+            keys => {
+                let list: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+                self.entry(
+                    "match",
+                    &format!("[{}]", list.join(", ")),
+                    "find customers that exist by these keys, in order",
+                );
+            }
+        }
+        for why in &chosen.match_why {
+            self.line(&format!("#   {why}"));
+        }
+        if !chosen.match_keys.is_empty() {
+            self.entry(
+                "on_match",
+                &quote("update"),
+                "a customer found is updated; \"skip\" leaves it as it is",
+            );
+        }
+        let address: Vec<&Choice> = chosen
+            .fields
+            .iter()
+            .filter(|c| c.target.table == Table::Address)
+            .collect();
+        if !address.is_empty() {
+            self.line("");
+            self.line("[customer.address]");
+            for choice in address {
+                let column = &columns[choice.column];
+                let (spec, mut comment) = spec_for(choice.target, column);
+                if let Some(how) = &choice.how {
+                    comment = format!("{how}; {comment}");
+                }
+                self.entry(choice.target.key, &spec, &comment);
+            }
+        }
+        self.line("");
+        self.line("[customer.custom_fields]");
+        self.line("# The other columns. To send one to a custom field, uncomment its line and");
+        self.line("# put the field's name in Thulium on the left.");
+        for c in chosen.unused(columns.len()) {
+            let column = &columns[c];
+            let (spec, comment) = custom_spec(column);
+            self.commented_code(&format!("# {} = {spec}", quote(&column.name)), &comment);
+        }
+    }
+
+    /// The system's field groups, campaigns and agents (`init --online`).
+    fn system(&mut self, columns: &[Profile], system: &System) {
+        self.line("");
+        self.line("# ---- What the system has (read by init --online) ----");
+        if let Some(groups) = &system.field_groups {
+            self.line("#");
+            self.line("# Field groups: a [[field_group]] table adds an item of the group per row,");
+            self.line("# its values keyed by the group's field ids.");
+            if groups.is_empty() {
+                self.line("#   (none)");
+            }
+            for group in groups {
+                self.line(&format!(
+                    "#   group {} \"{}\": {}",
+                    group.group_id,
+                    comment_safe(&group.name),
+                    group
+                        .fields
+                        .iter()
+                        .map(|(id, name)| format!("{id} \"{}\"", comment_safe(name)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for group in groups {
+                let found: Vec<(i64, &Profile)> = group
+                    .fields
+                    .iter()
+                    .filter_map(|(id, name)| {
+                        let (compact, _) = names(name);
+                        columns
+                            .iter()
+                            .find(|c| c.compact == compact || near(&c.compact, &compact))
+                            .map(|c| (*id, c))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    continue;
+                }
+                self.line("#");
+                self.commented_code(
+                    "# [[field_group]]",
+                    &format!(
+                        "\"{}\": the fields named as columns of this file",
+                        comment_safe(&group.name)
+                    ),
+                );
+                self.line(&format!("# group_id = {}", group.group_id));
+                self.line("# [field_group.values]");
+                for (id, column) in found {
+                    let (spec, comment) = custom_spec(column);
+                    self.commented_code(&format!("# {id} = {spec}"), &comment);
+                }
+            }
+        }
+        if let Some(outbounds) = &system.outbounds {
+            self.line("#");
+            self.line("# Campaigns: a [campaign] table adds a record per row (id, status_id,");
+            self.line("# agent_login, next_call_date); see mappings/README.md.");
+            if outbounds.is_empty() {
+                self.line("#   (none)");
+            }
+            for o in outbounds {
+                let mut line = format!("#   {} \"{}\"", o.id, comment_safe(&o.name));
+                if let Some(facts) = system.campaigns.get(&o.id) {
+                    let statuses: Vec<String> = facts
+                        .statuses
+                        .iter()
+                        .map(|s| format!("{} \"{}\"", s.status_id, comment_safe(&s.name)))
+                        .collect();
+                    if !statuses.is_empty() {
+                        let _ = write!(line, "; statuses {}", statuses.join(", "));
+                    }
+                }
+                self.line(&line);
+            }
+        }
+        if let Some(agents) = &system.agents {
+            self.line("#");
+            self.line("# Agents (logins for account_manager and agent_login):");
+            let logins: Vec<&str> = agents
+                .iter()
+                .filter(|a| a.active)
+                .map(|a| a.login.as_str())
+                .collect();
+            for chunk in logins.chunks(8) {
+                self.line(&format!("#   {}", one_line(&chunk.join(", "))));
+            }
+        }
+    }
+}
+
+/// The value spec of a customer field and its comment.
+fn spec_for(target: &Target, column: &Profile) -> (String, String) {
+    let mut options: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    match target.key {
+        "surname" => options.push("required = true".into()),
+        "email" => {
+            if let Kind::Email(Some(sep)) = column.kind {
+                options.push(format!("split = {}", quote(&sep.to_string())));
+                notes.push("some cells hold several".into());
+            }
+        }
+        "phone_number" => {
+            if let Some(Some(sep)) = column.phone {
+                options.push(format!("split = {}", quote(&sep.to_string())));
+                notes.push("some cells hold several".into());
+            }
+            options.push("transform = [\"phone\"]".into());
+        }
+        "birthdate" => {
+            if let Kind::Date(date) = &column.kind {
+                options.push(format!("date = {}", quote(date.format)));
+                notes.push(date_note(date));
+            }
+        }
+        "vip" => {
+            let (yes, no) = match column.kind {
+                Kind::Bool(yes, no) => (yes, no),
+                _ => ("tak", "nie"),
+            };
+            options.push(format!(
+                "map = {{ {} = true, {} = false }}",
+                quote(yes),
+                quote(no)
+            ));
+        }
+        _ => {}
+    }
+    let spec = if options.is_empty() {
+        quote(&column.name)
+    } else {
+        format!(
+            "{{ column = {}, {} }}",
+            quote(&column.name),
+            options.join(", ")
+        )
+    };
+    notes.push(column.samples());
+    (spec, notes.join("; "))
+}
+
+/// A commented custom field's spec and comment: options from the values.
+fn custom_spec(column: &Profile) -> (String, String) {
+    let name = quote(&column.name);
+    let samples = column.samples();
+    match &column.kind {
+        Kind::Integer => (
+            format!("{{ column = {name}, type = \"integer\" }}"),
+            format!("whole numbers, {samples}"),
+        ),
+        Kind::Bool(yes, no) => (
+            format!(
+                "{{ column = {name}, map = {{ {} = true, {} = false }} }}",
+                quote(yes),
+                quote(no)
+            ),
+            format!("yes/no, {samples}"),
+        ),
+        Kind::Date(date) => (name, format!("{}, {samples}", date_note(date))),
+        Kind::Email(_) => (name, format!("e-mail addresses, {samples}")),
+        _ if column.phone.is_some() => (name, format!("phone numbers?, {samples}")),
+        _ => (name, samples),
+    }
+}
+
+/// Text on one line: control characters (line breaks) become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn date_note(date: &DateGuess) -> String {
+    let mut note = format!("dates as {}", date.format);
+    if date.ambiguous {
+        note.push_str(" (day first assumed: no day in the sample is over 12)");
+    }
+    if date.misses > 0 {
+        let _ = write!(note, " ({} value(s) read otherwise)", date.misses);
+    }
+    note
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Text for a comment: one line, at most 30 characters.
+fn comment_safe(s: &str) -> String {
+    let one = one_line(s);
+    let mut short: String = one.chars().take(30).collect();
+    if one.chars().count() > 30 {
+        short.push('…');
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(name: &str, values: &[&str]) -> Profile {
+        let mut p = Profile::new(name);
+        for v in values {
+            p.add(v);
+        }
+        p.finish();
+        p
+    }
+
+    #[test]
+    fn names_ignore_case_marks_punctuation_and_filler() {
+        assert_eq!(names("Tel. komórkowy").0, "telkomorkowy");
+        assert_eq!(names("Nazwisko klienta").1, "nazwisko");
+        assert_eq!(names("E-MAIL").0, "email");
+        assert_eq!(names("first_name").0, "firstname");
+    }
+
+    #[test]
+    fn columns_score_by_name_and_near_misses() {
+        let surname = target_named("surname");
+        assert_eq!(score(&profile("NAZWISKO", &[]), surname), 100);
+        assert_eq!(score(&profile("Nazwisko klienta", &[]), surname), 95);
+        assert_eq!(score(&profile("Nazwsko", &[]), surname), 80);
+        assert_eq!(score(&profile("Miasto", &[]), surname), 0);
+        assert_eq!(score(&profile("ID", &[]), target_named("identifier")), 90);
+    }
+
+    #[test]
+    fn values_say_what_a_column_holds() {
+        let p = profile("x", &["a@b.pl", "c@d.pl, e@f.pl"]);
+        assert_eq!(p.kind, Kind::Email(Some(',')));
+        let p = profile("x", &["13/01/2020", "02/03/2021"]);
+        assert!(matches!(&p.kind, Kind::Date(d) if d.format == "%d/%m/%Y" && !d.ambiguous));
+        let p = profile("x", &["01/13/2020", "02/03/2021"]);
+        assert!(matches!(&p.kind, Kind::Date(d) if d.format == "%m/%d/%Y"));
+        let p = profile("x", &["01/02/2020"]);
+        assert!(matches!(&p.kind, Kind::Date(d) if d.ambiguous));
+        assert_eq!(profile("x", &["Tak", "nie"]).kind, Kind::Bool("tak", "nie"));
+        assert_eq!(profile("x", &["T", "N", "T"]).kind, Kind::Bool("t", "n"));
+        assert_eq!(profile("x", &["1", "1"]).kind, Kind::Integer);
+        let mostly = ["tak", "nie", "tak", "nie", "może"];
+        assert_eq!(profile("x", &mostly).kind, Kind::Bool("tak", "nie"));
+        assert_eq!(profile("x", &["14", "8", "0"]).kind, Kind::Integer);
+        assert_eq!(profile("x", &["007"]).kind, Kind::Text);
+        let p = profile("x", &["+48 601 234 567", "601234567, 22 735 46 84"]);
+        assert_eq!(p.phone, Some(Some(',')));
+    }
+
+    #[test]
+    fn encodings_are_told_apart() {
+        // "Łódź, ąś" in windows-1250 and in ISO-8859-2.
+        let (w, _, _) = encoding_rs::WINDOWS_1250.encode("Łódź, ąś źle");
+        let (i, _, _) = encoding_rs::ISO_8859_2.encode("Łódź, ąś źle");
+        assert_eq!(sniff_encoding(&w, true, false).0, encoding_rs::WINDOWS_1250);
+        assert_eq!(sniff_encoding(&i, true, false).0, encoding_rs::ISO_8859_2);
+        assert_eq!(
+            sniff_encoding("Łódź".as_bytes(), true, false).0,
+            encoding_rs::UTF_8
+        );
+    }
+
+    #[test]
+    fn delimiters_are_the_ones_that_split_lines_evenly() {
+        let text = "a;b,c;d\n1;2,3;4\n5;6;7\n";
+        assert_eq!(sniff_delimiter(text).0, b';');
+        assert_eq!(sniff_delimiter("a\tb\n1\t2\n").0, b'\t');
+        assert_eq!(sniff_delimiter("\"x,y\";b\n1;2\n").0, b';');
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}
