@@ -363,6 +363,8 @@ struct Profile {
     compact: String,
     /// The compact name without filler words ("klienta", "customer").
     stripped: String,
+    /// The words of `stripped`.
+    tail: Vec<String>,
     values: Vec<String>,
     filled: usize,
     distinct: usize,
@@ -429,10 +431,15 @@ const DATE_FORMATS: &[&str] = &[
 impl Profile {
     fn new(name: &str) -> Profile {
         let (compact, stripped) = names(name);
+        let tail = words(name)
+            .into_iter()
+            .filter(|w| !FILLER.contains(&w.as_str()))
+            .collect();
         Profile {
             name: name.to_string(),
             compact,
             stripped,
+            tail,
             values: Vec::new(),
             filled: 0,
             distinct: 0,
@@ -648,339 +655,63 @@ macro_rules! target {
 }
 
 /// The customer fields and the names columns go by.
+#[rustfmt::skip]
 pub static TARGETS: &[Target] = &[
-    target!(
-        "surname",
-        Customer,
-        Any,
-        [
-            "Nazwisko",
-            "Last Name",
-            "Surname",
-            "Family Name",
-            "Lastname"
-        ]
-    ),
-    target!(
-        "name",
-        Customer,
-        Any,
-        ["Imię", "First Name", "Given Name", "Forename", "Imiona"]
-    ),
-    target!(
-        "email",
-        Customer,
-        Email,
-        [
-            "E-mail",
-            "Email",
-            "Adres e-mail",
-            "Email Address",
-            "E-mail address",
-            "Adres mailowy",
-            "E-maile",
-            "Emails",
-            "Emaile"
-        ],
-        generic["Mail"]
-    ),
-    target!(
-        "phone_number",
-        Customer,
-        Phone,
-        [
-            "Telefon",
-            "Tel. komórkowy",
-            "Telefon komórkowy",
-            "Tel. kom.",
-            "Komórka",
-            "Mobile",
-            "Mobile Phone",
-            "Phone",
-            "Phone Number",
-            "Cell",
-            "Cell Phone",
-            "Numer telefonu",
-            "Nr telefonu",
-            "Nr tel.",
-            "Telefony",
-            "Phones",
-            "GSM",
-            "Telefon kontaktowy",
-            "Mobile Number"
-        ],
-        generic["Tel"]
-    ),
-    target!(
-        "identifier",
-        Customer,
-        Any,
-        [
-            "ID klienta",
-            "Nr klienta",
-            "Numer klienta",
-            "Kod klienta",
-            "Customer ID",
-            "Client ID",
-            "Customer Number",
-            "Customer No",
-            "External ID",
-            "CRM ID",
-            "Identyfikator",
-            "Identifier",
-            "Account Number",
-            "Contact ID"
-        ],
-        generic["ID"]
-    ),
-    target!(
-        "note",
-        Customer,
-        Any,
-        [
-            "Notatka",
-            "Notatki",
-            "Uwagi",
-            "Uwaga",
-            "Note",
-            "Notes",
-            "Comment",
-            "Comments",
-            "Komentarz",
-            "Opis",
-            "Description",
-            "Remarks"
-        ]
-    ),
-    target!(
-        "nip",
-        Customer,
-        Any,
-        ["NIP", "VAT ID", "VAT Number", "Tax ID", "NIP firmy", "VAT"]
-    ),
+    target!("surname", Customer, Any, ["Nazwisko", "Last Name", "Surname", "Family Name", "Lastname"]),
+    target!("name", Customer, Any, ["Imię", "First Name", "Given Name", "Forename", "Imiona"]),
+    target!("email", Customer, Email, ["E-mail", "Email", "Adres e-mail", "Email Address", "E-mail address",
+        "Adres mailowy", "E-maile", "Emails", "Emaile"], generic ["Mail"]),
+    target!("phone_number", Customer, Phone, ["Telefon", "Tel. komórkowy", "Telefon komórkowy", "Tel. kom.",
+        "Komórka", "Mobile", "Mobile Phone", "Phone", "Phone Number", "Cell", "Cell Phone", "Numer telefonu",
+        "Nr telefonu", "Nr tel.", "Telefony", "Phones", "GSM", "Telefon kontaktowy", "Mobile Number"],
+        generic ["Tel"]),
+    target!("identifier", Customer, Any, ["ID klienta", "Nr klienta", "Numer klienta", "Kod klienta",
+        "Customer ID", "Client ID", "Customer Number", "Customer No", "External ID", "CRM ID", "Identyfikator",
+        "Identifier", "Account Number", "Contact ID", "Symbol", "Symbol kontrahenta", "Kod kontrahenta",
+        "ID kontrahenta", "Nr kontrahenta", "Akronim"], generic ["ID"]),
+    target!("note", Customer, Any, ["Notatka", "Notatki", "Uwagi", "Uwaga", "Note", "Notes", "Comment",
+        "Comments", "Komentarz", "Opis", "Description", "Remarks"]),
+    target!("nip", Customer, Any, ["NIP", "VAT ID", "VAT Number", "Tax ID", "NIP firmy", "VAT"]),
     target!("pesel", Customer, Any, ["PESEL"]),
-    target!(
-        "birthdate",
-        Customer,
-        Date,
-        [
-            "Data urodzenia",
-            "Urodziny",
-            "Birth Date",
-            "Birthdate",
-            "Date of Birth",
-            "DOB",
-            "Birthday",
-            "Data ur."
-        ]
-    ),
-    target!(
-        "vip",
-        Customer,
-        Bool,
-        ["VIP", "Klient VIP", "Is VIP", "VIP customer"]
-    ),
-    target!(
-        "account_manager",
-        Customer,
-        Any,
-        [
-            "Opiekun",
-            "Opiekun klienta",
-            "Account Manager",
-            "Account Owner",
-            "Owner",
-            "Handlowiec",
-            "Sales Rep",
-            "Doradca",
-            "Przedstawiciel"
-        ],
-        generic["Manager"]
-    ),
-    target!(
-        "job_title",
-        Customer,
-        Any,
-        ["Stanowisko", "Job Title", "Position"],
-        generic["Title"]
-    ),
-    target!(
-        "job",
-        Customer,
-        Any,
-        ["Zawód", "Job", "Occupation", "Profession"]
-    ),
+    target!("birthdate", Customer, Date, ["Data urodzenia", "Urodziny", "Birth Date", "Birthdate",
+        "Date of Birth", "DOB", "Birthday", "Data ur."]),
+    target!("vip", Customer, Bool, ["VIP", "Klient VIP", "Is VIP", "VIP customer"]),
+    target!("account_manager", Customer, Any, ["Opiekun", "Opiekun klienta", "Account Manager",
+        "Account Owner", "Owner", "Handlowiec", "Sales Rep", "Doradca", "Przedstawiciel"],
+        generic ["Manager"]),
+    target!("job_title", Customer, Any, ["Stanowisko", "Job Title", "Position"], generic ["Title"]),
+    target!("job", Customer, Any, ["Zawód", "Job", "Occupation", "Profession"]),
     target!("gender", Customer, Any, ["Płeć", "Gender", "Sex"]),
-    target!(
-        "homepage",
-        Customer,
-        Any,
-        [
-            "Strona WWW",
-            "WWW",
-            "Website",
-            "Homepage",
-            "Strona internetowa",
-            "Web"
-        ],
-        generic["URL"]
-    ),
-    target!(
-        "group",
-        Customer,
-        Any,
-        ["Grupa", "Grupa klientów", "Customer Group", "Group"]
-    ),
-    target!(
-        "street",
-        Address,
-        Any,
-        [
-            "Ulica",
-            "Ul.",
-            "Street",
-            "Address",
-            "Address Line 1",
-            "Street Address",
-            "Adres",
-            "Address 1"
-        ]
-    ),
-    target!(
-        "building",
-        Address,
-        Any,
-        [
-            "Nr domu",
-            "Numer domu",
-            "Nr budynku",
-            "Numer budynku",
-            "Budynek",
-            "Dom",
-            "Building",
-            "Building Number",
-            "House Number",
-            "House No",
-            "Nr bud."
-        ],
-        generic["Nr"]
-    ),
-    target!(
-        "flat",
-        Address,
-        Any,
-        [
-            "Nr lokalu",
-            "Numer lokalu",
-            "Nr mieszkania",
-            "Numer mieszkania",
-            "Lokal",
-            "Mieszkanie",
-            "Nr lok.",
-            "Nr m.",
-            "Flat",
-            "Flat Number",
-            "Apartment",
-            "Apt",
-            "Suite",
-            "Unit",
-            "Apartment Number"
-        ]
-    ),
-    target!(
-        "postcode",
-        Address,
-        Any,
-        [
-            "Kod pocztowy",
-            "Postcode",
-            "Postal Code",
-            "Post Code",
-            "ZIP",
-            "ZIP Code",
-            "Zipcode",
-            "Kod poczt."
-        ],
-        generic["Kod"]
-    ),
-    target!(
-        "city",
-        Address,
-        Any,
-        ["Miasto", "Miejscowość", "City", "Town", "Locality"]
-    ),
+    target!("homepage", Customer, Any, ["Strona WWW", "WWW", "Website", "Homepage", "Strona internetowa",
+        "Web", "Web Page"], generic ["URL"]),
+    target!("group", Customer, Any, ["Grupa", "Grupa klientów", "Customer Group", "Group"]),
+    target!("street", Address, Any, ["Ulica", "Ul.", "Street", "Address", "Address Line 1", "Street Address",
+        "Adres", "Address 1"]),
+    target!("building", Address, Any, ["Nr domu", "Numer domu", "Nr budynku", "Numer budynku", "Budynek",
+        "Dom", "Building", "Building Number", "House Number", "House No", "Nr bud."], generic ["Nr"]),
+    target!("flat", Address, Any, ["Nr lokalu", "Numer lokalu", "Nr mieszkania", "Numer mieszkania", "Lokal",
+        "Mieszkanie", "Nr lok.", "Nr m.", "Flat", "Flat Number", "Apartment", "Apt", "Suite", "Unit",
+        "Apartment Number"]),
+    target!("postcode", Address, Any, ["Kod pocztowy", "Postcode", "Postal Code", "Post Code", "ZIP",
+        "ZIP Code", "Zipcode", "Kod poczt."], generic ["Kod"]),
+    target!("city", Address, Any, ["Miasto", "Miejscowość", "City", "Town", "Locality"]),
     target!("country", Address, Any, ["Kraj", "Country", "Państwo"]),
-    target!(
-        "customer_id",
-        Source,
-        Integer,
-        [
-            "Thulium ID",
-            "ID Thulium",
-            "Thulium customer ID",
-            "Thulium customer",
-            "Customer ID Thulium",
-            "ID w Thulium"
-        ]
-    ),
-    target!(
-        "full name",
-        Fallback,
-        Any,
-        [
-            "Klient",
-            "Imię i nazwisko",
-            "Imię nazwisko",
-            "Nazwisko i imię",
-            "Full Name",
-            "Customer Name",
-            "Contact Name",
-            "Nazwa klienta",
-            "Dane klienta",
-            "Name",
-            "Kontakt"
-        ]
-    ),
-    target!(
-        "company",
-        Fallback,
-        Any,
-        [
-            "Firma",
-            "Company",
-            "Company Name",
-            "Nazwa firmy",
-            "Organizacja",
-            "Organization",
-            "Account Name",
-            "Nazwa"
-        ]
-    ),
+    target!("customer_id", Source, Integer, ["Thulium ID", "ID Thulium", "Thulium customer ID",
+        "Thulium customer", "Customer ID Thulium", "ID w Thulium"]),
+    target!("full name", Fallback, Any, ["Klient", "Imię i nazwisko", "Imię nazwisko", "Nazwisko i imię",
+        "Full Name", "Customer Name", "Contact Name", "Nazwa klienta", "Dane klienta", "Name", "Kontakt",
+        "Kontrahent", "Nazwa kontrahenta"]),
+    target!("company", Fallback, Any, ["Firma", "Company", "Company Name", "Nazwa firmy", "Organizacja",
+        "Organization", "Account Name", "Nazwa"]),
 ];
 
 /// Words that say nothing about the field ("Nazwisko klienta", "Customer
 /// Email", "Telefon kontaktowy", "Główny e-mail").
+#[rustfmt::skip]
 const FILLER: &[&str] = &[
-    "klienta",
-    "klientow",
-    "customer",
-    "customers",
-    "client",
-    "clients",
-    "contact",
-    "kontaktu",
-    "kontaktowy",
-    "kontaktowe",
-    "glowny",
-    "glowna",
-    "primary",
-    "main",
-    "the",
-    "of",
-    "adres",
-    "address",
-    "osoby",
-    "person",
+    "klienta", "klientow", "customer", "customers", "client", "clients", "contact", "kontaktu",
+    "kontaktowy", "kontaktowe", "kontaktowa", "glowny", "glowna", "primary", "main", "the", "of",
+    "adres", "address", "osoby", "person",
 ];
 
 /// A name as compared: lowercase ASCII letters and digits (Polish letters
@@ -1031,7 +762,12 @@ fn words(name: &str) -> Vec<String> {
 
 /// How well a column's name says `target`: 100 a name it goes by, 95 the
 /// same once filler words are out, 80 one letter off (a near miss), 60 a
-/// name that starts with one of the target's; generic names score 10 less.
+/// name that starts with one of the target's, 55 one whose last words are
+/// one ("Mailing Zip", "Record ID"). Generic names score 10 less and, but
+/// for a few ([`GENERIC_TAILS`]), count only whole. An address part after
+/// a qualifier ("Home Street", "Billing City") scores as the part alone,
+/// less the qualifier's rank, so that one address is taken whole: the
+/// home or mailing one first.
 fn score(column: &Profile, target: &Target) -> u32 {
     let mut best = 0;
     let all = target
@@ -1039,22 +775,80 @@ fn score(column: &Profile, target: &Target) -> u32 {
         .iter()
         .map(|n| (n, 0))
         .chain(target.generic.iter().map(|n| (n, 10)));
+    let qualified = (target.table == Table::Address)
+        .then(|| qualified(&column.tail))
+        .flatten();
     for (name, less) in all {
         let (syn, _) = names(name);
-        let s: u32 = if column.compact == syn {
-            100
-        } else if !column.stripped.is_empty() && column.stripped == syn {
-            95
-        } else if less == 0 && syn.len() >= 5 && near(&column.stripped, &syn) {
-            80
-        } else if less == 0 && syn.len() >= 5 && column.stripped.starts_with(&syn) {
-            60
-        } else {
-            0
-        };
-        best = best.max(s.saturating_sub(less));
+        let mut s = name_score(column, &syn, less);
+        if let Some((rank, rest)) = &qualified {
+            let part = Profile::new(&rest.join(" "));
+            s = s.max(name_score(&part, &syn, less).saturating_sub(5 + rank));
+        }
+        best = best.max(s);
     }
     best
+}
+
+fn name_score(column: &Profile, syn: &str, less: u32) -> u32 {
+    let s: u32 = if column.compact == syn {
+        100
+    } else if !column.stripped.is_empty() && column.stripped == syn {
+        95
+    } else if less == 0 && syn.len() >= 5 && near(&column.stripped, syn) {
+        80
+    } else if less == 0 && syn.len() >= 5 && column.stripped.starts_with(syn) {
+        60
+    } else if (less == 0 && syn.len() >= 3 || GENERIC_TAILS.contains(&syn))
+        && ends_with_words(&column.tail, syn)
+    {
+        55
+    } else {
+        0
+    };
+    s.saturating_sub(less)
+}
+
+/// Generic names that say the field as a name's last word ("Record ID",
+/// "Organization 1 - Title", "Nr tel"); not `Nr`, `Kod` or `URL`.
+const GENERIC_TAILS: &[&str] = &["id", "title", "tel", "mail", "manager"];
+
+/// Which address a column is of, when its name starts with a qualifier:
+/// its rank (0 home or mailing, 2 business or billing, 4 shipping or
+/// other) and the words after it.
+fn qualified(words: &[String]) -> Option<(u32, Vec<String>)> {
+    const RANKS: &[(&str, u32)] = &[
+        ("home", 0),
+        ("mailing", 0),
+        ("domowy", 0),
+        ("zamieszkania", 0),
+        ("korespondencyjny", 0),
+        ("business", 2),
+        ("work", 2),
+        ("billing", 2),
+        ("firmowy", 2),
+        ("siedziby", 2),
+        ("shipping", 4),
+        ("dostawy", 4),
+        ("other", 4),
+        ("inny", 4),
+    ];
+    let (first, rest) = words.split_first()?;
+    let rank = RANKS.iter().find(|(q, _)| q == first)?.1;
+    (!rest.is_empty()).then(|| (rank, rest.to_vec()))
+}
+
+/// Whether the last words of a name (filler words out) are `syn`, and
+/// there are words before them.
+fn ends_with_words(words: &[String], syn: &str) -> bool {
+    let mut tail = String::new();
+    for (i, w) in words.iter().enumerate().rev() {
+        tail.insert_str(0, w);
+        if tail.len() >= syn.len() {
+            return tail == syn && i > 0;
+        }
+    }
+    false
 }
 
 /// One edit apart (a letter missing, extra, wrong or two swapped), or
@@ -1122,7 +916,9 @@ fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>) -> Chosen 
     for (c, column) in columns.iter().enumerate() {
         for (t, target) in TARGETS.iter().enumerate() {
             let s = score(column, target);
-            if s > 0 && fits(column, target) {
+            // A weak name makes an identifier only of unique values.
+            let unique_enough = target.key != "identifier" || s >= 95 || column.unique(false);
+            if s > 0 && fits(column, target) && unique_enough {
                 pairs.push((s, c, t));
             }
         }

@@ -642,3 +642,246 @@ async fn init_online_lists_the_systems_field_groups_campaigns_and_agents() {
         .args(["--online", "--url", &url, "--user", "api_user"]));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
+
+/// A column of a made-up export: its name, its type, what it should become.
+type Column = (&'static str, char, &'static str);
+
+/// Exports of other CRMs, their header as they write it, and what a person
+/// would map each column to (`-` for a column left as a comment). Column
+/// types: `e` e-mail, `p` phone, `d` date, `b` yes/no, `u` unique number,
+/// `t` text.
+const OTHER_CRMS: &[(&str, &[Column])] = &[
+    (
+        "salesforce_contacts.csv",
+        &[
+            ("Contact ID", 'u', "identifier"),
+            ("Salutation", 't', "-"),
+            ("First Name", 't', "name"),
+            ("Last Name", 't', "surname"),
+            ("Title", 't', "job_title"),
+            ("Account Name", 't', "-"),
+            ("Mailing Street", 't', "street"),
+            ("Mailing City", 't', "city"),
+            ("Mailing State/Province", 't', "-"),
+            ("Mailing Zip/Postal Code", 't', "postcode"),
+            ("Mailing Country", 't', "country"),
+            ("Phone", 'p', "phone_number"),
+            ("Mobile", 'p', "-"),
+            ("Email", 'e', "email"),
+            ("Birthdate", 'd', "birthdate"),
+            ("Description", 't', "note"),
+            ("Contact Owner", 't', "account_manager"),
+            ("Lead Source", 't', "-"),
+            ("Email Opt Out", 'b', "-"),
+        ],
+    ),
+    (
+        "hubspot_contacts.csv",
+        &[
+            ("Record ID", 'u', "identifier"),
+            ("First Name", 't', "name"),
+            ("Last Name", 't', "surname"),
+            ("Email", 'e', "email"),
+            ("Phone Number", 'p', "phone_number"),
+            ("Mobile Phone Number", 'p', "-"),
+            ("Street Address", 't', "street"),
+            ("City", 't', "city"),
+            ("State/Region", 't', "-"),
+            ("Postal Code", 't', "postcode"),
+            ("Country/Region", 't', "country"),
+            ("Company Name", 't', "-"),
+            ("Job Title", 't', "job_title"),
+            ("Contact owner", 't', "account_manager"),
+            ("Lifecycle Stage", 't', "-"),
+            ("Create Date", 'd', "-"),
+        ],
+    ),
+    (
+        "zoho_contacts.csv",
+        &[
+            ("Record Id", 'u', "identifier"),
+            ("Contact Owner", 't', "account_manager"),
+            ("First Name", 't', "name"),
+            ("Last Name", 't', "surname"),
+            ("Email", 'e', "email"),
+            ("Phone", 'p', "phone_number"),
+            ("Mobile", 'p', "-"),
+            ("Mailing Street", 't', "street"),
+            ("Mailing City", 't', "city"),
+            ("Mailing Zip", 't', "postcode"),
+            ("Mailing Country", 't', "country"),
+            ("Date of Birth", 'd', "birthdate"),
+            ("Title", 't', "job_title"),
+            ("Description", 't', "note"),
+            ("Lead Source", 't', "-"),
+            ("Account Name", 't', "-"),
+        ],
+    ),
+    (
+        "pipedrive_persons.csv",
+        &[
+            ("Person - ID", 'u', "identifier"),
+            ("Person - Name", 't', "-"),
+            ("Person - First name", 't', "name"),
+            ("Person - Last name", 't', "surname"),
+            ("Person - Email - Work", 'e', "email"),
+            ("Person - Phone - Mobile", 'p', "phone_number"),
+            ("Person - Organization", 't', "-"),
+            ("Person - Owner", 't', "account_manager"),
+            ("Person - Label", 't', "-"),
+        ],
+    ),
+    (
+        "outlook_contacts.csv",
+        &[
+            ("First Name", 't', "name"),
+            ("Middle Name", 't', "-"),
+            ("Last Name", 't', "surname"),
+            ("Title", 't', "-"),
+            ("Suffix", 't', "-"),
+            ("E-mail Address", 'e', "email"),
+            ("E-mail 2 Address", 'e', "-"),
+            ("Home Phone", 'p', "-"),
+            ("Business Phone", 'p', "-"),
+            ("Mobile Phone", 'p', "phone_number"),
+            ("Primary Phone", 'p', "-"),
+            ("Business Fax", 'p', "-"),
+            ("Job Title", 't', "job_title"),
+            ("Department", 't', "-"),
+            ("Company", 't', "-"),
+            ("Manager's Name", 't', "-"),
+            ("Business Street", 't', "-"),
+            ("Business City", 't', "-"),
+            ("Business Postal Code", 't', "-"),
+            ("Business Country/Region", 't', "-"),
+            ("Home Street", 't', "street"),
+            ("Home City", 't', "city"),
+            ("Home Postal Code", 't', "postcode"),
+            ("Home Country/Region", 't', "country"),
+            ("Personal Web Page", 't', "homepage"),
+            ("Birthday", 'd', "birthdate"),
+            ("Gender", 't', "gender"),
+            ("Notes", 't', "note"),
+        ],
+    ),
+    (
+        "google_contacts.csv",
+        &[
+            ("Name", 't', "-"),
+            ("Given Name", 't', "name"),
+            ("Additional Name", 't', "-"),
+            ("Family Name", 't', "surname"),
+            ("Birthday", 'd', "birthdate"),
+            ("Gender", 't', "gender"),
+            ("Notes", 't', "note"),
+            // Debatable: Google's labels ("* myContacts") as the group's name.
+            ("Group Membership", 't', "group"),
+            ("E-mail 1 - Type", 't', "-"),
+            ("E-mail 1 - Value", 'e', "email"),
+            ("Phone 1 - Type", 't', "-"),
+            ("Phone 1 - Value", 'p', "phone_number"),
+            ("Address 1 - Formatted", 't', "-"),
+            ("Address 1 - Street", 't', "street"),
+            ("Address 1 - City", 't', "city"),
+            ("Address 1 - Region", 't', "-"),
+            ("Address 1 - Postal Code", 't', "postcode"),
+            ("Address 1 - Country", 't', "country"),
+            ("Organization 1 - Name", 't', "-"),
+            ("Organization 1 - Title", 't', "job_title"),
+            ("Website 1 - Value", 't', "homepage"),
+        ],
+    ),
+    (
+        "subiekt_kontrahenci.csv",
+        &[
+            ("Symbol", 'u', "identifier"),
+            ("Nazwa", 't', "surname"),
+            ("Nazwa pełna", 't', "-"),
+            ("NIP", 't', "nip"),
+            ("Ulica", 't', "street"),
+            ("Nr domu", 't', "building"),
+            ("Nr lokalu", 't', "flat"),
+            ("Kod pocztowy", 't', "postcode"),
+            ("Miejscowość", 't', "city"),
+            ("Państwo", 't', "country"),
+            ("Telefon", 'p', "phone_number"),
+            ("E-mail", 'e', "email"),
+            ("Osoba kontaktowa", 't', "-"),
+            ("Uwagi", 't', "note"),
+            ("Grupa", 't', "group"),
+            ("REGON", 'u', "-"),
+        ],
+    ),
+    (
+        "sklep_klienci.csv",
+        &[
+            ("Id klienta", 'u', "identifier"),
+            ("Imię i nazwisko", 't', "surname"),
+            ("Adres email", 'e', "email"),
+            ("Telefon kontaktowy", 'p', "phone_number"),
+            ("Adres", 't', "street"),
+            ("Kod pocztowy", 't', "postcode"),
+            ("Miasto", 't', "city"),
+            ("Data rejestracji", 'd', "-"),
+            ("Zgoda na newsletter", 'b', "-"),
+            ("Liczba zamówień", 'u', "-"),
+            ("Wartość zamówień", 't', "-"),
+        ],
+    ),
+];
+
+/// The columns of exports `init` was not written around, mapped as a
+/// person would: each named field from the right column, each other column
+/// left for a person to decide.
+#[test]
+fn init_names_the_columns_of_other_crms_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrong = Vec::new();
+    let mut columns = 0;
+    for (file, spec) in OTHER_CRMS {
+        let mut rows = vec![spec.iter().map(|(h, _, _)| h.to_string()).collect()];
+        for i in 0..50 {
+            rows.push(
+                spec.iter()
+                    .enumerate()
+                    .map(|(c, (_, kind, _))| match kind {
+                        'e' => format!("u{i}.c{c}@example.com"),
+                        'p' => format!("+48 601 {:03} {:03}", i, c),
+                        'd' => format!("{:02}.{:02}.{}", i % 28 + 1, i % 12 + 1, 1960 + i),
+                        'b' => if i % 2 == 0 { "Yes" } else { "No" }.into(),
+                        'u' => (5000 + i * 7 + c).to_string(),
+                        _ => format!("Text {} {}", c, i % 9),
+                    })
+                    .collect::<Vec<String>>(),
+            );
+        }
+        let path = dir.path().join(file);
+        write_csv(&path, &rows, b',', false, encoding_rs::UTF_8);
+        let draft =
+            thulium_import::init::draft(&path, &thulium_import::init::InitOptions::default(), None)
+                .unwrap();
+        for (header, _, want) in spec.iter() {
+            columns += 1;
+            let got = draft
+                .mapped
+                .iter()
+                .find(|(_, column)| column == header)
+                .map_or("-", |(key, _)| key.as_str());
+            if got != *want {
+                wrong.push(format!("{file}: \"{header}\" became {got}, not {want}"));
+            }
+        }
+        let checked = thulium_import::init::verify(&path, &draft.text, 50).unwrap();
+        assert_eq!(
+            checked.invalid, 0,
+            "{file}: {:?}\n{}",
+            checked.reasons, draft.text
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {columns} columns:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
