@@ -1,4 +1,4 @@
-//! Spreadsheets as sources: `.xlsx` and `.ods` with date, number and text
+//! Spreadsheets as sources: `.xlsx`, `.ods` and `.xls` with date, number and text
 //! cells give the payloads the CSV of the same data gives; rows keep the
 //! sheet's row numbers; a spreadsheet error in a cell makes its row invalid;
 //! the failed-rows CSV of a spreadsheet imports again; `retry` reads a sheet.
@@ -207,7 +207,7 @@ fn typed_mapping(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn xlsx_and_ods_cells_give_the_payloads_of_the_same_csv() {
+fn xlsx_ods_and_xls_cells_give_the_payloads_of_the_same_csv() {
     let dir = tempfile::tempdir().unwrap();
     let m = typed_mapping(dir.path());
     let csv = dir.path().join("typed.csv");
@@ -216,6 +216,9 @@ fn xlsx_and_ods_cells_give_the_payloads_of_the_same_csv() {
     write_xlsx(&xlsx, "Arkusz1", &[], &typed_rows());
     let ods = dir.path().join("typed.ods");
     write_ods(&ods, "Arkusz1", &typed_rows());
+    // The same cells as an Excel 97-2003 workbook, which no crate here
+    // writes: tests/fixtures/make_typed_xls.py made it.
+    let xls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/typed.xls");
     let from_csv = dry_run(&csv, &m);
     assert_eq!(from_csv.code, Some(0), "{}", from_csv.stderr);
     assert_eq!(from_csv.payloads.len(), 2);
@@ -225,7 +228,7 @@ fn xlsx_and_ods_cells_give_the_payloads_of_the_same_csv() {
     assert_eq!(customer["birthdate"], "1985-03-15");
     assert_eq!(customer["identifier"], "90010112345");
     assert_eq!(customer["custom_fields"]["Kwota"], "1234.5");
-    for file in [&xlsx, &ods] {
+    for file in [&xlsx, &ods, &xls] {
         let sheet = dry_run(file, &m);
         assert_eq!(sheet.code, Some(0), "{}: {}", file.display(), sheet.stderr);
         for row in [1, 2] {
