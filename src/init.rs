@@ -775,15 +775,16 @@ fn score(column: &Profile, target: &Target) -> u32 {
         .iter()
         .map(|n| (n, 0))
         .chain(target.generic.iter().map(|n| (n, 10)));
-    let qualified = (target.table == Table::Address)
+    // "Home Street": the part alone, and the rank of its address.
+    let part = (target.table == Table::Address)
         .then(|| qualified(&column.tail))
-        .flatten();
+        .flatten()
+        .map(|(rank, rest)| (rank, Profile::new(&rest.join(" "))));
     for (name, less) in all {
         let (syn, _) = names(name);
         let mut s = name_score(column, &syn, less);
-        if let Some((rank, rest)) = &qualified {
-            let part = Profile::new(&rest.join(" "));
-            s = s.max(name_score(&part, &syn, less).saturating_sub(5 + rank));
+        if let Some((rank, part)) = &part {
+            s = s.max(name_score(part, &syn, less).saturating_sub(5 + rank));
         }
         best = best.max(s);
     }
