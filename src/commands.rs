@@ -53,13 +53,7 @@ async fn init_command(args: &InitArgs) -> anyhow::Result<Exit> {
         }
     }
     let system = if args.online {
-        let credentials = credentials::resolve(
-            args.connect.url.as_deref(),
-            args.connect.user.as_deref(),
-            args.connect.password_file.as_deref(),
-        )?;
-        let client = ApiClient::new(&credentials, &ClientConfig::default())
-            .context("cannot set up the HTTP client")?;
+        let client = reading_client(&args.connect)?;
         let system = init::read_system(&client)
             .await
             .map_err(|e| anyhow::anyhow!("cannot read what the system has: {e}"))?;
@@ -124,6 +118,17 @@ async fn init_command(args: &InitArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// A client for the read-only GETs of `check --online` and `init
+/// --online`, with the default pacing.
+fn reading_client(connect: &crate::cli::ConnectArgs) -> anyhow::Result<Arc<ApiClient>> {
+    let credentials = credentials::resolve(
+        connect.url.as_deref(),
+        connect.user.as_deref(),
+        connect.password_file.as_deref(),
+    )?;
+    ApiClient::new(&credentials, &ClientConfig::default()).context("cannot set up the HTTP client")
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it, created
 /// 0600, renamed over `path` once complete.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -149,13 +154,7 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
         eprintln!("Reading {}: {}", args.csv.display(), input.info());
     }
     let report = if args.online {
-        let credentials = credentials::resolve(
-            args.connect.url.as_deref(),
-            args.connect.user.as_deref(),
-            args.connect.password_file.as_deref(),
-        )?;
-        let client = ApiClient::new(&credentials, &ClientConfig::default())
-            .context("cannot set up the HTTP client")?;
+        let client = reading_client(&args.connect)?;
         let system = preflight(&input.mapping, &args.csv, &args.mapping, &client, true)
             .await?
             .unwrap_or_default();

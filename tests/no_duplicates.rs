@@ -26,11 +26,7 @@ fn config(fault_rate: f64, seed: u64) -> SandboxConfig {
 }
 
 fn bin() -> std::process::Command {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
-    cmd.env("THULIUM_PASSWORD", PASSWORD)
-        .env_remove("THULIUM_URL")
-        .env_remove("THULIUM_USER");
-    cmd
+    common::bin(PASSWORD)
 }
 
 fn connect(cmd: &mut std::process::Command, sandbox: &Sandbox) {

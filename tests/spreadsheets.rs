@@ -17,11 +17,7 @@ use thulium_import::sandbox::{Sandbox, SandboxConfig};
 const PASSWORD: &str = "sheets-secret";
 
 fn bin() -> std::process::Command {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
-    cmd.env("THULIUM_PASSWORD", PASSWORD)
-        .env_remove("THULIUM_URL")
-        .env_remove("THULIUM_USER");
-    cmd
+    common::bin(PASSWORD)
 }
 
 struct DryRun {

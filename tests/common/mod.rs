@@ -9,6 +9,16 @@ pub mod sheets;
 use serde_json::Value;
 use thulium_import::sandbox::Sandbox;
 
+/// The binary, with `password` in `THULIUM_PASSWORD` and no
+/// `THULIUM_URL`/`THULIUM_USER` from the environment.
+pub fn bin(password: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
+    cmd.env("THULIUM_PASSWORD", password)
+        .env_remove("THULIUM_URL")
+        .env_remove("THULIUM_USER");
+    cmd
+}
+
 /// `thulium-import report <LEDGER> --json`, parsed.
 pub fn report(ledger: &Path) -> Value {
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
