@@ -219,9 +219,8 @@ pub async fn read_system(client: &crate::api::ApiClient) -> Result<System, crate
 #[derive(Debug)]
 struct Sniffed {
     options: SourceOptions,
-    /// Why this encoding.
+    /// Why this encoding (a byte-order mark, skipped when read, is one).
     encoding_why: String,
-    bom: bool,
     /// Why this delimiter.
     delimiter_why: String,
 }
@@ -234,7 +233,6 @@ fn sniff(path: &Path, options: &InitOptions) -> Result<Sniffed, InitError> {
                 ..SourceOptions::default()
             },
             encoding_why: String::new(),
-            bom: false,
             delimiter_why: String::new(),
         });
     }
@@ -265,7 +263,6 @@ fn sniff(path: &Path, options: &InitOptions) -> Result<Sniffed, InitError> {
             ..SourceOptions::default()
         },
         encoding_why,
-        bom,
         delimiter_why,
     })
 }
@@ -276,7 +273,10 @@ fn sniff(path: &Path, options: &InitOptions) -> Result<Sniffed, InitError> {
 /// for control codes, and they place ą, ś, ź differently.
 fn sniff_encoding(bytes: &[u8], whole: bool, bom: bool) -> (&'static Encoding, String) {
     if bom {
-        return (encoding_rs::UTF_8, "a UTF-8 byte-order mark".into());
+        return (
+            encoding_rs::UTF_8,
+            "a UTF-8 byte-order mark (skipped when read)".into(),
+        );
     }
     match std::str::from_utf8(bytes) {
         Ok(_) => return (encoding_rs::UTF_8, "the bytes read are UTF-8".into()),
@@ -1094,12 +1094,7 @@ impl Writer {
             .unwrap_or(encoding_rs::UTF_8)
             .name()
             .to_lowercase();
-        let why = if sniffed.bom && encoding != "utf-8" {
-            format!("{}; a UTF-8 BOM is skipped", sniffed.encoding_why)
-        } else {
-            sniffed.encoding_why.clone()
-        };
-        self.entry("encoding", &quote(&encoding), &why);
+        self.entry("encoding", &quote(&encoding), &sniffed.encoding_why);
         let delimiter = match sniffed.options.delimiter.unwrap_or(b',') {
             b'\t' => "\"\\t\"".to_string(),
             d => quote(&(d as char).to_string()),
