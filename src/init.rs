@@ -121,6 +121,9 @@ pub fn draft(
     }
     let sheet = source.info().sheet.clone();
     let mut notes = Vec::new();
+    if sheet.is_none() && options.sheet.is_some() {
+        notes.push("--sheet applies to a spreadsheet, not to a CSV: ignored".into());
+    }
     if unreadable > 0 {
         notes.push(format!(
             "{unreadable} of the first {sampled} rows could not be read; `check` says why"
