@@ -82,16 +82,6 @@ async fn import(sandbox: &Sandbox, file: &Path, mapping: &Path, dir: &Path) -> O
         .unwrap()
 }
 
-/// The sandbox's customers by identifier.
-fn by_identifier(sandbox: &Sandbox) -> BTreeMap<String, Value> {
-    sandbox.state_json()["customers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|c| Some((c["identifier"].as_str()?.to_string(), c.clone())))
-        .collect()
-}
-
 /// A field as text: a list's items joined with `|`.
 fn text(v: &Value) -> String {
     match v {
@@ -206,7 +196,7 @@ fn people(n: usize) -> Vec<Person> {
 /// Every person is a customer whose fields are what the row says, for
 /// each field in `fields` (`address.city` for an address part).
 fn assert_imported(sandbox: &Sandbox, people: &[Person], fields: &[&str]) {
-    let customers = by_identifier(sandbox);
+    let customers = common::by_identifier(sandbox);
     assert_eq!(customers.len(), people.len(), "one customer per row");
     for p in people {
         let c = customers
@@ -522,7 +512,7 @@ async fn init_on_the_sample_gives_the_customers_of_the_hand_written_mapping() {
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let out = import(&b, &sample, &by_hand, dir.path()).await;
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    let (ours, theirs) = (by_identifier(&a), by_identifier(&b));
+    let (ours, theirs) = (common::by_identifier(&a), common::by_identifier(&b));
     assert!(theirs.len() > 250, "{}", theirs.len());
     // Every customer of the hand-written mapping, and two more: the rows
     // it finds invalid only for columns init leaves as comments ("Liczba

@@ -6,7 +6,6 @@
 mod common;
 use common::{doubled_customers, doubled_items, make_export, report};
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -105,16 +104,6 @@ fn tempdir() -> PathBuf {
     tempfile::tempdir().unwrap().keep()
 }
 
-/// The customers the sandbox holds, by identifier.
-fn by_identifier(sandbox: &Sandbox) -> HashMap<String, Value> {
-    sandbox.state_json()["customers"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(|c| Some((c["identifier"].as_str()?.to_string(), c.clone())))
-        .collect()
-}
-
 /// The first `n` data rows of `csv` in a new file, with every surname
 /// suffixed (an older version of the same customers).
 fn older_copy(csv: &Path, n: usize, to: &Path) {
@@ -158,7 +147,7 @@ async fn a_populated_system_gets_updates_not_duplicates() {
     assert_eq!(doubled_customers(&sandbox), Vec::<String>::new());
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
     // The old values were updated, customer and item alike.
-    let customers = by_identifier(&sandbox);
+    let customers = common::by_identifier(&sandbox);
     assert!(customers
         .values()
         .all(|c| !c["surname"].as_str().unwrap().ends_with("(old)")));
@@ -528,7 +517,7 @@ async fn on_match_skip_and_on_missing_skip() {
     let (preloaded, _) = sandbox.preload(&old, &m).unwrap();
     let out = run(&sandbox, &csv, &m, &dir.join("a.jsonl"), &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.text);
-    let old_names = by_identifier(&sandbox)
+    let old_names = common::by_identifier(&sandbox)
         .values()
         .filter(|c| c["surname"].as_str().unwrap().ends_with("(old)"))
         .count();

@@ -30,6 +30,17 @@ pub fn report(ledger: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The customers the sandbox holds, by identifier (those without one left
+/// out).
+pub fn by_identifier(sandbox: &Sandbox) -> std::collections::BTreeMap<String, Value> {
+    sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|c| Some((c["identifier"].as_str()?.to_string(), c.clone())))
+        .collect()
+}
+
 /// How many customers the sandbox holds.
 pub fn customers(sandbox: &Sandbox) -> usize {
     sandbox.state_json()["customers"].as_object().unwrap().len()
