@@ -415,12 +415,7 @@ impl super::ApiClient {
 mod tests {
     use super::*;
 
-    fn answer(body: &str) -> Answer {
-        Answer {
-            status: 200,
-            body: body.into(),
-        }
-    }
+    use crate::api::tests::answer;
 
     fn create(n: usize, body: &str) -> Vec<RowFate<Created>> {
         let c = Customer::default();

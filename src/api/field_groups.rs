@@ -8,8 +8,7 @@ use serde_json::Value;
 
 use super::payload::{ItemValue, ItemValues, NewItem, Scalar};
 use super::{
-    json_of, lenient_int, query, unreadable, Answer, ApiClient, Call, CallError, Endpoint, Page,
-    RowFate,
+    json_of, lenient_int, list, query, Answer, ApiClient, Call, CallError, Endpoint, RowFate,
 };
 
 /// What creating an item gave: its id, when the answer carries one.
@@ -57,13 +56,6 @@ pub struct FoundItem {
     pub values: Vec<(i64, Value)>,
 }
 
-/// One page of items.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ItemPage {
-    pub count: Option<u64>,
-    pub items: Vec<FoundItem>,
-}
-
 /// `GET customer_field_group_items?customer_id=&group_id=&limit=&offset=`.
 /// The vendor's example answer shows a group's definition instead of items;
 /// items are read as `{"item_id" (or "id"), "group_id", "customer_id",
@@ -78,7 +70,7 @@ pub struct FindItems {
 }
 
 impl Endpoint for FindItems {
-    type Answer = ItemPage;
+    type Answer = (Option<u64>, Vec<FoundItem>);
     const METHOD: Method = Method::GET;
     const IDEMPOTENT: bool = true;
 
@@ -98,15 +90,8 @@ impl Endpoint for FindItems {
         None
     }
 
-    fn parse(&self, answer: &Answer) -> Result<ItemPage, CallError> {
-        let page = json_of(answer)
-            .and_then(Page::read)
-            .map_err(|m| unreadable(true, m))?;
-        let items = page.items.iter().filter_map(found_item).collect();
-        Ok(ItemPage {
-            count: page.count,
-            items,
-        })
+    fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
+        list(answer, found_item)
     }
 }
 
@@ -187,46 +172,25 @@ fn same_value(sent: &Scalar, found: &Value) -> bool {
 }
 
 impl ApiClient {
-    /// Every item of a customer in a group, page by page (1,000 a page).
+    /// Every item of a customer in a group, page by page.
     pub async fn find_items(&self, customer_id: i64, group_id: i64) -> Call<Vec<FoundItem>> {
-        const LIMIT: u32 = 1000;
-        let mut items = Vec::new();
-        let mut attempts = 0;
-        let mut offset = 0u64;
-        loop {
-            let call = self
-                .send(&FindItems {
-                    customer_id,
-                    group_id,
-                    limit: LIMIT,
-                    offset,
-                })
-                .await;
-            attempts += call.attempts;
-            let page = match call.result {
-                Ok(page) => page,
-                Err(e) => {
-                    return Call {
-                        attempts,
-                        result: Err(e),
-                    }
-                }
-            };
-            let got = page.items.len() as u64;
-            // Only this customer's items in this group count, whatever the
-            // filter let through.
-            items.extend(page.items.into_iter().filter(|i| {
+        let mut call = self
+            .all_pages(|limit, offset| FindItems {
+                customer_id,
+                group_id,
+                limit,
+                offset,
+            })
+            .await;
+        // Only this customer's items in this group count, whatever the
+        // filter let through.
+        if let Ok(items) = &mut call.result {
+            items.retain(|i| {
                 i.customer_id.is_none_or(|c| c == customer_id)
                     && i.group_id.is_none_or(|g| g == group_id)
-            }));
-            offset += got;
-            if got < u64::from(LIMIT) || page.count.is_some_and(|c| offset >= c) {
-                return Call {
-                    attempts,
-                    result: Ok(items),
-                };
-            }
+            });
         }
+        call
     }
 }
 
@@ -234,12 +198,7 @@ impl ApiClient {
 mod tests {
     use super::*;
 
-    fn answer(body: &str) -> Answer {
-        Answer {
-            status: 200,
-            body: body.into(),
-        }
-    }
+    use crate::api::tests::answer;
 
     #[test]
     fn items_are_read_in_either_value_shape() {
@@ -258,9 +217,9 @@ mod tests {
                 r#"{"count":2,"result":[{"item_id":"38","group_id":2,"customer_id":5,"values":[{"field_id":"12","value":"x"}]},{"id":39,"values":{"8":13}}]}"#,
             ))
             .unwrap();
-        assert_eq!(page.items[0].item_id, 38);
-        assert_eq!(page.items[0].values, vec![(12, Value::from("x"))]);
-        assert_eq!(page.items[1].values, vec![(8, Value::from(13))]);
+        assert_eq!(page.1[0].item_id, 38);
+        assert_eq!(page.1[0].values, vec![(12, Value::from("x"))]);
+        assert_eq!(page.1[1].values, vec![(8, Value::from(13))]);
     }
 
     #[test]

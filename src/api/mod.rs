@@ -264,6 +264,17 @@ impl Page {
     }
 }
 
+/// Reads a list answer into items with `item`, skipping what it cannot read.
+fn list<T>(
+    answer: &Answer,
+    item: impl Fn(&Value) -> Option<T>,
+) -> Result<(Option<u64>, Vec<T>), CallError> {
+    let page = json_of(answer)
+        .and_then(Page::read)
+        .map_err(|m| unreadable(true, m))?;
+    Ok((page.count, page.items.iter().filter_map(item).collect()))
+}
+
 /// An answer that cannot be read, as the error the call's idempotence
 /// allows: a non-idempotent call's outcome is then unknown.
 fn unreadable(idempotent: bool, message: String) -> CallError {
@@ -274,6 +285,42 @@ fn unreadable(idempotent: bool, message: String) -> CallError {
         }
     } else {
         CallError::Unknown { message }
+    }
+}
+
+impl ApiClient {
+    /// Every page of a list endpoint whose calls `page(limit, offset)`
+    /// makes (at most 100 pages of 1,000).
+    pub async fn all_pages<E, T>(&self, page: impl Fn(u32, u64) -> E) -> Call<Vec<T>>
+    where
+        E: Endpoint<Answer = (Option<u64>, Vec<T>)>,
+    {
+        const LIMIT: u32 = 1000;
+        let mut out = Vec::new();
+        let mut attempts = 0;
+        for n in 0..100u64 {
+            let call = self.send(&page(LIMIT, n * u64::from(LIMIT))).await;
+            attempts += call.attempts;
+            match call.result {
+                Ok((count, items)) => {
+                    let got = items.len() as u64;
+                    out.extend(items);
+                    if got < u64::from(LIMIT) || count.is_some_and(|c| out.len() as u64 >= c) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    return Call {
+                        attempts,
+                        result: Err(e),
+                    }
+                }
+            }
+        }
+        Call {
+            attempts,
+            result: Ok(out),
+        }
     }
 }
 
@@ -300,9 +347,17 @@ fn query(pairs: &[(&str, String)]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A 200 answer with `body`, for the endpoints' parsers.
+    pub(crate) fn answer(body: &str) -> Answer {
+        Answer {
+            status: 200,
+            body: body.into(),
+        }
+    }
 
     #[test]
     fn pages_are_read_liberally() {

@@ -7,10 +7,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{
-    encode, json_of, lenient_int, lenient_text, query, unreadable, Answer, ApiClient, Call,
-    CallError, Endpoint, Page,
-};
+use super::{encode, lenient_int, lenient_text, list, query, Answer, CallError, Endpoint};
 
 /// A custom-field group and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,17 +43,6 @@ pub struct Agent {
     pub active: bool,
     /// `active_in_outbound`, for a campaign's agents.
     pub active_in_outbound: bool,
-}
-
-/// Reads a list answer into items with `item`, skipping what it cannot read.
-fn list<T>(
-    answer: &Answer,
-    item: impl Fn(&Value) -> Option<T>,
-) -> Result<(Option<u64>, Vec<T>), CallError> {
-    let page = json_of(answer)
-        .and_then(Page::read)
-        .map_err(|m| unreadable(true, m))?;
-    Ok((page.count, page.items.iter().filter_map(item).collect()))
 }
 
 fn text(v: &Value, keys: &[&str]) -> Option<String> {
@@ -266,52 +252,11 @@ impl Endpoint for ListAgents {
     }
 }
 
-impl ApiClient {
-    /// Every page of a list endpoint whose calls `page(limit, offset)`
-    /// makes (at most 100 pages of 1,000).
-    pub async fn all_pages<E, T>(&self, page: impl Fn(u32, u64) -> E) -> Call<Vec<T>>
-    where
-        E: Endpoint<Answer = (Option<u64>, Vec<T>)>,
-    {
-        const LIMIT: u32 = 1000;
-        let mut out = Vec::new();
-        let mut attempts = 0;
-        for n in 0..100u64 {
-            let call = self.send(&page(LIMIT, n * u64::from(LIMIT))).await;
-            attempts += call.attempts;
-            match call.result {
-                Ok((count, items)) => {
-                    let got = items.len() as u64;
-                    out.extend(items);
-                    if got < u64::from(LIMIT) || count.is_some_and(|c| out.len() as u64 >= c) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    return Call {
-                        attempts,
-                        result: Err(e),
-                    }
-                }
-            }
-        }
-        Call {
-            attempts,
-            result: Ok(out),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn answer(body: &str) -> Answer {
-        Answer {
-            status: 200,
-            body: body.into(),
-        }
-    }
+    use crate::api::tests::answer;
 
     #[test]
     fn the_vendors_shapes_read_liberally() {
