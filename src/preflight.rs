@@ -229,32 +229,6 @@ fn agent_problem(id: &str, facts: &CampaignFacts, login: &str) -> Option<String>
     ))
 }
 
-/// Why a record with these values cannot go into campaign `id`, if it
-/// cannot.
-fn record_problem(
-    id: &str,
-    facts: &CampaignFacts,
-    status_id: Option<i64>,
-    dictionary_status_id: Option<i64>,
-    agent_login: Option<&str>,
-    next_call_date: Option<&str>,
-    new_record: bool,
-) -> Option<String> {
-    status_id
-        .and_then(|s| {
-            status_problem(
-                id,
-                facts,
-                s,
-                agent_login.is_some(),
-                next_call_date.is_some(),
-                new_record,
-            )
-        })
-        .or_else(|| dictionary_status_id.and_then(|d| dictionary_problem(id, facts, d)))
-        .or_else(|| agent_login.and_then(|a| agent_problem(id, facts, a)))
-}
-
 impl System {
     /// Makes a row's stages that cannot work `invalid` (recorded at their
     /// stage, not sent): the problems found.
@@ -282,55 +256,68 @@ impl System {
         }
         if let Some(c) = &p.campaign {
             let r = &c.record;
-            let found = match self.campaign(&c.campaign_id) {
-                Ok(Some(facts)) => record_problem(
-                    &c.campaign_id,
-                    facts,
-                    r.status_id,
-                    r.dictionary_status_id,
-                    r.agent_login.as_deref(),
-                    r.next_call_date.as_deref(),
-                    true,
-                ),
-                Ok(None) => None,
-                Err(e) => Some(e),
-            };
-            if let Some(reason) = found {
-                // The reason names the value at fault (a status, an agent).
-                let e = FieldError {
-                    column: None,
-                    value: None,
-                    reason,
-                };
+            if let Some(e) = self.record_problem(
+                &c.campaign_id,
+                r.status_id,
+                r.dictionary_status_id,
+                r.agent_login.as_deref(),
+                r.next_call_date.as_deref(),
+                true,
+            ) {
                 p.campaign = None;
                 p.invalid_stages.push((Stage::Campaign, e));
             }
         }
         if let Some(u) = &p.campaign_update {
             let b = &u.body;
-            let found = match self.campaign(&u.campaign_id) {
-                Ok(Some(facts)) => record_problem(
-                    &u.campaign_id,
-                    facts,
-                    b.status_id,
-                    b.dictionary_status_id,
-                    b.agent_login.as_deref(),
-                    b.next_call_date.as_deref(),
-                    false,
-                ),
-                Ok(None) => None,
-                Err(e) => Some(e),
-            };
-            if let Some(reason) = found {
-                let e = FieldError {
-                    column: None,
-                    value: None,
-                    reason,
-                };
+            if let Some(e) = self.record_problem(
+                &u.campaign_id,
+                b.status_id,
+                b.dictionary_status_id,
+                b.agent_login.as_deref(),
+                b.next_call_date.as_deref(),
+                false,
+            ) {
                 p.campaign_update = None;
                 p.invalid_stages.push((Stage::CampaignUpdate, e));
             }
         }
+    }
+
+    /// Why a record with these values cannot go into campaign `id` (or
+    /// why there is no such campaign), if it cannot. The reason names the
+    /// value at fault (a status, an agent).
+    fn record_problem(
+        &self,
+        id: &str,
+        status_id: Option<i64>,
+        dictionary_status_id: Option<i64>,
+        agent_login: Option<&str>,
+        next_call_date: Option<&str>,
+        new_record: bool,
+    ) -> Option<FieldError> {
+        let reason = match self.campaign(id) {
+            Ok(None) => None,
+            Err(e) => Some(e),
+            Ok(Some(facts)) => status_id
+                .and_then(|s| {
+                    status_problem(
+                        id,
+                        facts,
+                        s,
+                        agent_login.is_some(),
+                        next_call_date.is_some(),
+                        new_record,
+                    )
+                })
+                .or_else(|| dictionary_status_id.and_then(|d| dictionary_problem(id, facts, d)))
+                .or_else(|| agent_login.and_then(|a| agent_problem(id, facts, a))),
+        }?;
+        Some(FieldError {
+            column: None,
+            value: None,
+            reason,
+        })
     }
 }
 
