@@ -304,24 +304,19 @@ pub fn fate_event<T>(
         RowFate::Refused {
             http_status,
             message,
-        } => {
-            ev.status = Some(Status::Failed);
-            ev.http_status = *http_status;
-            ev.message = Some(message.clone());
-            ev.retryable = Some(false);
         }
-        RowFate::Unknown { message } => {
-            ev.status = Some(Status::Unknown);
-            ev.message = Some(message.clone());
-        }
-        RowFate::Retryable {
+        | RowFate::Retryable {
             http_status,
             message,
         } => {
             ev.status = Some(Status::Failed);
             ev.http_status = *http_status;
             ev.message = Some(message.clone());
-            ev.retryable = Some(true);
+            ev.retryable = Some(matches!(fate, RowFate::Retryable { .. }));
+        }
+        RowFate::Unknown { message } => {
+            ev.status = Some(Status::Unknown);
+            ev.message = Some(message.clone());
         }
         RowFate::NotSent { message } => {
             ev.status = Some(Status::Skipped);
