@@ -22,20 +22,7 @@ fn bin() -> std::process::Command {
     common::bin(PASSWORD)
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut std::process::Command) -> Out {
-    let out = cmd.output().unwrap();
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
+use common::{output, output_of, Out};
 
 /// `init FILE -o DIR/<name>.toml`, which must succeed.
 fn init(file: &Path, dir: &Path) -> PathBuf {
@@ -43,7 +30,7 @@ fn init(file: &Path, dir: &Path) -> PathBuf {
         "{}.toml",
         file.file_name().unwrap().to_string_lossy()
     ));
-    let out = run(bin().arg("init").arg(file).arg("--output").arg(&mapping));
+    let out = output_of(bin().arg("init").arg(file).arg("--output").arg(&mapping));
     assert_eq!(out.code, Some(0), "init failed: {}", out.stderr);
     mapping
 }
@@ -51,7 +38,7 @@ fn init(file: &Path, dir: &Path) -> PathBuf {
 /// `check FILE --mapping M`: the exit code (0 all valid, 1 some invalid,
 /// 2 the mapping does not work).
 fn check(file: &Path, mapping: &Path) -> Out {
-    run(bin().arg("check").arg(file).arg("--mapping").arg(mapping))
+    output_of(bin().arg("check").arg(file).arg("--mapping").arg(mapping))
 }
 
 async fn sandbox() -> Sandbox {
@@ -70,16 +57,14 @@ async fn import(sandbox: &Sandbox, file: &Path, mapping: &Path, dir: &Path) -> O
         file.file_name().unwrap().to_string_lossy(),
         mapping.file_name().unwrap().to_string_lossy()
     ));
-    let mut cmd = common::run_command(
+    let cmd = common::run_command(
         sandbox,
         file.to_str().unwrap(),
         mapping.to_str().unwrap(),
         &ledger,
         PASSWORD,
     );
-    tokio::task::spawn_blocking(move || run(&mut cmd))
-        .await
-        .unwrap()
+    output(cmd).await
 }
 
 /// A field as text: a list's items joined with `|`.
@@ -461,7 +446,7 @@ async fn init_maps_a_spreadsheet_with_typed_cells() {
         .collect();
     let file = dir.path().join("customers.xlsx");
     write_xlsx(&file, "Customers", &["Summary"], &rows);
-    let out = run(bin().arg("init").arg(&file).args(["--sheet", "Customers"]));
+    let out = output_of(bin().arg("init").arg(&file).args(["--sheet", "Customers"]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let text = out.stdout;
     assert!(text.contains("sheet = \"Customers\""), "{text}");
@@ -541,16 +526,18 @@ fn init_refuses_to_overwrite_without_force() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/crm_export.csv");
     let out_path = dir.path().join("m.toml");
     std::fs::write(&out_path, "# mine\n").unwrap();
-    let out = run(bin().arg("init").arg(&sample).arg("-o").arg(&out_path));
+    let out = output_of(bin().arg("init").arg(&sample).arg("-o").arg(&out_path));
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("--force"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "# mine\n");
-    let out = run(bin()
-        .arg("init")
-        .arg(&sample)
-        .arg("-o")
-        .arg(&out_path)
-        .arg("--force"));
+    let out = output_of(
+        bin()
+            .arg("init")
+            .arg(&sample)
+            .arg("-o")
+            .arg(&out_path)
+            .arg("--force"),
+    );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(std::fs::read_to_string(&out_path)
         .unwrap()
@@ -558,12 +545,14 @@ fn init_refuses_to_overwrite_without_force() {
     // Never over the file it reads, even with --force.
     let copy = dir.path().join("export.csv");
     std::fs::copy(&sample, &copy).unwrap();
-    let out = run(bin()
-        .arg("init")
-        .arg(&copy)
-        .arg("-o")
-        .arg(&copy)
-        .arg("--force"));
+    let out = output_of(
+        bin()
+            .arg("init")
+            .arg(&copy)
+            .arg("-o")
+            .arg(&copy)
+            .arg("--force"),
+    );
     assert_eq!(out.code, Some(2));
     assert_eq!(
         std::fs::read(&copy).unwrap(),
@@ -571,11 +560,13 @@ fn init_refuses_to_overwrite_without_force() {
     );
     // A file it cannot read: exit 2, nothing written.
     let missing = dir.path().join("nope.csv");
-    let out = run(bin()
-        .arg("init")
-        .arg(&missing)
-        .arg("-o")
-        .arg(dir.path().join("n.toml")));
+    let out = output_of(
+        bin()
+            .arg("init")
+            .arg(&missing)
+            .arg("-o")
+            .arg(dir.path().join("n.toml")),
+    );
     assert_eq!(out.code, Some(2));
     assert!(!dir.path().join("n.toml").exists());
 }
@@ -590,9 +581,7 @@ async fn init_online_lists_the_systems_field_groups_campaigns_and_agents() {
     cmd.arg("init")
         .arg(&sample)
         .args(["--online", "--url", &url, "--user", "api_user"]);
-    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let text = out.stdout;
     assert!(
@@ -621,11 +610,13 @@ async fn init_online_lists_the_systems_field_groups_campaigns_and_agents() {
     std::fs::write(&mapping, uncommented).unwrap();
     assert_eq!(check(&sample, &mapping).code, Some(1));
     // Without credentials: exit 2.
-    let out = run(bin()
-        .env_remove("THULIUM_PASSWORD")
-        .arg("init")
-        .arg(&sample)
-        .args(["--online", "--url", &url, "--user", "api_user"]));
+    let out = output_of(
+        bin()
+            .env_remove("THULIUM_PASSWORD")
+            .arg("init")
+            .arg(&sample)
+            .args(["--online", "--url", &url, "--user", "api_user"]),
+    );
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
 

@@ -41,24 +41,7 @@ fn connect(cmd: &mut std::process::Command, sandbox: &Sandbox) {
     .args(["--max-consecutive-failures", "0", "--max-attempts", "8"]);
 }
 
-struct Out {
-    code: Option<i32>,
-    text: String,
-}
-
-async fn output(mut cmd: std::process::Command) -> Out {
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code(),
-        text: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
+use common::output;
 
 fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path) -> std::process::Command {
     let mut cmd = bin();
@@ -106,15 +89,15 @@ async fn unknown_customers_without_an_identifier_are_left_not_duplicated() {
     let mut first = run(&sandbox, &csv, &mapping, &ledger);
     first.args(["--batch-size", "25", "--concurrency", "8"]);
     let first = output(first).await;
-    assert!(matches!(first.code, Some(1)), "{}", first.text);
+    assert!(matches!(first.code, Some(1)), "{}", first.text());
     // A retry under the same faults, then one without.
     let second = output(retry(&sandbox, &ledger)).await;
-    assert!(matches!(second.code, Some(1)), "{}", second.text);
+    assert!(matches!(second.code, Some(1)), "{}", second.text());
     assert_eq!(doubled_customers(&sandbox), Vec::<String>::new());
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
     sandbox.set_fault_rate(0.0);
     let second = output(retry(&sandbox, &ledger)).await;
-    assert!(matches!(second.code, Some(1)), "{}", second.text);
+    assert!(matches!(second.code, Some(1)), "{}", second.text());
     assert_eq!(doubled_customers(&sandbox), Vec::<String>::new());
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
     // What is left unknown at the customer stage is only rows without an
@@ -141,11 +124,15 @@ async fn unknown_customers_without_an_identifier_are_left_not_duplicated() {
         assert_eq!(row % 4, 0, "row {row} has an identifier: it was looked up");
     }
     assert!(
-        second.text.contains("no identifier to look it up by"),
+        second.text().contains("no identifier to look it up by"),
         "{}",
-        second.text
+        second.text()
     );
-    assert!(second.text.contains("--include-unknown"), "{}", second.text);
+    assert!(
+        second.text().contains("--include-unknown"),
+        "{}",
+        second.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,7 +148,7 @@ async fn the_failed_rows_csv_round_trip_creates_nothing_twice() {
     let mut first = run(&sandbox, &csv, &mapping, &ledger);
     first.args(["--batch-size", "25", "--concurrency", "8"]);
     let first = output(first).await;
-    assert_eq!(first.code, Some(1), "{}", first.text);
+    assert_eq!(first.code, Some(1), "{}", first.text());
     let failed = dir.join("failed.csv");
     let mut cmd = bin();
     cmd.arg("report")
@@ -169,13 +156,13 @@ async fn the_failed_rows_csv_round_trip_creates_nothing_twice() {
         .arg("--failed-csv")
         .arg(&failed);
     let out = output(cmd).await;
-    assert_eq!(out.code, Some(1), "{}", out.text);
+    assert_eq!(out.code, Some(1), "{}", out.text());
     let text = std::fs::read_to_string(&failed).unwrap();
     assert!(text.lines().next().unwrap().ends_with("_done;_unknown"));
     assert!(text.contains("field_group:2"), "per-group names in _done");
     let before_customers = sandbox.state_json()["customers"].as_object().unwrap().len();
     let again = output(run(&sandbox, &failed, &mapping, &dir.join("l2.jsonl"))).await;
-    assert!(matches!(again.code, Some(1)), "{}", again.text);
+    assert!(matches!(again.code, Some(1)), "{}", again.text());
     assert_eq!(doubled_customers(&sandbox), Vec::<String>::new());
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
     let after_customers = sandbox.state_json()["customers"].as_object().unwrap().len();
@@ -191,7 +178,11 @@ async fn the_failed_rows_csv_round_trip_creates_nothing_twice() {
             .as_str()
             .is_some_and(|m| m.starts_with("left out"))
     }) {
-        assert!(again.text.contains("--include-unknown"), "{}", again.text);
+        assert!(
+            again.text().contains("--include-unknown"),
+            "{}",
+            again.text()
+        );
     }
 }
 
@@ -228,12 +219,12 @@ async fn a_retry_overlapping_a_run_is_refused_at_once_and_sends_nothing() {
     let before = sandbox.requests().len();
     let asked = Instant::now();
     let second = output(retry(&sandbox, &ledger)).await;
-    assert_eq!(second.code, Some(2), "{}", second.text);
+    assert_eq!(second.code, Some(2), "{}", second.text());
     assert!(asked.elapsed() < Duration::from_secs(5), "refused at once");
     assert!(
-        second.text.contains("in use by process") && second.text.contains("since"),
+        second.text().contains("in use by process") && second.text().contains("since"),
         "{}",
-        second.text
+        second.text()
     );
     // Nor may the failed-rows CSV be written from under it, nor the
     // ledger be set aside.
@@ -267,7 +258,7 @@ async fn a_retry_overlapping_a_run_is_refused_at_once_and_sends_nothing() {
     );
     // Once the run is over, the retry goes ahead.
     let later = output(retry(&sandbox, &ledger)).await;
-    assert_eq!(later.code, Some(1), "{}", later.text);
+    assert_eq!(later.code, Some(1), "{}", later.text());
     assert!(
         !dir.join("l.jsonl.lock").exists(),
         "the lock's note is removed"
@@ -302,7 +293,7 @@ async fn unknown_items_are_found_among_the_customers_items_not_created_twice() {
         &ledger,
     ))
     .await;
-    assert_eq!(first.code, Some(1), "{}", first.text);
+    assert_eq!(first.code, Some(1), "{}", first.text());
     let before = report(&ledger);
     assert!(
         before["stages"]["field_group"]["unknown"].as_u64().unwrap() > 0,
@@ -310,7 +301,7 @@ async fn unknown_items_are_found_among_the_customers_items_not_created_twice() {
     );
     sandbox.set_fault_rate(0.0);
     let second = output(retry(&sandbox, &ledger)).await;
-    assert_eq!(second.code, Some(1), "{}", second.text);
+    assert_eq!(second.code, Some(1), "{}", second.text());
     let after = report(&ledger);
     assert_eq!(after["stages"]["field_group"]["unknown"], 0, "{after}");
     assert_eq!(after["stages"]["customer"]["unknown"], 0, "{after}");
@@ -370,7 +361,7 @@ async fn max_failures_counts_rows_not_outcomes() {
         "5",
     ]);
     let out = output(cmd).await;
-    assert_eq!(out.code, Some(3), "{}", out.text);
+    assert_eq!(out.code, Some(3), "{}", out.text());
     let failed_rows: std::collections::HashSet<u64> = lines(&ledger)
         .iter()
         .filter(|e| e["stage"] == "field_group" && e["status"] == "failed")
@@ -433,11 +424,11 @@ async fn retry_refuses_an_edited_copy_whose_rows_moved() {
     let mut cmd = retry(&sandbox, &ledger);
     cmd.arg("--source").arg(&edited);
     let refused = output(cmd).await;
-    assert_eq!(refused.code, Some(2), "{}", refused.text);
+    assert_eq!(refused.code, Some(2), "{}", refused.text());
     assert!(
-        refused.text.contains("row 5 (line") && refused.text.contains("moved"),
+        refused.text().contains("row 5 (line") && refused.text().contains("moved"),
         "{}",
-        refused.text
+        refused.text()
     );
     assert_eq!(sandbox.requests().len(), before, "nothing sent");
 }

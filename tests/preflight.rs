@@ -31,22 +31,7 @@ fn bin() -> std::process::Command {
     common::bin(PASSWORD)
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn output(mut cmd: std::process::Command) -> Out {
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
+use common::output;
 
 fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path) -> std::process::Command {
     let mut cmd = bin();

@@ -30,22 +30,7 @@ fn bin() -> std::process::Command {
     common::bin(PASSWORD)
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn output(mut cmd: std::process::Command) -> Out {
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
+use common::output;
 
 fn run_cmd(
     sandbox: &Sandbox,

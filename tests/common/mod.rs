@@ -19,6 +19,39 @@ pub fn bin(password: &str) -> std::process::Command {
     cmd
 }
 
+/// How a command ended: its exit code and what it printed (UTF-8, as the
+/// tool always writes).
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// stdout then stderr, for searching and for failure messages.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to its end.
+pub fn output_of(cmd: &mut std::process::Command) -> Out {
+    let out = cmd.output().unwrap();
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// [`output_of`] off the async runtime's threads (the sandbox runs on them).
+pub async fn output(mut cmd: std::process::Command) -> Out {
+    tokio::task::spawn_blocking(move || output_of(&mut cmd))
+        .await
+        .unwrap()
+}
+
 /// `thulium-import report <LEDGER> --json`, parsed.
 pub fn report(ledger: &Path) -> Value {
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
