@@ -163,12 +163,13 @@ fn one_or_many(v: &Value) -> Option<Vec<String>> {
 }
 
 /// The one list of a batch body (`{"customers": [...]}`): present, not
-/// empty, at most `max` items (413 past it), and nothing else in the body.
+/// empty, at most `max` items (413 past it), each an object, and nothing
+/// else in the body.
 fn batch_list<'a>(
     body: &'a Map<String, Value>,
     key: &str,
     max: usize,
-) -> Result<&'a Vec<Value>, ApiError> {
+) -> Result<Vec<&'a Map<String, Value>>, ApiError> {
     only_keys(body, &[key], "")?;
     let Some(Value::Array(list)) = body.get(key) else {
         return Err(ApiError::bad(format!(
@@ -184,7 +185,15 @@ fn batch_list<'a>(
             format!("At most {max} {key} per call."),
         ));
     }
-    Ok(list)
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Object(o) => Ok(o),
+            _ => Err(ApiError::bad(format!(
+                "Field \"{key}[{i}]\" must be an object."
+            ))),
+        })
+        .collect()
 }
 
 const CUSTOMER_KEYS: &[&str] = &[
@@ -354,20 +363,12 @@ pub async fn batch_customers(
 ) -> ApiResult {
     let body = json_object(&headers, body).await?;
     let customers = batch_list(&body, "customers", shared.config.max_batch)?;
-    let mut objects = Vec::with_capacity(customers.len());
     for (i, c) in customers.iter().enumerate() {
-        let at = format!("customers[{i}].");
-        let Value::Object(c) = c else {
-            return Err(ApiError::bad(format!(
-                "Field \"customers[{i}]\" must be an object."
-            )));
-        };
-        customer_schema(c, &at)?;
-        objects.push(c);
+        customer_schema(c, &format!("customers[{i}]."))?;
     }
     let mut state = shared.lock_state();
     let mut answer = Map::new();
-    for (i, c) in objects.into_iter().enumerate() {
+    for (i, c) in customers.into_iter().enumerate() {
         let entry = match customer_content(c) {
             Ok(()) => {
                 let id = state.add_customer(c.clone());
@@ -470,13 +471,8 @@ pub async fn update_customers(
     let body = json_object(&headers, body).await?;
     let customers = batch_list(&body, "customers", shared.config.max_batch)?;
     let mut entries = Vec::with_capacity(customers.len());
-    for (i, c) in customers.iter().enumerate() {
+    for (i, c) in customers.into_iter().enumerate() {
         let at = format!("customers[{i}].");
-        let Value::Object(c) = c else {
-            return Err(ApiError::bad(format!(
-                "Field \"customers[{i}]\" must be an object."
-            )));
-        };
         let mut fields = c.clone();
         let customer_id = int_field(c, "customer_id", &at)?
             .ok_or_else(|| ApiError::bad(format!("Field \"{at}customer_id\" is required.")))?;
@@ -822,13 +818,8 @@ pub async fn campaign_records(
         order: Option<i64>,
     }
     let mut parsed = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
+    for (i, r) in records.into_iter().enumerate() {
         let at = format!("records[{i}].");
-        let Value::Object(r) = r else {
-            return Err(ApiError::bad(format!(
-                "Field \"records[{i}]\" must be an object."
-            )));
-        };
         only_keys(r, RECORD_KEYS, &at)?;
         parsed.push(Parsed {
             customer_id: int_field(r, "customer_id", &at)?
