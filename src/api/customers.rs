@@ -319,10 +319,6 @@ impl Endpoint for FindCustomers {
         format!("customers?{filter}{}", query(&pairs))
     }
 
-    fn body(&self) -> Option<String> {
-        None
-    }
-
     fn parse(&self, answer: &Answer) -> Result<CustomerPage, CallError> {
         let page = json_of(answer)
             .and_then(Page::read)

@@ -86,10 +86,6 @@ impl Endpoint for FindItems {
         )
     }
 
-    fn body(&self) -> Option<String> {
-        None
-    }
-
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
         list(answer, found_item)
     }

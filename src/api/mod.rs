@@ -48,8 +48,10 @@ pub trait Endpoint {
     const IDEMPOTENT: bool;
     /// The path under `/api/`, with its query for a GET.
     fn path(&self) -> String;
-    /// The JSON body, if the call has one.
-    fn body(&self) -> Option<String>;
+    /// The JSON body, if the call has one (a GET has none).
+    fn body(&self) -> Option<String> {
+        None
+    }
     /// Reads a 2xx answer. An answer that cannot be read at all is an error
     /// of the kind the call's idempotence allows.
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError>;

@@ -45,6 +45,14 @@ pub struct Agent {
     pub active_in_outbound: bool,
 }
 
+/// A list's path with its page: `base?limit=&offset=`.
+fn paged(base: &str, limit: u32, offset: u64) -> String {
+    format!(
+        "{base}?{}",
+        query(&[("limit", limit.to_string()), ("offset", offset.to_string())])
+    )
+}
+
 fn text(v: &Value, keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|k| lenient_text(v.get(*k)))
 }
@@ -81,17 +89,7 @@ impl Endpoint for ListFieldGroups {
     const IDEMPOTENT: bool = true;
 
     fn path(&self) -> String {
-        format!(
-            "customer_field_groups?{}",
-            query(&[
-                ("limit", self.limit.to_string()),
-                ("offset", self.offset.to_string()),
-            ])
-        )
-    }
-
-    fn body(&self) -> Option<String> {
-        None
+        paged("customer_field_groups", self.limit, self.offset)
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
@@ -130,17 +128,7 @@ impl Endpoint for ListOutbounds {
     const IDEMPOTENT: bool = true;
 
     fn path(&self) -> String {
-        format!(
-            "outbounds?{}",
-            query(&[
-                ("limit", self.limit.to_string()),
-                ("offset", self.offset.to_string()),
-            ])
-        )
-    }
-
-    fn body(&self) -> Option<String> {
-        None
+        paged("outbounds", self.limit, self.offset)
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
@@ -170,10 +158,6 @@ impl Endpoint for ListStatuses<'_> {
 
     fn path(&self) -> String {
         format!("outbounds/{}/statuses", encode(self.campaign_id))
-    }
-
-    fn body(&self) -> Option<String> {
-        None
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
@@ -212,10 +196,6 @@ impl Endpoint for ListCampaignAgents<'_> {
         format!("outbounds/{}/agents", encode(self.campaign_id))
     }
 
-    fn body(&self) -> Option<String> {
-        None
-    }
-
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
         list(answer, agent).map(|(_, v)| v)
     }
@@ -234,17 +214,7 @@ impl Endpoint for ListAgents {
     const IDEMPOTENT: bool = true;
 
     fn path(&self) -> String {
-        format!(
-            "agents?{}",
-            query(&[
-                ("limit", self.limit.to_string()),
-                ("offset", self.offset.to_string()),
-            ])
-        )
-    }
-
-    fn body(&self) -> Option<String> {
-        None
+        paged("agents", self.limit, self.offset)
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
