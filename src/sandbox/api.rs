@@ -653,13 +653,9 @@ pub async fn list_items(
         .filter(|i| customer_id.is_none_or(|c| i.customer_id == c))
         .filter(|i| group_id.is_none_or(|g| i.group_id == g))
         .collect();
-    let result: Vec<Value> = found
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
-        .collect();
-    Ok(axum::Json(json!({"count": found.len(), "result": result})).into_response())
+    page_of(found.into_iter(), (limit, offset), |i| {
+        serde_json::to_value(i).unwrap_or(Value::Null)
+    })
 }
 
 /// `PUT /api/customer_field_group_items/:id`: replaces the values given;
@@ -705,6 +701,18 @@ pub async fn update_item(
 }
 
 /// `limit` (1 to 1000, default 100) and `offset` of a list call.
+/// One page of a list as `{"count", "result"}`: `count` all of them,
+/// `result` those of the page `(limit, offset)`.
+fn page_of<T>(
+    items: impl ExactSizeIterator<Item = T>,
+    (limit, offset): (usize, usize),
+    one: impl Fn(T) -> Value,
+) -> ApiResult {
+    let count = items.len();
+    let result: Vec<Value> = items.skip(offset).take(limit).map(one).collect();
+    Ok(axum::Json(json!({"count": count, "result": result})).into_response())
+}
+
 fn paging(limit: &Option<String>, offset: &Option<String>) -> Result<(usize, usize), ApiError> {
     let parse = |v: &Option<String>, name: &str, default: usize| match v {
         None => Ok(default),
@@ -1046,22 +1054,15 @@ pub async fn list_field_groups(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ItemQuery>,
 ) -> ApiResult {
-    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let page = paging(&q.limit, &q.offset)?;
     let state = shared.lock_state();
-    let result: Vec<Value> = state
-        .field_groups
-        .values()
-        .skip(offset)
-        .take(limit)
-        .map(|g| {
-            json!({
-                "group_id": g.group_id,
-                "name": g.name,
-                "fields": g.fields.iter().map(|(id, name, _)| json!({"field_id": id, "name": name})).collect::<Vec<_>>(),
-            })
+    page_of(state.field_groups.values(), page, |g| {
+        json!({
+            "group_id": g.group_id,
+            "name": g.name,
+            "fields": g.fields.iter().map(|(id, name, _)| json!({"field_id": id, "name": name})).collect::<Vec<_>>(),
         })
-        .collect();
-    Ok(axum::Json(json!({"count": state.field_groups.len(), "result": result})).into_response())
+    })
 }
 
 /// `GET /api/outbounds`: the campaigns.
@@ -1069,16 +1070,13 @@ pub async fn list_outbounds(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ItemQuery>,
 ) -> ApiResult {
-    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let page = paging(&q.limit, &q.offset)?;
     let state = shared.lock_state();
-    let result: Vec<Value> = state
-        .campaigns
-        .values()
-        .skip(offset)
-        .take(limit)
-        .map(|c| json!({"id": c.id, "name": c.name, "type": if c.crm { "crm" } else { "phone" }}))
-        .collect();
-    Ok(axum::Json(json!({"count": state.campaigns.len(), "result": result})).into_response())
+    page_of(
+        state.campaigns.values(),
+        page,
+        |c| json!({"id": c.id, "name": c.name, "type": if c.crm { "crm" } else { "phone" }}),
+    )
 }
 
 /// `GET /api/outbounds/:id/statuses`: a bare list, `status_id` as a string,
@@ -1122,15 +1120,12 @@ pub async fn list_campaign_agents(
 
 /// `GET /api/agents`: every agent of the system.
 pub async fn list_agents(Query(q): Query<ItemQuery>) -> ApiResult {
-    let (limit, offset) = paging(&q.limit, &q.offset)?;
-    let result: Vec<Value> = AGENTS
-        .iter()
-        .enumerate()
-        .skip(offset)
-        .take(limit)
-        .map(|(i, login)| json!({"agent_id": i + 1, "login": login, "active": true}))
-        .collect();
-    Ok(axum::Json(json!({"count": AGENTS.len(), "result": result})).into_response())
+    let page = paging(&q.limit, &q.offset)?;
+    page_of(
+        AGENTS.iter().enumerate(),
+        page,
+        |(i, login)| json!({"agent_id": i + 1, "login": login, "active": true}),
+    )
 }
 
 /// Any other path under `/api/`.
