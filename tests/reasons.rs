@@ -76,11 +76,9 @@ async fn three_reasons_read_as_three_lines() {
         PASSWORD,
     );
     run.args(["--no-preflight", "--max-consecutive-failures", "0"]);
-    let out = tokio::task::spawn_blocking(move || run.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let out = common::output(run).await;
+    let stdout = out.stdout;
+    assert_eq!(out.code, Some(1), "{stdout}");
     // The end of the run: the reasons, most rows first.
     assert!(
         stdout.contains("problems by reason, most rows first:"),

@@ -341,15 +341,8 @@ async fn a_sheet_imports_and_its_failed_rows_csv_imports_again() {
         PASSWORD,
     );
     pilot.args(["--limit", "4"]);
-    let out = tokio::task::spawn_blocking(move || pilot.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output(pilot).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert_eq!(common::customers(&sandbox), 4);
     let mut retry = bin();
     retry.arg("retry").arg(&ledger).args([
@@ -361,15 +354,8 @@ async fn a_sheet_imports_and_its_failed_rows_csv_imports_again() {
         "--rate",
         "2000",
     ]);
-    let out = tokio::task::spawn_blocking(move || retry.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output(retry).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert_eq!(common::customers(&sandbox), 19, "every valid row once");
     let customer = sandbox.state_json()["customers"]
         .as_object()
@@ -423,21 +409,14 @@ async fn a_sheet_imports_and_its_failed_rows_csv_imports_again() {
     );
     assert_eq!(lines_of_csv.next(), None);
     std::fs::write(&failed, text.replace("#N/A", "600000010")).unwrap();
-    let mut again = common::run_command(
+    let again = common::run_command(
         &sandbox,
         failed.to_str().unwrap(),
         m.to_str().unwrap(),
         &dir.join("again.jsonl"),
         PASSWORD,
     );
-    let out = tokio::task::spawn_blocking(move || again.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output(again).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(common::customers(&sandbox), 20);
 }

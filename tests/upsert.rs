@@ -49,7 +49,7 @@ struct Out {
 }
 
 async fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path, extra: &[&str]) -> Out {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
+    let mut cmd = common::bin(PASSWORD);
     cmd.arg("run")
         .arg(csv)
         .arg("--mapping")
@@ -64,25 +64,16 @@ async fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path, extra
             "--no-progress",
         ])
         .args(["--rate", "5000", "--max-consecutive-failures", "0"])
-        .args(extra)
-        .env("THULIUM_PASSWORD", PASSWORD)
-        .env_remove("THULIUM_URL")
-        .env_remove("THULIUM_USER");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+        .args(extra);
+    let out = common::output(cmd).await;
     let ledger = std::fs::read_to_string(ledger)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     Out {
-        code: out.status.code(),
-        text: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        code: out.code,
+        text: out.text(),
         ledger,
     }
 }
