@@ -355,12 +355,13 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     // Before the ledger: what cannot be set up leaves nothing behind.
     let csv = args.csv.clone();
     let mapping_path = args.mapping.clone();
+    let full = args.sync.full;
     let sync = prepare_sync(
         &args.sync,
         &input.plan,
         &client,
         &credentials.root,
-        move |state| rows_to_look_up(&csv, &mapping_path, state),
+        move |state| rows_to_look_up(&csv, &mapping_path, state, full),
     )
     .await?;
     let system = if args.no_preflight {
@@ -680,15 +681,19 @@ async fn prepare_sync(
     })
 }
 
-/// How many rows of a file have a match-key value that the sync state does
-/// not know: the lookups a run without an index would make.
+/// How many rows of a file a run without an index would look up: every
+/// row with a match-key value, but those whose customer the sync state
+/// remembers with the very fields the row has (an unchanged row needs no
+/// confirmation; `--full` confirms every row).
 fn rows_to_look_up(
     csv: &std::path::Path,
     mapping_path: &std::path::Path,
     state: Option<&SyncState>,
+    full: bool,
 ) -> anyhow::Result<u64> {
     let mut input = Input::open(csv, mapping_path)?;
     let keys = input.plan.lookup_keys();
+    let upsert = input.plan.upsert().cloned();
     let mut n = 0;
     while let Some(row) = input.source.next_row() {
         let Ok(row) = row? else { continue };
@@ -699,9 +704,14 @@ fn rows_to_look_up(
             continue;
         };
         let row_keys = identity::RowKeys::of(customer, &keys);
-        let known =
-            state.is_some_and(|s| row_keys.hashes().any(|(_, h)| s.customer_of(h).is_some()));
-        if !row_keys.is_empty() && !known {
+        let unchanged = || {
+            let state = state?;
+            let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
+            let hash =
+                crate::state::payload_hash(&pipeline::customer_update(upsert.as_ref(), &payloads)?);
+            Some(state.part(id, "customer")?.0 == hash)
+        };
+        if !row_keys.is_empty() && (full || unchanged() != Some(true)) {
             n += 1;
         }
     }

@@ -222,29 +222,28 @@ pub enum Found {
     /// No key found anyone.
     Missing,
     /// A key found several customers.
-    Ambiguous {
-        ids: Vec<i64>,
-        key: SearchKey,
-        value: String,
-    },
+    Ambiguous { ids: Vec<i64>, key: SearchKey },
     /// The lookup could not be made.
     Failed(String),
 }
 
 impl Found {
-    /// "ambiguous: customers 12 and 57 have identifier X".
-    pub fn ambiguity(ids: &[i64], key: &SearchKey, value: &str) -> String {
+    /// "ambiguous: customers 12 and 57 have this row's identifier". The
+    /// key's value is left out: the message goes into the ledger, which
+    /// holds no customer data.
+    pub fn ambiguity(ids: &[i64], key: &SearchKey) -> String {
         format!(
-            "ambiguous: customers {} have {} {}: nothing sent for this row; merge them in Thulium",
+            "ambiguous: customers {} have this row's {}: nothing sent for this row; merge them in Thulium, then retry",
             crate::pipeline::join_ids(ids),
             key.name(),
-            crate::source::shorten(value)
         )
     }
 }
 
-/// Where customers are found: the sync state's known keys, an index, or a
-/// lookup per row.
+/// Where customers are found in Thulium: an index read this run, or a
+/// lookup per row. The sync state beside it is a memory of earlier runs,
+/// asked only for a hint ([`Finder::remembered`]): Thulium decides who a
+/// row is.
 #[derive(Debug, Default)]
 pub struct Finder {
     pub index: Option<Index>,
@@ -252,30 +251,29 @@ pub struct Finder {
 }
 
 impl Finder {
-    /// Finds the customer of a row: keys in order, each value of a key
-    /// (several e-mail addresses) looked up; one customer matches, several
-    /// are ambiguous, none goes on to the next key.
+    /// A finder that asks Thulium only (no index read earlier, no state):
+    /// for a creation whose outcome was unknown, and for a customer that
+    /// turned out to be gone.
+    pub fn fresh() -> Finder {
+        Finder::default()
+    }
+
+    /// The customer earlier runs learnt for the row's keys (the first key,
+    /// in the mapping's order, the state knows): a hint to confirm before
+    /// anything is written on its strength.
+    pub fn remembered(&self, keys: &RowKeys) -> Option<i64> {
+        let state = self.state.as_ref()?;
+        keys.hashes().find_map(|(_, h)| state.customer_of(h))
+    }
+
+    /// Finds the customer of a row in Thulium (the index read this run, or
+    /// lookups): keys in order, each value of a key (several e-mail
+    /// addresses) looked up; one customer matches, several are ambiguous,
+    /// none goes on to the next key. The sync state is not asked.
     pub async fn find(&self, client: &ApiClient, keys: &RowKeys) -> (Found, u32) {
         let mut attempts = 0;
-        // What earlier runs learnt: a cache, trusted for the id.
-        if let Some(state) = &self.state {
-            for (key, values) in &keys.0 {
-                for v in values {
-                    if let Some(id) = state.customer_of(key_hash(key, v)) {
-                        return (
-                            Found::Matched {
-                                customer_id: id,
-                                key: key.clone(),
-                            },
-                            0,
-                        );
-                    }
-                }
-            }
-        }
         for (key, values) in &keys.0 {
             let mut ids: Vec<i64> = Vec::new();
-            let mut value_of_many = String::new();
             for v in values {
                 let found = match &self.index {
                     Some(index) => index.get(key_hash(key, v)),
@@ -288,9 +286,6 @@ impl Finder {
                         }
                     }
                 };
-                if found.len() > 1 {
-                    value_of_many = v.clone();
-                }
                 for id in found {
                     if !ids.contains(&id) {
                         ids.push(id);
@@ -310,14 +305,10 @@ impl Finder {
                 }
                 _ => {
                     ids.sort_unstable();
-                    if value_of_many.is_empty() {
-                        value_of_many = values.join(", ");
-                    }
                     return (
                         Found::Ambiguous {
                             ids,
                             key: key.clone(),
-                            value: value_of_many,
                         },
                         attempts,
                     );

@@ -40,6 +40,10 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
+    #[error("state {path}: format version {found}, but this tool reads version {VERSION}: use the tool that wrote it, or start a new state (deleting it costs the next run its lookups, never a duplicate)")]
+    Version { path: String, found: String },
+    #[error("state {path}: cannot write: {message}")]
+    Write { path: String, message: String },
     #[error("state {path} belongs to {recorded}, not {given}: one state file per Thulium system (pass another --state)")]
     OtherSystem {
         path: String,
@@ -55,6 +59,11 @@ pub enum Learnt {
     Key { key: KeyHash, customer_id: i64 },
     /// The key value's customer is gone (the state was stale).
     Forget { key: KeyHash },
+    /// The customer is gone from Thulium (deleted, or the system restored
+    /// from a backup): every key and part remembered for it is forgotten.
+    /// What was sent to its contact history is kept: it is proof of a
+    /// sending, and ids are not reused by one system.
+    ForgetCustomer { customer_id: i64 },
     /// A part of a customer was sent with this payload hash.
     Part {
         customer_id: i64,
@@ -78,7 +87,12 @@ pub struct SyncState {
     read: Mutex<Connection>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The first write that failed, if any: the run ends with an error.
+    failed: Arc<Mutex<Option<String>>>,
 }
+
+/// The state's format version.
+pub const VERSION: &str = "1";
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -87,6 +101,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     key BLOB PRIMARY KEY, customer_id INTEGER NOT NULL, synced_at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_by_customer ON keys (customer_id);
 CREATE TABLE IF NOT EXISTS parts (
     customer_id INTEGER NOT NULL, part TEXT NOT NULL, hash BLOB NOT NULL,
     item_id INTEGER, synced_at TEXT NOT NULL, PRIMARY KEY (customer_id, part)
@@ -137,11 +152,24 @@ impl SyncState {
                     given: system.into(),
                 })
             }
-            Some(_) => {}
+            Some(_) => {
+                let version: Option<String> = conn
+                    .query_row("SELECT value FROM meta WHERE name = 'version'", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(found) = version.filter(|v| v != VERSION) {
+                    return Err(StateError::Version {
+                        path: display,
+                        found,
+                    });
+                }
+            }
             None => {
                 conn.execute(
-                    "INSERT INTO meta (name, value) VALUES ('system', ?1), ('version', '1')",
-                    params![system],
+                    "INSERT INTO meta (name, value) VALUES ('system', ?1), ('version', ?2)",
+                    params![system, VERSION],
                 )
                 .map_err(sql)?;
             }
@@ -149,13 +177,15 @@ impl SyncState {
         let write = Connection::open(path).map_err(sql)?;
         write.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer_path = display.clone();
-        let writer = std::thread::spawn(move || writer(write, rx, writer_path));
+        let failed = Arc::new(Mutex::new(None));
+        let writer_failed = failed.clone();
+        let writer = std::thread::spawn(move || writer(write, rx, writer_failed));
         Ok(Arc::new(SyncState {
             path: path.into(),
             read: Mutex::new(conn),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            failed,
         }))
     }
 
@@ -222,13 +252,21 @@ impl SyncState {
         }
     }
 
-    /// Waits until everything learnt so far is written.
-    pub fn flush(&self) {
+    /// Waits until everything learnt so far is written; an error if any
+    /// write failed (the state would lag what the ledger says was sent).
+    pub fn flush(&self) -> Result<(), StateError> {
         let (done, wait) = mpsc::channel();
         if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
             if tx.send(Job::Flush(done)).is_ok() {
                 let _ = wait.recv();
             }
+        }
+        match &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(message) => Err(StateError::Write {
+                path: self.path.display().to_string(),
+                message: message.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -248,7 +286,7 @@ impl Drop for SyncState {
 }
 
 /// The writer thread: whatever is queued goes in one transaction.
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, path: String) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Option<String>>>) {
     let now = crate::ledger::now;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -272,6 +310,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, path: String) {
                         tx.prepare_cached("DELETE FROM keys WHERE key = ?1")?
                             .execute(params![blob(*key)])?;
                     }
+                    Learnt::ForgetCustomer { customer_id } => {
+                        tx.prepare_cached("DELETE FROM keys WHERE customer_id = ?1")?
+                            .execute(params![customer_id])?;
+                        tx.prepare_cached("DELETE FROM parts WHERE customer_id = ?1")?
+                            .execute(params![customer_id])?;
+                    }
                     Learnt::Part {
                         customer_id,
                         part,
@@ -290,8 +334,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, path: String) {
             tx.commit()
         })();
         if let Err(e) = result {
-            // A cache that cannot be written costs the next run speed only.
-            tracing::warn!(state = %path, error = %e, "Cannot write the state.");
+            // What was sent but not written down could be sent again by
+            // the next run: the run ends with an error (exit 3).
+            tracing::error!(error = %e, "Cannot write the state.");
+            failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| e.to_string());
         }
         for job in jobs {
             if let Job::Flush(done) = job {
@@ -340,13 +389,13 @@ mod tests {
             customer_id: 13,
             hash: 5,
         });
-        s.flush();
+        s.flush().unwrap();
         assert_eq!(s.customer_of(7), Some(13));
         assert_eq!(s.customer_of(8), None);
         assert_eq!(s.part(13, "field_group:2"), Some((100, Some(38))));
         assert!(s.has_feed(13, 5) && !s.has_feed(13, 6));
         s.learn(Learnt::Forget { key: 7 });
-        s.flush();
+        s.flush().unwrap();
         assert_eq!(s.customer_of(7), None);
         drop(s);
         #[cfg(unix)]

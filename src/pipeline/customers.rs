@@ -52,10 +52,17 @@ fn drop_customer_stages(row: &mut MappedRow) {
 /// The customer's payload as an update sends it (with `clear_empty`, the
 /// empty cells as empty values), and its hash for the sync state.
 fn update_fields(run: &Run, row: &MappedRow) -> Option<crate::api::payload::Customer> {
-    let customer = row.payloads.customer.as_ref()?;
-    let clear = run.sync.upsert.as_ref().is_some_and(|u| u.clear_empty);
-    Some(if clear {
-        customer.clearing(&row.payloads.cleared)
+    customer_update(run.sync.upsert.as_ref(), &row.payloads)
+}
+
+/// The customer's payload as an update sends it under `upsert`.
+pub fn customer_update(
+    upsert: Option<&crate::mapping::Upsert>,
+    payloads: &crate::mapping::RowPayloads,
+) -> Option<crate::api::payload::Customer> {
+    let customer = payloads.customer.as_ref()?;
+    Some(if upsert.is_some_and(|u| u.clear_empty) {
+        customer.clearing(&payloads.cleared)
     } else {
         customer.clone()
     })
@@ -65,6 +72,12 @@ fn update_fields(run: &Run, row: &MappedRow) -> Option<crate::api::payload::Cust
 /// leave it (recorded here), update it, or create it. Returns the row as
 /// it goes on (`update_of` set for an update, `customer` taken for a
 /// customer already there) and the customer-stage event to record, if any.
+///
+/// The sync state is a cache: the customer it remembers for the row's keys
+/// is used without asking Thulium only when the row would write nothing to
+/// it (every part as sent before). Otherwise Thulium decides (the index
+/// read this run, or a lookup), and a remembered key that now names
+/// another customer, or none, is forgotten.
 pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Option<RowEvent>) {
     let Some(reason) = row.lookup.take() else {
         return (row, None);
@@ -77,16 +90,38 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         None => vec![crate::api::customers::SearchKey::Identifier],
     };
     row.keys = RowKeys::of(customer, &keys);
+    let upsert = run.sync.upsert.clone();
+    let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
+    let mut ev = event(row.id, Stage::Customer, Status::Ok);
+    // What earlier runs learnt, as a hint (`--full` asks Thulium for every
+    // row, and so repairs the state).
+    let remembered = match reason {
+        LookupReason::Match if !run.sync.full => run.sync.finder.remembered(&row.keys),
+        _ => None,
+    };
+    if let Some(id) = remembered {
+        // Without an index, confirming costs a lookup: an unchanged row
+        // writes nothing, so it needs none. With an index, Thulium's answer
+        // is already at hand and is asked below.
+        if run.sync.finder.index.is_none() && writes_nothing(&run, &row, id, on_match) {
+            ev.customer_id = Some(id);
+            if on_match == OnMatch::Skip {
+                ev.action = Some(Action::SkippedExisting);
+                ev.message = Some(SKIPPED_EXISTING.into());
+            } else {
+                ev.action = Some(Action::Unchanged);
+            }
+            existing(&run, &mut row, id);
+            return (row, Some(ev));
+        }
+    }
     let found = if row.keys.is_empty() {
         Found::Missing
     } else {
         let _permit = run.permits.acquire().await;
         // After an unknown outcome, only Thulium knows: not the state, not
         // an index read before the run.
-        let fresh = Finder {
-            index: None,
-            state: None,
-        };
+        let fresh = Finder::fresh();
         let finder = match reason {
             LookupReason::UnknownBefore => &fresh,
             LookupReason::Match => &run.sync.finder,
@@ -97,38 +132,68 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         }
         found
     };
-    let mut ev = event(row.id, Stage::Customer, Status::Ok);
-    let upsert = run.sync.upsert.clone();
+    if let Some(id) = remembered {
+        let confirmed = match &found {
+            Found::Matched { customer_id, .. } => *customer_id == id,
+            // Nothing learnt: the memory stays as it is.
+            Found::Failed(_) => true,
+            Found::Missing | Found::Ambiguous { .. } => false,
+        };
+        if !confirmed {
+            // A key moved to another customer (an agent's edit), or the
+            // customer is gone (deleted, a restored system).
+            run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
+            for (_, key) in row.keys.hashes() {
+                run.learn(Learnt::Forget { key });
+            }
+        }
+    }
     match (found, reason) {
         (Found::Matched { customer_id, key }, LookupReason::UnknownBefore) => {
             run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
             ev.customer_id = Some(customer_id);
             ev.reconciled = Some(true);
             ev.action = Some(Action::Adopted);
+            let hash = row_hash(&run, &row);
+            let sent_before = hash.is_some_and(|h| {
+                run.sync
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.part(customer_id, "customer"))
+                    .is_some_and(|(known, _)| known == h)
+            });
+            if on_match == OnMatch::Update && hash.is_some() && !sent_before {
+                // The row may have been corrected since (a fixed failed-rows
+                // CSV, `retry --mapping`): the customer gets the row's
+                // fields (an idempotent PUT), recorded as adopted.
+                row.update_of = Some(customer_id);
+                row.adopted = true;
+                upsert_items(&run, &mut row);
+                return (row, None);
+            }
             ev.message = Some(format!(
                 "found by {} after an unknown outcome: adopted, not created again",
                 key.name()
             ));
-            run.learn_customer(&row, customer_id, row_hash(&run, &row));
+            run.learn_customer(&row, customer_id, hash);
             existing(&run, &mut row, customer_id);
             (row, Some(ev))
         }
         (Found::Matched { customer_id, .. }, LookupReason::Match) => {
             ev.customer_id = Some(customer_id);
-            let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
             if on_match == OnMatch::Skip {
                 ev.action = Some(Action::SkippedExisting);
-                ev.message = Some(
-                    "matched an existing customer: left as it is (on_match = \"skip\")".into(),
-                );
+                ev.message = Some(SKIPPED_EXISTING.into());
                 run.learn_customer(&row, customer_id, None);
                 existing(&run, &mut row, customer_id);
                 return (row, Some(ev));
             }
-            let hash = update_fields(&run, &row).map(|c| crate::state::payload_hash(&c));
+            let hash = row_hash(&run, &row);
             if let (Some(hash), false) = (hash, run.sync.full) {
                 if run.unchanged(customer_id, "customer", hash).is_some() {
                     ev.action = Some(Action::Unchanged);
+                    // Confirmed: the keys are this customer's.
+                    run.learn_customer(&row, customer_id, None);
                     existing(&run, &mut row, customer_id);
                     return (row, Some(ev));
                 }
@@ -143,19 +208,13 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                 .as_ref()
                 .is_some_and(|u| u.on_missing == OnMissing::Skip)
             {
-                ev.action = Some(Action::SkippedMissing);
-                ev.message =
-                    Some("no customer matched: not created (on_missing = \"skip\")".into());
-                drop_customer_stages(&mut row);
+                skip_missing(&mut ev, &mut row);
                 return (row, Some(ev));
             }
             (row, None)
         }
-        (Found::Ambiguous { ids, key, value }, reason) => {
-            run.progress.duplicates.fetch_add(1, Ordering::Relaxed);
-            ev.status = Some(Status::Failed);
-            ev.retryable = Some(false);
-            ev.message = Some(Found::ambiguity(&ids, &key, &value));
+        (Found::Ambiguous { ids, key }, reason) => {
+            ambiguous(&run, &mut ev, &ids, &key);
             drop_customer_stages(&mut row);
             if reason == LookupReason::Match {
                 row.payloads.campaign_update = None;
@@ -169,14 +228,65 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                     "could not look the customer up ({e}); still unknown"
                 ));
             } else {
-                ev.status = Some(Status::Failed);
-                ev.retryable = Some(true);
-                ev.message = Some(format!("could not look the customer up: {e}"));
+                lookup_failed(&mut ev, &e);
             }
             drop_customer_stages(&mut row);
             (row, Some(ev))
         }
     }
+}
+
+const SKIPPED_EXISTING: &str = "matched an existing customer: left as it is (on_match = \"skip\")";
+
+/// `on_missing = "skip"`: no customer, and nothing for its later stages.
+fn skip_missing(ev: &mut RowEvent, row: &mut MappedRow) {
+    ev.action = Some(Action::SkippedMissing);
+    ev.message = Some("no customer matched: not created (on_missing = \"skip\")".into());
+    drop_customer_stages(row);
+}
+
+/// Several customers match: nothing is sent. `retry` looks again (someone
+/// may have merged them since).
+fn ambiguous(run: &Run, ev: &mut RowEvent, ids: &[i64], key: &crate::api::customers::SearchKey) {
+    run.progress.duplicates.fetch_add(1, Ordering::Relaxed);
+    ev.status = Some(Status::Failed);
+    ev.retryable = Some(true);
+    ev.message = Some(Found::ambiguity(ids, key));
+}
+
+fn lookup_failed(ev: &mut RowEvent, e: &str) {
+    ev.status = Some(Status::Failed);
+    ev.retryable = Some(true);
+    ev.message = Some(format!("could not look the customer up: {e}"));
+}
+
+/// Whether the row would write nothing to customer `id`: its customer
+/// fields (unless `on_match = "skip"`), items, campaign record and feed
+/// message are what the sync state says was sent to it before.
+fn writes_nothing(run: &Run, row: &MappedRow, id: i64, on_match: OnMatch) -> bool {
+    use super::downstream::{campaign_hash, feed_hash, item_hash};
+    let Some(state) = &run.sync.state else {
+        return false;
+    };
+    let same = |part: &str, hash| state.part(id, part).is_some_and(|(h, _)| h == hash);
+    let customer =
+        on_match == OnMatch::Skip || row_hash(run, row).is_some_and(|h| same("customer", h));
+    customer
+        && row
+            .payloads
+            .field_groups
+            .iter()
+            .all(|i| same(&run.sync.group_part(i.index), item_hash(i)))
+        && row
+            .payloads
+            .campaign
+            .as_ref()
+            .is_none_or(|c| same("campaign", campaign_hash(c)))
+        && row
+            .payloads
+            .feed
+            .as_ref()
+            .is_none_or(|f| state.has_feed(id, feed_hash(f)))
 }
 
 /// The row's customer exists (matched, adopted or left): no customer call.
@@ -278,11 +388,7 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
                 ));
                 continue;
             }
-            let fresh = Finder {
-                index: None,
-                state: None,
-            };
-            let (found, _) = fresh.find(&run.client, &row.keys).await;
+            let (found, _) = Finder::fresh().find(&run.client, &row.keys).await;
             let mut ev = event(row.id, Stage::Customer, Status::Ok);
             match found {
                 Found::Matched { customer_id, key } => {
@@ -300,10 +406,8 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
                 }
                 // Never created: send it again.
                 Found::Missing => rows.push(row),
-                Found::Ambiguous { ids, key, value } => {
-                    ev.status = Some(Status::Failed);
-                    ev.retryable = Some(false);
-                    ev.message = Some(Found::ambiguity(&ids, &key, &value));
+                Found::Ambiguous { ids, key } => {
+                    ambiguous(run, &mut ev, &ids, &key);
                     run.record(vec![Entry::Row(ev)]).await;
                     drop_customer_stages(&mut row);
                     settled.push((
@@ -373,6 +477,12 @@ impl api::Batch for CreateBatch<'_> {
                     ev.action = Some(Action::Created);
                 },
             );
+            let mut ev = ev;
+            if let (RowFate::Done(_), Some(gone)) = (fate, row.gone_from) {
+                ev.message = Some(format!(
+                    "customer {gone}, remembered for this row, is gone from Thulium and no other matched: created anew"
+                ));
+            }
             let state = match fate {
                 RowFate::Done(c) => {
                     run.learn_customer(&row, c.customer_id, row_hash(run, &row));
@@ -413,22 +523,147 @@ impl api::Batch for CreateBatch<'_> {
 
 /// Updates matched customers (`PUT batch/customers`, idempotent), bisected
 /// on a whole-call 4xx. The customer exists whatever the update's fate, so
-/// its row goes on downstream with its id.
+/// its row goes on downstream with its id, unless Thulium says it is gone
+/// (404, "Customer not found."): then it is forgotten and the row is found
+/// again by its keys, in this run, and updated or created.
 async fn update_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, CustomerState)> {
-    let batch = UpdateBatch {
-        run,
-        settled: Mutex::new(Vec::with_capacity(rows.len())),
-    };
-    api::bisect(&batch, rows).await;
-    batch
-        .settled
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
+    let mut settled = Vec::with_capacity(rows.len());
+    let mut rows = rows;
+    // One more round for rows whose customer was gone and that another
+    // customer matches now; a second 404 is recorded as it is.
+    for round in 0..2 {
+        if rows.is_empty() {
+            break;
+        }
+        let batch = UpdateBatch {
+            run,
+            settled: Mutex::new(Vec::with_capacity(rows.len())),
+            gone: Mutex::new(Vec::new()),
+            last_round: round == 1,
+        };
+        api::bisect(&batch, rows).await;
+        settled.extend(
+            batch
+                .settled
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let gone = batch.gone.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (again, create) = find_again(run, gone, &mut settled).await;
+        rows = again;
+        if !create.is_empty() {
+            settled.extend(Box::pin(create_customers(run, create)).await);
+        }
+    }
+    settled
+}
+
+/// Rows whose remembered customer is gone, found again by their keys in
+/// Thulium: those another customer matches (to update), those none matches
+/// (to create, under `on_missing = "create"`); the others are recorded.
+async fn find_again(
+    run: &Run,
+    gone: Vec<(MappedRow, RowEvent)>,
+    settled: &mut Vec<(MappedRow, CustomerState)>,
+) -> (Vec<MappedRow>, Vec<MappedRow>) {
+    let mut update = Vec::new();
+    let mut create = Vec::new();
+    let mut entries = Vec::new();
+    for (mut row, mut ev) in gone {
+        let Some(gone_id) = row.gone_from else {
+            continue;
+        };
+        run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
+        run.learn(Learnt::ForgetCustomer {
+            customer_id: gone_id,
+        });
+        for (_, key) in row.keys.hashes() {
+            run.learn(Learnt::Forget { key });
+        }
+        let found = if row.keys.is_empty() {
+            Found::Missing
+        } else {
+            let (found, attempts) = Finder::fresh().find(&run.client, &row.keys).await;
+            if attempts > 0 {
+                run.breaker_sees(matches!(found, Found::Failed(_)));
+            }
+            found
+        };
+        ev.status = Some(Status::Ok);
+        ev.http_status = None;
+        ev.retryable = None;
+        ev.customer_id = None;
+        let on_missing = run
+            .sync
+            .upsert
+            .as_ref()
+            .map_or(OnMissing::Create, |u| u.on_missing);
+        match found {
+            Found::Matched { customer_id, .. } if customer_id != gone_id => {
+                row.update_of = Some(customer_id);
+                update.push(row);
+                continue;
+            }
+            Found::Matched { .. } => {
+                ev.status = Some(Status::Failed);
+                ev.retryable = Some(true);
+                ev.customer_id = Some(gone_id);
+                ev.message = Some(format!(
+                    "customer {gone_id} answered \"not found\" to an update, yet a lookup still finds it: nothing sent; retry later"
+                ));
+                drop_customer_stages(&mut row);
+            }
+            Found::Missing if on_missing == OnMissing::Create => {
+                // A new customer: no items to look for, and its contact
+                // history was never sent.
+                row.existed = false;
+                for item in &mut row.payloads.field_groups {
+                    if item.mode == ItemMode::Upsert {
+                        item.mode = ItemMode::Create;
+                    }
+                }
+                create.push(row);
+                continue;
+            }
+            Found::Missing => skip_missing(&mut ev, &mut row),
+            Found::Ambiguous { ids, key } => {
+                ambiguous(run, &mut ev, &ids, &key);
+                drop_customer_stages(&mut row);
+            }
+            Found::Failed(e) => {
+                lookup_failed(&mut ev, &e);
+                drop_customer_stages(&mut row);
+            }
+        }
+        let state = match ev.status {
+            Some(Status::Ok) => CustomerState::NotNeeded,
+            _ => CustomerState::NotCreated(format!("customer {gone_id} is gone")),
+        };
+        entries.push(Entry::Row(ev));
+        settled.push((row, state));
+    }
+    run.record(entries).await;
+    (update, create)
+}
+
+/// Whether an answer says the customer does not exist.
+fn not_found<T>(fate: &RowFate<T>) -> bool {
+    match fate {
+        RowFate::Refused {
+            http_status,
+            message,
+        } => *http_status == Some(404) || message.to_lowercase().contains("not found"),
+        _ => false,
+    }
 }
 
 struct UpdateBatch<'a> {
     run: &'a Run,
     settled: Mutex<Vec<(MappedRow, CustomerState)>>,
+    /// Rows whose customer Thulium says is gone, with their event so far.
+    gone: Mutex<Vec<(MappedRow, RowEvent)>>,
+    /// A second 404 is recorded, not looked up again.
+    last_round: bool,
 }
 
 impl api::Batch for UpdateBatch<'_> {
@@ -455,8 +690,10 @@ impl api::Batch for UpdateBatch<'_> {
         let fates = RowFate::of_rows(&call.result, rows.len());
         let mut entries = Vec::with_capacity(rows.len());
         let mut settled = Vec::with_capacity(rows.len());
+        let mut gone_rows = Vec::new();
         for (mut row, fate) in rows.into_iter().zip(&fates) {
             let customer_id = row.update_of.take().unwrap_or_default();
+            let adopted = row.adopted;
             let mut ev = fate_event(
                 row.id,
                 Stage::Customer,
@@ -464,27 +701,36 @@ impl api::Batch for UpdateBatch<'_> {
                 call.attempts,
                 fate,
                 |ev, _| {
-                    ev.action = Some(Action::Updated);
+                    ev.action = Some(if adopted {
+                        Action::Adopted
+                    } else {
+                        Action::Updated
+                    });
                 },
             );
             ev.customer_id = Some(customer_id);
-            let gone = matches!(
-                fate,
-                RowFate::Refused {
-                    http_status: Some(404),
-                    ..
+            if adopted {
+                ev.reconciled = Some(true);
+                if matches!(fate, RowFate::Done(())) {
+                    run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
+                    ev.message = Some(
+                        "found after an unknown outcome: adopted, not created again, and updated with the row's fields".into(),
+                    );
                 }
-            );
+            }
+            let gone = not_found(fate);
+            if gone && !self.last_round && !run.abort.is_set() {
+                row.gone_from = Some(customer_id);
+                row.adopted = false;
+                gone_rows.push((row, ev));
+                continue;
+            }
             match fate {
                 RowFate::Done(()) => run.learn_customer(&row, customer_id, row_hash(run, &row)),
                 _ if gone => {
-                    // The customer the key named is gone: forget it, so
-                    // that the next run looks the key up again.
-                    for (_, key) in row.keys.hashes() {
-                        run.learn(Learnt::Forget { key });
-                    }
+                    run.learn(Learnt::ForgetCustomer { customer_id });
                     ev.message = Some(format!(
-                        "{}: customer {customer_id} is gone; the next run looks the row up again",
+                        "{}: customer {customer_id} is gone; retry looks the row up again",
                         ev.message.unwrap_or_default()
                     ));
                     ev.retryable = Some(true);
@@ -493,6 +739,7 @@ impl api::Batch for UpdateBatch<'_> {
             }
             entries.push(Entry::Row(ev));
             let state = if gone {
+                drop_customer_stages(&mut row);
                 CustomerState::NotCreated(format!("customer {customer_id} is gone"))
             } else {
                 existing(run, &mut row, customer_id);
@@ -505,6 +752,10 @@ impl api::Batch for UpdateBatch<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(settled);
+        self.gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(gone_rows);
     }
 
     fn stopping(&self) -> Option<String> {

@@ -24,6 +24,26 @@ use crate::mapping::{CampaignPayload, ItemMode, ItemPayload, UpdatePayload};
 use crate::source::RowId;
 use crate::state::{payload_hash, Learnt};
 
+/// The hash of a field-group item's payload, for the sync state.
+pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
+    payload_hash(&(item.group_id, &item.values))
+}
+
+/// The hash of a campaign record's payload, for the sync state.
+pub(super) fn campaign_hash(campaign: &CampaignPayload) -> KeyHash {
+    payload_hash(&(&campaign.campaign_id, &campaign.record))
+}
+
+/// The hash of a campaign record edit, for the sync state.
+pub(super) fn update_hash(update: &UpdatePayload) -> KeyHash {
+    payload_hash(&(&update.campaign_id, &update.identifier, &update.body))
+}
+
+/// The hash of a contact-history message (text, author, time).
+pub(super) fn feed_hash(feed: &crate::api::payload::FeedMessage) -> KeyHash {
+    payload_hash(&(&feed.payload, &feed.author, &feed.time))
+}
+
 /// A row's customer, as the later stages need it.
 #[derive(Debug, Clone, Copy)]
 struct Customer {
@@ -123,7 +143,7 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         if let Some(feed) = payloads.feed {
             match &customer {
                 Ok(c) => {
-                    let hash = payload_hash(&(&feed.payload, &feed.author, &feed.time));
+                    let hash = feed_hash(&feed);
                     let sent = c.existed
                         && !run.sync.full
                         && run
@@ -149,7 +169,7 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         if let Some(campaign) = payloads.campaign {
             match &customer {
                 Ok(c) => {
-                    let hash = payload_hash(&(&campaign.campaign_id, &campaign.record));
+                    let hash = campaign_hash(&campaign);
                     if c.existed && run.unchanged(c.id, "campaign", hash).is_some() {
                         now.push(Entry::Row(unchanged_event(id, Stage::Campaign, None, c.id)));
                     } else {
@@ -196,7 +216,7 @@ fn unchanged_update(
     update: &UpdatePayload,
 ) -> Option<crate::ledger::RowEvent> {
     let c = customer.filter(|c| c.existed)?;
-    let hash = payload_hash(&(&update.campaign_id, &update.identifier, &update.body));
+    let hash = update_hash(update);
     run.unchanged(c.id, "campaign_update", hash)?;
     Some(unchanged_event(id, Stage::CampaignUpdate, None, c.id))
 }
@@ -251,7 +271,7 @@ impl CampaignBatcher {
         limit: usize,
     ) -> Vec<CampaignChunk> {
         let mut ready = Vec::new();
-        let hash = payload_hash(&(&payload.campaign_id, &payload.record));
+        let hash = campaign_hash(&payload);
         let CampaignPayload {
             campaign_id,
             record,
@@ -370,7 +390,7 @@ impl api::Batch for CampaignBatch<'_> {
 async fn field_group_item(run: Arc<Run>, id: RowId, customer: Customer, item: ItemPayload) {
     let group = Some(item.index);
     let part = run.sync.group_part(item.index);
-    let hash = payload_hash(&(item.group_id, &item.values));
+    let hash = item_hash(&item);
     let customer_id = customer.id;
     let learn = |run: &Run, item_id: Option<i64>| run.learn_part(customer_id, &part, hash, item_id);
     let mut ev = event(id, Stage::FieldGroup, Status::Ok);
@@ -517,7 +537,7 @@ async fn campaign_update(
     customer: Option<Customer>,
     update: UpdatePayload,
 ) {
-    let hash = payload_hash(&(&update.campaign_id, &update.identifier, &update.body));
+    let hash = update_hash(&update);
     let endpoint = UpdateRecord {
         campaign_id: &update.campaign_id,
         identifier: &update.identifier,

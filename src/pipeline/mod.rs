@@ -28,6 +28,7 @@
 mod customers;
 mod downstream;
 
+pub use customers::customer_update;
 pub use downstream::{CampaignBatcher, CampaignChunk, PendingRecord};
 
 use std::collections::HashMap;
@@ -81,6 +82,12 @@ pub struct MappedRow {
     pub update_of: Option<i64>,
     /// The customer existed before this run (matched or adopted).
     pub existed: bool,
+    /// The customer found after an unknown creation, to be updated with
+    /// the row's fields (recorded `adopted`).
+    pub adopted: bool,
+    /// The customer remembered for this row turned out to be gone from
+    /// Thulium (404): the row was looked up again.
+    pub gone_from: Option<i64>,
 }
 
 impl MappedRow {
@@ -94,6 +101,8 @@ impl MappedRow {
             keys: RowKeys::default(),
             update_of: None,
             existed: false,
+            adopted: false,
+            gone_from: None,
         }
     }
 }
@@ -188,6 +197,9 @@ pub struct Progress {
     pub reconciled: AtomicU64,
     /// Customers a lookup found more than once (left alone).
     pub duplicates: AtomicU64,
+    /// Customers the sync state remembered that Thulium no longer confirms
+    /// (a key moved, the customer gone): forgotten and looked up again.
+    pub forgotten: AtomicU64,
     /// Customer-stage actions, in [`Action::ALL`]'s order.
     pub actions: [AtomicU64; 6],
     /// Calls allowed in flight now.
@@ -847,7 +859,14 @@ pub async fn run(
     let cut = reader.await.unwrap_or(false);
     let limit = if cut { run.limits.rows } else { None };
     in_flight.abort();
-    let aborted = abort.reason();
+    // The state is written before the end: a state that lags what the
+    // ledger says was sent is an aborted run, said in the end event.
+    if let Some(state) = &run.sync.state {
+        if let Err(e) = state.flush() {
+            abort.trip(e.to_string());
+        }
+    }
+    let mut aborted = abort.reason();
     let end = ledger::End {
         rows_read,
         finished_at: ledger::now(),
@@ -855,9 +874,11 @@ pub async fn run(
         read_error: read_error.clone(),
         limit,
     };
-    let _ = run.ledger.write(&[Entry::End(end)]).await;
-    if let Some(state) = &run.sync.state {
-        state.flush();
+    if let Err(e) = run.ledger.write(&[Entry::End(end)]).await {
+        // Without its end, the ledger reads as a crashed run: `retry`
+        // re-checks every row. The run itself failed (exit 3).
+        tracing::error!(error = %e, "Cannot write the ledger's end.");
+        aborted.get_or_insert_with(|| format!("the ledger's end could not be written: {e}"));
     }
     RunEnd {
         rows_read,

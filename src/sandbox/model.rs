@@ -319,6 +319,16 @@ impl State {
         }
     }
 
+    /// Deletes a customer (what an agent or `DELETE customers/:id` does):
+    /// whether it was there.
+    pub fn remove_customer(&mut self, customer_id: i64) -> bool {
+        let Some(c) = self.customers.remove(&customer_id) else {
+            return false;
+        };
+        self.search.remove(customer_id, &c.fields);
+        true
+    }
+
     /// The items of one customer, in the order they were added.
     pub fn items_of(&self, customer_id: i64) -> impl Iterator<Item = &Item> {
         self.items_by_customer

@@ -1,0 +1,317 @@
+//! Thulium is the truth: the sync state is a cache, and whatever it
+//! remembers is confirmed by the system before anything is written on its
+//! strength. Each test changes the system between two nights the way a
+//! real one changes outside the tool (an agent's edit, a restore from a
+//! backup) and checks that no customer is overwritten with another
+//! person's data and nothing is created twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use thulium_import::sandbox::{Sandbox, SandboxConfig};
+
+const PASSWORD: &str = "truth-secret";
+
+fn config() -> SandboxConfig {
+    SandboxConfig {
+        password: PASSWORD.into(),
+        retry_after_secs: 0,
+        ..SandboxConfig::default()
+    }
+}
+
+/// A small mapping: identifier, surname, e-mail, a custom field; matched
+/// by `keys`.
+fn mapping(dir: &Path, keys: &str) -> PathBuf {
+    let path = dir.join("m.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[source]
+delimiter = ";"
+
+[customer]
+match = {keys}
+surname = {{ column = "Nazwisko", required = true }}
+identifier = "ID"
+email = "Email"
+
+[customer.custom_fields]
+"Segment" = "Segment"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A file of rows (identifier, surname, e-mail, segment).
+fn export(path: &Path, rows: &[(String, String, String, String)]) {
+    let mut text = String::from("ID;Nazwisko;Email;Segment\n");
+    for (id, surname, email, segment) in rows {
+        text.push_str(&format!("{id};{surname};{email};{segment}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn people(n: usize) -> Vec<(String, String, String, String)> {
+    (1..=n)
+        .map(|i| {
+            (
+                format!("K{i:04}"),
+                format!("Nazwisko{i}"),
+                format!("osoba{i}@example.pl"),
+                "A".to_string(),
+            )
+        })
+        .collect()
+}
+
+struct Night {
+    code: Option<i32>,
+    text: String,
+    report: Value,
+}
+
+async fn night(
+    sandbox: &Sandbox,
+    dir: &Path,
+    csv: &Path,
+    mapping: &Path,
+    state: Option<&Path>,
+    extra: &[&str],
+) -> Night {
+    let ledger = dir.join(format!("l{}.jsonl", rand::random::<u64>()));
+    let mut cmd = common::bin(PASSWORD);
+    cmd.arg("run")
+        .arg(csv)
+        .arg("--mapping")
+        .arg(mapping)
+        .arg("--ledger")
+        .arg(&ledger)
+        .args([
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+        ])
+        .args(["--rate", "5000", "--no-preflight"])
+        .args(extra);
+    if let Some(state) = state {
+        cmd.arg("--state").arg(state);
+    }
+    let out = common::output(cmd).await;
+    Night {
+        code: out.code,
+        text: out.text(),
+        report: common::report(&ledger),
+    }
+}
+
+/// The customers the sandbox holds: (identifier, surname, e-mail).
+fn held(sandbox: &Sandbox) -> Vec<(String, String, String)> {
+    let state = sandbox.state_json();
+    let mut v: Vec<(String, String, String)> = state["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("identifier"), s("surname"), s("email"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn tempdir() -> PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
+/// `match = ["identifier", "email"]`. Night 1: A has e@x.pl. Night 2: A's
+/// e-mail becomes e2@x.pl. Night 3: a new person B (a new identifier) has
+/// e@x.pl. B must be created; A must keep its identifier and surname.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_moved_to_another_person_is_not_trusted() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = mapping(&dir, r#"["identifier", "email"]"#);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("export.csv");
+    let mut rows = people(20);
+    rows[0] = ("A-1".into(), "Adamska".into(), "e@x.pl".into(), "A".into());
+    export(&csv, &rows);
+    let n1 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    assert_eq!(n1.report["actions"]["created"], 20);
+
+    rows[0].2 = "e2@x.pl".into();
+    export(&csv, &rows);
+    let n2 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(n2.report["actions"]["updated"], 1, "{}", n2.report);
+    assert_eq!(n2.report["actions"]["unchanged"], 19, "{}", n2.report);
+
+    rows.push(("B-2".into(), "Bednarek".into(), "e@x.pl".into(), "B".into()));
+    export(&csv, &rows);
+    let n3 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text);
+    assert_eq!(n3.report["actions"]["created"], 1, "{}", n3.report);
+    let customers = held(&sandbox);
+    assert_eq!(customers.len(), 21, "{customers:?}");
+    assert!(customers.contains(&("A-1".into(), "Adamska".into(), "e2@x.pl".into())));
+    assert!(customers.contains(&("B-2".into(), "Bednarek".into(), "e@x.pl".into())));
+}
+
+/// An agent moves a person's e-mail onto another customer in Thulium;
+/// the state still remembers the e-mail for the first one. The row's
+/// change goes to the customer Thulium says holds the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_moved_by_an_agent_is_forgotten_and_found_again() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = mapping(&dir, r#"["email"]"#);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("export.csv");
+    let mut rows = people(10);
+    export(&csv, &rows);
+    let n1 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    // The agent: customer 1's e-mail is now customer 2's, and customer 1
+    // gets another.
+    {
+        let mut s = sandbox.shared().lock_state();
+        let mut set = |id: i64, email: &str| {
+            let mut f: Map<String, Value> = s.customers[&id].fields.clone();
+            f.insert("email".into(), Value::from(email));
+            s.replace_customer(id, f);
+        };
+        set(1, "nowy1@example.pl");
+        set(2, "osoba1@example.pl");
+    }
+    rows[0].3 = "B".into();
+    export(&csv, &rows);
+    let n2 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    let json = sandbox.state_json();
+    let segment = |id: &str| json["customers"][id]["custom_fields"]["Segment"].clone();
+    // Customer 2 holds the e-mail now: it got the row's change.
+    assert_eq!(segment("2"), "B", "{}", json["customers"]);
+    assert_eq!(segment("1"), "A", "{}", json["customers"]);
+    assert_eq!(json["customers"]["1"]["surname"], "Nazwisko1");
+}
+
+/// Night 1 with a state; the system restored empty from a backup (its ids
+/// start again from 1); night 2 with 5 changed rows creates those 5
+/// (nothing PUT to a remembered id, no "Customer not found." forever);
+/// then `--full` checks every row against the system and brings the rest
+/// back, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_system_comes_back_without_overwrites() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = mapping(&dir, r#"["identifier"]"#);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("export.csv");
+    let mut rows = people(40);
+    export(&csv, &rows);
+    let n1 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+
+    *sandbox.shared().lock_state() = thulium_import::sandbox::model::State::new();
+    // Someone else's customer takes id 1 in the restored system.
+    {
+        let mut f = Map::new();
+        f.insert("surname".into(), Value::from("Obcy"));
+        f.insert("identifier".into(), Value::from("OBCY-1"));
+        sandbox.shared().lock_state().add_customer(f);
+    }
+    for r in rows.iter_mut().take(5) {
+        r.3 = "Zmieniony".into();
+    }
+    export(&csv, &rows);
+    // Per-row lookups: an unchanged row writes nothing, so it is not
+    // confirmed (an index, read whole, would have shown them all gone).
+    let n2 = night(
+        &sandbox,
+        &dir,
+        &csv,
+        &m,
+        Some(&state),
+        &["--index", "never"],
+    )
+    .await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(n2.report["actions"]["created"], 5, "{}", n2.report);
+    assert_eq!(n2.report["actions"]["unchanged"], 35, "{}", n2.report);
+    let customers = held(&sandbox);
+    assert_eq!(customers.len(), 6, "{customers:?}");
+    assert!(customers.contains(&("OBCY-1".into(), "Obcy".into(), String::new())));
+    let puts = sandbox
+        .requests()
+        .iter()
+        .filter(|e| e.method == "PUT")
+        .count();
+    assert_eq!(puts, 0, "nothing is PUT to a remembered id");
+
+    let n3 = night(&sandbox, &dir, &csv, &m, Some(&state), &["--full"]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text);
+    assert_eq!(n3.report["actions"]["created"], 35, "{}", n3.report);
+    let customers = held(&sandbox);
+    assert_eq!(customers.len(), 41, "{customers:?}");
+    let ids: std::collections::BTreeSet<_> = customers.iter().map(|c| &c.0).collect();
+    assert_eq!(ids.len(), 41, "every identifier once");
+
+    // The state is repaired: the next night sends nothing.
+    let before = sandbox.requests().len();
+    let n4 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n4.code, Some(0), "{}", n4.text);
+    assert_eq!(n4.report["actions"]["unchanged"], 40, "{}", n4.report);
+    let sent: Vec<_> = sandbox.requests()[before..]
+        .iter()
+        .filter(|e| e.method != "GET")
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert_eq!(sent, Vec::<String>::new());
+}
+
+/// A customer the state remembers was deleted in Thulium; the row changed.
+/// With an index read this run the memory is not trusted either: the row
+/// is created again, never PUT to the deleted id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_customer_is_created_again_with_an_index() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = mapping(&dir, r#"["identifier"]"#);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("export.csv");
+    let mut rows = people(10);
+    export(&csv, &rows);
+    let n1 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    {
+        assert!(sandbox.shared().lock_state().remove_customer(3));
+    }
+    for r in &mut rows {
+        r.3 = "C".into();
+    }
+    export(&csv, &rows);
+    let n2 = night(
+        &sandbox,
+        &dir,
+        &csv,
+        &m,
+        Some(&state),
+        &["--index", "always"],
+    )
+    .await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(n2.report["actions"]["created"], 1, "{}", n2.report);
+    assert_eq!(n2.report["actions"]["updated"], 9, "{}", n2.report);
+    assert_eq!(held(&sandbox).len(), 10);
+}
