@@ -144,6 +144,13 @@ pub struct Aimd {
     quiet_until: Instant,
     /// When the answers of the last second that went through came.
     passed: std::collections::VecDeque<Instant>,
+    /// The last refusal, and the limit and phase before the run of
+    /// refusals it belongs to began: an outage takes its cuts back.
+    last_throttle: Option<Instant>,
+    before_episode: (Option<f64>, bool),
+    /// Answers stopped coming through (an outage, not a limit): once they
+    /// come back the rate doubles each step back to the limit found.
+    recovering: bool,
 }
 
 /// The rate `--rate auto` starts at.
@@ -159,6 +166,8 @@ const SLOW_START_STEP: Duration = Duration::from_secs(1);
 const DECREASE: f64 = 0.9;
 /// How close under the known limit the rate climbs back quickly.
 const NEAR: f64 = 0.98;
+/// Refusals this far apart belong to one episode (a limit hit, an outage).
+const EPISODE: Duration = Duration::from_secs(2);
 /// The probe above it: this share more, plus [`PROBE_STEP`], per step.
 const PROBE: f64 = 0.001;
 const PROBE_STEP: f64 = 0.01;
@@ -173,6 +182,9 @@ impl Aimd {
             last_step: now,
             quiet_until: now,
             passed: std::collections::VecDeque::new(),
+            last_throttle: None,
+            before_episode: (None, true),
+            recovering: false,
         }
     }
 
@@ -212,7 +224,13 @@ impl Aimd {
         }
         self.last_step = now;
         let before = self.rate;
-        self.rate = if self.slow_start {
+        let near = self.limit.map_or(self.max, |l| l * NEAR);
+        self.rate = if self.recovering && self.rate * 2.0 < near {
+            self.rate * 2.0
+        } else if self.recovering {
+            self.recovering = false;
+            near.max(self.rate)
+        } else if self.slow_start {
             self.rate * 2.0
         } else {
             let near = self.limit.map_or(self.max, |l| l * NEAR);
@@ -232,11 +250,32 @@ impl Aimd {
     /// limit (the rate in force if that is lower; half of it at least, for
     /// a second in which little was asked), cut the rate under it. `wait`
     /// is the pause the answer asked for (`Retry-After`).
+    ///
+    /// A refusal when almost nothing went through in the last second (a
+    /// quarter of the rate) is an outage, not a limit: the rate is halved
+    /// while it lasts, but the limit found before it is kept (this run of
+    /// refusals' cuts taken back), and once answers come back the rate
+    /// doubles each step back to just under it.
     pub fn on_throttle(&mut self, now: Instant, wait: Duration) -> bool {
         if now < self.quiet_until {
             return false;
         }
+        if self
+            .last_throttle
+            .is_none_or(|t| now.duration_since(t) > EPISODE)
+        {
+            self.before_episode = (self.limit, self.slow_start);
+        }
+        self.last_throttle = Some(now);
         let passed = self.passed_last_second(now) as f64;
+        if passed < (self.rate / 4.0).max(1.0) {
+            (self.limit, self.slow_start) = self.before_episode;
+            self.rate = (self.rate / 2.0).max(AUTO_MIN);
+            self.recovering = true;
+            self.quiet_until = now + wait.max(STEP);
+            self.last_step = self.quiet_until;
+            return true;
+        }
         let mut limit = passed.clamp(self.rate / 2.0, self.rate);
         // Refused before it even got back near the last limit: that limit
         // was too high.
@@ -352,6 +391,51 @@ mod tests {
             capped.on_success(start + STEP * s);
         }
         assert_eq!(capped.rate(), 12.0);
+    }
+
+    /// A limit of 40/s, and from 30 s to 33 s an outage (every call 503,
+    /// no `Retry-After`, each refusal backing off a quarter second): the
+    /// rate in force 12 s after the outage, over 20 s, is back near the
+    /// limit. An outage is not a lower limit.
+    #[test]
+    fn an_outage_is_not_a_lower_limit() {
+        let start = Instant::now();
+        let mut aimd = Aimd::new(start, AUTO_MAX);
+        let mut window: std::collections::VecDeque<Instant> = Default::default();
+        let secs = |s: f64| start + Duration::from_secs_f64(s);
+        let (outage, back) = (secs(30.0), secs(33.0));
+        let (from, to) = (secs(45.0), secs(65.0));
+        let mut measured = 0u64;
+        let mut t = start;
+        while t < to {
+            while window
+                .front()
+                .is_some_and(|w| t.duration_since(*w) >= Duration::from_secs(1))
+            {
+                window.pop_front();
+            }
+            if t >= outage && t < back {
+                aimd.on_throttle(t, Duration::ZERO);
+                t += Duration::from_millis(250);
+            } else if (window.len() as f64) < 40.0 {
+                window.push_back(t);
+                aimd.on_success(t);
+                if t >= from {
+                    measured += 1;
+                }
+            } else {
+                aimd.on_throttle(t, Duration::from_secs(1));
+                t += Duration::from_secs(1);
+            }
+            t += Duration::from_secs_f64(1.0 / (aimd.rate() * HEADROOM));
+        }
+        let rate = measured as f64 / 20.0;
+        assert!(rate >= 34.0, "{rate} requests/s after the outage");
+        assert!(
+            aimd.limit().is_some_and(|l| l >= 34.0),
+            "{:?}",
+            aimd.limit()
+        );
     }
 
     #[test]
