@@ -104,7 +104,7 @@ impl std::fmt::Display for CallError {
             CallError::Redirected { status, location } => {
                 write!(f, "HTTP {status}: redirected to {location} (not followed)")
             }
-            CallError::NotSent { reason } => write!(f, "not sent: {reason}"),
+            CallError::NotSent { reason } => write!(f, "not sent: the run stopped ({reason})"),
         }
     }
 }

@@ -212,9 +212,40 @@ pub fn generalize(message: &str) -> String {
         // A row's own problem: its value was the part that differs.
         Some(v) if v.chars().count() >= 2 => replace_word(&owned, &v, "…"),
         Some(_) => owned,
-        // The system's words about a row: ids differ.
-        None => long_numbers(&owned),
+        // The system's words about a row: ids differ (a call's request id
+        // is one per call, a record's or a customer's one per row).
+        None => long_numbers(&without_request_ids(&owned)),
     }
+}
+
+/// `text` without the server's per-call ids: ` (request_id 5367…)`,
+/// `request_id: …`, `X-Request-Id: …`, and hexadecimal tokens of eight
+/// characters or more that hold a digit (what such ids look like).
+fn without_request_ids(text: &str) -> String {
+    let mut out = text.to_string();
+    for marker in [" (request_id ", " (X-Request-Id "] {
+        while let Some(start) = out.find(marker) {
+            match out[start..].find(')') {
+                Some(len) => out.replace_range(start..start + len + 1, ""),
+                None => out.truncate(start),
+            }
+        }
+    }
+    out.split(' ')
+        .map(|word| {
+            let token = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+            let hex = token.len() >= 8
+                && token.bytes().all(|b| b.is_ascii_hexdigit())
+                && token.bytes().any(|b| b.is_ascii_digit())
+                && token.bytes().any(|b| b.is_ascii_alphabetic());
+            if hex {
+                word.replace(token, "ID")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `text` with every occurrence of `word` that stands alone (not inside a
@@ -271,6 +302,32 @@ fn is_word(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_call_ids_are_taken_out_so_calls_group() {
+        for (a, b) in [
+            (
+                "HTTP 500: Internal error. (request_id 53678450401cf)",
+                "HTTP 500: Internal error. (request_id 9a0b1c2d3e4f5)",
+            ),
+            (
+                "gave up after 6 attempts: HTTP 503 (X-Request-Id 7f3e9c21-aa01)",
+                "gave up after 6 attempts: HTTP 503 (X-Request-Id 0b5d4e66-ff02)",
+            ),
+            (
+                "record 100231 of customer 4411 failed: 5f0c9a7e2b",
+                "record 100977 of customer 5012 failed: a1b2c3d4e5",
+            ),
+        ] {
+            assert_eq!(generalize(a), generalize(b), "{a}");
+        }
+        assert_eq!(
+            generalize("HTTP 500: Internal error. (request_id 53678450401cf)"),
+            "HTTP 500: Internal error."
+        );
+        // Words are not ids.
+        assert_eq!(generalize("deadbeef cafe facade"), "deadbeef cafe facade");
+    }
 
     #[test]
     fn per_row_values_are_taken_out() {
