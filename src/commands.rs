@@ -432,18 +432,28 @@ async fn drive(
         pilot,
     } = job;
     let abort = Arc::new(Abort::default());
-    let ctrl_c = {
+    // Listening starts before the first call: from here on a SIGTERM or
+    // SIGHUP ends the run cleanly instead of killing it mid-call.
+    let signals = crate::signals::Signals::listen();
+    let stopper = {
         let abort = abort.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                abort.trip(
-                    "interrupted (Ctrl-C): calls in flight were finished and recorded".into(),
-                );
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("Second Ctrl-C: exiting now; `retry` resumes from the ledger.");
-                    std::process::exit(i32::from(Exit::Aborted.code()));
+            let mut signals = match signals {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP.");
+                    return;
                 }
-            }
+            };
+            let first = signals.next().await;
+            abort.trip(format!(
+                "interrupted ({first}): calls in flight were finished and recorded"
+            ));
+            let second = signals.next().await;
+            eprintln!(
+                "Second stop signal ({second}): exiting now; `retry` resumes from the ledger."
+            );
+            std::process::exit(i32::from(Exit::Aborted.code()));
         })
     };
     let progress_state = Arc::new(Progress::default());
@@ -476,7 +486,7 @@ async fn drive(
     .await;
     let elapsed = started.elapsed();
     ticker.abort();
-    ctrl_c.abort();
+    stopper.abort();
     progress::finish();
     (end, elapsed, progress_state)
 }

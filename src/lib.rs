@@ -33,6 +33,7 @@ pub mod report;
 pub mod resume;
 pub mod retry;
 pub mod sandbox;
+pub mod signals;
 pub mod source;
 pub mod state;
 pub mod validate;

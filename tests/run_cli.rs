@@ -514,6 +514,27 @@ fn plain_http_to_a_remote_host_is_refused() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
+    stopped_by("-INT", "Ctrl-C").await;
+}
+
+/// What systemd, Kubernetes and `timeout` send is handled as Ctrl-C.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_calls_in_flight_records_them_and_exits_3() {
+    stopped_by("-TERM", "SIGTERM").await;
+}
+
+/// A closed terminal (SIGHUP) too.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_finishes_calls_in_flight_records_them_and_exits_3() {
+    stopped_by("-HUP", "SIGHUP").await;
+}
+
+/// Sends `signal` to a run in full flight: calls in flight are finished and
+/// recorded, the ledger ends `aborted` naming `name`, exit 3.
+#[cfg(unix)]
+async fn stopped_by(signal: &str, name: &str) {
     let sandbox = Sandbox::start(SandboxConfig {
         latency: std::time::Duration::from_millis(150),
         ..config()
@@ -531,7 +552,7 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
     // Let it get going, then interrupt it once.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -545,7 +566,7 @@ async fn ctrl_c_finishes_calls_in_flight_records_them_and_exits_3() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r = report(&ledger);
-    assert!(r["aborted"].as_str().unwrap().contains("Ctrl-C"), "{r}");
+    assert!(r["aborted"].as_str().unwrap().contains(name), "{r}");
     // Calls in flight were finished and recorded: no customer is left unknown,
     // and every customer the sandbox holds is in the ledger as ok.
     assert_eq!(r["stages"]["customer"]["unknown"], 0, "{r}");
