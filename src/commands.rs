@@ -353,6 +353,13 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     // A ledger path in use refuses the run before anything is asked.
     ledger::check_free(&ledger_path, existing)?;
     // Before the ledger: what cannot be set up leaves nothing behind.
+    // Preflight first: a handful of GETs that may refuse the mapping, before
+    // an index that may read the whole system.
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
+    };
     let csv = args.csv.clone();
     let mapping_path = args.mapping.clone();
     let sync = prepare_sync(
@@ -363,11 +370,6 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         move |state| rows_to_look_up(&csv, &mapping_path, state),
     )
     .await?;
-    let system = if args.no_preflight {
-        None
-    } else {
-        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
-    };
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -784,15 +786,17 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         seekable,
         rules,
     )?;
-    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
-        Ok(not_done)
-    })
-    .await?;
+    // Preflight before the index, as `run` does: a refusal costs a handful
+    // of GETs, never a read of the whole system.
     let system = if args.no_preflight {
         None
     } else {
         preflight(&loaded, &source_path, &mapping_path, &client, false).await?
     };
+    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
+        Ok(not_done)
+    })
+    .await?;
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;

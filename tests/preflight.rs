@@ -387,3 +387,90 @@ async fn a_pilot_then_retry_imports_every_row_once() {
         ids.len()
     );
 }
+
+/// A run and a retry whose mapping preflight refuses stop after the
+/// preflight GETs: an index of a populated system (`--index always`) is
+/// read only once the mapping is known to be usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_mapping_never_reads_the_index() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = export(&dir);
+    let sandbox = Sandbox::start(SandboxConfig {
+        preload_customers: 2500,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let matching = |extra: &str| {
+        let m = dir.join(format!("match{}.toml", extra.len()));
+        std::fs::write(
+            &m,
+            format!(
+                "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\nmatch = [\"identifier\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        m
+    };
+    let index_reads = |s: &Sandbox, from: usize| {
+        s.requests()[from..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/customers")
+            .count()
+    };
+    let refused = matching("[campaign_update]\nid = { value = \"00009\" }\nidentifier = \"ID\"\n");
+    let ledger = dir.join("refused.jsonl");
+    let mut cmd = run(&sandbox, &csv, &refused, &ledger);
+    cmd.args(["--index", "always"]);
+    let out = output(cmd).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("campaign 00009 does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(index_reads(&sandbox, 0), 0, "no customer was read");
+    assert!(
+        sandbox.requests().iter().all(|r| r.method == "GET"),
+        "only reads"
+    );
+    assert!(!ledger.exists());
+
+    // The same mapping fixed: the index is read (the test would pass for
+    // the wrong reason if `--index always` read nothing).
+    let fine = matching("");
+    let ledger = dir.join("fine.jsonl");
+    let mut cmd = run(&sandbox, &csv, &fine, &ledger);
+    cmd.args(["--index", "always"]);
+    let out = output(cmd).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(index_reads(&sandbox, 0) >= 3, "2,500 customers, 3 pages");
+
+    // `retry` with the refused mapping: the same.
+    let before = sandbox.requests().len();
+    let mut retry = bin();
+    retry
+        .arg("retry")
+        .arg(&ledger)
+        .arg("--mapping")
+        .arg(&refused)
+        .args([
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+        ])
+        .args(["--index", "always"]);
+    let out = output(retry).await;
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("campaign 00009 does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(index_reads(&sandbox, before), 0, "no customer was read");
+    assert!(sandbox.requests()[before..]
+        .iter()
+        .all(|r| r.method == "GET"));
+}
