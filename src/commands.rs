@@ -573,22 +573,28 @@ async fn preflight(
     client: &ApiClient,
     strict: bool,
 ) -> anyhow::Result<Option<Arc<preflight::System>>> {
-    let (mut ids, from_column) = preflight::constant_campaigns(&loaded.raw);
+    let (mut named, from_column) = preflight::constant_campaigns(&loaded.raw);
     if from_column {
-        // Campaign ids come from a column: the file says which.
+        // Campaign ids come from a column: the file says which, stage by
+        // stage (a constant that none of them has is refused).
         let mut input = Input::open(csv, mapping_path)?;
         while let Some(row) = input.source.next_row() {
             let Ok(row) = row? else { continue };
             if let Ok(p) = input.plan.map_row(&row) {
-                ids.extend(p.campaign.map(|c| c.campaign_id));
-                ids.extend(p.campaign_update.map(|u| u.campaign_id));
+                named.campaign.extend(p.campaign.map(|c| c.campaign_id));
+                named
+                    .campaign_update
+                    .extend(p.campaign_update.map(|u| u.campaign_id));
             }
-            if ids.len() > 200 {
+            // Each campaign costs two GETs: past a few hundred, the rest
+            // are left to the server (and nothing is refused for all rows).
+            if named.campaign.len() + named.campaign_update.len() > 200 {
+                named.complete = false;
                 break;
             }
         }
     }
-    let needs = preflight::Needs::of(&loaded.raw, ids);
+    let needs = preflight::Needs::of(&loaded.raw, named);
     if !needs.any() {
         return Ok(None);
     }

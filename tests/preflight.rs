@@ -474,3 +474,100 @@ async fn a_refused_mapping_never_reads_the_index() {
         .iter()
         .all(|r| r.method == "GET"));
 }
+
+/// A campaign record mapping whose campaign id comes from a column, with a
+/// constant `extra` (`status_id = { value = 99 }`).
+fn column_campaign(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::write(
+        &m,
+        format!(
+            "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\n\
+             [campaign]\nid = \"Kampania\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    m
+}
+
+/// With the campaign id taken from a column, a constant that none of the
+/// campaigns the rows name has, or a column naming no campaign that exists,
+/// cannot work for any row: refused before anything is sent, naming the key,
+/// the value and what the campaigns have. A constant that some of them have
+/// leaves the rows naming the others invalid, one by one, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constant_no_named_campaign_has_is_refused_when_the_id_is_a_column() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    // Rows name 00001 (agents j.doe and m.zielinski only) and 00002.
+    let csv = export(&dir);
+    let nowhere = dir.join("nowhere.csv");
+    std::fs::write(
+        &nowhere,
+        "Nazwisko;ID;Kampania\nNowak;R-1;00008\nZając;R-2;00009\nWójcik;R-3;00008\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            &csv,
+            "status_id = { value = 99 }\n",
+            "campaign.status_id: status_id 99 fits none of the 2 campaigns the rows name (00001, 00002): status_id 99 is not a status of campaign 00001; it has 1 Nowy (TO_CALL)",
+        ),
+        (
+            &csv,
+            "dictionary_status_id = { value = 42 }\n",
+            "campaign.dictionary_status_id: dictionary_status_id 42 fits none of the 2 campaigns the rows name (00001, 00002)",
+        ),
+        (
+            &csv,
+            "agent_login = { value = \"ghost\" }\n",
+            "campaign.agent_login: agent_login ghost fits none of the 2 campaigns the rows name (00001, 00002): agent ghost is not an agent of campaign 00001; it has j.doe, m.zielinski | agent ghost is not an agent of campaign 00002",
+        ),
+        (
+            &nowhere,
+            "",
+            "campaign.id: the rows name campaign(s) 00008, 00009, and none exists; the system has 00001 Sprzedaż, 00002 Windykacja, 00003 Ankieta",
+        ),
+    ];
+    for (n, (file, extra, message)) in cases.into_iter().enumerate() {
+        let sandbox = Sandbox::start(config()).await.unwrap();
+        let m = column_campaign(&dir, &format!("c{n}.toml"), extra);
+        let ledger = dir.join(format!("c{n}.jsonl"));
+        let out = output(run(&sandbox, file, &m, &ledger)).await;
+        assert_eq!(out.code, Some(2), "{message}\n{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(message), "{message}\n{}", out.stderr);
+        assert!(
+            sandbox.requests().iter().all(|r| r.method == "GET"),
+            "{message}: only reads"
+        );
+        assert_eq!(common::customers(&sandbox), 0, "{message}");
+        assert!(!ledger.exists(), "nothing to record");
+    }
+
+    // a.nowak is an agent of 00002 (every agent is), not of 00001: the
+    // mapping works for row 6, and the rows naming 00001 are invalid at
+    // the campaign stage, their customers created.
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = column_campaign(&dir, "some.toml", "agent_login = { value = \"a.nowak\" }\n");
+    let ledger = dir.join("some.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["customer"]["ok"], 7, "{r}");
+    assert_eq!(r["stages"]["campaign"]["ok"], 1, "{r}");
+    assert_eq!(r["stages"]["campaign"]["invalid"], 6, "{r}");
+    let state = sandbox.state_json();
+    assert_eq!(
+        state["campaigns"]["00002"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        state["campaigns"]["00001"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len(),
+        0
+    );
+}
