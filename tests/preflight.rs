@@ -571,3 +571,180 @@ async fn a_constant_no_named_campaign_has_is_refused_when_the_id_is_a_column() {
         0
     );
 }
+
+fn retry(sandbox: &Sandbox, ledger: &Path) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("retry").arg(ledger).args([
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+        "--no-progress",
+        "--rate",
+        "2000",
+    ]);
+    cmd
+}
+
+/// Rows whose campaign record preflight found invalid (an agent not in the
+/// campaign) are sent by `retry` once the system allows them, with the same
+/// file and mapping; until then `retry` records them invalid again and
+/// says so, sending nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_sends_the_rows_the_system_refused_once_it_allows_them() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = dir.join("agents.csv");
+    std::fs::write(
+        &csv,
+        "Nazwisko;ID;Opiekun;Kampania\n\
+         Nowak;R-1;j.doe;00001\n\
+         Zając;R-2;a.nowak;00001\n\
+         Wójcik;R-3;a.nowak;00001\n",
+    )
+    .unwrap();
+    let m = column_campaign(
+        &dir,
+        "agents.toml",
+        "status_id = { value = 1 }\nagent_login = \"Opiekun\"\n",
+    );
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let ledger = dir.join("agents.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["campaign"]["invalid"], 2, "{r}");
+    assert_eq!(r["stages"]["customer"]["ok"], 3, "{r}");
+    let records = |s: &Sandbox| {
+        s.state_json()["campaigns"]["00001"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(records(&sandbox), 1);
+
+    // Nothing changed: checked again, still invalid, nothing written.
+    let writes = |s: &Sandbox| s.requests().iter().filter(|r| r.method != "GET").count();
+    let before = writes(&sandbox);
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("retry: 2 row(s) looked at, 0 customer(s) reconciled by identifier, 0 row(s) sent again, 0 left as duplicates, 2 invalid"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "mapped and checked again against the system: 0 stage(s) sent, 2 still invalid"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("  left "), "{}", out.stdout);
+    assert_eq!(writes(&sandbox), before, "nothing sent");
+    assert_eq!(common::report(&ledger)["stages"]["campaign"]["invalid"], 2);
+
+    // a.nowak joins campaign 00001 in Thulium: the same retry sends the two
+    // records, for the customers created before (none created again).
+    sandbox
+        .shared()
+        .lock_state()
+        .campaigns
+        .get_mut("00001")
+        .unwrap()
+        .agents
+        .push("a.nowak".into());
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("2 row(s) sent again, 0 left as duplicates, 0 invalid"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("2 stage(s) sent, 0 still invalid"),
+        "{}",
+        out.stdout
+    );
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["campaign"]["ok"], 3, "{r}");
+    assert_eq!(r["stages"]["campaign"]["invalid"], 0, "{r}");
+    assert_eq!(records(&sandbox), 3);
+    assert_eq!(common::customers(&sandbox), 3, "no customer created twice");
+    let posted = sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/batch/customers")
+        .count();
+    assert_eq!(posted, 1, "customers were created by the run only");
+}
+
+/// A customer found twice by its identifier fails as ambiguous; once one
+/// of the two is gone from Thulium (merged), `retry` looks it up again and
+/// updates the one left.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_looks_up_again_a_customer_found_twice_once_merged() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = dir.join("twice.csv");
+    std::fs::write(&csv, "Nazwisko;ID\nNowak;R-1\nZając;R-2\n").unwrap();
+    let m = dir.join("twice.toml");
+    std::fs::write(
+        &m,
+        "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\nmatch = [\"identifier\"]\n",
+    )
+    .unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let (first, second) = {
+        let mut state = sandbox.shared().lock_state();
+        let mut old = |surname: &str| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("surname".into(), surname.into());
+            fields.insert("identifier".into(), "R-1".into());
+            state.add_customer(fields)
+        };
+        (old("Stary"), old("Dubel"))
+    };
+    let ledger = dir.join("twice.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let events = lines(&ledger);
+    let failed = events
+        .iter()
+        .find(|e| e["row"] == 1 && e["stage"] == "customer")
+        .unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ambiguous:"),
+        "{failed}"
+    );
+
+    // Merged in Thulium: the duplicate is gone.
+    sandbox.shared().lock_state().customers.remove(&second);
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("looked up again: 1 customer(s) found more than once before"),
+        "{}",
+        out.stdout
+    );
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["customer"]["ok"], 2, "{r}");
+    let state = sandbox.state_json();
+    assert_eq!(
+        state["customers"][first.to_string()]["surname"],
+        "Nowak",
+        "the customer left was updated"
+    );
+    assert_eq!(common::customers(&sandbox), 2, "R-1 updated, R-2 created");
+    let last = lines(&ledger)
+        .into_iter()
+        .rev()
+        .find(|e| e["row"] == 1 && e["stage"] == "customer")
+        .unwrap();
+    assert_eq!(last["customer_id"], first, "{last}");
+    assert_eq!(last["action"], "updated", "{last}");
+}
