@@ -831,14 +831,28 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
     let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Every figure is a count of what planning decided or the run did: the
+    // invalid rows include those left as they were (listed below them).
     println!(
-        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) resent, {} left as duplicates, {} invalid",
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
         planning.rows_seen,
         count(&progress.reconciled),
-        end.rows_read.saturating_sub(planning.invalid),
+        planning.rows_sent,
         count(&progress.duplicates),
-        planning.invalid
+        planning.invalid_rows()
     );
+    if planning.rechecked_sent + planning.rechecked_invalid > 0 {
+        println!(
+            "  invalid before, mapped and checked again against the system: {} stage(s) sent, {} still invalid (recorded again)",
+            planning.rechecked_sent, planning.rechecked_invalid
+        );
+    }
+    if planning.ambiguous_again > 0 {
+        println!(
+            "  looked up again: {} customer(s) found more than once before",
+            planning.ambiguous_again
+        );
+    }
     for (reason, n) in &planning.left {
         println!("  left {n}: {reason}");
     }
