@@ -353,6 +353,13 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     // A ledger path in use refuses the run before anything is asked.
     ledger::check_free(&ledger_path, existing)?;
     // Before the ledger: what cannot be set up leaves nothing behind.
+    // Preflight first: a handful of GETs that may refuse the mapping, before
+    // an index that may read the whole system.
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
+    };
     let csv = args.csv.clone();
     let mapping_path = args.mapping.clone();
     let full = args.sync.full;
@@ -364,11 +371,6 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         move |state| rows_to_look_up(&csv, &mapping_path, state, full),
     )
     .await?;
-    let system = if args.no_preflight {
-        None
-    } else {
-        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
-    };
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -582,22 +584,28 @@ async fn preflight(
     client: &ApiClient,
     strict: bool,
 ) -> anyhow::Result<Option<Arc<preflight::System>>> {
-    let (mut ids, from_column) = preflight::constant_campaigns(&loaded.raw);
+    let (mut named, from_column) = preflight::constant_campaigns(&loaded.raw);
     if from_column {
-        // Campaign ids come from a column: the file says which.
+        // Campaign ids come from a column: the file says which, stage by
+        // stage (a constant that none of them has is refused).
         let mut input = Input::open(csv, mapping_path)?;
         while let Some(row) = input.source.next_row() {
             let Ok(row) = row? else { continue };
             if let Ok(p) = input.plan.map_row(&row) {
-                ids.extend(p.campaign.map(|c| c.campaign_id));
-                ids.extend(p.campaign_update.map(|u| u.campaign_id));
+                named.campaign.extend(p.campaign.map(|c| c.campaign_id));
+                named
+                    .campaign_update
+                    .extend(p.campaign_update.map(|u| u.campaign_id));
             }
-            if ids.len() > 200 {
+            // Each campaign costs two GETs: past a few hundred, the rest
+            // are left to the server (and nothing is refused for all rows).
+            if named.campaign.len() + named.campaign_update.len() > 200 {
+                named.complete = false;
                 break;
             }
         }
     }
-    let needs = preflight::Needs::of(&loaded.raw, ids);
+    let needs = preflight::Needs::of(&loaded.raw, named);
     if !needs.any() {
         return Ok(None);
     }
@@ -804,15 +812,17 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         seekable,
         rules,
     )?;
-    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
-        Ok(not_done)
-    })
-    .await?;
+    // Preflight before the index, as `run` does: a refusal costs a handful
+    // of GETs, never a read of the whole system.
     let system = if args.no_preflight {
         None
     } else {
         preflight(&loaded, &source_path, &mapping_path, &client, false).await?
     };
+    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
+        Ok(not_done)
+    })
+    .await?;
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
@@ -841,14 +851,28 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
     let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Every figure is a count of what planning decided or the run did: the
+    // invalid rows include those left as they were (listed below them).
     println!(
-        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) resent, {} left as duplicates, {} invalid",
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
         planning.rows_seen,
         count(&progress.reconciled),
-        end.rows_read.saturating_sub(planning.invalid),
+        planning.rows_sent,
         count(&progress.duplicates),
-        planning.invalid
+        planning.invalid_rows()
     );
+    if planning.rechecked_sent + planning.rechecked_invalid > 0 {
+        println!(
+            "  invalid before, mapped and checked again against the system: {} stage(s) sent, {} still invalid (recorded again)",
+            planning.rechecked_sent, planning.rechecked_invalid
+        );
+    }
+    if planning.ambiguous_again > 0 {
+        println!(
+            "  looked up again: {} customer(s) found more than once before",
+            planning.ambiguous_again
+        );
+    }
     for (reason, n) in &planning.left {
         println!("  left {n}: {reason}");
     }

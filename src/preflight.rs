@@ -8,7 +8,10 @@
 //!   2), naming the TOML key, the value and what the system has: a field
 //!   group or field id that does not exist, a campaign id that does not
 //!   exist, a constant status, dictionary status, agent or account manager
-//!   the campaign or the system does not have;
+//!   the campaign or the system does not have. With the campaign id taken
+//!   from a column, "the campaign" is every campaign the file's rows name:
+//!   a column that names no existing campaign, or a constant that none of
+//!   the existing ones has, is refused too (every row would be invalid);
 //! - what cannot work for one row makes that row `invalid` at that stage
 //!   (its other stages go on): a status the row's campaign does not have, an
 //!   `agent_login` that is not an agent of the campaign, an
@@ -28,6 +31,47 @@ use crate::mapping::raw::{RawMapping, Spec};
 use crate::mapping::{Issue, Loaded, MappingError, RowPayloads};
 use crate::source::{shorten, FieldError};
 
+/// The campaigns each stage's rows name: its constant id, or the values its
+/// column holds in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub campaign: BTreeSet<String>,
+    pub campaign_update: BTreeSet<String>,
+    /// Whether the sets hold every campaign the rows name. A file naming
+    /// more than a few hundred is not read to its end, and then a constant
+    /// that no campaign read has may still fit a campaign not read.
+    pub complete: bool,
+}
+
+impl Default for Named {
+    fn default() -> Named {
+        Named {
+            campaign: BTreeSet::new(),
+            campaign_update: BTreeSet::new(),
+            complete: true,
+        }
+    }
+}
+
+impl Named {
+    /// Every campaign named, by either stage.
+    pub fn all(&self) -> BTreeSet<String> {
+        self.campaign
+            .union(&self.campaign_update)
+            .cloned()
+            .collect()
+    }
+
+    /// The campaigns `stage` (`campaign` or `campaign_update`) names.
+    fn of(&self, stage: &str) -> &BTreeSet<String> {
+        if stage == "campaign" {
+            &self.campaign
+        } else {
+            &self.campaign_update
+        }
+    }
+}
+
 /// What the mapping refers to, and so what preflight reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Needs {
@@ -36,20 +80,24 @@ pub struct Needs {
     /// Campaigns whose statuses and agents are read.
     pub campaign_ids: BTreeSet<String>,
     pub agents: bool,
+    /// Which stage names which campaigns, for refusing a constant that none
+    /// of them has.
+    pub named: Named,
 }
 
 impl Needs {
-    /// What `raw` refers to; `campaign_ids` are the campaigns the rows use
-    /// (a constant id, or the values a column holds).
-    pub fn of(raw: &RawMapping, campaign_ids: BTreeSet<String>) -> Needs {
+    /// What `raw` refers to; `named` are the campaigns the rows use (a
+    /// constant id, or the values a column holds).
+    pub fn of(raw: &RawMapping, named: Named) -> Needs {
         Needs {
             field_groups: !raw.field_group.is_empty(),
             campaigns: raw.campaign.is_some() || raw.campaign_update.is_some(),
-            campaign_ids,
+            campaign_ids: named.all(),
             agents: raw
                 .customer
                 .as_ref()
                 .is_some_and(|c| c.get_ref().account_manager.is_some()),
+            named,
         }
     }
 
@@ -73,6 +121,8 @@ pub struct System {
     pub outbounds: Option<Vec<Outbound>>,
     pub campaigns: BTreeMap<String, CampaignFacts>,
     pub agents: Option<Vec<Agent>>,
+    /// The campaigns the rows name, by stage (as [`Needs`] said).
+    pub named: Named,
     /// Requests it took.
     pub requests: u32,
 }
@@ -80,7 +130,10 @@ pub struct System {
 impl System {
     /// Reads what `needs` names.
     pub async fn read(client: &ApiClient, needs: &Needs) -> Result<System, CallError> {
-        let mut system = System::default();
+        let mut system = System {
+            named: needs.named.clone(),
+            ..System::default()
+        };
         if needs.field_groups {
             let call = client
                 .all_pages(|limit, offset| ListFieldGroups { limit, offset })
@@ -321,18 +374,22 @@ impl System {
     }
 }
 
-/// The campaign ids the mapping gives as constants, and whether another
-/// comes from a column (then the file says which).
-pub fn constant_campaigns(raw: &RawMapping) -> (BTreeSet<String>, bool) {
-    let mut ids = BTreeSet::new();
+/// The campaign ids the mapping gives as constants, by stage, and whether
+/// another comes from a column (then the file says which).
+pub fn constant_campaigns(raw: &RawMapping) -> (Named, bool) {
+    let mut named = Named::default();
     let mut from_column = false;
-    for id in [
-        raw.campaign.as_ref().map(|c| &c.get_ref().id),
-        raw.campaign_update.as_ref().map(|u| &u.get_ref().id),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for (id, ids) in [
+        (
+            raw.campaign.as_ref().map(|c| &c.get_ref().id),
+            &mut named.campaign,
+        ),
+        (
+            raw.campaign_update.as_ref().map(|u| &u.get_ref().id),
+            &mut named.campaign_update,
+        ),
+    ] {
+        let Some(id) = id else { continue };
         match constant(id) {
             Some(c) => {
                 ids.insert(c);
@@ -340,7 +397,37 @@ pub fn constant_campaigns(raw: &RawMapping) -> (BTreeSet<String>, bool) {
             None => from_column = true,
         }
     }
-    (ids, from_column)
+    (named, from_column)
+}
+
+/// The one problem every campaign in `existing` has with a constant
+/// (`what`: `status_id 99`), if each has one: then no row can use it.
+/// `None` as soon as one campaign takes it.
+fn fits_none(
+    what: &str,
+    existing: &[(&str, &CampaignFacts)],
+    problem: impl Fn(&str, &CampaignFacts) -> Option<String>,
+) -> Option<String> {
+    let problems = existing
+        .iter()
+        .map(|(id, facts)| problem(id, facts))
+        .collect::<Option<Vec<String>>>()?;
+    if problems.len() <= 1 {
+        return problems.into_iter().next();
+    }
+    // Each problem says what its campaign has; three are enough to see why.
+    let shown = problems.iter().take(3).cloned().collect::<Vec<_>>();
+    let more = if problems.len() > shown.len() {
+        format!(" | … ({} campaigns in all)", problems.len())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{what} fits none of the {} campaigns the rows name ({}): {}{more}",
+        problems.len(),
+        list(existing.iter(), |(id, _)| id.to_string()),
+        shown.join(" | ")
+    ))
 }
 
 /// A constant in the mapping (`{ value = ... }`), as text.
@@ -429,41 +516,72 @@ pub fn check_mapping(loaded: &Loaded, system: &System) -> Result<(), MappingErro
             )
         }),
     ];
-    for (stage, id, status, dictionary, agent, has_date, new_record) in stages.into_iter().flatten()
+    'stages: for (stage, id, status, dictionary, agent, has_date, new_record) in
+        stages.into_iter().flatten()
     {
-        let Some(campaign_id) = constant(id) else {
-            continue;
+        // The campaigns the stage's rows go to: the constant, or what the
+        // column holds (only when every value is known: a campaign not read
+        // might take what the others do not).
+        let constant_id = constant(id);
+        let ids = match &constant_id {
+            Some(c) => BTreeSet::from([c.clone()]),
+            None if system.named.complete => system.named.of(stage).clone(),
+            None => continue,
         };
-        let facts = match system.campaign(&campaign_id) {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) => {
-                issue(format!("{stage}.id"), id.span(), e);
-                continue;
+        let mut existing = Vec::new();
+        let mut missing = Vec::new();
+        for campaign_id in &ids {
+            match system.campaign(campaign_id) {
+                Ok(Some(f)) => existing.push((campaign_id.as_str(), f)),
+                // Not read: the system cannot say.
+                Ok(None) => continue 'stages,
+                Err(e) => missing.push((campaign_id, e)),
             }
-        };
+        }
+        if existing.is_empty() {
+            // Every row would be invalid at this stage.
+            match (&constant_id, missing.as_slice()) {
+                (_, []) => {}
+                (Some(_), [(_, e), ..]) => issue(format!("{stage}.id"), id.span(), e.clone()),
+                (None, _) => issue(
+                    format!("{stage}.id"),
+                    id.span(),
+                    format!(
+                        "the rows name campaign(s) {}, and none exists; the system has {}",
+                        list(missing.iter(), |(c, _)| c.to_string()),
+                        system.outbound_list()
+                    ),
+                ),
+            }
+            continue;
+        }
         let int = |spec: &Spec| constant(spec).and_then(|v| v.parse::<i64>().ok());
         if let Some(spec) = status {
             if let Some(p) = int(spec).and_then(|s| {
-                status_problem(
-                    &campaign_id,
-                    facts,
-                    s,
-                    agent.is_some(),
-                    has_date,
-                    new_record,
-                )
+                fits_none(&format!("status_id {s}"), &existing, |cid, facts| {
+                    status_problem(cid, facts, s, agent.is_some(), has_date, new_record)
+                })
             }) {
                 issue(format!("{stage}.status_id"), spec.span(), p);
             }
         }
         if let Some(spec) = dictionary {
-            if let Some(p) = int(spec).and_then(|d| dictionary_problem(&campaign_id, facts, d)) {
+            if let Some(p) = int(spec).and_then(|d| {
+                fits_none(
+                    &format!("dictionary_status_id {d}"),
+                    &existing,
+                    |cid, facts| dictionary_problem(cid, facts, d),
+                )
+            }) {
                 issue(format!("{stage}.dictionary_status_id"), spec.span(), p);
             }
         }
         if let Some(spec) = agent {
-            if let Some(p) = constant(spec).and_then(|a| agent_problem(&campaign_id, facts, &a)) {
+            if let Some(p) = constant(spec).and_then(|a| {
+                fits_none(&format!("agent_login {a}"), &existing, |cid, facts| {
+                    agent_problem(cid, facts, &a)
+                })
+            }) {
                 issue(format!("{stage}.agent_login"), spec.span(), p);
             }
         }

@@ -10,7 +10,9 @@
 //! |---|---|
 //! | ok | done (a created customer's id is reused) |
 //! | never sent, skipped, failed for a retryable cause | send |
-//! | failed on a refusal (4xx), invalid | send only when the mapping or the source changed; otherwise left: it would fail the same way |
+//! | invalid at a sending stage (what the system had: an agent not in the campaign, a status it lacks) | re-mapped and checked again against what preflight read now: sent if it passes, recorded invalid again if not |
+//! | customer failed as ambiguous (several customers with one key) | looked up again (with `match`, as every row is; without, by identifier, as after an unknown outcome) |
+//! | failed on a refusal (4xx), invalid at `mapping` | send only when the mapping or the source changed; otherwise left: it would fail the same way |
 //! | customer unknown, and the row has an identifier | looked up first (one match: adopted; none: sent; several: left as duplicates) |
 //! | customer unknown, no identifier in the row | left unless `--include-unknown` (nothing to look it up by) |
 //! | item or feed record unknown | left unless `--include-unknown` |
@@ -52,11 +54,39 @@ pub struct Rules {
 pub struct Summary {
     /// Rows read again.
     pub rows_seen: u64,
-    /// Rows invalid under the mapping now in use.
+    /// Rows handed on with something to send (a customer to create, update
+    /// or look up, an item, a record, a feed record).
+    pub rows_sent: u64,
+    /// Rows invalid under the mapping now in use (recorded this time).
     pub invalid: u64,
+    /// Rows handed on with a stage recorded invalid this time (at a
+    /// sending stage, the rest of the row possibly sent).
+    pub invalid_at_stage: u64,
+    /// Stages an earlier run found invalid against the system, checked
+    /// again: now allowed (sent) and still refused (recorded again).
+    pub rechecked_sent: u64,
+    pub rechecked_invalid: u64,
+    /// Customers an earlier run found more than once, looked up again.
+    pub ambiguous_again: u64,
     /// Rows (or stages) left alone, by reason.
     pub left: BTreeMap<String, u64>,
 }
+
+impl Summary {
+    /// Rows invalid after this retry, among those looked at: at the
+    /// mapping stage (recorded now, or left as they were) or at a stage.
+    pub fn invalid_rows(&self) -> u64 {
+        self.invalid + self.invalid_at_stage + self.left.get(LEFT_INVALID).copied().unwrap_or(0)
+    }
+}
+
+/// How a customer-stage failure that found several customers for one key
+/// begins (`identity::Found::ambiguity`): merging them in Thulium is the
+/// fix, so it is looked up again rather than left.
+const AMBIGUOUS: &str = "ambiguous:";
+
+/// The stages preflight can find invalid for one row.
+const CHECKED_STAGES: [Stage; 3] = [Stage::Customer, Stage::Campaign, Stage::CampaignUpdate];
 
 const LEFT_INVALID: &str =
     "invalid, and neither the mapping nor the source changed: fix them and pass --mapping or --source";
@@ -70,6 +100,11 @@ fn verdict(last: Option<StageOutcome>, stage: Stage, rules: Rules) -> Verdict {
         Status::Ok => Verdict::Done,
         Status::Skipped => Verdict::Send,
         Status::Failed if last.retryable != Some(false) => Verdict::Send,
+        // Invalid at a sending stage: what the system had (preflight) said
+        // no, and the system may have changed. The row was mapped again and
+        // checked against what it has now: what is still invalid is in
+        // `invalid_stages` (and recorded again), what passes is sent.
+        Status::Invalid if stage != Stage::Mapping => Verdict::Send,
         Status::Failed | Status::Invalid => {
             if rules.changed {
                 Verdict::Send
@@ -124,6 +159,13 @@ pub fn keep_what_is_not_done(
     // The customer.
     let mut customer_blocked = false;
     let mut look_up = false;
+    if payloads.customer.is_none()
+        && previous(Stage::Customer, 0).is_some_and(|l| l.status == Status::Ok)
+    {
+        // Created before, and not to be sent now (the system no longer
+        // takes it as it is): later stages still have its id.
+        payloads.existing_customer_id = known_customer.or(payloads.existing_customer_id);
+    }
     if let Some(customer) = &payloads.customer {
         let last = previous(Stage::Customer, 0);
         let has_key = !crate::identity::RowKeys::of(customer, keys).is_empty();
@@ -354,7 +396,35 @@ impl RetryRows {
                 return Some(Incoming::Invalid(row.id, errors));
             }
         };
-        let previous = |stage: Stage, group: usize| view.and_then(|v| v.stage(stage, group));
+        // A customer found more than once is looked up again: with `match`
+        // every row is (a retryable failure is sent), without it by its
+        // identifier, as after an unknown outcome (never created blindly:
+        // one of the customers found may be this row's).
+        let upsert = self.plan.upsert().is_some();
+        let ambiguous = view.is_some_and(|v| {
+            v.stage(Stage::Customer, 0)
+                .is_some_and(|o| o.status == Status::Failed)
+                && v.message(Stage::Customer, 0)
+                    .is_some_and(|m| m.starts_with(AMBIGUOUS))
+        });
+        let previous = |stage: Stage, group: usize| {
+            let last = view.and_then(|v| v.stage(stage, group))?;
+            Some(match stage {
+                Stage::Customer if ambiguous && upsert => StageOutcome {
+                    status: Status::Failed,
+                    retryable: Some(true),
+                },
+                Stage::Customer if ambiguous => StageOutcome {
+                    status: Status::Unknown,
+                    retryable: None,
+                },
+                _ => last,
+            })
+        };
+        let invalid_before: Vec<Stage> = CHECKED_STAGES
+            .into_iter()
+            .filter(|s| previous(*s, 0).is_some_and(|o| o.status == Status::Invalid))
+            .collect();
         let kept = keep_what_is_not_done(
             &mut payloads,
             &previous,
@@ -370,6 +440,25 @@ impl RetryRows {
             });
         }
         let lookup = kept.look_up.then_some(LookupReason::UnknownBefore);
+        // What became of the stages checked again, for an honest summary.
+        let still = |s: &Stage| payloads.invalid_stages.iter().any(|(i, _)| i == s);
+        let sent = |s: &Stage| match s {
+            Stage::Customer => payloads.customer.is_some(),
+            Stage::Campaign => payloads.campaign.is_some(),
+            _ => payloads.campaign_update.is_some(),
+        };
+        let (now_sent, now_invalid) = (
+            invalid_before.iter().filter(|s| sent(s)).count() as u64,
+            invalid_before.iter().filter(|s| still(s)).count() as u64,
+        );
+        let sends = payloads.outcomes() as usize > payloads.invalid_stages.len();
+        self.note(|s| {
+            s.rechecked_sent += now_sent;
+            s.rechecked_invalid += now_invalid;
+            s.ambiguous_again += u64::from(ambiguous && sends);
+            s.rows_sent += u64::from(sends);
+            s.invalid_at_stage += u64::from(!payloads.invalid_stages.is_empty());
+        });
         if payloads.is_empty() && !was_invalid {
             return None;
         }
@@ -441,5 +530,75 @@ impl Iterator for RetryRows {
                 return Some(incoming);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAME: Rules = Rules {
+        changed: false,
+        include_unknown: false,
+    };
+
+    fn outcome(status: Status) -> Option<StageOutcome> {
+        Some(StageOutcome {
+            status,
+            retryable: None,
+        })
+    }
+
+    #[test]
+    fn a_stage_invalid_against_the_system_is_planned_again_but_not_one_invalid_at_mapping() {
+        // Preflight's verdict may change with the system: checked again.
+        for stage in CHECKED_STAGES {
+            assert_eq!(
+                verdict(outcome(Status::Invalid), stage, SAME),
+                Verdict::Send
+            );
+        }
+        // The file and the mapping did not change: it would fail the same way.
+        assert!(matches!(
+            verdict(outcome(Status::Invalid), Stage::Mapping, SAME),
+            Verdict::Leave(_)
+        ));
+        // A refusal by the server is left as before.
+        let refused = Some(StageOutcome {
+            status: Status::Failed,
+            retryable: Some(false),
+        });
+        assert!(matches!(
+            verdict(refused, Stage::Campaign, SAME),
+            Verdict::Leave(_)
+        ));
+    }
+
+    #[test]
+    fn an_ambiguity_is_recognised_by_the_message_the_lookup_writes() {
+        let message = crate::identity::Found::ambiguity(&[12, 57], &SearchKey::Identifier, "CRM-1");
+        assert!(message.starts_with(AMBIGUOUS), "{message}");
+    }
+
+    #[test]
+    fn a_customer_created_before_keeps_its_id_when_it_is_not_sent_again() {
+        // The customer stage was done, and this time the system refuses the
+        // customer as mapped (its payload was taken out by the check): the
+        // campaign record still goes to the customer created before.
+        let mut payloads = RowPayloads {
+            campaign: Some(crate::mapping::CampaignPayload {
+                campaign_id: "00001".into(),
+                record: crate::api::payload::RecordFields::default(),
+            }),
+            ..RowPayloads::default()
+        };
+        let previous = |stage: Stage, _| match stage {
+            Stage::Customer => outcome(Status::Ok),
+            Stage::Campaign => outcome(Status::Invalid),
+            _ => None,
+        };
+        keep_what_is_not_done(&mut payloads, &previous, Some(13), SAME, &[]);
+        assert_eq!(payloads.existing_customer_id, Some(13));
+        assert!(payloads.campaign.is_some());
     }
 }

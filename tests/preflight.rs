@@ -387,3 +387,364 @@ async fn a_pilot_then_retry_imports_every_row_once() {
         ids.len()
     );
 }
+
+/// A run and a retry whose mapping preflight refuses stop after the
+/// preflight GETs: an index of a populated system (`--index always`) is
+/// read only once the mapping is known to be usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_mapping_never_reads_the_index() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = export(&dir);
+    let sandbox = Sandbox::start(SandboxConfig {
+        preload_customers: 2500,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let matching = |extra: &str| {
+        let m = dir.join(format!("match{}.toml", extra.len()));
+        std::fs::write(
+            &m,
+            format!(
+                "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\nmatch = [\"identifier\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        m
+    };
+    let index_reads = |s: &Sandbox, from: usize| {
+        s.requests()[from..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/customers")
+            .count()
+    };
+    let refused = matching("[campaign_update]\nid = { value = \"00009\" }\nidentifier = \"ID\"\n");
+    let ledger = dir.join("refused.jsonl");
+    let mut cmd = run(&sandbox, &csv, &refused, &ledger);
+    cmd.args(["--index", "always"]);
+    let out = output(cmd).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("campaign 00009 does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(index_reads(&sandbox, 0), 0, "no customer was read");
+    assert!(
+        sandbox.requests().iter().all(|r| r.method == "GET"),
+        "only reads"
+    );
+    assert!(!ledger.exists());
+
+    // The same mapping fixed: the index is read (the test would pass for
+    // the wrong reason if `--index always` read nothing).
+    let fine = matching("");
+    let ledger = dir.join("fine.jsonl");
+    let mut cmd = run(&sandbox, &csv, &fine, &ledger);
+    cmd.args(["--index", "always"]);
+    let out = output(cmd).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(index_reads(&sandbox, 0) >= 3, "2,500 customers, 3 pages");
+
+    // `retry` with the refused mapping: the same.
+    let before = sandbox.requests().len();
+    let mut retry = bin();
+    retry
+        .arg("retry")
+        .arg(&ledger)
+        .arg("--mapping")
+        .arg(&refused)
+        .args([
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+        ])
+        .args(["--index", "always"]);
+    let out = output(retry).await;
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("campaign 00009 does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(index_reads(&sandbox, before), 0, "no customer was read");
+    assert!(sandbox.requests()[before..]
+        .iter()
+        .all(|r| r.method == "GET"));
+}
+
+/// A campaign record mapping whose campaign id comes from a column, with a
+/// constant `extra` (`status_id = { value = 99 }`).
+fn column_campaign(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::write(
+        &m,
+        format!(
+            "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\n\
+             [campaign]\nid = \"Kampania\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    m
+}
+
+/// With the campaign id taken from a column, a constant that none of the
+/// campaigns the rows name has, or a column naming no campaign that exists,
+/// cannot work for any row: refused before anything is sent, naming the key,
+/// the value and what the campaigns have. A constant that some of them have
+/// leaves the rows naming the others invalid, one by one, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constant_no_named_campaign_has_is_refused_when_the_id_is_a_column() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    // Rows name 00001 (agents j.doe and m.zielinski only) and 00002.
+    let csv = export(&dir);
+    let nowhere = dir.join("nowhere.csv");
+    std::fs::write(
+        &nowhere,
+        "Nazwisko;ID;Kampania\nNowak;R-1;00008\nZając;R-2;00009\nWójcik;R-3;00008\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            &csv,
+            "status_id = { value = 99 }\n",
+            "campaign.status_id: status_id 99 fits none of the 2 campaigns the rows name (00001, 00002): status_id 99 is not a status of campaign 00001; it has 1 Nowy (TO_CALL)",
+        ),
+        (
+            &csv,
+            "dictionary_status_id = { value = 42 }\n",
+            "campaign.dictionary_status_id: dictionary_status_id 42 fits none of the 2 campaigns the rows name (00001, 00002)",
+        ),
+        (
+            &csv,
+            "agent_login = { value = \"ghost\" }\n",
+            "campaign.agent_login: agent_login ghost fits none of the 2 campaigns the rows name (00001, 00002): agent ghost is not an agent of campaign 00001; it has j.doe, m.zielinski | agent ghost is not an agent of campaign 00002",
+        ),
+        (
+            &nowhere,
+            "",
+            "campaign.id: the rows name campaign(s) 00008, 00009, and none exists; the system has 00001 Sprzedaż, 00002 Windykacja, 00003 Ankieta",
+        ),
+    ];
+    for (n, (file, extra, message)) in cases.into_iter().enumerate() {
+        let sandbox = Sandbox::start(config()).await.unwrap();
+        let m = column_campaign(&dir, &format!("c{n}.toml"), extra);
+        let ledger = dir.join(format!("c{n}.jsonl"));
+        let out = output(run(&sandbox, file, &m, &ledger)).await;
+        assert_eq!(out.code, Some(2), "{message}\n{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(message), "{message}\n{}", out.stderr);
+        assert!(
+            sandbox.requests().iter().all(|r| r.method == "GET"),
+            "{message}: only reads"
+        );
+        assert_eq!(common::customers(&sandbox), 0, "{message}");
+        assert!(!ledger.exists(), "nothing to record");
+    }
+
+    // a.nowak is an agent of 00002 (every agent is), not of 00001: the
+    // mapping works for row 6, and the rows naming 00001 are invalid at
+    // the campaign stage, their customers created.
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = column_campaign(&dir, "some.toml", "agent_login = { value = \"a.nowak\" }\n");
+    let ledger = dir.join("some.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["customer"]["ok"], 7, "{r}");
+    assert_eq!(r["stages"]["campaign"]["ok"], 1, "{r}");
+    assert_eq!(r["stages"]["campaign"]["invalid"], 6, "{r}");
+    let state = sandbox.state_json();
+    assert_eq!(
+        state["campaigns"]["00002"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        state["campaigns"]["00001"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+fn retry(sandbox: &Sandbox, ledger: &Path) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("retry").arg(ledger).args([
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+        "--no-progress",
+        "--rate",
+        "2000",
+    ]);
+    cmd
+}
+
+/// Rows whose campaign record preflight found invalid (an agent not in the
+/// campaign) are sent by `retry` once the system allows them, with the same
+/// file and mapping; until then `retry` records them invalid again and
+/// says so, sending nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_sends_the_rows_the_system_refused_once_it_allows_them() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = dir.join("agents.csv");
+    std::fs::write(
+        &csv,
+        "Nazwisko;ID;Opiekun;Kampania\n\
+         Nowak;R-1;j.doe;00001\n\
+         Zając;R-2;a.nowak;00001\n\
+         Wójcik;R-3;a.nowak;00001\n",
+    )
+    .unwrap();
+    let m = column_campaign(
+        &dir,
+        "agents.toml",
+        "status_id = { value = 1 }\nagent_login = \"Opiekun\"\n",
+    );
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let ledger = dir.join("agents.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["campaign"]["invalid"], 2, "{r}");
+    assert_eq!(r["stages"]["customer"]["ok"], 3, "{r}");
+    let records = |s: &Sandbox| {
+        s.state_json()["campaigns"]["00001"]["by_customer"]
+            .as_object()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(records(&sandbox), 1);
+
+    // Nothing changed: checked again, still invalid, nothing written.
+    let writes = |s: &Sandbox| s.requests().iter().filter(|r| r.method != "GET").count();
+    let before = writes(&sandbox);
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("retry: 2 row(s) looked at, 0 customer(s) reconciled by identifier, 0 row(s) sent again, 0 left as duplicates, 2 invalid"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "mapped and checked again against the system: 0 stage(s) sent, 2 still invalid"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("  left "), "{}", out.stdout);
+    assert_eq!(writes(&sandbox), before, "nothing sent");
+    assert_eq!(common::report(&ledger)["stages"]["campaign"]["invalid"], 2);
+
+    // a.nowak joins campaign 00001 in Thulium: the same retry sends the two
+    // records, for the customers created before (none created again).
+    sandbox
+        .shared()
+        .lock_state()
+        .campaigns
+        .get_mut("00001")
+        .unwrap()
+        .agents
+        .push("a.nowak".into());
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("2 row(s) sent again, 0 left as duplicates, 0 invalid"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("2 stage(s) sent, 0 still invalid"),
+        "{}",
+        out.stdout
+    );
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["campaign"]["ok"], 3, "{r}");
+    assert_eq!(r["stages"]["campaign"]["invalid"], 0, "{r}");
+    assert_eq!(records(&sandbox), 3);
+    assert_eq!(common::customers(&sandbox), 3, "no customer created twice");
+    let posted = sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/batch/customers")
+        .count();
+    assert_eq!(posted, 1, "customers were created by the run only");
+}
+
+/// A customer found twice by its identifier fails as ambiguous; once one
+/// of the two is gone from Thulium (merged), `retry` looks it up again and
+/// updates the one left.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_looks_up_again_a_customer_found_twice_once_merged() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let csv = dir.join("twice.csv");
+    std::fs::write(&csv, "Nazwisko;ID\nNowak;R-1\nZając;R-2\n").unwrap();
+    let m = dir.join("twice.toml");
+    std::fs::write(
+        &m,
+        "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\nmatch = [\"identifier\"]\n",
+    )
+    .unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let (first, second) = {
+        let mut state = sandbox.shared().lock_state();
+        let mut old = |surname: &str| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("surname".into(), surname.into());
+            fields.insert("identifier".into(), "R-1".into());
+            state.add_customer(fields)
+        };
+        (old("Stary"), old("Dubel"))
+    };
+    let ledger = dir.join("twice.jsonl");
+    let out = output(run(&sandbox, &csv, &m, &ledger)).await;
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let events = lines(&ledger);
+    let failed = events
+        .iter()
+        .find(|e| e["row"] == 1 && e["stage"] == "customer")
+        .unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ambiguous:"),
+        "{failed}"
+    );
+
+    // Merged in Thulium: the duplicate is gone.
+    sandbox.shared().lock_state().customers.remove(&second);
+    let out = output(retry(&sandbox, &ledger)).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("looked up again: 1 customer(s) found more than once before"),
+        "{}",
+        out.stdout
+    );
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["customer"]["ok"], 2, "{r}");
+    let state = sandbox.state_json();
+    assert_eq!(
+        state["customers"][first.to_string()]["surname"],
+        "Nowak",
+        "the customer left was updated"
+    );
+    assert_eq!(common::customers(&sandbox), 2, "R-1 updated, R-2 created");
+    let last = lines(&ledger)
+        .into_iter()
+        .rev()
+        .find(|e| e["row"] == 1 && e["stage"] == "customer")
+        .unwrap();
+    assert_eq!(last["customer_id"], first, "{last}");
+    assert_eq!(last["action"], "updated", "{last}");
+}
