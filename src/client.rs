@@ -142,6 +142,11 @@ pub struct ApiClient {
     /// No attempt starts before this instant (raised by 429/503).
     pause_until: Mutex<Instant>,
     pub stats: WireStats,
+    /// Connection attempts that failed in a row, across every call (any
+    /// answer resets it), and whether any answer ever came.
+    unreachable: std::sync::atomic::AtomicU32,
+    answered: std::sync::atomic::AtomicBool,
+    max_unreachable: u32,
 }
 
 /// Client settings.
@@ -154,6 +159,10 @@ pub struct ClientConfig {
     pub auto_max: Option<f64>,
     pub timeout: Duration,
     pub policy: Policy,
+    /// Connection attempts in a row, across every call, that may fail
+    /// before a call stops retrying (0: no limit): a system that went away
+    /// stops the run in seconds. Before any answer at all, three do.
+    pub max_unreachable: u32,
 }
 
 impl Default for ClientConfig {
@@ -163,6 +172,7 @@ impl Default for ClientConfig {
             auto_max: None,
             timeout: Duration::from_secs(30),
             policy: Policy::default(),
+            max_unreachable: 20,
         }
     }
 }
@@ -211,6 +221,9 @@ impl ApiClient {
             policy: config.policy.clone(),
             pause_until: Mutex::new(Instant::now()),
             stats: WireStats::default(),
+            unreachable: std::sync::atomic::AtomicU32::new(0),
+            answered: std::sync::atomic::AtomicBool::new(false),
+            max_unreachable: config.max_unreachable,
         }))
     }
 
@@ -231,6 +244,26 @@ impl ApiClient {
             tokio::time::sleep_until(until).await;
         }
         self.pacer.until_ready().await;
+    }
+
+    /// Counts a failed connection attempt; whether the system now counts
+    /// as unreachable: `max_unreachable` in a row across every call, or
+    /// three before any answer ever came (a wrong URL, a system down).
+    fn unreachable_now(&self) -> bool {
+        let n = self.unreachable.fetch_add(1, Ordering::Relaxed) + 1;
+        let max = if self.answered.load(Ordering::Relaxed) {
+            self.max_unreachable
+        } else {
+            self.max_unreachable.min(3)
+        };
+        max > 0 && n >= max
+    }
+
+    /// Whether the last attempt failed to connect at all (refused, DNS,
+    /// TLS): the system cannot be reached, as opposed to one that answered
+    /// or dropped a connection it had accepted.
+    pub fn cannot_connect(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed) > 0
     }
 
     /// The rate in force, in requests per second (0: unlimited).
@@ -351,10 +384,20 @@ impl ApiClient {
                 Err(e) => (retry::classify_error(&e), Err(describe(&e))),
             };
             tracing::debug!(%method, path, attempt, class = ?class, "Attempt finished.");
+            let cannot_connect = class == Class::NotSent && finished.is_err();
             let decision = {
                 let mut rng = rand::rng();
-                self.policy.decide(&class, idempotent, attempt, &mut rng)
+                match self.policy.decide(&class, idempotent, attempt, &mut rng) {
+                    Decision::Retry { .. } if cannot_connect && self.unreachable_now() => {
+                        Decision::Stop
+                    }
+                    d => d,
+                }
             };
+            if !cannot_connect {
+                self.unreachable.store(0, Ordering::Relaxed);
+                self.answered.store(true, Ordering::Relaxed);
+            }
             let wait = match &decision {
                 Decision::Retry { wait, .. } => Some(*wait),
                 Decision::Stop => None,

@@ -560,6 +560,7 @@ fn client_config(pace: &PaceArgs) -> ClientConfig {
             max_attempts: pace.max_attempts,
             ..Default::default()
         },
+        max_unreachable: pace.max_consecutive_failures,
     }
 }
 
@@ -607,14 +608,24 @@ async fn preflight(
     }
     let needs = preflight::Needs::of(&loaded.raw, named);
     if !needs.any() {
+        if !strict {
+            // Nothing to read, but whether the system answers at all: a
+            // wrong URL or a system down is found before the first POST.
+            let call = identity::Index::count(client).await;
+            if let Err(e) = call.result {
+                stop_if_unreachable(client, &e)?;
+            }
+        }
         return Ok(None);
     }
     let system = match preflight::System::read(client, &needs).await {
         Ok(system) => system,
         // The system could not say (a method this API user may not call, a
         // server that keeps failing): the import goes on, and the server
-        // refuses what it refuses.
+        // refuses what it refuses. One that cannot be reached, or refuses
+        // the password, is an aborted night, found at once.
         Err(e) if !strict => {
+            stop_if_unreachable(client, &e)?;
             eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
             return Ok(None);
         }
@@ -629,6 +640,26 @@ async fn preflight(
         system.agents.as_ref().map_or(0, Vec::len)
     );
     Ok(Some(Arc::new(system)))
+}
+
+/// Stops a run before anything is sent (exit 3) when a read shows that the
+/// system cannot be worked with: it cannot be reached (connections refused,
+/// DNS, TLS) or it refuses the credentials (401). A 403 (an API user
+/// without permission for one method) does not stop it.
+fn stop_if_unreachable(client: &ApiClient, e: &crate::api::CallError) -> anyhow::Result<()> {
+    use crate::api::CallError;
+    match e {
+        CallError::GaveUp { status: None, .. } if client.cannot_connect() => {
+            Err(crate::exit::Stopped(format!(
+                "the system cannot be reached ({e}): nothing was sent; check --url and the network"
+            ))
+            .into())
+        }
+        CallError::Unauthorized { status: 401, .. } => {
+            Err(crate::exit::Stopped(e.stops_the_run().unwrap_or_else(|| e.to_string())).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `--state` and `--full` need the mapping to match customers.

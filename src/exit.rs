@@ -27,3 +27,10 @@ impl From<Exit> for std::process::ExitCode {
         std::process::ExitCode::from(e.code())
     }
 }
+
+/// A command that stopped before sending anything because the system cannot
+/// be worked with (it cannot be reached, or refuses the credentials): exit
+/// code 3, an aborted night, not 2 (the input is fine).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);

@@ -22,7 +22,11 @@ fn main() -> std::process::ExitCode {
         Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            Exit::Unusable.into()
+            if e.downcast_ref::<thulium_import::exit::Stopped>().is_some() {
+                Exit::Aborted.into()
+            } else {
+                Exit::Unusable.into()
+            }
         }
     }
 }

@@ -576,7 +576,7 @@ mod tests {
 
     #[test]
     fn an_ambiguity_is_recognised_by_the_message_the_lookup_writes() {
-        let message = crate::identity::Found::ambiguity(&[12, 57], &SearchKey::Identifier, "CRM-1");
+        let message = crate::identity::Found::ambiguity(&[12, 57], &SearchKey::Identifier);
         assert!(message.starts_with(AMBIGUOUS), "{message}");
     }
 

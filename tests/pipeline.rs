@@ -43,6 +43,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
                 max_retry_after: Duration::from_secs(1),
             },
             auto_max: None,
+            max_unreachable: 20,
         },
     )
     .unwrap();
@@ -197,6 +198,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
             timeout: Duration::from_secs(5),
             policy: Policy::default(),
             auto_max: None,
+            max_unreachable: 20,
         },
     )
     .unwrap();

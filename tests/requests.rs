@@ -42,6 +42,7 @@ fn client(sandbox: &Sandbox) -> Arc<ApiClient> {
             timeout: Duration::from_secs(5),
             policy: Policy::default(),
             auto_max: None,
+            max_unreachable: 20,
         },
     )
     .unwrap()
