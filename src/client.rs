@@ -147,6 +147,8 @@ pub struct ApiClient {
     unreachable: std::sync::atomic::AtomicU32,
     answered: std::sync::atomic::AtomicBool,
     max_unreachable: u32,
+    /// The `--rate auto` rate last logged.
+    rate_said: Mutex<f64>,
 }
 
 /// Client settings.
@@ -224,6 +226,7 @@ impl ApiClient {
             unreachable: std::sync::atomic::AtomicU32::new(0),
             answered: std::sync::atomic::AtomicBool::new(false),
             max_unreachable: config.max_unreachable,
+            rate_said: Mutex::new(0.0),
         }))
     }
 
@@ -235,15 +238,24 @@ impl ApiClient {
         }
     }
 
+    /// Waits for this attempt's turn: past any pause a 429 or 503 asked
+    /// for, then its paced slot. A pause that began while it waited for its
+    /// slot (a request already queued) holds it too.
     async fn wait_turn(&self) {
         loop {
+            loop {
+                let until = *self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
+                if until <= Instant::now() {
+                    break;
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            self.pacer.until_ready().await;
             let until = *self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
             if until <= Instant::now() {
-                break;
+                return;
             }
-            tokio::time::sleep_until(until).await;
         }
-        self.pacer.until_ready().await;
     }
 
     /// Counts a failed connection attempt; whether the system now counts
@@ -308,11 +320,17 @@ impl ApiClient {
         };
         if changed {
             self.pacer.set_rate(auto.rate());
-            tracing::info!(
-                rate = format!("{:.1}", auto.rate()),
-                limit = auto.limit().map(|l| format!("{l:.1}")),
-                "Rate in force changed (--rate auto)."
-            );
+            // Said when it moved by a tenth since last said, not on every
+            // step (twice a second while it climbs).
+            let mut said = self.rate_said.lock().unwrap_or_else(|e| e.into_inner());
+            if (auto.rate() - *said).abs() >= *said * 0.1 {
+                *said = auto.rate();
+                tracing::info!(
+                    rate = format!("{:.1}", auto.rate()),
+                    limit = auto.limit().map(|l| format!("{l:.1}")),
+                    "Rate in force changed (--rate auto)."
+                );
+            }
         }
     }
 
