@@ -16,7 +16,7 @@ use super::{event, fate_event, MappedRow, Run};
 use crate::api::campaigns::{AddRecords, Added, UpdateRecord};
 use crate::api::feed::CreateFeedRecord;
 use crate::api::field_groups::{CreateItem, ItemCreated, UpdateItem};
-use crate::api::payload::{CampaignRecord, FeedRecord, NewItem, RecordFields};
+use crate::api::payload::{CampaignRecord, FeedMessage, FeedRecord, NewItem, RecordFields};
 use crate::api::{self, Call, RowFate};
 use crate::identity::KeyHash;
 use crate::ledger::{Action, Entry, Stage, Status};
@@ -123,7 +123,7 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         if let Some(feed) = payloads.feed {
             match &customer {
                 Ok(c) => {
-                    let hash = payload_hash(&(&feed.payload, &feed.author, &feed.time));
+                    let hash = feed_hash(&feed);
                     let sent = c.existed
                         && !run.sync.full
                         && run
@@ -149,7 +149,7 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         if let Some(campaign) = payloads.campaign {
             match &customer {
                 Ok(c) => {
-                    let hash = payload_hash(&(&campaign.campaign_id, &campaign.record));
+                    let hash = campaign_hash(&campaign);
                     if c.existed && run.unchanged(c.id, "campaign", hash).is_some() {
                         now.push(Entry::Row(unchanged_event(id, Stage::Campaign, None, c.id)));
                     } else {
@@ -171,6 +171,29 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         spawn_campaign(&run, &mut tasks, chunk).await;
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The sync state's hash of a field-group item (the block's group and
+/// values as sent).
+pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
+    payload_hash(&(item.group_id, &item.values))
+}
+
+/// The sync state's hash of a campaign record (the campaign and the record's
+/// fields).
+pub(super) fn campaign_hash(campaign: &CampaignPayload) -> KeyHash {
+    payload_hash(&(&campaign.campaign_id, &campaign.record))
+}
+
+/// The sync state's hash of a campaign record edit.
+pub(super) fn update_hash(update: &UpdatePayload) -> KeyHash {
+    payload_hash(&(&update.campaign_id, &update.identifier, &update.body))
+}
+
+/// The sync state's hash of a feed message (text, author, time: not its id,
+/// which defaults to the row number and moves with the file).
+pub(super) fn feed_hash(feed: &FeedMessage) -> KeyHash {
+    payload_hash(&(&feed.payload, &feed.author, &feed.time))
 }
 
 /// A stage not sent because its payload is what the sync state says was
@@ -196,7 +219,7 @@ fn unchanged_update(
     update: &UpdatePayload,
 ) -> Option<crate::ledger::RowEvent> {
     let c = customer.filter(|c| c.existed)?;
-    let hash = payload_hash(&(&update.campaign_id, &update.identifier, &update.body));
+    let hash = update_hash(update);
     run.unchanged(c.id, "campaign_update", hash)?;
     Some(unchanged_event(id, Stage::CampaignUpdate, None, c.id))
 }
@@ -251,7 +274,7 @@ impl CampaignBatcher {
         limit: usize,
     ) -> Vec<CampaignChunk> {
         let mut ready = Vec::new();
-        let hash = payload_hash(&(&payload.campaign_id, &payload.record));
+        let hash = campaign_hash(&payload);
         let CampaignPayload {
             campaign_id,
             record,
@@ -347,6 +370,15 @@ impl api::Batch for CampaignBatch<'_> {
                     fate_event(r.id, Stage::Campaign, None, call.attempts, fate, |ev, a| {
                         ev.http_status = a.http_status;
                         ev.record_id = a.record_id;
+                        if a.already && r.record != RecordFields::default() {
+                            // The row asks for a status, an agent, a date:
+                            // the API cannot change a record that is there,
+                            // so this is not done, and the state must not
+                            // say it was (the next run tries again).
+                            ev.action = Some(Action::Kept);
+                            ev.message = Some("already in the campaign; status not changed".into());
+                            return;
+                        }
                         if a.already {
                             ev.message = Some("already in the campaign".into());
                         }
@@ -370,7 +402,7 @@ impl api::Batch for CampaignBatch<'_> {
 async fn field_group_item(run: Arc<Run>, id: RowId, customer: Customer, item: ItemPayload) {
     let group = Some(item.index);
     let part = run.sync.group_part(item.index);
-    let hash = payload_hash(&(item.group_id, &item.values));
+    let hash = item_hash(&item);
     let customer_id = customer.id;
     let learn = |run: &Run, item_id: Option<i64>| run.learn_part(customer_id, &part, hash, item_id);
     let mut ev = event(id, Stage::FieldGroup, Status::Ok);
@@ -517,7 +549,7 @@ async fn campaign_update(
     customer: Option<Customer>,
     update: UpdatePayload,
 ) {
-    let hash = payload_hash(&(&update.campaign_id, &update.identifier, &update.body));
+    let hash = update_hash(&update);
     let endpoint = UpdateRecord {
         campaign_id: &update.campaign_id,
         identifier: &update.identifier,

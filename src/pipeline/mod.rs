@@ -188,8 +188,9 @@ pub struct Progress {
     pub reconciled: AtomicU64,
     /// Customers a lookup found more than once (left alone).
     pub duplicates: AtomicU64,
-    /// Customer-stage actions, in [`Action::ALL`]'s order.
-    pub actions: [AtomicU64; 6],
+    /// Customer-stage actions, in [`Action::ALL`]'s order, and `kept` at
+    /// any stage.
+    pub actions: [AtomicU64; Action::ALL.len()],
     /// Calls allowed in flight now.
     pub in_flight: AtomicU64,
     /// Rows of a failed-rows CSV left out: a stage's earlier outcome is
@@ -383,7 +384,12 @@ impl Run {
         if let Some(tally) = self.progress.tally(stage) {
             tally.add(status);
         }
-        if let (Stage::Customer, Some(action)) = (stage, ev.action) {
+        // Kept is counted wherever it happens (campaign, feed): it is what a
+        // person has to look at; the other actions describe customers.
+        if let Some(action) = ev
+            .action
+            .filter(|a| stage == Stage::Customer || *a == Action::Kept)
+        {
             if let Some(i) = Action::ALL.iter().position(|a| *a == action) {
                 self.progress.actions[i].fetch_add(1, Ordering::Relaxed);
             }
