@@ -225,3 +225,324 @@ async fn a_record_already_in_the_campaign_with_another_status_is_kept_not_ok() {
     }
     assert_eq!(report(&dir.join("4.jsonl"))["actions"]["kept"], 0);
 }
+
+// ---------------------------------------------------------------------
+// Feed records: once per customer and message.
+// ---------------------------------------------------------------------
+
+const FEED_MAPPING: &str = "[source]\ndelimiter = \";\"\n\n\
+    [customer]\nmatch = \"identifier\"\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\n\n\
+    [feed]\nmessage = \"Notatka\"\ntime = { column = \"Kiedy\", date = \"%d.%m.%Y %H:%M\" }\n";
+
+const FEED_HEADER: [&str; 4] = ["ID", "Nazwisko", "Notatka", "Kiedy"];
+
+/// `n` customers with one note each; the first `changed` have a second note
+/// instead.
+fn feed_rows(n: usize, changed: usize) -> Vec<Vec<String>> {
+    (0..n)
+        .map(|k| {
+            let note = if k < changed {
+                format!("Druga notatka {k}")
+            } else {
+                format!("Notatka {k}")
+            };
+            vec![
+                format!("F-{k:04}"),
+                format!("Kowalska {k}"),
+                note,
+                "09.11.2026 08:06".into(),
+            ]
+        })
+        .collect()
+}
+
+/// The sandbox's feed records: how many per (customer, message), and
+/// whether any is there twice.
+fn feed_records(sandbox: &Sandbox) -> (usize, Vec<String>) {
+    let state = sandbox.state_json();
+    let mut seen: std::collections::HashMap<(i64, String), usize> = Default::default();
+    for f in state["feed_records"].as_array().unwrap() {
+        let payload: Value = serde_json::from_str(f["payload"].as_str().unwrap()).unwrap();
+        let message = payload[0]["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *seen
+            .entry((f["customer_id"].as_i64().unwrap(), message))
+            .or_default() += 1;
+    }
+    let twice = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| format!("{k:?} ×{n}"))
+        .collect();
+    (seen.values().sum(), twice)
+}
+
+fn feed_actions(out: &Out, action: &str) -> usize {
+    out.events("feed")
+        .iter()
+        .filter(|e| e["status"] == "ok" && e["action"] == action)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_record_is_sent_once_per_customer_and_message_whatever_becomes_of_the_state() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let mapping = dir.join("m.toml");
+    std::fs::write(&mapping, FEED_MAPPING).unwrap();
+    let state = dir.join("state.sqlite");
+    let state_arg = state.to_str().unwrap();
+    let posts = |mark: usize| {
+        sent_since(&sandbox, mark, "POST", "/api/customers/")
+            .iter()
+            .filter(|e| e.path.ends_with("/feed_records"))
+            .count()
+    };
+
+    // Night 1, with a state: 300 customers created, 300 messages.
+    let csv1 = dir.join("n1.csv");
+    write_csv(&csv1, &FEED_HEADER, &feed_rows(300, 0));
+    let n1 = run(
+        &sandbox,
+        &csv1,
+        &mapping,
+        &dir.join("1.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    assert_eq!(feed_records(&sandbox), (300, vec![]));
+
+    // Night 2, --full, twenty customers with a new note: the state saw
+    // these customers' whole history, so it proves the twenty new notes
+    // unsent (sent) and the 280 others sent (not sent again: --full keeps
+    // the memory of what cannot be checked).
+    let csv2 = dir.join("n2.csv");
+    write_csv(&csv2, &FEED_HEADER, &feed_rows(300, 20));
+    let mark = sandbox.requests().len();
+    let n2 = run(
+        &sandbox,
+        &csv2,
+        &mapping,
+        &dir.join("2.jsonl"),
+        &["--state", state_arg, "--full"],
+    )
+    .await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(posts(mark), 20);
+    assert_eq!(feed_actions(&n2, "unchanged"), 280);
+    assert_eq!(feed_records(&sandbox), (320, vec![]));
+
+    // Night 3, the state deleted: nothing proves any message unsent to
+    // customers that exist, so none is sent, each recorded ok and kept,
+    // with what to do about it.
+    std::fs::remove_file(&state).unwrap();
+    let mark = sandbox.requests().len();
+    let n3 = run(
+        &sandbox,
+        &csv2,
+        &mapping,
+        &dir.join("3.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text);
+    assert_eq!(posts(mark), 0);
+    assert_eq!(feed_actions(&n3, "kept"), 300);
+    let kept = n3.events("feed")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kept.starts_with("not sent: customer ")
+            && kept.ends_with("existed before this run and no state proves this message was not sent to it; [feed] on_match = \"send\" sends it"),
+        "{kept}"
+    );
+    assert_eq!(report(&dir.join("3.jsonl"))["actions"]["kept"], 300);
+
+    // Night 4, without a state: the same.
+    let mark = sandbox.requests().len();
+    let n4 = run(&sandbox, &csv2, &mapping, &dir.join("4.jsonl"), &[]).await;
+    assert_eq!(n4.code, Some(0), "{}", n4.text);
+    assert_eq!(posts(mark), 0);
+    assert_eq!(feed_actions(&n4, "kept"), 300);
+
+    // Exactly one record per customer and message after all four.
+    assert_eq!(feed_records(&sandbox), (320, vec![]));
+    assert_eq!(common::customers(&sandbox), 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_that_lost_feed_rows_proves_nothing_and_on_match_send_opts_in() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let mapping = dir.join("m.toml");
+    std::fs::write(&mapping, FEED_MAPPING).unwrap();
+    let state = dir.join("state.sqlite");
+    let state_arg = state.to_str().unwrap();
+    let posts = |mark: usize| -> Vec<String> {
+        sent_since(&sandbox, mark, "POST", "/api/customers/")
+            .iter()
+            .filter(|e| e.path.ends_with("/feed_records"))
+            .map(|e| e.path.clone())
+            .collect()
+    };
+    let csv = dir.join("n.csv");
+    write_csv(&csv, &FEED_HEADER, &feed_rows(50, 0));
+    let n1 = run(
+        &sandbox,
+        &csv,
+        &mapping,
+        &dir.join("1.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    assert_eq!(feed_records(&sandbox), (50, vec![]));
+    // Every message sent is in the state.
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let count = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM feed", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&conn), 50);
+
+    // The state loses its last ten feed writes (as if they never reached
+    // the disk). Their customers' messages are not "unsent" for that: the
+    // state's count of what it sent them no longer matches, so it proves
+    // nothing about them, and the messages are kept, not sent again.
+    conn.execute(
+        "DELETE FROM feed WHERE customer_id IN (SELECT customer_id FROM feed ORDER BY customer_id DESC LIMIT 10)",
+        [],
+    )
+    .unwrap();
+    assert_eq!(count(&conn), 40);
+    drop(conn);
+    let mark = sandbox.requests().len();
+    let n2 = run(
+        &sandbox,
+        &csv,
+        &mapping,
+        &dir.join("2.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(posts(mark), Vec::<String>::new());
+    assert_eq!(feed_actions(&n2, "kept"), 10);
+    assert_eq!(feed_actions(&n2, "unchanged"), 40);
+    assert_eq!(feed_records(&sandbox), (50, vec![]));
+
+    // A customer that was in Thulium before any run, with a note: kept by
+    // default; on_match = "send" sends it (once: the state remembers it,
+    // written before the POST).
+    let mut fields = serde_json::Map::new();
+    fields.insert("surname".into(), "Stara".into());
+    fields.insert("identifier".into(), "OLD-1".into());
+    let old = sandbox.shared().lock_state().add_customer(fields);
+    let csv_old = dir.join("old.csv");
+    write_csv(
+        &csv_old,
+        &FEED_HEADER,
+        &[vec![
+            "OLD-1".into(),
+            "Stara".into(),
+            "Stara notatka".into(),
+            "01.02.2026 10:00".into(),
+        ]],
+    );
+    let kept = run(
+        &sandbox,
+        &csv_old,
+        &mapping,
+        &dir.join("3.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(kept.code, Some(0), "{}", kept.text);
+    assert_eq!(feed_actions(&kept, "kept"), 1);
+    let send = dir.join("send.toml");
+    std::fs::write(&send, format!("{FEED_MAPPING}on_match = \"send\"\n")).unwrap();
+    let mark = sandbox.requests().len();
+    let sent = run(
+        &sandbox,
+        &csv_old,
+        &send,
+        &dir.join("4.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(sent.code, Some(0), "{}", sent.text);
+    assert_eq!(
+        posts(mark),
+        vec![format!("/api/customers/{old}/feed_records")]
+    );
+    let mark = sandbox.requests().len();
+    let again = run(
+        &sandbox,
+        &csv_old,
+        &send,
+        &dir.join("5.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(again.code, Some(0), "{}", again.text);
+    assert_eq!(posts(mark), Vec::<String>::new());
+    assert_eq!(feed_actions(&again, "unchanged"), 1);
+    assert_eq!(feed_records(&sandbox), (51, vec![]));
+
+    // A refused message is taken back from the state: nothing was created,
+    // so nothing is remembered as sent (a row naming a customer id that
+    // Thulium does not have: 404).
+    let given = dir.join("given.toml");
+    std::fs::write(
+        &given,
+        FEED_MAPPING.replace(
+            "delimiter = \";\"\n",
+            "delimiter = \";\"\ncustomer_id = \"TID\"\n",
+        ),
+    )
+    .unwrap();
+    let csv_given = dir.join("given.csv");
+    let mut header = FEED_HEADER.to_vec();
+    header.push("TID");
+    write_csv(
+        &csv_given,
+        &header,
+        &[vec![
+            "GONE-1".into(),
+            "Nikt".into(),
+            "Do nikogo".into(),
+            "01.02.2026 10:00".into(),
+            "987654".into(),
+        ]],
+    );
+    let refused = run(
+        &sandbox,
+        &csv_given,
+        &given,
+        &dir.join("6.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(refused.code, Some(1), "{}", refused.text);
+    assert_eq!(
+        refused.events("feed")[0]["status"],
+        "failed",
+        "{:?}",
+        refused.events("feed")
+    );
+    assert_eq!(refused.events("feed")[0]["http_status"], 404);
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let held: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM feed WHERE customer_id = 987654",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(held, 0, "a refused message is not remembered as sent");
+    assert_eq!(count(&conn), 41);
+}

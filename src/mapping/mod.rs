@@ -461,6 +461,18 @@ pub enum OnMatch {
     Skip,
 }
 
+/// `[feed] on_match`: a feed message for a customer that existed before the
+/// run, when no sync state proves it unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedOnMatch {
+    /// Not sent (recorded `kept`): the API cannot list feed records, so a
+    /// message that may be there already is not risked twice.
+    #[default]
+    Skip,
+    /// Sent anyway: the person accepts a possible second copy.
+    Send,
+}
+
 /// What to do when no customer matches (`on_missing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnMissing {
@@ -626,6 +638,8 @@ pub struct Plan {
     campaign: Option<(usize, CampaignPlan)>,
     campaign_update: Option<(usize, UpdatePlan)>,
     feed: Option<(usize, FeedPlan)>,
+    /// `[feed] on_match`.
+    feed_on_match: FeedOnMatch,
 }
 
 /// Columns of a failed-rows CSV written by `report --failed-csv`:
@@ -779,6 +793,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         campaign: None,
         campaign_update: None,
         feed: None,
+        feed_on_match: FeedOnMatch::Skip,
     };
     if let Some(col) = &raw.source.customer_id {
         match header.iter().position(|h| h == col.get_ref().trim()) {
@@ -998,6 +1013,17 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             f.id.as_ref()
                 .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
                 .map(|s| b.slot(s));
+        if let Some(v) = &f.on_match {
+            match v.get_ref().as_str() {
+                "skip" => plan.feed_on_match = FeedOnMatch::Skip,
+                "send" => plan.feed_on_match = FeedOnMatch::Send,
+                other => ctx.issue(
+                    "feed.on_match",
+                    v.span(),
+                    format!("\"{other}\" is not one of \"skip\" or \"send\""),
+                ),
+            }
+        }
         let stage = b.end(
             start,
             when(&mut ctx, "feed", &f.when),
@@ -1182,6 +1208,12 @@ impl Plan {
     /// customers that exist.
     pub fn upsert(&self) -> Option<&Upsert> {
         self.upsert.as_ref()
+    }
+
+    /// `[feed] on_match`: whether a message goes to a customer that existed
+    /// before the run when no sync state proves it unsent.
+    pub fn feed_on_match(&self) -> FeedOnMatch {
+        self.feed_on_match
     }
 
     /// How the sync state and a failed-rows CSV's `_done` name each

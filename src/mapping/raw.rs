@@ -177,4 +177,8 @@ pub struct RawFeed {
     pub author: Option<Spec>,
     /// The message id; default `thulium-import-<row>`.
     pub id: Option<Spec>,
+    /// A customer that existed before the run, when no sync state proves
+    /// this message was not sent to it (the API cannot list feed records):
+    /// `"skip"` (the default) leaves it, recorded `kept`; `"send"` sends it.
+    pub on_match: Option<Spanned<String>>,
 }

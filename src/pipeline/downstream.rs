@@ -20,7 +20,7 @@ use crate::api::payload::{CampaignRecord, FeedMessage, FeedRecord, NewItem, Reco
 use crate::api::{self, Call, RowFate};
 use crate::identity::KeyHash;
 use crate::ledger::{Action, Entry, Stage, Status};
-use crate::mapping::{CampaignPayload, ItemMode, ItemPayload, UpdatePayload};
+use crate::mapping::{CampaignPayload, FeedOnMatch, ItemMode, ItemPayload, UpdatePayload};
 use crate::source::RowId;
 use crate::state::{payload_hash, Learnt};
 
@@ -63,6 +63,9 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
             existed,
             ..
         } = row;
+        // Created by this run (not matched, not given by the file or a
+        // ledger): nothing was ever sent to it before.
+        let created = !existed && payloads.customer.is_some();
         if run.abort.is_set() {
             for item in &payloads.field_groups {
                 run.stopped(&[id], Stage::FieldGroup, Some(item.index))
@@ -120,27 +123,38 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
                 }
             }
         }
+        if let (Ok(c), true, None) = (&customer, created, &payloads.feed) {
+            // The state sees this customer's feed history from its start,
+            // even if tonight's row has no message.
+            run.learn(Learnt::FeedTracked { customer_id: c.id });
+        }
         if let Some(feed) = payloads.feed {
             match &customer {
                 Ok(c) => {
                     let hash = feed_hash(&feed);
-                    let sent = c.existed
-                        && !run.sync.full
-                        && run
-                            .sync
-                            .state
-                            .as_ref()
-                            .is_some_and(|s| s.has_feed(c.id, hash));
-                    if sent {
-                        now.push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)));
-                    } else {
-                        let record = FeedRecord::zowie(std::slice::from_ref(&feed));
-                        spawn_row(
-                            &run,
-                            &mut tasks,
-                            feed_record(run.clone(), id, c.id, record, hash),
-                        )
-                        .await
+                    match feed_plan(&run, *c, created, hash) {
+                        FeedPlan::Sent => {
+                            now.push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)))
+                        }
+                        FeedPlan::Kept => {
+                            let mut ev = event(id, Stage::Feed, Status::Ok);
+                            ev.customer_id = Some(c.id);
+                            ev.action = Some(Action::Kept);
+                            ev.message = Some(format!(
+                                "not sent: customer {} existed before this run and no state proves this message was not sent to it; [feed] on_match = \"send\" sends it",
+                                c.id
+                            ));
+                            now.push(Entry::Row(ev));
+                        }
+                        FeedPlan::Send { track } => {
+                            let record = FeedRecord::zowie(std::slice::from_ref(&feed));
+                            spawn_row(
+                                &run,
+                                &mut tasks,
+                                feed_record(run.clone(), id, c.id, record, hash, track),
+                            )
+                            .await
+                        }
                     }
                 }
                 Err(r) => skip(&mut now, Stage::Feed, None, r),
@@ -563,21 +577,94 @@ async fn campaign_update(
     .await;
 }
 
-/// A contact-history entry: not idempotent.
+/// What becomes of a row's feed message. The API cannot list feed records,
+/// so what the tool cannot prove unsent it does not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedPlan {
+    /// The state says this message was sent to the customer (`--full`
+    /// keeps this memory: the message cannot be checked, only repeated).
+    Sent,
+    /// The customer existed and nothing proves the message unsent.
+    Kept,
+    /// Send it; `track`: the customer was created by this run.
+    Send { track: bool },
+}
+
+fn feed_plan(run: &Run, customer: Customer, created: bool, hash: KeyHash) -> FeedPlan {
+    let state = run.sync.state.as_deref();
+    if state.is_some_and(|s| s.has_feed(customer.id, hash)) {
+        return FeedPlan::Sent;
+    }
+    if !customer.existed {
+        return FeedPlan::Send { track: created };
+    }
+    if state.is_some_and(|s| s.knows_feed_of(customer.id))
+        || run.sync.feed_on_match == FeedOnMatch::Send
+    {
+        return FeedPlan::Send { track: false };
+    }
+    FeedPlan::Kept
+}
+
+/// A contact-history entry: not idempotent, and not listable. With a
+/// state, the message is written into it (committed) before the POST, and
+/// taken back only when the call certainly created nothing (refused, or
+/// not sent): a crash, or an unknown outcome, leaves it remembered as sent,
+/// so it is never sent twice.
 async fn feed_record(
     run: Arc<Run>,
     id: RowId,
     customer_id: i64,
     record: FeedRecord,
     hash: KeyHash,
+    track: bool,
 ) {
+    if run.abort.is_set() {
+        return run.stopped(&[id], Stage::Feed, None).await;
+    }
+    if let Some(state) = run.sync.state.clone() {
+        let written =
+            tokio::task::spawn_blocking(move || state.will_send_feed(customer_id, hash, track))
+                .await;
+        let problem = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
+            let mut ev = event(id, Stage::Feed, Status::Failed);
+            ev.customer_id = Some(customer_id);
+            ev.retryable = Some(true);
+            ev.message = Some(format!(
+                "not sent: the state could not record it first ({problem})"
+            ));
+            run.record(vec![Entry::Row(ev)]).await;
+            return;
+        }
+    }
     let endpoint = CreateFeedRecord {
         customer_id,
         record: &record,
     };
-    run.send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
-        ev.customer_id = Some(customer_id);
-        run.learn(Learnt::Feed { customer_id, hash });
-    })
-    .await;
+    let status = run
+        .send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
+            ev.customer_id = Some(customer_id);
+        })
+        .await;
+    // Failed (refused, or never processed) and skipped (not sent) created
+    // nothing; ok and unknown may have.
+    if matches!(status, None | Some(Status::Failed | Status::Skipped)) {
+        if let Some(state) = run.sync.state.clone() {
+            let taken =
+                tokio::task::spawn_blocking(move || state.feed_not_sent(customer_id, hash)).await;
+            if !matches!(taken, Ok(Ok(()))) {
+                // The message stays remembered as sent: never sent twice,
+                // at worst not sent by the next run (the ledger says failed).
+                tracing::warn!(
+                    customer_id,
+                    "Cannot take a refused feed message back from the state."
+                );
+            }
+        }
+    }
 }

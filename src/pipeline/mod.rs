@@ -120,6 +120,8 @@ pub struct Sync {
     pub full: bool,
     /// How the state names each `[[field_group]]`'s part.
     pub group_parts: Vec<String>,
+    /// `[feed] on_match`: a message for a customer found, without proof.
+    pub feed_on_match: crate::mapping::FeedOnMatch,
 }
 
 impl Sync {
@@ -504,7 +506,8 @@ impl Run {
     }
 
     /// One call for one row at one stage: an intent first when the call is
-    /// not idempotent, then the outcome.
+    /// not idempotent, then the outcome. Returns the outcome's status, or
+    /// `None` when the call was not made.
     async fn send_for_row<E, T>(
         &self,
         id: RowId,
@@ -512,11 +515,13 @@ impl Run {
         group: Option<usize>,
         endpoint: E,
         fill: impl FnOnce(&mut RowEvent, &T),
-    ) where
+    ) -> Option<Status>
+    where
         E: Endpoint<Answer = RowFate<T>>,
     {
         if self.abort.is_set() {
-            return self.stopped(&[id], stage, group).await;
+            self.stopped(&[id], stage, group).await;
+            return None;
         }
         if !E::IDEMPOTENT {
             let intent = Intent {
@@ -525,7 +530,7 @@ impl Run {
                 rows: vec![id.row],
             };
             if !self.record(vec![Entry::Intent(intent)]).await {
-                return;
+                return None;
             }
         }
         let call = self.client.send(&endpoint).await;
@@ -535,7 +540,9 @@ impl Run {
             Err(e) => &RowFate::of_call(e),
         };
         let ev = fate_event(id, stage, group, call.attempts, fate, fill);
+        let status = ev.status;
         self.record(vec![Entry::Row(ev)]).await;
+        status
     }
 }
 
