@@ -12,6 +12,7 @@
 mod common;
 use common::report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -545,4 +546,236 @@ async fn a_state_that_lost_feed_rows_proves_nothing_and_on_match_send_opts_in() 
         .unwrap();
     assert_eq!(held, 0, "a refused message is not remembered as sent");
     assert_eq!(count(&conn), 41);
+}
+
+// ---------------------------------------------------------------------
+// Field-group items have identity: two contracts per customer.
+// ---------------------------------------------------------------------
+
+const ITEM_HEADER: [&str; 6] = ["ID", "Nazwisko", "Umowa1", "Kwota1", "Umowa2", "Kwota2"];
+
+/// Two `[[field_group]]` blocks on group 3 ("Umowa": 20 the contract's
+/// number, 22 its amount), with or without `match = [20]`.
+fn item_mapping(dir: &Path, with_match: bool) -> PathBuf {
+    let m = if with_match { "match = [20]\n" } else { "" };
+    let text = format!(
+        "[source]\ndelimiter = \";\"\n\n\
+         [customer]\nmatch = \"identifier\"\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\n\n\
+         [[field_group]]\ngroup_id = 3\n{m}[field_group.values]\n20 = \"Umowa1\"\n22 = {{ column = \"Kwota1\", type = \"integer\" }}\n\n\
+         [[field_group]]\ngroup_id = 3\n{m}[field_group.values]\n20 = \"Umowa2\"\n22 = {{ column = \"Kwota2\", type = \"integer\" }}\n"
+    );
+    let path = dir.join(format!("items-{with_match}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// 50 customers with two contracts each; `first` and `second` are added to
+/// the amounts (1000+k and 5000+k).
+fn item_rows(first: i64, second: i64) -> Vec<Vec<String>> {
+    (0..50i64)
+        .map(|k| {
+            vec![
+                format!("I-{k:03}"),
+                format!("Wiśniewski {k}"),
+                format!("U-{k}-A"),
+                (1000 + k + first).to_string(),
+                format!("U-{k}-B"),
+                (5000 + k + second).to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// Per customer identifier, its items in group 3 as contract → amount.
+fn contracts(sandbox: &Sandbox) -> BTreeMap<String, BTreeMap<String, String>> {
+    let ids: BTreeMap<i64, String> = common::by_identifier(sandbox)
+        .into_iter()
+        .map(|(i, c)| (c["customer_id"].as_i64().unwrap(), i))
+        .collect();
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let state = sandbox.shared().lock_state();
+    for item in state.field_group_items.iter().filter(|i| i.group_id == 3) {
+        let Some(who) = ids.get(&item.customer_id) else {
+            continue;
+        };
+        let value = |f: i64| {
+            item.values
+                .iter()
+                .find(|v| v["field_id"].as_i64() == Some(f))
+                .map(|v| v["value"].to_string().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let contracts = out.entry(who.clone()).or_default();
+        assert!(
+            contracts.insert(value(20), value(22)).is_none(),
+            "{who} has contract {} twice",
+            value(20)
+        );
+    }
+    out
+}
+
+fn expect_contracts(sandbox: &Sandbox, first: i64, second: i64) {
+    let all = contracts(sandbox);
+    assert_eq!(all.len(), 50);
+    for (k, (who, items)) in all.iter().enumerate() {
+        let k = k as i64;
+        let want: BTreeMap<String, String> = [
+            (format!("U-{k}-A"), (1000 + k + first).to_string()),
+            (format!("U-{k}-B"), (5000 + k + second).to_string()),
+        ]
+        .into();
+        assert_eq!(items, &want, "{who}");
+    }
+}
+
+async fn two_contracts_per_customer_stay_two(with_match: bool) {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let mapping = item_mapping(&dir, with_match);
+    let state = dir.join("state.sqlite");
+    let state_arg = state.to_str().unwrap();
+    let csv = |name: &str, first: i64, second: i64| {
+        let path = dir.join(name);
+        write_csv(&path, &ITEM_HEADER, &item_rows(first, second));
+        path
+    };
+    let calls = |mark: usize| {
+        (
+            sent_since(&sandbox, mark, "POST", "/api/customer_field_group_items").len(),
+            sent_since(&sandbox, mark, "PUT", "/api/customer_field_group_items/").len(),
+        )
+    };
+
+    // Night 1: two items per customer.
+    let n1 = run(
+        &sandbox,
+        &csv("1.csv", 0, 0),
+        &mapping,
+        &dir.join("1.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    expect_contracts(&sandbox, 0, 0);
+
+    // Night 2, without the state, the first contract's amount changed: the
+    // first contract is updated, the second untouched, nothing created.
+    let mark = sandbox.requests().len();
+    let n2 = run(
+        &sandbox,
+        &csv("2.csv", 7, 0),
+        &mapping,
+        &dir.join("2.jsonl"),
+        &[],
+    )
+    .await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(calls(mark), (0, 50));
+    expect_contracts(&sandbox, 7, 0);
+    let unchanged = n2
+        .events("field_group")
+        .iter()
+        .filter(|e| e["group"] == 1 && e["action"] == "unchanged")
+        .count();
+    assert_eq!(unchanged, 50);
+
+    // And the second contract's amount, still without the state: the item
+    // listed first (the first contract) is not the one that changes.
+    let mark = sandbox.requests().len();
+    let n2b = run(
+        &sandbox,
+        &csv("2b.csv", 7, 2),
+        &mapping,
+        &dir.join("2b.jsonl"),
+        &[],
+    )
+    .await;
+    assert_eq!(n2b.code, Some(0), "{}", n2b.text);
+    assert_eq!(calls(mark), (0, 50));
+    expect_contracts(&sandbox, 7, 2);
+
+    // Night 3, with the state (which remembers night 1) and --full: the
+    // same, through the items the state remembers.
+    let mark = sandbox.requests().len();
+    let n3 = run(
+        &sandbox,
+        &csv("3.csv", 9, 2),
+        &mapping,
+        &dir.join("3.jsonl"),
+        &["--state", state_arg, "--full"],
+    )
+    .await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text);
+    assert_eq!(calls(mark).0, 0);
+    expect_contracts(&sandbox, 9, 2);
+
+    // Five customers' second contracts are deleted in Thulium; night 4 (with
+    // the state, second amounts changed): the remembered item answers 404,
+    // is forgotten and the contract created again, in the same run.
+    let gone: Vec<i64> = {
+        let mut s = sandbox.shared().lock_state();
+        let mut gone = Vec::new();
+        for item in s
+            .field_group_items
+            .iter_mut()
+            .filter(|i| {
+                i.group_id == 3
+                    && i.values
+                        .iter()
+                        .any(|v| v["value"].as_str().is_some_and(|c| c.ends_with("-B")))
+            })
+            .take(5)
+        {
+            // Out of the API's sight: no customer lists it, no id finds it.
+            gone.push(item.item_id);
+            item.customer_id = 0;
+            item.item_id = -item.item_id;
+        }
+        gone
+    };
+    assert_eq!(gone.len(), 5);
+    let mark = sandbox.requests().len();
+    let n4 = run(
+        &sandbox,
+        &csv("4.csv", 9, 3),
+        &mapping,
+        &dir.join("4.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n4.code, Some(0), "{}", n4.text);
+    let (posts, puts) = calls(mark);
+    assert_eq!(posts, 5);
+    if !with_match {
+        // The five 404s, then the 45 others.
+        assert_eq!(puts, 50);
+    }
+    expect_contracts(&sandbox, 9, 3);
+    assert!(n4.events("field_group").iter().all(|e| e["status"] == "ok"));
+
+    // Night 5, the state deleted, the same file: nothing to write.
+    std::fs::remove_file(&state).unwrap();
+    let mark = sandbox.requests().len();
+    let n5 = run(
+        &sandbox,
+        &csv("5.csv", 9, 3),
+        &mapping,
+        &dir.join("5.jsonl"),
+        &["--state", state_arg],
+    )
+    .await;
+    assert_eq!(n5.code, Some(0), "{}", n5.text);
+    assert_eq!(calls(mark), (0, 0));
+    expect_contracts(&sandbox, 9, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_contracts_per_customer_stay_two_by_their_values() {
+    two_contracts_per_customer_stay_two(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_contracts_per_customer_stay_two_by_their_number() {
+    two_contracts_per_customer_stay_two(true).await;
 }

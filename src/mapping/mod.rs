@@ -254,6 +254,9 @@ pub struct ItemPayload {
     pub values: Vec<ItemValue>,
     /// How it is sent.
     pub mode: ItemMode,
+    /// `[[field_group]] match`: the field ids whose values identify the
+    /// item among the customer's (empty: the block has no such key).
+    pub match_ids: Vec<i64>,
 }
 
 /// How a field-group item is sent.
@@ -413,6 +416,7 @@ struct CustomerPlan {
 struct FieldGroupPlan {
     group_id: i64,
     values: Vec<(i64, usize)>,
+    match_ids: Vec<i64>,
 }
 
 #[derive(Debug)]
@@ -905,11 +909,13 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "field_group",
             group_names[n].clone(),
         );
+        let match_ids = item_match(&mut ctx, &key, g);
         plan.field_groups.push((
             stage,
             FieldGroupPlan {
                 group_id: *g.group_id.get_ref(),
                 values,
+                match_ids,
             },
         ));
     }
@@ -1062,6 +1068,61 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     plan.specs = b.specs;
     plan.stages = b.stages;
     ctx.finish(&loaded.path).map(|()| plan)
+}
+
+/// `[[field_group]] match`: field ids (one, or a list; numbers or their
+/// text), each one of the block's own `values`.
+fn item_match(ctx: &mut Ctx<'_>, key: &str, g: &raw::RawFieldGroup) -> Vec<i64> {
+    let Some(m) = &g.match_fields else {
+        return Vec::new();
+    };
+    let key = format!("{key}.match");
+    let own: Vec<i64> = g
+        .values
+        .0
+        .iter()
+        .filter_map(|(k, _)| k.get_ref().trim().parse().ok())
+        .collect();
+    let list = match m.get_ref() {
+        toml::Value::Array(a) => a.clone(),
+        one => vec![one.clone()],
+    };
+    let mut ids = Vec::new();
+    for v in &list {
+        let id = match v {
+            toml::Value::Integer(i) => Some(*i),
+            toml::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match id {
+            Some(id) if own.contains(&id) => {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Some(id) => ctx.issue(
+                &key,
+                m.span(),
+                format!(
+                    "field {id} is not one of this block's values ({}): match names the fields, among those the block fills, that identify an item",
+                    own.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            None => ctx.issue(
+                &key,
+                m.span(),
+                format!("{v} is not a field id: match lists field ids of the block's values"),
+            ),
+        }
+    }
+    if list.is_empty() {
+        ctx.issue(
+            &key,
+            m.span(),
+            "match is empty: name at least one field id, or leave match out".into(),
+        );
+    }
+    ids
 }
 
 /// The fields of a campaign record or its edit, compiled into slots.
@@ -1531,6 +1592,7 @@ impl Plan {
                     group_id: g.group_id,
                     values,
                     mode: ItemMode::Create,
+                    match_ids: g.match_ids.clone(),
                 });
             }
         }

@@ -135,6 +135,10 @@ pub struct RawAddress {
 pub struct RawFieldGroup {
     pub when: Option<Spec>,
     pub group_id: Spanned<i64>,
+    /// The field ids (a list, or one) whose values identify an item (a
+    /// contract's number): each must be one of this block's `values`.
+    #[serde(rename = "match")]
+    pub match_fields: Option<Spanned<toml::Value>>,
     /// Field id → value spec.
     pub values: OrderedMap<Spec>,
 }
