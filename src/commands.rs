@@ -683,7 +683,10 @@ async fn prepare_sync(
     count_lookups: impl FnOnce(Option<&SyncState>) -> anyhow::Result<u64>,
 ) -> anyhow::Result<pipeline::Sync> {
     let Some(upsert) = plan.upsert() else {
-        return Ok(pipeline::Sync::default());
+        return Ok(pipeline::Sync {
+            feed_on_match: plan.feed_on_match(),
+            ..pipeline::Sync::default()
+        });
     };
     let state = match &args.state {
         Some(path) => Some(SyncState::open(path, system)?),
@@ -727,6 +730,7 @@ async fn prepare_sync(
         state,
         full: args.full,
         group_parts: plan.group_parts().to_vec(),
+        feed_on_match: plan.feed_on_match(),
     })
 }
 

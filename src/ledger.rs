@@ -121,16 +121,23 @@ pub enum Action {
     SkippedExisting,
     /// Not found, and not created (`on_missing = "skip"`).
     SkippedMissing,
+    /// On a later stage, not a customer's: what the row asked for was not
+    /// done and cannot be done (or proven undone) through the API, so it is
+    /// left as Thulium has it: a campaign record already there whose status
+    /// the API cannot change, a feed message that no state proves unsent.
+    /// `ok`, because sending again would not help; the message says why.
+    Kept,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Created,
         Action::Updated,
         Action::Unchanged,
         Action::Adopted,
         Action::SkippedExisting,
         Action::SkippedMissing,
+        Action::Kept,
     ];
 
     pub fn name(self) -> &'static str {
@@ -141,6 +148,7 @@ impl Action {
             Action::Adopted => "adopted",
             Action::SkippedExisting => "skipped_existing",
             Action::SkippedMissing => "skipped_missing",
+            Action::Kept => "kept",
         }
     }
 }

@@ -40,6 +40,9 @@ struct RowOutcomes {
     fp: Option<u32>,
     /// What became of the customer (the latest customer event's action).
     action: Option<Action>,
+    /// Stages (bits by [`Stage::index`]) whose latest outcome was `kept`:
+    /// done as far as sending goes, but not what the row asked.
+    kept: u8,
     /// One more than the highest field group recorded (kept in
     /// `more_groups` when above 0).
     groups: u16,
@@ -156,6 +159,12 @@ impl Outcomes {
                 let state = self.at(row);
                 if stage == Stage::Customer {
                     state.action = action;
+                }
+                let bit = 1u8 << stage.index();
+                if action == Some(Action::Kept) {
+                    state.kept |= bit;
+                } else {
+                    state.kept &= !bit;
                 }
                 state.line = line;
                 state.offset = offset;
@@ -373,7 +382,8 @@ impl Counts {
 
 impl Outcomes {
     /// How many rows' customers were created, updated, ... (every action,
-    /// zero included).
+    /// zero included), and how many stages were `kept` (not done as asked,
+    /// and not sendable).
     pub fn actions(&self) -> BTreeMap<&'static str, u64> {
         let mut out: BTreeMap<&'static str, u64> =
             Action::ALL.iter().map(|a| (a.name(), 0)).collect();
@@ -381,6 +391,7 @@ impl Outcomes {
             if let Some(a) = r.action {
                 *out.entry(a.name()).or_default() += 1;
             }
+            *out.entry(Action::Kept.name()).or_default() += u64::from(r.kept.count_ones());
         }
         out
     }

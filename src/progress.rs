@@ -73,14 +73,22 @@ pub fn start(
             let actions: Vec<String> = Action::ALL
                 .iter()
                 .zip(&progress.actions)
-                .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+                .filter(|(a, n)| **a != Action::Kept && n.load(Ordering::Relaxed) > 0)
                 .map(|(a, n)| format!("{} {}", n.load(Ordering::Relaxed), a.name()))
                 .collect();
-            let actions = if actions.is_empty() {
+            let mut actions = if actions.is_empty() {
                 String::new()
             } else {
                 format!(" | customers {}", actions.join(", "))
             };
+            // Not a customer's action: records and messages left as they are.
+            let kept = Action::ALL
+                .iter()
+                .position(|a| *a == Action::Kept)
+                .map_or(0, |i| progress.actions[i].load(Ordering::Relaxed));
+            if kept > 0 {
+                actions.push_str(&format!(" | {kept} kept"));
+            }
             Line {
                 rows: progress.rows_read.load(Ordering::Relaxed),
                 bytes: progress.bytes_read.load(Ordering::Relaxed),

@@ -118,7 +118,11 @@ pub fn render(report: &Report) -> String {
         report.skipped,
         report.not_sent
     );
-    if report.actions.values().any(|n| *n > 0) {
+    if report
+        .actions
+        .iter()
+        .any(|(a, n)| *a != Action::Kept.name() && *n > 0)
+    {
         let n = |a: Action| report.actions.get(a.name()).copied().unwrap_or(0);
         let _ = write!(
             out,
@@ -129,6 +133,17 @@ pub fn render(report: &Report) -> String {
             n(Action::Adopted),
             n(Action::SkippedExisting),
             n(Action::SkippedMissing)
+        );
+    }
+    if let kept @ 1.. = report
+        .actions
+        .get(Action::Kept.name())
+        .copied()
+        .unwrap_or(0)
+    {
+        let _ = write!(
+            out,
+            "\nkept: {kept} (ok, but not done as the rows ask: the API cannot do it; the ledger's messages say why)"
         );
     }
     if let Some(a) = &report.aborted {

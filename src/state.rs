@@ -9,14 +9,22 @@
 //!   `campaign`, `campaign_update`) the hash of the payload last sent, and
 //!   for a field group the item's id;
 //! - `feed`: hashes of the feed messages (text, author, time) sent to a
-//!   customer;
+//!   customer, each written and committed *before* its POST (and taken back
+//!   only when the call was refused), so that the state never lags the
+//!   ledger on what was sent;
+//! - `feed_customers`: the customers whose whole feed history this state
+//!   has seen (created by a run that kept it), with how many messages it
+//!   holds for them: only for those can it prove a message unsent (the API
+//!   cannot list feed records), and only while that count matches its rows;
 //! - `meta`: the system's URL (a state belongs to one system) and the
 //!   format's version.
 //!
 //! The state is a cache derived from the ledger; Thulium is the truth. It is
 //! written after the ledger records an outcome, so a crash between the two
 //! costs one row sent again (as an idempotent update); deleting it costs
-//! the next run its lookups, never correctness.
+//! the next run its lookups, never correctness. Feed messages, which cannot
+//! be sent again harmlessly nor looked up, are the exception: written
+//! before they are sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -73,6 +81,12 @@ pub enum Learnt {
     },
     /// A feed message was sent to a customer.
     Feed { customer_id: i64, hash: KeyHash },
+    /// A customer created by this run: the state sees its feed history from
+    /// its start.
+    FeedTracked { customer_id: i64 },
+    /// A field group's part of a customer is gone (its item was deleted in
+    /// Thulium): forget the item and the hash.
+    ForgetPart { customer_id: i64, part: String },
 }
 
 enum Job {
@@ -110,7 +124,34 @@ CREATE TABLE IF NOT EXISTS feed (
     customer_id INTEGER NOT NULL, hash BLOB NOT NULL, synced_at TEXT NOT NULL,
     PRIMARY KEY (customer_id, hash)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_customers (
+    customer_id INTEGER PRIMARY KEY, sent INTEGER NOT NULL, synced_at TEXT NOT NULL
+);
 ";
+
+/// Records a feed message as sent (and, for a tracked customer, counts it).
+fn insert_feed(c: &Connection, customer_id: i64, hash: KeyHash, at: &str) -> rusqlite::Result<()> {
+    let added = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO feed (customer_id, hash, synced_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![customer_id, blob(hash), at])?;
+    if added > 0 {
+        c.prepare_cached(
+            "UPDATE feed_customers SET sent = sent + 1, synced_at = ?2 WHERE customer_id = ?1",
+        )?
+        .execute(params![customer_id, at])?;
+    }
+    Ok(())
+}
+
+fn track_feed(c: &Connection, customer_id: i64, at: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO feed_customers (customer_id, sent, synced_at) VALUES (?1, 0, ?2)",
+    )?
+    .execute(params![customer_id, at])?;
+    Ok(())
+}
 
 fn blob(h: KeyHash) -> [u8; 16] {
     h.to_be_bytes()
@@ -138,6 +179,10 @@ impl SyncState {
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        // This connection also makes the writes that must be on disk before
+        // a call (feed messages): they wait for the disk.
+        conn.execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(sql)?;
         let recorded: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE name = 'system'", [], |r| {
                 r.get(0)
@@ -245,6 +290,74 @@ impl SyncState {
         .is_some()
     }
 
+    /// Whether this state proves that no message was sent to the customer
+    /// but those it holds: it has seen the customer's feed history from its
+    /// creation, and still holds every message it counted (a state that
+    /// lost rows, or an older copy of the customer's rows, proves nothing).
+    pub fn knows_feed_of(&self, customer_id: i64) -> bool {
+        self.query(|c| {
+            c.prepare_cached(
+                "SELECT 1 FROM feed_customers f WHERE f.customer_id = ?1 AND f.sent = (SELECT COUNT(*) FROM feed WHERE feed.customer_id = ?1)",
+            )?
+            .query_row(params![customer_id], |_| Ok(()))
+            .optional()
+        })
+        .is_some()
+    }
+
+    /// Writes, and commits durably, that a feed message is about to be
+    /// sent, before it is: a crash after the POST then never sends it again.
+    /// `track`: the customer was created by this run (its feed history
+    /// starts here). An error means the message must not be sent.
+    pub fn will_send_feed(
+        &self,
+        customer_id: i64,
+        hash: KeyHash,
+        track: bool,
+    ) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            if track {
+                track_feed(c, customer_id, at)?;
+            }
+            insert_feed(c, customer_id, hash, at)
+        })
+    }
+
+    /// Takes back [`SyncState::will_send_feed`]: the call was refused, so
+    /// nothing was created.
+    pub fn feed_not_sent(&self, customer_id: i64, hash: KeyHash) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            let gone = c
+                .prepare_cached("DELETE FROM feed WHERE customer_id = ?1 AND hash = ?2")?
+                .execute(params![customer_id, blob(hash)])?;
+            if gone > 0 {
+                c.prepare_cached("UPDATE feed_customers SET sent = sent - 1, synced_at = ?2 WHERE customer_id = ?1")?
+                    .execute(params![customer_id, at])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One transaction on the reading connection, committed before it
+    /// returns (with `synchronous = FULL` there, so it outlives a power cut
+    /// too), for what must be on disk before a call is made.
+    fn write_now(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<()>,
+    ) -> Result<(), StateError> {
+        let mut conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let at = crate::ledger::now();
+        (|| {
+            let tx = conn.transaction()?;
+            f(&tx, &at)?;
+            tx.commit()
+        })()
+        .map_err(|source| StateError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
     /// Writes something learnt down (in the background, in batches).
     pub fn learn(&self, learnt: Learnt) {
         if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -326,8 +439,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Optio
                             .execute(params![customer_id, part, blob(*hash), item_id, at])?;
                     }
                     Learnt::Feed { customer_id, hash } => {
-                        tx.prepare_cached("INSERT OR IGNORE INTO feed (customer_id, hash, synced_at) VALUES (?1, ?2, ?3)")?
-                            .execute(params![customer_id, blob(*hash), at])?;
+                        insert_feed(&tx, *customer_id, *hash, &at)?;
+                    }
+                    Learnt::FeedTracked { customer_id } => {
+                        track_feed(&tx, *customer_id, &at)?;
+                    }
+                    Learnt::ForgetPart { customer_id, part } => {
+                        tx.prepare_cached(
+                            "DELETE FROM parts WHERE customer_id = ?1 AND part = ?2",
+                        )?
+                        .execute(params![customer_id, part])?;
                     }
                 }
             }

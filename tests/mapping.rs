@@ -461,3 +461,52 @@ fn invalid_mapping_is_an_error_value_not_a_panic() {
         Err(MappingError::Invalid { .. })
     ));
 }
+
+#[test]
+fn field_group_match_names_the_blocks_own_fields_and_feed_on_match_is_skip_or_send() {
+    let base = "[customer]\nsurname = \"Nazwisko\"\n";
+    let block = |m: &str| {
+        format!("{base}[[field_group]]\ngroup_id = 3\nmatch = {m}\n[field_group.values]\n20 = \"Rekord\"\n22 = \"Liczba\"\n")
+    };
+    let e = compile_err(&block("[21]"));
+    assert!(
+        e.contains("field_group[0].match")
+            && e.contains("field 21 is not one of this block's values (20, 22)"),
+        "{e}"
+    );
+    let e = compile_err(&block("[\"umowa\"]"));
+    assert!(
+        e.contains("field_group[0].match") && e.contains("is not a field id"),
+        "{e}"
+    );
+    let e = compile_err(&block("[]"));
+    assert!(
+        e.contains("field_group[0].match") && e.contains("match is empty"),
+        "{e}"
+    );
+    // One id, or a list; the ids travel with each row's item.
+    for m in ["20", "[20]", "[\"20\"]"] {
+        let p = plan(&block(m));
+        let out = map(
+            &p,
+            &[("Nazwisko", "Nowak"), ("Rekord", "U-1"), ("Liczba", "5")],
+        );
+        assert_eq!(out.field_groups[0].match_ids, vec![20], "{m}");
+    }
+    let feed = |v: &str| {
+        format!("{base}[feed]\nmessage = \"Notatka\"\ntime = {{ value = \"2021-02-02T10:10:12\" }}\non_match = \"{v}\"\n")
+    };
+    let e = compile_err(&feed("always"));
+    assert!(
+        e.contains("feed.on_match") && e.contains("\"always\" is not one of \"skip\" or \"send\""),
+        "{e}"
+    );
+    assert_eq!(
+        plan(&feed("send")).feed_on_match(),
+        mapping::FeedOnMatch::Send
+    );
+    assert_eq!(
+        plan(&feed("skip")).feed_on_match(),
+        mapping::FeedOnMatch::Skip
+    );
+}

@@ -155,6 +155,83 @@ impl FoundItem {
     }
 }
 
+impl FoundItem {
+    /// How many of `values` the item holds.
+    pub fn shares(&self, values: &[ItemValue]) -> usize {
+        values
+            .iter()
+            .filter(|want| {
+                self.values
+                    .iter()
+                    .any(|(id, v)| *id == want.field_id && same_value(&want.value, v))
+            })
+            .count()
+    }
+}
+
+/// Which of a customer's items in a group a block's values go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemChoice {
+    /// This item holds every value already: nothing to write.
+    Holds(i64),
+    /// This item is the block's: its values are replaced.
+    Update(i64),
+    /// None is the block's: a new item.
+    Create,
+    /// Several could be, and nothing tells them apart: nothing is written.
+    Ambiguous(Vec<i64>),
+}
+
+/// The item `values` belong to among `items`, leaving out those another
+/// block of the row has `taken` (two blocks never share an item).
+///
+/// With `key` (the block's `match` field ids, of which `values` holds at
+/// least one): the one item holding the key's values (none: create; several:
+/// ambiguous). Without: an item holding every value; else the one sharing
+/// the most values with them, when exactly one does (a lone item counts
+/// even if it shares none: a group with one item per customer); else create
+/// when nothing is left to choose from, or ambiguous.
+pub fn choose_item(
+    items: &[FoundItem],
+    taken: &[i64],
+    values: &[ItemValue],
+    key: &[i64],
+) -> ItemChoice {
+    let free: Vec<&FoundItem> = items
+        .iter()
+        .filter(|i| !taken.contains(&i.item_id))
+        .collect();
+    let key_values: Vec<ItemValue> = values
+        .iter()
+        .filter(|v| key.contains(&v.field_id))
+        .cloned()
+        .collect();
+    if !key_values.is_empty() {
+        let by_key: Vec<&&FoundItem> = free.iter().filter(|i| i.holds(&key_values)).collect();
+        return match by_key.as_slice() {
+            [] => ItemChoice::Create,
+            [one] if one.holds(values) => ItemChoice::Holds(one.item_id),
+            [one] => ItemChoice::Update(one.item_id),
+            many => ItemChoice::Ambiguous(many.iter().map(|i| i.item_id).collect()),
+        };
+    }
+    if let Some(same) = free.iter().find(|i| i.holds(values)) {
+        return ItemChoice::Holds(same.item_id);
+    }
+    let Some(most) = free.iter().map(|i| i.shares(values)).max() else {
+        return ItemChoice::Create;
+    };
+    let best: Vec<i64> = free
+        .iter()
+        .filter(|i| i.shares(values) == most)
+        .map(|i| i.item_id)
+        .collect();
+    match best.as_slice() {
+        [one] if most > 0 || free.len() == 1 => ItemChoice::Update(*one),
+        _ => ItemChoice::Ambiguous(best),
+    }
+}
+
 fn same_value(sent: &Scalar, found: &Value) -> bool {
     let found = match found {
         Value::String(s) => s.trim().to_string(),
@@ -216,6 +293,82 @@ mod tests {
         assert_eq!(page.1[0].item_id, 38);
         assert_eq!(page.1[0].values, vec![(12, Value::from("x"))]);
         assert_eq!(page.1[1].values, vec![(8, Value::from(13))]);
+    }
+
+    fn item(item_id: i64, values: &[(i64, &str)]) -> FoundItem {
+        FoundItem {
+            item_id,
+            group_id: Some(3),
+            customer_id: Some(1),
+            values: values.iter().map(|(f, v)| (*f, Value::from(*v))).collect(),
+        }
+    }
+
+    fn want(values: &[(i64, &str)]) -> Vec<ItemValue> {
+        values
+            .iter()
+            .map(|(f, v)| ItemValue {
+                field_id: *f,
+                value: Scalar::Text((*v).into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_item_is_chosen_by_its_key_or_by_its_values_never_twice() {
+        use ItemChoice::*;
+        let items = [
+            item(1, &[(20, "U-1"), (22, "100")]),
+            item(2, &[(20, "U-2"), (22, "200")]),
+        ];
+        // By key: the contract's number decides, whatever the amount.
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-1"), (22, "150")]), &[20]),
+            Update(1)
+        );
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-2"), (22, "200")]), &[20]),
+            Holds(2)
+        );
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-3"), (22, "100")]), &[20]),
+            Create
+        );
+        assert_eq!(
+            choose_item(&items, &[1], &want(&[(20, "U-1"), (22, "100")]), &[20]),
+            Create
+        );
+        let twins = [item(1, &[(20, "U-1")]), item(2, &[(20, "U-1")])];
+        assert_eq!(
+            choose_item(&twins, &[], &want(&[(20, "U-1"), (22, "1")]), &[20]),
+            Ambiguous(vec![1, 2])
+        );
+        // Without a key: all values, then the most shared, then nothing.
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-2"), (22, "200")]), &[]),
+            Holds(2)
+        );
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-1"), (22, "150")]), &[]),
+            Update(1)
+        );
+        assert_eq!(
+            choose_item(&items, &[1], &want(&[(20, "U-1"), (22, "150")]), &[]),
+            Update(2)
+        );
+        assert_eq!(
+            choose_item(&items, &[], &want(&[(20, "U-9"), (22, "9")]), &[]),
+            Ambiguous(vec![1, 2])
+        );
+        assert_eq!(
+            choose_item(&items, &[1, 2], &want(&[(20, "U-9")]), &[]),
+            Create
+        );
+        assert_eq!(
+            choose_item(&items[..1], &[], &want(&[(20, "U-9")]), &[]),
+            Update(1)
+        );
+        assert_eq!(choose_item(&[], &[], &want(&[(20, "U-9")]), &[]), Create);
     }
 
     #[test]

@@ -254,6 +254,9 @@ pub struct ItemPayload {
     pub values: Vec<ItemValue>,
     /// How it is sent.
     pub mode: ItemMode,
+    /// `[[field_group]] match`: the field ids whose values identify the
+    /// item among the customer's (empty: the block has no such key).
+    pub match_ids: Vec<i64>,
 }
 
 /// How a field-group item is sent.
@@ -413,6 +416,7 @@ struct CustomerPlan {
 struct FieldGroupPlan {
     group_id: i64,
     values: Vec<(i64, usize)>,
+    match_ids: Vec<i64>,
 }
 
 #[derive(Debug)]
@@ -459,6 +463,18 @@ struct StageSlots {
 pub enum OnMatch {
     Update,
     Skip,
+}
+
+/// `[feed] on_match`: a feed message for a customer that existed before the
+/// run, when no sync state proves it unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedOnMatch {
+    /// Not sent (recorded `kept`): the API cannot list feed records, so a
+    /// message that may be there already is not risked twice.
+    #[default]
+    Skip,
+    /// Sent anyway: the person accepts a possible second copy.
+    Send,
 }
 
 /// What to do when no customer matches (`on_missing`).
@@ -626,6 +642,8 @@ pub struct Plan {
     campaign: Option<(usize, CampaignPlan)>,
     campaign_update: Option<(usize, UpdatePlan)>,
     feed: Option<(usize, FeedPlan)>,
+    /// `[feed] on_match`.
+    feed_on_match: FeedOnMatch,
 }
 
 /// Columns of a failed-rows CSV written by `report --failed-csv`:
@@ -779,6 +797,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         campaign: None,
         campaign_update: None,
         feed: None,
+        feed_on_match: FeedOnMatch::Skip,
     };
     if let Some(col) = &raw.source.customer_id {
         match header.iter().position(|h| h == col.get_ref().trim()) {
@@ -890,11 +909,13 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             "field_group",
             group_names[n].clone(),
         );
+        let match_ids = item_match(&mut ctx, &key, g);
         plan.field_groups.push((
             stage,
             FieldGroupPlan {
                 group_id: *g.group_id.get_ref(),
                 values,
+                match_ids,
             },
         ));
     }
@@ -998,6 +1019,17 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             f.id.as_ref()
                 .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
                 .map(|s| b.slot(s));
+        if let Some(v) = &f.on_match {
+            match v.get_ref().as_str() {
+                "skip" => plan.feed_on_match = FeedOnMatch::Skip,
+                "send" => plan.feed_on_match = FeedOnMatch::Send,
+                other => ctx.issue(
+                    "feed.on_match",
+                    v.span(),
+                    format!("\"{other}\" is not one of \"skip\" or \"send\""),
+                ),
+            }
+        }
         let stage = b.end(
             start,
             when(&mut ctx, "feed", &f.when),
@@ -1036,6 +1068,61 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     plan.specs = b.specs;
     plan.stages = b.stages;
     ctx.finish(&loaded.path).map(|()| plan)
+}
+
+/// `[[field_group]] match`: field ids (one, or a list; numbers or their
+/// text), each one of the block's own `values`.
+fn item_match(ctx: &mut Ctx<'_>, key: &str, g: &raw::RawFieldGroup) -> Vec<i64> {
+    let Some(m) = &g.match_fields else {
+        return Vec::new();
+    };
+    let key = format!("{key}.match");
+    let own: Vec<i64> = g
+        .values
+        .0
+        .iter()
+        .filter_map(|(k, _)| k.get_ref().trim().parse().ok())
+        .collect();
+    let list = match m.get_ref() {
+        toml::Value::Array(a) => a.clone(),
+        one => vec![one.clone()],
+    };
+    let mut ids = Vec::new();
+    for v in &list {
+        let id = match v {
+            toml::Value::Integer(i) => Some(*i),
+            toml::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match id {
+            Some(id) if own.contains(&id) => {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Some(id) => ctx.issue(
+                &key,
+                m.span(),
+                format!(
+                    "field {id} is not one of this block's values ({}): match names the fields, among those the block fills, that identify an item",
+                    own.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            None => ctx.issue(
+                &key,
+                m.span(),
+                format!("{v} is not a field id: match lists field ids of the block's values"),
+            ),
+        }
+    }
+    if list.is_empty() {
+        ctx.issue(
+            &key,
+            m.span(),
+            "match is empty: name at least one field id, or leave match out".into(),
+        );
+    }
+    ids
 }
 
 /// The fields of a campaign record or its edit, compiled into slots.
@@ -1182,6 +1269,12 @@ impl Plan {
     /// customers that exist.
     pub fn upsert(&self) -> Option<&Upsert> {
         self.upsert.as_ref()
+    }
+
+    /// `[feed] on_match`: whether a message goes to a customer that existed
+    /// before the run when no sync state proves it unsent.
+    pub fn feed_on_match(&self) -> FeedOnMatch {
+        self.feed_on_match
     }
 
     /// How the sync state and a failed-rows CSV's `_done` name each
@@ -1499,6 +1592,7 @@ impl Plan {
                     group_id: g.group_id,
                     values,
                     mode: ItemMode::Create,
+                    match_ids: g.match_ids.clone(),
                 });
             }
         }

@@ -135,6 +135,10 @@ pub struct RawAddress {
 pub struct RawFieldGroup {
     pub when: Option<Spec>,
     pub group_id: Spanned<i64>,
+    /// The field ids (a list, or one) whose values identify an item (a
+    /// contract's number): each must be one of this block's `values`.
+    #[serde(rename = "match")]
+    pub match_fields: Option<Spanned<toml::Value>>,
     /// Field id → value spec.
     pub values: OrderedMap<Spec>,
 }
@@ -177,4 +181,8 @@ pub struct RawFeed {
     pub author: Option<Spec>,
     /// The message id; default `thulium-import-<row>`.
     pub id: Option<Spec>,
+    /// A customer that existed before the run, when no sync state proves
+    /// this message was not sent to it (the API cannot list feed records):
+    /// `"skip"` (the default) leaves it, recorded `kept`; `"send"` sends it.
+    pub on_match: Option<Spanned<String>>,
 }

@@ -15,34 +15,14 @@ use super::customers::CustomerState;
 use super::{event, fate_event, MappedRow, Run};
 use crate::api::campaigns::{AddRecords, Added, UpdateRecord};
 use crate::api::feed::CreateFeedRecord;
-use crate::api::field_groups::{CreateItem, ItemCreated, UpdateItem};
-use crate::api::payload::{CampaignRecord, FeedRecord, NewItem, RecordFields};
+use crate::api::field_groups::{choose_item, CreateItem, ItemChoice, ItemCreated, UpdateItem};
+use crate::api::payload::{CampaignRecord, FeedMessage, FeedRecord, NewItem, RecordFields};
 use crate::api::{self, Call, RowFate};
 use crate::identity::KeyHash;
 use crate::ledger::{Action, Entry, Stage, Status};
-use crate::mapping::{CampaignPayload, ItemMode, ItemPayload, UpdatePayload};
+use crate::mapping::{CampaignPayload, FeedOnMatch, ItemMode, ItemPayload, UpdatePayload};
 use crate::source::RowId;
 use crate::state::{payload_hash, Learnt};
-
-/// The hash of a field-group item's payload, for the sync state.
-pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
-    payload_hash(&(item.group_id, &item.values))
-}
-
-/// The hash of a campaign record's payload, for the sync state.
-pub(super) fn campaign_hash(campaign: &CampaignPayload) -> KeyHash {
-    payload_hash(&(&campaign.campaign_id, &campaign.record))
-}
-
-/// The hash of a campaign record edit, for the sync state.
-pub(super) fn update_hash(update: &UpdatePayload) -> KeyHash {
-    payload_hash(&(&update.campaign_id, &update.identifier, &update.body))
-}
-
-/// The hash of a contact-history message (text, author, time).
-pub(super) fn feed_hash(feed: &crate::api::payload::FeedMessage) -> KeyHash {
-    payload_hash(&(&feed.payload, &feed.author, &feed.time))
-}
 
 /// A row's customer, as the later stages need it.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +63,9 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
             existed,
             ..
         } = row;
+        // Created by this run (not matched, not given by the file or a
+        // ledger): nothing was ever sent to it before.
+        let created = !existed && payloads.customer.is_some();
         if run.abort.is_set() {
             for item in &payloads.field_groups {
                 run.stopped(&[id], Stage::FieldGroup, Some(item.index))
@@ -113,17 +96,25 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
             ev.message = Some(format!("not sent: {reason}"));
             now.push(Entry::Row(ev));
         };
+        // One task per group: its blocks are placed together.
+        let mut groups: Vec<Vec<ItemPayload>> = Vec::new();
         for item in payloads.field_groups {
             match &customer {
-                Ok(c) => {
-                    spawn_row(
-                        &run,
-                        &mut tasks,
-                        field_group_item(run.clone(), id, *c, item),
-                    )
-                    .await
-                }
+                Ok(_) => match groups.iter_mut().find(|g| g[0].group_id == item.group_id) {
+                    Some(g) => g.push(item),
+                    None => groups.push(vec![item]),
+                },
                 Err(r) => skip(&mut now, Stage::FieldGroup, Some(item.index), r),
+            }
+        }
+        if let Ok(c) = &customer {
+            for items in groups {
+                spawn_row(
+                    &run,
+                    &mut tasks,
+                    field_group_items(run.clone(), id, *c, items),
+                )
+                .await
             }
         }
         if let Some(update) = payloads.campaign_update {
@@ -140,27 +131,38 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
                 }
             }
         }
+        if let (Ok(c), true, None) = (&customer, created, &payloads.feed) {
+            // The state sees this customer's feed history from its start,
+            // even if tonight's row has no message.
+            run.learn(Learnt::FeedTracked { customer_id: c.id });
+        }
         if let Some(feed) = payloads.feed {
             match &customer {
                 Ok(c) => {
                     let hash = feed_hash(&feed);
-                    let sent = c.existed
-                        && !run.sync.full
-                        && run
-                            .sync
-                            .state
-                            .as_ref()
-                            .is_some_and(|s| s.has_feed(c.id, hash));
-                    if sent {
-                        now.push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)));
-                    } else {
-                        let record = FeedRecord::zowie(std::slice::from_ref(&feed));
-                        spawn_row(
-                            &run,
-                            &mut tasks,
-                            feed_record(run.clone(), id, c.id, record, hash),
-                        )
-                        .await
+                    match feed_plan(&run, *c, created, hash) {
+                        FeedPlan::Sent => {
+                            now.push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)))
+                        }
+                        FeedPlan::Kept => {
+                            let mut ev = event(id, Stage::Feed, Status::Ok);
+                            ev.customer_id = Some(c.id);
+                            ev.action = Some(Action::Kept);
+                            ev.message = Some(format!(
+                                "not sent: customer {} existed before this run and no state proves this message was not sent to it; [feed] on_match = \"send\" sends it",
+                                c.id
+                            ));
+                            now.push(Entry::Row(ev));
+                        }
+                        FeedPlan::Send { track } => {
+                            let record = FeedRecord::zowie(std::slice::from_ref(&feed));
+                            spawn_row(
+                                &run,
+                                &mut tasks,
+                                feed_record(run.clone(), id, c.id, record, hash, track),
+                            )
+                            .await
+                        }
                     }
                 }
                 Err(r) => skip(&mut now, Stage::Feed, None, r),
@@ -191,6 +193,29 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         spawn_campaign(&run, &mut tasks, chunk).await;
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The sync state's hash of a field-group item (the block's group and
+/// values as sent).
+pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
+    payload_hash(&(item.group_id, &item.values))
+}
+
+/// The sync state's hash of a campaign record (the campaign and the record's
+/// fields).
+pub(super) fn campaign_hash(campaign: &CampaignPayload) -> KeyHash {
+    payload_hash(&(&campaign.campaign_id, &campaign.record))
+}
+
+/// The sync state's hash of a campaign record edit.
+pub(super) fn update_hash(update: &UpdatePayload) -> KeyHash {
+    payload_hash(&(&update.campaign_id, &update.identifier, &update.body))
+}
+
+/// The sync state's hash of a feed message (text, author, time: not its id,
+/// which defaults to the row number and moves with the file).
+pub(super) fn feed_hash(feed: &FeedMessage) -> KeyHash {
+    payload_hash(&(&feed.payload, &feed.author, &feed.time))
 }
 
 /// A stage not sent because its payload is what the sync state says was
@@ -367,6 +392,15 @@ impl api::Batch for CampaignBatch<'_> {
                     fate_event(r.id, Stage::Campaign, None, call.attempts, fate, |ev, a| {
                         ev.http_status = a.http_status;
                         ev.record_id = a.record_id;
+                        if a.already && r.record != RecordFields::default() {
+                            // The row asks for a status, an agent, a date:
+                            // the API cannot change a record that is there,
+                            // so this is not done, and the state must not
+                            // say it was (the next run tries again).
+                            ev.action = Some(Action::Kept);
+                            ev.message = Some("already in the campaign; status not changed".into());
+                            return;
+                        }
                         if a.already {
                             ev.message = Some("already in the campaign".into());
                         }
@@ -384,88 +418,196 @@ impl api::Batch for CampaignBatch<'_> {
     }
 }
 
-/// A field-group item: not idempotent. One whose creation had an unknown
-/// outcome, or whose customer existed before (matching mode), is looked for
-/// among the customer's items in its group first.
-async fn field_group_item(run: Arc<Run>, id: RowId, customer: Customer, item: ItemPayload) {
-    let group = Some(item.index);
-    let part = run.sync.group_part(item.index);
-    let hash = item_hash(&item);
+/// The field-group items of one row in one group, decided together: two
+/// blocks of a row (two contracts) never land on one item. Created for a new
+/// customer. For a customer that existed: the item the state remembers for
+/// the block (unchanged when its hash is the same; updated otherwise, and
+/// looked for again if Thulium says it is gone), else one of the customer's
+/// items, chosen by [`choose_item`] among those no other block took. After
+/// an unknown outcome: an item holding the values sent is adopted.
+async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: Vec<ItemPayload>) {
     let customer_id = customer.id;
-    let learn = |run: &Run, item_id: Option<i64>| run.learn_part(customer_id, &part, hash, item_id);
-    let mut ev = event(id, Stage::FieldGroup, Status::Ok);
-    ev.group = group;
-    ev.customer_id = Some(customer_id);
-    if run.abort.is_set() {
-        return run.stopped(&[id], Stage::FieldGroup, group).await;
-    }
-    if item.mode == ItemMode::Upsert {
-        // What the state knows: the same values, or the item to update.
-        if let Some(known) = run
-            .sync
-            .state
-            .as_ref()
-            .and_then(|s| s.part(customer_id, &part))
-        {
-            if known.0 == hash && !run.sync.full {
-                ev.item_id = known.1;
-                ev.action = Some(Action::Unchanged);
-                run.record(vec![Entry::Row(ev)]).await;
-                return;
-            }
-            if let Some(item_id) = known.1 {
-                return update_item(&run, ev, item_id, &item, || learn(&run, Some(item_id))).await;
+    let mut taken: Vec<i64> = Vec::new();
+    // Blocks to place among the customer's items (one lookup for all).
+    let mut to_find: Vec<ItemPayload> = Vec::new();
+    for item in items {
+        if run.abort.is_set() {
+            run.stopped(&[id], Stage::FieldGroup, Some(item.index))
+                .await;
+            continue;
+        }
+        match item.mode {
+            ItemMode::Create => create_item(&run, id, customer_id, &item).await,
+            ItemMode::Reconcile => to_find.push(item),
+            ItemMode::Upsert => {
+                let part = run.sync.group_part(item.index);
+                let hash = item_hash(&item);
+                let known = run
+                    .sync
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.part(customer_id, &part));
+                let Some((known_hash, known_item)) = known else {
+                    to_find.push(item);
+                    continue;
+                };
+                if known_hash == hash && !run.sync.full {
+                    let mut ev =
+                        unchanged_event(id, Stage::FieldGroup, Some(item.index), customer_id);
+                    ev.item_id = known_item;
+                    taken.extend(known_item);
+                    run.record(vec![Entry::Row(ev)]).await;
+                    continue;
+                }
+                // With `match`, the key decides which item is the block's,
+                // not what the state last wrote (the key may have moved).
+                let remembered =
+                    known_item.filter(|i| item.match_ids.is_empty() && !taken.contains(i));
+                let Some(item_id) = remembered else {
+                    to_find.push(item);
+                    continue;
+                };
+                taken.push(item_id);
+                let ev = item_event(id, &item, customer_id);
+                if update_item(&run, ev, item_id, &item, true).await == Updated::Gone {
+                    // Deleted in Thulium: the state forgets it, and the
+                    // block is placed among the items that are there.
+                    run.learn(Learnt::ForgetPart { customer_id, part });
+                    taken.retain(|i| *i != item_id);
+                    to_find.push(item);
+                }
             }
         }
     }
-    if item.mode != ItemMode::Create {
-        let call = run.client.find_items(customer_id, item.group_id).await;
-        run.observe(&call);
-        ev.attempts = Some(call.attempts);
-        match call.result {
-            Ok(items) if items.is_empty() => {}
-            Ok(items) => {
-                if let Some(found) = items.iter().find(|i| i.holds(&item.values)) {
-                    ev.item_id = Some(found.item_id);
+    if to_find.is_empty() {
+        return;
+    }
+    let group_id = to_find[0].group_id;
+    let call = run.client.find_items(customer_id, group_id).await;
+    run.observe(&call);
+    let found = match call.result {
+        Ok(found) => found,
+        Err(e) => {
+            let entries = to_find
+                .iter()
+                .map(|item| {
+                    let mut ev = item_event(id, item, customer_id);
+                    ev.attempts = Some(call.attempts);
                     if item.mode == ItemMode::Reconcile {
-                        ev.reconciled = Some(true);
-                        ev.message = Some(
-                            "found among the customer's items after an unknown outcome: adopted, not created again".into(),
-                        );
+                        ev.status = Some(Status::Unknown);
+                        ev.message =
+                            Some(format!("could not look the item up ({e}); still unknown"));
                     } else {
-                        ev.action = Some(Action::Unchanged);
+                        ev.status = Some(Status::Failed);
+                        ev.retryable = Some(true);
+                        ev.message = Some(format!("could not look the customer's items up: {e}"));
                     }
-                    learn(&run, Some(found.item_id));
-                } else if item.mode == ItemMode::Upsert {
-                    let item_id = items[0].item_id;
-                    return update_item(&run, ev, item_id, &item, || learn(&run, Some(item_id)))
-                        .await;
-                } else {
-                    ev.status = Some(Status::Failed);
-                    ev.retryable = Some(false);
-                    ev.message = Some(format!(
-                        "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
-                        items.len(),
-                        item.group_id
-                    ));
-                }
-                run.record(vec![Entry::Row(ev)]).await;
-                return;
+                    Entry::Row(ev)
+                })
+                .collect();
+            run.record(entries).await;
+            return;
+        }
+    };
+    // Items holding every value of a block go to it first, so that a block
+    // choosing by the most values shared never takes another's item.
+    let mut choices: Vec<Option<ItemChoice>> = to_find
+        .iter()
+        .map(|item| {
+            let same = found
+                .iter()
+                .find(|f| !taken.contains(&f.item_id) && f.holds(&item.values))?;
+            taken.push(same.item_id);
+            Some(ItemChoice::Holds(same.item_id))
+        })
+        .collect();
+    for (item, choice) in to_find.iter().zip(&mut choices) {
+        if choice.is_none() {
+            let c = choose_item(&found, &taken, &item.values, &item.match_ids);
+            if let ItemChoice::Update(i) | ItemChoice::Holds(i) = c {
+                taken.push(i);
             }
-            Err(e) => {
-                if item.mode == ItemMode::Reconcile {
-                    ev.status = Some(Status::Unknown);
-                    ev.message = Some(format!("could not look the item up ({e}); still unknown"));
-                } else {
-                    ev.status = Some(Status::Failed);
-                    ev.retryable = Some(true);
-                    ev.message = Some(format!("could not look the customer's items up: {e}"));
-                }
-                run.record(vec![Entry::Row(ev)]).await;
-                return;
-            }
+            *choice = Some(c);
         }
     }
+    for (item, choice) in to_find.iter().zip(choices) {
+        let Some(choice) = choice else { continue };
+        if run.abort.is_set() {
+            run.stopped(&[id], Stage::FieldGroup, Some(item.index))
+                .await;
+            continue;
+        }
+        let part = run.sync.group_part(item.index);
+        let hash = item_hash(item);
+        let mut ev = item_event(id, item, customer_id);
+        ev.attempts = Some(call.attempts);
+        match (choice, item.mode) {
+            (ItemChoice::Holds(item_id), mode) => {
+                ev.item_id = Some(item_id);
+                if mode == ItemMode::Reconcile {
+                    ev.reconciled = Some(true);
+                    ev.message = Some(
+                        "found among the customer's items after an unknown outcome: adopted, not created again".into(),
+                    );
+                } else {
+                    ev.action = Some(Action::Unchanged);
+                }
+                run.learn_part(customer_id, &part, hash, Some(item_id));
+            }
+            (ItemChoice::Create, _) => {
+                create_item(&run, id, customer_id, item).await;
+                continue;
+            }
+            (ItemChoice::Update(item_id), ItemMode::Upsert) => {
+                update_item(&run, ev, item_id, item, false).await;
+                continue;
+            }
+            (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {
+                ev.status = Some(Status::Failed);
+                ev.retryable = Some(false);
+                ev.message = Some(format!(
+                    "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
+                    found.len(),
+                    item.group_id
+                ));
+            }
+            (ItemChoice::Ambiguous(ids), _) => {
+                ev.status = Some(Status::Failed);
+                ev.retryable = Some(false);
+                ev.message = Some(format!(
+                    "ambiguous item: items {} of customer {customer_id} in field group {} could each be this block's ({}); nothing written: add `match` to the [[field_group]] or tidy the items in Thulium",
+                    super::join_ids(&ids),
+                    item.group_id,
+                    if item.match_ids.is_empty() {
+                        "none holds all its values, and they share as many of them".to_string()
+                    } else {
+                        "they hold the same values of the match fields".to_string()
+                    }
+                ));
+            }
+            (ItemChoice::Update(_), ItemMode::Create) => {
+                // Not reached: a block to create is never placed.
+                create_item(&run, id, customer_id, item).await;
+                continue;
+            }
+        }
+        run.record(vec![Entry::Row(ev)]).await;
+    }
+}
+
+/// A field-group event of one block, `ok` until said otherwise.
+fn item_event(id: RowId, item: &ItemPayload, customer_id: i64) -> crate::ledger::RowEvent {
+    let mut ev = event(id, Stage::FieldGroup, Status::Ok);
+    ev.group = Some(item.index);
+    ev.customer_id = Some(customer_id);
+    ev
+}
+
+/// Creates an item (`POST customer_field_group_items`, not idempotent:
+/// an intent first), remembered in the state with its id.
+async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload) {
+    let part = run.sync.group_part(item.index);
+    let hash = item_hash(item);
     let endpoint = CreateItem {
         item: NewItem {
             group_id: item.group_id,
@@ -476,26 +618,36 @@ async fn field_group_item(run: Arc<Run>, id: RowId, customer: Customer, item: It
     run.send_for_row(
         id,
         Stage::FieldGroup,
-        group,
+        Some(item.index),
         endpoint,
         |ev, created: &ItemCreated| {
             ev.customer_id = Some(customer_id);
             ev.item_id = created.item_id;
-            learn(&run, created.item_id);
+            run.learn_part(customer_id, &part, hash, created.item_id);
         },
     )
     .await;
 }
 
+/// How an update went, for the caller that may look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Updated {
+    /// Recorded (done or not).
+    Recorded,
+    /// A remembered item Thulium does not have (404): nothing recorded.
+    Gone,
+}
+
 /// Replaces an existing item's values (`PUT customer_field_group_items/:id`,
-/// idempotent), recorded on `ev` with `"action": "updated"`.
+/// idempotent), recorded on `ev` with `"action": "updated"`. For an item
+/// only the state `remembered`, a 404 is returned, not recorded.
 async fn update_item(
     run: &Run,
     ev: crate::ledger::RowEvent,
     item_id: i64,
     item: &ItemPayload,
-    learn: impl FnOnce(),
-) {
+    remembered: bool,
+) -> Updated {
     let call = run
         .client
         .send(&UpdateItem {
@@ -508,12 +660,26 @@ async fn update_item(
         Ok(fate) => fate,
         Err(e) => &RowFate::of_call(e),
     };
+    if remembered {
+        if let RowFate::Refused {
+            http_status,
+            message,
+        } = fate
+        {
+            if *http_status == Some(404) || message.to_lowercase().contains("not found") {
+                return Updated::Gone;
+            }
+        }
+    }
     let id = RowId {
         row: ev.row,
         line: ev.line,
         offset: ev.offset,
         fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
     };
+    let part = run.sync.group_part(item.index);
+    let hash = item_hash(item);
+    let customer_id = ev.customer_id.unwrap_or_default();
     let mut out = fate_event(
         id,
         Stage::FieldGroup,
@@ -522,12 +688,13 @@ async fn update_item(
         fate,
         |e, _| {
             e.action = Some(Action::Updated);
-            learn();
+            run.learn_part(customer_id, &part, hash, Some(item_id));
         },
     );
     out.customer_id = ev.customer_id;
     out.item_id = Some(item_id);
     run.record(vec![Entry::Row(out)]).await;
+    Updated::Recorded
 }
 
 /// A campaign record edit: idempotent, needs no customer.
@@ -551,21 +718,94 @@ async fn campaign_update(
     .await;
 }
 
-/// A contact-history entry: not idempotent.
+/// What becomes of a row's feed message. The API cannot list feed records,
+/// so what the tool cannot prove unsent it does not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedPlan {
+    /// The state says this message was sent to the customer (`--full`
+    /// keeps this memory: the message cannot be checked, only repeated).
+    Sent,
+    /// The customer existed and nothing proves the message unsent.
+    Kept,
+    /// Send it; `track`: the customer was created by this run.
+    Send { track: bool },
+}
+
+fn feed_plan(run: &Run, customer: Customer, created: bool, hash: KeyHash) -> FeedPlan {
+    let state = run.sync.state.as_deref();
+    if state.is_some_and(|s| s.has_feed(customer.id, hash)) {
+        return FeedPlan::Sent;
+    }
+    if !customer.existed {
+        return FeedPlan::Send { track: created };
+    }
+    if state.is_some_and(|s| s.knows_feed_of(customer.id))
+        || run.sync.feed_on_match == FeedOnMatch::Send
+    {
+        return FeedPlan::Send { track: false };
+    }
+    FeedPlan::Kept
+}
+
+/// A contact-history entry: not idempotent, and not listable. With a
+/// state, the message is written into it (committed) before the POST, and
+/// taken back only when the call certainly created nothing (refused, or
+/// not sent): a crash, or an unknown outcome, leaves it remembered as sent,
+/// so it is never sent twice.
 async fn feed_record(
     run: Arc<Run>,
     id: RowId,
     customer_id: i64,
     record: FeedRecord,
     hash: KeyHash,
+    track: bool,
 ) {
+    if run.abort.is_set() {
+        return run.stopped(&[id], Stage::Feed, None).await;
+    }
+    if let Some(state) = run.sync.state.clone() {
+        let written =
+            tokio::task::spawn_blocking(move || state.will_send_feed(customer_id, hash, track))
+                .await;
+        let problem = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
+            let mut ev = event(id, Stage::Feed, Status::Failed);
+            ev.customer_id = Some(customer_id);
+            ev.retryable = Some(true);
+            ev.message = Some(format!(
+                "not sent: the state could not record it first ({problem})"
+            ));
+            run.record(vec![Entry::Row(ev)]).await;
+            return;
+        }
+    }
     let endpoint = CreateFeedRecord {
         customer_id,
         record: &record,
     };
-    run.send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
-        ev.customer_id = Some(customer_id);
-        run.learn(Learnt::Feed { customer_id, hash });
-    })
-    .await;
+    let status = run
+        .send_for_row(id, Stage::Feed, None, endpoint, |ev, _| {
+            ev.customer_id = Some(customer_id);
+        })
+        .await;
+    // Failed (refused, or never processed) and skipped (not sent) created
+    // nothing; ok and unknown may have.
+    if matches!(status, None | Some(Status::Failed | Status::Skipped)) {
+        if let Some(state) = run.sync.state.clone() {
+            let taken =
+                tokio::task::spawn_blocking(move || state.feed_not_sent(customer_id, hash)).await;
+            if !matches!(taken, Ok(Ok(()))) {
+                // The message stays remembered as sent: never sent twice,
+                // at worst not sent by the next run (the ledger says failed).
+                tracing::warn!(
+                    customer_id,
+                    "Cannot take a refused feed message back from the state."
+                );
+            }
+        }
+    }
 }

@@ -129,6 +129,8 @@ pub struct Sync {
     pub full: bool,
     /// How the state names each `[[field_group]]`'s part.
     pub group_parts: Vec<String>,
+    /// `[feed] on_match`: a message for a customer found, without proof.
+    pub feed_on_match: crate::mapping::FeedOnMatch,
 }
 
 impl Sync {
@@ -200,8 +202,9 @@ pub struct Progress {
     /// Customers the sync state remembered that Thulium no longer confirms
     /// (a key moved, the customer gone): forgotten and looked up again.
     pub forgotten: AtomicU64,
-    /// Customer-stage actions, in [`Action::ALL`]'s order.
-    pub actions: [AtomicU64; 6],
+    /// Customer-stage actions, in [`Action::ALL`]'s order, and `kept` at
+    /// any stage.
+    pub actions: [AtomicU64; Action::ALL.len()],
     /// Calls allowed in flight now.
     pub in_flight: AtomicU64,
     /// Rows of a failed-rows CSV left out: a stage's earlier outcome is
@@ -395,7 +398,12 @@ impl Run {
         if let Some(tally) = self.progress.tally(stage) {
             tally.add(status);
         }
-        if let (Stage::Customer, Some(action)) = (stage, ev.action) {
+        // Kept is counted wherever it happens (campaign, feed): it is what a
+        // person has to look at; the other actions describe customers.
+        if let Some(action) = ev
+            .action
+            .filter(|a| stage == Stage::Customer || *a == Action::Kept)
+        {
             if let Some(i) = Action::ALL.iter().position(|a| *a == action) {
                 self.progress.actions[i].fetch_add(1, Ordering::Relaxed);
             }
@@ -510,7 +518,8 @@ impl Run {
     }
 
     /// One call for one row at one stage: an intent first when the call is
-    /// not idempotent, then the outcome.
+    /// not idempotent, then the outcome. Returns the outcome's status, or
+    /// `None` when the call was not made.
     async fn send_for_row<E, T>(
         &self,
         id: RowId,
@@ -518,11 +527,13 @@ impl Run {
         group: Option<usize>,
         endpoint: E,
         fill: impl FnOnce(&mut RowEvent, &T),
-    ) where
+    ) -> Option<Status>
+    where
         E: Endpoint<Answer = RowFate<T>>,
     {
         if self.abort.is_set() {
-            return self.stopped(&[id], stage, group).await;
+            self.stopped(&[id], stage, group).await;
+            return None;
         }
         if !E::IDEMPOTENT {
             let intent = Intent {
@@ -531,7 +542,7 @@ impl Run {
                 rows: vec![id.row],
             };
             if !self.record(vec![Entry::Intent(intent)]).await {
-                return;
+                return None;
             }
         }
         let call = self.client.send(&endpoint).await;
@@ -541,7 +552,9 @@ impl Run {
             Err(e) => &RowFate::of_call(e),
         };
         let ev = fate_event(id, stage, group, call.attempts, fate, fill);
+        let status = ev.status;
         self.record(vec![Entry::Row(ev)]).await;
+        status
     }
 }
 
