@@ -61,6 +61,10 @@ pub enum CallError {
         status: Option<u16>,
         message: String,
     },
+    /// A list's paging cannot be trusted (the server ignores `offset`, or
+    /// the list never ends): reading on would loop or read a part as the
+    /// whole, so the run stops.
+    Paging { message: String },
     /// Never sent: the run was stopping.
     NotSent { reason: String },
 }
@@ -73,7 +77,9 @@ impl CallError {
             | CallError::Unauthorized { status, .. }
             | CallError::Redirected { status, .. } => Some(*status),
             CallError::GaveUp { status, .. } => *status,
-            CallError::Unknown { .. } | CallError::NotSent { .. } => None,
+            CallError::Unknown { .. } | CallError::Paging { .. } | CallError::NotSent { .. } => {
+                None
+            }
         }
     }
 
@@ -87,6 +93,9 @@ impl CallError {
             CallError::Redirected { status, location } => Some(format!(
                 "HTTP {status}: the API redirected the call to {location}; it was not followed (a redirected POST would become a GET): check --url"
             )),
+            // A list read in part would be taken for the whole system
+            // (customers not found are created again): nothing is safe.
+            CallError::Paging { message } => Some(message.clone()),
             _ => None,
         }
     }
@@ -100,6 +109,7 @@ impl std::fmt::Display for CallError {
             CallError::Refused { message, .. }
             | CallError::Unauthorized { message, .. }
             | CallError::Unknown { message }
+            | CallError::Paging { message }
             | CallError::GaveUp { message, .. } => f.write_str(message),
             CallError::Redirected { status, location } => {
                 write!(f, "HTTP {status}: redirected to {location} (not followed)")

@@ -595,11 +595,16 @@ async fn preflight(
         // The system could not say (a method this API user may not call, a
         // server that keeps failing): the import goes on, and the server
         // refuses what it refuses.
-        Err(e) if !strict => {
+        Err(e) if !strict && !matches!(e, crate::client::CallError::Paging { .. }) => {
             eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
             return Ok(None);
         }
-        Err(e) => anyhow::bail!("preflight: cannot read what the mapping refers to: {e}"),
+        // Kept as the call error: a list that cannot be paged stops (exit 3).
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context("preflight: cannot read what the mapping refers to")
+            )
+        }
     };
     preflight::check_mapping(loaded, &system)?;
     eprintln!(

@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
         Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            Exit::Unusable.into()
+            Exit::of_error(&e).into()
         }
     }
 }
