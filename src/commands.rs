@@ -256,6 +256,10 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
                 )),
             })
             .collect::<anyhow::Result<_>>()?,
+        page_cap: args
+            .page_cap
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        ignore_offset: args.ignore_offset,
     };
     let user = config.user.clone();
     let sandbox = Sandbox::start(config)

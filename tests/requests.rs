@@ -188,6 +188,7 @@ async fn every_stage_sends_exactly_the_vendors_shapes() {
     let http = reqwest::Client::new();
     let served: Vec<Value> = http
         .get(format!("{}/_sandbox/requests", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
         .send()
         .await
         .unwrap()
@@ -217,6 +218,7 @@ async fn every_stage_sends_exactly_the_vendors_shapes() {
     );
     assert!(reads.iter().zip(&served).all(|(_, s)| s["body"].is_null()));
     http.delete(format!("{}/_sandbox/requests", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
         .send()
         .await
         .unwrap();
