@@ -38,7 +38,7 @@ sandbox() { # args...: starts a sandbox on a free port, sets $url and $sandbox_p
   $bin sandbox --listen 127.0.0.1:$port --password bench "$@" >/dev/null 2>&1 &
   sandbox_pid=$!
   url=http://127.0.0.1:$port
-  for _ in $(seq 50); do curl -fs "$url/_sandbox/stats" >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 50); do curl -fs -u api_user:bench "$url/_sandbox/stats" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "sandbox did not start"; exit 1
 }
 import() { # csv mapping extra...: runs an import against $url, prints its summary lines
@@ -72,7 +72,7 @@ if [[ $part == all || $part == memory ]]; then
 fi
 
 stats() { # prints the sandbox's request total, 429 share and busiest second
-  curl -s "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("  sandbox: %d requests, %d answered 429 (%.2f%%), at most %d in any 1-second window" % (s["requests_total"], s["responses_429"], 100*s["responses_429"]/max(1,s["requests_total"]), s["max_in_any_second"]))'
+  curl -s -u api_user:bench "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("  sandbox: %d requests, %d answered 429 (%.2f%%), at most %d in any 1-second window" % (s["requests_total"], s["responses_429"], 100*s["responses_429"]/max(1,s["requests_total"]), s["max_in_any_second"]))'
 }
 
 if [[ $part == all || $part == rate ]]; then

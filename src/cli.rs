@@ -304,4 +304,10 @@ pub struct SandboxArgs {
     /// The agents of a campaign: ID=LOGIN,LOGIN (repeatable; campaigns not named have every agent).
     #[arg(long, value_name = "ID=LOGINS")]
     pub campaign_agents: Vec<String>,
+    /// Answer at most N entries a page on every paged GET, whatever `limit` asks (`count` stays the true total), as servers that cap their pages do.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub page_cap: Option<u64>,
+    /// Answer every paged GET from its first entry whatever `offset` asks, as a broken server would.
+    #[arg(long)]
+    pub ignore_offset: bool,
 }

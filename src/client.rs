@@ -8,7 +8,8 @@
 //! - a redirect is never followed for a call that is not a GET (a 301/302
 //!   would turn a POST into a GET, and a 307 would resend a body that may
 //!   already have been applied): it ends the call with an error that names
-//!   the `Location`; a GET follows at most five;
+//!   the `Location`; a GET follows at most five, and only within the same
+//!   scheme, host and port (its query may hold customer data);
 //! - an answer's body is read up to [`MAX_ANSWER_BYTES`]; a larger one is an
 //!   error, never an unbounded allocation;
 //! - the `Authorization` header is marked sensitive and no body is ever
@@ -61,6 +62,10 @@ pub enum CallError {
         status: Option<u16>,
         message: String,
     },
+    /// A list's paging cannot be trusted (the server ignores `offset`, or
+    /// the list never ends): reading on would loop or read a part as the
+    /// whole, so the run stops.
+    Paging { message: String },
     /// Never sent: the run was stopping.
     NotSent { reason: String },
 }
@@ -73,7 +78,9 @@ impl CallError {
             | CallError::Unauthorized { status, .. }
             | CallError::Redirected { status, .. } => Some(*status),
             CallError::GaveUp { status, .. } => *status,
-            CallError::Unknown { .. } | CallError::NotSent { .. } => None,
+            CallError::Unknown { .. } | CallError::Paging { .. } | CallError::NotSent { .. } => {
+                None
+            }
         }
     }
 
@@ -87,6 +94,9 @@ impl CallError {
             CallError::Redirected { status, location } => Some(format!(
                 "HTTP {status}: the API redirected the call to {location}; it was not followed (a redirected POST would become a GET): check --url"
             )),
+            // A list read in part would be taken for the whole system
+            // (customers not found are created again): nothing is safe.
+            CallError::Paging { message } => Some(message.clone()),
             _ => None,
         }
     }
@@ -100,6 +110,7 @@ impl std::fmt::Display for CallError {
             CallError::Refused { message, .. }
             | CallError::Unauthorized { message, .. }
             | CallError::Unknown { message }
+            | CallError::Paging { message }
             | CallError::GaveUp { message, .. } => f.write_str(message),
             CallError::Redirected { status, location } => {
                 write!(f, "HTTP {status}: redirected to {location} (not followed)")
@@ -128,7 +139,7 @@ pub struct Reply {
 pub struct ApiClient {
     /// For calls that are not GETs: never follows a redirect.
     http: reqwest::Client,
-    /// For GETs: follows at most five redirects.
+    /// For GETs: follows at most five redirects, none to another host.
     http_get: reqwest::Client,
     root: String,
     auth: HeaderValue,
@@ -195,7 +206,28 @@ impl ApiClient {
                 .build()
         };
         let http = builder(reqwest::redirect::Policy::none())?;
-        let http_get = builder(reqwest::redirect::Policy::limited(5))?;
+        // A GET follows a redirect only within the system it was sent to
+        // (same scheme, host and port): a GET's query holds customer data
+        // (`identifier=...`), which must not go to another host. A redirect
+        // elsewhere is answered as it came, and ends the call naming it.
+        let http_get = builder(reqwest::redirect::Policy::custom(|attempt| {
+            let origin = |u: &reqwest::Url| {
+                (
+                    u.scheme().to_string(),
+                    u.host_str().map(str::to_string),
+                    u.port_or_known_default(),
+                )
+            };
+            let same = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| origin(first) == origin(attempt.url()));
+            if !same || attempt.previous().len() > 5 {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             credentials.user,

@@ -256,6 +256,10 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
                 )),
             })
             .collect::<anyhow::Result<_>>()?,
+        page_cap: args
+            .page_cap
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        ignore_offset: args.ignore_offset,
     };
     let user = config.user.clone();
     let sandbox = Sandbox::start(config)
@@ -624,12 +628,17 @@ async fn preflight(
         // server that keeps failing): the import goes on, and the server
         // refuses what it refuses. One that cannot be reached, or refuses
         // the password, is an aborted night, found at once.
-        Err(e) if !strict => {
+        Err(e) if !strict && !matches!(e, crate::client::CallError::Paging { .. }) => {
             stop_if_unreachable(client, &e)?;
             eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
             return Ok(None);
         }
-        Err(e) => anyhow::bail!("preflight: cannot read what the mapping refers to: {e}"),
+        // Kept as the call error: a list that cannot be paged stops (exit 3).
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context("preflight: cannot read what the mapping refers to")
+            )
+        }
     };
     preflight::check_mapping(loaded, &system)?;
     eprintln!(

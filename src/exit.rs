@@ -22,6 +22,26 @@ impl Exit {
     }
 }
 
+impl Exit {
+    /// How a command that ended in an error exits: a call error that stops
+    /// any run (authentication refused, a redirect, a list whose paging
+    /// cannot be trusted) is an abort (3), even before the ledger exists;
+    /// anything else is unusable input (2).
+    pub fn of_error(e: &anyhow::Error) -> Exit {
+        let stops = e.chain().any(|cause| {
+            cause.is::<Stopped>()
+                || cause
+                    .downcast_ref::<crate::api::CallError>()
+                    .is_some_and(|c| c.stops_the_run().is_some())
+        });
+        if stops {
+            Exit::Aborted
+        } else {
+            Exit::Unusable
+        }
+    }
+}
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         std::process::ExitCode::from(e.code())
@@ -34,3 +54,26 @@ impl From<Exit> for std::process::ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Stopped(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CallError;
+
+    #[test]
+    fn an_error_that_stops_the_run_exits_3_even_with_context() {
+        let paging = CallError::Paging {
+            message: "the server ignores `offset`".into(),
+        };
+        let e = anyhow::Error::new(paging.clone());
+        assert_eq!(Exit::of_error(&e), Exit::Aborted);
+        let e = anyhow::Error::new(paging).context("reading the index");
+        assert_eq!(Exit::of_error(&e), Exit::Aborted);
+        let gave_up = CallError::GaveUp {
+            status: Some(500),
+            message: "x".into(),
+        };
+        assert_eq!(Exit::of_error(&anyhow::Error::new(gave_up)), Exit::Unusable);
+        assert_eq!(Exit::of_error(&anyhow::anyhow!("bad flag")), Exit::Unusable);
+    }
+}

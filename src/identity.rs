@@ -155,45 +155,45 @@ impl Index {
             .collect()
     }
 
-    /// Reads the whole system, 1,000 customers a page.
+    /// Reads the whole system, page by page through the one paging routine
+    /// ([`ApiClient::each_page`]): whatever page size the server answers.
     pub async fn read(client: &ApiClient, keys: &[SearchKey]) -> Result<Index, CallError> {
-        const LIMIT: u32 = 1000;
         let custom = keys.iter().any(|k| matches!(k, SearchKey::CustomField(_)));
         let mut index = Index::default();
         let mut sized = false;
-        let mut offset = 0u64;
-        loop {
-            let call = client
-                .send(&FindCustomers {
+        let call = client
+            .each_page(
+                |limit, offset| FindCustomers {
                     filter: None,
-                    limit: LIMIT,
+                    limit,
                     offset,
                     custom_fields: custom,
-                })
-                .await;
-            index.pages += 1;
-            let page = call.result?;
-            if !sized {
-                // Room for every key value at once: no growth (and no
-                // second table while growing) on the way.
-                let values = page.count.unwrap_or(0) as usize * keys.len();
-                index.entries.reserve(values.min(50_000_000));
-                sized = true;
-            }
-            let got = page.customers.len() as u64;
-            for c in &page.customers {
-                let hashes: Vec<KeyHash> = keys
-                    .iter()
-                    .flat_map(|k| c.values(k).into_iter().map(move |v| key_hash(k, &v)))
-                    .collect();
-                index.add(c.customer_id, hashes);
-            }
-            offset += got;
-            if got < u64::from(LIMIT) || page.count.is_some_and(|n| offset >= n) {
-                index.finish();
-                return Ok(index);
-            }
-        }
+                },
+                |page| {
+                    if !sized {
+                        // Room for every key value at once: no growth (and
+                        // no second table while growing) on the way.
+                        // A count the server gets wrong only costs the reserve.
+                        let values = usize::try_from(page.count.unwrap_or(0))
+                            .unwrap_or(usize::MAX)
+                            .saturating_mul(keys.len());
+                        index.entries.reserve(values.min(50_000_000));
+                        sized = true;
+                    }
+                    for c in &page.items {
+                        let hashes: Vec<KeyHash> = keys
+                            .iter()
+                            .flat_map(|k| c.values(k).into_iter().map(move |v| key_hash(k, &v)))
+                            .collect();
+                        index.add(c.customer_id, hashes);
+                    }
+                    Ok(())
+                },
+            )
+            .await;
+        index.pages = call.result?.pages;
+        index.finish();
+        Ok(index)
     }
 
     /// How many customers the system holds, from one small page's `count`

@@ -22,11 +22,7 @@ fn main() -> std::process::ExitCode {
         Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<thulium_import::exit::Stopped>().is_some() {
-                Exit::Aborted.into()
-            } else {
-                Exit::Unusable.into()
-            }
+            Exit::of_error(&e).into()
         }
     }
 }

@@ -48,6 +48,10 @@ struct RowOutcomes {
     groups: u16,
 }
 
+/// How far past the rows known a row number may be (see
+/// [`Outcomes::apply`]'s checks): far above the rows a run has in flight.
+pub const ROW_JUMP: u64 = 1_000_000;
+
 /// Everything a ledger says, folded.
 #[derive(Debug)]
 pub struct Outcomes {
@@ -81,7 +85,11 @@ impl Outcomes {
         let mut folded = Outcomes::new(Header::default());
         let (header, notes) = ledger::read(path, |e| folded.apply(e))?;
         folded.header = header;
+        // The lines that could not be read, then the entries read but not
+        // believed (their row numbers).
+        let ignored = std::mem::take(&mut folded.unreadable);
         folded.unreadable = notes.bad_lines.into_iter().map(|(_, m)| m).collect();
+        folded.unreadable.extend(ignored);
         Ok(folded)
     }
 
@@ -99,6 +107,28 @@ impl Outcomes {
             ended: false,
             unreadable: Vec::new(),
         }
+    }
+
+    /// The rows known so far: the highest folded, or read by a run.
+    fn known(&self) -> u64 {
+        (self.rows.len() as u64).max(self.rows_read)
+    }
+
+    /// Whether `row` can be a row of the file, and not a corrupt number
+    /// (`18446744073709551615`): the fold keeps a slot for every row below
+    /// the highest, so believing one would allocate that many. Every row a
+    /// run reads gets an event, in about the order read (a few thousand in
+    /// flight), so a row more than [`ROW_JUMP`] past the rows known is one;
+    /// it is noted in `unreadable` and ignored.
+    fn believable(&mut self, row: u64, what: &str) -> bool {
+        let ok = row <= self.known().saturating_add(ROW_JUMP);
+        if !ok {
+            self.unreadable.push(format!(
+                "{what} for row {row}: more than {ROW_JUMP} rows past the {} known",
+                self.known()
+            ));
+        }
+        ok
     }
 
     fn at(&mut self, row: u64) -> &mut RowOutcomes {
@@ -156,6 +186,9 @@ impl Outcomes {
                 action,
                 ..
             }) => {
+                if !self.believable(row, "an event") {
+                    return;
+                }
                 let state = self.at(row);
                 if stage == Stage::Customer {
                     state.action = action;
@@ -183,12 +216,19 @@ impl Outcomes {
                     retryable: None,
                 };
                 for row in i.rows {
+                    if !self.believable(row, "an intent") {
+                        continue;
+                    }
                     let group = i.group.unwrap_or(0);
                     self.set(row, i.stage, group, outcome, Some(IN_FLIGHT.into()));
                 }
             }
             Entry::End(end) => {
-                self.rows_read = self.rows_read.max(end.rows_read);
+                // `rows_read` bounds the loops over rows: believed on the
+                // same terms as a row number.
+                if self.believable(end.rows_read, "an end") {
+                    self.rows_read = self.rows_read.max(end.rows_read);
+                }
                 self.aborted = end.aborted;
                 self.read_error = end.read_error;
                 self.limit = end.limit;
@@ -443,8 +483,8 @@ mod tests {
     fn ev(row: u64, stage: Stage, group: Option<usize>, status: Status) -> Entry {
         Entry::Row(RowEvent {
             row,
-            line: row + 1,
-            offset: row * 10,
+            line: row.saturating_add(1),
+            offset: row.saturating_mul(10),
             stage: Some(stage),
             status: Some(status),
             group,
@@ -506,5 +546,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(3, Stage::Customer), (4, Stage::Mapping)]
         );
+    }
+
+    #[test]
+    fn a_corrupt_row_number_is_noted_and_ignored_not_allocated() {
+        let mut o = Outcomes::new(header());
+        o.apply(ev(1, Stage::Customer, None, Status::Ok));
+        for row in [u64::MAX, 1_000_000_000_000, 1 + ROW_JUMP + 2] {
+            o.apply(ev(row, Stage::Customer, None, Status::Failed));
+        }
+        o.apply(Entry::Intent(Intent {
+            stage: Stage::Customer,
+            group: None,
+            rows: vec![2, u64::MAX],
+        }));
+        o.apply(Entry::End(End {
+            rows_read: u64::MAX,
+            finished_at: String::new(),
+            aborted: None,
+            read_error: None,
+            limit: None,
+        }));
+        // Nothing was sized from the corrupt numbers.
+        assert_eq!(o.max_row(), 2);
+        assert_eq!(o.rows(), 2);
+        assert!(o.rows.capacity() < 1000, "{}", o.rows.capacity());
+        assert_eq!(o.unreadable.len(), 5, "{:?}", o.unreadable);
+        assert!(
+            o.unreadable[0].contains("row 18446744073709551615"),
+            "{:?}",
+            o.unreadable
+        );
+        let (rows, not_sent, _) = o.counts();
+        assert_eq!((rows.ok, rows.unknown, not_sent), (1, 1, 0));
+        // A row within reach of the rows known is believed.
+        o.apply(ev(2 + ROW_JUMP, Stage::Customer, None, Status::Ok));
+        assert_eq!(o.max_row(), 2 + ROW_JUMP);
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP hygiene against a misbehaving server on 127.0.0.1: a redirect is
 //! never followed for a call that is not a GET (it stops the run, naming
-//! the `Location`), and an answer larger than the cap is not read.
+//! the `Location`), a GET is never redirected to another host, and an
+//! answer larger than the cap is not read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
@@ -24,13 +25,22 @@ async fn serve(router: Router) -> String {
 }
 
 async fn run(url: &str, dir: &std::path::Path) -> (Option<i32>, String, serde_json::Value) {
+    run_with(url, dir, "mappings/crm_export.toml", &[]).await
+}
+
+async fn run_with(
+    url: &str,
+    dir: &std::path::Path,
+    mapping: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, serde_json::Value) {
     let ledger = dir.join("l.jsonl");
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"));
     cmd.args([
         "run",
         "samples/crm_export.csv",
         "--mapping",
-        "mappings/crm_export.toml",
+        mapping,
         "--url",
         url,
         "--user",
@@ -45,6 +55,7 @@ async fn run(url: &str, dir: &std::path::Path) -> (Option<i32>, String, serde_js
         "--ledger",
     ])
     .arg(&ledger)
+    .args(extra)
     .env("THULIUM_PASSWORD", PASSWORD)
     .env_remove("THULIUM_URL")
     .env_remove("THULIUM_USER");
@@ -137,4 +148,63 @@ async fn an_answer_larger_than_the_cap_is_not_read_and_its_rows_are_unknown() {
         .find(|l| l.contains("\"stage\":\"customer\"") && l.contains("\"status\":\"unknown\""))
         .unwrap_or_else(|| panic!("{report}"));
     assert!(unknown.contains("larger than 16 MiB"), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_is_never_redirected_to_another_host() {
+    // The other host: `localhost` is not `127.0.0.1` to a URL.
+    let elsewhere = Arc::new(AtomicU64::new(0));
+    let e = elsewhere.clone();
+    let other = serve(Router::new().fallback(move || {
+        e.fetch_add(1, Ordering::SeqCst);
+        async { axum::Json(serde_json::json!({"count": 0, "result": []})) }
+    }))
+    .await
+    .replace("127.0.0.1", "localhost");
+    let posts = Arc::new(AtomicU64::new(0));
+    let p = posts.clone();
+    let target = format!("{other}/api/customers");
+    let router = Router::new()
+        .route(
+            "/api/customers",
+            axum::routing::get(move || {
+                let target = target.clone();
+                async move { (StatusCode::FOUND, [(header::LOCATION, target)]).into_response() }
+            }),
+        )
+        .fallback(move || {
+            p.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::OK }
+        });
+    let url = serve(router).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Per-row lookups: a GET with the row's identifier in its query.
+    let mapping = dir.path().join("m.toml");
+    let text = std::fs::read_to_string("mappings/crm_export.toml")
+        .unwrap()
+        .replace(
+            "[customer]                      # POST /api/batch/customers\n",
+            "[customer]\nmatch = \"identifier\"\n",
+        );
+    assert!(text.contains("match = \"identifier\""));
+    std::fs::write(&mapping, text).unwrap();
+    let (code, text, _) = run_with(
+        &url,
+        dir.path(),
+        mapping.to_str().unwrap(),
+        &["--index", "never"],
+    )
+    .await;
+    assert_eq!(
+        elsewhere.load(Ordering::SeqCst),
+        0,
+        "a GET went to another host: {text}"
+    );
+    assert!(
+        text.contains("redirected to http://localhost:"),
+        "the redirect is named: {text}"
+    );
+    assert_ne!(code, Some(0), "{text}");
+    // No row was created on the strength of a lookup that did not happen.
+    assert_eq!(posts.load(Ordering::SeqCst), 0, "{text}");
 }

@@ -189,6 +189,7 @@ async fn every_stage_sends_exactly_the_vendors_shapes() {
     let http = reqwest::Client::new();
     let served: Vec<Value> = http
         .get(format!("{}/_sandbox/requests", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
         .send()
         .await
         .unwrap()
@@ -218,6 +219,7 @@ async fn every_stage_sends_exactly_the_vendors_shapes() {
     );
     assert!(reads.iter().zip(&served).all(|(_, s)| s["body"].is_null()));
     http.delete(format!("{}/_sandbox/requests", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
         .send()
         .await
         .unwrap();
@@ -319,4 +321,64 @@ async fn lookups_and_updates_send_exact_queries_and_bodies() {
             ),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_list_is_read_whole_through_capped_pages_and_an_ignored_offset_is_an_error() {
+    use thulium_import::api::system::ListAgents;
+    use thulium_import::api::CallError;
+    use thulium_import::identity::Index;
+    let sandbox = Sandbox::start(SandboxConfig {
+        page_cap: Some(2),
+        preload_customers: 7,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let api = client(&sandbox);
+    // A system list: 5 agents, 2 a page.
+    let agents = api
+        .all_pages(|limit, offset| ListAgents { limit, offset })
+        .await;
+    assert_eq!(agents.result.unwrap().len(), 5);
+    // A customer's items: 5 of them, 2 a page.
+    for n in 0..5 {
+        sandbox.shared().lock_state().add_item(
+            2,
+            3,
+            vec![json!({"field_id": 10, "value": n.to_string()})],
+        );
+    }
+    let items = api.find_items(3, 2).await.result.unwrap();
+    assert_eq!(items.len(), 5);
+    // The index: 7 customers in 4 pages.
+    let index = Index::read(&api, &[SearchKey::Identifier]).await.unwrap();
+    assert_eq!((index.customers, index.pages), (7, 4));
+    // A lookup by a loose key reads every page of its search too.
+    let ids = api
+        .find_customer_ids(&SearchKey::Identifier, "PRE-000003")
+        .await;
+    assert_eq!(ids.result.unwrap(), [3]);
+
+    let sandbox = Sandbox::start(SandboxConfig {
+        page_cap: Some(2),
+        ignore_offset: true,
+        preload_customers: 7,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let api = client(&sandbox);
+    let agents = api
+        .all_pages(|limit, offset| ListAgents { limit, offset })
+        .await;
+    let e = agents.result.unwrap_err();
+    assert!(matches!(e, CallError::Paging { .. }), "{e:?}");
+    assert!(e.to_string().contains("GET agents"), "{e}");
+    let e = Index::read(&api, &[SearchKey::Identifier])
+        .await
+        .unwrap_err();
+    assert!(e.stops_the_run().is_some(), "{e:?}");
+    // Two pages asked each time, never a loop.
+    assert_eq!(sandbox.requests().len(), 4);
 }

@@ -60,6 +60,27 @@ impl Api {
         let resp = resp.unwrap();
         (resp.status().as_u16(), parse(&resp.text().await.unwrap()))
     }
+    async fn delete(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .basic_auth("api_user", Some("api_pass"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+    /// A `/_sandbox/` call, with or without the sandbox's credentials.
+    async fn control(&self, method: reqwest::Method, path: &str, auth: bool) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/_sandbox/{path}", self.sandbox.url()));
+        if auth {
+            req = req.basic_auth("api_user", Some("api_pass"));
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), parse(&resp.text().await.unwrap()))
+    }
     async fn customers(&self, customers: Value) -> Value {
         let (status, body) = self
             .post("batch/customers", json!({ "customers": customers }))
@@ -177,7 +198,12 @@ async fn each_customer_rule_gives_its_per_row_error() {
     assert_eq!(body["0"]["http_status"], 201);
     let mut stored = full.clone();
     stored["customer_id"] = json!(1);
-    assert_eq!(api.state()["customers"]["1"], stored);
+    // Plus when it was created.
+    let state = api.state();
+    let updated_at = &state["customers"]["1"]["updated_at"];
+    assert!(updated_at.as_str().is_some_and(is_vendor_time), "{state}");
+    stored["updated_at"] = updated_at.clone();
+    assert_eq!(state["customers"]["1"], stored);
 }
 
 #[tokio::test]
@@ -874,6 +900,7 @@ async fn state_and_stats_are_served_over_http() {
     let state: Value = api
         .http
         .get(format!("{}/_sandbox/state", api.sandbox.url()))
+        .basic_auth("api_user", Some("api_pass"))
         .send()
         .await
         .unwrap()
@@ -885,6 +912,7 @@ async fn state_and_stats_are_served_over_http() {
     let stats: Value = api
         .http
         .get(format!("{}/_sandbox/stats", api.sandbox.url()))
+        .basic_auth("api_user", Some("api_pass"))
         .send()
         .await
         .unwrap()
@@ -893,4 +921,305 @@ async fn state_and_stats_are_served_over_http() {
         .unwrap();
     assert_eq!(stats["requests"]["POST /api/batch/customers"], 1);
     assert_eq!(stats["responses"]["200"], 1);
+}
+
+#[tokio::test]
+async fn the_sandbox_endpoints_answer_only_with_its_credentials() {
+    let api = Api::new().await;
+    api.customers(json!([{"surname": "A", "email": "a@b.pl"}]))
+        .await;
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::GET, "state"),
+        (Method::GET, "stats"),
+        (Method::GET, "requests"),
+        (Method::DELETE, "requests"),
+        (Method::POST, "restore"),
+    ] {
+        let (status, body) = api.control(method.clone(), path, false).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(!body.to_string().contains("a@b.pl"), "{body}");
+        let resp = api
+            .http
+            .request(
+                method.clone(),
+                format!("{}/_sandbox/{path}", api.sandbox.url()),
+            )
+            .basic_auth("api_user", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{method} {path}");
+    }
+    // Nothing was restored or cleared by the refused calls.
+    assert_eq!(api.state()["customers"].as_object().unwrap().len(), 1);
+    assert_eq!(api.sandbox.requests().len(), 1);
+    let (status, journal) = api.control(Method::GET, "requests", true).await;
+    assert_eq!(status, 200);
+    assert_eq!(journal[0]["body"]["customers"][0]["email"], "a@b.pl");
+}
+
+/// `YYYY-MM-DD hh:mm:ss`.
+fn is_vendor_time(s: &str) -> bool {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").is_ok()
+}
+
+#[tokio::test]
+async fn one_customer_is_read_as_the_vendor_documents_it() {
+    let api = Api::new().await;
+    api.customers(json!([{
+        "surname": "Kowalski", "name": "Jan", "phone_number": ["601234567", "48222"],
+        "nip": "5260250274", "custom_fields": {"Nr karty": "7"},
+        "address": {"city": "Kraków"}
+    }]))
+    .await;
+    let (status, c) = api.get("customers/1").await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["customer_id"], json!(1));
+    assert_eq!(c["surname"], "Kowalski");
+    assert_eq!(c["phone_number"], "601234567");
+    assert_eq!(c["phone_numbers"], json!(["601234567", "48222"]));
+    // Empty fields come as "".
+    for key in [
+        "email",
+        "identifier",
+        "type",
+        "group",
+        "company_id",
+        "account_manager",
+    ] {
+        assert_eq!(c[key], "", "{key}: {c}");
+    }
+    assert_eq!(c["nip"], "5260250274");
+    assert!(c["updated_at"].as_str().is_some_and(is_vendor_time), "{c}");
+    assert!(c.get("custom_fields").is_none(), "{c}");
+    assert!(c.get("address").is_none(), "{c}");
+    let (_, c) = api
+        .get("customers/1?include_custom_fields=true&include_address=true")
+        .await;
+    assert_eq!(c["custom_fields"], json!({"Nr karty": "7"}));
+    assert_eq!(c["address"], json!({"city": "Kraków"}));
+    // Every customer carries updated_at in the list and the state too.
+    let (_, list) = api.get("customers").await;
+    assert!(list["result"][0]["updated_at"]
+        .as_str()
+        .is_some_and(is_vendor_time));
+    assert!(api.state()["customers"]["1"]["updated_at"]
+        .as_str()
+        .is_some_and(is_vendor_time));
+    for path in ["customers/2", "customers/x"] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, 404, "{path}");
+        assert_error(&body, "not found");
+    }
+    assert_eq!(api.sandbox.stats().requests["GET /api/customers/:id"], 4);
+}
+
+#[tokio::test]
+async fn an_update_moves_updated_at_on() {
+    let api = Api::new().await;
+    api.customers(json!([{"surname": "A"}, {"surname": "B"}]))
+        .await;
+    let (_, before) = api.get("customers/1").await;
+    // updated_at counts seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = api
+        .put(
+            "batch/customers",
+            json!({"customers": [{"customer_id": 1, "name": "Ala"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = api.get("customers/1").await;
+    let (_, other) = api.get("customers/2").await;
+    assert_eq!(after["name"], "Ala");
+    let time = |c: &Value| c["updated_at"].as_str().unwrap().to_string();
+    assert!(time(&after) > time(&before), "{before} {after}");
+    assert_eq!(time(&other), time(&before), "only the updated one moves");
+}
+
+#[tokio::test]
+async fn deleting_a_customer_takes_its_items_records_and_feed_with_it() {
+    let api = Api::new().await;
+    api.customers(
+        json!([{"surname": "A", "identifier": "ID-1"}, {"surname": "B", "identifier": "ID-2"}]),
+    )
+    .await;
+    let feed = json!({"type": "ZOWIE", "payload": json!([{"id": "m", "type": "text",
+        "payload": {"message": "x"}, "author": "customer", "time": "2021-02-02T10:10:12"}]).to_string()});
+    for id in [1, 2] {
+        let (status, body) = api
+            .post(
+                "customer_field_group_items",
+                json!({"group_id": 2, "customer_id": id, "values": [{"field_id": 10, "value": "x"}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = api
+            .post(
+                "batch/crm_outbounds/00001/records",
+                json!({"records": [{"customer_id": id}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = api
+            .post(&format!("customers/{id}/feed_records"), feed.clone())
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = api.delete("customers/1").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let state = api.state();
+    assert_eq!(
+        state["customers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["2"]
+    );
+    let items = state["field_group_items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["customer_id"], 2);
+    let records = state["campaigns"]["00001"]["by_customer"]
+        .as_object()
+        .unwrap();
+    assert_eq!(records.keys().collect::<Vec<_>>(), ["2"]);
+    let feeds = state["feed_records"].as_array().unwrap();
+    assert_eq!(feeds.len(), 1);
+    assert_eq!(feeds[0]["customer_id"], 2);
+    // The survivor's items are still found by customer; the deleted one is
+    // gone from searches and reads.
+    let (_, list) = api
+        .get("customer_field_group_items?customer_id=2&group_id=2")
+        .await;
+    assert_eq!(list["count"], 1, "{list}");
+    assert_eq!(list["result"][0]["customer_id"], 2);
+    let (_, found) = api.get("customers?identifier=ID-1").await;
+    assert_eq!(found["count"], 0, "{found}");
+    let (status, _) = api.get("customers/1").await;
+    assert_eq!(status, 404);
+    let (status, body) = api.delete("customers/1").await;
+    assert_eq!(status, 404);
+    assert_error(&parse(&body), "Customer 1 not found.");
+    let (status, _) = api.delete("customers/x").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_restore_empties_the_system_and_reset_ids_gives_old_ids_to_new_customers() {
+    let api = Api::new().await;
+    api.customers(json!([{"surname": "A"}, {"surname": "B"}]))
+        .await;
+    api.post(
+        "customer_field_group_items",
+        json!({"group_id": 2, "customer_id": 1, "values": [{"field_id": 10, "value": "x"}]}),
+    )
+    .await;
+    api.post(
+        "batch/crm_outbounds/00001/records",
+        json!({"records": [{"customer_id": 1}]}),
+    )
+    .await;
+    let (status, _) = api.control(reqwest::Method::POST, "restore", true).await;
+    assert_eq!(status, 204);
+    let state = api.state();
+    assert!(
+        state["customers"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+    assert!(state["field_group_items"].as_array().unwrap().is_empty());
+    assert!(state["campaigns"]["00001"]["by_customer"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+    // The configuration stays.
+    assert!(state["field_groups"]["2"]["fields"].is_array());
+    // Without reset_ids, ids go on.
+    let body = api.customers(json!([{"surname": "C"}])).await;
+    assert_eq!(body["0"]["customer_id"], "3");
+    // With it, an old id names a new, different customer.
+    let (status, _) = api
+        .control(reqwest::Method::POST, "restore?reset_ids=true", true)
+        .await;
+    assert_eq!(status, 204);
+    let body = api.customers(json!([{"surname": "D"}])).await;
+    assert_eq!(body["0"]["customer_id"], "1");
+    let (_, c) = api.get("customers/1").await;
+    assert_eq!(c["surname"], "D");
+    // The same from Rust.
+    api.sandbox.restore(false);
+    assert!(api.state()["customers"].as_object().unwrap().is_empty());
+    assert_eq!(
+        api.customers(json!([{"surname": "E"}])).await["0"]["customer_id"],
+        "2"
+    );
+    api.sandbox.restore(true);
+    assert_eq!(
+        api.customers(json!([{"surname": "F"}])).await["0"]["customer_id"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn paged_gets_answer_at_most_the_page_cap_with_the_true_count() {
+    let api = Api::start(SandboxConfig {
+        page_cap: Some(200),
+        preload_customers: 450,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let ids = |body: &Value| -> Vec<i64> {
+        body["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["customer_id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, page) = api.get("customers?limit=1000&offset=0").await;
+    assert_eq!(page["count"], 450);
+    assert_eq!(ids(&page), (1..=200).collect::<Vec<_>>());
+    let (_, page) = api.get("customers?limit=1000&offset=400").await;
+    assert_eq!(ids(&page), (401..=450).collect::<Vec<_>>());
+    // A smaller limit than the cap is answered as asked.
+    let (_, page) = api.get("customers?limit=10&offset=5").await;
+    assert_eq!(ids(&page), (6..=15).collect::<Vec<_>>());
+    let api = Api::start(SandboxConfig {
+        page_cap: Some(2),
+        ..SandboxConfig::default()
+    })
+    .await;
+    for list in [
+        "agents?limit=1000",
+        "outbounds?limit=1000",
+        "customer_field_groups?limit=1000",
+    ] {
+        let (_, page) = api.get(list).await;
+        assert_eq!(
+            page["result"].as_array().unwrap().len(),
+            2,
+            "{list}: {page}"
+        );
+        assert!(page["count"].as_u64().unwrap() >= 2, "{list}: {page}");
+    }
+    let (_, agents) = api.get("agents?limit=1000").await;
+    assert_eq!(agents["count"], 5);
+}
+
+#[tokio::test]
+async fn ignore_offset_answers_the_first_page_whatever_offset_asks() {
+    let api = Api::start(SandboxConfig {
+        ignore_offset: true,
+        preload_customers: 30,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let (_, first) = api.get("customers?limit=10&offset=0").await;
+    let (_, later) = api.get("customers?limit=10&offset=20").await;
+    assert_eq!(first["result"], later["result"]);
+    assert_eq!(later["count"], 30);
+    assert_eq!(later["result"][0]["customer_id"], 1);
+    let (_, agents) = api.get("agents?limit=2&offset=4").await;
+    assert_eq!(agents["result"][0]["login"], "j.doe");
 }

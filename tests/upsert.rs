@@ -742,3 +742,89 @@ async fn the_nightly_full_export_sends_only_what_changed_and_waits_for_files_bei
     assert!(stderr.contains("partial.csv: no"), "{stderr}");
     assert!(!drop.join("partial.csv.ledger.jsonl").exists());
 }
+
+/// A file of `rows` customers with identifiers `PRE-000001`… (what
+/// `preload_customers` gives the first ones) and a mapping matching them by
+/// identifier.
+fn pre_file(dir: &Path, rows: usize) -> (PathBuf, PathBuf) {
+    let csv = dir.join("pre.csv");
+    let mut text = String::from("surname,identifier\n");
+    for i in 1..=rows {
+        text.push_str(&format!("Row {i},PRE-{i:06}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let m = dir.join("pre.toml");
+    std::fs::write(
+        &m,
+        "[source]\ndelimiter = \",\"\nencoding = \"utf-8\"\n\n[customer]\nmatch = [\"identifier\"]\nsurname = { column = \"surname\", required = true }\nidentifier = \"identifier\"\n",
+    )
+    .unwrap();
+    (csv, m)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_read_from_a_server_that_caps_pages_at_200_is_whole() {
+    let dir = tempdir();
+    let (csv, m) = pre_file(&dir, 3000);
+    let sandbox = Sandbox::start(SandboxConfig {
+        page_cap: Some(200),
+        preload_customers: 2500,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let ledger = dir.join("l.jsonl");
+    let out = run(&sandbox, &csv, &m, &ledger, &["--index", "always"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.text);
+    assert!(
+        out.text
+            .contains("Index: 2500 customer(s) read in 13 request(s)"),
+        "{}",
+        out.text
+    );
+    // 2,500 found and updated, 500 created, none twice.
+    assert_eq!(common::customers(&sandbox), 3000);
+    assert_eq!(doubled_customers(&sandbox), Vec::<String>::new());
+    let r = report(&ledger);
+    assert_eq!(r["actions"]["created"], 500, "{r}");
+    assert_eq!(r["actions"]["updated"], 2500, "{r}");
+    // The index paged on by what each page held, not by the limit asked.
+    let offsets: Vec<String> = sandbox
+        .requests()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path == "/api/customers")
+        .filter_map(|e| e.query.clone())
+        .collect();
+    let want: Vec<String> = (0..13)
+        .map(|p| format!("limit=1000&offset={}", p * 200))
+        .collect();
+    assert_eq!(offsets, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_ignores_offset_stops_the_run_before_anything_is_sent() {
+    let dir = tempdir();
+    let (csv, m) = pre_file(&dir, 3000);
+    let sandbox = Sandbox::start(SandboxConfig {
+        ignore_offset: true,
+        preload_customers: 2500,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let ledger = dir.join("l.jsonl");
+    let out = run(&sandbox, &csv, &m, &ledger, &["--index", "always"]).await;
+    assert_eq!(out.code, Some(3), "{}", out.text);
+    assert!(
+        out.text.contains("the server ignores `offset`"),
+        "{}",
+        out.text
+    );
+    assert!(out.text.contains("GET customers"), "{}", out.text);
+    // Two pages read, the second the same as the first: then nothing.
+    let journal = sandbox.requests();
+    assert_eq!(journal.len(), 2, "{journal:?}");
+    assert!(journal.iter().all(|e| e.method == "GET"));
+    assert_eq!(common::customers(&sandbox), 2500);
+    assert_eq!(sandbox.stats().customers_updated, 0);
+}

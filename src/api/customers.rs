@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::payload::{Customer, CustomerUpdate};
 use super::{
     json_of, lenient_int, lenient_status, lenient_text, query, unreadable, Answer, CallError,
-    Endpoint, Page, RowFate,
+    Endpoint, Page, Paged, RowFate,
 };
 
 /// What creating a customer gave.
@@ -267,12 +267,7 @@ impl FoundCustomer {
 }
 
 /// One page of customers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CustomerPage {
-    /// How many customers match in all, when the answer says.
-    pub count: Option<u64>,
-    pub customers: Vec<FoundCustomer>,
-}
+pub type CustomerPage = Paged<FoundCustomer>;
 
 /// `GET customers?[key=value&]limit=&offset=`: `{"count", "result"}` or a
 /// bare array; `customer_id` as a number or a string.
@@ -323,25 +318,17 @@ impl Endpoint for FindCustomers {
         let page = json_of(answer)
             .and_then(Page::read)
             .map_err(|m| unreadable(true, m))?;
-        let customers = page
-            .items
-            .into_iter()
-            .filter_map(|item| match item {
-                Value::Object(fields) => {
-                    let customer_id =
-                        lenient_int(fields.get("customer_id").or_else(|| fields.get("id")))?;
-                    Some(FoundCustomer {
-                        customer_id,
-                        fields,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        Ok(CustomerPage {
-            count: page.count,
-            customers,
-        })
+        Ok(page.typed(&["customer_id", "id"], |item| match item {
+            Value::Object(fields) => {
+                let customer_id =
+                    lenient_int(fields.get("customer_id").or_else(|| fields.get("id")))?;
+                Some(FoundCustomer {
+                    customer_id,
+                    fields,
+                })
+            }
+            _ => None,
+        }))
     }
 }
 
@@ -351,58 +338,52 @@ impl super::ApiClient {
     /// values count), reading every page of the search: one id, none, or
     /// several.
     pub async fn find_customer_ids(&self, key: &SearchKey, value: &str) -> super::Call<Vec<i64>> {
-        /// Pages read at most: a key that loose is not a key.
-        const MAX_PAGES: u64 = 10;
+        /// Customers a search may list at most: a key that loose is not a
+        /// key.
+        const MAX_FOUND: u64 = 10_000;
         let wanted = key.normalise(value);
-        let mut find = FindCustomers::by(key.clone(), value);
-        find.limit = 1000;
+        let find = FindCustomers::by(key.clone(), value);
         let mut ids = Vec::new();
-        let mut attempts = 0;
-        for page_no in 0..MAX_PAGES {
-            find.offset = page_no * u64::from(find.limit);
-            let call = self.send(&find).await;
-            attempts += call.attempts;
-            let page = match call.result {
-                Ok(page) => page,
-                Err(e) => {
-                    return super::Call {
-                        attempts,
-                        result: Err(e),
+        let mut listed = 0u64;
+        let call = self
+            .each_page(
+                |limit, offset| FindCustomers {
+                    limit,
+                    offset,
+                    ..find.clone()
+                },
+                |page| {
+                    listed += page.held;
+                    if listed > MAX_FOUND {
+                        return Err(CallError::GaveUp {
+                            status: None,
+                            message: format!(
+                                "more than {MAX_FOUND} customers match {} {}: too loose to tell",
+                                key.name(),
+                                crate::source::shorten(value)
+                            ),
+                        });
                     }
-                }
-            };
-            let got = page.customers.len() as u64;
-            ids.extend(
-                page.customers
-                    .iter()
-                    // A customer listed without the field at all is taken
-                    // on the search's word.
-                    .filter(|c| {
-                        !c.has(key) || c.values(key).iter().any(|v| key.normalise(v) == wanted)
-                    })
-                    .map(|c| c.customer_id),
-            );
-            let read = find.offset + got;
-            if got < u64::from(find.limit) || page.count.is_some_and(|c| read >= c) {
-                ids.sort_unstable();
-                ids.dedup();
-                return super::Call {
-                    attempts,
-                    result: Ok(ids),
-                };
-            }
-        }
+                    ids.extend(
+                        page.items
+                            .iter()
+                            // A customer listed without the field at all is
+                            // taken on the search's word.
+                            .filter(|c| {
+                                !c.has(key)
+                                    || c.values(key).iter().any(|v| key.normalise(v) == wanted)
+                            })
+                            .map(|c| c.customer_id),
+                    );
+                    Ok(())
+                },
+            )
+            .await;
+        ids.sort_unstable();
+        ids.dedup();
         super::Call {
-            attempts,
-            result: Err(CallError::GaveUp {
-                status: None,
-                message: format!(
-                    "more than {} customers match {} {}: too loose to tell",
-                    MAX_PAGES * u64::from(find.limit),
-                    key.name(),
-                    crate::source::shorten(value)
-                ),
-            }),
+            attempts: call.attempts,
+            result: call.result.map(|_| ids),
         }
     }
 }
@@ -533,12 +514,19 @@ mod tests {
             .parse(&answer(r#"{"count":"2","result":[{"customer_id":"5","phone_number":"1","phone_numbers":["1","22"]},{"id":6}]}"#))
             .unwrap();
         assert_eq!(page.count, Some(2));
-        assert_eq!(page.customers[0].customer_id, 5);
+        assert_eq!(page.items[0].customer_id, 5);
         assert_eq!(
-            page.customers[0].values(&SearchKey::PhoneNumber),
+            page.items[0].values(&SearchKey::PhoneNumber),
             ["1", "1", "22"]
         );
-        assert_eq!(page.customers[1].customer_id, 6);
+        assert_eq!(page.items[1].customer_id, 6);
+        // A malformed entry is skipped, but the page held it.
+        let page = f
+            .parse(&answer(
+                r#"{"count":3,"result":[{"customer_id":5},{"x":1},7]}"#,
+            ))
+            .unwrap();
+        assert_eq!((page.held, page.items.len()), (3, 1));
         assert!(matches!(
             f.parse(&answer("{\"x\":1}")),
             Err(CallError::GaveUp { .. })

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::payload::{ItemValue, ItemValues, NewItem, Scalar};
 use super::{
-    json_of, lenient_int, list, query, Answer, ApiClient, Call, CallError, Endpoint, RowFate,
+    json_of, lenient_int, list, query, Answer, ApiClient, Call, CallError, Endpoint, Paged, RowFate,
 };
 
 /// What creating an item gave: its id, when the answer carries one.
@@ -70,7 +70,7 @@ pub struct FindItems {
 }
 
 impl Endpoint for FindItems {
-    type Answer = (Option<u64>, Vec<FoundItem>);
+    type Answer = Paged<FoundItem>;
     const METHOD: Method = Method::GET;
     const IDEMPOTENT: bool = true;
 
@@ -87,7 +87,7 @@ impl Endpoint for FindItems {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, found_item)
+        list(answer, &["item_id", "id"], found_item)
     }
 }
 
@@ -245,7 +245,8 @@ fn same_value(sent: &Scalar, found: &Value) -> bool {
 }
 
 impl ApiClient {
-    /// Every item of a customer in a group, page by page.
+    /// Every item of a customer in a group, page by page (through the one
+    /// paging routine, [`ApiClient::all_pages`]).
     pub async fn find_items(&self, customer_id: i64, group_id: i64) -> Call<Vec<FoundItem>> {
         let mut call = self
             .all_pages(|limit, offset| FindItems {
@@ -290,9 +291,9 @@ mod tests {
                 r#"{"count":2,"result":[{"item_id":"38","group_id":2,"customer_id":5,"values":[{"field_id":"12","value":"x"}]},{"id":39,"values":{"8":13}}]}"#,
             ))
             .unwrap();
-        assert_eq!(page.1[0].item_id, 38);
-        assert_eq!(page.1[0].values, vec![(12, Value::from("x"))]);
-        assert_eq!(page.1[1].values, vec![(8, Value::from(13))]);
+        assert_eq!(page.items[0].item_id, 38);
+        assert_eq!(page.items[0].values, vec![(12, Value::from("x"))]);
+        assert_eq!(page.items[1].values, vec![(8, Value::from(13))]);
     }
 
     fn item(item_id: i64, values: &[(i64, &str)]) -> FoundItem {

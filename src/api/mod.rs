@@ -129,6 +129,7 @@ impl<T> RowFate<T> {
             },
             CallError::Unauthorized { .. }
             | CallError::Redirected { .. }
+            | CallError::Paging { .. }
             | CallError::GaveUp { .. } => RowFate::Retryable {
                 http_status: e.http_status(),
                 message,
@@ -264,17 +265,66 @@ impl Page {
             _ => Err("the answer is not a list".into()),
         }
     }
+
+    /// Reads the page's entries with `item`, skipping what it cannot read,
+    /// but remembering how many entries the page held and which ones:
+    /// paging goes on by what the server sent, not by what was readable.
+    fn typed<T>(self, id_keys: &[&str], item: impl Fn(Value) -> Option<T>) -> Paged<T> {
+        let held = self.items.len() as u64;
+        let fingerprint = fingerprint(&self.items, id_keys);
+        Paged {
+            count: self.count,
+            held,
+            fingerprint,
+            items: self.items.into_iter().filter_map(item).collect(),
+        }
+    }
 }
 
-/// Reads a list answer into items with `item`, skipping what it cannot read.
+/// Which entries a page held, in order, as one number: each entry's id
+/// (the first of `id_keys` it has), or its whole text when it has none.
+/// Two pages with one fingerprint are the same page.
+fn fingerprint(entries: &[Value], id_keys: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in entries {
+        match id_keys.iter().find_map(|k| lenient_text(e.get(*k))) {
+            Some(id) => id.hash(&mut h),
+            None => e.to_string().hash(&mut h),
+        }
+        // An entry's end, so that ids "1","23" and "12","3" differ.
+        0xffu8.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// One page of a list, read: what [`ApiClient::each_page`] pages by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paged<T> {
+    /// How many there are in all (the `count`), when the answer says.
+    pub count: Option<u64>,
+    /// Entries the page held, readable or not: the next page's offset
+    /// moves by this, never by `items.len()` (a malformed entry skipped
+    /// must not make the next page start one entry early).
+    pub held: u64,
+    /// Which entries the page held ([`fingerprint`]): a server that ignores
+    /// `offset` answers the same page twice.
+    pub fingerprint: u64,
+    /// The entries that could be read.
+    pub items: Vec<T>,
+}
+
+/// Reads a list answer into items with `item`, skipping what it cannot read;
+/// `id_keys` name an entry's id, for [`Paged::fingerprint`].
 fn list<T>(
     answer: &Answer,
+    id_keys: &[&str],
     item: impl Fn(&Value) -> Option<T>,
-) -> Result<(Option<u64>, Vec<T>), CallError> {
+) -> Result<Paged<T>, CallError> {
     let page = json_of(answer)
         .and_then(Page::read)
         .map_err(|m| unreadable(true, m))?;
-    Ok((page.count, page.items.iter().filter_map(item).collect()))
+    Ok(page.typed(id_keys, |v| item(&v)))
 }
 
 /// An answer that cannot be read, as the error the call's idempotence
@@ -290,38 +340,140 @@ fn unreadable(idempotent: bool, message: String) -> CallError {
     }
 }
 
+/// The page size asked of every list: the most the vendor allows. A server
+/// may answer fewer a page whatever it is asked; paging does not care.
+pub const PAGE_LIMIT: u32 = 1000;
+
+/// Entries read from one list at most (100 times the 1,000,000 customers a
+/// large system holds): past it, a server that never ends its list is an
+/// error ([`CallError::Paging`]), never a silent stop.
+pub const MAX_LIST_ENTRIES: u64 = 100_000_000;
+
+/// What reading a whole list took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Paging {
+    /// Pages read.
+    pub pages: u64,
+    /// Entries the pages held (readable or not).
+    pub entries: u64,
+}
+
+/// Where a list stands after one more page: the one set of stop rules of
+/// every list, apart from the transport.
+#[derive(Debug, Default)]
+struct Pager {
+    /// The next page's offset: the entries held by the pages so far.
+    offset: u64,
+    pages: u64,
+    last: Option<u64>,
+}
+
+impl Pager {
+    /// Takes in a page's `held` entries, `count` and fingerprint: `Ok(true)`
+    /// when the list is read to its end, `Ok(false)` to ask for the page at
+    /// [`Pager::offset`], an error when the server's paging cannot be
+    /// trusted.
+    fn next(
+        &mut self,
+        what: &str,
+        held: u64,
+        count: Option<u64>,
+        fingerprint: u64,
+    ) -> Result<bool, CallError> {
+        self.pages += 1;
+        if held == 0 {
+            return Ok(true);
+        }
+        if self.last == Some(fingerprint) {
+            return Err(CallError::Paging {
+                message: format!(
+                    "GET {what}: the page at offset {} held the same {held} entries as the page before: the server ignores `offset`, and the list cannot be read whole",
+                    self.offset
+                ),
+            });
+        }
+        self.last = Some(fingerprint);
+        self.offset += held;
+        if count.is_some_and(|c| self.offset >= c) {
+            return Ok(true);
+        }
+        if self.offset > MAX_LIST_ENTRIES {
+            return Err(CallError::Paging {
+                message: format!(
+                    "GET {what}: more than {MAX_LIST_ENTRIES} entries read in {} pages and the list has not ended: the server's paging cannot be trusted",
+                    self.pages
+                ),
+            });
+        }
+        Ok(false)
+    }
+}
+
 impl ApiClient {
-    /// Every page of a list endpoint whose calls `page(limit, offset)`
-    /// makes (at most 100 pages of 1,000).
+    /// The one paging routine of every list: asks `page(limit, offset)` for
+    /// [`PAGE_LIMIT`] entries a page, hands each page to `visit`, and moves
+    /// the offset on by the entries the page *held* — whatever page size the
+    /// server answers (a server that caps pages at 200 is read whole). It
+    /// stops at an empty page, or once the offset reaches the answer's
+    /// `count`. A page that repeats the one before (a server that ignores
+    /// `offset`) and a list that never ends are [`CallError::Paging`],
+    /// which stops the run; an error of `visit` ends the paging with it.
+    pub async fn each_page<E, T>(
+        &self,
+        page: impl Fn(u32, u64) -> E,
+        mut visit: impl FnMut(Paged<T>) -> Result<(), CallError>,
+    ) -> Call<Paging>
+    where
+        E: Endpoint<Answer = Paged<T>>,
+    {
+        let mut pager = Pager::default();
+        let mut attempts = 0;
+        let result = loop {
+            let endpoint = page(PAGE_LIMIT, pager.offset);
+            let call = self.send(&endpoint).await;
+            attempts += call.attempts;
+            let paged = match call.result {
+                Ok(paged) => paged,
+                Err(e) => break Err(e),
+            };
+            // The list's name for a message: the path without its query
+            // (which may hold a customer's data).
+            let path = endpoint.path();
+            let what = path.split('?').next().unwrap_or_default();
+            let (held, count, fingerprint) = (paged.held, paged.count, paged.fingerprint);
+            if let Err(e) = visit(paged) {
+                break Err(e);
+            }
+            match pager.next(what, held, count, fingerprint) {
+                Ok(true) => {
+                    break Ok(Paging {
+                        pages: pager.pages,
+                        entries: pager.offset,
+                    })
+                }
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        Call { attempts, result }
+    }
+
+    /// Every readable entry of a list (for the short lists: a system's
+    /// field groups, campaigns, agents, a customer's items).
     pub async fn all_pages<E, T>(&self, page: impl Fn(u32, u64) -> E) -> Call<Vec<T>>
     where
-        E: Endpoint<Answer = (Option<u64>, Vec<T>)>,
+        E: Endpoint<Answer = Paged<T>>,
     {
-        const LIMIT: u32 = 1000;
         let mut out = Vec::new();
-        let mut attempts = 0;
-        for n in 0..100u64 {
-            let call = self.send(&page(LIMIT, n * u64::from(LIMIT))).await;
-            attempts += call.attempts;
-            match call.result {
-                Ok((count, items)) => {
-                    let got = items.len() as u64;
-                    out.extend(items);
-                    if got < u64::from(LIMIT) || count.is_some_and(|c| out.len() as u64 >= c) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    return Call {
-                        attempts,
-                        result: Err(e),
-                    }
-                }
-            }
-        }
+        let call = self
+            .each_page(page, |p| {
+                out.extend(p.items);
+                Ok(())
+            })
+            .await;
         Call {
-            attempts,
-            result: Ok(out),
+            attempts: call.attempts,
+            result: call.result.map(|_| out),
         }
     }
 }
@@ -374,6 +526,97 @@ pub(crate) mod tests {
         assert_eq!(read(json!({"count": 0, "result": null})), Ok((Some(0), 0)));
         assert!(read(json!({"count": 5})).is_err());
         assert!(read(json!("x")).is_err());
+    }
+
+    /// Pages of `sizes` entries (ids numbered on) through the pager; how
+    /// many pages it asked for, or its error.
+    fn page_through(sizes: &[u64], count: Option<u64>) -> Result<(u64, u64), CallError> {
+        let mut pager = Pager::default();
+        let mut next_id = 0u64;
+        for &held in sizes {
+            let ids: Vec<Value> = (next_id..next_id + held)
+                .map(|i| json!({ "customer_id": i }))
+                .collect();
+            next_id += held;
+            let print = fingerprint(&ids, &["customer_id"]);
+            if pager.next("customers", held, count, print)? {
+                return Ok((pager.pages, pager.offset));
+            }
+        }
+        panic!("the pager asked for more than {} pages", sizes.len());
+    }
+
+    #[test]
+    fn paging_goes_on_by_what_a_page_held_whatever_its_size() {
+        // A server that caps pages at 200 whatever `limit` asks: 2,500
+        // customers are 13 pages, not one short page taken for the end.
+        let mut capped = vec![200; 13];
+        capped[12] = 100;
+        assert_eq!(page_through(&capped, Some(2500)), Ok((13, 2500)));
+        // Without a count: on to the first empty page.
+        capped.push(0);
+        assert_eq!(page_through(&capped, None), Ok((14, 2500)));
+        // Pages of varying size (short ones in the middle) do not end it.
+        assert_eq!(page_through(&[1000, 3, 997, 0], None), Ok((4, 2000)));
+        // An empty page ends the list even if the count promised more.
+        assert_eq!(page_through(&[10, 0], Some(50)), Ok((2, 10)));
+        assert_eq!(page_through(&[0], Some(0)), Ok((1, 0)));
+    }
+
+    #[test]
+    fn a_page_counts_the_entries_it_could_not_read() {
+        let answer = answer(r#"{"count":4,"result":[{"item_id":1},"junk",{"item_id":3},{}]}"#);
+        let page = list(&answer, &["item_id"], |v| lenient_int(v.get("item_id"))).unwrap();
+        assert_eq!(page.items, [1, 3]);
+        assert_eq!(page.held, 4);
+        assert_eq!(page.count, Some(4));
+    }
+
+    #[test]
+    fn a_server_that_ignores_offset_is_an_error_never_a_loop() {
+        let mut pager = Pager::default();
+        let ids: Vec<Value> = (0..200).map(|i| json!({ "customer_id": i })).collect();
+        let print = fingerprint(&ids, &["customer_id"]);
+        assert_eq!(pager.next("customers", 200, Some(2500), print), Ok(false));
+        let e = pager.next("customers", 200, Some(2500), print).unwrap_err();
+        assert!(matches!(e, CallError::Paging { .. }), "{e:?}");
+        assert!(e.to_string().contains("ignores `offset`"), "{e}");
+        assert!(e.to_string().contains("GET customers"), "{e}");
+        assert!(e.stops_the_run().is_some());
+        // Without a count too: the same page again is the same error.
+        let mut pager = Pager::default();
+        assert_eq!(pager.next("agents", 5, None, 7), Ok(false));
+        assert!(matches!(
+            pager.next("agents", 5, None, 7),
+            Err(CallError::Paging { .. })
+        ));
+        // Fingerprints tell pages apart by their ids, in order.
+        let ids = |v: &[&str]| -> Vec<Value> { v.iter().map(|i| json!({ "id": i })).collect() };
+        assert_ne!(
+            fingerprint(&ids(&["1", "23"]), &["id"]),
+            fingerprint(&ids(&["12", "3"]), &["id"])
+        );
+        assert_eq!(
+            fingerprint(&[json!({"id": 5, "x": 1})], &["id"]),
+            fingerprint(&[json!({"id": "5", "x": 2})], &["id"])
+        );
+    }
+
+    #[test]
+    fn a_list_that_never_ends_is_an_error_far_past_a_large_system() {
+        // 1,000,000 customers, 1,000 pages of 1,000: read whole.
+        let mut pager = Pager::default();
+        for page in 0..1000u64 {
+            assert_eq!(pager.next("customers", 1000, None, page), Ok(false));
+        }
+        assert_eq!(pager.offset, 1_000_000);
+        // A server that never answers an empty page: an error, not a stop.
+        let mut pager = Pager {
+            offset: MAX_LIST_ENTRIES - 500,
+            ..Pager::default()
+        };
+        let e = pager.next("customers", 1000, None, 1).unwrap_err();
+        assert!(matches!(e, CallError::Paging { .. }), "{e:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{encode, lenient_int, lenient_text, list, query, Answer, CallError, Endpoint};
+use super::{encode, lenient_int, lenient_text, list, query, Answer, CallError, Endpoint, Paged};
 
 /// A custom-field group and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub struct ListFieldGroups {
 }
 
 impl Endpoint for ListFieldGroups {
-    type Answer = (Option<u64>, Vec<FieldGroupDef>);
+    type Answer = Paged<FieldGroupDef>;
     const METHOD: Method = Method::GET;
     const IDEMPOTENT: bool = true;
 
@@ -93,7 +93,7 @@ impl Endpoint for ListFieldGroups {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, |g| {
+        list(answer, &["group_id", "id"], |g| {
             let fields = match g.get("fields") {
                 Some(Value::Array(fields)) => fields
                     .iter()
@@ -123,7 +123,7 @@ pub struct ListOutbounds {
 }
 
 impl Endpoint for ListOutbounds {
-    type Answer = (Option<u64>, Vec<Outbound>);
+    type Answer = Paged<Outbound>;
     const METHOD: Method = Method::GET;
     const IDEMPOTENT: bool = true;
 
@@ -132,7 +132,7 @@ impl Endpoint for ListOutbounds {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, |o| {
+        list(answer, &["outbound_id", "id", "campaign_id"], |o| {
             Some(Outbound {
                 id: campaign_id(
                     o.get("outbound_id")
@@ -161,7 +161,7 @@ impl Endpoint for ListStatuses<'_> {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, |s| {
+        list(answer, &["status_id", "id"], |s| {
             Some(Status {
                 status_id: lenient_int(s.get("status_id").or_else(|| s.get("id")))?,
                 dictionary_status_id: lenient_int(s.get("dictionary_status_id")),
@@ -169,7 +169,7 @@ impl Endpoint for ListStatuses<'_> {
                 name: text(s, &["name"]).unwrap_or_default(),
             })
         })
-        .map(|(_, v)| v)
+        .map(|p| p.items)
     }
 }
 
@@ -178,6 +178,9 @@ impl Endpoint for ListStatuses<'_> {
 pub struct ListCampaignAgents<'a> {
     pub campaign_id: &'a str,
 }
+
+/// What names an agent in a list.
+const AGENT_IDS: &[&str] = &["login", "agent_login", "agent_id"];
 
 fn agent(a: &Value) -> Option<Agent> {
     Some(Agent {
@@ -197,7 +200,7 @@ impl Endpoint for ListCampaignAgents<'_> {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, agent).map(|(_, v)| v)
+        list(answer, AGENT_IDS, agent).map(|p| p.items)
     }
 }
 
@@ -209,7 +212,7 @@ pub struct ListAgents {
 }
 
 impl Endpoint for ListAgents {
-    type Answer = (Option<u64>, Vec<Agent>);
+    type Answer = Paged<Agent>;
     const METHOD: Method = Method::GET;
     const IDEMPOTENT: bool = true;
 
@@ -218,7 +221,7 @@ impl Endpoint for ListAgents {
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
-        list(answer, agent)
+        list(answer, AGENT_IDS, agent)
     }
 }
 
@@ -246,11 +249,11 @@ mod tests {
             .unwrap();
         assert_eq!(agents[0].login, "jkowalski");
         assert!(agents[0].active && !agents[0].active_in_outbound);
-        let (_, groups) = ListFieldGroups { limit: 1000, offset: 0 }
+        let groups = ListFieldGroups { limit: 1000, offset: 0 }
             .parse(&answer(r#"{"count":1,"result":[{"group_id":"2","name":"Marketing","fields":[{"field_id":12,"name":"Kanał"}]}]}"#))
             .unwrap();
-        assert_eq!(groups[0].fields, vec![(12, "Kanał".to_string())]);
-        let (_, outbounds) = ListOutbounds {
+        assert_eq!(groups.items[0].fields, vec![(12, "Kanał".to_string())]);
+        let outbounds = ListOutbounds {
             limit: 1000,
             offset: 0,
         }
@@ -258,7 +261,7 @@ mod tests {
             r#"[{"outbound_id":1,"name":"Sprzedaż"},{"id":"00003","name":"Ankieta"}]"#,
         ))
         .unwrap();
-        assert_eq!(outbounds[0].id, "00001");
-        assert_eq!(outbounds[1].id, "00003");
+        assert_eq!(outbounds.items[0].id, "00001");
+        assert_eq!(outbounds.items[1].id, "00003");
     }
 }

@@ -1,4 +1,5 @@
-//! The five Thulium endpoints plus `GET /api/customers`, as the vendor's pages
+//! The five Thulium endpoints plus `GET /api/customers`, `GET` and `DELETE
+//! /api/customers/:id` and the lists preflight reads, as the vendor's pages
 //! describe them: request shapes, keyed per-row answers, whole-call errors in
 //! the vendor's `{"request_id", "errors": [...]}` form.
 //!
@@ -392,7 +393,7 @@ pub async fn search_customers(
     Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult {
     let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let (limit, offset) = paging(&get("limit"), &get("offset"))?;
+    let (limit, offset) = paging(&shared, &get("limit"), &get("offset"))?;
     let mut filters: Vec<(String, String)> = Vec::new();
     for (k, v) in &q {
         match k.as_str() {
@@ -457,6 +458,122 @@ pub async fn search_customers(
         count += 1;
     }
     Ok(axum::Json(json!({"count": count, "result": result})).into_response())
+}
+
+/// The documented fields of `GET /api/customers/:id`, `""` when empty.
+const ONE_CUSTOMER_KEYS: &[&str] = &[
+    "name",
+    "surname",
+    "phone_number",
+    "email",
+    "company_id",
+    "identifier",
+    "type",
+    "group",
+    "company_flag",
+    "account_manager",
+];
+
+/// Whether a query flag (`include_custom_fields=true`) is on.
+fn flag_on(q: &[(String, String)], name: &str) -> bool {
+    q.iter()
+        .any(|(k, v)| k == name && matches!(v.as_str(), "true" | "1"))
+}
+
+/// A customer id in a path; anything else names no customer (404).
+fn customer_id_of(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("Customer {id} not found.")))
+}
+
+/// `GET /api/customers/:id`: one customer as the vendor documents it:
+/// `customer_id` a number, the documented fields (`""` when empty; the
+/// first e-mail address and phone number, every phone number in
+/// `phone_numbers`), any other field stored, `updated_at`; `custom_fields`
+/// with `include_custom_fields=true`, the addresses with `include_address`,
+/// `include_invoice_address`, `include_mail_drop_address`. 404 in the
+/// vendor's error form when there is no such customer.
+pub async fn get_customer(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let customer_id = customer_id_of(&id)?;
+    let state = shared.lock_state();
+    let Some(c) = state.customers.get(&customer_id) else {
+        return Err(ApiError::not_found(format!(
+            "Customer {customer_id} not found."
+        )));
+    };
+    let first = |k: &str| {
+        c.fields
+            .get(k)
+            .and_then(one_or_many)
+            .and_then(|v| v.into_iter().next())
+            .map_or(Value::from(""), Value::from)
+    };
+    let mut out = Map::new();
+    out.insert("customer_id".into(), Value::from(customer_id));
+    for key in ONE_CUSTOMER_KEYS {
+        let v = match *key {
+            "phone_number" | "email" => first(key),
+            _ => match c.fields.get(*key) {
+                None | Some(Value::Null) => Value::from(""),
+                Some(v) => v.clone(),
+            },
+        };
+        out.insert((*key).into(), v);
+    }
+    let phones = c
+        .fields
+        .get("phone_number")
+        .and_then(one_or_many)
+        .unwrap_or_default();
+    out.insert("phone_numbers".into(), Value::from(phones));
+    let hidden = [
+        "custom_fields",
+        "address",
+        "invoice_address",
+        "mail_drop_address",
+    ];
+    for (k, v) in &c.fields {
+        if !out.contains_key(k) && !hidden.contains(&k.as_str()) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if flag_on(&q, "include_custom_fields") {
+        let custom = c
+            .fields
+            .get("custom_fields")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        out.insert("custom_fields".into(), custom);
+    }
+    for address in &hidden[1..] {
+        if flag_on(&q, &format!("include_{address}")) {
+            let a = c.fields.get(*address).cloned().unwrap_or(Value::Null);
+            out.insert((*address).into(), a);
+        }
+    }
+    out.insert("updated_at".into(), Value::from(c.updated_at.clone()));
+    Ok(axum::Json(Value::Object(out)).into_response())
+}
+
+/// `DELETE /api/customers/:id`: the customer and all its dependencies
+/// (field-group items, campaign records, contact history); empty answer,
+/// 404 when there is no such customer.
+pub async fn delete_customer(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let customer_id = customer_id_of(&id)?;
+    if shared.lock_state().remove_customer(customer_id) {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "Customer {customer_id} not found."
+        )))
+    }
 }
 
 /// `PUT /api/batch/customers`: each entry `customer_id` plus any field of
@@ -632,7 +749,7 @@ pub async fn list_items(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ItemQuery>,
 ) -> ApiResult {
-    let (limit, offset) = paging(&q.limit, &q.offset)?;
+    let (limit, offset) = paging(&shared, &q.limit, &q.offset)?;
     let number = |v: &Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|s| {
@@ -700,7 +817,6 @@ pub async fn update_item(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `limit` (1 to 1000, default 100) and `offset` of a list call.
 /// One page of a list as `{"count", "result"}`: `count` all of them,
 /// `result` those of the page `(limit, offset)`.
 fn page_of<T>(
@@ -713,7 +829,33 @@ fn page_of<T>(
     Ok(axum::Json(json!({"count": count, "result": result})).into_response())
 }
 
-fn paging(limit: &Option<String>, offset: &Option<String>) -> Result<(usize, usize), ApiError> {
+/// `limit` (1 to 1000, default 100) and `offset` of a list call, as the
+/// sandbox answers them: at most `--page-cap` entries a page whatever
+/// `limit` asks, and from the start whatever `offset` asks with
+/// `--ignore-offset` (as some real servers do).
+fn paging(
+    shared: &Shared,
+    limit: &Option<String>,
+    offset: &Option<String>,
+) -> Result<(usize, usize), ApiError> {
+    let (limit, offset) = asked_paging(limit, offset)?;
+    let limit = shared
+        .config
+        .page_cap
+        .map_or(limit, |cap| limit.min(cap.max(1)));
+    let offset = if shared.config.ignore_offset {
+        0
+    } else {
+        offset
+    };
+    Ok((limit, offset))
+}
+
+/// `limit` and `offset` as asked, checked.
+fn asked_paging(
+    limit: &Option<String>,
+    offset: &Option<String>,
+) -> Result<(usize, usize), ApiError> {
     let parse = |v: &Option<String>, name: &str, default: usize| match v {
         None => Ok(default),
         Some(s) => s
@@ -1054,7 +1196,7 @@ pub async fn list_field_groups(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ItemQuery>,
 ) -> ApiResult {
-    let page = paging(&q.limit, &q.offset)?;
+    let page = paging(&shared, &q.limit, &q.offset)?;
     let state = shared.lock_state();
     page_of(state.field_groups.values(), page, |g| {
         json!({
@@ -1070,7 +1212,7 @@ pub async fn list_outbounds(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<ItemQuery>,
 ) -> ApiResult {
-    let page = paging(&q.limit, &q.offset)?;
+    let page = paging(&shared, &q.limit, &q.offset)?;
     let state = shared.lock_state();
     page_of(
         state.campaigns.values(),
@@ -1119,8 +1261,11 @@ pub async fn list_campaign_agents(
 }
 
 /// `GET /api/agents`: every agent of the system.
-pub async fn list_agents(Query(q): Query<ItemQuery>) -> ApiResult {
-    let page = paging(&q.limit, &q.offset)?;
+pub async fn list_agents(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ItemQuery>,
+) -> ApiResult {
+    let page = paging(&shared, &q.limit, &q.offset)?;
     page_of(
         AGENTS.iter().enumerate(),
         page,

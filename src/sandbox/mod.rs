@@ -1,11 +1,14 @@
 //! The sandbox: a local stand-in for a Thulium system, so that a migration can
 //! be rehearsed, and every test and benchmark run, without touching
 //! production. It serves the five endpoints the importer uses plus
-//! `GET /api/customers`, keeps its state in memory, shows it at
+//! `GET /api/customers`, `GET`/`DELETE /api/customers/:id` and the lists
+//! preflight reads, keeps its state in memory, shows it at
 //! `GET /_sandbox/state` and `GET /_sandbox/stats`, journals every `/api/`
-//! request at `GET /_sandbox/requests`, and misbehaves on purpose
-//! when asked: latency, a request-rate limit answered with 429, and random
-//! faults drawn reproducibly from a seed.
+//! request at `GET /_sandbox/requests`, empties itself at `POST
+//! /_sandbox/restore` (all `/_sandbox/` endpoints behind its Basic auth),
+//! and misbehaves on purpose when asked: latency, a request-rate limit
+//! answered with 429, random faults drawn reproducibly from a seed, pages
+//! capped whatever `limit` asks, `offset` ignored.
 //!
 //! Faults are injected around the real handler, in one place
 //! (`serve_request`): 429, 503 and a dropped connection happen *before*
@@ -236,6 +239,12 @@ pub struct SandboxConfig {
     /// Which agents are in which campaign (campaign id → logins); campaigns
     /// not listed have every agent.
     pub campaign_agents: BTreeMap<String, Vec<String>>,
+    /// Most entries a paged GET answers, whatever its `limit` asks (`count`
+    /// still the true total), as servers that cap their pages do.
+    pub page_cap: Option<usize>,
+    /// Paged GETs answer from the first entry whatever `offset` asks, as a
+    /// broken server would: a client must notice, not loop or stop early.
+    pub ignore_offset: bool,
 }
 
 impl Default for SandboxConfig {
@@ -255,6 +264,8 @@ impl Default for SandboxConfig {
             journal_limit: 1_000_000,
             preload_customers: 0,
             campaign_agents: BTreeMap::new(),
+            page_cap: None,
+            ignore_offset: false,
         }
     }
 }
@@ -482,6 +493,14 @@ impl Sandbox {
         &self.shared
     }
 
+    /// Empties customers, field-group items, campaign records and contact
+    /// history, as a system restored from an empty backup (what `POST
+    /// /_sandbox/restore` does); with `reset_ids` the id counters start
+    /// again, so an old id may name a new, different customer.
+    pub fn restore(&self, reset_ids: bool) {
+        self.shared.lock_state().restore(reset_ids);
+    }
+
     /// Changes the fault rate while serving.
     pub fn set_fault_rate(&self, rate: f64) {
         self.shared
@@ -509,6 +528,10 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/customers", get(api::search_customers))
         .route(
+            "/customers/{id}",
+            get(api::get_customer).delete(api::delete_customer),
+        )
+        .route(
             "/customer_field_group_items",
             post(api::field_group_item).get(api::list_items),
         )
@@ -535,14 +558,20 @@ fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             require_auth,
         ));
+    // The sandbox's own endpoints answer only with its credentials too: the
+    // state and the journal hold a rehearsal's customer data.
+    let control = Router::new()
+        .route("/state", get(show_state))
+        .route("/stats", get(show_stats))
+        .route("/requests", get(show_requests).delete(clear_requests))
+        .route("/restore", post(restore))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_auth,
+        ));
     Router::new()
         .nest("/api", api)
-        .route("/_sandbox/state", get(show_state))
-        .route("/_sandbox/stats", get(show_stats))
-        .route(
-            "/_sandbox/requests",
-            get(show_requests).delete(clear_requests),
-        )
+        .nest("/_sandbox", control)
         .with_state(shared)
 }
 
@@ -578,6 +607,22 @@ async fn show_requests(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn clear_requests(State(shared): State<Arc<Shared>>) -> Response {
     shared.lock_journal().clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Query of `POST /_sandbox/restore`.
+#[derive(Debug, serde::Deserialize)]
+struct RestoreQuery {
+    reset_ids: Option<String>,
+}
+
+/// `POST /_sandbox/restore[?reset_ids=true]`: [`Sandbox::restore`].
+async fn restore(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<RestoreQuery>,
+) -> Response {
+    let reset_ids = matches!(q.reset_ids.as_deref(), Some("true" | "1"));
+    shared.lock_state().restore(reset_ids);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -659,6 +704,7 @@ fn endpoint_of(method: &Method, path: &str) -> String {
             "/api/outbounds/:id/records_by_identifier/:identifier"
         }
         ["api", "customers", _, "feed_records"] => "/api/customers/:id/feed_records",
+        ["api", "customers", _] => "/api/customers/:id",
         ["api", "customer_field_group_items", _] => "/api/customer_field_group_items/:id",
         ["api", "outbounds", _, "statuses"] => "/api/outbounds/:id/statuses",
         ["api", "outbounds", _, "agents"] => "/api/outbounds/:id/agents",

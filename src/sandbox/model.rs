@@ -141,12 +141,20 @@ pub struct Campaign {
     pub by_identifier: BTreeMap<String, Record>,
 }
 
-/// A stored customer: what was sent, plus the id.
+/// A stored customer: what was sent, plus the id and when it last changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Customer {
     pub customer_id: i64,
     #[serde(flatten)]
     pub fields: Map<String, Value>,
+    /// When it was created or last updated, as the vendor gives it:
+    /// `YYYY-MM-DD hh:mm:ss`, the system's local time.
+    pub updated_at: String,
+}
+
+/// Now, as `updated_at` gives it.
+pub fn now() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// A stored custom-field group item.
@@ -305,9 +313,65 @@ impl State {
             Customer {
                 customer_id,
                 fields,
+                updated_at: now(),
             },
         );
         customer_id
+    }
+
+    /// Deletes a customer and everything that hangs on it (its field-group
+    /// items, campaign records and contact history), as `DELETE
+    /// customers/:id` does; whether there was one.
+    pub fn remove_customer(&mut self, customer_id: i64) -> bool {
+        let Some(c) = self.customers.remove(&customer_id) else {
+            return false;
+        };
+        self.search.remove(customer_id, &c.fields);
+        if self.items_by_customer.remove(&customer_id).is_some() {
+            self.field_group_items
+                .retain(|i| i.customer_id != customer_id);
+            self.reindex_items();
+        }
+        for campaign in self.campaigns.values_mut() {
+            campaign.by_customer.remove(&customer_id);
+        }
+        self.feed_records.retain(|f| f.customer_id != customer_id);
+        true
+    }
+
+    /// Empties what imports fill (customers, their items, campaign records,
+    /// contact history, edited phone records), as a system restored from an
+    /// empty backup; the configuration (field groups, campaigns, agents)
+    /// stays. With `reset_ids` the id counters start again from the
+    /// beginning, so an old id may name a new, different customer.
+    pub fn restore(&mut self, reset_ids: bool) {
+        self.customers.clear();
+        self.search = SearchIndex::default();
+        self.field_group_items.clear();
+        self.items_by_customer.clear();
+        for campaign in self.campaigns.values_mut() {
+            campaign.by_customer.clear();
+            campaign.by_identifier.clear();
+        }
+        self.feed_records.clear();
+        if reset_ids {
+            let fresh = State::new();
+            self.next_customer_id = fresh.next_customer_id;
+            self.next_item_id = fresh.next_item_id;
+            self.next_record_id = fresh.next_record_id;
+            self.next_feed_id = fresh.next_feed_id;
+        }
+    }
+
+    /// Rebuilds the positions of items by customer (after items went).
+    fn reindex_items(&mut self) {
+        self.items_by_customer.clear();
+        for (i, item) in self.field_group_items.iter().enumerate() {
+            self.items_by_customer
+                .entry(item.customer_id)
+                .or_default()
+                .push(i);
+        }
     }
 
     /// Replaces a customer's fields (an update), keeping the search index.
@@ -316,17 +380,8 @@ impl State {
             self.search.remove(customer_id, &c.fields);
             self.search.add(customer_id, &fields);
             c.fields = fields;
+            c.updated_at = now();
         }
-    }
-
-    /// Deletes a customer (what an agent or `DELETE customers/:id` does):
-    /// whether it was there.
-    pub fn remove_customer(&mut self, customer_id: i64) -> bool {
-        let Some(c) = self.customers.remove(&customer_id) else {
-            return false;
-        };
-        self.search.remove(customer_id, &c.fields);
-        true
     }
 
     /// The items of one customer, in the order they were added.

@@ -79,6 +79,10 @@ enum Message {
     },
     Rows(Vec<SheetRow>),
     Failed(String),
+    /// The last row was sent: only this ends the sheet. A channel that
+    /// closes without it is a reader that died (a panic in the workbook
+    /// parser), and the rows it did not send are not an end of file.
+    End,
 }
 
 /// Rows of one sheet, read on a thread of their own.
@@ -142,7 +146,7 @@ pub(super) fn open(
             names,
         }),
         Ok(MessageBox(Message::Failed(e))) => Err(e),
-        Ok(MessageBox(Message::Rows(_))) | Err(_) => {
+        Ok(MessageBox(Message::Rows(_) | Message::End)) | Err(_) => {
             Err("the spreadsheet reader stopped before the header row".into())
         }
     }
@@ -165,8 +169,14 @@ impl SheetReader {
                     return Err(std::io::Error::other(e));
                 }
                 Ok(MessageBox(Message::Header { .. })) => {}
-                // The thread ends its channel after the last row.
-                Err(_) => self.finished = true,
+                Ok(MessageBox(Message::End)) => self.finished = true,
+                // The thread went without saying the sheet ended.
+                Err(_) => {
+                    self.finished = true;
+                    return Err(std::io::Error::other(
+                        "the spreadsheet reader stopped before the end of the sheet (it failed while reading); the rows after this point were not read",
+                    ));
+                }
             }
         }
     }
@@ -369,6 +379,7 @@ impl<'a> Rows<'a> {
             let batch = std::mem::take(&mut self.batch);
             self.send(Message::Rows(batch));
         }
+        self.send(Message::End);
     }
 }
 
@@ -458,6 +469,59 @@ pub fn column_letters(col: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reader_of(messages: Vec<Message>) -> SheetReader {
+        let (tx, rx) = sync_channel(messages.len().max(1));
+        for m in messages {
+            tx.send(MessageBox(m)).unwrap();
+        }
+        // The sending side goes, as when the reading thread ends or dies.
+        drop(tx);
+        SheetReader {
+            rx,
+            pending: Vec::new().into_iter(),
+            finished: false,
+        }
+    }
+
+    fn row(line: u64) -> SheetRow {
+        SheetRow {
+            line,
+            cells: Cells::default(),
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn a_reader_that_dies_mid_sheet_is_a_read_error_not_an_end() {
+        let mut reader = reader_of(vec![Message::Rows(vec![row(2), row(3)])]);
+        assert_eq!(reader.next().unwrap().unwrap().line, 2);
+        assert_eq!(reader.next().unwrap().unwrap().line, 3);
+        let e = reader.next().unwrap_err();
+        assert!(e.to_string().contains("before the end of the sheet"), "{e}");
+        // Only the sheet's end says it ended.
+        let mut reader = reader_of(vec![Message::Rows(vec![row(2)]), Message::End]);
+        assert_eq!(reader.next().unwrap().unwrap().line, 2);
+        assert!(reader.next().unwrap().is_none());
+        assert!(reader.next().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_panicking_reader_thread_is_a_read_error() {
+        let (tx, rx) = sync_channel(QUEUED);
+        let thread = std::thread::spawn(move || {
+            let _ = tx.send(MessageBox(Message::Rows(vec![row(2)])));
+            panic!("a corrupt workbook");
+        });
+        assert!(thread.join().is_err());
+        let mut reader = SheetReader {
+            rx,
+            pending: Vec::new().into_iter(),
+            finished: false,
+        };
+        assert!(reader.next().unwrap().is_some());
+        assert!(reader.next().is_err());
+    }
 
     #[test]
     fn numbers_print_as_a_person_reads_them() {
