@@ -134,6 +134,10 @@ fn verdict(last: Option<StageOutcome>, stage: Stage, rules: Rules) -> Verdict {
 pub struct Kept {
     /// Look the customer up first (its creation had an unknown outcome).
     pub look_up: bool,
+    /// The customer recorded for the row, to be confirmed by Thulium
+    /// before the row's later stages write to it (the customer payload is
+    /// kept for that, and for creating it again if it is gone).
+    pub confirm: Option<i64>,
     /// Stages left as they were (stage, field group, why).
     pub left: Vec<(Stage, usize, String)>,
 }
@@ -159,6 +163,8 @@ pub fn keep_what_is_not_done(
     // The customer.
     let mut customer_blocked = false;
     let mut look_up = false;
+    // A customer done before, with a key to confirm it by.
+    let mut done_customer = None;
     if payloads.customer.is_none()
         && previous(Stage::Customer, 0).is_some_and(|l| l.status == Status::Ok)
     {
@@ -179,6 +185,9 @@ pub fn keep_what_is_not_done(
         match &v {
             Verdict::Done => {
                 payloads.existing_customer_id = known_customer.or(payloads.existing_customer_id);
+                if has_key {
+                    done_customer = payloads.customer.take().zip(known_customer);
+                }
                 payloads.customer = None;
             }
             Verdict::LookUpFirst => look_up = true,
@@ -225,6 +234,15 @@ pub fn keep_what_is_not_done(
         .retain(|(stage, _)| needed(*stage, 0).is_some());
     if customer_blocked {
         payloads.customer = None;
+    }
+    // Later stages will write to the customer done before: Thulium confirms
+    // it first.
+    let writes =
+        !payloads.field_groups.is_empty() || payloads.campaign.is_some() || payloads.feed.is_some();
+    if let (Some((customer, id)), true) = (done_customer, writes) {
+        payloads.customer = Some(customer);
+        payloads.existing_customer_id = None;
+        kept.confirm = Some(id);
     }
     kept.look_up = look_up;
     kept
@@ -439,7 +457,11 @@ impl RetryRows {
                 }
             });
         }
-        let lookup = kept.look_up.then_some(LookupReason::UnknownBefore);
+        let lookup = if kept.look_up {
+            Some(LookupReason::UnknownBefore)
+        } else {
+            kept.confirm.map(LookupReason::Confirm)
+        };
         // What became of the stages checked again, for an honest summary.
         let still = |s: &Stage| payloads.invalid_stages.iter().any(|(i, _)| i == s);
         let sent = |s: &Stage| match s {

@@ -315,3 +315,96 @@ async fn a_deleted_customer_is_created_again_with_an_index() {
     assert_eq!(n2.report["actions"]["updated"], 9, "{}", n2.report);
     assert_eq!(held(&sandbox).len(), 10);
 }
+
+/// `retry` does not trust the ledger's customer id either: a row whose
+/// campaign record is still to be sent, whose customer was deleted in
+/// Thulium since the run, is created again and its record goes to the new
+/// customer (before: "Customer not found." for ever). With `match` and
+/// without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_confirms_the_ledgers_customer_before_writing_to_it() {
+    for keys in ["match = \"identifier\"\n", ""] {
+        let dir = tempdir();
+        let csv = dir.join("agents.csv");
+        std::fs::write(
+            &csv,
+            "Nazwisko;ID;Opiekun\nNowak;R-1;j.doe\nZając;R-2;a.nowak\nWójcik;R-3;a.nowak\n",
+        )
+        .unwrap();
+        let m = dir.join("m.toml");
+        std::fs::write(
+            &m,
+            format!(
+                "[source]\ndelimiter = \";\"\n[customer]\n{keys}surname = \"Nazwisko\"\nidentifier = \"ID\"\n\
+                 [campaign]\nid = {{ value = \"00001\" }}\nstatus_id = {{ value = 1 }}\nagent_login = \"Opiekun\"\n"
+            ),
+        )
+        .unwrap();
+        let sandbox = Sandbox::start(config()).await.unwrap();
+        sandbox
+            .shared()
+            .lock_state()
+            .campaigns
+            .get_mut("00001")
+            .unwrap()
+            .agents = vec!["j.doe".into()];
+        let ledger = dir.join("l.jsonl");
+        let mut cmd = common::bin(PASSWORD);
+        cmd.arg("run")
+            .arg(&csv)
+            .arg("--mapping")
+            .arg(&m)
+            .arg("--ledger")
+            .arg(&ledger)
+            .args([
+                "--url",
+                &sandbox.url(),
+                "--user",
+                "api_user",
+                "--no-progress",
+            ])
+            .args(["--rate", "5000"]);
+        let out = common::output(cmd).await;
+        assert_eq!(out.code, Some(1), "{}", out.text());
+        let r = common::report(&ledger);
+        assert_eq!(r["stages"]["campaign"]["invalid"], 2, "{r}");
+        // R-2's customer is deleted in Thulium; a.nowak joins the campaign.
+        let r2 = common::by_identifier(&sandbox)["R-2"]["customer_id"]
+            .as_i64()
+            .unwrap();
+        {
+            let mut s = sandbox.shared().lock_state();
+            assert!(s.remove_customer(r2));
+            s.campaigns
+                .get_mut("00001")
+                .unwrap()
+                .agents
+                .push("a.nowak".into());
+        }
+        let mut cmd = common::bin(PASSWORD);
+        cmd.arg("retry")
+            .arg(&ledger)
+            .args([
+                "--url",
+                &sandbox.url(),
+                "--user",
+                "api_user",
+                "--no-progress",
+            ])
+            .args(["--rate", "5000"]);
+        let out = common::output(cmd).await;
+        assert_eq!(out.code, Some(0), "{keys}{}", out.text());
+        let held = common::by_identifier(&sandbox);
+        assert_eq!(held.len(), 3, "{held:?}");
+        let new_r2 = held["R-2"]["customer_id"].as_i64().unwrap();
+        assert_ne!(new_r2, r2);
+        let json = sandbox.state_json();
+        let records = json["campaigns"]["00001"]["by_customer"]
+            .as_object()
+            .unwrap();
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert!(records.contains_key(&new_r2.to_string()), "{records:?}");
+        let r = common::report(&ledger);
+        assert_eq!(r["ok"], 3, "{r}");
+    }
+}

@@ -124,7 +124,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         let fresh = Finder::fresh();
         let finder = match reason {
             LookupReason::UnknownBefore => &fresh,
-            LookupReason::Match => &run.sync.finder,
+            LookupReason::Match | LookupReason::Confirm(_) => &run.sync.finder,
         };
         let (found, attempts) = finder.find(&run.client, &row.keys).await;
         if attempts > 0 {
@@ -149,6 +149,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         }
     }
     match (found, reason) {
+        (found, LookupReason::Confirm(known)) => confirmed(&run, row, ev, found, known),
         (Found::Matched { customer_id, key }, LookupReason::UnknownBefore) => {
             run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
             ev.customer_id = Some(customer_id);
@@ -230,6 +231,65 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
             } else {
                 lookup_failed(&mut ev, &e);
             }
+            drop_customer_stages(&mut row);
+            (row, Some(ev))
+        }
+    }
+}
+
+/// `retry`'s confirmation of the customer the ledger holds for a row
+/// whose later stages are still to be sent.
+fn confirmed(
+    run: &Run,
+    mut row: MappedRow,
+    mut ev: RowEvent,
+    found: Found,
+    known: i64,
+) -> (MappedRow, Option<RowEvent>) {
+    match found {
+        // Still the row's: on as the ledger says (nothing to record).
+        Found::Matched { customer_id, .. } if customer_id == known => {
+            row.payloads.customer = None;
+            row.payloads.existing_customer_id = Some(known);
+            (row, None)
+        }
+        // Another customer holds the row's key now: the row goes with it.
+        Found::Matched { customer_id, key } => {
+            ev.customer_id = Some(customer_id);
+            ev.action = Some(Action::Unchanged);
+            ev.message = Some(format!(
+                "customer {known}, recorded for this row before, no longer has its {}; customer {customer_id} has: the row's later stages go to it",
+                key.name()
+            ));
+            run.learn_customer(&row, customer_id, None);
+            existing(run, &mut row, customer_id);
+            (row, Some(ev))
+        }
+        Found::Missing
+            if run
+                .sync
+                .upsert
+                .as_ref()
+                .is_some_and(|u| u.on_missing == OnMissing::Skip) =>
+        {
+            run.learn(Learnt::ForgetCustomer { customer_id: known });
+            skip_missing(&mut ev, &mut row);
+            (row, Some(ev))
+        }
+        // Gone (deleted, a restored system): created again.
+        Found::Missing => {
+            run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
+            run.learn(Learnt::ForgetCustomer { customer_id: known });
+            row.gone_from = Some(known);
+            (row, None)
+        }
+        Found::Ambiguous { ids, key } => {
+            ambiguous(run, &mut ev, &ids, &key);
+            drop_customer_stages(&mut row);
+            (row, Some(ev))
+        }
+        Found::Failed(e) => {
+            lookup_failed(&mut ev, &e);
             drop_customer_stages(&mut row);
             (row, Some(ev))
         }

@@ -115,6 +115,12 @@ pub enum LookupReason {
     UnknownBefore,
     /// The mapping matches customers (`[customer] match`).
     Match,
+    /// `retry`: the ledger says this customer was created or found for the
+    /// row before; the row's later stages are about to write to it, so
+    /// Thulium confirms it first (the ledger is a memory too). Found
+    /// elsewhere, the row goes with that customer; gone, it is created
+    /// again.
+    Confirm(i64),
 }
 
 /// How the run finds and remembers customers that exist: the mapping's
