@@ -66,6 +66,10 @@ pub enum CallError {
     /// the list never ends): reading on would loop or read a part as the
     /// whole, so the run stops.
     Paging { message: String },
+    /// The system cannot be reached: connection attempts in a row failed
+    /// (refused, DNS, TLS) across calls. Nothing was sent; no later call
+    /// can succeed either.
+    Unreachable { message: String },
     /// Never sent: the run was stopping.
     NotSent { reason: String },
 }
@@ -78,9 +82,10 @@ impl CallError {
             | CallError::Unauthorized { status, .. }
             | CallError::Redirected { status, .. } => Some(*status),
             CallError::GaveUp { status, .. } => *status,
-            CallError::Unknown { .. } | CallError::Paging { .. } | CallError::NotSent { .. } => {
-                None
-            }
+            CallError::Unknown { .. }
+            | CallError::Paging { .. }
+            | CallError::Unreachable { .. }
+            | CallError::NotSent { .. } => None,
         }
     }
 
@@ -97,6 +102,9 @@ impl CallError {
             // A list read in part would be taken for the whole system
             // (customers not found are created again): nothing is safe.
             CallError::Paging { message } => Some(message.clone()),
+            CallError::Unreachable { message } => Some(format!(
+                "the system cannot be reached ({message}): check --url and the network"
+            )),
             _ => None,
         }
     }
@@ -111,6 +119,7 @@ impl std::fmt::Display for CallError {
             | CallError::Unauthorized { message, .. }
             | CallError::Unknown { message }
             | CallError::Paging { message }
+            | CallError::Unreachable { message }
             | CallError::GaveUp { message, .. } => f.write_str(message),
             CallError::Redirected { status, location } => {
                 write!(f, "HTTP {status}: redirected to {location} (not followed)")
@@ -303,13 +312,6 @@ impl ApiClient {
         max > 0 && n >= max
     }
 
-    /// Whether the last attempt failed to connect at all (refused, DNS,
-    /// TLS): the system cannot be reached, as opposed to one that answered
-    /// or dropped a connection it had accepted.
-    pub fn cannot_connect(&self) -> bool {
-        self.unreachable.load(Ordering::Relaxed) > 0
-    }
-
     /// The rate in force, in requests per second (0: unlimited).
     pub fn rate(&self) -> f64 {
         match &self.auto {
@@ -435,12 +437,11 @@ impl ApiClient {
             };
             tracing::debug!(%method, path, attempt, class = ?class, "Attempt finished.");
             let cannot_connect = class == Class::NotSent && finished.is_err();
+            let unreachable = cannot_connect && self.unreachable_now();
             let decision = {
                 let mut rng = rand::rng();
                 match self.policy.decide(&class, idempotent, attempt, &mut rng) {
-                    Decision::Retry { .. } if cannot_connect && self.unreachable_now() => {
-                        Decision::Stop
-                    }
+                    Decision::Retry { .. } if unreachable => Decision::Stop,
                     d => d,
                 }
             };
@@ -462,6 +463,11 @@ impl ApiClient {
                 continue;
             }
             let result = match (class, finished) {
+                (_, Err(e)) if unreachable => Err(CallError::Unreachable {
+                    message: format!(
+                        "{attempt} attempt(s) of this call, and the calls before it: {e}"
+                    ),
+                }),
                 (Class::Success, Ok((status, body))) => Ok(Answer { status, body }),
                 (Class::Rejected, Ok((status, body))) => Err(CallError::Refused {
                     status,

@@ -359,6 +359,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     // Before the ledger: what cannot be set up leaves nothing behind.
     // Preflight first: a handful of GETs that may refuse the mapping, before
     // an index that may read the whole system.
+    // The state is local: one of another system refuses the run before
+    // anything is asked.
+    let state = open_state(&args.sync, &credentials.root)?;
     let system = if args.no_preflight {
         None
     } else {
@@ -367,14 +370,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     let csv = args.csv.clone();
     let mapping_path = args.mapping.clone();
     let full = args.sync.full;
-    let sync = prepare_sync(
-        &args.sync,
-        &input.plan,
-        &client,
-        &credentials.root,
-        move |state| rows_to_look_up(&csv, &mapping_path, state, full),
-    )
+    let sync = prepare_sync(&args.sync, &input.plan, &client, state, move |state| {
+        rows_to_look_up(&csv, &mapping_path, state, full)
+    })
     .await?;
+    first_contact(&client).await?;
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -612,14 +612,6 @@ async fn preflight(
     }
     let needs = preflight::Needs::of(&loaded.raw, named);
     if !needs.any() {
-        if !strict {
-            // Nothing to read, but whether the system answers at all: a
-            // wrong URL or a system down is found before the first POST.
-            let call = identity::Index::count(client).await;
-            if let Err(e) = call.result {
-                stop_if_unreachable(client, &e)?;
-            }
-        }
         return Ok(None);
     }
     let system = match preflight::System::read(client, &needs).await {
@@ -628,8 +620,8 @@ async fn preflight(
         // server that keeps failing): the import goes on, and the server
         // refuses what it refuses. One that cannot be reached, or refuses
         // the password, is an aborted night, found at once.
-        Err(e) if !strict && !matches!(e, crate::client::CallError::Paging { .. }) => {
-            stop_if_unreachable(client, &e)?;
+        Err(e) if !strict => {
+            stop_if_unreachable(&e)?;
             eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
             return Ok(None);
         }
@@ -653,22 +645,45 @@ async fn preflight(
 
 /// Stops a run before anything is sent (exit 3) when a read shows that the
 /// system cannot be worked with: it cannot be reached (connections refused,
-/// DNS, TLS) or it refuses the credentials (401). A 403 (an API user
-/// without permission for one method) does not stop it.
-fn stop_if_unreachable(client: &ApiClient, e: &crate::api::CallError) -> anyhow::Result<()> {
+/// DNS, TLS), refuses the credentials (401), redirects, or pages wrongly. A
+/// 403 (an API user without permission for one method) does not stop it.
+fn stop_if_unreachable(e: &crate::api::CallError) -> anyhow::Result<()> {
     use crate::api::CallError;
     match e {
-        CallError::GaveUp { status: None, .. } if client.cannot_connect() => {
-            Err(crate::exit::Stopped(format!(
-                "the system cannot be reached ({e}): nothing was sent; check --url and the network"
-            ))
-            .into())
-        }
-        CallError::Unauthorized { status: 401, .. } => {
-            Err(crate::exit::Stopped(e.stops_the_run().unwrap_or_else(|| e.to_string())).into())
-        }
-        _ => Ok(()),
+        CallError::Unauthorized { status: 403, .. } => Ok(()),
+        _ => match e.stops_the_run() {
+            Some(reason) => Err(crate::exit::Stopped(format!("{reason}: nothing was sent")).into()),
+            None => Ok(()),
+        },
     }
+}
+
+/// Opens the sync state (`--state`) of the system at `root`.
+fn open_state(args: &SyncArgs, root: &str) -> anyhow::Result<Option<Arc<SyncState>>> {
+    Ok(match &args.state {
+        Some(path) => Some(SyncState::open(path, root)?),
+        None => None,
+    })
+}
+
+/// Before the ledger is begun: when nothing has been asked of the system
+/// yet (preflight had nothing to read, no index or count was needed), one
+/// small read (`GET customers?limit=1`), so that a wrong URL, a system
+/// down or a wrong password stops the run (exit 3) before anything is
+/// written, not after the first POST.
+async fn first_contact(client: &ApiClient) -> anyhow::Result<()> {
+    if client
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        return Ok(());
+    }
+    if let Err(e) = identity::Index::count(client).await.result {
+        stop_if_unreachable(&e)?;
+    }
+    Ok(())
 }
 
 /// `--state` and `--full` need the mapping to match customers.
@@ -688,7 +703,7 @@ async fn prepare_sync(
     args: &SyncArgs,
     plan: &mapping::Plan,
     client: &ApiClient,
-    system: &str,
+    state: Option<Arc<SyncState>>,
     count_lookups: impl FnOnce(Option<&SyncState>) -> anyhow::Result<u64>,
 ) -> anyhow::Result<pipeline::Sync> {
     let Some(upsert) = plan.upsert() else {
@@ -696,10 +711,6 @@ async fn prepare_sync(
             feed_on_match: plan.feed_on_match(),
             ..pipeline::Sync::default()
         });
-    };
-    let state = match &args.state {
-        Some(path) => Some(SyncState::open(path, system)?),
-        None => None,
     };
     let use_index = match args.index {
         IndexMode::Never => false,
@@ -858,15 +869,14 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     )?;
     // Preflight before the index, as `run` does: a refusal costs a handful
     // of GETs, never a read of the whole system.
+    let state = open_state(&args.sync, &credentials.root)?;
     let system = if args.no_preflight {
         None
     } else {
         preflight(&loaded, &source_path, &mapping_path, &client, false).await?
     };
-    let sync = prepare_sync(&args.sync, &plan, &client, &credentials.root, |_| {
-        Ok(not_done)
-    })
-    .await?;
+    let sync = prepare_sync(&args.sync, &plan, &client, state, |_| Ok(not_done)).await?;
+    first_contact(&client).await?;
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
@@ -955,7 +965,7 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
                 p.row,
                 p.line,
                 p.stage.name(),
-                p.status.name(),
+                p.status_name(),
                 p.message
             )?;
         }

@@ -224,7 +224,7 @@ pub enum Found {
     /// A key found several customers.
     Ambiguous { ids: Vec<i64>, key: SearchKey },
     /// The lookup could not be made.
-    Failed(String),
+    Failed(CallError),
 }
 
 impl Found {
@@ -282,7 +282,7 @@ impl Finder {
                         attempts += call.attempts;
                         match call.result {
                             Ok(ids) => ids,
-                            Err(e) => return (Found::Failed(e.to_string()), attempts),
+                            Err(e) => return (Found::Failed(e), attempts),
                         }
                     }
                 };

@@ -160,7 +160,7 @@ impl Outcomes {
         }
         let key = (row, stage, group);
         match message {
-            Some(m) if outcome.status != Status::Ok => {
+            Some(m) => {
                 self.messages.insert(key, m);
             }
             _ => {
@@ -208,6 +208,13 @@ impl Outcomes {
                     state.customer_id = id;
                 }
                 let outcome = StageOutcome { status, retryable };
+                // A `kept` outcome is ok, but not done as the row asks: its
+                // message is kept, so that it is listed with the problems.
+                let message = if status == Status::Ok && action != Some(Action::Kept) {
+                    None
+                } else {
+                    message
+                };
                 self.set(row, stage, group.unwrap_or(0), outcome, message);
             }
             Entry::Intent(i) => {
@@ -310,7 +317,8 @@ impl Outcomes {
     }
 }
 
-/// One outcome that is not `ok`, for listing.
+/// One outcome that is not `ok` (or `ok` but `kept`: not done as the row
+/// asks), for listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub row: u64,
@@ -319,6 +327,16 @@ pub struct Problem {
     pub group: usize,
     pub status: Status,
     pub message: String,
+}
+
+impl Problem {
+    /// `failed`, `invalid`, ...; `kept` for an `ok` not done as asked.
+    pub fn status_name(&self) -> &'static str {
+        match self.status {
+            Status::Ok => "kept",
+            s => s.name(),
+        }
+    }
 }
 
 impl<'a> RowView<'a> {

@@ -177,7 +177,8 @@ fn parts(message: &str) -> impl Iterator<Item = &str> {
 /// a message without a value (the system's), numbers of four digits or more
 /// that stand alone (ids).
 pub fn generalize(message: &str) -> String {
-    let mut text = message.trim();
+    let owned_text = without_row_references(message.trim());
+    let mut text = owned_text.as_str();
     // "line 24, column ..." / "line 340: has 10 fields ..."
     if let Some(rest) = text.strip_prefix("line ") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -216,6 +217,35 @@ pub fn generalize(message: &str) -> String {
         // is one per call, a record's or a customer's one per row).
         None => long_numbers(&without_request_ids(&owned)),
     }
+}
+
+/// `text` with another row named (`as row 17 (line 18)`) as "an earlier
+/// row": which one differs from row to row.
+fn without_row_references(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("row ") {
+        let after = &rest[i + 4..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let tail = &after[digits..];
+        let starts_word = i == 0 || !rest[..i].ends_with(|c: char| c.is_alphanumeric());
+        if digits > 0 && starts_word {
+            if let Some(close) = tail
+                .strip_prefix(" (line ")
+                .and_then(|t| t.find(')').map(|j| (t, j)))
+                .filter(|(t, j)| t[..*j].bytes().all(|b| b.is_ascii_digit()))
+            {
+                out.push_str(&rest[..i]);
+                out.push_str("an earlier row");
+                rest = &close.0[close.1 + 1..];
+                continue;
+            }
+        }
+        out.push_str(&rest[..i + 4]);
+        rest = &rest[i + 4..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `text` without the server's per-call ids: ` (request_id 5367…)`,
@@ -327,6 +357,19 @@ mod tests {
         );
         // Words are not ids.
         assert_eq!(generalize("deadbeef cafe facade"), "deadbeef cafe facade");
+        // Another row named: which one differs.
+        assert_eq!(
+            generalize(
+                "same email as row 6 (line 9): one customer, two rows; only the first is sent"
+            ),
+            generalize(
+                "same email as row 170 (line 181): one customer, two rows; only the first is sent"
+            ),
+        );
+        assert_eq!(
+            generalize("same email as row 6 (line 9): one customer"),
+            "same email as an earlier row: one customer"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Report {
 fn reasons(outcomes: &Outcomes) -> Vec<Reason> {
     let mut reasons = Reasons::default();
     for p in outcomes.problems(usize::MAX) {
-        reasons.add(p.stage.name(), p.status.name(), p.row, p.line, &p.message);
+        reasons.add(p.stage.name(), p.status_name(), p.row, p.line, &p.message);
     }
     reasons.sorted()
 }

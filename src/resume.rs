@@ -163,7 +163,7 @@ pub fn keep_what_is_not_done(
     // The customer.
     let mut customer_blocked = false;
     let mut look_up = false;
-    // A customer done before, with a key to confirm it by.
+    // A customer done before: confirmed by Thulium before it is written to.
     let mut done_customer = None;
     if payloads.customer.is_none()
         && previous(Stage::Customer, 0).is_some_and(|l| l.status == Status::Ok)
@@ -185,9 +185,7 @@ pub fn keep_what_is_not_done(
         match &v {
             Verdict::Done => {
                 payloads.existing_customer_id = known_customer.or(payloads.existing_customer_id);
-                if has_key {
-                    done_customer = payloads.customer.take().zip(known_customer);
-                }
+                done_customer = payloads.customer.take().zip(known_customer);
                 payloads.customer = None;
             }
             Verdict::LookUpFirst => look_up = true,

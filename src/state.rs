@@ -130,7 +130,13 @@ CREATE TABLE IF NOT EXISTS feed_customers (
 ";
 
 /// Records a feed message as sent (and, for a tracked customer, counts it).
-fn insert_feed(c: &Connection, customer_id: i64, hash: KeyHash, at: &str) -> rusqlite::Result<()> {
+/// Whether the message was new to the state.
+fn insert_feed(
+    c: &Connection,
+    customer_id: i64,
+    hash: KeyHash,
+    at: &str,
+) -> rusqlite::Result<bool> {
     let added = c
         .prepare_cached(
             "INSERT OR IGNORE INTO feed (customer_id, hash, synced_at) VALUES (?1, ?2, ?3)",
@@ -142,12 +148,17 @@ fn insert_feed(c: &Connection, customer_id: i64, hash: KeyHash, at: &str) -> rus
         )?
         .execute(params![customer_id, at])?;
     }
-    Ok(())
+    Ok(added > 0)
 }
 
+/// A customer created by this run: its feed history starts here. What the
+/// state remembers for its id was another customer's (a system restored
+/// from a backup gives old ids to new customers), and is forgotten.
 fn track_feed(c: &Connection, customer_id: i64, at: &str) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM feed WHERE customer_id = ?1")?
+        .execute(params![customer_id])?;
     c.prepare_cached(
-        "INSERT OR IGNORE INTO feed_customers (customer_id, sent, synced_at) VALUES (?1, 0, ?2)",
+        "INSERT INTO feed_customers (customer_id, sent, synced_at) VALUES (?1, 0, ?2) ON CONFLICT(customer_id) DO UPDATE SET sent = 0, synced_at = excluded.synced_at",
     )?
     .execute(params![customer_id, at])?;
     Ok(())
@@ -308,13 +319,15 @@ impl SyncState {
     /// Writes, and commits durably, that a feed message is about to be
     /// sent, before it is: a crash after the POST then never sends it again.
     /// `track`: the customer was created by this run (its feed history
-    /// starts here). An error means the message must not be sent.
+    /// starts here). An error means the message must not be sent; `false`
+    /// that the state holds it already (another row of the run sent it to
+    /// the same customer): it must not be sent either.
     pub fn will_send_feed(
         &self,
         customer_id: i64,
         hash: KeyHash,
         track: bool,
-    ) -> Result<(), StateError> {
+    ) -> Result<bool, StateError> {
         self.write_now(|c, at| {
             if track {
                 track_feed(c, customer_id, at)?;
@@ -341,16 +354,17 @@ impl SyncState {
     /// One transaction on the reading connection, committed before it
     /// returns (with `synchronous = FULL` there, so it outlives a power cut
     /// too), for what must be on disk before a call is made.
-    fn write_now(
+    fn write_now<T>(
         &self,
-        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<()>,
-    ) -> Result<(), StateError> {
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
         let mut conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
         let at = crate::ledger::now();
         (|| {
             let tx = conn.transaction()?;
-            f(&tx, &at)?;
-            tx.commit()
+            let out = f(&tx, &at)?;
+            tx.commit()?;
+            Ok(out)
         })()
         .map_err(|source| StateError::Sqlite {
             path: self.path.display().to_string(),

@@ -368,13 +368,21 @@ async fn retry_confirms_the_ledgers_customer_before_writing_to_it() {
         assert_eq!(out.code, Some(1), "{}", out.text());
         let r = common::report(&ledger);
         assert_eq!(r["stages"]["campaign"]["invalid"], 2, "{r}");
-        // R-2's customer is deleted in Thulium; a.nowak joins the campaign.
+        // R-2's customer is deleted in Thulium; an agent edits R-3's
+        // identifier (the customer is still there: not to be created
+        // again); a.nowak joins the campaign.
         let r2 = common::by_identifier(&sandbox)["R-2"]["customer_id"]
+            .as_i64()
+            .unwrap();
+        let r3 = common::by_identifier(&sandbox)["R-3"]["customer_id"]
             .as_i64()
             .unwrap();
         {
             let mut s = sandbox.shared().lock_state();
             assert!(s.remove_customer(r2));
+            let mut f: Map<String, Value> = s.customers[&r3].fields.clone();
+            f.insert("identifier".into(), Value::from("R-3-edited"));
+            s.replace_customer(r3, f);
             s.campaigns
                 .get_mut("00001")
                 .unwrap()
@@ -398,6 +406,8 @@ async fn retry_confirms_the_ledgers_customer_before_writing_to_it() {
         assert_eq!(held.len(), 3, "{held:?}");
         let new_r2 = held["R-2"]["customer_id"].as_i64().unwrap();
         assert_ne!(new_r2, r2);
+        assert_eq!(held["R-3-edited"]["customer_id"], r3, "{held:?}");
+        assert!(!held.contains_key("R-3"), "R-3 not created again");
         let json = sandbox.state_json();
         let records = json["campaigns"]["00001"]["by_customer"]
             .as_object()
@@ -407,4 +417,36 @@ async fn retry_confirms_the_ledgers_customer_before_writing_to_it() {
         let r = common::report(&ledger);
         assert_eq!(r["ok"], 3, "{r}");
     }
+}
+
+/// A system restored empty whose ids start again from 1: the customers
+/// created anew get their contact history again, though the state
+/// remembers messages sent to those ids (to other customers, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn customers_created_anew_after_a_restore_get_their_feed_again() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let m = dir.join("feed.toml");
+    std::fs::write(
+        &m,
+        "[source]\ndelimiter = \";\"\n[customer]\nmatch = \"identifier\"\nsurname = \"Nazwisko\"\nidentifier = \"ID\"\n\
+         [feed]\nmessage = \"Segment\"\nauthor = { value = \"agent\" }\ntime = { value = \"2026-11-20T10:00:00\" }\n",
+    )
+    .unwrap();
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("export.csv");
+    export(&csv, &people(12));
+    let n1 = night(&sandbox, &dir, &csv, &m, Some(&state), &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text);
+    let feeds = |s: &Sandbox| s.state_json()["feed_records"].as_array().unwrap().len();
+    assert_eq!(feeds(&sandbox), 12);
+    sandbox.restore(true);
+    let n2 = night(&sandbox, &dir, &csv, &m, Some(&state), &["--full"]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text);
+    assert_eq!(n2.report["actions"]["created"], 12, "{}", n2.report);
+    assert_eq!(feeds(&sandbox), 12, "every customer's note again, once");
+    // And never twice.
+    let n3 = night(&sandbox, &dir, &csv, &m, Some(&state), &["--full"]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text);
+    assert_eq!(feeds(&sandbox), 12);
 }

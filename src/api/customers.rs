@@ -332,7 +332,59 @@ impl Endpoint for FindCustomers {
     }
 }
 
+/// `GET customers/:id`: one customer, or a 404 when there is none.
+#[derive(Debug, Clone)]
+pub struct GetCustomer {
+    pub customer_id: i64,
+}
+
+impl Endpoint for GetCustomer {
+    type Answer = FoundCustomer;
+    const METHOD: Method = Method::GET;
+    const IDEMPOTENT: bool = true;
+
+    fn path(&self) -> String {
+        format!("customers/{}", self.customer_id)
+    }
+
+    fn parse(&self, answer: &Answer) -> Result<FoundCustomer, CallError> {
+        let v = json_of(answer).map_err(|m| unreadable(true, m))?;
+        // The customer itself, or (liberally) wrapped in `result`.
+        let fields = match v {
+            Value::Object(mut o) => match o.remove("result") {
+                Some(Value::Object(inner)) => inner,
+                Some(other) => {
+                    o.insert("result".into(), other);
+                    o
+                }
+                None => o,
+            },
+            _ => return Err(unreadable(true, "not a customer".into())),
+        };
+        let customer_id = lenient_int(fields.get("customer_id").or_else(|| fields.get("id")))
+            .unwrap_or(self.customer_id);
+        Ok(FoundCustomer {
+            customer_id,
+            fields,
+        })
+    }
+}
+
 impl super::ApiClient {
+    /// One customer by its id: `None` when Thulium answers 404 (there is
+    /// no such customer: deleted, or a system restored from a backup).
+    pub async fn get_customer(&self, customer_id: i64) -> super::Call<Option<FoundCustomer>> {
+        let call = self.send(&GetCustomer { customer_id }).await;
+        super::Call {
+            attempts: call.attempts,
+            result: match call.result {
+                Ok(c) => Ok(Some(c)),
+                Err(CallError::Refused { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     /// The ids of the customers whose `key` is `value`, compared normalised
     /// (the search may match more loosely, e.g. by prefix: only equal
     /// values count), reading every page of the search: one id, none, or

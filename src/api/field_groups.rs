@@ -226,8 +226,10 @@ pub fn choose_item(
         .filter(|i| i.shares(values) == most)
         .map(|i| i.item_id)
         .collect();
+    // An item that shares no value with the block is not told to be its
+    // own, even alone: writing over it could overwrite another contract.
     match best.as_slice() {
-        [one] if most > 0 || free.len() == 1 => ItemChoice::Update(*one),
+        [one] if most > 0 => ItemChoice::Update(*one),
         _ => ItemChoice::Ambiguous(best),
     }
 }
@@ -353,8 +355,13 @@ mod tests {
             choose_item(&items, &[], &want(&[(20, "U-1"), (22, "150")]), &[]),
             Update(1)
         );
+        // The only item left shares nothing with the block: not its own.
         assert_eq!(
             choose_item(&items, &[1], &want(&[(20, "U-1"), (22, "150")]), &[]),
+            Ambiguous(vec![2])
+        );
+        assert_eq!(
+            choose_item(&items, &[1], &want(&[(20, "U-9"), (22, "200")]), &[]),
             Update(2)
         );
         assert_eq!(
@@ -365,9 +372,10 @@ mod tests {
             choose_item(&items, &[1, 2], &want(&[(20, "U-9")]), &[]),
             Create
         );
+        // A lone item sharing no value is not taken over either.
         assert_eq!(
             choose_item(&items[..1], &[], &want(&[(20, "U-9")]), &[]),
-            Update(1)
+            Ambiguous(vec![1])
         );
         assert_eq!(choose_item(&[], &[], &want(&[(20, "U-9")]), &[]), Create);
     }

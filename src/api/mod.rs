@@ -124,12 +124,13 @@ impl<T> RowFate<T> {
             },
             CallError::Unknown { .. } => RowFate::Unknown {
                 message: format!(
-                    "{message}; the call may have been applied: `retry` reconciles it"
+                    "{message}; the call may have been applied: `retry` looks customers and items up, and leaves what the API cannot list (feed records) unless --include-unknown"
                 ),
             },
             CallError::Unauthorized { .. }
             | CallError::Redirected { .. }
             | CallError::Paging { .. }
+            | CallError::Unreachable { .. }
             | CallError::GaveUp { .. } => RowFate::Retryable {
                 http_status: e.http_status(),
                 message,

@@ -41,6 +41,17 @@ pub(super) enum CustomerState {
 /// Rows handed downstream, with where their customer stands.
 pub(super) type Downstream = mpsc::Sender<(MappedRow, CustomerState)>;
 
+/// Drops the stages that need the row's customer (it has none), once the
+/// row is already being sent (its outcomes counted): the stages dropped
+/// are no longer waited for.
+fn drop_later_stages(run: &Run, row: &mut MappedRow) {
+    let p = &row.payloads;
+    let dropped =
+        p.field_groups.len() as u32 + u32::from(p.campaign.is_some()) + u32::from(p.feed.is_some());
+    drop_customer_stages(row);
+    run.no_longer_pending(row.id.row, dropped);
+}
+
 /// Drops the stages that need the row's customer (it has none).
 fn drop_customer_stages(row: &mut MappedRow) {
     row.payloads.customer = None;
@@ -90,6 +101,9 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         None => vec![crate::api::customers::SearchKey::Identifier],
     };
     row.keys = RowKeys::of(customer, &keys);
+    if let LookupReason::Confirm(known) = reason {
+        return confirm(&run, row, known).await;
+    }
     let upsert = run.sync.upsert.clone();
     let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
     let mut ev = event(row.id, Stage::Customer, Status::Ok);
@@ -128,7 +142,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         };
         let (found, attempts) = finder.find(&run.client, &row.keys).await;
         if attempts > 0 {
-            run.breaker_sees(matches!(found, Found::Failed(_)));
+            run.looked_up(&found);
         }
         found
     };
@@ -149,8 +163,11 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         }
     }
     match (found, reason) {
-        (found, LookupReason::Confirm(known)) => confirmed(&run, row, ev, found, known),
-        (Found::Matched { customer_id, key }, LookupReason::UnknownBefore) => {
+        // (A confirmation returned above.)
+        (
+            Found::Matched { customer_id, key },
+            LookupReason::UnknownBefore | LookupReason::Confirm(_),
+        ) => {
             run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
             ev.customer_id = Some(customer_id);
             ev.reconciled = Some(true);
@@ -203,7 +220,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
             upsert_items(&run, &mut row);
             (row, None)
         }
-        (Found::Missing, LookupReason::UnknownBefore) => (row, None),
+        (Found::Missing, LookupReason::UnknownBefore | LookupReason::Confirm(_)) => (row, None),
         (Found::Missing, LookupReason::Match) => {
             if upsert
                 .as_ref()
@@ -229,7 +246,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                     "could not look the customer up ({e}); still unknown"
                 ));
             } else {
-                lookup_failed(&mut ev, &e);
+                lookup_failed(&mut ev, &e.to_string());
             }
             drop_customer_stages(&mut row);
             (row, Some(ev))
@@ -237,63 +254,93 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
     }
 }
 
-/// `retry`'s confirmation of the customer the ledger holds for a row
-/// whose later stages are still to be sent.
-fn confirmed(
-    run: &Run,
-    mut row: MappedRow,
-    mut ev: RowEvent,
-    found: Found,
-    known: i64,
-) -> (MappedRow, Option<RowEvent>) {
-    match found {
-        // Still the row's: on as the ledger says (nothing to record).
-        Found::Matched { customer_id, .. } if customer_id == known => {
-            row.payloads.customer = None;
-            row.payloads.existing_customer_id = Some(known);
-            (row, None)
+/// `retry`'s confirmation of the customer the ledger holds for a row whose
+/// later stages are still to be sent: `GET customers/:id` (only a 404 says
+/// it is gone), and with `match`, the row's keys (another customer may
+/// hold them now).
+///
+/// - still there, and no other customer holds the keys: on as the ledger
+///   says, nothing recorded;
+/// - another customer holds the keys: the row goes with it (recorded);
+/// - gone: found again by the keys, or created again (`on_missing`);
+/// - the system could not say: the customer stage stays as the ledger has
+///   it, and the later stages are recorded skipped, for the next retry.
+async fn confirm(run: &Run, mut row: MappedRow, known: i64) -> (MappedRow, Option<RowEvent>) {
+    let mut ev = event(row.id, Stage::Customer, Status::Ok);
+    let _permit = run.permits.acquire().await;
+    let call = run.client.get_customer(known).await;
+    let exists = match call.result {
+        Ok(found) => {
+            run.breaker_sees(false);
+            found.is_some()
         }
-        // Another customer holds the row's key now: the row goes with it.
-        Found::Matched { customer_id, key } => {
+        Err(e) => {
+            run.looked_up(&Found::Failed(e.clone()));
+            return unconfirmed(row, known, &e.to_string());
+        }
+    };
+    let by_keys = if run.sync.upsert.is_some() {
+        let (found, attempts) = run.sync.finder.find(&run.client, &row.keys).await;
+        if attempts > 0 {
+            run.looked_up(&found);
+        }
+        Some(found)
+    } else {
+        None
+    };
+    match (exists, by_keys) {
+        (_, Some(Found::Matched { customer_id, key })) if customer_id != known => {
             ev.customer_id = Some(customer_id);
             ev.action = Some(Action::Unchanged);
             ev.message = Some(format!(
-                "customer {known}, recorded for this row before, no longer has its {}; customer {customer_id} has: the row's later stages go to it",
+                "customer {known}, recorded for this row before, {}; customer {customer_id} has its {}: the row's later stages go to it",
+                if exists { "no longer holds its key" } else { "is gone" },
                 key.name()
             ));
             run.learn_customer(&row, customer_id, None);
             existing(run, &mut row, customer_id);
             (row, Some(ev))
         }
-        Found::Missing
-            if run
-                .sync
-                .upsert
-                .as_ref()
-                .is_some_and(|u| u.on_missing == OnMissing::Skip) =>
-        {
-            run.learn(Learnt::ForgetCustomer { customer_id: known });
-            skip_missing(&mut ev, &mut row);
-            (row, Some(ev))
-        }
-        // Gone (deleted, a restored system): created again.
-        Found::Missing => {
-            run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
-            run.learn(Learnt::ForgetCustomer { customer_id: known });
-            row.gone_from = Some(known);
+        (_, Some(Found::Failed(e))) => unconfirmed(row, known, &e.to_string()),
+        (true, _) => {
+            row.payloads.customer = None;
+            row.payloads.existing_customer_id = Some(known);
             (row, None)
         }
-        Found::Ambiguous { ids, key } => {
+        (false, Some(Found::Ambiguous { ids, key })) => {
             ambiguous(run, &mut ev, &ids, &key);
             drop_customer_stages(&mut row);
             (row, Some(ev))
         }
-        Found::Failed(e) => {
-            lookup_failed(&mut ev, &e);
-            drop_customer_stages(&mut row);
-            (row, Some(ev))
+        (false, _) => {
+            run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
+            run.learn(Learnt::ForgetCustomer { customer_id: known });
+            let skip = run
+                .sync
+                .upsert
+                .as_ref()
+                .is_some_and(|u| u.on_missing == OnMissing::Skip);
+            if skip {
+                skip_missing(&mut ev, &mut row);
+                return (row, Some(ev));
+            }
+            // Gone (deleted, a restored system): created again.
+            row.gone_from = Some(known);
+            (row, None)
         }
     }
+}
+
+/// The customer recorded for the row could not be confirmed: nothing is
+/// written to it this time; its customer stage stays as the ledger has it
+/// and the later stages are recorded skipped (sent by the next retry).
+fn unconfirmed(mut row: MappedRow, known: i64, why: &str) -> (MappedRow, Option<RowEvent>) {
+    row.payloads.customer = None;
+    row.payloads.existing_customer_id = None;
+    row.blocked = Some(format!(
+        "customer {known} could not be confirmed in Thulium ({why}); retry sends it"
+    ));
+    (row, None)
 }
 
 const SKIPPED_EXISTING: &str = "matched an existing customer: left as it is (on_match = \"skip\")";
@@ -448,7 +495,10 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
                 ));
                 continue;
             }
-            let (found, _) = Finder::fresh().find(&run.client, &row.keys).await;
+            let (found, attempts) = Finder::fresh().find(&run.client, &row.keys).await;
+            if attempts > 0 {
+                run.looked_up(&found);
+            }
             let mut ev = event(row.id, Stage::Customer, Status::Ok);
             match found {
                 Found::Matched { customer_id, key } => {
@@ -469,7 +519,7 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
                 Found::Ambiguous { ids, key } => {
                     ambiguous(run, &mut ev, &ids, &key);
                     run.record(vec![Entry::Row(ev)]).await;
-                    drop_customer_stages(&mut row);
+                    drop_later_stages(run, &mut row);
                     settled.push((
                         row,
                         CustomerState::NotCreated(format!("customers {} match", join_ids(&ids))),
@@ -645,7 +695,7 @@ async fn find_again(
         } else {
             let (found, attempts) = Finder::fresh().find(&run.client, &row.keys).await;
             if attempts > 0 {
-                run.breaker_sees(matches!(found, Found::Failed(_)));
+                run.looked_up(&found);
             }
             found
         };
@@ -671,7 +721,7 @@ async fn find_again(
                 ev.message = Some(format!(
                     "customer {gone_id} answered \"not found\" to an update, yet a lookup still finds it: nothing sent; retry later"
                 ));
-                drop_customer_stages(&mut row);
+                drop_later_stages(run, &mut row);
             }
             Found::Missing if on_missing == OnMissing::Create => {
                 // A new customer: no items to look for, and its contact
@@ -685,14 +735,20 @@ async fn find_again(
                 create.push(row);
                 continue;
             }
-            Found::Missing => skip_missing(&mut ev, &mut row),
+            Found::Missing => {
+                ev.action = Some(Action::SkippedMissing);
+                ev.message = Some(format!(
+                    "customer {gone_id}, remembered for this row, is gone and no other matched: not created (on_missing = \"skip\")"
+                ));
+                drop_later_stages(run, &mut row);
+            }
             Found::Ambiguous { ids, key } => {
                 ambiguous(run, &mut ev, &ids, &key);
-                drop_customer_stages(&mut row);
+                drop_later_stages(run, &mut row);
             }
             Found::Failed(e) => {
-                lookup_failed(&mut ev, &e);
-                drop_customer_stages(&mut row);
+                lookup_failed(&mut ev, &e.to_string());
+                drop_later_stages(run, &mut row);
             }
         }
         let state = match ev.status {
@@ -712,7 +768,12 @@ fn not_found<T>(fate: &RowFate<T>) -> bool {
         RowFate::Refused {
             http_status,
             message,
-        } => *http_status == Some(404) || message.to_lowercase().contains("not found"),
+        } => {
+            // A 404, or the vendor's words for the customer (not, say, an
+            // account manager or a field "not found").
+            let m = message.to_lowercase();
+            *http_status == Some(404) || (m.contains("customer") && m.contains("not found"))
+        }
         _ => false,
     }
 }
@@ -799,7 +860,7 @@ impl api::Batch for UpdateBatch<'_> {
             }
             entries.push(Entry::Row(ev));
             let state = if gone {
-                drop_customer_stages(&mut row);
+                // Its later stages are recorded skipped, with the reason.
                 CustomerState::NotCreated(format!("customer {customer_id} is gone"))
             } else {
                 existing(run, &mut row, customer_id);

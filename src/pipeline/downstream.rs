@@ -392,7 +392,17 @@ impl api::Batch for CampaignBatch<'_> {
                     fate_event(r.id, Stage::Campaign, None, call.attempts, fate, |ev, a| {
                         ev.http_status = a.http_status;
                         ev.record_id = a.record_id;
-                        if a.already && r.record != RecordFields::default() {
+                        // Sent with these very fields before (the state
+                        // says so): the record holds them, unless a person
+                        // changed it since, which the API cannot tell.
+                        let sent_before = self
+                            .run
+                            .sync
+                            .state
+                            .as_ref()
+                            .and_then(|s| s.part(r.customer_id, "campaign"))
+                            .is_some_and(|(h, _)| h == r.hash);
+                        if a.already && r.record != RecordFields::default() && !sent_before {
                             // The row asks for a status, an agent, a date:
                             // the API cannot change a record that is there,
                             // so this is not done, and the state must not
@@ -428,8 +438,10 @@ impl api::Batch for CampaignBatch<'_> {
 async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: Vec<ItemPayload>) {
     let customer_id = customer.id;
     let mut taken: Vec<i64> = Vec::new();
-    // Blocks to place among the customer's items (one lookup for all).
+    // Blocks to place among the customer's items (one lookup for all), and
+    // the items the state remembers for some of them.
     let mut to_find: Vec<ItemPayload> = Vec::new();
+    let mut remembered: Vec<(usize, i64)> = Vec::new();
     for item in items {
         if run.abort.is_set() {
             run.stopped(&[id], Stage::FieldGroup, Some(item.index))
@@ -461,21 +473,14 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                 }
                 // With `match`, the key decides which item is the block's,
                 // not what the state last wrote (the key may have moved).
-                let remembered =
-                    known_item.filter(|i| item.match_ids.is_empty() && !taken.contains(i));
-                let Some(item_id) = remembered else {
-                    to_find.push(item);
-                    continue;
-                };
-                taken.push(item_id);
-                let ev = item_event(id, &item, customer_id);
-                if update_item(&run, ev, item_id, &item, true).await == Updated::Gone {
-                    // Deleted in Thulium: the state forgets it, and the
-                    // block is placed among the items that are there.
-                    run.learn(Learnt::ForgetPart { customer_id, part });
-                    taken.retain(|i| *i != item_id);
-                    to_find.push(item);
+                // The item the state remembers is only a preference: it is
+                // written to once Thulium lists it among this customer's
+                // items in the group (an id of a restored system may name
+                // another customer's item now).
+                if let Some(item_id) = known_item.filter(|_| item.match_ids.is_empty()) {
+                    remembered.push((item.index, item_id));
                 }
+                to_find.push(item);
             }
         }
     }
@@ -509,18 +514,46 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
             return;
         }
     };
-    // Items holding every value of a block go to it first, so that a block
-    // choosing by the most values shared never takes another's item.
+    // A remembered item that Thulium lists for this customer is the block's;
+    // one it does not list is gone (deleted, or a restored system) and
+    // forgotten. Then items holding every value of a block go to it, so that
+    // a block choosing by the most values shared never takes another's item.
     let mut choices: Vec<Option<ItemChoice>> = to_find
         .iter()
         .map(|item| {
-            let same = found
-                .iter()
-                .find(|f| !taken.contains(&f.item_id) && f.holds(&item.values))?;
-            taken.push(same.item_id);
-            Some(ItemChoice::Holds(same.item_id))
+            let (_, item_id) = *remembered.iter().find(|(i, _)| *i == item.index)?;
+            match found.iter().find(|f| f.item_id == item_id) {
+                Some(f) if !taken.contains(&item_id) => {
+                    taken.push(item_id);
+                    Some(if f.holds(&item.values) {
+                        ItemChoice::Holds(item_id)
+                    } else {
+                        ItemChoice::Update(item_id)
+                    })
+                }
+                Some(_) => None,
+                None => {
+                    run.learn(Learnt::ForgetPart {
+                        customer_id,
+                        part: run.sync.group_part(item.index),
+                    });
+                    None
+                }
+            }
         })
         .collect();
+    for (item, choice) in to_find.iter().zip(&mut choices) {
+        if choice.is_some() {
+            continue;
+        }
+        if let Some(same) = found
+            .iter()
+            .find(|f| !taken.contains(&f.item_id) && f.holds(&item.values))
+        {
+            taken.push(same.item_id);
+            *choice = Some(ItemChoice::Holds(same.item_id));
+        }
+    }
     for (item, choice) in to_find.iter().zip(&mut choices) {
         if choice.is_none() {
             let c = choose_item(&found, &taken, &item.values, &item.match_ids);
@@ -578,7 +611,11 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                     "ambiguous item: items {} of customer {customer_id} in field group {} could each be this block's ({}); nothing written: add `match` to the [[field_group]] or tidy the items in Thulium",
                     super::join_ids(&ids),
                     item.group_id,
-                    if item.match_ids.is_empty() {
+                    if item.match_ids.is_empty()
+                        && found.iter().all(|f| f.shares(&item.values) == 0)
+                    {
+                        "none shares a value with it".to_string()
+                    } else if item.match_ids.is_empty() {
                         "none holds all its values, and they share as many of them".to_string()
                     } else {
                         "they hold the same values of the match fields".to_string()
@@ -666,7 +703,10 @@ async fn update_item(
             message,
         } = fate
         {
-            if *http_status == Some(404) || message.to_lowercase().contains("not found") {
+            // A 404, or the vendor's words for this item (not a field
+            // "not found" in the values sent).
+            let m = message.to_lowercase();
+            if *http_status == Some(404) || (m.contains("item") && m.contains("not found")) {
                 return Updated::Gone;
             }
         }
@@ -733,11 +773,16 @@ enum FeedPlan {
 
 fn feed_plan(run: &Run, customer: Customer, created: bool, hash: KeyHash) -> FeedPlan {
     let state = run.sync.state.as_deref();
+    // A customer created by this run has no history yet, whatever the state
+    // remembers for its id (another customer's, before a restore).
+    if created {
+        return FeedPlan::Send { track: true };
+    }
     if state.is_some_and(|s| s.has_feed(customer.id, hash)) {
         return FeedPlan::Sent;
     }
     if !customer.existed {
-        return FeedPlan::Send { track: created };
+        return FeedPlan::Send { track: false };
     }
     if state.is_some_and(|s| s.knows_feed_of(customer.id))
         || run.sync.feed_on_match == FeedOnMatch::Send
@@ -768,7 +813,13 @@ async fn feed_record(
             tokio::task::spawn_blocking(move || state.will_send_feed(customer_id, hash, track))
                 .await;
         let problem = match written {
-            Ok(Ok(())) => None,
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => {
+                // Another row of this run sent it to the same customer.
+                let ev = unchanged_event(id, Stage::Feed, None, customer_id);
+                run.record(vec![Entry::Row(ev)]).await;
+                return;
+            }
             Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };

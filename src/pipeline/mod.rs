@@ -88,6 +88,9 @@ pub struct MappedRow {
     /// The customer remembered for this row turned out to be gone from
     /// Thulium (404): the row was looked up again.
     pub gone_from: Option<i64>,
+    /// Why the row's customer cannot be used this time (its later stages
+    /// are recorded skipped with this reason).
+    pub blocked: Option<String>,
 }
 
 impl MappedRow {
@@ -103,6 +106,7 @@ impl MappedRow {
             existed: false,
             adopted: false,
             gone_from: None,
+            blocked: None,
         }
     }
 }
@@ -463,6 +467,35 @@ impl Run {
             }
         };
         self.breaker_sees(failed);
+    }
+
+    /// `n` outcomes a row was counted for will not come (its stages were
+    /// dropped after it was counted): it settles when nothing else is due.
+    fn no_longer_pending(&self, row: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pending.get_mut(&row) {
+            p.left = p.left.saturating_sub(n);
+            if p.left == 0 {
+                pending.remove(&row);
+                self.progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Feeds the circuit breaker and the abort flag with a lookup's result.
+    fn looked_up(&self, found: &crate::identity::Found) {
+        match found {
+            crate::identity::Found::Failed(e) => {
+                if let Some(reason) = e.stops_the_run() {
+                    self.abort.trip(reason);
+                }
+                self.breaker_sees(true);
+            }
+            _ => self.breaker_sees(false),
+        }
     }
 
     /// The circuit breaker: consecutive failed calls stop the run.
@@ -854,9 +887,10 @@ pub async fn run(
                         customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
                     }
                 } else {
-                    let state = match row.payloads.existing_customer_id {
-                        Some(id) => CustomerState::Id(id),
-                        None => CustomerState::NotNeeded,
+                    let state = match (&row.blocked, row.payloads.existing_customer_id) {
+                        (Some(why), _) => CustomerState::NotCreated(why.clone()),
+                        (None, Some(id)) => CustomerState::Id(id),
+                        (None, None) => CustomerState::NotNeeded,
                     };
                     held.push((*row, state));
                 }
