@@ -97,7 +97,7 @@ impl CallError {
                 "HTTP {status}: {message}: the password is wrong, or the API user may not call this method (API users get per-method permissions in Administracja → Użytkownicy → Użytkownicy API)"
             )),
             CallError::Redirected { status, location } => Some(format!(
-                "HTTP {status}: the API redirected the call to {location}; it was not followed (a redirected POST would become a GET): check --url"
+                "HTTP {status}: the API redirected the call to {location}; it was not followed (a POST or PUT redirected would be lost, a GET is followed only within the system): check --url"
             )),
             // A list read in part would be taken for the whole system
             // (customers not found are created again): nothing is safe.

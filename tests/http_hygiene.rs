@@ -75,7 +75,8 @@ async fn run_with(
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
-        serde_json::from_slice(&report.stdout).unwrap(),
+        // No ledger when the run stopped before beginning one.
+        serde_json::from_slice(&report.stdout).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -85,6 +86,14 @@ async fn a_redirected_post_is_not_followed_and_stops_the_run() {
     let followed = Arc::new(AtomicU64::new(0));
     let (p, f) = (posts.clone(), followed.clone());
     let router = Router::new()
+        // The first contact before the ledger is begun (nothing else is
+        // asked with this mapping and --no-preflight).
+        .route(
+            "/api/customers",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({"count": 0, "result": []}))
+            }),
+        )
         .route(
             "/api/batch/customers",
             axum::routing::post(move || {
@@ -201,7 +210,8 @@ async fn a_get_is_never_redirected_to_another_host() {
         "a GET went to another host: {text}"
     );
     assert!(
-        text.contains("redirected to http://localhost:"),
+        text.contains("redirected the call to http://localhost:")
+            || text.contains("redirected to http://localhost:"),
         "the redirect is named: {text}"
     );
     assert_ne!(code, Some(0), "{text}");
