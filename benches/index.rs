@@ -10,8 +10,8 @@
 
 use std::time::Instant;
 
-use thulium_import::api::customers::SearchKey;
-use thulium_import::identity::{key_hash, Index};
+use thulium_import::api::keys::SearchKey;
+use thulium_import::identity::Index;
 
 /// Peak resident set size so far, in KiB (Linux).
 fn peak_kib() -> u64 {
@@ -35,8 +35,8 @@ fn main() {
     let mut index = Index::with_capacity(2 * n as usize);
     for id in 1..=n {
         let keys = [
-            key_hash(&SearchKey::Identifier, &format!("CRM-{id:07}")),
-            key_hash(&SearchKey::Email, &format!("customer{id}@example.pl")),
+            SearchKey::Identifier.hash(&format!("CRM-{id:07}")),
+            SearchKey::Email.hash(&format!("customer{id}@example.pl")),
         ];
         index.add(id, keys);
     }
@@ -46,7 +46,7 @@ fn main() {
     let started = Instant::now();
     let mut found = 0u64;
     for id in (1..=n).step_by(1) {
-        let h = key_hash(&SearchKey::Identifier, &format!("CRM-{id:07}"));
+        let h = SearchKey::Identifier.hash(&format!("CRM-{id:07}"));
         found += u64::from(index.contains(h));
     }
     let looked = started.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::identity::FileKeys;
 use crate::ledger::Stage;
 use crate::mapping::{self, Evaluated, MappingError, Plan};
-use crate::source::{Cells, FieldError, RawRows, Row, RowId, Source, SourceError, SourceInfo};
+use crate::source::{Cells, FieldError, RawRows, Row, Source, SourceError, SourceInfo};
 
 /// A file or mapping that cannot be used at all (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -20,47 +20,7 @@ pub enum InputError {
     Source(#[from] SourceError),
 }
 
-/// One problem with one row, as `check --json` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RowIssue {
-    pub row: u64,
-    pub line: u64,
-    /// The stage the problem is at, when it is one stage's (what `check
-    /// --online` finds); absent for a row that cannot be read or mapped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    pub reason: String,
-}
-
-impl RowIssue {
-    pub fn new(id: RowId, e: FieldError) -> RowIssue {
-        RowIssue {
-            row: id.row,
-            line: id.line,
-            stage: None,
-            column: e.column,
-            value: e.value,
-            reason: e.reason,
-        }
-    }
-}
-
-impl std::fmt::Display for RowIssue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}", self.line)?;
-        if let Some(c) = &self.column {
-            write!(f, ", column \"{c}\"")?;
-        }
-        if let Some(v) = &self.value {
-            write!(f, ": value \"{v}\"")?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
+pub use crate::source::RowIssue;
 
 /// What `check` found.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -71,7 +71,7 @@ pub enum CallError {
     /// can succeed either.
     Unreachable { message: String },
     /// Never sent: the run was stopping.
-    NotSent { reason: String },
+    Stopping { reason: String },
 }
 
 impl CallError {
@@ -85,7 +85,7 @@ impl CallError {
             CallError::Unknown { .. }
             | CallError::Paging { .. }
             | CallError::Unreachable { .. }
-            | CallError::NotSent { .. } => None,
+            | CallError::Stopping { .. } => None,
         }
     }
 
@@ -124,7 +124,7 @@ impl std::fmt::Display for CallError {
             CallError::Redirected { status, location } => {
                 write!(f, "HTTP {status}: redirected to {location} (not followed)")
             }
-            CallError::NotSent { reason } => write!(f, "not sent: the run stopped ({reason})"),
+            CallError::Stopping { reason } => write!(f, "not sent: the run stopped ({reason})"),
         }
     }
 }
@@ -436,7 +436,7 @@ impl ApiClient {
                 Err(e) => (retry::classify_error(&e), Err(describe(&e))),
             };
             tracing::debug!(%method, path, attempt, class = ?class, "Attempt finished.");
-            let cannot_connect = class == Class::NotSent && finished.is_err();
+            let cannot_connect = class == Class::Undelivered && finished.is_err();
             let unreachable = cannot_connect && self.unreachable_now();
             let decision = {
                 let mut rng = rand::rng();

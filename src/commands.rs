@@ -374,7 +374,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         rows_to_look_up(&csv, &mapping_path, state, full)
     })
     .await?;
-    first_contact(&client).await?;
+    if !args.no_preflight {
+        first_contact(&client).await?;
+    }
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
@@ -416,7 +418,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
 /// What one run of the pipeline is given, besides its rows and pacing.
 struct Job {
     ledger: Ledger,
-    sync: pipeline::Sync,
+    sync: pipeline::Matching,
     /// The file's size, for the progress bar (0: unknown).
     file_bytes: u64,
     /// `--limit`: a pilot.
@@ -666,8 +668,9 @@ fn open_state(args: &SyncArgs, root: &str) -> anyhow::Result<Option<Arc<SyncStat
     })
 }
 
-/// Before the ledger is begun: when nothing has been asked of the system
-/// yet (preflight had nothing to read, no index or count was needed), one
+/// Before the ledger is begun (unless `--no-preflight`, which asks for no
+/// reads): when nothing has been asked of the system yet (preflight had
+/// nothing to read, no index or count was needed), one
 /// small read (`GET customers?limit=1`), so that a wrong URL, a system
 /// down or a wrong password stops the run (exit 3) before anything is
 /// written, not after the first POST.
@@ -705,11 +708,11 @@ async fn prepare_sync(
     client: &ApiClient,
     state: Option<Arc<SyncState>>,
     count_lookups: impl FnOnce(Option<&SyncState>) -> anyhow::Result<u64>,
-) -> anyhow::Result<pipeline::Sync> {
+) -> anyhow::Result<pipeline::Matching> {
     let Some(upsert) = plan.upsert() else {
-        return Ok(pipeline::Sync {
+        return Ok(pipeline::Matching {
             feed_on_match: plan.feed_on_match(),
-            ..pipeline::Sync::default()
+            ..pipeline::Matching::default()
         });
     };
     let use_index = match args.index {
@@ -741,7 +744,7 @@ async fn prepare_sync(
     } else {
         None
     };
-    Ok(pipeline::Sync {
+    Ok(pipeline::Matching {
         upsert: Some(upsert.clone()),
         finder: identity::Finder {
             index,
@@ -781,7 +784,7 @@ fn rows_to_look_up(
             let state = state?;
             let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
             let hash =
-                crate::state::payload_hash(&pipeline::customer_update(upsert.as_ref(), &payloads)?);
+                crate::hash::payload_hash(&pipeline::customer_update(upsert.as_ref(), &payloads)?);
             Some(state.part(id, "customer")?.0 == hash)
         };
         if !row_keys.is_empty() && (full || unchanged() != Some(true)) {
@@ -876,7 +879,9 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
         preflight(&loaded, &source_path, &mapping_path, &client, false).await?
     };
     let sync = prepare_sync(&args.sync, &plan, &client, state, |_| Ok(not_done)).await?;
-    first_contact(&client).await?;
+    if !args.no_preflight {
+        first_contact(&client).await?;
+    }
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;

@@ -12,28 +12,12 @@
 
 use std::collections::HashMap;
 
-use sha2::Digest;
-
-use crate::api::customers::{FindCustomers, SearchKey};
+use crate::api::customers::FindCustomers;
+use crate::api::keys::SearchKey;
 use crate::api::payload::Customer;
 use crate::api::{ApiClient, Call, CallError};
+use crate::hash::KeyHash;
 use crate::source::{FieldError, RowId};
-
-/// A key's value, hashed: the first 16 bytes of the SHA-256 of the key's
-/// name and its normalised value.
-pub type KeyHash = u128;
-
-/// The hash of `value` as a value of `key`.
-pub fn key_hash(key: &SearchKey, value: &str) -> KeyHash {
-    let mut h = sha2::Sha256::new();
-    h.update(key.name().as_bytes());
-    h.update([0]);
-    h.update(key.normalise(value).as_bytes());
-    let d = h.finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    u128::from_be_bytes(b)
-}
 
 /// A row's match-key values, in the mapping's key order (keys with no
 /// value left out).
@@ -59,7 +43,7 @@ impl RowKeys {
     pub fn hashes(&self) -> impl Iterator<Item = (&SearchKey, KeyHash)> + '_ {
         self.0
             .iter()
-            .flat_map(|(k, values)| values.iter().map(move |v| (k, key_hash(k, v))))
+            .flat_map(|(k, values)| values.iter().map(move |v| (k, k.hash(v))))
     }
 }
 
@@ -183,7 +167,7 @@ impl Index {
                     for c in &page.items {
                         let hashes: Vec<KeyHash> = keys
                             .iter()
-                            .flat_map(|k| c.values(k).into_iter().map(move |v| key_hash(k, &v)))
+                            .flat_map(|k| c.values(k).into_iter().map(move |v| k.hash(&v)))
                             .collect();
                         index.add(c.customer_id, hashes);
                     }
@@ -234,7 +218,7 @@ impl Found {
     pub fn ambiguity(ids: &[i64], key: &SearchKey) -> String {
         format!(
             "ambiguous: customers {} have this row's {}: nothing sent for this row; merge them in Thulium, then retry",
-            crate::pipeline::join_ids(ids),
+            crate::text::join_ids(ids),
             key.name(),
         )
     }
@@ -276,7 +260,7 @@ impl Finder {
             let mut ids: Vec<i64> = Vec::new();
             for v in values {
                 let found = match &self.index {
-                    Some(index) => index.get(key_hash(key, v)),
+                    Some(index) => index.get(key.hash(v)),
                     None => {
                         let call = client.find_customer_ids(key, v).await;
                         attempts += call.attempts;
@@ -326,27 +310,24 @@ mod tests {
     #[test]
     fn keys_compare_normalised() {
         assert_eq!(
-            key_hash(&SearchKey::Email, " Jan@Example.PL "),
-            key_hash(&SearchKey::Email, "jan@example.pl")
+            SearchKey::Email.hash(" Jan@Example.PL "),
+            SearchKey::Email.hash("jan@example.pl")
         );
         assert_eq!(
-            key_hash(&SearchKey::PhoneNumber, "+48 601-234-567"),
-            key_hash(&SearchKey::PhoneNumber, "48601234567")
+            SearchKey::PhoneNumber.hash("+48 601-234-567"),
+            SearchKey::PhoneNumber.hash("48601234567")
         );
         assert_ne!(
-            key_hash(&SearchKey::Identifier, "A1"),
-            key_hash(&SearchKey::Identifier, "a1")
+            SearchKey::Identifier.hash("A1"),
+            SearchKey::Identifier.hash("a1")
         );
-        assert_ne!(
-            key_hash(&SearchKey::Identifier, "7"),
-            key_hash(&SearchKey::Nip, "7")
-        );
+        assert_ne!(SearchKey::Identifier.hash("7"), SearchKey::Nip.hash("7"));
     }
 
     #[test]
     fn the_index_tells_one_from_many() {
         let mut index = Index::default();
-        let h = key_hash(&SearchKey::Email, "a@b.pl");
+        let h = SearchKey::Email.hash("a@b.pl");
         index.add(1, [h]);
         index.add(1, [h]);
         index.finish();
@@ -361,7 +342,7 @@ mod tests {
     #[test]
     fn the_later_of_two_rows_with_one_key_value_is_invalid() {
         let mut seen = FileKeys::default();
-        let keys = |v: &str| vec![(SearchKey::Email, key_hash(&SearchKey::Email, v))];
+        let keys = |v: &str| vec![(SearchKey::Email, SearchKey::Email.hash(v))];
         let id = |row| RowId {
             row,
             line: row + 1,

@@ -27,7 +27,7 @@ pub enum Class {
     /// 429 or 503: the server did not process it; `Retry-After` if given.
     Throttled(Option<Duration>),
     /// The request never reached the server (connect error), or 408.
-    NotSent,
+    Undelivered,
     /// It may or may not have been applied (timeout, dropped, 5xx).
     Ambiguous,
     /// 401/403: credentials or permissions.
@@ -47,7 +47,7 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Class {
     match status {
         200..=299 => Class::Success,
         429 | 503 => Class::Throttled(retry_after),
-        408 => Class::NotSent,
+        408 => Class::Undelivered,
         401 | 403 => Class::Auth,
         300..=399 => Class::Redirected,
         400..=499 => Class::Rejected,
@@ -59,7 +59,7 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Class {
 /// nothing was sent.
 pub fn classify_error(e: &reqwest::Error) -> Class {
     if e.is_connect() && !e.is_timeout() {
-        Class::NotSent
+        Class::Undelivered
     } else {
         Class::Ambiguous
     }
@@ -124,7 +124,7 @@ impl Policy {
         rng: &mut impl Rng,
     ) -> Decision {
         let retryable = match class {
-            Class::Throttled(_) | Class::NotSent => true,
+            Class::Throttled(_) | Class::Undelivered => true,
             Class::Ambiguous => idempotent,
             Class::Success
             | Class::Auth
@@ -174,7 +174,7 @@ mod tests {
             Class::Throttled(Some(Duration::from_secs(2)))
         );
         assert_eq!(classify_status(503, None), Class::Throttled(None));
-        assert_eq!(classify_status(408, None), Class::NotSent);
+        assert_eq!(classify_status(408, None), Class::Undelivered);
         assert_eq!(classify_status(401, None), Class::Auth);
         assert_eq!(classify_status(403, None), Class::Auth);
         for s in [400, 404, 409, 413, 415, 422] {
@@ -234,7 +234,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            p.decide(&Class::NotSent, false, 1, &mut rng()),
+            p.decide(&Class::Undelivered, false, 1, &mut rng()),
             Decision::Retry { .. }
         ));
     }
@@ -246,11 +246,11 @@ mod tests {
             ..Policy::default()
         };
         assert!(matches!(
-            p.decide(&Class::NotSent, true, 2, &mut rng()),
+            p.decide(&Class::Undelivered, true, 2, &mut rng()),
             Decision::Retry { .. }
         ));
         assert_eq!(
-            p.decide(&Class::NotSent, true, 3, &mut rng()),
+            p.decide(&Class::Undelivered, true, 3, &mut rng()),
             Decision::Stop
         );
         for c in [

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::identity::KeyHash;
+use crate::hash::KeyHash;
 
 /// Why the state cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -483,16 +483,6 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Optio
             }
         }
     }
-}
-
-/// The hash of a payload as sent (its JSON).
-pub fn payload_hash(payload: &impl serde::Serialize) -> KeyHash {
-    use sha2::Digest;
-    let json = serde_json::to_vec(payload).unwrap_or_default();
-    let d = sha2::Sha256::digest(&json);
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    u128::from_be_bytes(b)
 }
 
 #[cfg(test)]

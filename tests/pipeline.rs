@@ -74,7 +74,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         limits,
         Arc::new(Abort::default()),
         progress.clone(),
-        pipeline::Sync::default(),
+        pipeline::Matching::default(),
     )
     .await;
     assert_eq!(end.rows_read, 300);
@@ -217,7 +217,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         limits,
         Arc::new(Abort::default()),
         Arc::new(Progress::default()),
-        pipeline::Sync::default(),
+        pipeline::Matching::default(),
     )
     .await;
     let read = end.read_error.expect("the read error is reported");

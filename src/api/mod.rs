@@ -28,6 +28,7 @@ pub mod campaigns;
 pub mod customers;
 pub mod feed;
 pub mod field_groups;
+pub mod keys;
 pub mod payload;
 pub mod system;
 
@@ -69,7 +70,7 @@ impl<A> Call<A> {
     pub fn not_sent(reason: impl Into<String>) -> Call<A> {
         Call {
             attempts: 0,
-            result: Err(CallError::NotSent {
+            result: Err(CallError::Stopping {
                 reason: reason.into(),
             }),
         }
@@ -110,7 +111,7 @@ pub enum RowFate<T> {
         message: String,
     },
     /// Never sent: the run was stopping.
-    NotSent { message: String },
+    Stopping { message: String },
 }
 
 impl<T> RowFate<T> {
@@ -135,7 +136,7 @@ impl<T> RowFate<T> {
                 http_status: e.http_status(),
                 message,
             },
-            CallError::NotSent { .. } => RowFate::NotSent { message },
+            CallError::Stopping { .. } => RowFate::Stopping { message },
         }
     }
 

@@ -393,8 +393,8 @@ impl Customer {
 
     /// The customer's values of a match key: one identifier, every e-mail
     /// address and phone number, one NIP, one custom field's value.
-    pub fn key_values(&self, key: &crate::api::customers::SearchKey) -> Vec<String> {
-        use crate::api::customers::SearchKey;
+    pub fn key_values(&self, key: &crate::api::keys::SearchKey) -> Vec<String> {
+        use crate::api::keys::SearchKey;
         let one = |v: &Option<Scalar>| v.iter().map(|s| s.text().trim().to_string()).collect();
         let many = |v: &Option<OneOrMany>| {
             v.iter()

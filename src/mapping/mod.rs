@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::api::customers::SearchKey;
+use crate::api::keys::SearchKey;
 use crate::api::payload::{
     AddressKind, AddressPart, Cleared, Customer, CustomerField, FeedMessage, FeedRecord, ItemValue,
     Named, RecordField, RecordFields, RecordUpdate, Scalar,
@@ -1373,7 +1373,7 @@ impl Plan {
     /// The hashes of a row's match-key values (`[customer] match`), computed
     /// from its cells without building its payloads; empty without `match`
     /// or when the customer stage does not run for the row.
-    pub fn key_hashes(&self, cells: CellsRef<'_>) -> Vec<(SearchKey, crate::identity::KeyHash)> {
+    pub fn key_hashes(&self, cells: CellsRef<'_>) -> Vec<(SearchKey, crate::hash::KeyHash)> {
         let (Some(upsert), Some((stage, c))) = (&self.upsert, &self.customer) else {
             return Vec::new();
         };
@@ -1404,7 +1404,7 @@ impl Plan {
             for v in values {
                 let text = Scalar::from_value(v).text().trim().to_string();
                 if !text.is_empty() {
-                    out.push((key.clone(), crate::identity::key_hash(key, &text)));
+                    out.push((key.clone(), key.hash(&text)));
                 }
             }
         }

@@ -12,10 +12,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{event, fate_event, join_ids, LookupReason, MappedRow, Run};
+use super::{event, fate_event, CustomerState, Downstream, LookupReason, MappedRow, Run};
 use crate::api::customers::{CreateCustomers, Created, UpdateCustomers};
 use crate::api::payload::CustomerUpdate;
 use crate::api::{self, Call, RowFate};
@@ -23,23 +22,7 @@ use crate::identity::{Finder, Found, RowKeys};
 use crate::ledger::{Action, Entry, Intent, RowEvent, Stage, Status};
 use crate::mapping::{ItemMode, OnMatch, OnMissing};
 use crate::state::Learnt;
-
-/// Where a row stands after the customer stage.
-#[derive(Debug, Clone)]
-pub(super) enum CustomerState {
-    Id(i64),
-    /// No customer was created (refused, failed, or not sent): later stages
-    /// needing one are skipped with this reason.
-    NotCreated(String),
-    /// The creation's outcome is unknown: later stages are skipped until
-    /// `retry` finds out.
-    Unknown(String),
-    /// The row has no stage that needs a customer.
-    NotNeeded,
-}
-
-/// Rows handed downstream, with where their customer stands.
-pub(super) type Downstream = mpsc::Sender<(MappedRow, CustomerState)>;
+use crate::text::join_ids;
 
 /// Drops the stages that need the row's customer (it has none), once the
 /// row is already being sent (its outcomes counted): the stages dropped
@@ -63,7 +46,7 @@ fn drop_customer_stages(row: &mut MappedRow) {
 /// The customer's payload as an update sends it (with `clear_empty`, the
 /// empty cells as empty values), and its hash for the sync state.
 fn update_fields(run: &Run, row: &MappedRow) -> Option<crate::api::payload::Customer> {
-    customer_update(run.sync.upsert.as_ref(), &row.payloads)
+    customer_update(run.matching.upsert.as_ref(), &row.payloads)
 }
 
 /// The customer's payload as an update sends it under `upsert`.
@@ -96,28 +79,28 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
     let Some(customer) = &row.payloads.customer else {
         return (row, None);
     };
-    let keys = match &run.sync.upsert {
+    let keys = match &run.matching.upsert {
         Some(u) => u.keys.clone(),
-        None => vec![crate::api::customers::SearchKey::Identifier],
+        None => vec![crate::api::keys::SearchKey::Identifier],
     };
     row.keys = RowKeys::of(customer, &keys);
     if let LookupReason::Confirm(known) = reason {
         return confirm(&run, row, known).await;
     }
-    let upsert = run.sync.upsert.clone();
+    let upsert = run.matching.upsert.clone();
     let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
     let mut ev = event(row.id, Stage::Customer, Status::Ok);
     // What earlier runs learnt, as a hint (`--full` asks Thulium for every
     // row, and so repairs the state).
     let remembered = match reason {
-        LookupReason::Match if !run.sync.full => run.sync.finder.remembered(&row.keys),
+        LookupReason::Match if !run.matching.full => run.matching.finder.remembered(&row.keys),
         _ => None,
     };
     if let Some(id) = remembered {
         // Without an index, confirming costs a lookup: an unchanged row
         // writes nothing, so it needs none. With an index, Thulium's answer
         // is already at hand and is asked below.
-        if run.sync.finder.index.is_none() && writes_nothing(&run, &row, id, on_match) {
+        if run.matching.finder.index.is_none() && writes_nothing(&run, &row, id, on_match) {
             ev.customer_id = Some(id);
             if on_match == OnMatch::Skip {
                 ev.action = Some(Action::SkippedExisting);
@@ -138,7 +121,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         let fresh = Finder::fresh();
         let finder = match reason {
             LookupReason::UnknownBefore => &fresh,
-            LookupReason::Match | LookupReason::Confirm(_) => &run.sync.finder,
+            LookupReason::Match | LookupReason::Confirm(_) => &run.matching.finder,
         };
         let (found, attempts) = finder.find(&run.client, &row.keys).await;
         if attempts > 0 {
@@ -174,7 +157,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
             ev.action = Some(Action::Adopted);
             let hash = row_hash(&run, &row);
             let sent_before = hash.is_some_and(|h| {
-                run.sync
+                run.matching
                     .state
                     .as_ref()
                     .and_then(|s| s.part(customer_id, "customer"))
@@ -207,7 +190,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                 return (row, Some(ev));
             }
             let hash = row_hash(&run, &row);
-            if let (Some(hash), false) = (hash, run.sync.full) {
+            if let (Some(hash), false) = (hash, run.matching.full) {
                 if run.unchanged(customer_id, "customer", hash).is_some() {
                     ev.action = Some(Action::Unchanged);
                     // Confirmed: the keys are this customer's.
@@ -279,8 +262,8 @@ async fn confirm(run: &Run, mut row: MappedRow, known: i64) -> (MappedRow, Optio
             return unconfirmed(row, known, &e.to_string());
         }
     };
-    let by_keys = if run.sync.upsert.is_some() {
-        let (found, attempts) = run.sync.finder.find(&run.client, &row.keys).await;
+    let by_keys = if run.matching.upsert.is_some() {
+        let (found, attempts) = run.matching.finder.find(&run.client, &row.keys).await;
         if attempts > 0 {
             run.looked_up(&found);
         }
@@ -316,7 +299,7 @@ async fn confirm(run: &Run, mut row: MappedRow, known: i64) -> (MappedRow, Optio
             run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
             run.learn(Learnt::ForgetCustomer { customer_id: known });
             let skip = run
-                .sync
+                .matching
                 .upsert
                 .as_ref()
                 .is_some_and(|u| u.on_missing == OnMissing::Skip);
@@ -354,7 +337,7 @@ fn skip_missing(ev: &mut RowEvent, row: &mut MappedRow) {
 
 /// Several customers match: nothing is sent. `retry` looks again (someone
 /// may have merged them since).
-fn ambiguous(run: &Run, ev: &mut RowEvent, ids: &[i64], key: &crate::api::customers::SearchKey) {
+fn ambiguous(run: &Run, ev: &mut RowEvent, ids: &[i64], key: &crate::api::keys::SearchKey) {
     run.progress.duplicates.fetch_add(1, Ordering::Relaxed);
     ev.status = Some(Status::Failed);
     ev.retryable = Some(true);
@@ -371,8 +354,8 @@ fn lookup_failed(ev: &mut RowEvent, e: &str) {
 /// fields (unless `on_match = "skip"`), items, campaign record and feed
 /// message are what the sync state says was sent to it before.
 fn writes_nothing(run: &Run, row: &MappedRow, id: i64, on_match: OnMatch) -> bool {
-    use super::downstream::{campaign_hash, feed_hash, item_hash};
-    let Some(state) = &run.sync.state else {
+    use super::parts::{campaign_hash, feed_hash, item_hash};
+    let Some(state) = &run.matching.state else {
         return false;
     };
     let same = |part: &str, hash| state.part(id, part).is_some_and(|(h, _)| h == hash);
@@ -383,7 +366,7 @@ fn writes_nothing(run: &Run, row: &MappedRow, id: i64, on_match: OnMatch) -> boo
             .payloads
             .field_groups
             .iter()
-            .all(|i| same(&run.sync.group_part(i.index), item_hash(i)))
+            .all(|i| same(&run.matching.group_part(i.index), item_hash(i)))
         && row
             .payloads
             .campaign
@@ -407,7 +390,7 @@ fn existing(run: &Run, row: &mut MappedRow, customer_id: i64) {
 /// items are looked for before any is created.
 fn upsert_items(run: &Run, row: &mut MappedRow) {
     row.existed = true;
-    if run.sync.upsert.is_some() {
+    if run.matching.upsert.is_some() {
         for item in &mut row.payloads.field_groups {
             if item.mode == ItemMode::Create {
                 item.mode = ItemMode::Upsert;
@@ -540,8 +523,8 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
     settled
 }
 
-fn row_hash(run: &Run, row: &MappedRow) -> Option<crate::identity::KeyHash> {
-    update_fields(run, row).map(|c| crate::state::payload_hash(&c))
+fn row_hash(run: &Run, row: &MappedRow) -> Option<crate::hash::KeyHash> {
+    update_fields(run, row).map(|c| crate::hash::payload_hash(&c))
 }
 
 /// The create calls, bisected on a whole-call 4xx.
@@ -599,7 +582,7 @@ impl api::Batch for CreateBatch<'_> {
                     CustomerState::Id(c.customer_id)
                 }
                 RowFate::Unknown { .. }
-                    if run.sync.upsert.is_some()
+                    if run.matching.upsert.is_some()
                         && !row.keys.is_empty()
                         && !self.last_round
                         && !run.abort.is_set() =>
@@ -704,7 +687,7 @@ async fn find_again(
         ev.retryable = None;
         ev.customer_id = None;
         let on_missing = run
-            .sync
+            .matching
             .upsert
             .as_ref()
             .map_or(OnMissing::Create, |u| u.on_missing);

@@ -11,18 +11,19 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::customers::CustomerState;
+use super::parts::{campaign_hash, feed_hash, item_hash, update_hash};
+use super::CustomerState;
 use super::{event, fate_event, MappedRow, Run};
 use crate::api::campaigns::{AddRecords, Added, UpdateRecord};
 use crate::api::feed::CreateFeedRecord;
 use crate::api::field_groups::{choose_item, CreateItem, ItemChoice, ItemCreated, UpdateItem};
-use crate::api::payload::{CampaignRecord, FeedMessage, FeedRecord, NewItem, RecordFields};
+use crate::api::payload::{CampaignRecord, FeedRecord, NewItem, RecordFields};
 use crate::api::{self, Call, RowFate};
-use crate::identity::KeyHash;
+use crate::hash::KeyHash;
 use crate::ledger::{Action, Entry, Stage, Status};
 use crate::mapping::{CampaignPayload, FeedOnMatch, ItemMode, ItemPayload, UpdatePayload};
 use crate::source::RowId;
-use crate::state::{payload_hash, Learnt};
+use crate::state::Learnt;
 
 /// A row's customer, as the later stages need it.
 #[derive(Debug, Clone, Copy)]
@@ -193,29 +194,6 @@ pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow,
         spawn_campaign(&run, &mut tasks, chunk).await;
     }
     while tasks.join_next().await.is_some() {}
-}
-
-/// The sync state's hash of a field-group item (the block's group and
-/// values as sent).
-pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
-    payload_hash(&(item.group_id, &item.values))
-}
-
-/// The sync state's hash of a campaign record (the campaign and the record's
-/// fields).
-pub(super) fn campaign_hash(campaign: &CampaignPayload) -> KeyHash {
-    payload_hash(&(&campaign.campaign_id, &campaign.record))
-}
-
-/// The sync state's hash of a campaign record edit.
-pub(super) fn update_hash(update: &UpdatePayload) -> KeyHash {
-    payload_hash(&(&update.campaign_id, &update.identifier, &update.body))
-}
-
-/// The sync state's hash of a feed message (text, author, time: not its id,
-/// which defaults to the row number and moves with the file).
-pub(super) fn feed_hash(feed: &FeedMessage) -> KeyHash {
-    payload_hash(&(&feed.payload, &feed.author, &feed.time))
 }
 
 /// A stage not sent because its payload is what the sync state says was
@@ -397,7 +375,7 @@ impl api::Batch for CampaignBatch<'_> {
                         // changed it since, which the API cannot tell.
                         let sent_before = self
                             .run
-                            .sync
+                            .matching
                             .state
                             .as_ref()
                             .and_then(|s| s.part(r.customer_id, "campaign"))
@@ -452,10 +430,10 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
             ItemMode::Create => create_item(&run, id, customer_id, &item).await,
             ItemMode::Reconcile => to_find.push(item),
             ItemMode::Upsert => {
-                let part = run.sync.group_part(item.index);
+                let part = run.matching.group_part(item.index);
                 let hash = item_hash(&item);
                 let known = run
-                    .sync
+                    .matching
                     .state
                     .as_ref()
                     .and_then(|s| s.part(customer_id, &part));
@@ -463,7 +441,7 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                     to_find.push(item);
                     continue;
                 };
-                if known_hash == hash && !run.sync.full {
+                if known_hash == hash && !run.matching.full {
                     let mut ev =
                         unchanged_event(id, Stage::FieldGroup, Some(item.index), customer_id);
                     ev.item_id = known_item;
@@ -535,7 +513,7 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                 None => {
                     run.learn(Learnt::ForgetPart {
                         customer_id,
-                        part: run.sync.group_part(item.index),
+                        part: run.matching.group_part(item.index),
                     });
                     None
                 }
@@ -570,7 +548,7 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                 .await;
             continue;
         }
-        let part = run.sync.group_part(item.index);
+        let part = run.matching.group_part(item.index);
         let hash = item_hash(item);
         let mut ev = item_event(id, item, customer_id);
         ev.attempts = Some(call.attempts);
@@ -609,7 +587,7 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                 ev.retryable = Some(false);
                 ev.message = Some(format!(
                     "ambiguous item: items {} of customer {customer_id} in field group {} could each be this block's ({}); nothing written: add `match` to the [[field_group]] or tidy the items in Thulium",
-                    super::join_ids(&ids),
+                    crate::text::join_ids(&ids),
                     item.group_id,
                     if item.match_ids.is_empty()
                         && found.iter().all(|f| f.shares(&item.values) == 0)
@@ -643,7 +621,7 @@ fn item_event(id: RowId, item: &ItemPayload, customer_id: i64) -> crate::ledger:
 /// Creates an item (`POST customer_field_group_items`, not idempotent:
 /// an intent first), remembered in the state with its id.
 async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload) {
-    let part = run.sync.group_part(item.index);
+    let part = run.matching.group_part(item.index);
     let hash = item_hash(item);
     let endpoint = CreateItem {
         item: NewItem {
@@ -717,7 +695,7 @@ async fn update_item(
         offset: ev.offset,
         fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
     };
-    let part = run.sync.group_part(item.index);
+    let part = run.matching.group_part(item.index);
     let hash = item_hash(item);
     let customer_id = ev.customer_id.unwrap_or_default();
     let mut out = fate_event(
@@ -772,7 +750,7 @@ enum FeedPlan {
 }
 
 fn feed_plan(run: &Run, customer: Customer, created: bool, hash: KeyHash) -> FeedPlan {
-    let state = run.sync.state.as_deref();
+    let state = run.matching.state.as_deref();
     // A customer created by this run has no history yet, whatever the state
     // remembers for its id (another customer's, before a restore).
     if created {
@@ -785,7 +763,7 @@ fn feed_plan(run: &Run, customer: Customer, created: bool, hash: KeyHash) -> Fee
         return FeedPlan::Send { track: false };
     }
     if state.is_some_and(|s| s.knows_feed_of(customer.id))
-        || run.sync.feed_on_match == FeedOnMatch::Send
+        || run.matching.feed_on_match == FeedOnMatch::Send
     {
         return FeedPlan::Send { track: false };
     }
@@ -808,7 +786,7 @@ async fn feed_record(
     if run.abort.is_set() {
         return run.stopped(&[id], Stage::Feed, None).await;
     }
-    if let Some(state) = run.sync.state.clone() {
+    if let Some(state) = run.matching.state.clone() {
         let written =
             tokio::task::spawn_blocking(move || state.will_send_feed(customer_id, hash, track))
                 .await;
@@ -846,7 +824,7 @@ async fn feed_record(
     // Failed (refused, or never processed) and skipped (not sent) created
     // nothing; ok and unknown may have.
     if matches!(status, None | Some(Status::Failed | Status::Skipped)) {
-        if let Some(state) = run.sync.state.clone() {
+        if let Some(state) = run.matching.state.clone() {
             let taken =
                 tokio::task::spawn_blocking(move || state.feed_not_sent(customer_id, hash)).await;
             if !matches!(taken, Ok(Ok(()))) {

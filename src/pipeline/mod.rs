@@ -27,6 +27,7 @@
 
 mod customers;
 mod downstream;
+mod parts;
 
 pub use customers::customer_update;
 pub use downstream::{CampaignBatcher, CampaignChunk, PendingRecord};
@@ -40,12 +41,29 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::api::{self, ApiClient, Call, Endpoint, RowFate};
-use crate::identity::{Finder, KeyHash, RowKeys};
+use crate::hash::KeyHash;
+use crate::identity::{Finder, RowKeys};
 use crate::ledger::{self, Action, Entry, Intent, Ledger, RowEvent, Stage, Status};
 use crate::mapping::{RowPayloads, Upsert};
 use crate::source::{FieldError, RowId, Source, SourceError};
 use crate::state::{Learnt, SyncState};
-use customers::CustomerState;
+
+/// Where a row stands after the customer stage.
+#[derive(Debug, Clone)]
+pub(crate) enum CustomerState {
+    Id(i64),
+    /// No customer was created (refused, failed, or not sent): later stages
+    /// needing one are skipped with this reason.
+    NotCreated(String),
+    /// The creation's outcome is unknown: later stages are skipped until
+    /// `retry` finds out.
+    Unknown(String),
+    /// The row has no stage that needs a customer.
+    NotNeeded,
+}
+
+/// Rows handed downstream, with where their customer stands.
+pub(crate) type Downstream = mpsc::Sender<(MappedRow, CustomerState)>;
 
 /// Calls in flight at most, without `--concurrency`.
 pub const MAX_IN_FLIGHT: usize = 32;
@@ -75,7 +93,7 @@ pub struct MappedRow {
     pub lookup: Option<LookupReason>,
     /// Outcomes known before anything is sent (a row invalid before that
     /// maps now; stages left as they were), recorded as the row comes in.
-    pub first: Vec<RowEvent>,
+    pub known_before: Vec<RowEvent>,
     /// The row's match-key values (once looked up).
     pub keys: RowKeys,
     /// The matched customer to update.
@@ -100,7 +118,7 @@ impl MappedRow {
             id,
             payloads,
             lookup: None,
-            first: Vec::new(),
+            known_before: Vec::new(),
             keys: RowKeys::default(),
             update_of: None,
             existed: false,
@@ -130,7 +148,7 @@ pub enum LookupReason {
 /// How the run finds and remembers customers that exist: the mapping's
 /// `match`, an index of the system, the sync state.
 #[derive(Debug, Default)]
-pub struct Sync {
+pub struct Matching {
     pub upsert: Option<Upsert>,
     pub finder: Finder,
     /// The sync state (`--state`), when given (the finder reads it too).
@@ -143,7 +161,7 @@ pub struct Sync {
     pub feed_on_match: crate::mapping::FeedOnMatch,
 }
 
-impl Sync {
+impl Matching {
     /// The sync state's name of the i-th field group.
     fn group_part(&self, index: usize) -> String {
         self.group_parts
@@ -295,7 +313,7 @@ struct Run {
     consecutive_failures: AtomicU64,
     /// Rows being sent, by row number.
     pending: Mutex<HashMap<u64, Pending>>,
-    sync: Sync,
+    matching: Matching,
 }
 
 /// One row's outcome at one stage, ready to be written.
@@ -343,7 +361,7 @@ pub fn fate_event<T>(
             ev.status = Some(Status::Unknown);
             ev.message = Some(message.clone());
         }
-        RowFate::NotSent { message } => {
+        RowFate::Stopping { message } => {
             ev.status = Some(Status::Skipped);
             ev.message = Some(message.clone());
             ev.retryable = Some(true);
@@ -444,7 +462,7 @@ impl Run {
             .abort
             .stopping()
             .unwrap_or_else(|| "the run was stopped".into());
-        let fate: RowFate<()> = RowFate::NotSent {
+        let fate: RowFate<()> = RowFate::Stopping {
             message: format!("not sent: the run stopped ({reason})"),
         };
         let entries = ids
@@ -458,7 +476,7 @@ impl Run {
     fn observe<A>(&self, call: &Call<A>) {
         let failed = match &call.result {
             Ok(_) => false,
-            Err(api::CallError::NotSent { .. }) => return,
+            Err(api::CallError::Stopping { .. }) => return,
             Err(e) => {
                 if let Some(reason) = e.stops_the_run() {
                     self.abort.trip(reason);
@@ -515,14 +533,14 @@ impl Run {
 
     /// Writes something learnt into the sync state, if there is one.
     fn learn(&self, learnt: Learnt) {
-        if let Some(state) = &self.sync.state {
+        if let Some(state) = &self.matching.state {
             state.learn(learnt);
         }
     }
 
     /// A part of a customer was sent with this payload hash.
     fn learn_part(&self, customer_id: i64, part: &str, hash: KeyHash, item_id: Option<i64>) {
-        if self.sync.state.is_some() {
+        if self.matching.state.is_some() {
             self.learn(Learnt::Part {
                 customer_id,
                 part: part.into(),
@@ -535,7 +553,7 @@ impl Run {
     /// A row's keys belong to this customer, whose payload (if sent) hashes
     /// as `hash`.
     fn learn_customer(&self, row: &MappedRow, customer_id: i64, hash: Option<KeyHash>) {
-        if self.sync.state.is_none() {
+        if self.matching.state.is_none() {
             return;
         }
         for (_, key) in row.keys.hashes() {
@@ -549,10 +567,10 @@ impl Run {
     /// With a sync state and without `--full`: `Some(item id)` when a part
     /// of a customer was last sent with this very payload.
     fn unchanged(&self, customer_id: i64, part: &str, hash: KeyHash) -> Option<Option<i64>> {
-        if self.sync.full {
+        if self.matching.full {
             return None;
         }
-        let (known, item_id) = self.sync.state.as_ref()?.part(customer_id, part)?;
+        let (known, item_id) = self.matching.state.as_ref()?.part(customer_id, part)?;
         (known == hash).then_some(item_id)
     }
 
@@ -667,23 +685,23 @@ fn after_unknown(
     id: RowId,
     mut payloads: RowPayloads,
     include_unknown: bool,
-    keys: &[crate::api::customers::SearchKey],
+    keys: &[crate::api::keys::SearchKey],
 ) -> MappedRow {
     let unknown = std::mem::take(&mut payloads.unknown);
-    let rules = crate::resume::Rules {
+    let rules = crate::needs::Rules {
         // The person edited the file: refused rows are sent again.
         changed: true,
         include_unknown,
     };
-    let previous = crate::resume::failed_csv_previous(&unknown);
-    let kept = crate::resume::keep_what_is_not_done(&mut payloads, &previous, None, rules, keys);
+    let previous = crate::needs::failed_csv_previous(&unknown);
+    let kept = crate::needs::keep_what_is_not_done(&mut payloads, &previous, None, rules, keys);
     let mut row = MappedRow::new(id, payloads);
     row.lookup = kept.look_up.then_some(LookupReason::UnknownBefore);
     for (stage, group, reason) in kept.left {
         let mut ev = event(id, stage, Status::Unknown);
         ev.group = (stage == Stage::FieldGroup).then_some(group);
         ev.message = Some(format!("left out of this import: {reason}"));
-        row.first.push(ev);
+        row.known_before.push(ev);
     }
     row
 }
@@ -693,7 +711,7 @@ fn after_unknown(
 pub fn invalid_message(id: RowId, errors: &[FieldError]) -> String {
     errors
         .iter()
-        .map(|e| crate::check::RowIssue::new(id, e.clone()).to_string())
+        .map(|e| crate::source::RowIssue::new(id, e.clone()).to_string())
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -707,7 +725,7 @@ pub async fn run(
     limits: Limits,
     abort: Arc<Abort>,
     progress: Arc<Progress>,
-    sync: Sync,
+    matching: Matching,
 ) -> RunEnd {
     let run = Arc::new(Run {
         client,
@@ -718,7 +736,7 @@ pub async fn run(
         progress: progress.clone(),
         consecutive_failures: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
-        sync,
+        matching,
     });
 
     // 0. Calls in flight follow rate × latency, within the limit.
@@ -773,7 +791,7 @@ pub async fn run(
                     match item {
                         Incoming::Mapped(mut row)
                             if row.lookup.is_some()
-                                || (run.sync.upsert.is_some()
+                                || (run.matching.upsert.is_some()
                                     && row.payloads.customer.is_some()) =>
                         {
                             row.lookup.get_or_insert(LookupReason::Match);
@@ -812,19 +830,19 @@ pub async fn run(
     // are written in groups: one fsync per row would set the pace of a run
     // that sends little. The rows they belong to go downstream only once
     // they are written, so that the ledger tells each row's story in order.
-    let mut known = Vec::new();
-    let mut held: Vec<(MappedRow, CustomerState)> = Vec::new();
+    let mut known_outcomes = Vec::new();
+    let mut rows_waiting: Vec<(MappedRow, CustomerState)> = Vec::new();
     let mut last_flush = std::time::Instant::now();
     while let Some((item, looked_up)) = lookups.next().await {
-        let waiting = !known.is_empty() || !held.is_empty();
-        if (known.len() >= KNOWN_GROUP
-            || held.len() >= KNOWN_GROUP
+        let waiting = !known_outcomes.is_empty() || !rows_waiting.is_empty();
+        if (known_outcomes.len() >= KNOWN_GROUP
+            || rows_waiting.len() >= KNOWN_GROUP
             || (waiting && last_flush.elapsed() >= std::time::Duration::from_secs(1)))
-            && !flush_known(&run, &mut known, &mut held, &down_tx).await
+            && !flush_known(&run, &mut known_outcomes, &mut rows_waiting, &down_tx).await
         {
             break;
         }
-        if known.is_empty() && held.is_empty() {
+        if known_outcomes.is_empty() && rows_waiting.is_empty() {
             // The age of what waits is measured from its arrival.
             last_flush = std::time::Instant::now();
         }
@@ -841,15 +859,19 @@ pub async fn run(
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
                 let mut ev = event(id, Stage::Mapping, Status::Invalid);
                 ev.message = Some(invalid_message(id, &errors));
-                known.push(Entry::Row(ev));
+                known_outcomes.push(Entry::Row(ev));
             }
             Incoming::Mapped(mut row) => {
                 rows_read += 1;
                 progress.rows_read.store(rows_read, Ordering::Relaxed);
-                if row.first.iter().any(|e| e.status == Some(Status::Unknown)) {
+                if row
+                    .known_before
+                    .iter()
+                    .any(|e| e.status == Some(Status::Unknown))
+                {
                     progress.left_unknown.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut first: Vec<Entry> = std::mem::take(&mut row.first)
+                let mut now_known: Vec<Entry> = std::mem::take(&mut row.known_before)
                     .into_iter()
                     .chain(looked_up)
                     .map(Entry::Row)
@@ -857,9 +879,9 @@ pub async fn run(
                 for (stage, problem) in &row.payloads.invalid_stages {
                     let mut ev = event(row.id, *stage, Status::Invalid);
                     ev.message = Some(invalid_message(row.id, std::slice::from_ref(problem)));
-                    first.push(Entry::Row(ev));
+                    now_known.push(Entry::Row(ev));
                 }
-                let recorded_now = first.len() - row.payloads.invalid_stages.len();
+                let recorded_now = now_known.len() - row.payloads.invalid_stages.len();
                 match row.payloads.outcomes() + recorded_now as u32 {
                     0 => {
                         progress.rows_settled.fetch_add(1, Ordering::Relaxed);
@@ -877,7 +899,7 @@ pub async fn run(
                             );
                     }
                 }
-                known.extend(first);
+                known_outcomes.extend(now_known);
                 if row.payloads.customer.is_some() {
                     let update = row.update_of.is_some();
                     let chunk = if update { &mut updates } else { &mut batch };
@@ -892,7 +914,7 @@ pub async fn run(
                         (None, Some(id)) => CustomerState::Id(id),
                         (None, None) => CustomerState::NotNeeded,
                     };
-                    held.push((*row, state));
+                    rows_waiting.push((*row, state));
                 }
             }
         }
@@ -900,7 +922,7 @@ pub async fn run(
     }
     // Closing the stream closes the reader's channel: it stops reading.
     drop(lookups);
-    flush_known(&run, &mut known, &mut held, &down_tx).await;
+    flush_known(&run, &mut known_outcomes, &mut rows_waiting, &down_tx).await;
     for (rows, update) in [(batch, false), (updates, true)] {
         if !rows.is_empty() {
             customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
@@ -914,7 +936,7 @@ pub async fn run(
     in_flight.abort();
     // The state is written before the end: a state that lags what the
     // ledger says was sent is an aborted run, said in the end event.
-    if let Some(state) = &run.sync.state {
+    if let Some(state) = &run.matching.state {
         if let Err(e) = state.flush() {
             abort.trip(e.to_string());
         }
@@ -956,15 +978,15 @@ async fn follow_in_flight(run: Arc<Run>) {
         } else {
             cap
         };
-        let held = issued - owed;
-        if target > held {
-            let more = target - held;
+        let in_use = issued - owed;
+        if target > in_use {
+            let more = target - in_use;
             let repaid = more.min(owed);
             owed -= repaid;
             run.permits.add_permits(more - repaid);
             issued += more - repaid;
-        } else if target < held {
-            owed += held - target;
+        } else if target < in_use {
+            owed += in_use - target;
         }
         if owed > 0 {
             let taken = run.permits.forget_permits(owed);
@@ -986,26 +1008,17 @@ const KNOWN_GROUP: usize = 512;
 /// downstream stages are gone.
 async fn flush_known(
     run: &Run,
-    known: &mut Vec<Entry>,
-    held: &mut Vec<(MappedRow, CustomerState)>,
-    down: &customers::Downstream,
+    known_outcomes: &mut Vec<Entry>,
+    rows_waiting: &mut Vec<(MappedRow, CustomerState)>,
+    down: &Downstream,
 ) -> bool {
-    if !run.record(std::mem::take(known)).await {
+    if !run.record(std::mem::take(known_outcomes)).await {
         return false;
     }
-    for item in held.drain(..) {
+    for item in rows_waiting.drain(..) {
         if down.send(item).await.is_err() {
             return false;
         }
     }
     true
-}
-
-/// `12, 57 and 90`.
-pub fn join_ids(ids: &[i64]) -> String {
-    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-    match ids.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-        _ => ids.join(""),
-    }
 }

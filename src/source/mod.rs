@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 
 use encoding_rs::Encoding;
 
+mod issue;
 pub mod sheet;
 
+pub use issue::RowIssue;
 pub use sheet::{is_spreadsheet, SheetInfo};
 
 /// How to read the file, from the mapping's `[source]` table.
@@ -1083,17 +1085,7 @@ pub fn sniff_delimiter(head: &[u8], quote: u8) -> u8 {
     }
 }
 
-/// A value for a message: at most 60 characters, so that a 10 MB cell does
-/// not become a 10 MB log line.
-pub fn shorten(value: &str) -> String {
-    const MAX: usize = 60;
-    if value.chars().count() <= MAX {
-        value.to_string()
-    } else {
-        let cut: String = value.chars().take(MAX).collect();
-        format!("{cut}… ({} characters)", value.chars().count())
-    }
-}
+pub use crate::text::shorten;
 
 #[cfg(test)]
 mod tests {
