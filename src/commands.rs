@@ -7,25 +7,19 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::check::{self, Input};
-use crate::cli::{
-    CheckArgs, Cli, Command, IndexMode, InitArgs, OutputArgs, PaceArgs, ReportArgs, RetryArgs,
-    RunArgs, SandboxArgs, SyncArgs,
-};
+use crate::cli::{CheckArgs, Cli, Command, InitArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs};
 use crate::client::{ApiClient, ClientConfig};
-use crate::credentials::{self, Credentials, Password};
-use crate::identity;
+use crate::credentials;
 use crate::init;
-use crate::ledger::{self, Header, Ledger, LedgerLock};
+use crate::job;
+use crate::ledger::LedgerLock;
 use crate::outcomes::Outcomes;
-use crate::pace::RateSpec;
-use crate::pipeline::{self, Abort, Limits, Progress};
+use crate::pipeline;
 use crate::preflight;
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::state::SyncState;
 use crate::Exit;
-use crate::{mapping, progress, report, resume};
+use crate::{mapping, report};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Runs one parsed command line to its end.
 pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
@@ -155,7 +149,14 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     }
     let report = if args.online {
         let client = reading_client(&args.connect)?;
-        let system = preflight(&input.mapping, &args.csv, &args.mapping, &client, true)
+        let (named, from_column) = preflight::constant_campaigns(&input.mapping.raw);
+        let wanted = job::SurveyFor {
+            campaigns: from_column,
+            ..job::SurveyFor::default()
+        };
+        let options = input.mapping.source_options()?;
+        let survey = job::survey(&args.csv, &options, &input.plan, wanted, named)?;
+        let system = job::preflight(&input.mapping, survey.named, &client, true)
             .await?
             .unwrap_or_default();
         check::check_online(&mut input, args.limit, &system)?
@@ -286,115 +287,18 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `thulium-import run`: the import.
+/// `thulium-import run`: the import, prepared by the job layer.
 async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
-    check_pace(&args.pace)?;
-    let input = Input::open(&args.csv, &args.mapping)?;
-    check_sync(&args.sync, &input.plan)?;
-    // The in-process sandbox gets a fresh random password: nothing to leak.
-    let sandbox = if args.sandbox {
-        let password = format!("{:032x}", rand::random::<u128>());
-        let config = SandboxConfig {
-            password: password.clone(),
-            ..SandboxConfig::default()
-        };
-        let sandbox = Sandbox::start(config)
-            .await
-            .context("cannot start the sandbox")?;
-        eprintln!(
-            "Sandbox started on {} (in-process; it ends with this run)",
-            sandbox.url()
-        );
-        Some((sandbox, password))
-    } else {
-        None
-    };
-    let credentials = match &sandbox {
-        Some((s, password)) => Credentials {
-            root: s.url(),
-            user: "api_user".into(),
-            password: Password::new(password.clone()),
-        },
-        None => credentials::resolve(
-            args.connect.url.as_deref(),
-            args.connect.user.as_deref(),
-            args.connect.password_file.as_deref(),
-        )?,
-    };
-    // A rehearsal against the in-process sandbox gets its own default ledger,
-    // replaced on every run: the sandbox it describes is gone.
-    let ledger_path = args.ledger.clone().unwrap_or_else(|| {
-        let mut p = args.csv.clone().into_os_string();
-        p.push(if args.sandbox {
-            ".sandbox.ledger.jsonl"
-        } else {
-            ".ledger.jsonl"
-        });
-        p.into()
-    });
-    let existing = if args.force_new_ledger {
-        ledger::Existing::KeepAside
-    } else if args.sandbox && args.ledger.is_none() {
-        ledger::Existing::Replace
-    } else {
-        ledger::Existing::Refuse
-    };
-    let header = Header {
-        version: 1,
-        // Absolute, so that `retry` finds them from any working directory.
-        source: absolute(&args.csv),
-        source_sha256: ledger::sha256_file(&args.csv)
-            .with_context(|| format!("{}: cannot read", args.csv.display()))?,
-        mapping: absolute(&args.mapping),
-        mapping_sha256: ledger::sha256_file(&args.mapping)
-            .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
-        started_at: ledger::now(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    let client = ApiClient::new(&credentials, &client_config(&args.pace))
-        .context("cannot set up the HTTP client")?;
-    eprintln!("Reading {}: {}", args.csv.display(), input.info());
-    // A ledger path in use refuses the run before anything is asked.
-    ledger::check_free(&ledger_path, existing)?;
-    // Before the ledger: what cannot be set up leaves nothing behind.
-    // Preflight first: a handful of GETs that may refuse the mapping, before
-    // an index that may read the whole system.
-    // The state is local: one of another system refuses the run before
-    // anything is asked.
-    let state = open_state(&args.sync, &credentials.root)?;
-    let system = if args.no_preflight {
-        None
-    } else {
-        preflight(&input.mapping, &args.csv, &args.mapping, &client, false).await?
-    };
-    let csv = args.csv.clone();
-    let mapping_path = args.mapping.clone();
-    let full = args.sync.full;
-    let sync = prepare_sync(&args.sync, &input.plan, &client, state, move |state| {
-        rows_to_look_up(&csv, &mapping_path, state, full)
-    })
-    .await?;
-    if !args.no_preflight {
-        first_contact(&client).await?;
-    }
-    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
+    let job = job::prepare_run(&args).await?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
-        credentials.root,
-        credentials.user,
-        ledger_path.display()
+        job.root,
+        job.user,
+        job.ledger_path.display()
     );
-
-    let Input { source, plan, .. } = input;
-    let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
-    let job = Job {
-        ledger,
-        sync,
-        file_bytes: std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0),
-        pilot: args.limit,
-    };
-    let (end, elapsed, progress) = drive(rows, &client, job, &args.pace, &args.output).await;
-    let summary = print_summary(&ledger_path, &client, &end, elapsed)?;
+    let ran = job::drive(job, &args.pace, &args.output).await;
+    let summary = print_summary(&ran)?;
+    let progress = &ran.progress;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     if count(&progress.reconciled) + count(&progress.duplicates) > 0 {
         println!(
@@ -409,103 +313,66 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
             count(&progress.left_unknown)
         );
     }
-    if let Some((sandbox, _)) = &sandbox {
+    if let Some(sandbox) = &ran.sandbox {
         println!("sandbox now holds: {}", sandbox.holdings());
     }
-    Ok(exit_for(&end, &summary))
+    Ok(exit_for(&ran.end, &summary))
 }
 
-/// What one run of the pipeline is given, besides its rows and pacing.
-struct Job {
-    ledger: Ledger,
-    sync: pipeline::Matching,
-    /// The file's size, for the progress bar (0: unknown).
-    file_bytes: u64,
-    /// `--limit`: a pilot.
-    pilot: Option<u64>,
-}
-
-/// Runs the pipeline over `rows` with Ctrl-C handling and progress display.
-async fn drive(
-    rows: impl Iterator<Item = pipeline::Incoming> + Send + 'static,
-    client: &Arc<ApiClient>,
-    job: Job,
-    pace: &PaceArgs,
-    output: &OutputArgs,
-) -> (pipeline::RunEnd, Duration, Arc<Progress>) {
-    let Job {
-        ledger,
-        sync,
-        file_bytes,
-        pilot,
-    } = job;
-    let abort = Arc::new(Abort::default());
-    // Listening starts before the first call: from here on a SIGTERM or
-    // SIGHUP ends the run cleanly instead of killing it mid-call.
-    let signals = crate::signals::Signals::listen();
-    let stopper = {
-        let abort = abort.clone();
-        tokio::spawn(async move {
-            let mut signals = match signals {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP.");
-                    return;
-                }
-            };
-            let first = signals.next().await;
-            abort.trip(format!(
-                "interrupted ({first}): calls in flight were finished and recorded"
-            ));
-            let second = signals.next().await;
-            eprintln!(
-                "Second stop signal ({second}): exiting now; `retry` resumes from the ledger."
-            );
-            std::process::exit(i32::from(Exit::Aborted.code()));
-        })
-    };
-    let progress_state = Arc::new(Progress::default());
-    let ticker = progress::start(
-        progress_state.clone(),
-        client.clone(),
-        file_bytes,
-        progress::bars_wanted(output.no_progress),
+/// `thulium-import retry`: send again what a ledger says is not done.
+async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
+    let job = job::prepare_retry(&args).await?;
+    eprintln!(
+        "Retrying the rows of {} that are not done, against {}",
+        args.ledger.display(),
+        job.root
     );
-    let limits = Limits {
-        batch_size: pace.batch_size as usize,
-        concurrency: pace
-            .concurrency
-            .map_or(pipeline::MAX_IN_FLIGHT, |c| c as usize),
-        max_consecutive_failures: pace.max_consecutive_failures,
-        max_failures: pace.max_failures,
-        max_failure_rate: pace.max_failure_rate,
-        rows: pilot,
-    };
-    let started = Instant::now();
-    let end = pipeline::run(
-        rows,
-        client.clone(),
-        ledger,
-        limits,
-        abort,
-        progress_state.clone(),
-        sync,
-    )
-    .await;
-    let elapsed = started.elapsed();
-    ticker.abort();
-    stopper.abort();
-    progress::finish();
-    (end, elapsed, progress_state)
+    let ran = job::drive(job, &args.pace, &args.output).await;
+    let summary = print_summary(&ran)?;
+    let planning = ran
+        .planning
+        .as_ref()
+        .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .unwrap_or_default();
+    let progress = &ran.progress;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Every figure is a count of what planning decided or the run did: the
+    // invalid rows include those left as they were (listed below them).
+    println!(
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
+        planning.rows_seen,
+        count(&progress.reconciled),
+        planning.rows_sent,
+        count(&progress.duplicates),
+        planning.invalid_rows()
+    );
+    if planning.rechecked_sent + planning.rechecked_invalid > 0 {
+        println!(
+            "  invalid before, mapped and checked again against the system: {} stage(s) sent, {} still invalid (recorded again)",
+            planning.rechecked_sent, planning.rechecked_invalid
+        );
+    }
+    if planning.ambiguous_again > 0 {
+        println!(
+            "  looked up again: {} customer(s) found more than once before",
+            planning.ambiguous_again
+        );
+    }
+    for (reason, n) in &planning.left {
+        println!("  left {n}: {reason}");
+    }
+    Ok(exit_for(&ran.end, &summary))
 }
 
 /// Folds the ledger and prints the summary table and the request figures.
-fn print_summary(
-    ledger_path: &std::path::Path,
-    client: &ApiClient,
-    end: &pipeline::RunEnd,
-    elapsed: Duration,
-) -> anyhow::Result<report::Report> {
+fn print_summary(ran: &job::Ran) -> anyhow::Result<report::Report> {
+    let job::Ran {
+        ledger_path,
+        client,
+        end,
+        elapsed,
+        ..
+    } = ran;
     let summary = report::Report::of(&Outcomes::read(ledger_path)?);
     let stats = &client.stats;
     let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
@@ -534,13 +401,6 @@ fn print_summary(
     Ok(summary)
 }
 
-fn absolute(path: &std::path::Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
-}
-
 /// A run that stopped early, or whose source failed mid-file, is aborted
 /// (3); one that finished with rows not done is 1.
 fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
@@ -551,391 +411,6 @@ fn exit_for(end: &pipeline::RunEnd, summary: &report::Report) -> Exit {
     } else {
         Exit::RowsNotDone
     }
-}
-
-fn client_config(pace: &PaceArgs) -> ClientConfig {
-    let (rate, auto_max) = match pace.rate {
-        RateSpec::Fixed(r) => (r, None),
-        RateSpec::Auto { max } => (max, Some(max)),
-    };
-    ClientConfig {
-        rate,
-        auto_max,
-        timeout: Duration::from_secs(pace.timeout.max(1)),
-        policy: crate::retry::Policy {
-            max_attempts: pace.max_attempts,
-            ..Default::default()
-        },
-        max_unreachable: pace.max_consecutive_failures,
-    }
-}
-
-fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
-    if let Some(p) = pace.max_failure_rate {
-        if !(0.0..=100.0).contains(&p) {
-            anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");
-        }
-    }
-    Ok(())
-}
-
-/// Preflight: reads what the mapping refers to (the campaigns the file's
-/// rows use among them) and refuses, before anything is sent, what cannot
-/// work for any row. `None` when the mapping refers to nothing the system
-/// configures, or (unless `strict`, as `check --online` is) when the
-/// system cannot be read.
-async fn preflight(
-    loaded: &mapping::Loaded,
-    csv: &std::path::Path,
-    mapping_path: &std::path::Path,
-    client: &ApiClient,
-    strict: bool,
-) -> anyhow::Result<Option<Arc<preflight::System>>> {
-    let (mut named, from_column) = preflight::constant_campaigns(&loaded.raw);
-    if from_column {
-        // Campaign ids come from a column: the file says which, stage by
-        // stage (a constant that none of them has is refused).
-        let mut input = Input::open(csv, mapping_path)?;
-        while let Some(row) = input.source.next_row() {
-            let Ok(row) = row? else { continue };
-            if let Ok(p) = input.plan.map_row(&row) {
-                named.campaign.extend(p.campaign.map(|c| c.campaign_id));
-                named
-                    .campaign_update
-                    .extend(p.campaign_update.map(|u| u.campaign_id));
-            }
-            // Each campaign costs two GETs: past a few hundred, the rest
-            // are left to the server (and nothing is refused for all rows).
-            if named.campaign.len() + named.campaign_update.len() > 200 {
-                named.complete = false;
-                break;
-            }
-        }
-    }
-    let needs = preflight::Needs::of(&loaded.raw, named);
-    if !needs.any() {
-        return Ok(None);
-    }
-    let system = match preflight::System::read(client, &needs).await {
-        Ok(system) => system,
-        // The system could not say (a method this API user may not call, a
-        // server that keeps failing): the import goes on, and the server
-        // refuses what it refuses. One that cannot be reached, or refuses
-        // the password, is an aborted night, found at once.
-        Err(e) if !strict => {
-            stop_if_unreachable(&e)?;
-            eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
-            return Ok(None);
-        }
-        // Kept as the call error: a list that cannot be paged stops (exit 3).
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context("preflight: cannot read what the mapping refers to")
-            )
-        }
-    };
-    preflight::check_mapping(loaded, &system)?;
-    eprintln!(
-        "Preflight: what the mapping refers to, read in {} request(s): {} field group(s), {} campaign(s), {} agent(s)",
-        system.requests,
-        system.field_groups.as_ref().map_or(0, Vec::len),
-        system.campaigns.len(),
-        system.agents.as_ref().map_or(0, Vec::len)
-    );
-    Ok(Some(Arc::new(system)))
-}
-
-/// Stops a run before anything is sent (exit 3) when a read shows that the
-/// system cannot be worked with: it cannot be reached (connections refused,
-/// DNS, TLS), refuses the credentials (401), redirects, or pages wrongly. A
-/// 403 (an API user without permission for one method) does not stop it.
-fn stop_if_unreachable(e: &crate::api::CallError) -> anyhow::Result<()> {
-    use crate::api::CallError;
-    match e {
-        CallError::Unauthorized { status: 403, .. } => Ok(()),
-        _ => match e.stops_the_run() {
-            Some(reason) => Err(crate::exit::Stopped(format!("{reason}: nothing was sent")).into()),
-            None => Ok(()),
-        },
-    }
-}
-
-/// Opens the sync state (`--state`) of the system at `root`.
-fn open_state(args: &SyncArgs, root: &str) -> anyhow::Result<Option<Arc<SyncState>>> {
-    Ok(match &args.state {
-        Some(path) => Some(SyncState::open(path, root)?),
-        None => None,
-    })
-}
-
-/// Before the ledger is begun (unless `--no-preflight`, which asks for no
-/// reads): when nothing has been asked of the system yet (preflight had
-/// nothing to read, no index or count was needed), one
-/// small read (`GET customers?limit=1`), so that a wrong URL, a system
-/// down or a wrong password stops the run (exit 3) before anything is
-/// written, not after the first POST.
-async fn first_contact(client: &ApiClient) -> anyhow::Result<()> {
-    if client
-        .stats
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed)
-        > 0
-    {
-        return Ok(());
-    }
-    if let Err(e) = identity::Index::count(client).await.result {
-        stop_if_unreachable(&e)?;
-    }
-    Ok(())
-}
-
-/// `--state` and `--full` need the mapping to match customers.
-fn check_sync(args: &SyncArgs, plan: &mapping::Plan) -> anyhow::Result<()> {
-    if plan.upsert().is_none() && (args.state.is_some() || args.full) {
-        anyhow::bail!(
-            "--state and --full need [customer] match in the mapping: the keys that tell a row's customer from one run to the next"
-        );
-    }
-    Ok(())
-}
-
-/// Opens the sync state and decides how customers are found: an index of
-/// the whole system when reading it takes fewer requests than looking the
-/// rows up one by one (`--index auto`), as `count_lookups` counts them.
-async fn prepare_sync(
-    args: &SyncArgs,
-    plan: &mapping::Plan,
-    client: &ApiClient,
-    state: Option<Arc<SyncState>>,
-    count_lookups: impl FnOnce(Option<&SyncState>) -> anyhow::Result<u64>,
-) -> anyhow::Result<pipeline::Matching> {
-    let Some(upsert) = plan.upsert() else {
-        return Ok(pipeline::Matching {
-            feed_on_match: plan.feed_on_match(),
-            ..pipeline::Matching::default()
-        });
-    };
-    let use_index = match args.index {
-        IndexMode::Never => false,
-        IndexMode::Always => true,
-        IndexMode::Auto => {
-            let lookups = count_lookups(state.as_deref())?;
-            if lookups == 0 {
-                false
-            } else {
-                let count = identity::Index::count(client).await.result?;
-                let pages = count.map_or(u64::MAX, |c| c.div_ceil(1000).max(1));
-                eprintln!(
-                    "Finding customers: {lookups} row(s) to look up; the system holds {} customer(s), {pages} page(s) to read them all: {}",
-                    count.map_or("an unknown number of".into(), |c| c.to_string()),
-                    if pages < lookups { "reading them all (an index)" } else { "a lookup per row" }
-                );
-                pages < lookups
-            }
-        }
-    };
-    let index = if use_index {
-        let index = identity::Index::read(client, &upsert.keys).await?;
-        eprintln!(
-            "Index: {} customer(s) read in {} request(s)",
-            index.customers, index.pages
-        );
-        Some(index)
-    } else {
-        None
-    };
-    Ok(pipeline::Matching {
-        upsert: Some(upsert.clone()),
-        finder: identity::Finder {
-            index,
-            state: state.clone(),
-        },
-        state,
-        full: args.full,
-        group_parts: plan.group_parts().to_vec(),
-        feed_on_match: plan.feed_on_match(),
-    })
-}
-
-/// How many rows of a file a run without an index would look up: every
-/// row with a match-key value, but those whose customer the sync state
-/// remembers with the very fields the row has (an unchanged row needs no
-/// confirmation; `--full` confirms every row).
-fn rows_to_look_up(
-    csv: &std::path::Path,
-    mapping_path: &std::path::Path,
-    state: Option<&SyncState>,
-    full: bool,
-) -> anyhow::Result<u64> {
-    let mut input = Input::open(csv, mapping_path)?;
-    let keys = input.plan.lookup_keys();
-    let upsert = input.plan.upsert().cloned();
-    let mut n = 0;
-    while let Some(row) = input.source.next_row() {
-        let Ok(row) = row? else { continue };
-        let Ok(payloads) = input.plan.map_row(&row) else {
-            continue;
-        };
-        let Some(customer) = &payloads.customer else {
-            continue;
-        };
-        let row_keys = identity::RowKeys::of(customer, &keys);
-        let unchanged = || {
-            let state = state?;
-            let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
-            let hash =
-                crate::hash::payload_hash(&pipeline::customer_update(upsert.as_ref(), &payloads)?);
-            Some(state.part(id, "customer")?.0 == hash)
-        };
-        if !row_keys.is_empty() && (full || unchanged() != Some(true)) {
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-/// `thulium-import retry`: send again what a ledger says is not done.
-async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
-    check_pace(&args.pace)?;
-    // Locked before it is read: a run still writing it would change it.
-    let lock = LedgerLock::acquire(&args.ledger, "retry")?;
-    let outcomes = Outcomes::read(&args.ledger)?;
-    let header = outcomes.header.clone();
-    for line in &outcomes.unreadable {
-        eprintln!(
-            "warning: {}: unreadable {line} (ignored; a crash mid-write leaves one)",
-            args.ledger.display()
-        );
-    }
-    let (source_path, seekable) = match &args.source {
-        Some(p) => (p.clone(), false),
-        None => {
-            let p = std::path::PathBuf::from(&header.source);
-            let sha = ledger::sha256_file(&p)
-                .with_context(|| format!("{}: cannot read the ledger's source", p.display()))?;
-            if sha != header.source_sha256 {
-                anyhow::bail!(
-                    "{}: the file changed since the run (its SHA-256 differs from the ledger's), so its rows may not be the ledger's rows; if it is an edited copy with the same rows in the same order, pass it as --source <CSV>",
-                    p.display()
-                );
-            }
-            (p, true)
-        }
-    };
-    let (mapping_path, mapping_changed) = match &args.mapping {
-        Some(p) => {
-            let sha =
-                ledger::sha256_file(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            (p.clone(), sha != header.mapping_sha256)
-        }
-        None => {
-            let p = std::path::PathBuf::from(&header.mapping);
-            let sha = ledger::sha256_file(&p)
-                .with_context(|| format!("{}: cannot read the ledger's mapping", p.display()))?;
-            if sha != header.mapping_sha256 {
-                anyhow::bail!("{}: the mapping changed since the run; pass it as --mapping <TOML> to re-map the rows with it", p.display());
-            }
-            (p, false)
-        }
-    };
-    let loaded = mapping::load(&mapping_path)?;
-    let options = loaded.source_options()?;
-    let probe = crate::source::Source::open(&source_path, &options)?;
-    let plan = mapping::compile(&loaded, probe.header())?;
-    drop(probe);
-    check_sync(&args.sync, &plan)?;
-    let credentials = credentials::resolve(
-        args.connect.url.as_deref(),
-        args.connect.user.as_deref(),
-        args.connect.password_file.as_deref(),
-    )?;
-    let client = ApiClient::new(&credentials, &client_config(&args.pace))
-        .context("cannot set up the HTTP client")?;
-    let rules = resume::Rules {
-        changed: mapping_changed || args.source.is_some(),
-        include_unknown: args.include_unknown,
-    };
-    // Without an index, every row not done may need a lookup.
-    let not_done = (1..=outcomes.rows())
-        .filter(|n| !outcomes.is_done(*n))
-        .count() as u64;
-    // An edited copy is checked first: if its rows moved, it is refused
-    // before anything is asked or sent.
-    let plan = Arc::new(plan);
-    let rows = resume::RetryRows::new(
-        Arc::new(outcomes),
-        plan.clone(),
-        &source_path,
-        &options,
-        seekable,
-        rules,
-    )?;
-    // Preflight before the index, as `run` does: a refusal costs a handful
-    // of GETs, never a read of the whole system.
-    let state = open_state(&args.sync, &credentials.root)?;
-    let system = if args.no_preflight {
-        None
-    } else {
-        preflight(&loaded, &source_path, &mapping_path, &client, false).await?
-    };
-    let sync = prepare_sync(&args.sync, &plan, &client, state, |_| Ok(not_done)).await?;
-    if !args.no_preflight {
-        first_contact(&client).await?;
-    }
-    let rows = rows.with_system(system);
-    let planning = rows.summary();
-    let ledger = Ledger::append_to(&args.ledger, lock)?;
-    let attempt = ledger::Attempt {
-        started_at: ledger::now(),
-        source: absolute(&source_path),
-        source_sha256: ledger::sha256_file(&source_path)?,
-        mapping: absolute(&mapping_path),
-        mapping_sha256: ledger::sha256_file(&mapping_path)?,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        include_unknown: args.include_unknown,
-    };
-    ledger.write(&[ledger::Entry::Attempt(attempt)]).await?;
-    let job = Job {
-        ledger,
-        sync,
-        file_bytes: 0,
-        pilot: None,
-    };
-    eprintln!(
-        "Retrying the rows of {} that are not done, against {}",
-        args.ledger.display(),
-        credentials.root
-    );
-    let (end, elapsed, progress) = drive(rows, &client, job, &args.pace, &args.output).await;
-    let summary = print_summary(&args.ledger, &client, &end, elapsed)?;
-    let planning = planning.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    // Every figure is a count of what planning decided or the run did: the
-    // invalid rows include those left as they were (listed below them).
-    println!(
-        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
-        planning.rows_seen,
-        count(&progress.reconciled),
-        planning.rows_sent,
-        count(&progress.duplicates),
-        planning.invalid_rows()
-    );
-    if planning.rechecked_sent + planning.rechecked_invalid > 0 {
-        println!(
-            "  invalid before, mapped and checked again against the system: {} stage(s) sent, {} still invalid (recorded again)",
-            planning.rechecked_sent, planning.rechecked_invalid
-        );
-    }
-    if planning.ambiguous_again > 0 {
-        println!(
-            "  looked up again: {} customer(s) found more than once before",
-            planning.ambiguous_again
-        );
-    }
-    for (reason, n) in &planning.left {
-        println!("  left {n}: {reason}");
-    }
-    Ok(exit_for(&end, &summary))
 }
 
 /// `thulium-import report`: fold a ledger into counts and list the rows not done.

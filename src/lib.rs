@@ -22,6 +22,7 @@ pub mod failed_csv;
 pub mod hash;
 pub mod identity;
 pub mod init;
+pub mod job;
 pub mod ledger;
 pub mod mapping;
 pub mod needs;

@@ -1,0 +1,745 @@
+//! The job layer: the one place that turns a command's arguments into a
+//! prepared job — the source opened and surveyed in one pass (its SHA-256,
+//! the campaigns its rows name, the rows to look up), the mapping compiled,
+//! the sync state opened, preflight read, the index decided, the system's
+//! first answer had, and the ledger created (or continued) and locked —
+//! then runs it ([`drive`]). `run` and `retry` start here, as ripgrep's
+//! `main` hands its `HiArgs` to the search; `commands` only prints.
+//!
+//! Order matters, so that what cannot work leaves nothing behind: local
+//! checks first (the mapping, the ledger's path, the state's system), then
+//! a handful of reads (preflight), then what may read the whole system (the
+//! index), and the ledger last.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::check::Input;
+use crate::cli::{IndexMode, OutputArgs, PaceArgs, RetryArgs, RunArgs, SyncArgs};
+use crate::client::{ApiClient, ClientConfig};
+use crate::credentials::{self, Credentials, Password};
+use crate::identity;
+use crate::ledger::{self, Header, Ledger, LedgerLock};
+use crate::outcomes::Outcomes;
+use crate::pace::RateSpec;
+use crate::pipeline::{self, Abort, Incoming, Limits, Progress};
+use crate::preflight;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::state::SyncState;
+use crate::Exit;
+use crate::{mapping, progress, resume};
+
+/// A job ready to run: everything the pipeline needs, checked.
+pub struct Job {
+    pub client: Arc<ApiClient>,
+    /// The system's root URL and the API user (for the messages).
+    pub root: String,
+    pub user: String,
+    /// The rows to send, read and mapped as the pipeline asks for them.
+    pub rows: Box<dyn Iterator<Item = Incoming> + Send>,
+    pub ledger: Ledger,
+    pub ledger_path: PathBuf,
+    pub matching: pipeline::Matching,
+    /// The file's size, for the progress bar (0: unknown).
+    pub file_bytes: u64,
+    /// `--limit`: a pilot.
+    pub pilot: Option<u64>,
+    /// `run --sandbox`: the in-process sandbox, kept up for the run.
+    pub sandbox: Option<Sandbox>,
+    /// `retry`: what planning decided, filled in as the rows are read.
+    pub planning: Option<Arc<Mutex<resume::Summary>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("root", &self.root)
+            .field("ledger_path", &self.ledger_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a job ran.
+#[derive(Debug)]
+pub struct Ran {
+    pub end: pipeline::RunEnd,
+    pub elapsed: Duration,
+    pub progress: Arc<Progress>,
+    pub client: Arc<ApiClient>,
+    pub ledger_path: PathBuf,
+    pub sandbox: Option<Sandbox>,
+    pub planning: Option<Arc<Mutex<resume::Summary>>>,
+}
+
+/// What one pass over the source tells before anything is sent.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// The file's SHA-256 (the ledger's header records it).
+    pub sha256: String,
+    /// The campaigns its rows name (preflight reads those).
+    pub named: preflight::Named,
+    /// The rows a run without an index would look up (`--index auto`).
+    pub lookups: u64,
+}
+
+/// What the survey is to count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SurveyFor<'a> {
+    /// Scan the rows for the campaigns they name (a column gives the id).
+    pub campaigns: bool,
+    /// Count the rows to look up (`--index auto` with `match`), against
+    /// this state, every row with `full`.
+    pub lookups: bool,
+    pub state: Option<&'a SyncState>,
+    pub full: bool,
+}
+
+/// One pass over the source: its SHA-256 as the bytes go by, and, from
+/// the rows mapped with `plan`, what `wanted` asks for (`named`: the
+/// campaigns the mapping names as constants, to which the rows' are
+/// added). A spreadsheet's bytes are hashed apart (its reader opens the
+/// file itself). A file that cannot be read to its end is hashed apart
+/// too, and the run that follows meets the error where it is (exit 3,
+/// recorded); what the survey counted is then a part.
+pub fn survey(
+    path: &Path,
+    options: &crate::source::SourceOptions,
+    plan: &mapping::Plan,
+    wanted: SurveyFor<'_>,
+    named: preflight::Named,
+) -> anyhow::Result<Survey> {
+    let cannot_read = || format!("{}: cannot read", path.display());
+    let mut survey = Survey {
+        named,
+        ..Survey::default()
+    };
+    if !wanted.campaigns && !wanted.lookups {
+        survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
+        return Ok(survey);
+    }
+    if crate::source::is_spreadsheet(path) {
+        survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
+        let mut source = crate::source::Source::open(path, options)?;
+        scan(&mut source, plan, wanted, &mut survey);
+        return Ok(survey);
+    }
+    let hasher = Arc::new(Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
+    let file = std::fs::File::open(path).with_context(cannot_read)?;
+    let reader = HashingReader {
+        inner: file,
+        hasher: hasher.clone(),
+    };
+    let mut source = crate::source::Source::from_reader(reader, path, options)?;
+    if scan(&mut source, plan, wanted, &mut survey) {
+        let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|e| e.into_inner()));
+        survey.sha256 = format!("{:x}", sha2::Digest::finalize(digest));
+    } else {
+        survey.named.complete = false;
+        survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
+    }
+    Ok(survey)
+}
+
+/// The rows of a survey: the campaigns named, the rows to look up. Whether
+/// the source was read to its end.
+fn scan<R: std::io::Read>(
+    source: &mut crate::source::Source<R>,
+    plan: &mapping::Plan,
+    wanted: SurveyFor<'_>,
+    survey: &mut Survey,
+) -> bool {
+    let keys = plan.lookup_keys();
+    let upsert = plan.upsert().cloned();
+    while let Some(row) = source.next_row() {
+        let Ok(row) = row else { return false };
+        let Ok(row) = row else { continue };
+        let Ok(payloads) = plan.map_row(&row) else {
+            continue;
+        };
+        // Each campaign costs two GETs: past a few hundred, the rest are
+        // left to the server (and nothing is refused for all rows).
+        if wanted.campaigns && survey.named.complete {
+            let named = &mut survey.named;
+            named
+                .campaign
+                .extend(payloads.campaign.as_ref().map(|c| c.campaign_id.clone()));
+            named.campaign_update.extend(
+                payloads
+                    .campaign_update
+                    .as_ref()
+                    .map(|u| u.campaign_id.clone()),
+            );
+            if named.campaign.len() + named.campaign_update.len() > 200 {
+                named.complete = false;
+            }
+        }
+        if wanted.lookups {
+            if let Some(customer) = &payloads.customer {
+                let row_keys = identity::RowKeys::of(customer, &keys);
+                // A row whose customer the state remembers with the very
+                // fields the row has needs no confirmation (`--full`
+                // confirms every row).
+                let unchanged = || {
+                    let state = wanted.state?;
+                    let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
+                    let hash = crate::hash::payload_hash(&pipeline::customer_update(
+                        upsert.as_ref(),
+                        &payloads,
+                    )?);
+                    Some(state.part(id, "customer")?.0 == hash)
+                };
+                if !row_keys.is_empty() && (wanted.full || unchanged() != Some(true)) {
+                    survey.lookups += 1;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// A reader that hashes what goes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Arc<Mutex<sha2::Sha256>>,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(
+            &mut *self.hasher.lock().unwrap_or_else(|e| e.into_inner()),
+            &buf[..n],
+        );
+        Ok(n)
+    }
+}
+
+/// `run`: the file and mapping opened, the credentials (or an in-process
+/// sandbox), the survey, the state, preflight, the index, the ledger.
+pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
+    check_pace(&args.pace)?;
+    let input = Input::open(&args.csv, &args.mapping)?;
+    check_sync(&args.sync, &input.plan)?;
+    let (sandbox, credentials) = credentials_for(args).await?;
+    // A rehearsal against the in-process sandbox gets its own default ledger,
+    // replaced on every run: the sandbox it describes is gone.
+    let ledger_path = args.ledger.clone().unwrap_or_else(|| {
+        let mut p = args.csv.clone().into_os_string();
+        p.push(if args.sandbox {
+            ".sandbox.ledger.jsonl"
+        } else {
+            ".ledger.jsonl"
+        });
+        p.into()
+    });
+    let existing = if args.force_new_ledger {
+        ledger::Existing::KeepAside
+    } else if args.sandbox && args.ledger.is_none() {
+        ledger::Existing::Replace
+    } else {
+        ledger::Existing::Refuse
+    };
+    let client = ApiClient::new(&credentials, &client_config(&args.pace))
+        .context("cannot set up the HTTP client")?;
+    eprintln!("Reading {}: {}", args.csv.display(), input.info());
+    // A ledger path in use refuses the run before anything is asked.
+    ledger::check_free(&ledger_path, existing)?;
+    // The state is local: one of another system refuses the run before
+    // anything is asked.
+    let state = open_state(&args.sync, &credentials.root)?;
+    // One pass over the file for everything asked before the run.
+    let (named, from_column) = preflight::constant_campaigns(&input.mapping.raw);
+    let wanted = SurveyFor {
+        campaigns: from_column && !args.no_preflight,
+        lookups: input.plan.upsert().is_some() && args.sync.index == IndexMode::Auto,
+        state: state.as_deref(),
+        full: args.sync.full,
+    };
+    let options = input.mapping.source_options()?;
+    let survey = survey(&args.csv, &options, &input.plan, wanted, named)?;
+    let header = Header {
+        version: 1,
+        source: absolute(&args.csv),
+        source_sha256: survey.sha256.clone(),
+        mapping: absolute(&args.mapping),
+        mapping_sha256: ledger::sha256_file(&args.mapping)
+            .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
+        started_at: ledger::now(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    // Preflight first: a handful of GETs that may refuse the mapping, before
+    // an index that may read the whole system.
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&input.mapping, survey.named, &client, false).await?
+    };
+    let matching =
+        prepare_matching(&args.sync, &input.plan, &client, state, survey.lookups).await?;
+    if !args.no_preflight {
+        first_contact(&client).await?;
+    }
+    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
+    let Input { source, plan, .. } = input;
+    let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
+    Ok(Job {
+        root: credentials.root.clone(),
+        user: credentials.user.clone(),
+        client,
+        rows: Box::new(rows),
+        ledger,
+        ledger_path,
+        matching,
+        file_bytes: std::fs::metadata(&args.csv).map(|m| m.len()).unwrap_or(0),
+        pilot: args.limit,
+        sandbox,
+        planning: None,
+    })
+}
+
+/// The credentials `run` uses: the in-process sandbox's (started here, with
+/// a fresh random password: nothing to leak) or the user's.
+async fn credentials_for(args: &RunArgs) -> anyhow::Result<(Option<Sandbox>, Credentials)> {
+    if !args.sandbox {
+        let credentials = credentials::resolve(
+            args.connect.url.as_deref(),
+            args.connect.user.as_deref(),
+            args.connect.password_file.as_deref(),
+        )?;
+        return Ok((None, credentials));
+    }
+    let password = format!("{:032x}", rand::random::<u128>());
+    let config = SandboxConfig {
+        password: password.clone(),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::start(config)
+        .await
+        .context("cannot start the sandbox")?;
+    eprintln!(
+        "Sandbox started on {} (in-process; it ends with this run)",
+        sandbox.url()
+    );
+    let credentials = Credentials {
+        root: sandbox.url(),
+        user: "api_user".into(),
+        password: Password::new(password),
+    };
+    Ok((Some(sandbox), credentials))
+}
+
+/// `retry`: the ledger locked and read, its source and mapping checked, the
+/// survey, the state, preflight, the index, an `attempt` appended.
+pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
+    check_pace(&args.pace)?;
+    // Locked before it is read: a run still writing it would change it.
+    let lock = LedgerLock::acquire(&args.ledger, "retry")?;
+    let outcomes = Outcomes::read(&args.ledger)?;
+    let header = outcomes.header.clone();
+    for line in &outcomes.unreadable {
+        eprintln!(
+            "warning: {}: unreadable {line} (ignored; a crash mid-write leaves one)",
+            args.ledger.display()
+        );
+    }
+    let (mapping_path, mapping_changed) = match &args.mapping {
+        Some(p) => {
+            let sha =
+                ledger::sha256_file(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            (p.clone(), sha != header.mapping_sha256)
+        }
+        None => {
+            let p = PathBuf::from(&header.mapping);
+            let sha = ledger::sha256_file(&p)
+                .with_context(|| format!("{}: cannot read the ledger's mapping", p.display()))?;
+            if sha != header.mapping_sha256 {
+                anyhow::bail!("{}: the mapping changed since the run; pass it as --mapping <TOML> to re-map the rows with it", p.display());
+            }
+            (p, false)
+        }
+    };
+    let (source_path, seekable) = match &args.source {
+        Some(p) => (p.clone(), false),
+        None => (PathBuf::from(&header.source), true),
+    };
+    let loaded = mapping::load(&mapping_path)?;
+    let options = loaded.source_options()?;
+    let changed = || -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: the file changed since the run (its SHA-256 differs from the ledger's), so its rows may not be the ledger's rows; if it is an edited copy with the same rows in the same order, pass it as --source <CSV>",
+            source_path.display()
+        )
+    };
+    let plan = {
+        let probe = crate::source::Source::open(&source_path, &options).with_context(|| {
+            if seekable {
+                format!("{}: cannot read the ledger's source", source_path.display())
+            } else {
+                format!("{}: cannot read", source_path.display())
+            }
+        })?;
+        match mapping::compile(&loaded, probe.header()) {
+            Ok(plan) => plan,
+            // A header the mapping no longer fits: say first whether the
+            // file is not the one the ledger's rows came from.
+            Err(e) if seekable => {
+                let sha = ledger::sha256_file(&source_path).unwrap_or_default();
+                if sha != header.source_sha256 {
+                    return Err(changed());
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    check_sync(&args.sync, &plan)?;
+    // The source's hash and the campaigns its rows name, in one pass.
+    let (named, from_column) = preflight::constant_campaigns(&loaded.raw);
+    let wanted = SurveyFor {
+        campaigns: from_column && !args.no_preflight,
+        ..SurveyFor::default()
+    };
+    let survey = survey(&source_path, &options, &plan, wanted, named)?;
+    if seekable && survey.sha256 != header.source_sha256 {
+        return Err(changed());
+    }
+    let credentials = credentials::resolve(
+        args.connect.url.as_deref(),
+        args.connect.user.as_deref(),
+        args.connect.password_file.as_deref(),
+    )?;
+    let client = ApiClient::new(&credentials, &client_config(&args.pace))
+        .context("cannot set up the HTTP client")?;
+    let rules = resume::Rules {
+        changed: mapping_changed || args.source.is_some(),
+        include_unknown: args.include_unknown,
+    };
+    // Without an index, every row not done may need a lookup.
+    let not_done = (1..=outcomes.rows())
+        .filter(|n| !outcomes.is_done(*n))
+        .count() as u64;
+    // An edited copy is checked first: if its rows moved, it is refused
+    // before anything is asked or sent.
+    let plan = Arc::new(plan);
+    let rows = resume::RetryRows::new(
+        Arc::new(outcomes),
+        plan.clone(),
+        &source_path,
+        &options,
+        seekable,
+        rules,
+    )?;
+    let state = open_state(&args.sync, &credentials.root)?;
+    // Preflight before the index, as `run` does: a refusal costs a handful
+    // of GETs, never a read of the whole system.
+    let system = if args.no_preflight {
+        None
+    } else {
+        preflight(&loaded, survey.named, &client, false).await?
+    };
+    let matching = prepare_matching(&args.sync, &plan, &client, state, not_done).await?;
+    if !args.no_preflight {
+        first_contact(&client).await?;
+    }
+    let rows = rows.with_system(system);
+    let planning = rows.summary();
+    let ledger = Ledger::append_to(&args.ledger, lock)?;
+    let attempt = ledger::Attempt {
+        started_at: ledger::now(),
+        source: absolute(&source_path),
+        source_sha256: survey.sha256,
+        mapping: absolute(&mapping_path),
+        mapping_sha256: ledger::sha256_file(&mapping_path)?,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        include_unknown: args.include_unknown,
+    };
+    ledger.write(&[ledger::Entry::Attempt(attempt)]).await?;
+    Ok(Job {
+        root: credentials.root.clone(),
+        user: credentials.user.clone(),
+        client,
+        rows: Box::new(rows),
+        ledger,
+        ledger_path: args.ledger.clone(),
+        matching,
+        file_bytes: 0,
+        pilot: None,
+        sandbox: None,
+        planning: Some(planning),
+    })
+}
+
+/// Runs the pipeline over `rows` with Ctrl-C handling and progress display.
+pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
+    let Job {
+        client,
+        rows,
+        ledger,
+        ledger_path,
+        matching,
+        file_bytes,
+        pilot,
+        sandbox,
+        planning,
+        ..
+    } = job;
+    let abort = Arc::new(Abort::default());
+    // Listening starts before the first call: from here on a SIGTERM or
+    // SIGHUP ends the run cleanly instead of killing it mid-call.
+    let signals = crate::signals::Signals::listen();
+    let stopper = {
+        let abort = abort.clone();
+        tokio::spawn(async move {
+            let mut signals = match signals {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP.");
+                    return;
+                }
+            };
+            let first = signals.next().await;
+            abort.trip(format!(
+                "interrupted ({first}): calls in flight were finished and recorded"
+            ));
+            let second = signals.next().await;
+            eprintln!(
+                "Second stop signal ({second}): exiting now; `retry` resumes from the ledger."
+            );
+            std::process::exit(i32::from(Exit::Aborted.code()));
+        })
+    };
+    let progress_state = Arc::new(Progress::default());
+    let ticker = progress::start(
+        progress_state.clone(),
+        client.clone(),
+        file_bytes,
+        progress::bars_wanted(output.no_progress),
+    );
+    let limits = Limits {
+        batch_size: pace.batch_size as usize,
+        concurrency: pace
+            .concurrency
+            .map_or(pipeline::MAX_IN_FLIGHT, |c| c as usize),
+        max_consecutive_failures: pace.max_consecutive_failures,
+        max_failures: pace.max_failures,
+        max_failure_rate: pace.max_failure_rate,
+        rows: pilot,
+    };
+    let started = Instant::now();
+    let end = pipeline::run(
+        rows,
+        client.clone(),
+        ledger,
+        limits,
+        abort,
+        progress_state.clone(),
+        matching,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    ticker.abort();
+    stopper.abort();
+    progress::finish();
+    Ran {
+        end,
+        elapsed,
+        progress: progress_state,
+        client,
+        ledger_path,
+        sandbox,
+        planning,
+    }
+}
+
+/// A path as the ledger records it: absolute, so that `retry` finds it
+/// from any working directory.
+pub fn absolute(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+pub fn client_config(pace: &PaceArgs) -> ClientConfig {
+    let (rate, auto_max) = match pace.rate {
+        RateSpec::Fixed(r) => (r, None),
+        RateSpec::Auto { max } => (max, Some(max)),
+    };
+    ClientConfig {
+        rate,
+        auto_max,
+        timeout: Duration::from_secs(pace.timeout.max(1)),
+        policy: crate::retry::Policy {
+            max_attempts: pace.max_attempts,
+            ..Default::default()
+        },
+        max_unreachable: pace.max_consecutive_failures,
+    }
+}
+
+pub fn check_pace(pace: &PaceArgs) -> anyhow::Result<()> {
+    if let Some(p) = pace.max_failure_rate {
+        if !(0.0..=100.0).contains(&p) {
+            anyhow::bail!("--max-failure-rate is a percentage from 0 to 100, not {p}");
+        }
+    }
+    Ok(())
+}
+
+/// Preflight: reads what the mapping refers to (`named`: the campaigns the
+/// file's rows use, from the survey) and refuses, before anything is sent, what cannot
+/// work for any row. `None` when the mapping refers to nothing the system
+/// configures, or (unless `strict`, as `check --online` is) when the
+/// system cannot be read.
+pub async fn preflight(
+    loaded: &mapping::Loaded,
+    named: preflight::Named,
+    client: &ApiClient,
+    strict: bool,
+) -> anyhow::Result<Option<Arc<preflight::System>>> {
+    let needs = preflight::Needs::of(&loaded.raw, named);
+    if !needs.any() {
+        return Ok(None);
+    }
+    let system = match preflight::System::read(client, &needs).await {
+        Ok(system) => system,
+        // The system could not say (a method this API user may not call, a
+        // server that keeps failing): the import goes on, and the server
+        // refuses what it refuses. One that cannot be reached, or refuses
+        // the password, is an aborted night, found at once.
+        Err(e) if !strict => {
+            stop_if_unreachable(&e)?;
+            eprintln!("warning: preflight skipped: cannot read what the mapping refers to: {e}");
+            return Ok(None);
+        }
+        // Kept as the call error: a list that cannot be paged stops (exit 3).
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context("preflight: cannot read what the mapping refers to")
+            )
+        }
+    };
+    preflight::check_mapping(loaded, &system)?;
+    eprintln!(
+        "Preflight: what the mapping refers to, read in {} request(s): {} field group(s), {} campaign(s), {} agent(s)",
+        system.requests,
+        system.field_groups.as_ref().map_or(0, Vec::len),
+        system.campaigns.len(),
+        system.agents.as_ref().map_or(0, Vec::len)
+    );
+    Ok(Some(Arc::new(system)))
+}
+
+/// Stops a run before anything is sent (exit 3) when a read shows that the
+/// system cannot be worked with: it cannot be reached (connections refused,
+/// DNS, TLS), refuses the credentials (401), redirects, or pages wrongly. A
+/// 403 (an API user without permission for one method) does not stop it.
+fn stop_if_unreachable(e: &crate::api::CallError) -> anyhow::Result<()> {
+    use crate::api::CallError;
+    match e {
+        CallError::Unauthorized { status: 403, .. } => Ok(()),
+        _ => match e.stops_the_run() {
+            Some(reason) => Err(crate::exit::Stopped(format!("{reason}: nothing was sent")).into()),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Opens the sync state (`--state`) of the system at `root`.
+fn open_state(args: &SyncArgs, root: &str) -> anyhow::Result<Option<Arc<SyncState>>> {
+    Ok(match &args.state {
+        Some(path) => Some(SyncState::open(path, root)?),
+        None => None,
+    })
+}
+
+/// Before the ledger is begun (unless `--no-preflight`, which asks for no
+/// reads): when nothing has been asked of the system yet (preflight had
+/// nothing to read, no index or count was needed), one
+/// small read (`GET customers?limit=1`), so that a wrong URL, a system
+/// down or a wrong password stops the run (exit 3) before anything is
+/// written, not after the first POST.
+async fn first_contact(client: &ApiClient) -> anyhow::Result<()> {
+    if client
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        return Ok(());
+    }
+    if let Err(e) = identity::Index::count(client).await.result {
+        stop_if_unreachable(&e)?;
+    }
+    Ok(())
+}
+
+/// `--state` and `--full` need the mapping to match customers.
+fn check_sync(args: &SyncArgs, plan: &mapping::Plan) -> anyhow::Result<()> {
+    if plan.upsert().is_none() && (args.state.is_some() || args.full) {
+        anyhow::bail!(
+            "--state and --full need [customer] match in the mapping: the keys that tell a row's customer from one run to the next"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the sync state and decides how customers are found: an index of
+/// the whole system when reading it takes fewer requests than looking the
+/// rows up one by one (`--index auto`), `lookups` of them.
+async fn prepare_matching(
+    args: &SyncArgs,
+    plan: &mapping::Plan,
+    client: &ApiClient,
+    state: Option<Arc<SyncState>>,
+    lookups: u64,
+) -> anyhow::Result<pipeline::Matching> {
+    let Some(upsert) = plan.upsert() else {
+        return Ok(pipeline::Matching {
+            feed_on_match: plan.feed_on_match(),
+            ..pipeline::Matching::default()
+        });
+    };
+    let use_index = match args.index {
+        IndexMode::Never => false,
+        IndexMode::Always => true,
+        IndexMode::Auto => {
+            if lookups == 0 {
+                false
+            } else {
+                let count = identity::Index::count(client).await.result?;
+                let pages = count.map_or(u64::MAX, |c| c.div_ceil(1000).max(1));
+                eprintln!(
+                    "Finding customers: {lookups} row(s) to look up; the system holds {} customer(s), {pages} page(s) to read them all: {}",
+                    count.map_or("an unknown number of".into(), |c| c.to_string()),
+                    if pages < lookups { "reading them all (an index)" } else { "a lookup per row" }
+                );
+                pages < lookups
+            }
+        }
+    };
+    let index = if use_index {
+        let index = identity::Index::read(client, &upsert.keys).await?;
+        eprintln!(
+            "Index: {} customer(s) read in {} request(s)",
+            index.customers, index.pages
+        );
+        Some(index)
+    } else {
+        None
+    };
+    Ok(pipeline::Matching {
+        upsert: Some(upsert.clone()),
+        finder: identity::Finder {
+            index,
+            state: state.clone(),
+        },
+        state,
+        full: args.full,
+        group_parts: plan.group_parts().to_vec(),
+        feed_on_match: plan.feed_on_match(),
+    })
+}
