@@ -283,6 +283,19 @@ fn agent_problem(id: &str, facts: &CampaignFacts, login: &str) -> Option<String>
 }
 
 impl System {
+    /// Why `login` cannot be a customer's account manager (not an active
+    /// agent of the system), when the agents were read.
+    fn account_manager_problem(&self, login: &str) -> Option<String> {
+        let agents = self.agents.as_ref()?;
+        if agents.iter().any(|x| x.login == login && x.active) {
+            return None;
+        }
+        Some(format!(
+            "account_manager {login} is not an agent of this system; it has {}",
+            list(agents.iter().filter(|x| x.active), |x| x.login.clone())
+        ))
+    }
+
     /// Makes a row's stages that cannot work `invalid` (recorded at their
     /// stage, not sent): the problems found.
     pub fn check_row(&self, p: &mut RowPayloads) {
@@ -291,20 +304,12 @@ impl System {
             value: Some(shorten(value)),
             reason,
         };
-        if let (Some(c), Some(agents)) = (&p.customer, &self.agents) {
-            if let Some(a) = &c.account_manager {
-                let login = a.text();
-                if !agents.iter().any(|x| x.login == login && x.active) {
-                    let e = problem(
-                        &login,
-                        format!(
-                            "account_manager {login} is not an agent of this system; it has {}",
-                            list(agents.iter().filter(|x| x.active), |x| x.login.clone())
-                        ),
-                    );
-                    p.customer = None;
-                    p.invalid_stages.push((Stage::Customer, e));
-                }
+        if let Some(a) = p.customer.as_ref().and_then(|c| c.account_manager.as_ref()) {
+            let login = a.text();
+            if let Some(reason) = self.account_manager_problem(&login) {
+                let e = problem(&login, reason);
+                p.customer = None;
+                p.invalid_stages.push((Stage::Customer, e));
             }
         }
         if let Some(c) = &p.campaign {
@@ -586,20 +591,15 @@ pub fn check_mapping(loaded: &Loaded, system: &System) -> Result<(), MappingErro
             }
         }
     }
-    if let (Some(c), Some(agents)) = (&raw.customer, &system.agents) {
-        if let Some(spec) = &c.get_ref().account_manager {
-            if let Some(login) = constant(spec) {
-                if !agents.iter().any(|x| x.login == login && x.active) {
-                    issue(
-                        "customer.account_manager".into(),
-                        spec.span(),
-                        format!(
-                            "account_manager {login} is not an agent of this system; it has {}",
-                            list(agents.iter().filter(|x| x.active), |x| x.login.clone())
-                        ),
-                    );
-                }
-            }
+    if let Some(spec) = raw
+        .customer
+        .as_ref()
+        .and_then(|c| c.get_ref().account_manager.as_ref())
+    {
+        if let Some(reason) =
+            constant(spec).and_then(|login| system.account_manager_problem(&login))
+        {
+            issue("customer.account_manager".into(), spec.span(), reason);
         }
     }
     if issues.is_empty() {

@@ -717,7 +717,7 @@ pub fn invalid_message(id: RowId, errors: &[FieldError]) -> String {
 }
 
 /// Runs the import of the rows `rows` yields (read and mapped on a thread
-/// of their own) into the ledger.
+/// of their own) into the ledger: the steps below, in order.
 pub async fn run(
     rows: impl Iterator<Item = Incoming> + Send + 'static,
     client: Arc<ApiClient>,
@@ -731,101 +731,136 @@ pub async fn run(
         client,
         ledger,
         permits: Arc::new(Semaphore::new(1)),
-        abort: abort.clone(),
+        abort,
         limits,
-        progress: progress.clone(),
+        progress,
         consecutive_failures: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
         matching,
     });
-
     // 0. Calls in flight follow rate × latency, within the limit.
     let in_flight = tokio::spawn(follow_in_flight(run.clone()));
-
     // 1. The reader: a blocking thread that maps rows and hands them on.
-    let (rows_tx, mut rows_rx) = mpsc::channel::<Incoming>(512);
-    let reader_abort = abort.clone();
-    let reader_progress = progress.clone();
+    let (rows_rx, reader) = spawn_reader(&run, rows);
+    // 2. Downstream of the customer stage.
+    let (down_tx, down_rx) = mpsc::channel::<(MappedRow, CustomerState)>(1024);
+    let downstream = tokio::spawn(downstream::downstream(run.clone(), down_rx));
+    // 3. Customers looked up first, in file order; 4. then created or
+    // updated in chunks, every row handed downstream with its customer.
+    let read = send_customers(&run, resolved(&run, rows_rx), down_tx).await;
+    let _ = downstream.await;
+    let cut = reader.await.unwrap_or(false);
+    in_flight.abort();
+    // 5. The state written, then the end event.
+    finish(&run, read, cut).await
+}
+
+/// How far reading got.
+struct Read {
+    rows_read: u64,
+    /// The source failed mid-file.
+    read_error: Option<String>,
+}
+
+/// The reader: a blocking thread that reads and maps rows and hands them
+/// on, stopping when the run stops, after a pilot's rows, or when the
+/// source fails. Its result: whether a pilot stopped before the end.
+fn spawn_reader(
+    run: &Arc<Run>,
+    rows: impl Iterator<Item = Incoming> + Send + 'static,
+) -> (mpsc::Receiver<Incoming>, tokio::task::JoinHandle<bool>) {
+    let (rows_tx, rows_rx) = mpsc::channel::<Incoming>(512);
+    let abort = run.abort.clone();
+    let progress = run.progress.clone();
     let pilot = run.limits.rows;
     let reader = tokio::task::spawn_blocking(move || {
         let mut read = 0u64;
-        // Whether a pilot stopped before the end of the file.
-        let mut cut = false;
         for item in rows {
-            if reader_abort.is_set() {
+            if abort.is_set() {
                 break;
             }
-            if !matches!(item, Incoming::SourceFailed(_)) {
+            let failed = matches!(item, Incoming::SourceFailed(_));
+            if !failed {
                 read += 1;
                 if pilot.is_some_and(|n| read > n) {
-                    cut = true;
-                    break;
+                    return true;
                 }
             }
-            let failed = matches!(item, Incoming::SourceFailed(_));
             if let Incoming::Mapped(r) = &item {
-                reader_progress
-                    .bytes_read
-                    .store(r.id.offset, Ordering::Relaxed);
+                progress.bytes_read.store(r.id.offset, Ordering::Relaxed);
             }
             if rows_tx.blocking_send(item).is_err() || failed {
                 break;
             }
         }
-        cut
+        false
     });
+    (rows_rx, reader)
+}
 
-    // 2. Downstream of the customer stage.
-    let (down_tx, down_rx) = mpsc::channel::<(MappedRow, CustomerState)>(1024);
-    let downstream = tokio::spawn(downstream::downstream(run.clone(), down_rx));
-
-    // 3. Customers to look up first (each on a task of its own, so that a
-    // lookup in flight never waits for this loop), in file order.
+/// The rows as they come, each row whose customer is to be found first
+/// (the mapping matches, or an earlier creation's outcome was unknown)
+/// resolved on a task of its own, so that a lookup in flight never waits
+/// for the batcher; in file order, `--concurrency` at a time.
+fn resolved(
+    run: &Arc<Run>,
+    mut rows_rx: mpsc::Receiver<Incoming>,
+) -> impl futures::Stream<Item = (Incoming, Option<RowEvent>)> {
     let width = run.limits.concurrency.max(1);
-    let lookups = {
-        let run = run.clone();
-        futures::stream::poll_fn(move |cx| rows_rx.poll_recv(cx))
-            .map(move |item| {
-                let run = run.clone();
-                async move {
-                    match item {
-                        Incoming::Mapped(mut row)
-                            if row.lookup.is_some()
-                                || (run.matching.upsert.is_some()
-                                    && row.payloads.customer.is_some()) =>
-                        {
-                            row.lookup.get_or_insert(LookupReason::Match);
-                            let id = row.id;
-                            match tokio::spawn(customers::resolve(run, *row)).await {
-                                Ok((row, ev)) => (Incoming::Mapped(Box::new(row)), ev),
-                                Err(e) => {
-                                    let mut ev = event(id, Stage::Customer, Status::Unknown);
-                                    ev.message =
-                                        Some(format!("the lookup stopped ({e}); still unknown"));
-                                    (
-                                        Incoming::Mapped(Box::new(MappedRow::new(
-                                            id,
-                                            RowPayloads::default(),
-                                        ))),
-                                        Some(ev),
-                                    )
-                                }
+    let run = run.clone();
+    futures::stream::poll_fn(move |cx| rows_rx.poll_recv(cx))
+        .map(move |item| {
+            let run = run.clone();
+            async move {
+                match item {
+                    Incoming::Mapped(mut row)
+                        if row.lookup.is_some()
+                            || (run.matching.upsert.is_some()
+                                && row.payloads.customer.is_some()) =>
+                    {
+                        row.lookup.get_or_insert(LookupReason::Match);
+                        let id = row.id;
+                        match tokio::spawn(customers::resolve(run, *row)).await {
+                            Ok((row, ev)) => (Incoming::Mapped(Box::new(row)), ev),
+                            Err(e) => {
+                                let mut ev = event(id, Stage::Customer, Status::Unknown);
+                                ev.message =
+                                    Some(format!("the lookup stopped ({e}); still unknown"));
+                                (
+                                    Incoming::Mapped(Box::new(MappedRow::new(
+                                        id,
+                                        RowPayloads::default(),
+                                    ))),
+                                    Some(ev),
+                                )
                             }
                         }
-                        other => (other, None),
                     }
+                    other => (other, None),
                 }
-            })
-            .buffered(width)
-    };
-    let mut lookups = Box::pin(lookups);
+            }
+        })
+        .buffered(width)
+}
 
-    // 4. The customer batcher: creations and updates, in chunks.
+/// The customer batcher: records what is known of each row, batches its
+/// customer's creation or update (each chunk sent on a task of its own),
+/// and hands rows without a customer call downstream. Returns once every
+/// chunk has been sent and every row handed on.
+async fn send_customers(
+    run: &Arc<Run>,
+    lookups: impl futures::Stream<Item = (Incoming, Option<RowEvent>)>,
+    down_tx: Downstream,
+) -> Read {
+    let mut lookups = Box::pin(lookups);
     let mut tasks = JoinSet::new();
     let mut batch: Vec<MappedRow> = Vec::new();
     let mut updates: Vec<MappedRow> = Vec::new();
-    let mut read_error = None;
-    let mut rows_read = 0u64;
+    let mut read = Read {
+        rows_read: 0,
+        read_error: None,
+    };
+    let progress = &run.progress;
     // Outcomes known without a call (invalid rows, unchanged customers, ...)
     // are written in groups: one fsync per row would set the pace of a run
     // that sends little. The rows they belong to go downstream only once
@@ -838,7 +873,7 @@ pub async fn run(
         if (known_outcomes.len() >= KNOWN_GROUP
             || rows_waiting.len() >= KNOWN_GROUP
             || (waiting && last_flush.elapsed() >= std::time::Duration::from_secs(1)))
-            && !flush_known(&run, &mut known_outcomes, &mut rows_waiting, &down_tx).await
+            && !flush_known(run, &mut known_outcomes, &mut rows_waiting, &down_tx).await
         {
             break;
         }
@@ -846,107 +881,116 @@ pub async fn run(
             // The age of what waits is measured from its arrival.
             last_flush = std::time::Instant::now();
         }
-        if abort.is_set() {
+        if run.abort.is_set() {
             break;
         }
-        match item {
+        let mut row = match item {
             Incoming::SourceFailed(e) => {
-                read_error = Some(e.to_string());
+                read.read_error = Some(e.to_string());
                 break;
             }
             Incoming::Invalid(id, errors) => {
-                rows_read += 1;
-                progress.rows_read.store(rows_read, Ordering::Relaxed);
+                read.rows_read += 1;
+                progress.rows_read.store(read.rows_read, Ordering::Relaxed);
                 let mut ev = event(id, Stage::Mapping, Status::Invalid);
                 ev.message = Some(invalid_message(id, &errors));
                 known_outcomes.push(Entry::Row(ev));
+                continue;
             }
-            Incoming::Mapped(mut row) => {
-                rows_read += 1;
-                progress.rows_read.store(rows_read, Ordering::Relaxed);
-                if row
-                    .known_before
-                    .iter()
-                    .any(|e| e.status == Some(Status::Unknown))
-                {
-                    progress.left_unknown.fetch_add(1, Ordering::Relaxed);
-                }
-                let mut now_known: Vec<Entry> = std::mem::take(&mut row.known_before)
-                    .into_iter()
-                    .chain(looked_up)
-                    .map(Entry::Row)
-                    .collect();
-                for (stage, problem) in &row.payloads.invalid_stages {
-                    let mut ev = event(row.id, *stage, Status::Invalid);
-                    ev.message = Some(invalid_message(row.id, std::slice::from_ref(problem)));
-                    now_known.push(Entry::Row(ev));
-                }
-                let recorded_now = now_known.len() - row.payloads.invalid_stages.len();
-                match row.payloads.outcomes() + recorded_now as u32 {
-                    0 => {
-                        progress.rows_settled.fetch_add(1, Ordering::Relaxed);
-                    }
-                    left => {
-                        run.pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(
-                                row.id.row,
-                                Pending {
-                                    left,
-                                    failed: false,
-                                },
-                            );
-                    }
-                }
-                known_outcomes.extend(now_known);
-                if row.payloads.customer.is_some() {
-                    let update = row.update_of.is_some();
-                    let chunk = if update { &mut updates } else { &mut batch };
-                    chunk.push(*row);
-                    if chunk.len() >= run.limits.batch_size {
-                        let rows = std::mem::take(chunk);
-                        customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
-                    }
-                } else {
-                    let state = match (&row.blocked, row.payloads.existing_customer_id) {
-                        (Some(why), _) => CustomerState::NotCreated(why.clone()),
-                        (None, Some(id)) => CustomerState::Id(id),
-                        (None, None) => CustomerState::NotNeeded,
-                    };
-                    rows_waiting.push((*row, state));
-                }
+            Incoming::Mapped(row) => row,
+        };
+        read.rows_read += 1;
+        progress.rows_read.store(read.rows_read, Ordering::Relaxed);
+        known_outcomes.extend(known_now(run, &mut row, looked_up));
+        if row.payloads.customer.is_some() {
+            let update = row.update_of.is_some();
+            let chunk = if update { &mut updates } else { &mut batch };
+            chunk.push(*row);
+            if chunk.len() >= run.limits.batch_size {
+                let rows = std::mem::take(chunk);
+                customers::spawn_customers(run, &mut tasks, rows, &down_tx, update).await;
             }
+        } else {
+            let state = match (&row.blocked, row.payloads.existing_customer_id) {
+                (Some(why), _) => CustomerState::NotCreated(why.clone()),
+                (None, Some(id)) => CustomerState::Id(id),
+                (None, None) => CustomerState::NotNeeded,
+            };
+            rows_waiting.push((*row, state));
         }
         while tasks.try_join_next().is_some() {}
     }
     // Closing the stream closes the reader's channel: it stops reading.
     drop(lookups);
-    flush_known(&run, &mut known_outcomes, &mut rows_waiting, &down_tx).await;
+    flush_known(run, &mut known_outcomes, &mut rows_waiting, &down_tx).await;
     for (rows, update) in [(batch, false), (updates, true)] {
         if !rows.is_empty() {
-            customers::spawn_customers(&run, &mut tasks, rows, &down_tx, update).await;
+            customers::spawn_customers(run, &mut tasks, rows, &down_tx, update).await;
         }
     }
     while tasks.join_next().await.is_some() {}
-    drop(down_tx);
-    let _ = downstream.await;
-    let cut = reader.await.unwrap_or(false);
-    let limit = if cut { run.limits.rows } else { None };
-    in_flight.abort();
-    // The state is written before the end: a state that lags what the
-    // ledger says was sent is an aborted run, said in the end event.
-    if let Some(state) = &run.matching.state {
-        if let Err(e) = state.flush() {
-            abort.trip(e.to_string());
+    read
+}
+
+/// What is known of a row before anything is sent for it (outcomes an
+/// earlier run left, its lookup's, its stages invalid against the
+/// system), to record; and how many outcomes it still waits for.
+fn known_now(run: &Run, row: &mut MappedRow, looked_up: Option<RowEvent>) -> Vec<Entry> {
+    let progress = &run.progress;
+    if row
+        .known_before
+        .iter()
+        .any(|e| e.status == Some(Status::Unknown))
+    {
+        progress.left_unknown.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut now_known: Vec<Entry> = std::mem::take(&mut row.known_before)
+        .into_iter()
+        .chain(looked_up)
+        .map(Entry::Row)
+        .collect();
+    for (stage, problem) in &row.payloads.invalid_stages {
+        let mut ev = event(row.id, *stage, Status::Invalid);
+        ev.message = Some(invalid_message(row.id, std::slice::from_ref(problem)));
+        now_known.push(Entry::Row(ev));
+    }
+    let recorded_now = now_known.len() - row.payloads.invalid_stages.len();
+    match row.payloads.outcomes() + recorded_now as u32 {
+        0 => {
+            progress.rows_settled.fetch_add(1, Ordering::Relaxed);
+        }
+        left => {
+            run.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    row.id.row,
+                    Pending {
+                        left,
+                        failed: false,
+                    },
+                );
         }
     }
-    let mut aborted = abort.reason();
+    now_known
+}
+
+/// The end of a run: the state written (a state that lags what the ledger
+/// says was sent is an aborted run, said in the end event), then the end
+/// event.
+async fn finish(run: &Run, read: Read, cut: bool) -> RunEnd {
+    let limit = if cut { run.limits.rows } else { None };
+    if let Some(state) = &run.matching.state {
+        if let Err(e) = state.flush() {
+            run.abort.trip(e.to_string());
+        }
+    }
+    let mut aborted = run.abort.reason();
     let end = ledger::End {
-        rows_read,
+        rows_read: read.rows_read,
         finished_at: ledger::now(),
         aborted: aborted.clone(),
-        read_error: read_error.clone(),
+        read_error: read.read_error.clone(),
         limit,
     };
     if let Err(e) = run.ledger.write(&[Entry::End(end)]).await {
@@ -956,9 +1000,9 @@ pub async fn run(
         aborted.get_or_insert_with(|| format!("the ledger's end could not be written: {e}"));
     }
     RunEnd {
-        rows_read,
+        rows_read: read.rows_read,
         aborted,
-        read_error,
+        read_error: read.read_error,
         limit,
     }
 }
