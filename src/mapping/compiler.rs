@@ -12,6 +12,8 @@
 use std::ops::Range;
 use std::path::Path;
 
+use toml::Spanned;
+
 use super::raw::{self, OrderedMap, RawAddress, RawMapping};
 use super::spec::{Kind, Spec};
 use super::{
@@ -161,7 +163,10 @@ pub(super) fn source_options(ctx: &mut Ctx<'_>, raw: &raw::RawSource) -> SourceO
     }
     options
 }
-/// Compile-time bookkeeping of slots and stages.
+
+/// Compile-time bookkeeping of slots and stages: each stage's specs take
+/// the slots from its [`Builder::begin`] to its [`Builder::end`].
+#[derive(Default)]
 struct Builder {
     specs: Vec<Spec>,
     stages: Vec<StageSlots>,
@@ -194,282 +199,388 @@ impl Builder {
 }
 
 /// Checks a loaded mapping against the CSV header and builds the plan.
+///
+/// Every step runs, whatever the steps before it found, so that all the
+/// problems of a mapping are reported at once; their order (and the order
+/// of the slots) is the order of the steps.
 pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError> {
     let raw = &loaded.raw;
     let mut ctx = Ctx::new(&loaded.text, header);
+    let mut b = Builder::default();
     source_options(&mut ctx, &raw.source);
-    let mut b = Builder {
-        specs: Vec::new(),
-        stages: Vec::new(),
+    let customer_id = customer_id_column(&mut ctx, &raw.source);
+    let (customer, upsert) = match &raw.customer {
+        Some(c) => {
+            let (customer, upsert) = customer_stage(&mut ctx, &mut b, c);
+            (Some(customer), upsert)
+        }
+        None => (None, None),
     };
-    let mut plan = Plan {
+    let group_parts = field_group_done_names(raw);
+    let field_groups = raw
+        .field_group
+        .iter()
+        .zip(&group_parts)
+        .enumerate()
+        .map(|(n, (g, done_name))| field_group_stage(&mut ctx, &mut b, n, g.get_ref(), done_name))
+        .collect();
+    let campaign = raw
+        .campaign
+        .as_ref()
+        .and_then(|c| campaign_stage(&mut ctx, &mut b, c.get_ref()));
+    let campaign_update = raw
+        .campaign_update
+        .as_ref()
+        .and_then(|u| campaign_update_stage(&mut ctx, &mut b, u.get_ref()));
+    let (feed, feed_on_match) = match &raw.feed {
+        Some(f) => feed_stage(&mut ctx, &mut b, f.get_ref()),
+        None => (None, FeedOnMatch::Skip),
+    };
+    check_customer_id_source(&mut ctx, raw);
+    check_some_stage(&mut ctx, raw);
+    ctx.finish(&loaded.path)?;
+    Ok(Plan {
         trim: raw.source.trim.unwrap_or(true),
-        customer_id: None,
-        failed_csv: FailedCsvColumns {
-            customer_id: header.iter().position(|h| h == "_customer_id"),
-            done: header.iter().position(|h| h == "_done"),
-            unknown: header.iter().position(|h| h == "_unknown"),
-        },
-        specs: Vec::new(),
-        stages: Vec::new(),
-        customer: None,
-        upsert: None,
-        group_parts: field_group_done_names(raw),
-        field_groups: Vec::new(),
-        campaign: None,
-        campaign_update: None,
-        feed: None,
-        feed_on_match: FeedOnMatch::Skip,
-    };
-    if let Some(col) = &raw.source.customer_id {
-        match header.iter().position(|h| h == col.get_ref().trim()) {
-            Some(i) => plan.customer_id = Some((i, col.get_ref().trim().to_string())),
-            None => {
-                let msg = ctx.missing_column(col.get_ref());
-                ctx.issue("source.customer_id", col.span(), msg);
-            }
+        customer_id,
+        failed_csv: failed_csv_columns(header),
+        specs: b.specs,
+        stages: b.stages,
+        customer,
+        upsert,
+        group_parts,
+        field_groups,
+        campaign,
+        campaign_update,
+        feed,
+        feed_on_match,
+    })
+}
+
+/// The bookkeeping columns of a failed-rows CSV, where the header has them.
+fn failed_csv_columns(header: &[String]) -> FailedCsvColumns {
+    let find = |name: &str| header.iter().position(|h| h == name);
+    FailedCsvColumns {
+        customer_id: find("_customer_id"),
+        done: find("_done"),
+        unknown: find("_unknown"),
+    }
+}
+
+/// `[source] customer_id`: the column of existing customer ids, and its name.
+fn customer_id_column(ctx: &mut Ctx<'_>, source: &raw::RawSource) -> Option<(usize, String)> {
+    let col = source.customer_id.as_ref()?;
+    let name = col.get_ref().trim();
+    match ctx.header.iter().position(|h| h == name) {
+        Some(i) => Some((i, name.to_string())),
+        None => {
+            let msg = ctx.missing_column(col.get_ref());
+            ctx.issue("source.customer_id", col.span(), msg);
+            None
         }
     }
-    let when = |ctx: &mut Ctx<'_>, stage: &str, w: &Option<raw::Spec>| {
-        w.as_ref()
-            .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
-    };
-    if let Some(c) = &raw.customer {
-        let span = c.span();
-        let c = c.get_ref();
-        let upsert = upsert(&mut ctx, c);
-        let creates = upsert
-            .as_ref()
-            .is_none_or(|u| u.on_missing == OnMissing::Create);
-        if c.surname.is_none() && creates {
-            ctx.issue(
-                "customer",
-                span,
-                "customer.surname is required by the API to create customers: map it to a column (or set on_missing = \"skip\")".into(),
-            );
-        }
-        let start = b.begin();
-        let mut scalar = Vec::new();
-        for (field, spec, kind, list) in customer_fields(c) {
-            let key = format!("customer.{}", field.key());
-            if let Some(mut s) = spec.and_then(|spec| ctx.spec(&key, spec, kind, list)) {
-                if field == CustomerField::Surname && creates {
-                    s.set_required();
-                }
-                scalar.push((field, b.slot(s)));
-            }
-        }
-        let mut addresses = Vec::new();
-        for (kind, address) in [
-            (AddressKind::Address, &c.address),
-            (AddressKind::Invoice, &c.invoice_address),
-            (AddressKind::MailDrop, &c.mail_drop_address),
-        ] {
-            if let Some(a) = address {
-                let mut parts = Vec::new();
-                for (part, spec) in address_fields(a) {
-                    let key = format!("customer.{}.{}", kind.key(), part.key());
-                    if let Some(s) = spec.and_then(|spec| ctx.spec(&key, spec, Kind::Text, false)) {
-                        parts.push((part, b.slot(s)));
-                    }
-                }
-                addresses.push((kind, parts));
-            }
-        }
-        let custom_fields = ordered(
-            &mut ctx,
-            &mut b,
-            "customer.custom_fields",
-            c.custom_fields.as_ref(),
-        );
-        let stage = b.end(
-            start,
-            when(&mut ctx, "customer", &c.when),
+}
+
+/// A stage's `when` (`<stage>.when`), if it has one.
+fn when(ctx: &mut Ctx<'_>, stage: &str, w: &Option<raw::Spec>) -> Option<Spec> {
+    w.as_ref()
+        .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
+}
+
+/// `[customer]`: how existing customers are matched, then the customer's
+/// fields, addresses and custom fields.
+fn customer_stage(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    c: &Spanned<raw::RawCustomer>,
+) -> ((usize, CustomerPlan), Option<Upsert>) {
+    let span = c.span();
+    let c = c.get_ref();
+    let upsert = upsert(ctx, c);
+    let creates = upsert
+        .as_ref()
+        .is_none_or(|u| u.on_missing == OnMissing::Create);
+    if c.surname.is_none() && creates {
+        ctx.issue(
             "customer",
-            "customer".into(),
+            span,
+            "customer.surname is required by the API to create customers: map it to a column (or set on_missing = \"skip\")".into(),
         );
-        plan.customer = Some((
-            stage,
-            CustomerPlan {
-                fields: scalar,
-                addresses,
-                custom_fields,
-            },
-        ));
-        plan.upsert = upsert;
     }
-    let group_names = field_group_done_names(raw);
-    for (n, g) in raw.field_group.iter().enumerate() {
-        let key = format!("field_group[{n}]");
-        let g = g.get_ref();
-        let start = b.begin();
-        let mut values = Vec::new();
-        for (field, spec) in &g.values.0 {
-            let Ok(field_id) = field.get_ref().trim().parse::<i64>() else {
-                ctx.issue(&format!("{key}.values"), field.span(), format!("\"{}\" is not a field id: keys of values are the numeric field ids of group {}", field.get_ref(), g.group_id.get_ref()));
-                continue;
-            };
-            if let Some(s) = ctx.spec(
-                &format!("{key}.values.{field_id}"),
-                spec,
-                Kind::Scalar,
-                false,
-            ) {
-                values.push((field_id, b.slot(s)));
+    let start = b.begin();
+    let fields = customer_scalars(ctx, b, c, creates);
+    let addresses = customer_addresses(ctx, b, c);
+    let custom_fields = ordered(ctx, b, "customer.custom_fields", c.custom_fields.as_ref());
+    let stage = b.end(
+        start,
+        when(ctx, "customer", &c.when),
+        "customer",
+        "customer".into(),
+    );
+    let plan = CustomerPlan {
+        fields,
+        addresses,
+        custom_fields,
+    };
+    ((stage, plan), upsert)
+}
+
+/// The customer's scalar fields, in the API's order; `surname` is required
+/// of a row when the stage creates customers.
+fn customer_scalars(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    c: &raw::RawCustomer,
+    creates: bool,
+) -> Vec<(CustomerField, usize)> {
+    let mut fields = Vec::new();
+    for (field, spec, kind, list) in customer_fields(c) {
+        let key = format!("customer.{}", field.key());
+        if let Some(mut s) = spec.and_then(|spec| ctx.spec(&key, spec, kind, list)) {
+            if field == CustomerField::Surname && creates {
+                s.set_required();
             }
+            fields.push((field, b.slot(s)));
         }
-        if g.values.0.is_empty() {
+    }
+    fields
+}
+
+/// The customer's addresses that the mapping has, each with its parts.
+fn customer_addresses(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    c: &raw::RawCustomer,
+) -> Vec<(AddressKind, Vec<(AddressPart, usize)>)> {
+    let mut addresses = Vec::new();
+    for (kind, address) in [
+        (AddressKind::Address, &c.address),
+        (AddressKind::Invoice, &c.invoice_address),
+        (AddressKind::MailDrop, &c.mail_drop_address),
+    ] {
+        if let Some(a) = address {
+            let mut parts = Vec::new();
+            for (part, spec) in address_fields(a) {
+                let key = format!("customer.{}.{}", kind.key(), part.key());
+                if let Some(s) = spec.and_then(|spec| ctx.spec(&key, spec, Kind::Text, false)) {
+                    parts.push((part, b.slot(s)));
+                }
+            }
+            addresses.push((kind, parts));
+        }
+    }
+    addresses
+}
+
+/// The `n`th `[[field_group]]`: its values, then its `match`.
+fn field_group_stage(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    n: usize,
+    g: &raw::RawFieldGroup,
+    done_name: &str,
+) -> (usize, FieldGroupPlan) {
+    let key = format!("field_group[{n}]");
+    let start = b.begin();
+    let values = group_values(ctx, b, &key, g);
+    let stage = b.end(
+        start,
+        when(ctx, &key, &g.when),
+        "field_group",
+        done_name.to_string(),
+    );
+    let match_ids = item_match(ctx, &key, g);
+    let plan = FieldGroupPlan {
+        group_id: *g.group_id.get_ref(),
+        values,
+        match_ids,
+    };
+    (stage, plan)
+}
+
+/// `[[field_group]] values`: the numeric field ids of the group, each with
+/// its spec; at least one.
+fn group_values(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    key: &str,
+    g: &raw::RawFieldGroup,
+) -> Vec<(i64, usize)> {
+    let mut values = Vec::new();
+    for (field, spec) in &g.values.0 {
+        let Ok(field_id) = field.get_ref().trim().parse::<i64>() else {
+            ctx.issue(&format!("{key}.values"), field.span(), format!("\"{}\" is not a field id: keys of values are the numeric field ids of group {}", field.get_ref(), g.group_id.get_ref()));
+            continue;
+        };
+        if let Some(s) = ctx.spec(
+            &format!("{key}.values.{field_id}"),
+            spec,
+            Kind::Scalar,
+            false,
+        ) {
+            values.push((field_id, b.slot(s)));
+        }
+    }
+    if g.values.0.is_empty() {
+        ctx.issue(
+            &format!("{key}.values"),
+            g.group_id.span(),
+            "a field group needs at least one value".into(),
+        );
+    }
+    values
+}
+
+/// `[campaign]`: the campaign id (without it a row's campaign stage cannot
+/// be sent) and the record's fields.
+fn campaign_stage(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    c: &raw::RawCampaign,
+) -> Option<(usize, CampaignPlan)> {
+    let start = b.begin();
+    let id = ctx
+        .spec("campaign.id", &c.id, Kind::CampaignId, false)
+        .map(|s| b.slot(s));
+    let list = [
+        (RecordField::StatusId, c.status_id.as_ref()),
+        (
+            RecordField::DictionaryStatusId,
+            c.dictionary_status_id.as_ref(),
+        ),
+        (RecordField::AgentLogin, c.agent_login.as_ref()),
+        (RecordField::NextCallDate, c.next_call_date.as_ref()),
+        (RecordField::Order, c.order.as_ref()),
+    ];
+    let fields = record_fields(ctx, b, "campaign", &list);
+    let stage = b.end(
+        start,
+        when(ctx, "campaign", &c.when),
+        "campaign",
+        "campaign".into(),
+    );
+    let id = id?;
+    b.stages[stage].keys.push((id, "campaign id"));
+    Some((stage, CampaignPlan { id, fields }))
+}
+
+/// `[campaign_update]`: the campaign id and the record identifier (without
+/// either a row's edit cannot be sent), the record's fields and its
+/// user-named `record_fields`.
+fn campaign_update_stage(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    u: &raw::RawCampaignUpdate,
+) -> Option<(usize, UpdatePlan)> {
+    let start = b.begin();
+    let id = ctx
+        .spec("campaign_update.id", &u.id, Kind::CampaignId, false)
+        .map(|s| b.slot(s));
+    let identifier = ctx
+        .spec(
+            "campaign_update.identifier",
+            &u.identifier,
+            Kind::Text,
+            false,
+        )
+        .map(|s| b.slot(s));
+    let list = [
+        (RecordField::StatusId, u.status_id.as_ref()),
+        (
+            RecordField::DictionaryStatusId,
+            u.dictionary_status_id.as_ref(),
+        ),
+        (RecordField::AgentLogin, u.agent_login.as_ref()),
+        (RecordField::NextCallDate, u.next_call_date.as_ref()),
+    ];
+    let fields = record_fields(ctx, b, "campaign_update", &list);
+    let record_fields = ordered(
+        ctx,
+        b,
+        "campaign_update.record_fields",
+        u.record_fields.as_ref(),
+    );
+    let stage = b.end(
+        start,
+        when(ctx, "campaign_update", &u.when),
+        "campaign_update",
+        "campaign_update".into(),
+    );
+    let (id, identifier) = (id?, identifier?);
+    b.stages[stage]
+        .keys
+        .extend([(id, "campaign id"), (identifier, "record identifier")]);
+    let plan = UpdatePlan {
+        id,
+        identifier,
+        fields,
+        record_fields,
+    };
+    Some((stage, plan))
+}
+
+/// `[feed]`: the message and its time (both required of a row), author and
+/// id, and `on_match`.
+fn feed_stage(
+    ctx: &mut Ctx<'_>,
+    b: &mut Builder,
+    f: &raw::RawFeed,
+) -> (Option<(usize, FeedPlan)>, FeedOnMatch) {
+    let start = b.begin();
+    let required = |ctx: &mut Ctx<'_>, b: &mut Builder, key: &str, spec: &raw::Spec, kind: Kind| {
+        ctx.spec(key, spec, kind, false).map(|mut s| {
+            s.set_required();
+            b.slot(s)
+        })
+    };
+    let message = required(ctx, b, "feed.message", &f.message, Kind::Text);
+    let time = required(ctx, b, "feed.time", &f.time, Kind::FeedTime);
+    let author = f
+        .author
+        .as_ref()
+        .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false))
+        .map(|s| b.slot(s));
+    let id =
+        f.id.as_ref()
+            .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
+            .map(|s| b.slot(s));
+    let on_match = feed_on_match(ctx, f.on_match.as_ref());
+    let stage = b.end(start, when(ctx, "feed", &f.when), "feed", "feed".into());
+    let plan = match (message, time) {
+        (Some(message), Some(time)) => Some((
+            stage,
+            FeedPlan {
+                message,
+                time,
+                author,
+                id,
+            },
+        )),
+        _ => None,
+    };
+    (plan, on_match)
+}
+
+/// `[feed] on_match`: `skip` (the default) or `send`.
+fn feed_on_match(ctx: &mut Ctx<'_>, v: Option<&Spanned<String>>) -> FeedOnMatch {
+    let Some(v) = v else {
+        return FeedOnMatch::Skip;
+    };
+    match v.get_ref().as_str() {
+        "skip" => FeedOnMatch::Skip,
+        "send" => FeedOnMatch::Send,
+        other => {
             ctx.issue(
-                &format!("{key}.values"),
-                g.group_id.span(),
-                "a field group needs at least one value".into(),
+                "feed.on_match",
+                v.span(),
+                format!("\"{other}\" is not one of \"skip\" or \"send\""),
             );
-        }
-        let stage = b.end(
-            start,
-            when(&mut ctx, &key, &g.when),
-            "field_group",
-            group_names[n].clone(),
-        );
-        let match_ids = item_match(&mut ctx, &key, g);
-        plan.field_groups.push((
-            stage,
-            FieldGroupPlan {
-                group_id: *g.group_id.get_ref(),
-                values,
-                match_ids,
-            },
-        ));
-    }
-    if let Some(c) = &raw.campaign {
-        let c = c.get_ref();
-        let start = b.begin();
-        let id = ctx
-            .spec("campaign.id", &c.id, Kind::CampaignId, false)
-            .map(|s| b.slot(s));
-        let list = [
-            (RecordField::StatusId, c.status_id.as_ref()),
-            (
-                RecordField::DictionaryStatusId,
-                c.dictionary_status_id.as_ref(),
-            ),
-            (RecordField::AgentLogin, c.agent_login.as_ref()),
-            (RecordField::NextCallDate, c.next_call_date.as_ref()),
-            (RecordField::Order, c.order.as_ref()),
-        ];
-        let record = record_fields(&mut ctx, &mut b, "campaign", &list);
-        let stage = b.end(
-            start,
-            when(&mut ctx, "campaign", &c.when),
-            "campaign",
-            "campaign".into(),
-        );
-        if let Some(id) = id {
-            b.stages[stage].keys.push((id, "campaign id"));
-            plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
+            FeedOnMatch::Skip
         }
     }
-    if let Some(u) = &raw.campaign_update {
-        let u = u.get_ref();
-        let start = b.begin();
-        let id = ctx
-            .spec("campaign_update.id", &u.id, Kind::CampaignId, false)
-            .map(|s| b.slot(s));
-        let identifier = ctx
-            .spec(
-                "campaign_update.identifier",
-                &u.identifier,
-                Kind::Text,
-                false,
-            )
-            .map(|s| b.slot(s));
-        let list = [
-            (RecordField::StatusId, u.status_id.as_ref()),
-            (
-                RecordField::DictionaryStatusId,
-                u.dictionary_status_id.as_ref(),
-            ),
-            (RecordField::AgentLogin, u.agent_login.as_ref()),
-            (RecordField::NextCallDate, u.next_call_date.as_ref()),
-        ];
-        let body = record_fields(&mut ctx, &mut b, "campaign_update", &list);
-        let record_fields = ordered(
-            &mut ctx,
-            &mut b,
-            "campaign_update.record_fields",
-            u.record_fields.as_ref(),
-        );
-        let stage = b.end(
-            start,
-            when(&mut ctx, "campaign_update", &u.when),
-            "campaign_update",
-            "campaign_update".into(),
-        );
-        if let (Some(id), Some(identifier)) = (id, identifier) {
-            b.stages[stage]
-                .keys
-                .extend([(id, "campaign id"), (identifier, "record identifier")]);
-            plan.campaign_update = Some((
-                stage,
-                UpdatePlan {
-                    id,
-                    identifier,
-                    fields: body,
-                    record_fields,
-                },
-            ));
-        }
-    }
-    if let Some(f) = &raw.feed {
-        let f = f.get_ref();
-        let start = b.begin();
-        let required =
-            |ctx: &mut Ctx<'_>, b: &mut Builder, key: &str, spec: &raw::Spec, kind: Kind| {
-                ctx.spec(key, spec, kind, false).map(|mut s| {
-                    s.set_required();
-                    b.slot(s)
-                })
-            };
-        let message = required(&mut ctx, &mut b, "feed.message", &f.message, Kind::Text);
-        let time = required(&mut ctx, &mut b, "feed.time", &f.time, Kind::FeedTime);
-        let author = f
-            .author
-            .as_ref()
-            .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false))
-            .map(|s| b.slot(s));
-        let id =
-            f.id.as_ref()
-                .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
-                .map(|s| b.slot(s));
-        if let Some(v) = &f.on_match {
-            match v.get_ref().as_str() {
-                "skip" => plan.feed_on_match = FeedOnMatch::Skip,
-                "send" => plan.feed_on_match = FeedOnMatch::Send,
-                other => ctx.issue(
-                    "feed.on_match",
-                    v.span(),
-                    format!("\"{other}\" is not one of \"skip\" or \"send\""),
-                ),
-            }
-        }
-        let stage = b.end(
-            start,
-            when(&mut ctx, "feed", &f.when),
-            "feed",
-            "feed".into(),
-        );
-        if let (Some(message), Some(time)) = (message, time) {
-            plan.feed = Some((
-                stage,
-                FeedPlan {
-                    message,
-                    time,
-                    author,
-                    id,
-                },
-            ));
-        }
-    }
+}
+
+/// The whole mapping: stages that need a customer id have a way to get it.
+fn check_customer_id_source(ctx: &mut Ctx<'_>, raw: &RawMapping) {
     let needs_customer =
         !raw.field_group.is_empty() || raw.campaign.is_some() || raw.feed.is_some();
     if needs_customer && raw.customer.is_none() && raw.source.customer_id.is_none() {
@@ -479,6 +590,10 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
             message: "[field_group], [campaign] and [feed] need a customer id: add a [customer] stage to create customers, or [source] customer_id naming a column of existing ids".into(),
         });
     }
+}
+
+/// The whole mapping: it has at least one stage.
+fn check_some_stage(ctx: &mut Ctx<'_>, raw: &RawMapping) {
     if raw.customer.is_none()
         && raw.field_group.is_empty()
         && raw.campaign.is_none()
@@ -487,32 +602,10 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
     {
         ctx.issues.push(Issue { key: "(mapping)".into(), line: 1, message: "the mapping has no stage: add [customer], [[field_group]], [campaign], [campaign_update] or [feed]".into() });
     }
-    plan.specs = b.specs;
-    plan.stages = b.stages;
-    ctx.finish(&loaded.path).map(|()| plan)
 }
 
 /// Compiles `[customer] match` and its companions; `None` without `match`.
 fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
-    let choice =
-        |ctx: &mut Ctx<'_>, key: &str, v: &Option<toml::Spanned<String>>, options: [&str; 2]| {
-            let v = v.as_ref()?;
-            if options.contains(&v.get_ref().as_str()) {
-                Some(v.get_ref() == options[0])
-            } else {
-                ctx.issue(
-                    key,
-                    v.span(),
-                    format!(
-                        "\"{}\" is not one of \"{}\" or \"{}\"",
-                        v.get_ref(),
-                        options[0],
-                        options[1]
-                    ),
-                );
-                None
-            }
-        };
     let on_match = choice(ctx, "customer.on_match", &c.on_match, ["update", "skip"]);
     let on_missing = choice(
         ctx,
@@ -521,65 +614,106 @@ fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
         ["create", "skip"],
     );
     let Some(raw) = &c.match_keys else {
-        for (key, given) in [
-            ("customer.on_match", c.on_match.as_ref().map(|v| v.span())),
-            (
-                "customer.on_missing",
-                c.on_missing.as_ref().map(|v| v.span()),
-            ),
-        ] {
-            if let Some(span) = given {
-                ctx.issue(
-                    key,
-                    span,
-                    "needs customer.match: the keys that find existing customers".into(),
-                );
-            }
-        }
+        companions_need_match(ctx, c);
         return None;
     };
-    let span = raw.span();
-    let names: Vec<String> = match raw.get_ref() {
-        toml::Value::String(s) => vec![s.clone()],
-        toml::Value::Array(items) if !items.is_empty() => {
-            let names: Option<Vec<String>> = items
-                .iter()
-                .map(|i| i.as_str().map(str::to_string))
-                .collect();
-            match names {
-                Some(n) => n,
-                None => {
-                    ctx.issue("customer.match", span, "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into());
-                    return None;
-                }
-            }
-        }
-        _ => {
+    let names = match_key_names(ctx, raw)?;
+    let keys = match_keys(ctx, c, raw.span(), names);
+    Some(Upsert {
+        keys,
+        on_match: if on_match == Some(false) {
+            OnMatch::Skip
+        } else {
+            OnMatch::Update
+        },
+        on_missing: if on_missing == Some(false) {
+            OnMissing::Skip
+        } else {
+            OnMissing::Create
+        },
+        clear_empty: c.clear_empty.unwrap_or(false),
+    })
+}
+
+/// One of two words (`on_match`, `on_missing`): `Some(true)` for the first,
+/// `Some(false)` for the second, `None` when absent or neither.
+fn choice(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    v: &Option<Spanned<String>>,
+    options: [&str; 2],
+) -> Option<bool> {
+    let v = v.as_ref()?;
+    if options.contains(&v.get_ref().as_str()) {
+        Some(v.get_ref() == options[0])
+    } else {
+        ctx.issue(
+            key,
+            v.span(),
+            format!(
+                "\"{}\" is not one of \"{}\" or \"{}\"",
+                v.get_ref(),
+                options[0],
+                options[1]
+            ),
+        );
+        None
+    }
+}
+
+/// `on_match` and `on_missing` without `match` have nothing to act on.
+fn companions_need_match(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) {
+    for (key, given) in [
+        ("customer.on_match", c.on_match.as_ref().map(|v| v.span())),
+        (
+            "customer.on_missing",
+            c.on_missing.as_ref().map(|v| v.span()),
+        ),
+    ] {
+        if let Some(span) = given {
             ctx.issue(
-                "customer.match",
+                key,
                 span,
-                "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into(),
+                "needs customer.match: the keys that find existing customers".into(),
             );
-            return None;
         }
+    }
+}
+
+/// `match` as written: one key name, or a non-empty list of them.
+fn match_key_names(ctx: &mut Ctx<'_>, raw: &Spanned<toml::Value>) -> Option<Vec<String>> {
+    let names = match raw.get_ref() {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
     };
+    if names.is_none() {
+        ctx.issue(
+            "customer.match",
+            raw.span(),
+            "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into(),
+        );
+    }
+    names
+}
+
+/// The match keys named, each a known key that the mapping fills, once.
+fn match_keys(
+    ctx: &mut Ctx<'_>,
+    c: &raw::RawCustomer,
+    span: Range<usize>,
+    names: Vec<String>,
+) -> Vec<SearchKey> {
     let mut keys = Vec::new();
     for name in names {
         let Some(key) = SearchKey::parse(name.trim()) else {
             ctx.issue("customer.match", span.clone(), format!("\"{name}\" is not a match key (expected identifier, email, phone_number, nip or custom_fields.<Name>)"));
             continue;
         };
-        let mapped = match &key {
-            SearchKey::Identifier => c.identifier.is_some(),
-            SearchKey::Email => c.email.is_some(),
-            SearchKey::PhoneNumber => c.phone_number.is_some(),
-            SearchKey::Nip => c.nip.is_some(),
-            SearchKey::CustomField(n) => c
-                .custom_fields
-                .as_ref()
-                .is_some_and(|f| f.0.iter().any(|(k, _)| k.get_ref() == n)),
-        };
-        if !mapped {
+        if !fills(c, &key) {
             ctx.issue(
                 "customer.match",
                 span.clone(),
@@ -599,20 +733,21 @@ fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
         }
         keys.push(key);
     }
-    Some(Upsert {
-        keys,
-        on_match: if on_match == Some(false) {
-            OnMatch::Skip
-        } else {
-            OnMatch::Update
-        },
-        on_missing: if on_missing == Some(false) {
-            OnMissing::Skip
-        } else {
-            OnMissing::Create
-        },
-        clear_empty: c.clear_empty.unwrap_or(false),
-    })
+    keys
+}
+
+/// Whether `[customer]` maps the field a match key searches by.
+fn fills(c: &raw::RawCustomer, key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Identifier => c.identifier.is_some(),
+        SearchKey::Email => c.email.is_some(),
+        SearchKey::PhoneNumber => c.phone_number.is_some(),
+        SearchKey::Nip => c.nip.is_some(),
+        SearchKey::CustomField(n) => c
+            .custom_fields
+            .as_ref()
+            .is_some_and(|f| f.0.iter().any(|(k, _)| k.get_ref() == n)),
+    }
 }
 
 /// `[[field_group]] match`: field ids (one, or a list; numbers or their
@@ -690,8 +825,6 @@ fn record_fields(
         .collect()
 }
 
-/// A table of user-named fields (custom fields, record fields), compiled
-/// into slots in file order.
 /// How a failed-rows CSV's `_done` names each `[[field_group]]` of a
 /// mapping: `field_group:<group_id>`, and for a group id the mapping uses
 /// again, `field_group:<group_id>.2`, `.3`, ...
@@ -712,6 +845,8 @@ pub fn field_group_done_names(raw: &RawMapping) -> Vec<String> {
         .collect()
 }
 
+/// A table of user-named fields (custom fields, record fields), compiled
+/// into slots in file order.
 fn ordered(
     ctx: &mut Ctx<'_>,
     b: &mut Builder,
