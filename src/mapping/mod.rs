@@ -8,6 +8,10 @@
 //! the TOML key, its line in the file and, for a missing column, the closest
 //! header names. [`Plan::map_row`] then turns each row into the payloads of
 //! every stage, or into the list of what is wrong with it.
+//!
+//! This file holds what a compiled mapping is (the plan, the payloads of a
+//! row) and how a row is mapped; `compiler.rs` holds how a mapping becomes a
+//! plan, and `spec.rs` how one value spec is compiled and evaluated.
 
 mod compiler;
 pub mod date;
@@ -762,57 +766,98 @@ impl Plan {
 
     /// Moves evaluated values into the API's typed requests.
     pub fn assemble(&self, mut ev: Evaluated, row: &Row) -> RowPayloads {
-        let mut out = RowPayloads {
+        let unknown = self.unknown_stages(&ev);
+        let invalid_stages = self.invalid_stages(&mut ev);
+        let (customer, cleared) = self.customer_payload(&mut ev);
+        let field_groups = self.field_group_payloads(&mut ev);
+        let campaign = self.campaign_payload(&mut ev);
+        let campaign_update = self.campaign_update_payload(&mut ev);
+        let feed = self.feed_payload(&mut ev, row);
+        RowPayloads {
             existing_customer_id: ev.existing_customer_id,
-            ..RowPayloads::default()
+            customer,
+            field_groups,
+            campaign,
+            campaign_update,
+            feed,
+            invalid_stages,
+            unknown,
+            cleared,
+        }
+    }
+
+    /// The stages a failed-rows CSV's `_unknown` lists for the row.
+    fn unknown_stages(&self, ev: &Evaluated) -> Unknowns {
+        Unknowns {
+            customer: self
+                .customer
+                .as_ref()
+                .is_some_and(|(s, _)| ev.unknown.contains(*s)),
+            field_groups: self
+                .field_groups
+                .iter()
+                .enumerate()
+                .filter(|(_, (stage, _))| ev.unknown.contains(*stage))
+                .map(|(index, _)| index)
+                .collect(),
+            feed: self
+                .feed
+                .as_ref()
+                .is_some_and(|(s, _)| ev.unknown.contains(*s)),
+        }
+    }
+
+    /// The stages that run for the row but cannot be sent, at their stage
+    /// of the ledger (only campaign stages have such keys).
+    fn invalid_stages(&self, ev: &mut Evaluated) -> Vec<(Stage, FieldError)> {
+        std::mem::take(&mut ev.stage_problems)
+            .into_iter()
+            .map(|(stage, problem)| {
+                let stage = match self.stages[stage].kind {
+                    "campaign" => Stage::Campaign,
+                    _ => Stage::CampaignUpdate,
+                };
+                (stage, problem)
+            })
+            .collect()
+    }
+
+    /// The customer to create or update, and with `clear_empty` the mapped
+    /// custom fields it clears; nothing when the stage does not run.
+    fn customer_payload(&self, ev: &mut Evaluated) -> (Option<Customer>, Vec<Cleared>) {
+        let Some((_, c)) = running(ev, &self.customer) else {
+            return (None, Vec::new());
         };
-        if let Some((stage, _)) = &self.customer {
-            out.unknown.customer = ev.unknown.contains(*stage);
-        }
-        for (index, (stage, _)) in self.field_groups.iter().enumerate() {
-            if ev.unknown.contains(*stage) {
-                out.unknown.field_groups.push(index);
+        let mut customer = Customer::default();
+        for (field, slot) in &c.fields {
+            if let Some(v) = ev.take(*slot) {
+                customer.set(*field, v);
             }
         }
-        if let Some((stage, _)) = &self.feed {
-            out.unknown.feed = ev.unknown.contains(*stage);
-        }
-        for (stage, problem) in std::mem::take(&mut ev.stage_problems) {
-            let stage = match self.stages[stage].kind {
-                "campaign" => Stage::Campaign,
-                _ => Stage::CampaignUpdate,
-            };
-            out.invalid_stages.push((stage, problem));
-        }
-        if let Some((stage, c)) = &self.customer {
-            if ev.running.contains(*stage) {
-                let clear = self.upsert.as_ref().is_some_and(|u| u.clear_empty);
-                let mut customer = Customer::default();
-                for (field, slot) in &c.fields {
-                    if let Some(v) = ev.take(*slot) {
-                        customer.set(*field, v);
-                    }
+        for (kind, parts) in &c.addresses {
+            for (part, slot) in parts {
+                if let Some(v) = ev.take(*slot) {
+                    customer.address_mut(*kind).set(*part, v);
                 }
-                for (kind, parts) in &c.addresses {
-                    for (part, slot) in parts {
-                        if let Some(v) = ev.take(*slot) {
-                            customer.address_mut(*kind).set(*part, v);
-                        }
-                    }
-                }
-                // The vendor documents clearing (an empty value) for custom
-                // fields only: other empty cells stay out of an update.
-                if clear {
-                    for f in &c.custom_fields {
-                        if ev.slots.get(f.slot).is_some_and(Option::is_none) {
-                            out.cleared.push(Cleared(f.name.clone()));
-                        }
-                    }
-                }
-                customer.custom_fields = ev.named(&c.custom_fields);
-                out.customer = Some(customer);
             }
         }
+        // The vendor documents clearing (an empty value) for custom
+        // fields only: other empty cells stay out of an update.
+        let mut cleared = Vec::new();
+        if self.upsert.as_ref().is_some_and(|u| u.clear_empty) {
+            for f in &c.custom_fields {
+                if ev.slots.get(f.slot).is_some_and(Option::is_none) {
+                    cleared.push(Cleared(f.name.clone()));
+                }
+            }
+        }
+        customer.custom_fields = ev.named(&c.custom_fields);
+        (Some(customer), cleared)
+    }
+
+    /// One item per field group that runs and has a value.
+    fn field_group_payloads(&self, ev: &mut Evaluated) -> Vec<ItemPayload> {
+        let mut items = Vec::new();
         for (index, (stage, g)) in self.field_groups.iter().enumerate() {
             if !ev.running.contains(*stage) {
                 continue;
@@ -828,7 +873,7 @@ impl Plan {
                 })
                 .collect();
             if !values.is_empty() {
-                out.field_groups.push(ItemPayload {
+                items.push(ItemPayload {
                     index,
                     group_id: g.group_id,
                     values,
@@ -837,64 +882,73 @@ impl Plan {
                 });
             }
         }
-        if let Some((stage, c)) = &self.campaign {
-            if ev.running.contains(*stage) {
-                if let Some(Value::String(campaign_id)) = ev.take(c.id) {
-                    let mut record = RecordFields::default();
-                    for (field, slot) in &c.fields {
-                        if let Some(v) = ev.take(*slot) {
-                            record.set(*field, v);
-                        }
-                    }
-                    out.campaign = Some(CampaignPayload {
-                        campaign_id,
-                        record,
-                    });
-                }
-            }
-        }
-        if let Some((stage, u)) = &self.campaign_update {
-            if ev.running.contains(*stage) {
-                let id = ev.take(u.id);
-                let identifier = ev.take(u.identifier);
-                let mut body = RecordUpdate::default();
-                for (field, slot) in &u.fields {
-                    if let Some(v) = ev.take(*slot) {
-                        body.set(*field, v);
-                    }
-                }
-                body.record_fields = ev.named(&u.record_fields);
-                if let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) {
-                    out.campaign_update = Some(UpdatePayload {
-                        campaign_id,
-                        identifier: Scalar::from_value(identifier).text().into_owned(),
-                        body,
-                    });
-                }
-            }
-        }
-        if let Some((stage, f)) = &self.feed {
-            if ev.running.contains(*stage) {
-                let id = match f.id.and_then(|s| ev.take(s)) {
-                    Some(v) => Scalar::from_value(v).text().into_owned(),
-                    None => format!("thulium-import-{}", row.id.row),
-                };
-                let author = f
-                    .author
-                    .and_then(|s| ev.take(s))
-                    .map_or(Scalar::Text("agent".into()), Scalar::from_value);
-                let message = ev.take(f.message).map(Scalar::from_value);
-                let time = ev.take(f.time).map(Scalar::from_value);
-                if let (Some(message), Some(time)) = (message, time) {
-                    out.feed = Some(FeedMessage::text(
-                        id,
-                        message,
-                        author,
-                        time.text().into_owned(),
-                    ));
-                }
-            }
-        }
-        out
+        items
     }
+
+    /// The campaign record, when the stage runs.
+    fn campaign_payload(&self, ev: &mut Evaluated) -> Option<CampaignPayload> {
+        let (_, c) = running(ev, &self.campaign)?;
+        let Some(Value::String(campaign_id)) = ev.take(c.id) else {
+            return None;
+        };
+        let mut record = RecordFields::default();
+        for (field, slot) in &c.fields {
+            if let Some(v) = ev.take(*slot) {
+                record.set(*field, v);
+            }
+        }
+        Some(CampaignPayload {
+            campaign_id,
+            record,
+        })
+    }
+
+    /// The campaign record edit, when the stage runs.
+    fn campaign_update_payload(&self, ev: &mut Evaluated) -> Option<UpdatePayload> {
+        let (_, u) = running(ev, &self.campaign_update)?;
+        let id = ev.take(u.id);
+        let identifier = ev.take(u.identifier);
+        let mut body = RecordUpdate::default();
+        for (field, slot) in &u.fields {
+            if let Some(v) = ev.take(*slot) {
+                body.set(*field, v);
+            }
+        }
+        body.record_fields = ev.named(&u.record_fields);
+        let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) else {
+            return None;
+        };
+        Some(UpdatePayload {
+            campaign_id,
+            identifier: Scalar::from_value(identifier).text().into_owned(),
+            body,
+        })
+    }
+
+    /// The feed message, when the stage runs: its id is the mapped one or
+    /// the row's own, its author the mapped one or `agent`.
+    fn feed_payload(&self, ev: &mut Evaluated, row: &Row) -> Option<FeedMessage> {
+        let (_, f) = running(ev, &self.feed)?;
+        let id = match f.id.and_then(|s| ev.take(s)) {
+            Some(v) => Scalar::from_value(v).text().into_owned(),
+            None => format!("thulium-import-{}", row.id.row),
+        };
+        let author = f
+            .author
+            .and_then(|s| ev.take(s))
+            .map_or(Scalar::Text("agent".into()), Scalar::from_value);
+        let message = ev.take(f.message).map(Scalar::from_value)?;
+        let time = ev.take(f.time).map(Scalar::from_value)?;
+        Some(FeedMessage::text(
+            id,
+            message,
+            author,
+            time.text().into_owned(),
+        ))
+    }
+}
+
+/// A stage of the plan, if the row runs it.
+fn running<'p, T>(ev: &Evaluated, stage: &'p Option<(usize, T)>) -> Option<&'p (usize, T)> {
+    stage.as_ref().filter(|(s, _)| ev.running.contains(*s))
 }
