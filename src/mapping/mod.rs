@@ -8,10 +8,17 @@
 //! the TOML key, its line in the file and, for a missing column, the closest
 //! header names. [`Plan::map_row`] then turns each row into the payloads of
 //! every stage, or into the list of what is wrong with it.
+//!
+//! This file holds what a compiled mapping is (the plan, the payloads of a
+//! row) and how a row is mapped; `compiler.rs` holds how a mapping becomes a
+//! plan, and `spec.rs` how one value spec is compiled and evaluated.
 
+mod compiler;
 pub mod date;
 pub mod raw;
 pub mod spec;
+
+pub use compiler::{compile, field_group_done_names, Ctx};
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -25,8 +32,8 @@ use crate::api::payload::{
 };
 use crate::ledger::Stage;
 use crate::source::{CellsRef, FieldError, Row, SourceOptions};
-use raw::{OrderedMap, RawAddress, RawMapping};
-use spec::{Kind, Spec};
+use raw::RawMapping;
+use spec::Spec;
 
 /// One problem in a mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,149 +107,9 @@ impl Loaded {
     /// encoding is an error here, before the file is opened).
     pub fn source_options(&self) -> Result<SourceOptions, MappingError> {
         let mut ctx = Ctx::new(&self.text, &[]);
-        let options = source_options(&mut ctx, &self.raw.source);
+        let options = compiler::source_options(&mut ctx, &self.raw.source);
         ctx.finish(&self.path).map(|()| options)
     }
-}
-
-/// What compiling needs at hand: the mapping text (for line numbers), the
-/// header, and the problems found so far.
-#[derive(Debug)]
-pub struct Ctx<'a> {
-    text: &'a str,
-    header: &'a [String],
-    issues: Vec<Issue>,
-}
-
-impl<'a> Ctx<'a> {
-    fn new(text: &'a str, header: &'a [String]) -> Self {
-        Ctx {
-            text,
-            header,
-            issues: Vec::new(),
-        }
-    }
-
-    fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
-    }
-
-    /// Records a problem with `key` at `span`.
-    pub fn issue(&mut self, key: &str, span: Range<usize>, message: String) {
-        let line = self.line(&span);
-        self.issues.push(Issue {
-            key: key.to_string(),
-            line,
-            message,
-        });
-    }
-
-    /// The message for a column that is not in the header.
-    fn missing_column(&self, name: &str) -> String {
-        let wanted = name.trim().to_lowercase();
-        let mut scored: Vec<(f64, &String)> = self
-            .header
-            .iter()
-            .filter(|h| !h.is_empty())
-            .map(|h| {
-                (
-                    strsim::normalized_damerau_levenshtein(&wanted, &h.to_lowercase()),
-                    h,
-                )
-            })
-            .filter(|(score, _)| *score >= 0.5)
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let closest: Vec<String> = scored
-            .iter()
-            .take(3)
-            .map(|(_, h)| format!("\"{h}\""))
-            .collect();
-        if closest.is_empty() {
-            let all: Vec<String> = self
-                .header
-                .iter()
-                .take(12)
-                .map(|h| format!("\"{h}\""))
-                .collect();
-            format!(
-                "column \"{name}\" is not in the header (the header has: {})",
-                all.join(", ")
-            )
-        } else {
-            format!(
-                "column \"{name}\" is not in the header (closest: {})",
-                closest.join(", ")
-            )
-        }
-    }
-
-    fn finish(self, path: &Path) -> Result<(), MappingError> {
-        if self.issues.is_empty() {
-            Ok(())
-        } else {
-            Err(MappingError::Invalid {
-                path: path.into(),
-                issues: self.issues,
-            })
-        }
-    }
-
-    fn spec(&mut self, key: &str, raw: &raw::Spec, kind: Kind, list: bool) -> Option<Spec> {
-        Spec::compile(self, key, raw, kind, list)
-    }
-}
-
-fn source_options(ctx: &mut Ctx<'_>, raw: &raw::RawSource) -> SourceOptions {
-    let mut options = SourceOptions {
-        sheet: raw.sheet.clone(),
-        ..SourceOptions::default()
-    };
-    let single_byte = |s: &str| -> Option<u8> {
-        match s {
-            "\\t" | "tab" => Some(b'\t'),
-            s if s.len() == 1 && s.is_ascii() => Some(s.as_bytes()[0]),
-            _ => None,
-        }
-    };
-    if let Some(d) = &raw.delimiter {
-        if d.get_ref() != "auto" {
-            match single_byte(d.get_ref()) {
-                Some(b) if b != b'\n' && b != b'\r' => options.delimiter = Some(b),
-                _ => ctx.issue(
-                    "source.delimiter",
-                    d.span(),
-                    format!(
-                        "delimiter must be one ASCII character or \"auto\", not \"{}\"",
-                        d.get_ref()
-                    ),
-                ),
-            }
-        }
-    }
-    if let Some(q) = &raw.quote {
-        match single_byte(q.get_ref()) {
-            Some(b) => options.quote = b,
-            None => ctx.issue(
-                "source.quote",
-                q.span(),
-                format!("quote must be one ASCII character, not \"{}\"", q.get_ref()),
-            ),
-        }
-    }
-    if let Some(e) = &raw.encoding {
-        match encoding_rs::Encoding::for_label(e.get_ref().trim().as_bytes()) {
-            Some(enc) if enc.is_ascii_compatible() && enc != encoding_rs::REPLACEMENT => options.encoding = Some(enc),
-            Some(enc) => ctx.issue("source.encoding", e.span(), format!("encoding {} is not supported: convert the file to UTF-8", enc.name())),
-            None => ctx.issue("source.encoding", e.span(), format!("unknown encoding \"{}\" (use a WHATWG label such as utf-8, windows-1250, iso-8859-2)", e.get_ref())),
-        }
-    }
-    options
 }
 
 /// A custom-field group item to create for a row.
@@ -495,129 +362,6 @@ pub struct Upsert {
     pub clear_empty: bool,
 }
 
-/// Compiles `[customer] match` and its companions; `None` without `match`.
-fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
-    let choice =
-        |ctx: &mut Ctx<'_>, key: &str, v: &Option<toml::Spanned<String>>, options: [&str; 2]| {
-            let v = v.as_ref()?;
-            if options.contains(&v.get_ref().as_str()) {
-                Some(v.get_ref() == options[0])
-            } else {
-                ctx.issue(
-                    key,
-                    v.span(),
-                    format!(
-                        "\"{}\" is not one of \"{}\" or \"{}\"",
-                        v.get_ref(),
-                        options[0],
-                        options[1]
-                    ),
-                );
-                None
-            }
-        };
-    let on_match = choice(ctx, "customer.on_match", &c.on_match, ["update", "skip"]);
-    let on_missing = choice(
-        ctx,
-        "customer.on_missing",
-        &c.on_missing,
-        ["create", "skip"],
-    );
-    let Some(raw) = &c.match_keys else {
-        for (key, given) in [
-            ("customer.on_match", c.on_match.as_ref().map(|v| v.span())),
-            (
-                "customer.on_missing",
-                c.on_missing.as_ref().map(|v| v.span()),
-            ),
-        ] {
-            if let Some(span) = given {
-                ctx.issue(
-                    key,
-                    span,
-                    "needs customer.match: the keys that find existing customers".into(),
-                );
-            }
-        }
-        return None;
-    };
-    let span = raw.span();
-    let names: Vec<String> = match raw.get_ref() {
-        toml::Value::String(s) => vec![s.clone()],
-        toml::Value::Array(items) if !items.is_empty() => {
-            let names: Option<Vec<String>> = items
-                .iter()
-                .map(|i| i.as_str().map(str::to_string))
-                .collect();
-            match names {
-                Some(n) => n,
-                None => {
-                    ctx.issue("customer.match", span, "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into());
-                    return None;
-                }
-            }
-        }
-        _ => {
-            ctx.issue(
-                "customer.match",
-                span,
-                "match is a key name or a list of them, such as [\"identifier\", \"email\"]".into(),
-            );
-            return None;
-        }
-    };
-    let mut keys = Vec::new();
-    for name in names {
-        let Some(key) = SearchKey::parse(name.trim()) else {
-            ctx.issue("customer.match", span.clone(), format!("\"{name}\" is not a match key (expected identifier, email, phone_number, nip or custom_fields.<Name>)"));
-            continue;
-        };
-        let mapped = match &key {
-            SearchKey::Identifier => c.identifier.is_some(),
-            SearchKey::Email => c.email.is_some(),
-            SearchKey::PhoneNumber => c.phone_number.is_some(),
-            SearchKey::Nip => c.nip.is_some(),
-            SearchKey::CustomField(n) => c
-                .custom_fields
-                .as_ref()
-                .is_some_and(|f| f.0.iter().any(|(k, _)| k.get_ref() == n)),
-        };
-        if !mapped {
-            ctx.issue(
-                "customer.match",
-                span.clone(),
-                format!(
-                    "{name} is a match key but the mapping does not fill it: map customer.{name}"
-                ),
-            );
-            continue;
-        }
-        if keys.contains(&key) {
-            ctx.issue(
-                "customer.match",
-                span.clone(),
-                format!("{name} is listed twice"),
-            );
-            continue;
-        }
-        keys.push(key);
-    }
-    Some(Upsert {
-        keys,
-        on_match: if on_match == Some(false) {
-            OnMatch::Skip
-        } else {
-            OnMatch::Update
-        },
-        on_missing: if on_missing == Some(false) {
-            OnMissing::Skip
-        } else {
-            OnMissing::Create
-        },
-        clear_empty: c.clear_empty.unwrap_or(false),
-    })
-}
-
 /// A mapping compiled against a header: ready to map rows.
 ///
 /// Mapping a row is two steps: [`Plan::evaluate`] computes every value of the
@@ -737,505 +481,6 @@ pub struct Stages {
     pub campaign: bool,
     pub campaign_update: bool,
     pub feed: bool,
-}
-
-/// Compile-time bookkeeping of slots and stages.
-struct Builder {
-    specs: Vec<Spec>,
-    stages: Vec<StageSlots>,
-}
-
-impl Builder {
-    fn slot(&mut self, spec: Spec) -> usize {
-        self.specs.push(spec);
-        self.specs.len() - 1
-    }
-    fn begin(&self) -> usize {
-        self.specs.len()
-    }
-    fn end(
-        &mut self,
-        start: usize,
-        when: Option<Spec>,
-        kind: &'static str,
-        done_name: String,
-    ) -> usize {
-        self.stages.push(StageSlots {
-            when,
-            slots: start..self.specs.len(),
-            kind,
-            done_name,
-            keys: Vec::new(),
-        });
-        self.stages.len() - 1
-    }
-}
-
-/// Checks a loaded mapping against the CSV header and builds the plan.
-pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError> {
-    let raw = &loaded.raw;
-    let mut ctx = Ctx::new(&loaded.text, header);
-    source_options(&mut ctx, &raw.source);
-    let mut b = Builder {
-        specs: Vec::new(),
-        stages: Vec::new(),
-    };
-    let mut plan = Plan {
-        trim: raw.source.trim.unwrap_or(true),
-        customer_id: None,
-        failed_csv: FailedCsvColumns {
-            customer_id: header.iter().position(|h| h == "_customer_id"),
-            done: header.iter().position(|h| h == "_done"),
-            unknown: header.iter().position(|h| h == "_unknown"),
-        },
-        specs: Vec::new(),
-        stages: Vec::new(),
-        customer: None,
-        upsert: None,
-        group_parts: field_group_done_names(raw),
-        field_groups: Vec::new(),
-        campaign: None,
-        campaign_update: None,
-        feed: None,
-        feed_on_match: FeedOnMatch::Skip,
-    };
-    if let Some(col) = &raw.source.customer_id {
-        match header.iter().position(|h| h == col.get_ref().trim()) {
-            Some(i) => plan.customer_id = Some((i, col.get_ref().trim().to_string())),
-            None => {
-                let msg = ctx.missing_column(col.get_ref());
-                ctx.issue("source.customer_id", col.span(), msg);
-            }
-        }
-    }
-    let when = |ctx: &mut Ctx<'_>, stage: &str, w: &Option<raw::Spec>| {
-        w.as_ref()
-            .and_then(|w| ctx.spec(&format!("{stage}.when"), w, Kind::Scalar, false))
-    };
-    if let Some(c) = &raw.customer {
-        let span = c.span();
-        let c = c.get_ref();
-        let upsert = upsert(&mut ctx, c);
-        let creates = upsert
-            .as_ref()
-            .is_none_or(|u| u.on_missing == OnMissing::Create);
-        if c.surname.is_none() && creates {
-            ctx.issue(
-                "customer",
-                span,
-                "customer.surname is required by the API to create customers: map it to a column (or set on_missing = \"skip\")".into(),
-            );
-        }
-        let start = b.begin();
-        let mut scalar = Vec::new();
-        for (field, spec, kind, list) in customer_fields(c) {
-            let key = format!("customer.{}", field.key());
-            if let Some(mut s) = spec.and_then(|spec| ctx.spec(&key, spec, kind, list)) {
-                if field == CustomerField::Surname && creates {
-                    s.set_required();
-                }
-                scalar.push((field, b.slot(s)));
-            }
-        }
-        let mut addresses = Vec::new();
-        for (kind, address) in [
-            (AddressKind::Address, &c.address),
-            (AddressKind::Invoice, &c.invoice_address),
-            (AddressKind::MailDrop, &c.mail_drop_address),
-        ] {
-            if let Some(a) = address {
-                let mut parts = Vec::new();
-                for (part, spec) in address_fields(a) {
-                    let key = format!("customer.{}.{}", kind.key(), part.key());
-                    if let Some(s) = spec.and_then(|spec| ctx.spec(&key, spec, Kind::Text, false)) {
-                        parts.push((part, b.slot(s)));
-                    }
-                }
-                addresses.push((kind, parts));
-            }
-        }
-        let custom_fields = ordered(
-            &mut ctx,
-            &mut b,
-            "customer.custom_fields",
-            c.custom_fields.as_ref(),
-        );
-        let stage = b.end(
-            start,
-            when(&mut ctx, "customer", &c.when),
-            "customer",
-            "customer".into(),
-        );
-        plan.customer = Some((
-            stage,
-            CustomerPlan {
-                fields: scalar,
-                addresses,
-                custom_fields,
-            },
-        ));
-        plan.upsert = upsert;
-    }
-    let group_names = field_group_done_names(raw);
-    for (n, g) in raw.field_group.iter().enumerate() {
-        let key = format!("field_group[{n}]");
-        let g = g.get_ref();
-        let start = b.begin();
-        let mut values = Vec::new();
-        for (field, spec) in &g.values.0 {
-            let Ok(field_id) = field.get_ref().trim().parse::<i64>() else {
-                ctx.issue(&format!("{key}.values"), field.span(), format!("\"{}\" is not a field id: keys of values are the numeric field ids of group {}", field.get_ref(), g.group_id.get_ref()));
-                continue;
-            };
-            if let Some(s) = ctx.spec(
-                &format!("{key}.values.{field_id}"),
-                spec,
-                Kind::Scalar,
-                false,
-            ) {
-                values.push((field_id, b.slot(s)));
-            }
-        }
-        if g.values.0.is_empty() {
-            ctx.issue(
-                &format!("{key}.values"),
-                g.group_id.span(),
-                "a field group needs at least one value".into(),
-            );
-        }
-        let stage = b.end(
-            start,
-            when(&mut ctx, &key, &g.when),
-            "field_group",
-            group_names[n].clone(),
-        );
-        let match_ids = item_match(&mut ctx, &key, g);
-        plan.field_groups.push((
-            stage,
-            FieldGroupPlan {
-                group_id: *g.group_id.get_ref(),
-                values,
-                match_ids,
-            },
-        ));
-    }
-    if let Some(c) = &raw.campaign {
-        let c = c.get_ref();
-        let start = b.begin();
-        let id = ctx
-            .spec("campaign.id", &c.id, Kind::CampaignId, false)
-            .map(|s| b.slot(s));
-        let list = [
-            (RecordField::StatusId, c.status_id.as_ref()),
-            (
-                RecordField::DictionaryStatusId,
-                c.dictionary_status_id.as_ref(),
-            ),
-            (RecordField::AgentLogin, c.agent_login.as_ref()),
-            (RecordField::NextCallDate, c.next_call_date.as_ref()),
-            (RecordField::Order, c.order.as_ref()),
-        ];
-        let record = record_fields(&mut ctx, &mut b, "campaign", &list);
-        let stage = b.end(
-            start,
-            when(&mut ctx, "campaign", &c.when),
-            "campaign",
-            "campaign".into(),
-        );
-        if let Some(id) = id {
-            b.stages[stage].keys.push((id, "campaign id"));
-            plan.campaign = Some((stage, CampaignPlan { id, fields: record }));
-        }
-    }
-    if let Some(u) = &raw.campaign_update {
-        let u = u.get_ref();
-        let start = b.begin();
-        let id = ctx
-            .spec("campaign_update.id", &u.id, Kind::CampaignId, false)
-            .map(|s| b.slot(s));
-        let identifier = ctx
-            .spec(
-                "campaign_update.identifier",
-                &u.identifier,
-                Kind::Text,
-                false,
-            )
-            .map(|s| b.slot(s));
-        let list = [
-            (RecordField::StatusId, u.status_id.as_ref()),
-            (
-                RecordField::DictionaryStatusId,
-                u.dictionary_status_id.as_ref(),
-            ),
-            (RecordField::AgentLogin, u.agent_login.as_ref()),
-            (RecordField::NextCallDate, u.next_call_date.as_ref()),
-        ];
-        let body = record_fields(&mut ctx, &mut b, "campaign_update", &list);
-        let record_fields = ordered(
-            &mut ctx,
-            &mut b,
-            "campaign_update.record_fields",
-            u.record_fields.as_ref(),
-        );
-        let stage = b.end(
-            start,
-            when(&mut ctx, "campaign_update", &u.when),
-            "campaign_update",
-            "campaign_update".into(),
-        );
-        if let (Some(id), Some(identifier)) = (id, identifier) {
-            b.stages[stage]
-                .keys
-                .extend([(id, "campaign id"), (identifier, "record identifier")]);
-            plan.campaign_update = Some((
-                stage,
-                UpdatePlan {
-                    id,
-                    identifier,
-                    fields: body,
-                    record_fields,
-                },
-            ));
-        }
-    }
-    if let Some(f) = &raw.feed {
-        let f = f.get_ref();
-        let start = b.begin();
-        let required =
-            |ctx: &mut Ctx<'_>, b: &mut Builder, key: &str, spec: &raw::Spec, kind: Kind| {
-                ctx.spec(key, spec, kind, false).map(|mut s| {
-                    s.set_required();
-                    b.slot(s)
-                })
-            };
-        let message = required(&mut ctx, &mut b, "feed.message", &f.message, Kind::Text);
-        let time = required(&mut ctx, &mut b, "feed.time", &f.time, Kind::FeedTime);
-        let author = f
-            .author
-            .as_ref()
-            .and_then(|a| ctx.spec("feed.author", a, Kind::Text, false))
-            .map(|s| b.slot(s));
-        let id =
-            f.id.as_ref()
-                .and_then(|a| ctx.spec("feed.id", a, Kind::Text, false))
-                .map(|s| b.slot(s));
-        if let Some(v) = &f.on_match {
-            match v.get_ref().as_str() {
-                "skip" => plan.feed_on_match = FeedOnMatch::Skip,
-                "send" => plan.feed_on_match = FeedOnMatch::Send,
-                other => ctx.issue(
-                    "feed.on_match",
-                    v.span(),
-                    format!("\"{other}\" is not one of \"skip\" or \"send\""),
-                ),
-            }
-        }
-        let stage = b.end(
-            start,
-            when(&mut ctx, "feed", &f.when),
-            "feed",
-            "feed".into(),
-        );
-        if let (Some(message), Some(time)) = (message, time) {
-            plan.feed = Some((
-                stage,
-                FeedPlan {
-                    message,
-                    time,
-                    author,
-                    id,
-                },
-            ));
-        }
-    }
-    let needs_customer =
-        !raw.field_group.is_empty() || raw.campaign.is_some() || raw.feed.is_some();
-    if needs_customer && raw.customer.is_none() && raw.source.customer_id.is_none() {
-        ctx.issues.push(Issue {
-            key: "customer".into(),
-            line: 1,
-            message: "[field_group], [campaign] and [feed] need a customer id: add a [customer] stage to create customers, or [source] customer_id naming a column of existing ids".into(),
-        });
-    }
-    if raw.customer.is_none()
-        && raw.field_group.is_empty()
-        && raw.campaign.is_none()
-        && raw.campaign_update.is_none()
-        && raw.feed.is_none()
-    {
-        ctx.issues.push(Issue { key: "(mapping)".into(), line: 1, message: "the mapping has no stage: add [customer], [[field_group]], [campaign], [campaign_update] or [feed]".into() });
-    }
-    plan.specs = b.specs;
-    plan.stages = b.stages;
-    ctx.finish(&loaded.path).map(|()| plan)
-}
-
-/// `[[field_group]] match`: field ids (one, or a list; numbers or their
-/// text), each one of the block's own `values`.
-fn item_match(ctx: &mut Ctx<'_>, key: &str, g: &raw::RawFieldGroup) -> Vec<i64> {
-    let Some(m) = &g.match_fields else {
-        return Vec::new();
-    };
-    let key = format!("{key}.match");
-    let own: Vec<i64> = g
-        .values
-        .0
-        .iter()
-        .filter_map(|(k, _)| k.get_ref().trim().parse().ok())
-        .collect();
-    let list = match m.get_ref() {
-        toml::Value::Array(a) => a.clone(),
-        one => vec![one.clone()],
-    };
-    let mut ids = Vec::new();
-    for v in &list {
-        let id = match v {
-            toml::Value::Integer(i) => Some(*i),
-            toml::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        match id {
-            Some(id) if own.contains(&id) => {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-            Some(id) => ctx.issue(
-                &key,
-                m.span(),
-                format!(
-                    "field {id} is not one of this block's values ({}): match names the fields, among those the block fills, that identify an item",
-                    own.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-                ),
-            ),
-            None => ctx.issue(
-                &key,
-                m.span(),
-                format!("{v} is not a field id: match lists field ids of the block's values"),
-            ),
-        }
-    }
-    if list.is_empty() {
-        ctx.issue(
-            &key,
-            m.span(),
-            "match is empty: name at least one field id, or leave match out".into(),
-        );
-    }
-    ids
-}
-
-/// The fields of a campaign record or its edit, compiled into slots.
-fn record_fields(
-    ctx: &mut Ctx<'_>,
-    b: &mut Builder,
-    stage: &str,
-    list: &[(RecordField, Option<&raw::Spec>)],
-) -> Vec<(RecordField, usize)> {
-    list.iter()
-        .filter_map(|(field, spec)| {
-            let kind = match field {
-                RecordField::AgentLogin => Kind::Text,
-                RecordField::NextCallDate => Kind::DateTime,
-                _ => Kind::Int,
-            };
-            let s = ctx.spec(&format!("{stage}.{}", field.key()), (*spec)?, kind, false)?;
-            Some((*field, b.slot(s)))
-        })
-        .collect()
-}
-
-/// A table of user-named fields (custom fields, record fields), compiled
-/// into slots in file order.
-/// How a failed-rows CSV's `_done` names each `[[field_group]]` of a
-/// mapping: `field_group:<group_id>`, and for a group id the mapping uses
-/// again, `field_group:<group_id>.2`, `.3`, ...
-pub fn field_group_done_names(raw: &RawMapping) -> Vec<String> {
-    let mut seen: Vec<i64> = Vec::new();
-    raw.field_group
-        .iter()
-        .map(|g| {
-            let id = *g.get_ref().group_id.get_ref();
-            let n = seen.iter().filter(|s| **s == id).count();
-            seen.push(id);
-            if n == 0 {
-                format!("field_group:{id}")
-            } else {
-                format!("field_group:{id}.{}", n + 1)
-            }
-        })
-        .collect()
-}
-
-fn ordered(
-    ctx: &mut Ctx<'_>,
-    b: &mut Builder,
-    key: &str,
-    map: Option<&OrderedMap<raw::Spec>>,
-) -> Vec<NamedSlot> {
-    let Some(map) = map else { return Vec::new() };
-    map.0
-        .iter()
-        .filter_map(|(name, spec)| {
-            let s = ctx.spec(
-                &format!("{key}.\"{}\"", name.get_ref()),
-                spec,
-                Kind::Scalar,
-                false,
-            )?;
-            Some(NamedSlot {
-                name: name.get_ref().clone(),
-                slot: b.slot(s),
-            })
-        })
-        .collect()
-}
-
-/// The customer's scalar fields with their kinds, in the API's order.
-fn customer_fields(c: &raw::RawCustomer) -> Vec<(CustomerField, Option<&raw::Spec>, Kind, bool)> {
-    use CustomerField as F;
-    vec![
-        (F::Name, c.name.as_ref(), Kind::Text, false),
-        (F::Surname, c.surname.as_ref(), Kind::Text, false),
-        (F::Email, c.email.as_ref(), Kind::Email, true),
-        (F::PhoneNumber, c.phone_number.as_ref(), Kind::Phone, true),
-        (F::CompanyId, c.company_id.as_ref(), Kind::Int, false),
-        (F::Type, c.type_.as_ref(), Kind::Text, false),
-        (F::Group, c.group.as_ref(), Kind::Text, false),
-        (F::Identifier, c.identifier.as_ref(), Kind::Text, false),
-        (F::Gender, c.gender.as_ref(), Kind::Text, false),
-        (F::Homepage, c.homepage.as_ref(), Kind::Text, false),
-        (F::Birthdate, c.birthdate.as_ref(), Kind::Date, false),
-        (F::Nip, c.nip.as_ref(), Kind::Text, false),
-        (F::Note, c.note.as_ref(), Kind::Text, false),
-        (F::Pesel, c.pesel.as_ref(), Kind::Text, false),
-        (F::Job, c.job.as_ref(), Kind::Text, false),
-        (F::JobTitle, c.job_title.as_ref(), Kind::Text, false),
-        (
-            F::AccountManager,
-            c.account_manager.as_ref(),
-            Kind::Text,
-            false,
-        ),
-        (F::Vip, c.vip.as_ref(), Kind::Bool, false),
-        (
-            F::FillReadOnlyCustomFields,
-            c.fill_read_only_custom_fields.as_ref(),
-            Kind::Bool,
-            false,
-        ),
-    ]
-}
-
-fn address_fields(a: &RawAddress) -> [(AddressPart, Option<&raw::Spec>); 6] {
-    [
-        (AddressPart::Street, a.street.as_ref()),
-        (AddressPart::Building, a.building.as_ref()),
-        (AddressPart::Flat, a.flat.as_ref()),
-        (AddressPart::Postcode, a.postcode.as_ref()),
-        (AddressPart::City, a.city.as_ref()),
-        (AddressPart::Country, a.country.as_ref()),
-    ]
 }
 
 impl Evaluated {
@@ -1521,57 +766,98 @@ impl Plan {
 
     /// Moves evaluated values into the API's typed requests.
     pub fn assemble(&self, mut ev: Evaluated, row: &Row) -> RowPayloads {
-        let mut out = RowPayloads {
+        let unknown = self.unknown_stages(&ev);
+        let invalid_stages = self.invalid_stages(&mut ev);
+        let (customer, cleared) = self.customer_payload(&mut ev);
+        let field_groups = self.field_group_payloads(&mut ev);
+        let campaign = self.campaign_payload(&mut ev);
+        let campaign_update = self.campaign_update_payload(&mut ev);
+        let feed = self.feed_payload(&mut ev, row);
+        RowPayloads {
             existing_customer_id: ev.existing_customer_id,
-            ..RowPayloads::default()
+            customer,
+            field_groups,
+            campaign,
+            campaign_update,
+            feed,
+            invalid_stages,
+            unknown,
+            cleared,
+        }
+    }
+
+    /// The stages a failed-rows CSV's `_unknown` lists for the row.
+    fn unknown_stages(&self, ev: &Evaluated) -> Unknowns {
+        Unknowns {
+            customer: self
+                .customer
+                .as_ref()
+                .is_some_and(|(s, _)| ev.unknown.contains(*s)),
+            field_groups: self
+                .field_groups
+                .iter()
+                .enumerate()
+                .filter(|(_, (stage, _))| ev.unknown.contains(*stage))
+                .map(|(index, _)| index)
+                .collect(),
+            feed: self
+                .feed
+                .as_ref()
+                .is_some_and(|(s, _)| ev.unknown.contains(*s)),
+        }
+    }
+
+    /// The stages that run for the row but cannot be sent, at their stage
+    /// of the ledger (only campaign stages have such keys).
+    fn invalid_stages(&self, ev: &mut Evaluated) -> Vec<(Stage, FieldError)> {
+        std::mem::take(&mut ev.stage_problems)
+            .into_iter()
+            .map(|(stage, problem)| {
+                let stage = match self.stages[stage].kind {
+                    "campaign" => Stage::Campaign,
+                    _ => Stage::CampaignUpdate,
+                };
+                (stage, problem)
+            })
+            .collect()
+    }
+
+    /// The customer to create or update, and with `clear_empty` the mapped
+    /// custom fields it clears; nothing when the stage does not run.
+    fn customer_payload(&self, ev: &mut Evaluated) -> (Option<Customer>, Vec<Cleared>) {
+        let Some((_, c)) = running(ev, &self.customer) else {
+            return (None, Vec::new());
         };
-        if let Some((stage, _)) = &self.customer {
-            out.unknown.customer = ev.unknown.contains(*stage);
-        }
-        for (index, (stage, _)) in self.field_groups.iter().enumerate() {
-            if ev.unknown.contains(*stage) {
-                out.unknown.field_groups.push(index);
+        let mut customer = Customer::default();
+        for (field, slot) in &c.fields {
+            if let Some(v) = ev.take(*slot) {
+                customer.set(*field, v);
             }
         }
-        if let Some((stage, _)) = &self.feed {
-            out.unknown.feed = ev.unknown.contains(*stage);
-        }
-        for (stage, problem) in std::mem::take(&mut ev.stage_problems) {
-            let stage = match self.stages[stage].kind {
-                "campaign" => Stage::Campaign,
-                _ => Stage::CampaignUpdate,
-            };
-            out.invalid_stages.push((stage, problem));
-        }
-        if let Some((stage, c)) = &self.customer {
-            if ev.running.contains(*stage) {
-                let clear = self.upsert.as_ref().is_some_and(|u| u.clear_empty);
-                let mut customer = Customer::default();
-                for (field, slot) in &c.fields {
-                    if let Some(v) = ev.take(*slot) {
-                        customer.set(*field, v);
-                    }
+        for (kind, parts) in &c.addresses {
+            for (part, slot) in parts {
+                if let Some(v) = ev.take(*slot) {
+                    customer.address_mut(*kind).set(*part, v);
                 }
-                for (kind, parts) in &c.addresses {
-                    for (part, slot) in parts {
-                        if let Some(v) = ev.take(*slot) {
-                            customer.address_mut(*kind).set(*part, v);
-                        }
-                    }
-                }
-                // The vendor documents clearing (an empty value) for custom
-                // fields only: other empty cells stay out of an update.
-                if clear {
-                    for f in &c.custom_fields {
-                        if ev.slots.get(f.slot).is_some_and(Option::is_none) {
-                            out.cleared.push(Cleared(f.name.clone()));
-                        }
-                    }
-                }
-                customer.custom_fields = ev.named(&c.custom_fields);
-                out.customer = Some(customer);
             }
         }
+        // The vendor documents clearing (an empty value) for custom
+        // fields only: other empty cells stay out of an update.
+        let mut cleared = Vec::new();
+        if self.upsert.as_ref().is_some_and(|u| u.clear_empty) {
+            for f in &c.custom_fields {
+                if ev.slots.get(f.slot).is_some_and(Option::is_none) {
+                    cleared.push(Cleared(f.name.clone()));
+                }
+            }
+        }
+        customer.custom_fields = ev.named(&c.custom_fields);
+        (Some(customer), cleared)
+    }
+
+    /// One item per field group that runs and has a value.
+    fn field_group_payloads(&self, ev: &mut Evaluated) -> Vec<ItemPayload> {
+        let mut items = Vec::new();
         for (index, (stage, g)) in self.field_groups.iter().enumerate() {
             if !ev.running.contains(*stage) {
                 continue;
@@ -1587,7 +873,7 @@ impl Plan {
                 })
                 .collect();
             if !values.is_empty() {
-                out.field_groups.push(ItemPayload {
+                items.push(ItemPayload {
                     index,
                     group_id: g.group_id,
                     values,
@@ -1596,64 +882,73 @@ impl Plan {
                 });
             }
         }
-        if let Some((stage, c)) = &self.campaign {
-            if ev.running.contains(*stage) {
-                if let Some(Value::String(campaign_id)) = ev.take(c.id) {
-                    let mut record = RecordFields::default();
-                    for (field, slot) in &c.fields {
-                        if let Some(v) = ev.take(*slot) {
-                            record.set(*field, v);
-                        }
-                    }
-                    out.campaign = Some(CampaignPayload {
-                        campaign_id,
-                        record,
-                    });
-                }
-            }
-        }
-        if let Some((stage, u)) = &self.campaign_update {
-            if ev.running.contains(*stage) {
-                let id = ev.take(u.id);
-                let identifier = ev.take(u.identifier);
-                let mut body = RecordUpdate::default();
-                for (field, slot) in &u.fields {
-                    if let Some(v) = ev.take(*slot) {
-                        body.set(*field, v);
-                    }
-                }
-                body.record_fields = ev.named(&u.record_fields);
-                if let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) {
-                    out.campaign_update = Some(UpdatePayload {
-                        campaign_id,
-                        identifier: Scalar::from_value(identifier).text().into_owned(),
-                        body,
-                    });
-                }
-            }
-        }
-        if let Some((stage, f)) = &self.feed {
-            if ev.running.contains(*stage) {
-                let id = match f.id.and_then(|s| ev.take(s)) {
-                    Some(v) => Scalar::from_value(v).text().into_owned(),
-                    None => format!("thulium-import-{}", row.id.row),
-                };
-                let author = f
-                    .author
-                    .and_then(|s| ev.take(s))
-                    .map_or(Scalar::Text("agent".into()), Scalar::from_value);
-                let message = ev.take(f.message).map(Scalar::from_value);
-                let time = ev.take(f.time).map(Scalar::from_value);
-                if let (Some(message), Some(time)) = (message, time) {
-                    out.feed = Some(FeedMessage::text(
-                        id,
-                        message,
-                        author,
-                        time.text().into_owned(),
-                    ));
-                }
-            }
-        }
-        out
+        items
     }
+
+    /// The campaign record, when the stage runs.
+    fn campaign_payload(&self, ev: &mut Evaluated) -> Option<CampaignPayload> {
+        let (_, c) = running(ev, &self.campaign)?;
+        let Some(Value::String(campaign_id)) = ev.take(c.id) else {
+            return None;
+        };
+        let mut record = RecordFields::default();
+        for (field, slot) in &c.fields {
+            if let Some(v) = ev.take(*slot) {
+                record.set(*field, v);
+            }
+        }
+        Some(CampaignPayload {
+            campaign_id,
+            record,
+        })
+    }
+
+    /// The campaign record edit, when the stage runs.
+    fn campaign_update_payload(&self, ev: &mut Evaluated) -> Option<UpdatePayload> {
+        let (_, u) = running(ev, &self.campaign_update)?;
+        let id = ev.take(u.id);
+        let identifier = ev.take(u.identifier);
+        let mut body = RecordUpdate::default();
+        for (field, slot) in &u.fields {
+            if let Some(v) = ev.take(*slot) {
+                body.set(*field, v);
+            }
+        }
+        body.record_fields = ev.named(&u.record_fields);
+        let (Some(Value::String(campaign_id)), Some(identifier)) = (id, identifier) else {
+            return None;
+        };
+        Some(UpdatePayload {
+            campaign_id,
+            identifier: Scalar::from_value(identifier).text().into_owned(),
+            body,
+        })
+    }
+
+    /// The feed message, when the stage runs: its id is the mapped one or
+    /// the row's own, its author the mapped one or `agent`.
+    fn feed_payload(&self, ev: &mut Evaluated, row: &Row) -> Option<FeedMessage> {
+        let (_, f) = running(ev, &self.feed)?;
+        let id = match f.id.and_then(|s| ev.take(s)) {
+            Some(v) => Scalar::from_value(v).text().into_owned(),
+            None => format!("thulium-import-{}", row.id.row),
+        };
+        let author = f
+            .author
+            .and_then(|s| ev.take(s))
+            .map_or(Scalar::Text("agent".into()), Scalar::from_value);
+        let message = ev.take(f.message).map(Scalar::from_value)?;
+        let time = ev.take(f.time).map(Scalar::from_value)?;
+        Some(FeedMessage::text(
+            id,
+            message,
+            author,
+            time.text().into_owned(),
+        ))
+    }
+}
+
+/// A stage of the plan, if the row runs it.
+fn running<'p, T>(ev: &Evaluated, stage: &'p Option<(usize, T)>) -> Option<&'p (usize, T)> {
+    stage.as_ref().filter(|(s, _)| ev.running.contains(*s))
 }

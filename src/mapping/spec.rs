@@ -8,6 +8,8 @@
 //! birthdate must be `YYYY-MM-DD`, a phone number digits). An empty result
 //! takes the `default`, fails a `required` field, or leaves the field out.
 
+use std::ops::Range;
+
 use serde_json::Value;
 
 use super::date::{DateFormat, Written};
@@ -172,6 +174,10 @@ const SPEC_KEYS: &[&str] = &[
 impl Spec {
     /// Compiles a spec for a target field. `list` says whether the target
     /// takes a list (`split`). Problems are pushed to `issues` with `key`.
+    ///
+    /// A table's options are read one by one, in a fixed order (the order
+    /// of their problems), and every one is read whatever the others were:
+    /// a source that cannot be resolved (a missing column) stops here.
     pub fn compile(
         ctx: &mut Ctx<'_>,
         key: &str,
@@ -180,21 +186,10 @@ impl Spec {
         list: bool,
     ) -> Option<Spec> {
         let span = raw.span();
-        let mut spec = Spec {
-            from: From::Constant(Value::Null),
-            kind,
-            required: false,
-            default: None,
-            transforms: Vec::new(),
-            date: None,
-            map: Vec::new(),
-            split: None,
-            conv: None,
-        };
         let table = match raw.get_ref() {
             toml::Value::String(column) => {
-                spec.from = ctx.column(key, span.clone(), column)?;
-                return Some(spec);
+                let from = ctx.column(key, span, column)?;
+                return Some(Spec::plain(from, kind));
             }
             toml::Value::Table(t) => t,
             other => {
@@ -205,192 +200,62 @@ impl Spec {
                 return None;
             }
         };
-        let mut ok = true;
-        if let Some(unknown) = table.keys().find(|k| !SPEC_KEYS.contains(&k.as_str())) {
-            ctx.issue(
-                key,
-                span.clone(),
-                format!(
-                    "unknown option \"{unknown}\" (expected one of: {})",
-                    SPEC_KEYS.join(", ")
-                ),
-            );
-            ok = false;
-        }
-        let sources: Vec<&str> = ["column", "value", "template"]
-            .into_iter()
-            .filter(|k| table.contains_key(*k))
-            .collect();
-        if sources.len() != 1 {
-            ctx.issue(
-                key,
-                span.clone(),
-                "a value spec needs exactly one of column, value or template".to_string(),
-            );
-            return None;
-        }
-        let mut bad = |ctx: &mut Ctx<'_>, msg: String| {
-            ctx.issue(key, span.clone(), msg);
-            ok = false;
+        let mut o = Options {
+            key,
+            span,
+            table,
+            ok: true,
         };
-        match (
-            table.get("column"),
-            table.get("value"),
-            table.get("template"),
-        ) {
-            (Some(toml::Value::String(c)), _, _) => spec.from = ctx.column(key, span.clone(), c)?,
-            (Some(_), _, _) => bad(ctx, "column must be a string (a header name)".into()),
-            (_, Some(v), _) => match constant(v) {
-                Some(v) => spec.from = From::Constant(v),
-                None => bad(
-                    ctx,
-                    "value must be a string, an integer or a boolean".into(),
-                ),
-            },
-            (_, _, Some(toml::Value::String(t))) => {
-                spec.from = ctx.template(key, span.clone(), t)?
-            }
-            (_, _, Some(_)) => bad(
-                ctx,
-                "template must be a string such as \"{Ulica} {Nr domu}\"".into(),
-            ),
-            _ => {}
+        o.check_known(ctx);
+        o.check_one_source(ctx)?;
+        let mut spec = Spec::plain(o.source(ctx)?, kind);
+        spec.required = o.required(ctx);
+        spec.default = o.default(ctx);
+        spec.transforms = o.transforms(ctx);
+        spec.date = o.date(ctx, kind);
+        spec.map = o.map(ctx);
+        spec.split = o.split(ctx, list);
+        spec.conv = o.conv(ctx);
+        spec.check_constants(ctx, &mut o);
+        o.ok.then_some(spec)
+    }
+
+    /// A spec that takes its value from `from` as it is: no options.
+    fn plain(from: From, kind: Kind) -> Spec {
+        Spec {
+            from,
+            kind,
+            required: false,
+            default: None,
+            transforms: Vec::new(),
+            date: None,
+            map: Vec::new(),
+            split: None,
+            conv: None,
         }
-        match table.get("required") {
-            None => {}
-            Some(toml::Value::Boolean(b)) => spec.required = *b,
-            Some(_) => bad(ctx, "required must be true or false".into()),
-        }
-        if let Some(d) = table.get("default") {
-            match constant(d) {
-                Some(v) => spec.default = Some(v),
-                None => bad(
-                    ctx,
-                    "default must be a string, an integer or a boolean".into(),
-                ),
-            }
-        }
-        match table.get("transform") {
-            None => {}
-            Some(toml::Value::Array(items)) => {
-                for item in items {
-                    match item.as_str().and_then(Transform::parse) {
-                        Some(t) => spec.transforms.push(t),
-                        None => bad(
-                            ctx,
-                            format!(
-                                "unknown transform {item} (expected one of: {})",
-                                Transform::NAMES.join(", ")
-                            ),
-                        ),
-                    }
-                }
-            }
-            Some(toml::Value::String(s)) => match Transform::parse(s) {
-                Some(t) => spec.transforms.push(t),
-                None => bad(
-                    ctx,
-                    format!(
-                        "unknown transform \"{s}\" (expected one of: {})",
-                        Transform::NAMES.join(", ")
-                    ),
-                ),
-            },
-            Some(_) => bad(
-                ctx,
-                "transform must be a list such as [\"trim\", \"phone\"]".into(),
-            ),
-        }
-        match table.get("date") {
-            None => {}
-            Some(toml::Value::String(f)) => {
-                if kind.written().is_none() {
-                    bad(
-                        ctx,
-                        "date cannot be used on this field (it does not take a date)".into(),
-                    );
-                } else {
-                    match DateFormat::new(f) {
-                        Ok(d) if f.contains('%') => spec.date = Some(d),
-                        _ => bad(ctx, format!("date must be a strftime input format such as \"%d.%m.%Y\", not \"{f}\"")),
-                    }
-                }
-            }
-            Some(_) => bad(
-                ctx,
-                "date must be a format string such as \"%d.%m.%Y\"".into(),
-            ),
-        }
-        match table.get("map") {
-            None => {}
-            Some(toml::Value::Table(m)) => {
-                for (k, v) in m {
-                    match constant(v) {
-                        Some(v) => spec.map.push((k.clone(), v)),
-                        None => bad(
-                            ctx,
-                            format!(
-                                "map value for \"{k}\" must be a string, an integer or a boolean"
-                            ),
-                        ),
-                    }
-                }
-                if m.is_empty() {
-                    bad(ctx, "map must list at least one value".into());
-                }
-            }
-            Some(_) => bad(
-                ctx,
-                "map must be a table such as { tak = true, nie = false }".into(),
-            ),
-        }
-        match table.get("split") {
-            None => {}
-            Some(toml::Value::String(s)) if !s.is_empty() => {
-                if list {
-                    spec.split = Some(s.clone());
-                } else {
-                    bad(ctx, "split makes a list, and this field takes one value (only email and phone_number take lists)".into());
-                }
-            }
-            Some(_) => bad(ctx, "split must be a non-empty string such as \",\"".into()),
-        }
-        match table.get("type") {
-            None => {}
-            Some(toml::Value::String(t)) => match t.as_str() {
-                "integer" => spec.conv = Some(TypeConv::Integer),
-                "string" => spec.conv = Some(TypeConv::String),
-                "bool" => spec.conv = Some(TypeConv::Bool),
-                other => bad(
-                    ctx,
-                    format!("unknown type \"{other}\" (expected integer, string or bool)"),
-                ),
-            },
-            Some(_) => bad(
-                ctx,
-                "type must be \"integer\", \"string\" or \"bool\"".into(),
-            ),
-        }
-        // Constants and defaults are checked now, not on every row.
+    }
+
+    /// Constants and defaults are checked now, not on every row, and kept
+    /// in the target's form.
+    fn check_constants(&mut self, ctx: &mut Ctx<'_>, o: &mut Options<'_>) {
         for (what, v) in [
             (
                 "value",
-                match &spec.from {
+                match &self.from {
                     From::Constant(v) => Some(v.clone()),
                     _ => None,
                 },
             ),
-            ("default", spec.default.clone()),
+            ("default", self.default.clone()),
         ] {
             if let Some(v) = v {
-                match spec.finish_item(v) {
-                    Ok(v) if what == "default" => spec.default = Some(v),
-                    Ok(v) => spec.from = From::Constant(v),
-                    Err(reason) => bad(ctx, format!("{what}: {reason}")),
+                match self.finish_item(v) {
+                    Ok(v) if what == "default" => self.default = Some(v),
+                    Ok(v) => self.from = From::Constant(v),
+                    Err(reason) => o.bad(ctx, format!("{what}: {reason}")),
                 }
             }
         }
-        ok.then_some(spec)
     }
 
     /// Evaluates the spec for one row: `Ok(None)` leaves the field out.
@@ -664,6 +529,232 @@ impl Spec {
     /// Whether the value is a constant (no column involved).
     pub fn is_constant(&self) -> bool {
         matches!(self.from, From::Constant(_))
+    }
+}
+
+/// The options of one spec table, read one at a time, with the key and span
+/// their problems are reported under.
+struct Options<'a> {
+    key: &'a str,
+    span: Range<usize>,
+    table: &'a toml::Table,
+    /// No problem found yet: the spec is usable.
+    ok: bool,
+}
+
+impl Options<'_> {
+    /// Records a problem that makes the spec unusable.
+    fn bad(&mut self, ctx: &mut Ctx<'_>, msg: String) {
+        ctx.issue(self.key, self.span.clone(), msg);
+        self.ok = false;
+    }
+
+    /// Every option is one the language knows.
+    fn check_known(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(unknown) = self.table.keys().find(|k| !SPEC_KEYS.contains(&k.as_str())) {
+            let msg = format!(
+                "unknown option \"{unknown}\" (expected one of: {})",
+                SPEC_KEYS.join(", ")
+            );
+            self.bad(ctx, msg);
+        }
+    }
+
+    /// Exactly one of `column`, `value` and `template`; `None` otherwise.
+    fn check_one_source(&self, ctx: &mut Ctx<'_>) -> Option<()> {
+        let sources = ["column", "value", "template"]
+            .into_iter()
+            .filter(|k| self.table.contains_key(*k))
+            .count();
+        if sources != 1 {
+            ctx.issue(
+                self.key,
+                self.span.clone(),
+                "a value spec needs exactly one of column, value or template".to_string(),
+            );
+            return None;
+        }
+        Some(())
+    }
+
+    /// `column`, `value` or `template`: where the text comes from. `None`
+    /// when a column is not in the header; a source of the wrong type is a
+    /// problem, and the spec goes on with a null constant.
+    fn source(&mut self, ctx: &mut Ctx<'_>) -> Option<From> {
+        let (key, span) = (self.key, self.span.clone());
+        match (
+            self.table.get("column"),
+            self.table.get("value"),
+            self.table.get("template"),
+        ) {
+            (Some(toml::Value::String(c)), _, _) => return ctx.column(key, span, c),
+            (Some(_), _, _) => self.bad(ctx, "column must be a string (a header name)".into()),
+            (_, Some(v), _) => match constant(v) {
+                Some(v) => return Some(From::Constant(v)),
+                None => self.bad(
+                    ctx,
+                    "value must be a string, an integer or a boolean".into(),
+                ),
+            },
+            (_, _, Some(toml::Value::String(t))) => return ctx.template(key, span, t),
+            (_, _, Some(_)) => self.bad(
+                ctx,
+                "template must be a string such as \"{Ulica} {Nr domu}\"".into(),
+            ),
+            _ => {}
+        }
+        Some(From::Constant(Value::Null))
+    }
+
+    /// `required`: an empty value is an error for the row.
+    fn required(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        match self.table.get("required") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(_) => {
+                self.bad(ctx, "required must be true or false".into());
+                false
+            }
+        }
+    }
+
+    /// `default`: the value of an empty cell.
+    fn default(&mut self, ctx: &mut Ctx<'_>) -> Option<Value> {
+        let d = self.table.get("default")?;
+        let v = constant(d);
+        if v.is_none() {
+            self.bad(
+                ctx,
+                "default must be a string, an integer or a boolean".into(),
+            );
+        }
+        v
+    }
+
+    /// `transform`: one name or a list of them, applied in order.
+    fn transforms(&mut self, ctx: &mut Ctx<'_>) -> Vec<Transform> {
+        let mut transforms = Vec::new();
+        match self.table.get("transform") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for item in items {
+                    match item.as_str().and_then(Transform::parse) {
+                        Some(t) => transforms.push(t),
+                        None => self.bad(
+                            ctx,
+                            format!(
+                                "unknown transform {item} (expected one of: {})",
+                                Transform::NAMES.join(", ")
+                            ),
+                        ),
+                    }
+                }
+            }
+            Some(toml::Value::String(s)) => match Transform::parse(s) {
+                Some(t) => transforms.push(t),
+                None => self.bad(
+                    ctx,
+                    format!(
+                        "unknown transform \"{s}\" (expected one of: {})",
+                        Transform::NAMES.join(", ")
+                    ),
+                ),
+            },
+            Some(_) => self.bad(
+                ctx,
+                "transform must be a list such as [\"trim\", \"phone\"]".into(),
+            ),
+        }
+        transforms
+    }
+
+    /// `date`: the strftime input format of a field of `kind` that takes a
+    /// date.
+    fn date(&mut self, ctx: &mut Ctx<'_>, kind: Kind) -> Option<DateFormat> {
+        match self.table.get("date")? {
+            toml::Value::String(f) => {
+                if kind.written().is_none() {
+                    self.bad(
+                        ctx,
+                        "date cannot be used on this field (it does not take a date)".into(),
+                    );
+                    return None;
+                }
+                match DateFormat::new(f) {
+                    Ok(d) if f.contains('%') => return Some(d),
+                    _ => self.bad(ctx, format!("date must be a strftime input format such as \"%d.%m.%Y\", not \"{f}\"")),
+                }
+            }
+            _ => self.bad(
+                ctx,
+                "date must be a format string such as \"%d.%m.%Y\"".into(),
+            ),
+        }
+        None
+    }
+
+    /// `map`: cell text → value, at least one.
+    fn map(&mut self, ctx: &mut Ctx<'_>) -> Vec<(String, Value)> {
+        let mut map = Vec::new();
+        match self.table.get("map") {
+            None => {}
+            Some(toml::Value::Table(m)) => {
+                for (k, v) in m {
+                    match constant(v) {
+                        Some(v) => map.push((k.clone(), v)),
+                        None => self.bad(
+                            ctx,
+                            format!(
+                                "map value for \"{k}\" must be a string, an integer or a boolean"
+                            ),
+                        ),
+                    }
+                }
+                if m.is_empty() {
+                    self.bad(ctx, "map must list at least one value".into());
+                }
+            }
+            Some(_) => self.bad(
+                ctx,
+                "map must be a table such as { tak = true, nie = false }".into(),
+            ),
+        }
+        map
+    }
+
+    /// `split`: the separator of a cell's items, for a target that takes a
+    /// list (`list`).
+    fn split(&mut self, ctx: &mut Ctx<'_>, list: bool) -> Option<String> {
+        match self.table.get("split")? {
+            toml::Value::String(s) if !s.is_empty() => {
+                if list {
+                    return Some(s.clone());
+                }
+                self.bad(ctx, "split makes a list, and this field takes one value (only email and phone_number take lists)".into());
+            }
+            _ => self.bad(ctx, "split must be a non-empty string such as \",\"".into()),
+        }
+        None
+    }
+
+    /// `type`: an explicit conversion.
+    fn conv(&mut self, ctx: &mut Ctx<'_>) -> Option<TypeConv> {
+        match self.table.get("type")? {
+            toml::Value::String(t) => match t.as_str() {
+                "integer" => return Some(TypeConv::Integer),
+                "string" => return Some(TypeConv::String),
+                "bool" => return Some(TypeConv::Bool),
+                other => self.bad(
+                    ctx,
+                    format!("unknown type \"{other}\" (expected integer, string or bool)"),
+                ),
+            },
+            _ => self.bad(
+                ctx,
+                "type must be \"integer\", \"string\" or \"bool\"".into(),
+            ),
+        }
+        None
     }
 }
 
