@@ -24,18 +24,18 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use encoding_rs::Encoding;
+mod error;
+mod sniff;
+
+pub use error::InitError;
+use sniff::{sniff, Sniffed};
 
 use crate::check::{self, CheckReport, Input};
 use crate::mapping::date::DateFormat;
 use crate::preflight::System;
-use crate::source::{is_spreadsheet, Source, SourceError, SourceOptions};
+use crate::source::Source;
 use crate::validate::is_email;
 
-/// How much of a CSV is looked at to tell its encoding.
-const ENCODING_BYTES: usize = 8 << 20;
-/// How much of a CSV is looked at to tell its delimiter.
-const DELIMITER_BYTES: usize = 256 << 10;
 /// Where comments start on a mapping line.
 const COMMENT_AT: usize = 44;
 
@@ -55,21 +55,6 @@ impl Default for InitOptions {
             sample: 1000,
         }
     }
-}
-
-/// A file `init` cannot read.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    /// The mapping written does not compile: a bug in `init`.
-    #[error("the mapping init wrote does not work, which is a bug in init: {0}")]
-    Invalid(String),
 }
 
 /// A mapping written by [`draft`].
@@ -97,7 +82,7 @@ pub fn draft(
     options: &InitOptions,
     system: Option<&System>,
 ) -> Result<Draft, InitError> {
-    let sniffed = sniff(path, options)?;
+    let sniffed = sniff(path, options.sheet.as_deref())?;
     let mut source = Source::open(path, &sniffed.options)?;
     let header = source.header().to_vec();
     let mut columns: Vec<Profile> = header.iter().map(|h| Profile::new(h)).collect();
@@ -213,146 +198,6 @@ pub async fn read_system(client: &crate::api::ApiClient) -> Result<System, crate
         system.requests += more.requests;
     }
     Ok(system)
-}
-
-// ---------------------------------------------------------------------------
-// Sniffing
-
-/// How the file is read, and why.
-#[derive(Debug)]
-struct Sniffed {
-    options: SourceOptions,
-    /// Why this encoding (a byte-order mark, skipped when read, is one).
-    encoding_why: String,
-    /// Why this delimiter.
-    delimiter_why: String,
-}
-
-fn sniff(path: &Path, options: &InitOptions) -> Result<Sniffed, InitError> {
-    if is_spreadsheet(path) {
-        return Ok(Sniffed {
-            options: SourceOptions {
-                sheet: options.sheet.clone(),
-                ..SourceOptions::default()
-            },
-            encoding_why: String::new(),
-            delimiter_why: String::new(),
-        });
-    }
-    let mut head = Vec::new();
-    let file = std::fs::File::open(path).map_err(|e| SourceError::Open {
-        path: path.into(),
-        source: e,
-    })?;
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(file, ENCODING_BYTES as u64),
-        &mut head,
-    )
-    .map_err(|e| InitError::Read {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    let whole = head.len() < ENCODING_BYTES;
-    let bom = head.starts_with(&[0xEF, 0xBB, 0xBF]);
-    let body = if bom { &head[3..] } else { &head[..] };
-    let (encoding, encoding_why) = sniff_encoding(body, whole, bom);
-    let cut = &body[..body.len().min(DELIMITER_BYTES)];
-    let text = encoding.decode_without_bom_handling(cut).0;
-    let (delimiter, delimiter_why) = sniff_delimiter(&text);
-    Ok(Sniffed {
-        options: SourceOptions {
-            delimiter: Some(delimiter),
-            encoding: Some(encoding),
-            ..SourceOptions::default()
-        },
-        encoding_why,
-        delimiter_why,
-    })
-}
-
-/// UTF-8 when the bytes are UTF-8 (or start with its byte-order mark);
-/// otherwise one of the two code pages Polish text comes in: windows-1250
-/// uses bytes 0x80–0x9F for letters (ś, ź, Ś, Ź...) that ISO-8859-2 keeps
-/// for control codes, and they place ą, ś, ź differently.
-fn sniff_encoding(bytes: &[u8], whole: bool, bom: bool) -> (&'static Encoding, String) {
-    if bom {
-        return (
-            encoding_rs::UTF_8,
-            "a UTF-8 byte-order mark (skipped when read)".into(),
-        );
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(_) => return (encoding_rs::UTF_8, "the bytes read are UTF-8".into()),
-        // Cut in the middle of a character at the end of what was read.
-        Err(e) if e.error_len().is_none() && !whole => {
-            return (encoding_rs::UTF_8, "the bytes read are UTF-8".into())
-        }
-        Err(_) => {}
-    }
-    let windows_only = bytes.iter().filter(|b| (0x80..=0x9F).contains(*b)).count();
-    let iso = bytes
-        .iter()
-        .filter(|b| matches!(b, 0xA1 | 0xA6 | 0xAC | 0xB1 | 0xB6 | 0xBC))
-        .count();
-    let windows = bytes.iter().filter(|b| matches!(b, 0xA5 | 0xB9)).count();
-    if windows_only == 0 && iso > windows {
-        (
-            encoding_rs::ISO_8859_2,
-            "not UTF-8; the letters read as ISO-8859-2".into(),
-        )
-    } else {
-        (
-            encoding_rs::WINDOWS_1250,
-            "not UTF-8; Polish letters read as windows-1250".into(),
-        )
-    }
-}
-
-/// The delimiter among `,` `;` tab `|` that splits the first lines into as
-/// many fields as the header has, most often, with the most fields.
-fn sniff_delimiter(text: &str) -> (u8, String) {
-    // Whole lines only.
-    let text = match text.rfind('\n') {
-        Some(i) if i + 1 < text.len() => &text[..=i],
-        _ => text,
-    };
-    let mut best: Option<(u8, usize, usize, usize)> = None; // (d, width, consistent, lines)
-    for d in [b',', b';', b'\t', b'|'] {
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(d)
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text.as_bytes());
-        let mut records = reader.records().take(200).filter_map(Result::ok);
-        let Some(first) = records.next() else {
-            continue;
-        };
-        let width = first.len();
-        let (mut lines, mut consistent) = (0, 0);
-        for r in records {
-            lines += 1;
-            consistent += usize::from(r.len() == width);
-        }
-        if width < 2 {
-            continue;
-        }
-        let better = best.is_none_or(|(_, w, c, l)| {
-            // Compare consistent/lines fractions, then widths.
-            let ours = consistent * l.max(1);
-            let theirs = c * lines.max(1);
-            ours > theirs || (ours == theirs && width > w)
-        });
-        if better {
-            best = Some((d, width, consistent, lines));
-        }
-    }
-    match best {
-        Some((d, width, consistent, lines)) => (
-            d,
-            format!("{width} columns in the header; {consistent} of the next {lines} lines split into as many"),
-        ),
-        None => (b',', "one column: no delimiter splits the header".into()),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1479,27 +1324,6 @@ mod tests {
         assert_eq!(profile("x", &["007"]).kind, Kind::Text);
         let p = profile("x", &["+48 601 234 567", "601234567, 22 735 46 84"]);
         assert_eq!(p.phone, Some(Some(',')));
-    }
-
-    #[test]
-    fn encodings_are_told_apart() {
-        // "Łódź, ąś" in windows-1250 and in ISO-8859-2.
-        let (w, _, _) = encoding_rs::WINDOWS_1250.encode("Łódź, ąś źle");
-        let (i, _, _) = encoding_rs::ISO_8859_2.encode("Łódź, ąś źle");
-        assert_eq!(sniff_encoding(&w, true, false).0, encoding_rs::WINDOWS_1250);
-        assert_eq!(sniff_encoding(&i, true, false).0, encoding_rs::ISO_8859_2);
-        assert_eq!(
-            sniff_encoding("Łódź".as_bytes(), true, false).0,
-            encoding_rs::UTF_8
-        );
-    }
-
-    #[test]
-    fn delimiters_are_the_ones_that_split_lines_evenly() {
-        let text = "a;b,c;d\n1;2,3;4\n5;6;7\n";
-        assert_eq!(sniff_delimiter(text).0, b';');
-        assert_eq!(sniff_delimiter("a\tb\n1\t2\n").0, b'\t');
-        assert_eq!(sniff_delimiter("\"x,y\";b\n1;2\n").0, b';');
     }
 
     #[test]
