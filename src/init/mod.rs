@@ -207,12 +207,6 @@ pub async fn read_system(client: &crate::api::ApiClient) -> Result<System, crate
 #[derive(Debug)]
 struct Profile {
     name: String,
-    /// Compact name: lowercase ASCII letters and digits.
-    compact: String,
-    /// The compact name without filler words ("klienta", "customer").
-    stripped: String,
-    /// The words of `stripped`.
-    tail: Vec<String>,
     values: Vec<String>,
     filled: usize,
     distinct: usize,
@@ -278,16 +272,8 @@ const DATE_FORMATS: &[&str] = &[
 
 impl Profile {
     fn new(name: &str) -> Profile {
-        let (compact, stripped) = names(name);
-        let tail = words(name)
-            .into_iter()
-            .filter(|w| !FILLER.contains(&w.as_str()))
-            .collect();
         Profile {
             name: name.to_string(),
-            compact,
-            stripped,
-            tail,
             values: Vec::new(),
             filled: 0,
             distinct: 0,
@@ -575,6 +561,32 @@ fn names(name: &str) -> (String, String) {
     (compact, stripped)
 }
 
+/// A column's name as compared with the names of the targets.
+#[derive(Debug)]
+struct Name {
+    /// Compact name: lowercase ASCII letters and digits.
+    compact: String,
+    /// The compact name without filler words ("klienta", "customer").
+    stripped: String,
+    /// The words of `stripped`.
+    tail: Vec<String>,
+}
+
+impl Name {
+    fn new(name: &str) -> Name {
+        let (compact, stripped) = names(name);
+        let tail = words(name)
+            .into_iter()
+            .filter(|w| !FILLER.contains(&w.as_str()))
+            .collect();
+        Name {
+            compact,
+            stripped,
+            tail,
+        }
+    }
+}
+
 fn words(name: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
@@ -617,6 +629,7 @@ fn words(name: &str) -> Vec<String> {
 /// less the qualifier's rank, so that one address is taken whole: the
 /// home or mailing one first.
 fn score(column: &Profile, target: &Target) -> u32 {
+    let column = Name::new(&column.name);
     let mut best = 0;
     let all = target
         .names
@@ -627,10 +640,10 @@ fn score(column: &Profile, target: &Target) -> u32 {
     let part = (target.table == Table::Address)
         .then(|| qualified(&column.tail))
         .flatten()
-        .map(|(rank, rest)| (rank, Profile::new(&rest.join(" "))));
+        .map(|(rank, rest)| (rank, Name::new(&rest.join(" "))));
     for (name, less) in all {
         let (syn, _) = names(name);
-        let mut s = name_score(column, &syn, less);
+        let mut s = name_score(&column, &syn, less);
         if let Some((rank, part)) = &part {
             s = s.max(name_score(part, &syn, less).saturating_sub(5 + rank));
         }
@@ -639,7 +652,7 @@ fn score(column: &Profile, target: &Target) -> u32 {
     best
 }
 
-fn name_score(column: &Profile, syn: &str, less: u32) -> u32 {
+fn name_score(column: &Name, syn: &str, less: u32) -> u32 {
     let s: u32 = if column.compact == syn {
         100
     } else if !column.stripped.is_empty() && column.stripped == syn {
@@ -706,6 +719,14 @@ fn near(a: &str, b: &str) -> bool {
     a.len() >= 5
         && (strsim::damerau_levenshtein(a, b) == 1
             || (a.len() >= 9 && strsim::normalized_damerau_levenshtein(a, b) >= 0.88))
+}
+
+/// Whether a field of the system is named as a column: the same compact
+/// name, or one edit apart.
+fn same_name(column: &str, field: &str) -> bool {
+    let (column, _) = names(column);
+    let (field, _) = names(field);
+    column == field || near(&column, &field)
 }
 
 /// Whether a column's values allow the target.
@@ -1087,10 +1108,9 @@ impl Writer {
                     .fields
                     .iter()
                     .filter_map(|(id, name)| {
-                        let (compact, _) = names(name);
                         columns
                             .iter()
-                            .find(|c| c.compact == compact || near(&c.compact, &compact))
+                            .find(|c| same_name(&c.name, name))
                             .map(|c| (*id, c))
                     })
                     .collect();
