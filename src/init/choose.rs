@@ -49,8 +49,34 @@ impl Chosen {
     }
 }
 
-/// Matches columns to targets, best pairs first.
+/// Matches columns to targets: by name, best pairs first; then the
+/// fallbacks for a surname and an e-mail; then the `match` keys.
 pub(super) fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>) -> Chosen {
+    let mut chosen = Chosen::default();
+    let fallback = by_name(columns, &mut chosen);
+    if chosen.column_of("surname").is_none() {
+        surname_from_fallback(&mut chosen, &fallback);
+    }
+    if chosen.column_of("email").is_none() {
+        email_by_values(columns, &mut chosen);
+    }
+    if chosen.column_of("surname").is_none() {
+        guess_surname(columns, &mut chosen, notes);
+    }
+    suggest_match(columns, &mut chosen, sampled);
+    chosen.fields.sort_by_key(|c| {
+        TARGETS
+            .iter()
+            .position(|t| t.key == c.target.key && t.table == c.target.table)
+            .unwrap_or(usize::MAX)
+    });
+    chosen
+}
+
+/// Every pair of column and target the name allows and the values do
+/// not veto, as (score, column, target): best score first; among equals,
+/// the column further left.
+fn pairs(columns: &[Profile]) -> Vec<(u32, usize, usize)> {
     let mut pairs = Vec::new();
     for (c, column) in columns.iter().enumerate() {
         for (t, target) in TARGETS.iter().enumerate() {
@@ -62,12 +88,17 @@ pub(super) fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>)
             }
         }
     }
-    // Best score first; among equals, the column further left.
     pairs.sort_by_key(|&(s, c, t)| (std::cmp::Reverse(s), c, t));
-    let mut chosen = Chosen::default();
+    pairs
+}
+
+/// Takes the best pairs, each column and each target once, into
+/// `chosen`; returns the whole names and companies found, as (target,
+/// column), for a surname when no column is one.
+fn by_name(columns: &[Profile], chosen: &mut Chosen) -> Vec<(usize, usize)> {
     let mut fallback: Vec<(usize, usize)> = Vec::new(); // (target, column)
     let (mut taken_c, mut taken_t) = (HashSet::new(), HashSet::new());
-    for (s, c, t) in pairs {
+    for (s, c, t) in pairs(columns) {
         if taken_c.contains(&c) || taken_t.contains(&t) {
             continue;
         }
@@ -84,58 +115,55 @@ pub(super) fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>)
             }),
         }
     }
-    // A whole name, or a company, is the surname when nothing else is.
-    if chosen.column_of("surname").is_none() {
-        let surname = target_named("surname");
-        if let Some(&(t, c)) = fallback.first() {
-            chosen.fields.push(Choice {
-                target: surname,
-                column: c,
-                how: Some(format!(
-                    "the {} (no separate surname column): Thulium requires a surname",
-                    TARGETS[t].key
-                )),
-            });
-        }
+    fallback
+}
+
+/// A whole name, or a company, is the surname when nothing else is.
+fn surname_from_fallback(chosen: &mut Chosen, fallback: &[(usize, usize)]) {
+    let surname = target_named("surname");
+    if let Some(&(t, c)) = fallback.first() {
+        chosen.fields.push(Choice {
+            target: surname,
+            column: c,
+            how: Some(format!(
+                "the {} (no separate surname column): Thulium requires a surname",
+                TARGETS[t].key
+            )),
+        });
     }
-    // E-mail addresses are recognised by their values too.
-    if chosen.column_of("email").is_none() {
-        if let Some(c) = (0..columns.len())
-            .find(|&c| !chosen.used(c) && matches!(columns[c].kind, Kind::Email(_)))
-        {
-            chosen.fields.push(Choice {
-                target: target_named("email"),
-                column: c,
-                how: Some("by its values: e-mail addresses".into()),
-            });
-        }
+}
+
+/// E-mail addresses are recognised by their values too.
+fn email_by_values(columns: &[Profile], chosen: &mut Chosen) {
+    if let Some(c) =
+        (0..columns.len()).find(|&c| !chosen.used(c) && matches!(columns[c].kind, Kind::Email(_)))
+    {
+        chosen.fields.push(Choice {
+            target: target_named("email"),
+            column: c,
+            how: Some("by its values: e-mail addresses".into()),
+        });
     }
-    if chosen.column_of("surname").is_none() {
-        // Thulium needs a surname to create a customer: guess, loudly.
-        let guess = (0..columns.len())
-            .filter(|&c| !chosen.used(c) && columns[c].kind == Kind::Text)
-            .max_by_key(|&c| (columns[c].distinct, std::cmp::Reverse(c)))
-            .or_else(|| (0..columns.len()).find(|&c| !chosen.used(c)));
-        if let Some(c) = guess {
-            notes.push(format!(
-                "no column looks like a surname: customer.surname is a guess (\"{}\"); Thulium requires one — correct it",
-                columns[c].name
-            ));
-            chosen.fields.push(Choice {
-                target: target_named("surname"),
-                column: c,
-                how: Some("A GUESS: no column looks like a surname; Thulium requires one".into()),
-            });
-        }
+}
+
+/// Thulium needs a surname to create a customer: guess, loudly (the text
+/// column with the most different values, else the first column left).
+fn guess_surname(columns: &[Profile], chosen: &mut Chosen, notes: &mut Vec<String>) {
+    let guess = (0..columns.len())
+        .filter(|&c| !chosen.used(c) && columns[c].kind == Kind::Text)
+        .max_by_key(|&c| (columns[c].distinct, std::cmp::Reverse(c)))
+        .or_else(|| (0..columns.len()).find(|&c| !chosen.used(c)));
+    if let Some(c) = guess {
+        notes.push(format!(
+            "no column looks like a surname: customer.surname is a guess (\"{}\"); Thulium requires one — correct it",
+            columns[c].name
+        ));
+        chosen.fields.push(Choice {
+            target: target_named("surname"),
+            column: c,
+            how: Some("A GUESS: no column looks like a surname; Thulium requires one".into()),
+        });
     }
-    suggest_match(columns, &mut chosen, sampled);
-    chosen.fields.sort_by_key(|c| {
-        TARGETS
-            .iter()
-            .position(|t| t.key == c.target.key && t.table == c.target.table)
-            .unwrap_or(usize::MAX)
-    });
-    chosen
 }
 
 /// `identifier`, then `email`, as `match` keys when their values are
