@@ -30,17 +30,17 @@ mod sniff;
 mod system;
 mod write;
 
-use choose::choose;
+use choose::{choose, Chosen};
 pub use error::InitError;
 pub use names::{Target, TARGETS};
 use profile::Sample;
-use sniff::sniff;
+use sniff::{sniff, Sniffed};
 pub use system::read_system;
-use write::{quote, samples, Writer};
+use write::Writer;
 
 use crate::check::{self, CheckReport, Input};
 use crate::preflight::System;
-use crate::source::Source;
+use crate::source::{SheetInfo, Source};
 
 /// What `init` is asked for.
 #[derive(Debug, Clone)]
@@ -87,44 +87,14 @@ pub fn draft(
 ) -> Result<Draft, InitError> {
     let sniffed = sniff(path, options.sheet.as_deref())?;
     let mut source = Source::open(path, &sniffed.options)?;
-    let Sample {
-        columns,
-        rows: sampled,
-        unreadable,
-    } = profile::sample(&mut source, options.sample)?;
+    let sample = profile::sample(&mut source, options.sample)?;
     let sheet = source.info().sheet.clone();
-    let mut notes = Vec::new();
-    if sheet.is_none() && options.sheet.is_some() {
-        notes.push("--sheet applies to a spreadsheet, not to a CSV: ignored".into());
-    }
-    if unreadable > 0 {
-        notes.push(format!(
-            "{unreadable} of the first {sampled} rows could not be read; `check` says why"
-        ));
-    }
-    let chosen = choose(&columns, sampled, &mut notes);
-    let mut out = Writer::default();
-    out.preamble(path, sampled);
-    match &sheet {
-        Some(sheet) => out.sheet_source(sheet),
-        None => out.csv_source(&sniffed),
-    }
-    if let Some(col) = chosen.customer_id {
-        out.entry(
-            "customer_id",
-            &quote(&columns[col].name),
-            &format!(
-                "Thulium customer ids: these rows skip creation; {}",
-                samples(&columns[col])
-            ),
-        );
-    }
-    out.customer(&columns, &chosen, system);
-    if let Some(system) = system {
-        system::list(&mut out, &columns, system);
-    }
-    let draft = Draft {
-        text: out.text,
+    let mut notes = reading_notes(options, sheet.is_some(), &sample);
+    let chosen = choose(&sample.columns, sample.rows, &mut notes);
+    let text = write_mapping(path, &sniffed, sheet.as_ref(), &sample, &chosen, system);
+    let columns = &sample.columns;
+    Ok(Draft {
+        text,
         notes,
         mapped: chosen
             .fields
@@ -133,9 +103,48 @@ pub fn draft(
             .collect(),
         commented: chosen.unused(columns.len()).count(),
         match_keys: chosen.match_keys.clone(),
-        sampled,
-    };
-    Ok(draft)
+        sampled: sample.rows,
+    })
+}
+
+/// What a person should know about how the file was read: `--sheet` given
+/// for a CSV, rows of the sample that could not be read.
+fn reading_notes(options: &InitOptions, spreadsheet: bool, sample: &Sample) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !spreadsheet && options.sheet.is_some() {
+        notes.push("--sheet applies to a spreadsheet, not to a CSV: ignored".into());
+    }
+    if sample.unreadable > 0 {
+        notes.push(format!(
+            "{} of the first {} rows could not be read; `check` says why",
+            sample.unreadable, sample.rows
+        ));
+    }
+    notes
+}
+
+/// The mapping's text: the preamble, `[source]`, `[customer]` and, with
+/// `--online`, what the system has.
+fn write_mapping(
+    path: &Path,
+    sniffed: &Sniffed,
+    sheet: Option<&SheetInfo>,
+    sample: &Sample,
+    chosen: &Chosen,
+    system: Option<&System>,
+) -> String {
+    let columns = &sample.columns;
+    let mut out = Writer::default();
+    out.preamble(path, sample.rows);
+    out.source(sniffed, sheet);
+    if let Some(column) = chosen.customer_id {
+        out.customer_id(&columns[column]);
+    }
+    out.customer(columns, chosen, system);
+    if let Some(system) = system {
+        system::list(&mut out, columns, system);
+    }
+    out.text
 }
 
 /// Compiles `text` as the mapping of `path` and checks the first `limit`

@@ -12,6 +12,7 @@ use super::names::{Table, Target};
 use super::profile::{DateGuess, Kind, Profile};
 use super::sniff::Sniffed;
 use crate::preflight::System;
+use crate::source::SheetInfo;
 
 /// Where comments start on a mapping line.
 const COMMENT_AT: usize = 44;
@@ -29,7 +30,7 @@ impl Writer {
     }
 
     /// `key = value` with a comment at [`COMMENT_AT`].
-    pub(super) fn entry(&mut self, key: &str, value: &str, comment: &str) {
+    fn entry(&mut self, key: &str, value: &str, comment: &str) {
         let code = format!("{key} = {value}");
         self.commented_code(&code, comment);
     }
@@ -64,7 +65,15 @@ impl Writer {
         self.line("");
     }
 
-    pub(super) fn csv_source(&mut self, sniffed: &Sniffed) {
+    /// `[source]`: the sheet of a spreadsheet, or how a CSV is read.
+    pub(super) fn source(&mut self, sniffed: &Sniffed, sheet: Option<&SheetInfo>) {
+        match sheet {
+            Some(sheet) => self.sheet_source(sheet),
+            None => self.csv_source(sniffed),
+        }
+    }
+
+    fn csv_source(&mut self, sniffed: &Sniffed) {
         self.line("[source]");
         let encoding = sniffed
             .options
@@ -80,7 +89,7 @@ impl Writer {
         self.entry("delimiter", &delimiter, &sniffed.delimiter_why);
     }
 
-    pub(super) fn sheet_source(&mut self, sheet: &crate::source::SheetInfo) {
+    fn sheet_source(&mut self, sheet: &SheetInfo) {
         self.line("[source]");
         self.entry(
             "sheet",
@@ -94,6 +103,20 @@ impl Writer {
         );
     }
 
+    /// `[source] customer_id`: the column of Thulium's customer ids.
+    pub(super) fn customer_id(&mut self, column: &Profile) {
+        self.entry(
+            "customer_id",
+            &quote(&column.name),
+            &format!(
+                "Thulium customer ids: these rows skip creation; {}",
+                samples(column)
+            ),
+        );
+    }
+
+    /// `[customer]` with its fields and `match`, `[customer.address]`, and
+    /// `[customer.custom_fields]` with the columns left, commented.
     pub(super) fn customer(
         &mut self,
         columns: &[Profile],
@@ -110,32 +133,47 @@ impl Writer {
             .iter()
             .filter(|c| c.target.table == Table::Customer)
         {
-            let column = &columns[choice.column];
-            let (spec, mut comment) = spec_for(choice.target, column);
-            if let Some(how) = &choice.how {
-                comment = format!("{how}; {comment}");
-            }
-            if choice.target.key == "account_manager" {
-                if let Some(agents) = &agents {
-                    let logins = column
-                        .values
-                        .iter()
-                        .filter(|v| agents.contains(v.as_str()))
-                        .count();
-                    if logins * 2 < column.values.len() {
-                        self.commented_code(
-                            &format!("# account_manager = {spec}"),
-                            &format!(
-                                "the values are not agent logins of the system ({}): give logins, or leave it out",
-                                samples(column)
-                            ),
-                        );
-                        continue;
-                    }
+            self.customer_field(choice, &columns[choice.column], agents.as_ref());
+        }
+        self.match_keys(chosen);
+        self.address(columns, chosen);
+        self.custom_fields(columns, chosen);
+    }
+
+    /// A customer field; `account_manager` commented out when the system's
+    /// agents are known and most values are not their logins.
+    fn customer_field(
+        &mut self,
+        choice: &Choice,
+        column: &Profile,
+        agents: Option<&HashSet<&str>>,
+    ) {
+        let (spec, comment) = choice_spec(choice, column);
+        if choice.target.key == "account_manager" {
+            if let Some(agents) = agents {
+                let logins = column
+                    .values
+                    .iter()
+                    .filter(|v| agents.contains(v.as_str()))
+                    .count();
+                if logins * 2 < column.values.len() {
+                    self.commented_code(
+                        &format!("# account_manager = {spec}"),
+                        &format!(
+                            "the values are not agent logins of the system ({}): give logins, or leave it out",
+                            samples(column)
+                        ),
+                    );
+                    return;
                 }
             }
-            self.entry(choice.target.key, &spec, &comment);
         }
+        self.entry(choice.target.key, &spec, &comment);
+    }
+
+    /// `match` (or a commented example when no key is unique), why each
+    /// key was or was not suggested, and `on_match`.
+    fn match_keys(&mut self, chosen: &Chosen) {
         match chosen.match_keys.as_slice() {
             [] => {
                 self.line("# match = \"identifier\"                      # no column is a unique key in the rows sampled: every row");
@@ -165,6 +203,10 @@ impl Writer {
                 "a customer found is updated; \"skip\" leaves it as it is",
             );
         }
+    }
+
+    /// `[customer.address]`, when a column is part of one.
+    fn address(&mut self, columns: &[Profile], chosen: &Chosen) {
         let address: Vec<&Choice> = chosen
             .fields
             .iter()
@@ -174,14 +216,14 @@ impl Writer {
             self.line("");
             self.line("[customer.address]");
             for choice in address {
-                let column = &columns[choice.column];
-                let (spec, mut comment) = spec_for(choice.target, column);
-                if let Some(how) = &choice.how {
-                    comment = format!("{how}; {comment}");
-                }
+                let (spec, comment) = choice_spec(choice, &columns[choice.column]);
                 self.entry(choice.target.key, &spec, &comment);
             }
         }
+    }
+
+    /// `[customer.custom_fields]`: every column not chosen, commented.
+    fn custom_fields(&mut self, columns: &[Profile], chosen: &Chosen) {
         self.line("");
         self.line("[customer.custom_fields]");
         self.line("# The other columns. To send one to a custom field, uncomment its line and");
@@ -192,6 +234,16 @@ impl Writer {
             self.commented_code(&format!("# {} = {spec}", quote(&column.name)), &comment);
         }
     }
+}
+
+/// A chosen field's value spec, and its comment led by how the column
+/// was chosen when not by its name alone.
+fn choice_spec(choice: &Choice, column: &Profile) -> (String, String) {
+    let (spec, mut comment) = spec_for(choice.target, column);
+    if let Some(how) = &choice.how {
+        comment = format!("{how}; {comment}");
+    }
+    (spec, comment)
 }
 
 /// The value spec of a customer field and its comment.
@@ -270,7 +322,7 @@ pub(super) fn custom_spec(column: &Profile) -> (String, String) {
 }
 
 /// "e.g. "a", "b", "c"", the first three different values, shortened.
-pub(super) fn samples(column: &Profile) -> String {
+fn samples(column: &Profile) -> String {
     if column.values.is_empty() {
         return "empty in the rows sampled".into();
     }
@@ -301,7 +353,7 @@ fn date_note(date: &DateGuess) -> String {
 }
 
 /// A TOML basic string.
-pub(super) fn quote(s: &str) -> String {
+fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
