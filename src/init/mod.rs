@@ -19,6 +19,14 @@
 //!
 //! The mapping is compiled and checked against the sampled rows before it
 //! is written: `check` accepts what `init` writes.
+//!
+//! [`draft`] runs the stages in order, one room each: `sniff` (how the
+//! file is read), `profile` (what the sampled values are), `names` (how
+//! well a column's name says a field), `choose` (which column becomes which
+//! field, and the `match` keys), `write` (the TOML text and its comments)
+//! and `system` (what `--online` reads and lists). Each room imports only
+//! the ones listed before it (`error` sits below them all); this one ties
+//! them together.
 
 use std::path::Path;
 
