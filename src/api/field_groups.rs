@@ -226,10 +226,12 @@ pub fn choose_item(
         .filter(|i| i.shares(values) == most)
         .map(|i| i.item_id)
         .collect();
-    // An item that shares no value with the block is not told to be its
-    // own, even alone: writing over it could overwrite another contract.
+    // The one that shares the most values, when exactly one does; the
+    // customer's only item (free) is the block's even when every value
+    // changed (one record per customer, as most groups are). A group that
+    // holds several per customer (contracts) names its key with `match`.
     match best.as_slice() {
-        [one] if most > 0 => ItemChoice::Update(*one),
+        [one] if most > 0 || free.len() == 1 => ItemChoice::Update(*one),
         _ => ItemChoice::Ambiguous(best),
     }
 }
@@ -355,13 +357,8 @@ mod tests {
             choose_item(&items, &[], &want(&[(20, "U-1"), (22, "150")]), &[]),
             Update(1)
         );
-        // The only item left shares nothing with the block: not its own.
         assert_eq!(
             choose_item(&items, &[1], &want(&[(20, "U-1"), (22, "150")]), &[]),
-            Ambiguous(vec![2])
-        );
-        assert_eq!(
-            choose_item(&items, &[1], &want(&[(20, "U-9"), (22, "200")]), &[]),
             Update(2)
         );
         assert_eq!(
@@ -372,10 +369,10 @@ mod tests {
             choose_item(&items, &[1, 2], &want(&[(20, "U-9")]), &[]),
             Create
         );
-        // A lone item sharing no value is not taken over either.
+        // The customer's only item is the block's, whatever changed.
         assert_eq!(
             choose_item(&items[..1], &[], &want(&[(20, "U-9")]), &[]),
-            Ambiguous(vec![1])
+            Update(1)
         );
         assert_eq!(choose_item(&[], &[], &want(&[(20, "U-9")]), &[]), Create);
     }

@@ -36,164 +36,226 @@ struct Customer {
 
 /// The stages after the customer: per-row calls and the campaign batcher.
 pub(super) async fn downstream(run: Arc<Run>, mut rx: mpsc::Receiver<(MappedRow, CustomerState)>) {
-    let mut tasks = JoinSet::new();
-    let mut batcher = CampaignBatcher::default();
-    // Outcomes known without a call (skipped, unchanged), written in groups.
-    let mut known: Vec<Entry> = Vec::new();
+    let mut d = Dispatch {
+        run,
+        tasks: JoinSet::new(),
+        batcher: CampaignBatcher::default(),
+        known: Vec::new(),
+    };
     loop {
-        if known.len() >= super::KNOWN_GROUP {
-            run.record(std::mem::take(&mut known)).await;
+        if d.known.len() >= super::KNOWN_GROUP {
+            d.write_known().await;
         }
         let next = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
         let (row, state) = match next {
             Ok(Some(item)) => item,
             Ok(None) => break,
+            // Quiet for a while: send what the campaign batcher holds,
+            // write what is known.
             Err(_) => {
-                // Quiet for a while: send what the campaign batcher holds,
-                // write what is known.
-                for chunk in batcher.drain() {
-                    spawn_campaign(&run, &mut tasks, chunk).await;
-                }
-                run.record(std::mem::take(&mut known)).await;
+                d.send_held_campaigns().await;
+                d.write_known().await;
                 continue;
             }
         };
+        d.row(row, state).await;
+        while d.tasks.try_join_next().is_some() {}
+    }
+    d.write_known().await;
+    // Whatever the batcher still holds is sent, or (if the run is stopping)
+    // recorded as not sent by the bisection routine.
+    d.send_held_campaigns().await;
+    while d.tasks.join_next().await.is_some() {}
+}
+
+/// The later stages' dispatcher: per-row calls on tasks, campaign records
+/// batched, outcomes known without a call gathered to be written together.
+struct Dispatch {
+    run: Arc<Run>,
+    tasks: JoinSet<()>,
+    batcher: CampaignBatcher,
+    /// Outcomes known without a call (skipped, unchanged, kept).
+    known: Vec<Entry>,
+}
+
+impl Dispatch {
+    async fn write_known(&mut self) {
+        self.run.record(std::mem::take(&mut self.known)).await;
+    }
+
+    async fn send_held_campaigns(&mut self) {
+        for chunk in self.batcher.drain() {
+            spawn_campaign(&self.run, &mut self.tasks, chunk).await;
+        }
+    }
+
+    /// One row's later stages, in order: items, record edit, feed,
+    /// campaign record.
+    async fn row(&mut self, row: MappedRow, state: CustomerState) {
         let MappedRow {
             id,
             payloads,
             existed,
             ..
         } = row;
+        if self.run.abort.is_set() {
+            return self.stopped(id, &payloads).await;
+        }
         // Created by this run (not matched, not given by the file or a
         // ledger): nothing was ever sent to it before.
         let created = !existed && payloads.customer.is_some();
-        if run.abort.is_set() {
-            for item in &payloads.field_groups {
-                run.stopped(&[id], Stage::FieldGroup, Some(item.index))
-                    .await;
-            }
-            for (present, stage) in [
-                (payloads.campaign.is_some(), Stage::Campaign),
-                (payloads.campaign_update.is_some(), Stage::CampaignUpdate),
-                (payloads.feed.is_some(), Stage::Feed),
-            ] {
-                if present {
-                    run.stopped(&[id], stage, None).await;
-                }
-            }
-            continue;
-        }
         let customer = match &state {
             CustomerState::Id(c) => Ok(Customer { id: *c, existed }),
             CustomerState::NotCreated(reason) | CustomerState::Unknown(reason) => {
-                Err(reason.clone())
+                Err(reason.as_str())
             }
-            CustomerState::NotNeeded => Err("no customer".into()),
+            CustomerState::NotNeeded => Err("no customer"),
         };
-        let mut now = Vec::new();
-        let skip = |now: &mut Vec<Entry>, stage: Stage, group: Option<usize>, reason: &str| {
-            let mut ev = event(id, stage, Status::Skipped);
-            ev.group = group;
-            ev.message = Some(format!("not sent: {reason}"));
-            now.push(Entry::Row(ev));
-        };
-        // One task per group: its blocks are placed together.
-        let mut groups: Vec<Vec<ItemPayload>> = Vec::new();
-        for item in payloads.field_groups {
-            match &customer {
-                Ok(_) => match groups.iter_mut().find(|g| g[0].group_id == item.group_id) {
-                    Some(g) => g.push(item),
-                    None => groups.push(vec![item]),
-                },
-                Err(r) => skip(&mut now, Stage::FieldGroup, Some(item.index), r),
-            }
-        }
-        if let Ok(c) = &customer {
-            for items in groups {
-                spawn_row(
-                    &run,
-                    &mut tasks,
-                    field_group_items(run.clone(), id, *c, items),
-                )
-                .await
-            }
-        }
+        self.items(id, customer, payloads.field_groups).await;
         if let Some(update) = payloads.campaign_update {
-            let customer = customer.as_ref().ok().copied();
-            match unchanged_update(&run, id, customer, &update) {
-                Some(ev) => now.push(Entry::Row(ev)),
-                None => {
-                    spawn_row(
-                        &run,
-                        &mut tasks,
-                        campaign_update(run.clone(), id, customer, update),
-                    )
-                    .await
-                }
-            }
+            self.record_edit(id, customer.ok(), update).await;
         }
         if let (Ok(c), true, None) = (&customer, created, &payloads.feed) {
             // The state sees this customer's feed history from its start,
             // even if tonight's row has no message.
-            run.learn(Learnt::FeedTracked { customer_id: c.id });
+            self.run.learn(Learnt::FeedTracked { customer_id: c.id });
         }
         if let Some(feed) = payloads.feed {
-            match &customer {
-                Ok(c) => {
-                    let hash = feed_hash(&feed);
-                    match feed_plan(&run, *c, created, hash) {
-                        FeedPlan::Sent => {
-                            now.push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)))
-                        }
-                        FeedPlan::Kept => {
-                            let mut ev = event(id, Stage::Feed, Status::Ok);
-                            ev.customer_id = Some(c.id);
-                            ev.action = Some(Action::Kept);
-                            ev.message = Some(format!(
-                                "not sent: customer {} existed before this run and no state proves this message was not sent to it; [feed] on_match = \"send\" sends it",
-                                c.id
-                            ));
-                            now.push(Entry::Row(ev));
-                        }
-                        FeedPlan::Send { track } => {
-                            let record = FeedRecord::zowie(std::slice::from_ref(&feed));
-                            spawn_row(
-                                &run,
-                                &mut tasks,
-                                feed_record(run.clone(), id, c.id, record, hash, track),
-                            )
-                            .await
-                        }
-                    }
-                }
-                Err(r) => skip(&mut now, Stage::Feed, None, r),
-            }
+            self.feed(id, customer, created, feed).await;
         }
         if let Some(campaign) = payloads.campaign {
-            match &customer {
-                Ok(c) => {
-                    let hash = campaign_hash(&campaign);
-                    if c.existed && run.unchanged(c.id, "campaign", hash).is_some() {
-                        now.push(Entry::Row(unchanged_event(id, Stage::Campaign, None, c.id)));
-                    } else {
-                        for chunk in batcher.add(id, c.id, campaign, run.limits.batch_size) {
-                            spawn_campaign(&run, &mut tasks, chunk).await;
-                        }
-                    }
-                }
-                Err(r) => skip(&mut now, Stage::Campaign, None, r),
+            self.campaign(id, customer, campaign).await;
+        }
+    }
+
+    /// The run is stopping: every stage the row still had is recorded as
+    /// not sent.
+    async fn stopped(&self, id: RowId, payloads: &crate::mapping::RowPayloads) {
+        for item in &payloads.field_groups {
+            self.run
+                .stopped(&[id], Stage::FieldGroup, Some(item.index))
+                .await;
+        }
+        for (present, stage) in [
+            (payloads.campaign.is_some(), Stage::Campaign),
+            (payloads.campaign_update.is_some(), Stage::CampaignUpdate),
+            (payloads.feed.is_some(), Stage::Feed),
+        ] {
+            if present {
+                self.run.stopped(&[id], stage, None).await;
             }
         }
-        known.extend(now);
-        while tasks.try_join_next().is_some() {}
     }
-    run.record(known).await;
-    // Whatever the batcher still holds is sent, or (if the run is stopping)
-    // recorded as not sent by the bisection routine.
-    for chunk in batcher.drain() {
-        spawn_campaign(&run, &mut tasks, chunk).await;
+
+    /// A stage that needs a customer the row has not: skipped, with why.
+    fn skip(&mut self, id: RowId, stage: Stage, group: Option<usize>, reason: &str) {
+        let mut ev = event(id, stage, Status::Skipped);
+        ev.group = group;
+        ev.message = Some(format!("not sent: {reason}"));
+        self.known.push(Entry::Row(ev));
     }
-    while tasks.join_next().await.is_some() {}
+
+    /// The row's field-group items: one task per group, whose blocks are
+    /// placed together.
+    async fn items(
+        &mut self,
+        id: RowId,
+        customer: Result<Customer, &str>,
+        items: Vec<ItemPayload>,
+    ) {
+        let c = match customer {
+            Ok(c) => c,
+            Err(reason) => {
+                for item in items {
+                    self.skip(id, Stage::FieldGroup, Some(item.index), reason);
+                }
+                return;
+            }
+        };
+        let mut groups: Vec<Vec<ItemPayload>> = Vec::new();
+        for item in items {
+            match groups.iter_mut().find(|g| g[0].group_id == item.group_id) {
+                Some(g) => g.push(item),
+                None => groups.push(vec![item]),
+            }
+        }
+        for items in groups {
+            let work = field_group_items(self.run.clone(), id, c, items);
+            spawn_row(&self.run, &mut self.tasks, work).await;
+        }
+    }
+
+    /// The campaign record edit (needs no customer).
+    async fn record_edit(&mut self, id: RowId, customer: Option<Customer>, update: UpdatePayload) {
+        match unchanged_update(&self.run, id, customer, &update) {
+            Some(ev) => self.known.push(Entry::Row(ev)),
+            None => {
+                let work = campaign_update(self.run.clone(), id, customer, update);
+                spawn_row(&self.run, &mut self.tasks, work).await
+            }
+        }
+    }
+
+    /// The contact-history message: sent once per customer and message,
+    /// proven ([`feed_plan`]).
+    async fn feed(
+        &mut self,
+        id: RowId,
+        customer: Result<Customer, &str>,
+        created: bool,
+        feed: crate::api::payload::FeedMessage,
+    ) {
+        let c = match customer {
+            Ok(c) => c,
+            Err(reason) => return self.skip(id, Stage::Feed, None, reason),
+        };
+        let hash = feed_hash(&feed);
+        match feed_plan(&self.run, c, created, hash) {
+            FeedPlan::Sent => {
+                self.known
+                    .push(Entry::Row(unchanged_event(id, Stage::Feed, None, c.id)))
+            }
+            FeedPlan::Kept => {
+                let mut ev = event(id, Stage::Feed, Status::Ok);
+                ev.customer_id = Some(c.id);
+                ev.action = Some(Action::Kept);
+                ev.message = Some(format!(
+                    "not sent: customer {} existed before this run and no state proves this message was not sent to it; [feed] on_match = \"send\" sends it",
+                    c.id
+                ));
+                self.known.push(Entry::Row(ev));
+            }
+            FeedPlan::Send { track } => {
+                let record = FeedRecord::zowie(std::slice::from_ref(&feed));
+                let work = feed_record(self.run.clone(), id, c.id, record, hash, track);
+                spawn_row(&self.run, &mut self.tasks, work).await
+            }
+        }
+    }
+
+    /// The campaign record: batched per campaign, unless the state says
+    /// the same record was added before.
+    async fn campaign(
+        &mut self,
+        id: RowId,
+        customer: Result<Customer, &str>,
+        campaign: CampaignPayload,
+    ) {
+        let c = match customer {
+            Ok(c) => c,
+            Err(reason) => return self.skip(id, Stage::Campaign, None, reason),
+        };
+        let hash = campaign_hash(&campaign);
+        if c.existed && self.run.unchanged(c.id, "campaign", hash).is_some() {
+            self.known
+                .push(Entry::Row(unchanged_event(id, Stage::Campaign, None, c.id)));
+            return;
+        }
+        let size = self.run.limits.batch_size;
+        for chunk in self.batcher.add(id, c.id, campaign, size) {
+            spawn_campaign(&self.run, &mut self.tasks, chunk).await;
+        }
+    }
 }
 
 /// A stage not sent because its payload is what the sync state says was
@@ -415,11 +477,52 @@ impl api::Batch for CampaignBatch<'_> {
 /// an unknown outcome: an item holding the values sent is adopted.
 async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: Vec<ItemPayload>) {
     let customer_id = customer.id;
-    let mut taken: Vec<i64> = Vec::new();
-    // Blocks to place among the customer's items (one lookup for all), and
-    // the items the state remembers for some of them.
-    let mut to_find: Vec<ItemPayload> = Vec::new();
-    let mut remembered: Vec<(usize, i64)> = Vec::new();
+    // 1. Blocks decided without a lookup: created, or as the state says.
+    let mut blocks = sort_blocks(&run, id, customer_id, items).await;
+    if blocks.to_find.is_empty() {
+        return;
+    }
+    // 2. The customer's items in the group: one lookup for every block.
+    let group_id = blocks.to_find[0].group_id;
+    let call = run.client.find_items(customer_id, group_id).await;
+    run.observe(&call);
+    let found = match call.result {
+        Ok(found) => found,
+        Err(e) => {
+            return items_not_listed(&run, id, customer_id, &blocks.to_find, call.attempts, &e)
+                .await
+        }
+    };
+    // 3. Each block's item, never one item for two blocks.
+    let choices = choose_items(&run, customer_id, &mut blocks, &found);
+    // 4. Each block written (or recorded) as its choice says.
+    for (item, choice) in blocks.to_find.iter().zip(choices) {
+        if run.abort.is_set() {
+            run.stopped(&[id], Stage::FieldGroup, Some(item.index))
+                .await;
+            continue;
+        }
+        place_item(&run, id, customer_id, item, choice, &found, call.attempts).await;
+    }
+}
+
+/// A row's blocks in one group, sorted before the customer's items are
+/// read.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// To place among the customer's items.
+    to_find: Vec<ItemPayload>,
+    /// The item the state remembers for some of them (by block index).
+    remembered: Vec<(usize, i64)>,
+    /// Items already the row's other blocks'.
+    taken: Vec<i64>,
+}
+
+/// Creates the blocks to create, records those the state says are as sent
+/// before, and keeps the others (with the item the state remembers, a
+/// preference only) to be placed among the customer's items.
+async fn sort_blocks(run: &Run, id: RowId, customer_id: i64, items: Vec<ItemPayload>) -> Blocks {
+    let mut blocks = Blocks::default();
     for item in items {
         if run.abort.is_set() {
             run.stopped(&[id], Stage::FieldGroup, Some(item.index))
@@ -427,25 +530,24 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
             continue;
         }
         match item.mode {
-            ItemMode::Create => create_item(&run, id, customer_id, &item).await,
-            ItemMode::Reconcile => to_find.push(item),
+            ItemMode::Create => create_item(run, id, customer_id, &item).await,
+            ItemMode::Reconcile => blocks.to_find.push(item),
             ItemMode::Upsert => {
                 let part = run.matching.group_part(item.index);
-                let hash = item_hash(&item);
                 let known = run
                     .matching
                     .state
                     .as_ref()
                     .and_then(|s| s.part(customer_id, &part));
                 let Some((known_hash, known_item)) = known else {
-                    to_find.push(item);
+                    blocks.to_find.push(item);
                     continue;
                 };
-                if known_hash == hash && !run.matching.full {
+                if known_hash == item_hash(&item) && !run.matching.full {
                     let mut ev =
                         unchanged_event(id, Stage::FieldGroup, Some(item.index), customer_id);
                     ev.item_id = known_item;
-                    taken.extend(known_item);
+                    blocks.taken.extend(known_item);
                     run.record(vec![Entry::Row(ev)]).await;
                     continue;
                 }
@@ -456,46 +558,60 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
                 // items in the group (an id of a restored system may name
                 // another customer's item now).
                 if let Some(item_id) = known_item.filter(|_| item.match_ids.is_empty()) {
-                    remembered.push((item.index, item_id));
+                    blocks.remembered.push((item.index, item_id));
                 }
-                to_find.push(item);
+                blocks.to_find.push(item);
             }
         }
     }
-    if to_find.is_empty() {
-        return;
-    }
-    let group_id = to_find[0].group_id;
-    let call = run.client.find_items(customer_id, group_id).await;
-    run.observe(&call);
-    let found = match call.result {
-        Ok(found) => found,
-        Err(e) => {
-            let entries = to_find
-                .iter()
-                .map(|item| {
-                    let mut ev = item_event(id, item, customer_id);
-                    ev.attempts = Some(call.attempts);
-                    if item.mode == ItemMode::Reconcile {
-                        ev.status = Some(Status::Unknown);
-                        ev.message =
-                            Some(format!("could not look the item up ({e}); still unknown"));
-                    } else {
-                        ev.status = Some(Status::Failed);
-                        ev.retryable = Some(true);
-                        ev.message = Some(format!("could not look the customer's items up: {e}"));
-                    }
-                    Entry::Row(ev)
-                })
-                .collect();
-            run.record(entries).await;
-            return;
-        }
-    };
-    // A remembered item that Thulium lists for this customer is the block's;
-    // one it does not list is gone (deleted, or a restored system) and
-    // forgotten. Then items holding every value of a block go to it, so that
-    // a block choosing by the most values shared never takes another's item.
+    blocks
+}
+
+/// The customer's items could not be listed: each block waiting for them
+/// is recorded (unknown after an unknown outcome, failed and retryable
+/// otherwise).
+async fn items_not_listed(
+    run: &Run,
+    id: RowId,
+    customer_id: i64,
+    to_find: &[ItemPayload],
+    attempts: u32,
+    e: &crate::api::CallError,
+) {
+    let entries = to_find
+        .iter()
+        .map(|item| {
+            let mut ev = item_event(id, item, customer_id);
+            ev.attempts = Some(attempts);
+            if item.mode == ItemMode::Reconcile {
+                ev.status = Some(Status::Unknown);
+                ev.message = Some(format!("could not look the item up ({e}); still unknown"));
+            } else {
+                ev.status = Some(Status::Failed);
+                ev.retryable = Some(true);
+                ev.message = Some(format!("could not look the customer's items up: {e}"));
+            }
+            Entry::Row(ev)
+        })
+        .collect();
+    run.record(entries).await;
+}
+
+/// Each block's item among `found`: a remembered item Thulium lists for
+/// this customer first (one it does not list is gone, and forgotten), then
+/// items holding every value of a block (so that a block choosing by the
+/// most values shared never takes another's), then [`choose_item`].
+fn choose_items(
+    run: &Run,
+    customer_id: i64,
+    blocks: &mut Blocks,
+    found: &[crate::api::field_groups::FoundItem],
+) -> Vec<ItemChoice> {
+    let Blocks {
+        to_find,
+        remembered,
+        taken,
+    } = blocks;
     let mut choices: Vec<Option<ItemChoice>> = to_find
         .iter()
         .map(|item| {
@@ -532,82 +648,82 @@ async fn field_group_items(run: Arc<Run>, id: RowId, customer: Customer, items: 
             *choice = Some(ItemChoice::Holds(same.item_id));
         }
     }
-    for (item, choice) in to_find.iter().zip(&mut choices) {
-        if choice.is_none() {
-            let c = choose_item(&found, &taken, &item.values, &item.match_ids);
-            if let ItemChoice::Update(i) | ItemChoice::Holds(i) = c {
-                taken.push(i);
-            }
-            *choice = Some(c);
-        }
-    }
-    for (item, choice) in to_find.iter().zip(choices) {
-        let Some(choice) = choice else { continue };
-        if run.abort.is_set() {
-            run.stopped(&[id], Stage::FieldGroup, Some(item.index))
-                .await;
-            continue;
-        }
-        let part = run.matching.group_part(item.index);
-        let hash = item_hash(item);
-        let mut ev = item_event(id, item, customer_id);
-        ev.attempts = Some(call.attempts);
-        match (choice, item.mode) {
-            (ItemChoice::Holds(item_id), mode) => {
-                ev.item_id = Some(item_id);
-                if mode == ItemMode::Reconcile {
-                    ev.reconciled = Some(true);
-                    ev.message = Some(
-                        "found among the customer's items after an unknown outcome: adopted, not created again".into(),
-                    );
-                } else {
-                    ev.action = Some(Action::Unchanged);
+    to_find
+        .iter()
+        .zip(choices)
+        .map(|(item, choice)| {
+            choice.unwrap_or_else(|| {
+                let c = choose_item(found, taken, &item.values, &item.match_ids);
+                if let ItemChoice::Update(i) | ItemChoice::Holds(i) = c {
+                    taken.push(i);
                 }
-                run.learn_part(customer_id, &part, hash, Some(item_id));
+                c
+            })
+        })
+        .collect()
+}
+
+/// One block placed: recorded as holding its values, created, updated, or
+/// failed (a mismatch after an unknown outcome, an ambiguous item).
+async fn place_item(
+    run: &Run,
+    id: RowId,
+    customer_id: i64,
+    item: &ItemPayload,
+    choice: ItemChoice,
+    found: &[crate::api::field_groups::FoundItem],
+    attempts: u32,
+) {
+    let mut ev = item_event(id, item, customer_id);
+    ev.attempts = Some(attempts);
+    match (choice, item.mode) {
+        (ItemChoice::Holds(item_id), mode) => {
+            ev.item_id = Some(item_id);
+            if mode == ItemMode::Reconcile {
+                ev.reconciled = Some(true);
+                ev.message = Some(
+                    "found among the customer's items after an unknown outcome: adopted, not created again".into(),
+                );
+            } else {
+                ev.action = Some(Action::Unchanged);
             }
-            (ItemChoice::Create, _) => {
-                create_item(&run, id, customer_id, item).await;
-                continue;
-            }
-            (ItemChoice::Update(item_id), ItemMode::Upsert) => {
-                update_item(&run, ev, item_id, item, false).await;
-                continue;
-            }
-            (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {
-                ev.status = Some(Status::Failed);
-                ev.retryable = Some(false);
-                ev.message = Some(format!(
-                    "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
-                    found.len(),
-                    item.group_id
-                ));
-            }
-            (ItemChoice::Ambiguous(ids), _) => {
-                ev.status = Some(Status::Failed);
-                ev.retryable = Some(false);
-                ev.message = Some(format!(
-                    "ambiguous item: items {} of customer {customer_id} in field group {} could each be this block's ({}); nothing written: add `match` to the [[field_group]] or tidy the items in Thulium",
-                    crate::text::join_ids(&ids),
-                    item.group_id,
-                    if item.match_ids.is_empty()
-                        && found.iter().all(|f| f.shares(&item.values) == 0)
-                    {
-                        "none shares a value with it".to_string()
-                    } else if item.match_ids.is_empty() {
-                        "none holds all its values, and they share as many of them".to_string()
-                    } else {
-                        "they hold the same values of the match fields".to_string()
-                    }
-                ));
-            }
-            (ItemChoice::Update(_), ItemMode::Create) => {
-                // Not reached: a block to create is never placed.
-                create_item(&run, id, customer_id, item).await;
-                continue;
-            }
+            let part = run.matching.group_part(item.index);
+            run.learn_part(customer_id, &part, item_hash(item), Some(item_id));
         }
-        run.record(vec![Entry::Row(ev)]).await;
+        (ItemChoice::Create, _) | (ItemChoice::Update(_), ItemMode::Create) => {
+            // (A block to create is never placed: created all the same.)
+            return create_item(run, id, customer_id, item).await;
+        }
+        (ItemChoice::Update(item_id), ItemMode::Upsert) => {
+            return update_item(run, ev, item_id, item).await;
+        }
+        (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {
+            ev.status = Some(Status::Failed);
+            ev.retryable = Some(false);
+            ev.message = Some(format!(
+                "mismatch: after an unknown outcome, customer {customer_id} has {} item(s) in field group {}, none with the values sent; not created again: look at them in Thulium",
+                found.len(),
+                item.group_id
+            ));
+        }
+        (ItemChoice::Ambiguous(ids), _) => {
+            ev.status = Some(Status::Failed);
+            ev.retryable = Some(false);
+            let why = if !item.match_ids.is_empty() {
+                "they hold the same values of the match fields"
+            } else if found.iter().all(|f| f.shares(&item.values) == 0) {
+                "none shares a value with it"
+            } else {
+                "none holds all its values, and they share as many of them"
+            };
+            ev.message = Some(format!(
+                "ambiguous item: items {} of customer {customer_id} in field group {} could each be this block's ({why}); nothing written: add `match` to the [[field_group]] or tidy the items in Thulium",
+                crate::text::join_ids(&ids),
+                item.group_id,
+            ));
+        }
     }
+    run.record(vec![Entry::Row(ev)]).await;
 }
 
 /// A field-group event of one block, `ok` until said otherwise.
@@ -644,25 +760,11 @@ async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload)
     .await;
 }
 
-/// How an update went, for the caller that may look again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Updated {
-    /// Recorded (done or not).
-    Recorded,
-    /// A remembered item Thulium does not have (404): nothing recorded.
-    Gone,
-}
-
 /// Replaces an existing item's values (`PUT customer_field_group_items/:id`,
-/// idempotent), recorded on `ev` with `"action": "updated"`. For an item
-/// only the state `remembered`, a 404 is returned, not recorded.
-async fn update_item(
-    run: &Run,
-    ev: crate::ledger::RowEvent,
-    item_id: i64,
-    item: &ItemPayload,
-    remembered: bool,
-) -> Updated {
+/// idempotent), recorded on `ev` with `"action": "updated"`. The item was
+/// listed for the customer just before; one deleted since (404) is
+/// forgotten, and `retry` places the block again.
+async fn update_item(run: &Run, ev: crate::ledger::RowEvent, item_id: i64, item: &ItemPayload) {
     let call = run
         .client
         .send(&UpdateItem {
@@ -675,20 +777,6 @@ async fn update_item(
         Ok(fate) => fate,
         Err(e) => &RowFate::of_call(e),
     };
-    if remembered {
-        if let RowFate::Refused {
-            http_status,
-            message,
-        } = fate
-        {
-            // A 404, or the vendor's words for this item (not a field
-            // "not found" in the values sent).
-            let m = message.to_lowercase();
-            if *http_status == Some(404) || (m.contains("item") && m.contains("not found")) {
-                return Updated::Gone;
-            }
-        }
-    }
     let id = RowId {
         row: ev.row,
         line: ev.line,
@@ -709,10 +797,25 @@ async fn update_item(
             run.learn_part(customer_id, &part, hash, Some(item_id));
         },
     );
+    if let RowFate::Refused {
+        http_status,
+        message,
+    } = fate
+    {
+        // A 404, or the vendor's words for this item (not a field "not
+        // found" in the values sent).
+        let m = message.to_lowercase();
+        if *http_status == Some(404) || (m.contains("item") && m.contains("not found")) {
+            run.learn(Learnt::ForgetPart { customer_id, part });
+            out.retryable = Some(true);
+            out.message = Some(format!(
+                "item {item_id} is gone (deleted since it was listed): retry places the block again"
+            ));
+        }
+    }
     out.customer_id = ev.customer_id;
     out.item_id = Some(item_id);
     run.record(vec![Entry::Row(out)]).await;
-    Updated::Recorded
 }
 
 /// A campaign record edit: idempotent, needs no customer.
