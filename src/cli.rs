@@ -101,6 +101,52 @@ pub struct SyncArgs {
     /// How existing customers are found ([customer] match): an index of the whole system read once, a lookup per row, or whichever takes fewer requests.
     #[arg(long, value_enum, default_value_t = IndexMode::Auto)]
     pub index: IndexMode,
+    /// With a state from an earlier run: stop before sending anything (exit 2) when the file would update more than this many of the customers the state knows, as a number or a share (`50%`, the default): a guard against a broken export in a job nobody watches.
+    #[arg(long, value_name = "N|P%", default_value = "50%")]
+    pub max_changes: Share,
+}
+
+/// A count (`200`) or a share (`10%`) of a whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Share {
+    Count(u64),
+    Percent(f64),
+}
+
+impl Share {
+    /// The most allowed out of `whole`.
+    pub fn of(self, whole: u64) -> u64 {
+        match self {
+            Share::Count(n) => n,
+            Share::Percent(p) => (whole as f64 * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        match s.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Ok(Share::Percent(p)),
+                _ => Err(format!("\"{s}\" is not a share from 0% to 100%")),
+            },
+            None => s
+                .parse::<u64>()
+                .map(Share::Count)
+                .map_err(|_| format!("\"{s}\" is not a number of rows or a share such as 50%")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -395,6 +395,9 @@ fn print_summary(ran: &job::Ran) -> anyhow::Result<report::Report> {
         }
     }
     println!("ledger: {}", ledger_path.display());
+    for note in &ran.notes {
+        println!("note: {note}");
+    }
     if let Some(e) = &end.read_error {
         eprintln!("error: {e}");
     }

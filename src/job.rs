@@ -51,6 +51,9 @@ pub struct Job {
     pub sandbox: Option<Sandbox>,
     /// `retry`: what planning decided, filled in as the rows are read.
     pub planning: Option<Arc<Mutex<resume::Summary>>>,
+    /// What the summary says besides the counts (the file's columns
+    /// changed, ...).
+    pub notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Job {
@@ -72,6 +75,7 @@ pub struct Ran {
     pub ledger_path: PathBuf,
     pub sandbox: Option<Sandbox>,
     pub planning: Option<Arc<Mutex<resume::Summary>>>,
+    pub notes: Vec<String>,
 }
 
 /// What one pass over the source tells before anything is sent.
@@ -83,6 +87,13 @@ pub struct Survey {
     pub named: preflight::Named,
     /// The rows a run without an index would look up (`--index auto`).
     pub lookups: u64,
+    /// Rows whose customer the state knows and whose customer fields
+    /// differ from what was sent to it: the updates to expect.
+    pub updates: u64,
+    /// Among those, how many change each field (by name), and how many
+    /// no longer send a field they sent.
+    pub changed: std::collections::BTreeMap<String, u64>,
+    pub dropped_fields: u64,
 }
 
 /// What the survey is to count.
@@ -93,6 +104,8 @@ pub struct SurveyFor<'a> {
     /// Count the rows to look up (`--index auto` with `match`), against
     /// this state, every row with `full`.
     pub lookups: bool,
+    /// Count the updates to expect against this state (`--max-changes`).
+    pub changes: bool,
     pub state: Option<&'a SyncState>,
     pub full: bool,
 }
@@ -116,7 +129,7 @@ pub fn survey(
         named,
         ..Survey::default()
     };
-    if !wanted.campaigns && !wanted.lookups {
+    if !wanted.campaigns && !wanted.lookups && !wanted.changes {
         survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
         return Ok(survey);
     }
@@ -176,6 +189,19 @@ fn scan<R: std::io::Read>(
                 named.complete = false;
             }
         }
+        if let (true, Some(state), Some(customer)) =
+            (wanted.changes, wanted.state, &payloads.customer)
+        {
+            count_change(
+                state,
+                plan,
+                &keys,
+                upsert.as_ref(),
+                customer,
+                &payloads,
+                survey,
+            );
+        }
         if wanted.lookups {
             if let Some(customer) = &payloads.customer {
                 let row_keys = identity::RowKeys::of(customer, &keys);
@@ -198,6 +224,103 @@ fn scan<R: std::io::Read>(
         }
     }
     true
+}
+
+/// A row whose customer the state knows and whose fields differ from
+/// what was sent to it: counted, field by field.
+fn count_change(
+    state: &SyncState,
+    _plan: &mapping::Plan,
+    keys: &[crate::api::keys::SearchKey],
+    upsert: Option<&mapping::Upsert>,
+    customer: &crate::api::payload::Customer,
+    payloads: &mapping::RowPayloads,
+    survey: &mut Survey,
+) {
+    let row_keys = identity::RowKeys::of(customer, keys);
+    let Some(id) = row_keys.hashes().find_map(|(_, h)| state.customer_of(h)) else {
+        return;
+    };
+    let Some(update) = pipeline::customer_update(upsert, payloads) else {
+        return;
+    };
+    let Some((sent, _)) = state.part(id, "customer") else {
+        return;
+    };
+    if sent == crate::hash::payload_hash(&update) {
+        return;
+    }
+    survey.updates += 1;
+    if let Some(signature) = state.fields(id) {
+        let (changed, dropped) =
+            crate::hash::changed_fields(&signature, &crate::hash::fields_of(&update));
+        for name in changed {
+            *survey.changed.entry(name).or_default() += 1;
+        }
+        survey.dropped_fields += u64::from(dropped > 0);
+    }
+}
+
+/// `--max-changes`: with a state from an earlier run, a file that would
+/// update more than this share of the customers the state knows is refused
+/// before anything is sent (exit 2), naming the fields that changed most.
+fn guard_changes(
+    state: Option<&SyncState>,
+    survey: &Survey,
+    max: crate::cli::Share,
+) -> anyhow::Result<()> {
+    let Some(state) = state else { return Ok(()) };
+    let known = state.customers_known();
+    if known == 0 || survey.updates <= max.of(known) {
+        return Ok(());
+    }
+    let mut fields: Vec<(&String, &u64)> = survey.changed.iter().collect();
+    fields.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut most: Vec<String> = fields
+        .iter()
+        .take(5)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if survey.dropped_fields > 0 {
+        most.push(format!("a field no longer sent {}", survey.dropped_fields));
+    }
+    anyhow::bail!(
+        "this file would update {} of the {known} customers the state knows ({:.0} %), more than --max-changes {max}; the fields that change most: {}. Nothing was sent. If tonight's export is broken, fix it; if the change is meant, pass --max-changes 100%",
+        survey.updates,
+        survey.updates as f64 * 100.0 / known as f64,
+        if most.is_empty() { "(not known to this state yet)".to_string() } else { most.join(", ") }
+    )
+}
+
+/// The file's columns against those the state's last run saw: what was
+/// added and dropped, said in the summary (a mapped column missing is
+/// refused already).
+fn header_notes(state: Option<&SyncState>, header: &[String]) -> Vec<String> {
+    let Some(before) = state.and_then(SyncState::header) else {
+        return Vec::new();
+    };
+    let added: Vec<&String> = header.iter().filter(|c| !before.contains(c)).collect();
+    let dropped: Vec<&String> = before.iter().filter(|c| !header.contains(c)).collect();
+    if added.is_empty() && dropped.is_empty() {
+        return Vec::new();
+    }
+    let list = |v: &[&String]| {
+        v.iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", list(&added)));
+    }
+    if !dropped.is_empty() {
+        parts.push(format!("dropped or renamed {}", list(&dropped)));
+    }
+    vec![format!(
+        "the file's columns changed since the last run with this state: {}",
+        parts.join("; ")
+    )]
 }
 
 /// A reader that hashes what goes through it.
@@ -255,11 +378,18 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     let wanted = SurveyFor {
         campaigns: from_column && !args.no_preflight,
         lookups: input.plan.upsert().is_some() && args.sync.index == IndexMode::Auto,
+        changes: state.as_deref().is_some_and(|s| s.customers_known() > 0),
         state: state.as_deref(),
         full: args.sync.full,
     };
     let options = input.mapping.source_options()?;
     let survey = survey(&args.csv, &options, &input.plan, wanted, named)?;
+    // Guards for a job nobody watches, before anything is asked or sent.
+    guard_changes(state.as_deref(), &survey, args.sync.max_changes)?;
+    let notes = header_notes(state.as_deref(), input.source.header());
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     let header = Header {
         version: 1,
         source: absolute(&args.csv),
@@ -277,12 +407,16 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     } else {
         preflight(&input.mapping, survey.named, &client, false).await?
     };
+    let state_for_header = state.clone();
     let matching =
         prepare_matching(&args.sync, &input.plan, &client, state, survey.lookups).await?;
     if !args.no_preflight {
         first_contact(&client).await?;
     }
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
+    if let Some(state) = &state_for_header {
+        state.set_header(input.source.header())?;
+    }
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
     Ok(Job {
@@ -297,6 +431,7 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         pilot: args.limit,
         sandbox,
         planning: None,
+        notes,
     })
 }
 
@@ -469,6 +604,7 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         pilot: None,
         sandbox: None,
         planning: Some(planning),
+        notes: Vec::new(),
     })
 }
 
@@ -484,6 +620,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         pilot,
         sandbox,
         planning,
+        notes,
         ..
     } = job;
     let abort = Arc::new(Abort::default());
@@ -551,6 +688,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         ledger_path,
         sandbox,
         planning,
+        notes,
     }
 }
 

@@ -81,6 +81,13 @@ pub enum Learnt {
     },
     /// A feed message was sent to a customer.
     Feed { customer_id: i64, hash: KeyHash },
+    /// The customer's fields as last sent, each a hash of its name and of
+    /// its value ([`crate::hash::field_signature`]): what `--max-changes`
+    /// names when an export would change too many customers.
+    Fields {
+        customer_id: i64,
+        signature: Vec<u8>,
+    },
     /// A customer created by this run: the state sees its feed history from
     /// its start.
     FeedTracked { customer_id: i64 },
@@ -124,6 +131,9 @@ CREATE TABLE IF NOT EXISTS feed (
     customer_id INTEGER NOT NULL, hash BLOB NOT NULL, synced_at TEXT NOT NULL,
     PRIMARY KEY (customer_id, hash)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fields (
+    customer_id INTEGER PRIMARY KEY, signature BLOB NOT NULL, synced_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feed_customers (
     customer_id INTEGER PRIMARY KEY, sent INTEGER NOT NULL, synced_at TEXT NOT NULL
 );
@@ -291,6 +301,45 @@ impl SyncState {
         })
     }
 
+    /// The customer's fields as last sent ([`Learnt::Fields`]).
+    pub fn fields(&self, customer_id: i64) -> Option<Vec<u8>> {
+        self.query(|c| {
+            c.prepare_cached("SELECT signature FROM fields WHERE customer_id = ?1")?
+                .query_row(params![customer_id], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// How many customers the state knows (has sent a customer payload to).
+    pub fn customers_known(&self) -> u64 {
+        self.query(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM parts WHERE part = 'customer'")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(Some)
+        })
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The file's columns the last run of this state saw.
+    pub fn header(&self) -> Option<Vec<String>> {
+        let text: String = self.query(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE name = 'header'")?
+                .query_row([], |r| r.get(0))
+                .optional()
+        })?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Records the file's columns (names only: no customer data).
+    pub fn set_header(&self, header: &[String]) -> Result<(), StateError> {
+        let text = serde_json::to_string(header).unwrap_or_default();
+        self.write_now(|c, _| {
+            c.prepare_cached("INSERT INTO meta (name, value) VALUES ('header', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
+                .execute(params![text])?;
+            Ok(())
+        })
+    }
+
     /// Whether this feed message was sent to the customer before.
     pub fn has_feed(&self, customer_id: i64, hash: KeyHash) -> bool {
         self.query(|c| {
@@ -442,6 +491,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Optio
                             .execute(params![customer_id])?;
                         tx.prepare_cached("DELETE FROM parts WHERE customer_id = ?1")?
                             .execute(params![customer_id])?;
+                        tx.prepare_cached("DELETE FROM fields WHERE customer_id = ?1")?
+                            .execute(params![customer_id])?;
                     }
                     Learnt::Part {
                         customer_id,
@@ -457,6 +508,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Optio
                     }
                     Learnt::FeedTracked { customer_id } => {
                         track_feed(&tx, *customer_id, &at)?;
+                    }
+                    Learnt::Fields {
+                        customer_id,
+                        signature,
+                    } => {
+                        tx.prepare_cached("INSERT INTO fields (customer_id, signature, synced_at) VALUES (?1, ?2, ?3) ON CONFLICT(customer_id) DO UPDATE SET signature = excluded.signature, synced_at = excluded.synced_at")?
+                            .execute(params![customer_id, signature, at])?;
                     }
                     Learnt::ForgetPart { customer_id, part } => {
                         tx.prepare_cached(

@@ -307,7 +307,8 @@ async fn a_deleted_customer_is_created_again_with_an_index() {
         &csv,
         &m,
         Some(&state),
-        &["--index", "always"],
+        // Every row changed on purpose: past the default guard.
+        &["--index", "always", "--max-changes", "100%"],
     )
     .await;
     assert_eq!(n2.code, Some(0), "{}", n2.text);

@@ -561,6 +561,13 @@ impl Run {
         }
         if let Some(hash) = hash {
             self.learn_part(customer_id, "customer", hash, None);
+            if let Some(c) = customer_update(self.matching.upsert.as_ref(), &row.payloads) {
+                let signature = crate::hash::field_signature(&crate::hash::fields_of(&c));
+                self.learn(Learnt::Fields {
+                    customer_id,
+                    signature,
+                });
+            }
         }
     }
 
