@@ -12,12 +12,16 @@
 //! can be looked up, left out unless `--include-unknown`: the round trip
 //! never creates anything twice.
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use encoding_rs::Encoding;
+
 use crate::ledger::{Stage, Status};
-use crate::outcomes::Outcomes;
-use crate::source::{Source, SourceError, SourceOptions};
+use crate::outcomes::{Outcomes, RowView};
+use crate::source::{Row, RowError, RowId, Source, SourceError, SourceInfo, SourceOptions};
 
 /// Why the failed-rows CSV could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -56,122 +60,198 @@ pub fn write(
         path: out_path.into(),
         source,
     };
+    let mut source = open_source(outcomes)?;
+    let format = LineFormat::new(source.info(), utf8);
+    let mut out = create_private(out_path).map_err(io)?;
+    let width = source.header().len();
+    format
+        .write(&header_fields(source.header()), &mut out)
+        .map_err(io)?;
+    let mut written = 0;
+    while let Some(next) = source.next_row() {
+        let (id, cells) = id_and_cells(next?, width);
+        let Some(bookkeeping) = Bookkeeping::of(outcomes, id.row, field_group_names) else {
+            continue;
+        };
+        format
+            .write(&bookkeeping.after(cells, width, id), &mut out)
+            .map_err(io)?;
+        written += 1;
+    }
+    out.flush().map_err(io)?;
+    Ok(written)
+}
+
+/// Opens the source the ledger was written from, as the run read it.
+fn open_source(outcomes: &Outcomes) -> Result<Source<File>, SourceError> {
     let header = &outcomes.header;
-    let source_path = Path::new(&header.source);
     // The mapping's [source] says how the file is read; without it, sniff.
     let options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
         .and_then(|m| m.source_options())
         .unwrap_or_default();
-    let mut source = Source::open(source_path, &options)?;
-    let info = source.info().clone();
-    let (delimiter, encoding) = if utf8 {
-        (b',', encoding_rs::UTF_8)
-    } else {
-        (info.delimiter, info.encoding)
-    };
+    Source::open(Path::new(&header.source), &options)
+}
+
+/// Creates (or empties) the file at `path`, readable by its owner only:
+/// the rows hold customers' data.
+fn create_private(path: &Path) -> std::io::Result<BufWriter<File>> {
     let mut file_options = std::fs::OpenOptions::new();
     file_options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut file_options, 0o600);
-    let file = file_options.open(out_path).map_err(io)?;
+    let file = file_options.open(path)?;
+    // The mode above applies only to a file that is created; one that
+    // already existed keeps its own until it is set.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
-    let mut out = std::io::BufWriter::new(file);
-    let mut builder = csv::WriterBuilder::new();
-    builder
-        .delimiter(delimiter)
-        .terminator(csv::Terminator::CRLF);
-    let emit = |fields: &[String], out: &mut std::io::BufWriter<std::fs::File>| {
-        let mut line = builder.from_writer(Vec::new());
+    Ok(BufWriter::new(file))
+}
+
+/// The source's header followed by the bookkeeping [`COLUMNS`].
+fn header_fields(source_header: &[String]) -> Vec<String> {
+    let mut columns = source_header.to_vec();
+    columns.extend(COLUMNS.map(String::from));
+    columns
+}
+
+/// Where a row is and its cells as text.
+fn id_and_cells(row: Result<Row, RowError>, width: usize) -> (RowId, Vec<String>) {
+    match row {
+        Ok(row) => (row.id, row.cells.iter().map(str::to_string).collect()),
+        // A row that could not be read is written with the cells that
+        // could (a spreadsheet's, but for its error cell), or empty
+        // cells: fix it in the source file.
+        Err(bad) => (
+            bad.id,
+            bad.cells
+                .map(|c| c.iter().map(str::to_string).collect())
+                .unwrap_or_else(|| vec![String::new(); width]),
+        ),
+    }
+}
+
+/// How each line of the file is written: the source's delimiter and
+/// encoding (or a comma and UTF-8), CRLF at the end.
+struct LineFormat {
+    builder: csv::WriterBuilder,
+    encoding: &'static Encoding,
+}
+
+impl LineFormat {
+    fn new(info: &SourceInfo, utf8: bool) -> LineFormat {
+        let (delimiter, encoding) = if utf8 {
+            (b',', encoding_rs::UTF_8)
+        } else {
+            (info.delimiter, info.encoding)
+        };
+        let mut builder = csv::WriterBuilder::new();
+        builder
+            .delimiter(delimiter)
+            .terminator(csv::Terminator::CRLF);
+        LineFormat { builder, encoding }
+    }
+
+    /// Writes `fields` as one line.
+    fn write(&self, fields: &[String], out: &mut impl Write) -> std::io::Result<()> {
+        let text = self.csv_line(fields)?;
+        out.write_all(&encode_lossy(self.encoding, &text))
+    }
+
+    /// `fields` quoted and delimited, as UTF-8 text.
+    fn csv_line(&self, fields: &[String]) -> std::io::Result<String> {
+        let mut line = self.builder.from_writer(Vec::new());
         line.write_record(fields)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let bytes = line
             .into_inner()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let (bytes, _, unmappable) = encoding.encode(&text);
-        if unmappable {
-            // Characters the encoding lacks become '?', not HTML escapes.
-            let safe: String = text
-                .chars()
-                .map(|c| {
-                    if encoding.encode(&c.to_string()).2 {
-                        '?'
-                    } else {
-                        c
-                    }
-                })
-                .collect();
-            out.write_all(&encoding.encode(&safe).0)
-        } else {
-            out.write_all(&bytes)
-        }
-    };
-    let mut columns: Vec<String> = source.header().to_vec();
-    let width = columns.len();
-    columns.extend(COLUMNS.map(String::from));
-    emit(&columns, &mut out).map_err(io)?;
-    let mut written = 0;
-    while let Some(next) = source.next_row() {
-        let (id, cells) = match next? {
-            Ok(row) => (
-                row.id,
-                row.cells.iter().map(str::to_string).collect::<Vec<_>>(),
-            ),
-            // A row that could not be read is written with the cells that
-            // could (a spreadsheet's, but for its error cell), or empty
-            // cells: fix it in the source file.
-            Err(bad) => (
-                bad.id,
-                bad.cells
-                    .map(|c| c.iter().map(str::to_string).collect())
-                    .unwrap_or_else(|| vec![String::new(); width]),
-            ),
-        };
-        let view = outcomes.row(id.row);
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// `text` in `encoding`, with `?` for what the encoding lacks.
+fn encode_lossy<'t>(encoding: &'static Encoding, text: &'t str) -> Cow<'t, [u8]> {
+    let (bytes, _, unmappable) = encoding.encode(text);
+    if !unmappable {
+        return bytes;
+    }
+    // Characters the encoding lacks become '?', not HTML escapes.
+    let safe: String = text
+        .chars()
+        .map(|c| {
+            if encoding.encode(&c.to_string()).2 {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    Cow::Owned(encoding.encode(&safe).0.into_owned())
+}
+
+/// What the bookkeeping columns say of one row that is not done.
+#[derive(Default)]
+struct Bookkeeping {
+    /// The first stage that is not ok: its status and message.
+    first_bad: Option<(Stage, Status, String)>,
+    customer_id: String,
+    done: Vec<String>,
+    unknown: Vec<String>,
+}
+
+impl Bookkeeping {
+    /// What the ledger says of row `row`; `None` when the row is done and
+    /// so not written.
+    fn of(outcomes: &Outcomes, row: u64, field_group_names: &[String]) -> Option<Bookkeeping> {
+        let view = outcomes.row(row);
         if outcomes.ended() && view.is_some_and(|v| v.is_done()) {
-            continue;
+            return None;
         }
-        let mut first_bad = None;
-        let mut done: Vec<String> = Vec::new();
-        let mut unknown: Vec<String> = Vec::new();
-        let mut customer_id = String::new();
-        if let Some(view) = view {
-            if let Some(id) = view.customer_id() {
-                customer_id = id.to_string();
+        // A row the ledger has nothing of was never sent.
+        let Some(view) = view else {
+            return Some(Bookkeeping::default());
+        };
+        let bookkeeping = Bookkeeping::read(&view, field_group_names);
+        if bookkeeping.first_bad.is_none() && view.is_done() {
+            return None;
+        }
+        Some(bookkeeping)
+    }
+
+    /// The row's customer id, its stages done and unknown (by name, in
+    /// pipeline order) and the first that is not ok.
+    fn read(view: &RowView<'_>, field_group_names: &[String]) -> Bookkeeping {
+        let mut bookkeeping = Bookkeeping::default();
+        if let Some(id) = view.customer_id() {
+            bookkeeping.customer_id = id.to_string();
+        }
+        for (stage, group, outcome) in view.all() {
+            let name = || stage_name(stage, group, field_group_names);
+            if outcome.status == Status::Unknown {
+                bookkeeping.unknown.push(name());
             }
-            for (stage, group, outcome) in view.all() {
-                let name = || match stage {
-                    Stage::FieldGroup => field_group_names
-                        .get(group)
-                        .cloned()
-                        .unwrap_or_else(|| format!("field_group#{}", group + 1)),
-                    other => other.name().into(),
-                };
-                if outcome.status == Status::Unknown {
-                    unknown.push(name());
+            if outcome.status == Status::Ok {
+                if stage != Stage::Mapping {
+                    bookkeeping.done.push(name());
                 }
-                if outcome.status == Status::Ok {
-                    if stage != Stage::Mapping {
-                        done.push(name());
-                    }
-                } else if first_bad.is_none() {
-                    first_bad = Some((
-                        stage,
-                        outcome.status,
-                        view.message(stage, group).unwrap_or_default().to_string(),
-                    ));
-                }
-            }
-            if first_bad.is_none() && view.is_done() {
-                continue;
+            } else if bookkeeping.first_bad.is_none() {
+                bookkeeping.first_bad = Some((
+                    stage,
+                    outcome.status,
+                    view.message(stage, group).unwrap_or_default().to_string(),
+                ));
             }
         }
-        let (stage, status, error) = match first_bad {
+        bookkeeping
+    }
+
+    /// The row's line: its `cells` (as many as the header has) and then
+    /// the bookkeeping [`COLUMNS`].
+    fn after(self, cells: Vec<String>, width: usize, id: RowId) -> Vec<String> {
+        let (stage, status, error) = match self.first_bad {
             Some((stage, status, message)) => {
                 (stage.name().to_string(), status.name().to_string(), message)
             }
@@ -189,13 +269,21 @@ pub fn write(
             stage,
             status,
             error,
-            customer_id,
-            done.join(","),
-            unknown.join(","),
+            self.customer_id,
+            self.done.join(","),
+            self.unknown.join(","),
         ]);
-        emit(&fields, &mut out).map_err(io)?;
-        written += 1;
+        fields
     }
-    out.flush().map_err(io)?;
-    Ok(written)
+}
+
+/// How `_done` and `_unknown` name a stage: a field group by its own name.
+fn stage_name(stage: Stage, group: usize, field_group_names: &[String]) -> String {
+    match stage {
+        Stage::FieldGroup => field_group_names
+            .get(group)
+            .cloned()
+            .unwrap_or_else(|| format!("field_group#{}", group + 1)),
+        other => other.name().into(),
+    }
 }

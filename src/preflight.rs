@@ -27,7 +27,7 @@ use crate::api::system::{
 };
 use crate::api::{ApiClient, CallError};
 use crate::ledger::Stage;
-use crate::mapping::raw::{RawMapping, Spec};
+use crate::mapping::raw::{RawFieldGroup, RawMapping, Spec};
 use crate::mapping::{Issue, Loaded, MappingError, RowPayloads};
 use crate::source::{shorten, FieldError};
 
@@ -450,147 +450,272 @@ fn constant(spec: &Spec) -> Option<String> {
 /// Refuses what cannot work for any row: every problem, by TOML key.
 pub fn check_mapping(loaded: &Loaded, system: &System) -> Result<(), MappingError> {
     let raw = &loaded.raw;
-    let mut issues = Vec::new();
-    let mut issue = |key: String, span: std::ops::Range<usize>, message: String| {
-        issues.push(Issue {
+    let mut issues = Issues {
+        loaded,
+        found: Vec::new(),
+    };
+    check_field_groups(raw, system, &mut issues);
+    for stage in CampaignStage::all(raw) {
+        check_campaign_stage(&stage, system, &mut issues);
+    }
+    check_account_manager(raw, system, &mut issues);
+    issues.into_result()
+}
+
+/// The problems found in a mapping so far, each at its TOML key and line.
+struct Issues<'a> {
+    loaded: &'a Loaded,
+    found: Vec<Issue>,
+}
+
+impl Issues<'_> {
+    fn add(&mut self, key: String, span: std::ops::Range<usize>, message: String) {
+        self.found.push(Issue {
             key,
-            line: loaded.line_of(&span),
+            line: self.loaded.line_of(&span),
             message,
         });
+    }
+
+    /// The mapping refused with every problem, when there is one.
+    fn into_result(self) -> Result<(), MappingError> {
+        if self.found.is_empty() {
+            Ok(())
+        } else {
+            Err(MappingError::Invalid {
+                path: self.loaded.path.clone(),
+                issues: self.found,
+            })
+        }
+    }
+}
+
+/// Each `[[field_group]]`'s group and fields must exist, when the field
+/// groups were read.
+fn check_field_groups(raw: &RawMapping, system: &System, issues: &mut Issues) {
+    let Some(groups) = &system.field_groups else {
+        return;
     };
-    if let Some(groups) = &system.field_groups {
-        for (n, g) in raw.field_group.iter().enumerate() {
-            let g = g.get_ref();
-            let id = *g.group_id.get_ref();
-            let Some(def) = groups.iter().find(|d| d.group_id == id) else {
-                issue(
-                    format!("field_group[{n}].group_id"),
-                    g.group_id.span(),
-                    format!(
-                        "field group {id} does not exist; the system has {}",
-                        list(groups.iter(), |d| format!("{} {}", d.group_id, d.name))
-                    ),
-                );
-                continue;
-            };
-            for (field, _) in &g.values.0 {
-                let Ok(fid) = field.get_ref().trim().parse::<i64>() else {
-                    continue;
-                };
-                if !def.fields.iter().any(|(f, _)| *f == fid) {
-                    issue(
-                        format!("field_group[{n}].values.{fid}"),
-                        field.span(),
-                        format!(
-                            "field {fid} is not a field of group {id} ({}); it has {}",
-                            def.name,
-                            list(def.fields.iter(), |(f, name)| format!("{f} {name}"))
-                        ),
-                    );
-                }
-            }
-        }
+    for (n, g) in raw.field_group.iter().enumerate() {
+        check_field_group(n, g.get_ref(), groups, issues);
     }
-    // (stage, id, status, dictionary status, agent, next call date mapped,
-    // a new record)
-    let stages = [
-        raw.campaign.as_ref().map(|c| {
-            let c = c.get_ref();
-            let date = c.next_call_date.is_some();
-            (
-                "campaign",
-                &c.id,
-                &c.status_id,
-                &c.dictionary_status_id,
-                &c.agent_login,
-                date,
-                true,
-            )
-        }),
-        raw.campaign_update.as_ref().map(|u| {
-            let u = u.get_ref();
-            let date = u.next_call_date.is_some();
-            (
-                "campaign_update",
-                &u.id,
-                &u.status_id,
-                &u.dictionary_status_id,
-                &u.agent_login,
-                date,
-                false,
-            )
-        }),
-    ];
-    'stages: for (stage, id, status, dictionary, agent, has_date, new_record) in
-        stages.into_iter().flatten()
-    {
-        // The campaigns the stage's rows go to: the constant, or what the
-        // column holds (only when every value is known: a campaign not read
-        // might take what the others do not).
-        let constant_id = constant(id);
-        let ids = match &constant_id {
-            Some(c) => BTreeSet::from([c.clone()]),
-            None if system.named.complete => system.named.of(stage).clone(),
-            None => continue,
-        };
-        let mut existing = Vec::new();
-        let mut missing = Vec::new();
-        for campaign_id in &ids {
-            match system.campaign(campaign_id) {
-                Ok(Some(f)) => existing.push((campaign_id.as_str(), f)),
-                // Not read: the system cannot say.
-                Ok(None) => continue 'stages,
-                Err(e) => missing.push((campaign_id, e)),
-            }
-        }
-        if existing.is_empty() {
-            // Every row would be invalid at this stage.
-            match (&constant_id, missing.as_slice()) {
-                (_, []) => {}
-                (Some(_), [(_, e), ..]) => issue(format!("{stage}.id"), id.span(), e.clone()),
-                (None, _) => issue(
-                    format!("{stage}.id"),
-                    id.span(),
-                    format!(
-                        "the rows name campaign(s) {}, and none exists; the system has {}",
-                        list(missing.iter(), |(c, _)| c.to_string()),
-                        system.outbound_list()
-                    ),
-                ),
-            }
+}
+
+/// The `n`th field group's group id must be one of `groups`, and each
+/// field it maps a field of that group.
+fn check_field_group(n: usize, g: &RawFieldGroup, groups: &[FieldGroupDef], issues: &mut Issues) {
+    let id = *g.group_id.get_ref();
+    let Some(def) = groups.iter().find(|d| d.group_id == id) else {
+        issues.add(
+            format!("field_group[{n}].group_id"),
+            g.group_id.span(),
+            format!(
+                "field group {id} does not exist; the system has {}",
+                list(groups.iter(), |d| format!("{} {}", d.group_id, d.name))
+            ),
+        );
+        return;
+    };
+    for (field, _) in &g.values.0 {
+        let Ok(fid) = field.get_ref().trim().parse::<i64>() else {
             continue;
-        }
-        let int = |spec: &Spec| constant(spec).and_then(|v| v.parse::<i64>().ok());
-        if let Some(spec) = status {
-            if let Some(p) = int(spec).and_then(|s| {
-                fits_none(&format!("status_id {s}"), &existing, |cid, facts| {
-                    status_problem(cid, facts, s, agent.is_some(), has_date, new_record)
-                })
-            }) {
-                issue(format!("{stage}.status_id"), spec.span(), p);
-            }
-        }
-        if let Some(spec) = dictionary {
-            if let Some(p) = int(spec).and_then(|d| {
-                fits_none(
-                    &format!("dictionary_status_id {d}"),
-                    &existing,
-                    |cid, facts| dictionary_problem(cid, facts, d),
-                )
-            }) {
-                issue(format!("{stage}.dictionary_status_id"), spec.span(), p);
-            }
-        }
-        if let Some(spec) = agent {
-            if let Some(p) = constant(spec).and_then(|a| {
-                fits_none(&format!("agent_login {a}"), &existing, |cid, facts| {
-                    agent_problem(cid, facts, &a)
-                })
-            }) {
-                issue(format!("{stage}.agent_login"), spec.span(), p);
-            }
+        };
+        if !def.fields.iter().any(|(f, _)| *f == fid) {
+            issues.add(
+                format!("field_group[{n}].values.{fid}"),
+                field.span(),
+                format!(
+                    "field {fid} is not a field of group {id} ({}); it has {}",
+                    def.name,
+                    list(def.fields.iter(), |(f, name)| format!("{f} {name}"))
+                ),
+            );
         }
     }
+}
+
+/// What `[campaign]` or `[campaign_update]` maps, as far as preflight
+/// checks it.
+struct CampaignStage<'a> {
+    /// The TOML table: `campaign` or `campaign_update`.
+    name: &'static str,
+    id: &'a Spec,
+    status: Option<&'a Spec>,
+    dictionary: Option<&'a Spec>,
+    agent: Option<&'a Spec>,
+    /// Whether `next_call_date` is mapped.
+    has_date: bool,
+    /// Whether the stage adds a record (`campaign`) rather than edits one.
+    new_record: bool,
+}
+
+impl<'a> CampaignStage<'a> {
+    /// The campaign stages the mapping has, in pipeline order.
+    fn all(raw: &'a RawMapping) -> impl Iterator<Item = CampaignStage<'a>> {
+        let campaign = raw.campaign.as_ref().map(|c| {
+            let c = c.get_ref();
+            CampaignStage {
+                name: "campaign",
+                id: &c.id,
+                status: c.status_id.as_ref(),
+                dictionary: c.dictionary_status_id.as_ref(),
+                agent: c.agent_login.as_ref(),
+                has_date: c.next_call_date.is_some(),
+                new_record: true,
+            }
+        });
+        let campaign_update = raw.campaign_update.as_ref().map(|u| {
+            let u = u.get_ref();
+            CampaignStage {
+                name: "campaign_update",
+                id: &u.id,
+                status: u.status_id.as_ref(),
+                dictionary: u.dictionary_status_id.as_ref(),
+                agent: u.agent_login.as_ref(),
+                has_date: u.next_call_date.is_some(),
+                new_record: false,
+            }
+        });
+        [campaign, campaign_update].into_iter().flatten()
+    }
+}
+
+/// A campaign stage must name a campaign that exists, and each constant it
+/// gives (status, dictionary status, agent) must fit one of those it names.
+fn check_campaign_stage(stage: &CampaignStage, system: &System, issues: &mut Issues) {
+    let constant_id = constant(stage.id);
+    let Some(ids) = campaigns_named(stage, constant_id.as_deref(), system) else {
+        return;
+    };
+    let Some(found) = look_up(&ids, system) else {
+        return;
+    };
+    if found.existing.is_empty() {
+        // Every row would be invalid at this stage.
+        refuse_missing(stage, constant_id.is_some(), &found.missing, system, issues);
+        return;
+    }
+    check_constants(stage, &found.existing, issues);
+}
+
+/// The campaigns the stage's rows go to: the constant, or what the column
+/// holds (only when every value is known: a campaign not read might take
+/// what the others do not).
+fn campaigns_named(
+    stage: &CampaignStage,
+    constant_id: Option<&str>,
+    system: &System,
+) -> Option<BTreeSet<String>> {
+    match constant_id {
+        Some(c) => Some(BTreeSet::from([c.to_string()])),
+        None if system.named.complete => Some(system.named.of(stage.name).clone()),
+        None => None,
+    }
+}
+
+/// The campaigns a stage names, split by whether they exist.
+struct LookedUp<'s> {
+    /// Those that exist, with their facts.
+    existing: Vec<(&'s str, &'s CampaignFacts)>,
+    /// Those that do not, with why.
+    missing: Vec<(&'s str, String)>,
+}
+
+/// The campaigns of `ids`, looked up; `None` when one's facts were not
+/// read: then the system cannot say.
+fn look_up<'s>(ids: &'s BTreeSet<String>, system: &'s System) -> Option<LookedUp<'s>> {
+    let mut found = LookedUp {
+        existing: Vec::new(),
+        missing: Vec::new(),
+    };
+    for campaign_id in ids {
+        match system.campaign(campaign_id) {
+            Ok(Some(f)) => found.existing.push((campaign_id.as_str(), f)),
+            Ok(None) => return None,
+            Err(e) => found.missing.push((campaign_id.as_str(), e)),
+        }
+    }
+    Some(found)
+}
+
+/// Refuses the stage's `id` when none of the campaigns it names exists: a
+/// constant by the system's own reason, a column by the campaigns it names.
+fn refuse_missing(
+    stage: &CampaignStage,
+    id_is_constant: bool,
+    missing: &[(&str, String)],
+    system: &System,
+    issues: &mut Issues,
+) {
+    let key = format!("{}.id", stage.name);
+    match (id_is_constant, missing) {
+        (_, []) => {}
+        (true, [(_, e), ..]) => issues.add(key, stage.id.span(), e.clone()),
+        (false, _) => issues.add(
+            key,
+            stage.id.span(),
+            format!(
+                "the rows name campaign(s) {}, and none exists; the system has {}",
+                list(missing.iter(), |(c, _)| c.to_string()),
+                system.outbound_list()
+            ),
+        ),
+    }
+}
+
+/// Refuses each constant the stage gives (status, dictionary status,
+/// agent) that fits none of the `existing` campaigns it names.
+fn check_constants(
+    stage: &CampaignStage,
+    existing: &[(&str, &CampaignFacts)],
+    issues: &mut Issues,
+) {
+    let int = |spec: &Spec| constant(spec).and_then(|v| v.parse::<i64>().ok());
+    if let Some(spec) = stage.status {
+        if let Some(p) = int(spec).and_then(|s| {
+            fits_none(&format!("status_id {s}"), existing, |cid, facts| {
+                status_problem(
+                    cid,
+                    facts,
+                    s,
+                    stage.agent.is_some(),
+                    stage.has_date,
+                    stage.new_record,
+                )
+            })
+        }) {
+            issues.add(format!("{}.status_id", stage.name), spec.span(), p);
+        }
+    }
+    if let Some(spec) = stage.dictionary {
+        if let Some(p) = int(spec).and_then(|d| {
+            fits_none(
+                &format!("dictionary_status_id {d}"),
+                existing,
+                |cid, facts| dictionary_problem(cid, facts, d),
+            )
+        }) {
+            issues.add(
+                format!("{}.dictionary_status_id", stage.name),
+                spec.span(),
+                p,
+            );
+        }
+    }
+    if let Some(spec) = stage.agent {
+        if let Some(p) = constant(spec).and_then(|a| {
+            fits_none(&format!("agent_login {a}"), existing, |cid, facts| {
+                agent_problem(cid, facts, &a)
+            })
+        }) {
+            issues.add(format!("{}.agent_login", stage.name), spec.span(), p);
+        }
+    }
+}
+
+/// A constant `customer.account_manager` must be an active agent of the
+/// system, when the agents were read.
+fn check_account_manager(raw: &RawMapping, system: &System, issues: &mut Issues) {
     if let Some(spec) = raw
         .customer
         .as_ref()
@@ -599,15 +724,7 @@ pub fn check_mapping(loaded: &Loaded, system: &System) -> Result<(), MappingErro
         if let Some(reason) =
             constant(spec).and_then(|login| system.account_manager_problem(&login))
         {
-            issue("customer.account_manager".into(), spec.span(), reason);
+            issues.add("customer.account_manager".into(), spec.span(), reason);
         }
-    }
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(MappingError::Invalid {
-            path: loaded.path.clone(),
-            issues,
-        })
     }
 }
