@@ -32,6 +32,8 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Write a first mapping for a file: [source] sniffed, columns matched to customer fields, the others as comments.
     Init(InitArgs),
+    /// The nightly job: import every export in a drop folder, one ledger per file, continuing or starting over as each file says.
+    Sync(NightlyArgs),
 }
 
 /// Where to send and as whom. The password is never a flag: it comes from
@@ -356,4 +358,36 @@ pub struct SandboxArgs {
     /// Answer every paged GET from its first entry whatever `offset` asks, as a broken server would.
     #[arg(long)]
     pub ignore_offset: bool,
+}
+
+/// `sync`: a drop folder, imported night after night (README, "Nightly
+/// syncs"). Named apart from [`SyncArgs`], the `--state` flags it shares
+/// with `run`.
+#[derive(Debug, Clone, Args)]
+pub struct NightlyArgs {
+    /// The drop folder: every .csv, .xlsx, .xls and .ods in it, oldest first.
+    pub drop_dir: PathBuf,
+    /// The TOML column mapping, for every file (an edited one is used as it is).
+    #[arg(long)]
+    pub mapping: PathBuf,
+    /// Where the ledgers, reports and the folder's lock are kept (default: <DROP_DIR>/.thulium-import, created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Move a file whose rows are all settled (and its .done marker) here.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
+    /// Without .done markers: leave a file whose size or modification time changes within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub settle: u64,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Do not ask the system first what the mapping refers to.
+    #[arg(long)]
+    pub no_preflight: bool,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

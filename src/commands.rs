@@ -2,6 +2,8 @@
 //! objects and runs them. Errors that make a command unusable come back as
 //! `anyhow::Error` and end in exit code 2.
 
+mod sync;
+
 use std::io::Write;
 
 use anyhow::Context;
@@ -31,6 +33,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Report(args) => report_command(&args),
         Command::Retry(args) => retry_command(args).await,
         Command::Init(args) => init_command(&args).await,
+        Command::Sync(args) => sync::sync_command(args).await,
     }
 }
 
