@@ -391,10 +391,12 @@ async fn retry_job(args: &RetryArgs, observed: &mut Option<Seen>) -> anyhow::Res
     // Every figure is a count of what planning decided or the run did: the
     // invalid rows include those left as they were (listed below them).
     println!(
-        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent ({} again, {} not sent before), {} left as duplicates, {} invalid",
         planning.rows_seen,
         count(&progress.reconciled),
         planning.rows_sent,
+        planning.rows_sent - planning.rows_first,
+        planning.rows_first,
         count(&progress.duplicates),
         planning.invalid_rows()
     );
