@@ -158,7 +158,8 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
         let options = input.mapping.source_options()?;
         let survey = job::survey(&args.csv, &options, &input.plan, wanted, named)?;
         let system = job::preflight(&input.mapping, survey.named, &client, true)
-            .await?
+            .await
+            .map_err(said_as_run_says_it)?
             .unwrap_or_default();
         check::check_online(&mut input, args.limit, &system)?
     } else if args.limit.is_some() {
@@ -185,6 +186,22 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::RowsNotDone
     })
+}
+
+/// A read refused in a way that stops any run (a wrong password, a
+/// redirect, broken paging), said as `run` says it: with what to check
+/// (for a 401, where the API user's permissions are set). Still exit 3.
+fn said_as_run_says_it(e: anyhow::Error) -> anyhow::Error {
+    let reason = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::api::CallError>()?.stops_the_run());
+    match reason {
+        Some(reason) => crate::exit::Stopped(format!(
+            "preflight: cannot read what the mapping refers to: {reason}"
+        ))
+        .into(),
+        None => e,
+    }
 }
 
 /// `thulium-import run --dry-run`: the `check` path, printing the payloads of

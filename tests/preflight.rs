@@ -275,6 +275,21 @@ async fn a_row_that_cannot_work_is_invalid_at_that_stage_and_its_other_stages_go
         "{}",
         out.stderr
     );
+    // A wrong password: exit 3, with the hint `run` gives.
+    let mut check = common::bin("not-the-password");
+    check
+        .args(["check", csv.to_str().unwrap(), "--mapping"])
+        .arg(&m)
+        .args(["--online", "--url", &sandbox.url(), "--user", "api_user"]);
+    let out = output(check).await;
+    assert_eq!(out.code, Some(3), "{}", out.text());
+    assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Administracja → Użytkownicy → Użytkownicy API"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
