@@ -174,7 +174,7 @@ pub fn print_text(
     if report.errors.len() > max_errors {
         writeln!(
             out,
-            "... and {} more problem(s) (use --json for all)",
+            "... and {} more problem(s) (`check --all` lists them, `check --json` gives them all)",
             report.errors.len() - max_errors
         )?;
     }
@@ -183,8 +183,10 @@ pub fn print_text(
     } else {
         writeln!(
             out,
-            "{} rows read: {} valid, {} invalid.",
-            report.rows, report.valid, report.invalid
+            "{} read: {} valid, {} invalid.",
+            crate::text::count(report.rows, "row"),
+            report.valid,
+            report.invalid
         )?;
     }
     Ok(())

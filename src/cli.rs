@@ -89,6 +89,9 @@ pub struct OutputArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// After the run, write its metrics here (Prometheus text format, for node_exporter's textfile collector), replaced atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Finding the customers that exist, and remembering what was synced.

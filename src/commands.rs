@@ -15,6 +15,7 @@ use crate::credentials;
 use crate::init;
 use crate::job;
 use crate::ledger::LedgerLock;
+use crate::metrics;
 use crate::outcomes::Outcomes;
 use crate::pipeline;
 use crate::preflight;
@@ -160,7 +161,8 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
         let options = input.mapping.source_options()?;
         let survey = job::survey(&args.csv, &options, &input.plan, wanted, named)?;
         let system = job::preflight(&input.mapping, survey.named, &client, true)
-            .await?
+            .await
+            .map_err(said_as_run_says_it)?
             .unwrap_or_default();
         check::check_online(&mut input, args.limit, &system)?
     } else if args.limit.is_some() {
@@ -187,6 +189,22 @@ async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::RowsNotDone
     })
+}
+
+/// A read refused in a way that stops any run (a wrong password, a
+/// redirect, broken paging), said as `run` says it: with what to check
+/// (for a 401, where the API user's permissions are set). Still exit 3.
+fn said_as_run_says_it(e: anyhow::Error) -> anyhow::Error {
+    let reason = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::api::CallError>()?.stops_the_run());
+    match reason {
+        Some(reason) => crate::exit::Stopped(format!(
+            "preflight: cannot read what the mapping refers to: {reason}"
+        ))
+        .into(),
+        None => e,
+    }
 }
 
 /// `thulium-import run --dry-run`: the `check` path, printing the payloads of
@@ -290,9 +308,21 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `thulium-import run`: the import, prepared by the job layer.
+/// `thulium-import run`: the import, prepared by the job layer; then the
+/// metrics (`--metrics-file`), whatever the run's end.
 async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
-    let job = job::prepare_run(&args).await?;
+    let started = std::time::Instant::now();
+    let mut observed = None;
+    let result = run_job(&args, &mut observed).await;
+    let source = file_name(&args.csv);
+    write_metrics(&args.output, source, started, &result, observed);
+    result
+}
+
+/// `run` itself; what it saw is left in `observed` once the summary is
+/// printed.
+async fn run_job(args: &RunArgs, observed: &mut Option<Seen>) -> anyhow::Result<Exit> {
+    let job = job::prepare_run(args).await?;
     eprintln!(
         "Sending to {} as {} (ledger {})",
         job.root,
@@ -300,7 +330,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
         job.ledger_path.display()
     );
     let ran = job::drive(job, &args.pace, &args.output).await;
-    let summary = print_summary(&ran)?;
+    let summary = print_summary(&ran, observed)?;
     let progress = &ran.progress;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     if count(&progress.reconciled) + count(&progress.duplicates) > 0 {
@@ -322,16 +352,55 @@ async fn run_command(args: RunArgs) -> anyhow::Result<Exit> {
     Ok(exit_for(&ran.end, &summary))
 }
 
-/// `thulium-import retry`: send again what a ledger says is not done.
+/// `thulium-import retry`: send again what a ledger says is not done; then
+/// the metrics (`--metrics-file`), whatever the run's end.
 async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
-    let job = job::prepare_retry(&args).await?;
+    let started = std::time::Instant::now();
+    let mut observed = None;
+    let result = retry_job(&args, &mut observed).await;
+    let ledger_rows = || {
+        let outcomes = Outcomes::read(&args.ledger).ok()?;
+        Some((
+            file_name(std::path::Path::new(&outcomes.header.source)),
+            report::Report::of(&outcomes),
+        ))
+    };
+    // A retry that could not start still names its source and counts the
+    // ledger's rows (they are what is left to do), when the ledger reads.
+    let source = match (&observed, &args.output.metrics_file) {
+        (Some(seen), _) => seen.source.clone(),
+        (None, Some(_)) => match ledger_rows() {
+            Some((source, rows)) => {
+                observed = Some(Seen {
+                    source: source.clone(),
+                    observed: metrics::Observed {
+                        rows: Some(rows),
+                        requests: None,
+                    },
+                });
+                source
+            }
+            None => file_name(&args.ledger)
+                .trim_end_matches(".ledger.jsonl")
+                .to_string(),
+        },
+        (None, None) => String::new(),
+    };
+    write_metrics(&args.output, source, started, &result, observed);
+    result
+}
+
+/// `retry` itself; what it saw is left in `observed` once the summary is
+/// printed.
+async fn retry_job(args: &RetryArgs, observed: &mut Option<Seen>) -> anyhow::Result<Exit> {
+    let job = job::prepare_retry(args).await?;
     eprintln!(
         "Retrying the rows of {} that are not done, against {}",
         args.ledger.display(),
         job.root
     );
     let ran = job::drive(job, &args.pace, &args.output).await;
-    let summary = print_summary(&ran)?;
+    let summary = print_summary(&ran, observed)?;
     let planning = ran
         .planning
         .as_ref()
@@ -342,10 +411,12 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     // Every figure is a count of what planning decided or the run did: the
     // invalid rows include those left as they were (listed below them).
     println!(
-        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent again, {} left as duplicates, {} invalid",
+        "retry: {} row(s) looked at, {} customer(s) reconciled by identifier, {} row(s) sent ({} again, {} not sent before), {} left as duplicates, {} invalid",
         planning.rows_seen,
         count(&progress.reconciled),
         planning.rows_sent,
+        planning.rows_sent - planning.rows_first,
+        planning.rows_first,
         count(&progress.duplicates),
         planning.invalid_rows()
     );
@@ -367,8 +438,9 @@ async fn retry_command(args: RetryArgs) -> anyhow::Result<Exit> {
     Ok(exit_for(&ran.end, &summary))
 }
 
-/// Folds the ledger and prints the summary table and the request figures.
-fn print_summary(ran: &job::Ran) -> anyhow::Result<report::Report> {
+/// Folds the ledger and prints the summary table and the request figures;
+/// leaves them in `observed` for the metrics.
+fn print_summary(ran: &job::Ran, observed: &mut Option<Seen>) -> anyhow::Result<report::Report> {
     let job::Ran {
         ledger_path,
         client,
@@ -376,9 +448,22 @@ fn print_summary(ran: &job::Ran) -> anyhow::Result<report::Report> {
         elapsed,
         ..
     } = ran;
-    let summary = report::Report::of(&Outcomes::read(ledger_path)?);
+    let outcomes = Outcomes::read(ledger_path)?;
+    let summary = report::Report::of(&outcomes);
     let stats = &client.stats;
     let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    *observed = Some(Seen {
+        source: file_name(std::path::Path::new(&outcomes.header.source)),
+        observed: metrics::Observed {
+            rows: Some(summary.clone()),
+            requests: Some((
+                requests,
+                stats
+                    .throttled_429
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )),
+        },
+    });
     println!("{}", report::render(&summary));
     println!(
         "requests: {requests} sent, {} retries, {} answered 429; elapsed {:.1} s, {:.1} rows/s, {:.1} requests/s",
@@ -405,6 +490,60 @@ fn print_summary(ran: &job::Ran) -> anyhow::Result<report::Report> {
         eprintln!("error: {e}");
     }
     Ok(summary)
+}
+
+/// What a run saw, kept for its metrics: the ledger's source file name
+/// (the `source` label) and the counts.
+struct Seen {
+    source: String,
+    observed: metrics::Observed,
+}
+
+/// A path's last component, for the metrics' `source` label.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writes `--metrics-file`, if asked, for a command that ended in
+/// `result`: what the run saw (nothing when it stopped before its job was
+/// prepared), its duration from `started`, its exit code. A file that
+/// cannot be written is a warning, not another exit code: the exit code
+/// says what became of the rows, and a cron job or a script branching on
+/// it must not take a full disk under the metrics for a failed import.
+/// The collector shows the stale file's age (`last_run`) meanwhile.
+fn write_metrics(
+    output: &crate::cli::OutputArgs,
+    source: String,
+    started: std::time::Instant,
+    result: &anyhow::Result<Exit>,
+    observed: Option<Seen>,
+) {
+    let Some(path) = &output.metrics_file else {
+        return;
+    };
+    let exit = match result {
+        Ok(exit) => *exit,
+        Err(e) => Exit::of_error(e),
+    };
+    let run = metrics::RunMetrics {
+        source,
+        observed: observed.map_or(
+            metrics::Observed {
+                rows: None,
+                requests: None,
+            },
+            |o| o.observed,
+        ),
+        duration: started.elapsed(),
+        exit_code: exit.code(),
+        finished: std::time::SystemTime::now(),
+    };
+    if let Err(e) = metrics::write(path, &run) {
+        eprintln!("warning: {e} (the exit code is the run's)");
+    }
 }
 
 /// A run that stopped early, or whose source failed mid-file, is aborted

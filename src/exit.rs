@@ -42,6 +42,25 @@ impl Exit {
     }
 }
 
+/// An error as a person reads it: the message, then each cause in the
+/// chain that it does not already quote. Many errors here quote their
+/// cause (`cannot read the ledger: No such file or directory`), and
+/// anyhow's `{:#}` would then say it twice.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         std::process::ExitCode::from(e.code())
@@ -59,6 +78,20 @@ pub struct Stopped(pub String);
 mod tests {
     use super::*;
     use crate::api::CallError;
+
+    #[test]
+    fn a_cause_the_message_quotes_is_said_once_and_one_it_does_not_is_added() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("l.jsonl: cannot read the ledger: {source}")]
+        struct Quoting {
+            source: std::io::Error,
+        }
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Quoting { source: missing() });
+        assert_eq!(message(&e), "l.jsonl: cannot read the ledger: No such file");
+        let e = anyhow::Error::new(missing()).context("reading l.jsonl");
+        assert_eq!(message(&e), "reading l.jsonl: No such file");
+    }
 
     #[test]
     fn an_error_that_stops_the_run_exits_3_even_with_context() {

@@ -25,6 +25,7 @@ pub mod init;
 pub mod job;
 pub mod ledger;
 pub mod mapping;
+pub mod metrics;
 pub mod needs;
 pub mod outcomes;
 pub mod pace;

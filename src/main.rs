@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(thulium_import::commands::execute(cli)) {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", thulium_import::exit::message(&e));
             Exit::of_error(&e).into()
         }
     }

@@ -152,7 +152,8 @@ pub fn render(report: &Report) -> String {
     if let Some(n) = report.limit {
         let _ = write!(
             out,
-            "\npilot: stopped after {n} rows (--limit); `retry` on this ledger sends the rest"
+            "\npilot: stopped after {} (--limit); `retry` on this ledger sends the rest",
+            crate::text::count(n, "row")
         );
     }
     if let Some(e) = &report.read_error {

@@ -41,6 +41,9 @@ pub struct Summary {
     /// Rows handed on with something to send (a customer to create, update
     /// or look up, an item, a record, a feed record).
     pub rows_sent: u64,
+    /// Among them, rows the ledger has no outcome for: never sent (a
+    /// pilot's rest, a run stopped first), so not "sent again".
+    pub rows_first: u64,
     /// Rows invalid under the mapping now in use (recorded this time).
     pub invalid: u64,
     /// Rows handed on with a stage recorded invalid this time (at a
@@ -275,6 +278,7 @@ impl RetryRows {
             s.rechecked_invalid += now_invalid;
             s.ambiguous_again += u64::from(ambiguous && sends);
             s.rows_sent += u64::from(sends);
+            s.rows_first += u64::from(sends && view.is_none());
             s.invalid_at_stage += u64::from(!payloads.invalid_stages.is_empty());
         });
         if payloads.is_empty() && !was_invalid {

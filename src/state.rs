@@ -178,6 +178,29 @@ fn blob(h: KeyHash) -> [u8; 16] {
     h.to_be_bytes()
 }
 
+/// Which Thulium system a root URL names, as one string: scheme and host
+/// lower-cased, a default port dropped, a trailing slash dropped, and the
+/// loopback names (`localhost`, `127.0.0.1`, `[::1]`) one name. A URL
+/// that does not parse is its own (trimmed) text.
+pub fn system_id(url: &str) -> String {
+    let Ok(parsed) = reqwest::Url::parse(url.trim()) else {
+        return url.trim().trim_end_matches('/').to_string();
+    };
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let host = if loopback { "localhost" } else { host.as_str() };
+    let port = parsed.port().map_or(String::new(), |p| format!(":{p}"));
+    format!(
+        "{}://{host}{port}{}",
+        parsed.scheme(),
+        parsed.path().trim_end_matches('/')
+    )
+}
+
 impl SyncState {
     /// Opens (or creates, mode 0600) the state at `path` for the system at
     /// `system` (its root URL); refuses a state of another system.
@@ -210,8 +233,11 @@ impl SyncState {
             })
             .optional()
             .map_err(sql)?;
+        // Compared as systems, not as strings: `http://localhost:8080/`
+        // and `http://127.0.0.1:8080` are one system, and a state refused
+        // for the way its URL was typed would cost every lookup again.
         match recorded {
-            Some(r) if r != system => {
+            Some(r) if system_id(&r) != system_id(system) => {
                 return Err(StateError::OtherSystem {
                     path: display,
                     recorded: r,
@@ -235,7 +261,7 @@ impl SyncState {
             None => {
                 conn.execute(
                     "INSERT INTO meta (name, value) VALUES ('system', ?1), ('version', ?2)",
-                    params![system, VERSION],
+                    params![system_id(system), VERSION],
                 )
                 .map_err(sql)?;
             }
@@ -546,6 +572,60 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_system_however_its_url_is_written() {
+        let same = [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080/",
+            "HTTP://LocalHost:8080",
+            "http://[::1]:8080",
+        ];
+        for url in same {
+            assert_eq!(system_id(url), "http://localhost:8080", "{url}");
+        }
+        assert_eq!(
+            system_id("https://Acme.Thulium.com/"),
+            system_id("https://acme.thulium.com:443")
+        );
+        // Other systems stay other: another port, host, scheme or path.
+        for other in [
+            "http://localhost:8081",
+            "https://localhost:8080",
+            "http://10.0.0.1:8080",
+            "http://localhost:8080/other",
+        ] {
+            assert_ne!(system_id(other), system_id(same[0]), "{other}");
+        }
+        assert_ne!(
+            system_id("https://a.thulium.com"),
+            system_id("https://b.thulium.com")
+        );
+
+        // A state recorded under one spelling (as older states were, the URL
+        // as given) opens under another; a new state records the normal form.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        drop(SyncState::open(&path, "http://127.0.0.1:8080/").unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let recorded: String = conn
+            .query_row("SELECT value FROM meta WHERE name = 'system'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(recorded, "http://localhost:8080");
+        conn.execute(
+            "UPDATE meta SET value = 'HTTP://[::1]:8080/' WHERE name = 'system'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        assert!(SyncState::open(&path, "http://localhost:8080").is_ok());
+        assert!(matches!(
+            SyncState::open(&path, "http://localhost:9090"),
+            Err(StateError::OtherSystem { .. })
+        ));
+    }
 
     #[test]
     fn keys_parts_and_feeds_round_trip_and_one_system_only() {

@@ -78,6 +78,34 @@ fn check_reports_the_sample_bad_rows_with_line_column_value_reason() {
         stderr.contains("delimiter ';' (from the mapping), encoding windows-1250"),
         "{stderr}"
     );
+
+    // Fewer listed than there are: both ways to see the rest are named,
+    // and `--all` lists them.
+    let listed = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "check",
+                "samples/crm_export.csv",
+                "--mapping",
+                "mappings/crm_export.toml",
+                "--max-errors",
+                "3",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = listed(&[]);
+    assert!(
+        text.contains(
+            "... and 5 more problem(s) (`check --all` lists them, `check --json` gives them all)"
+        ),
+        "{text}"
+    );
+    let all = listed(&["--all"]);
+    assert!(!all.contains("more problem(s)"), "{all}");
+    assert_eq!(all.matches("\nline ").count(), 8, "{all}");
 }
 
 #[test]

@@ -275,6 +275,21 @@ async fn a_row_that_cannot_work_is_invalid_at_that_stage_and_its_other_stages_go
         "{}",
         out.stderr
     );
+    // A wrong password: exit 3, with the hint `run` gives.
+    let mut check = common::bin("not-the-password");
+    check
+        .args(["check", csv.to_str().unwrap(), "--mapping"])
+        .arg(&m)
+        .args(["--online", "--url", &sandbox.url(), "--user", "api_user"]);
+    let out = output(check).await;
+    assert_eq!(out.code, Some(3), "{}", out.text());
+    assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Administracja → Użytkownicy → Użytkownicy API"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -372,6 +387,14 @@ async fn a_pilot_then_retry_imports_every_row_once() {
     ]);
     let out = output(retry).await;
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    // The rows past the pilot were never sent: the summary says so, and
+    // does not call them sent again.
+    let not_sent_before = out
+        .stdout
+        .split_once(" again, ")
+        .and_then(|(_, rest)| rest.split_once(" not sent before)"))
+        .map(|(n, _)| n.parse::<usize>().unwrap());
+    assert_eq!(not_sent_before, Some(292 - after_pilot), "{}", out.stdout);
     let r = common::report(&ledger);
     assert_eq!(r["rows"], 300, "{r}");
     assert!(r.get("limit").is_none(), "{r}");
@@ -628,7 +651,7 @@ async fn retry_sends_the_rows_the_system_refused_once_it_allows_them() {
     let out = output(retry(&sandbox, &ledger)).await;
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("retry: 2 row(s) looked at, 0 customer(s) reconciled by identifier, 0 row(s) sent again, 0 left as duplicates, 2 invalid"),
+        out.stdout.contains("retry: 2 row(s) looked at, 0 customer(s) reconciled by identifier, 0 row(s) sent (0 again, 0 not sent before), 0 left as duplicates, 2 invalid"),
         "{}",
         out.stdout
     );
@@ -656,8 +679,9 @@ async fn retry_sends_the_rows_the_system_refused_once_it_allows_them() {
     let out = output(retry(&sandbox, &ledger)).await;
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout
-            .contains("2 row(s) sent again, 0 left as duplicates, 0 invalid"),
+        out.stdout.contains(
+            "2 row(s) sent (2 again, 0 not sent before), 0 left as duplicates, 0 invalid"
+        ),
         "{}",
         out.stdout
     );

@@ -369,6 +369,14 @@ async fn retry_refuses_a_changed_source_and_takes_an_edited_copy_with_source() {
         "{}",
         same.stdout
     );
+    // The summary line's figure agrees with the rows it lists as left.
+    assert!(
+        same.stdout.contains(
+            "retry: 8 row(s) looked at, 0 customer(s) reconciled by identifier, 0 row(s) sent (0 again, 0 not sent before), 0 left as duplicates, 8 invalid"
+        ),
+        "{}",
+        same.stdout
+    );
     assert_eq!(writes(&sandbox), requests, "nothing was sent");
 
     // Fix row 17's phone number in place: the source changed.

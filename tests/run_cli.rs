@@ -280,6 +280,30 @@ async fn faults_never_duplicate_a_customer_and_every_row_ends_in_a_final_state()
     assert!(created >= ok, "every ok customer exists");
 }
 
+/// `report` of a ledger that is not there: exit 2, the reason said once.
+#[test]
+fn report_of_a_missing_ledger_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::output_of(
+        common::bin(PASSWORD)
+            .arg("report")
+            .arg(dir.path().join("missing.jsonl")),
+    );
+    assert_eq!(out.code, Some(2), "{}", out.text());
+    assert!(
+        out.stderr.contains("missing.jsonl: cannot read the ledger"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("No such file").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_stops_after_a_handful_of_requests_with_exit_3() {
     let sandbox = Sandbox::start(config()).await.unwrap();

@@ -130,7 +130,7 @@ fn the_xlsx_sample_gives_the_payloads_of_the_csv_sample() {
     );
     // The CSV's [source] delimiter and encoding are named as not applying.
     assert!(
-        xlsx.stderr.contains("xlsx, sheet \"Klienci\" (the first of 1 sheets); [source] delimiter and encoding do not apply to a spreadsheet: ignored"),
+        xlsx.stderr.contains("xlsx, sheet \"Klienci\" (the first of 1 sheet); [source] delimiter and encoding do not apply to a spreadsheet: ignored"),
         "{}",
         xlsx.stderr
     );

@@ -69,7 +69,7 @@ impl std::fmt::Display for SourceInfo {
         if let Some(sheet) = &self.sheet {
             write!(
                 f,
-                "{}, sheet \"{}\" ({} of {} sheets)",
+                "{}, sheet \"{}\" ({} of {})",
                 sheet.format,
                 sheet.name,
                 if sheet.named {
@@ -77,7 +77,7 @@ impl std::fmt::Display for SourceInfo {
                 } else {
                     "the first"
                 },
-                sheet.sheets
+                crate::text::count(sheet.sheets as u64, "sheet")
             )?;
             if !sheet.ignored.is_empty() {
                 write!(
