@@ -26,6 +26,13 @@ use std::sync::Arc;
 
 /// Runs one parsed command line to its end.
 pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
+    // Commands that send listen for stop signals from their first moment:
+    // none kills the process mid-call, or before its handler is set.
+    if matches!(&cli.command, Command::Run(a) if !a.dry_run)
+        || matches!(&cli.command, Command::Retry(_) | Command::Sync(_))
+    {
+        crate::signals::install();
+    }
     match cli.command {
         Command::Sandbox(args) => sandbox(args).await,
         Command::Check(args) => check_command(&args).await,

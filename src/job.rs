@@ -29,7 +29,6 @@ use crate::pipeline::{self, Abort, Incoming, Limits, Progress};
 use crate::preflight;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::state::SyncState;
-use crate::Exit;
 use crate::{mapping, progress, resume};
 
 /// A job ready to run: everything the pipeline needs, checked.
@@ -624,30 +623,17 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         ..
     } = job;
     let abort = Arc::new(Abort::default());
-    // Listening starts before the first call: from here on a SIGTERM or
-    // SIGHUP ends the run cleanly instead of killing it mid-call.
-    let signals = crate::signals::Signals::listen();
-    let stopper = {
+    // Stop signals are listened to from the command's start (see
+    // `signals`); from here the first one stops the run cleanly.
+    let stopper = crate::signals::install();
+    {
         let abort = abort.clone();
-        tokio::spawn(async move {
-            let mut signals = match signals {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP.");
-                    return;
-                }
-            };
-            let first = signals.next().await;
+        stopper.while_running(move |name| {
             abort.trip(format!(
-                "interrupted ({first}): calls in flight were finished and recorded"
+                "interrupted ({name}): calls in flight were finished and recorded"
             ));
-            let second = signals.next().await;
-            eprintln!(
-                "Second stop signal ({second}): exiting now; `retry` resumes from the ledger."
-            );
-            std::process::exit(i32::from(Exit::Aborted.code()));
-        })
-    };
+        });
+    }
     let progress_state = Arc::new(Progress::default());
     let ticker = progress::start(
         progress_state.clone(),
@@ -678,7 +664,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
     .await;
     let elapsed = started.elapsed();
     ticker.abort();
-    stopper.abort();
+    stopper.done();
     progress::finish();
     Ran {
         end,

@@ -1,8 +1,116 @@
 //! Stop signals: Ctrl-C (SIGINT) and, on Unix, SIGTERM (what systemd,
-//! Kubernetes and `timeout` send) and SIGHUP (a closed terminal). The first
-//! stops a run as the circuit breaker does (calls in flight are finished
-//! and recorded, the ledger ends with `aborted`, exit 3); a second exits at
-//! once.
+//! Kubernetes and `timeout` send) and SIGHUP (a closed terminal). They are
+//! listened to from the start of a command that sends ([`install`]), so
+//! that none kills the process with its default action:
+//!
+//! - while a job is being prepared (nothing sent, no ledger begun yet), a
+//!   signal ends the process at once, exit 3 (unless the command said it
+//!   stops by itself between jobs, as `sync` does between files);
+//! - while a job runs, the first stops it as the circuit breaker does
+//!   (calls in flight are finished and recorded, the ledger ends with
+//!   `aborted`, exit 3), through the handler the run registered
+//!   ([`Stopper::while_running`]); a second exits at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What a stop signal does now.
+type Handler = Box<dyn Fn(&'static str) + Send>;
+
+/// The process's stop-signal listener.
+pub struct Stopper {
+    handler: Mutex<Option<Handler>>,
+    /// A stop signal came.
+    stopped: AtomicBool,
+    /// With no run in hand, a signal is only noted (the command stops by
+    /// itself, as `sync` does between files), rather than ending the
+    /// process.
+    stops_by_itself: AtomicBool,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper").finish_non_exhaustive()
+    }
+}
+
+static STOPPER: OnceLock<Arc<Stopper>> = OnceLock::new();
+
+/// Starts listening (once per process; later calls return the same
+/// listener). Must be called within the async runtime.
+pub fn install() -> Arc<Stopper> {
+    STOPPER
+        .get_or_init(|| {
+            let stopper = Arc::new(Stopper {
+                handler: Mutex::new(None),
+                stopped: AtomicBool::new(false),
+                stops_by_itself: AtomicBool::new(false),
+            });
+            match Signals::listen() {
+                Ok(signals) => {
+                    tokio::spawn(listen(signals, stopper.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "Cannot listen for stop signals."),
+            }
+            stopper
+        })
+        .clone()
+}
+
+impl Stopper {
+    /// While a run goes on: the first signal calls `handler` (the run
+    /// stops cleanly); a second exits at once. Until [`Stopper::done`]. A
+    /// signal that came before is handled at once.
+    pub fn while_running(&self, handler: impl Fn(&'static str) + Send + 'static) {
+        if self.stopped() {
+            handler("a stop signal");
+            return;
+        }
+        *self.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+    }
+
+    /// Whether a stop signal came.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The command stops by itself between runs (checking
+    /// [`Stopper::stopped`]): a signal with no run in hand is only noted.
+    pub fn stops_by_itself(&self) {
+        self.stops_by_itself.store(true, Ordering::SeqCst);
+    }
+
+    /// The run is over: a signal ends the process again.
+    pub fn done(&self) {
+        self.handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+async fn listen(mut signals: Signals, stopper: Arc<Stopper>) {
+    let first = signals.next().await;
+    stopper.stopped.store(true, Ordering::SeqCst);
+    let handler = stopper
+        .handler
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match handler {
+        Some(stop) => stop(first),
+        None if stopper.stops_by_itself.load(Ordering::SeqCst) => {
+            eprintln!("{first}: stopping after what is in hand");
+        }
+        None => {
+            eprintln!("Stopped ({first}) before anything was sent: exiting now.");
+            std::process::exit(i32::from(crate::Exit::Aborted.code()));
+        }
+    }
+    let second = signals.next().await;
+    eprintln!("Second stop signal ({second}): exiting now; `retry` resumes from the ledger.");
+    std::process::exit(i32::from(crate::Exit::Aborted.code()));
+}
 
 /// Which signals are listened to, set up once.
 #[derive(Debug)]

@@ -14,7 +14,7 @@
 //! summary as `run` does without `commands` and itself importing each other.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -278,7 +278,7 @@ pub(super) async fn sync_command(args: NightlyArgs) -> anyhow::Result<Exit> {
     let (files, markers) = candidates(drop_dir)?;
     let (taken, mut done) = settle(files, markers, args.settle, &stop).await;
     for file in taken {
-        if stop.load(Ordering::SeqCst) {
+        if stop.stopped() {
             done.push(Done::left(
                 &file,
                 "not started: a stop signal ended the night".into(),
@@ -290,7 +290,7 @@ pub(super) async fn sync_command(args: NightlyArgs) -> anyhow::Result<Exit> {
     let worst = done
         .iter()
         .filter_map(|d| d.exit)
-        .chain(stop.load(Ordering::SeqCst).then_some(Exit::Aborted))
+        .chain(stop.stopped().then_some(Exit::Aborted))
         .max_by_key(|e| e.code())
         .unwrap_or(Exit::Ok);
     print_night(drop_dir, &work, &done, worst);
@@ -305,7 +305,7 @@ async fn settle(
     files: Vec<Candidate>,
     markers: bool,
     secs: u64,
-    stop: &AtomicBool,
+    stop: &crate::signals::Stopper,
 ) -> (Vec<Candidate>, Vec<Done>) {
     let mut left = Vec::new();
     if markers {
@@ -321,7 +321,7 @@ async fn settle(
     }
     // In small steps, so that a stop signal does not wait out the settling.
     let until = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+    while std::time::Instant::now() < until && !stop.stopped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut taken = Vec::new();
@@ -342,29 +342,13 @@ async fn settle(
     (taken, left)
 }
 
-/// Listens for stop signals for the whole night: a run in flight stops
-/// cleanly on its own (the job layer listens too); this ends the night
-/// after it, and, between files, before the next. A second signal exits
-/// at once, as during a run.
-fn listen_for_stop() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    match crate::signals::Signals::listen() {
-        Ok(mut signals) => {
-            tokio::spawn(async move {
-                let first = signals.next().await;
-                flag.store(true, Ordering::SeqCst);
-                eprintln!(
-                    "sync: {first}: the night ends after the file in hand (its run ends cleanly)"
-                );
-                let second = signals.next().await;
-                eprintln!("sync: second stop signal ({second}): exiting now; the next sync continues from the ledgers");
-                std::process::exit(i32::from(Exit::Aborted.code()));
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP."),
-    }
-    stop
+/// Stop signals for the whole night: a run in flight stops cleanly (the
+/// job layer registers it); the night ends after it, and, between files,
+/// before the next. A second signal exits at once, as during a run.
+fn listen_for_stop() -> Arc<crate::signals::Stopper> {
+    let stopper = crate::signals::install();
+    stopper.stops_by_itself();
+    stopper
 }
 
 /// One file's night: run or retry through the job layer, its report
@@ -473,7 +457,7 @@ async fn continue_ledger(args: RetryArgs) -> anyhow::Result<(Exit, u64)> {
     let job = job::prepare_retry(&args).await?;
     eprintln!("Continuing {} against {}", args.ledger.display(), job.root);
     let ran = job::drive(job, &args.pace, &args.output).await;
-    let summary = super::print_summary(&ran)?;
+    let summary = super::print_summary(&ran, &mut None)?;
     let planning = ran
         .planning
         .as_ref()
