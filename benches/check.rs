@@ -3,13 +3,19 @@
 //! `cargo bench --bench check -- [ROWS]` (default 1,000,000) generates a
 //! UTF-8, `;`-separated export of ROWS valid customer rows under
 //! `target/bench-data/` (once), then times, in seven interleaved rounds:
-//! 1. a bare read with the `csv` crate (`StringRecord`, UTF-8 checked);
-//! 2. thulium-import's `check` path in-process (read, decode and check
+//! 1. a bare read with the `csv` crate into a `ByteRecord` (no UTF-8
+//!    check): the floor issue 20 measures against;
+//! 2. the same into a `StringRecord` (UTF-8 checked), the floor used before;
+//! 3. thulium-import's `check` path in-process (read, decode and check
 //!    every value of every stage, on every core);
-//! 3. thulium-import's source alone, one thread (read and decode each row).
+//! 4. thulium-import's source alone, one thread (read and decode each row).
 //!
-//! It prints rows/s and the ratio, best to best and per round. Peak memory is measured on the binary by
-//! `benches/run.sh`.
+//! It prints rows/s and the ratio of `check` to each floor, best to best and
+//! per round. Peak memory is measured on the binary by `benches/run.sh`.
+//!
+//! `THULIUM_BENCH_ONLY=check` (or `bytes`, `strings`, `source`) runs that
+//! one part once and nothing else: for a profiler, e.g.
+//! `THULIUM_BENCH_ONLY=check valgrind --tool=callgrind <bench binary> 200000`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark may panic
 
@@ -130,7 +136,19 @@ fn main() {
         size as f64 / 1048576.0
     );
 
-    let bare_read = || {
+    let bare_bytes = || {
+        let mut r = csv::ReaderBuilder::new()
+            .delimiter(b';')
+            .from_path(&csv_path)
+            .unwrap();
+        let mut rec = csv::ByteRecord::new();
+        let mut n = 0usize;
+        while r.read_byte_record(&mut rec).unwrap() {
+            n += 1;
+        }
+        assert_eq!(n, rows);
+    };
+    let bare_strings = || {
         let mut r = csv::ReaderBuilder::new()
             .delimiter(b';')
             .from_path(&csv_path)
@@ -162,17 +180,31 @@ fn main() {
             r.unwrap().unwrap();
         }
     };
+    if let Ok(only) = std::env::var("THULIUM_BENCH_ONLY") {
+        match only.as_str() {
+            "check" => check(),
+            "bytes" => bare_bytes(),
+            "strings" => bare_strings(),
+            "source" => source_only(),
+            other => panic!("THULIUM_BENCH_ONLY={other}: expected check, bytes, strings or source"),
+        }
+        return;
+    }
     // Interleaved rounds: the machine's speed drifts (the bare read alone
-    // varies by half between runs), and each round's ratio compares two
-    // runs made seconds apart.
+    // varies by half between runs), and each round's ratio compares runs
+    // made seconds apart.
     const ROUNDS: usize = 7;
-    let (mut bare, mut ours, mut source, mut ratios) = (vec![], vec![], vec![], vec![]);
+    let (mut bytes, mut strings, mut ours, mut source) = (vec![], vec![], vec![], vec![]);
+    let (mut bytes_ratios, mut strings_ratios) = (vec![], vec![]);
     for _ in 0..ROUNDS {
-        let b = timed(bare_read);
+        let b = timed(bare_bytes);
+        let s = timed(bare_strings);
         let c = timed(check);
         source.push(timed(source_only));
-        ratios.push(c / b);
-        bare.push(b);
+        bytes_ratios.push(c / b);
+        strings_ratios.push(c / s);
+        bytes.push(b);
+        strings.push(s);
         ours.push(c);
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
@@ -185,15 +217,20 @@ fn main() {
             worst(v)
         );
     };
-    line("bare csv read:", &bare);
+    line("ByteRecord:", &bytes);
+    line("StringRecord:", &strings);
     line("source only:", &source);
     line("check:", &ours);
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "ratio check / bare read: {:.2}x best to best; per round median {:.2}x ({:.2}x to {:.2}x)",
-        best(&ours) / best(&bare),
-        ratios[ROUNDS / 2],
-        ratios[0],
-        ratios[ROUNDS - 1]
-    );
+    let ratio = |what: &str, floor: &[f64], ratios: &mut Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio check / {what}: {:.2}x best to best; per round median {:.2}x ({:.2}x to {:.2}x)",
+            best(&ours) / best(floor),
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    };
+    ratio("ByteRecord read", &bytes, &mut bytes_ratios);
+    ratio("StringRecord read", &strings, &mut strings_ratios);
 }

@@ -234,22 +234,20 @@ fn scan(steps: &[Step], mut s: &str) -> Option<Stamp> {
     for step in steps {
         match step {
             Step::Literal(l) => s = s.strip_prefix(l.as_str())?,
-            Step::Space => s = s.trim_start(),
+            Step::Space => s = trim_start(s),
             Step::Number(field) => {
-                s = s.trim_start();
+                s = trim_start(s);
                 let bytes = s.as_bytes();
-                let digits = bytes
-                    .iter()
-                    .take(field.width())
-                    .take_while(|b| b.is_ascii_digit())
-                    .count();
+                let width = field.width().min(bytes.len());
+                let (mut digits, mut value) = (0, 0u32);
+                while digits < width && bytes[digits].is_ascii_digit() {
+                    value = value * 10 + u32::from(bytes[digits] - b'0');
+                    digits += 1;
+                }
                 if digits == 0 {
                     // Includes a signed year: chrono's business.
                     return None;
                 }
-                let value = bytes[..digits]
-                    .iter()
-                    .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
                 s = &s[digits..];
                 match field {
                     Field::Year => stamp.year = value as i32,
@@ -269,6 +267,15 @@ fn scan(steps: &[Step], mut s: &str) -> Option<Stamp> {
         && stamp.second < 60
         && NaiveDate::from_ymd_opt(stamp.year, stamp.month, stamp.day).is_some();
     ok.then_some(stamp)
+}
+
+/// `str::trim_start`, returning at once when the first byte is ASCII and
+/// not a space (a date's usual first byte, a digit).
+fn trim_start(s: &str) -> &str {
+    match s.as_bytes().first() {
+        Some(&b) if b.is_ascii() && !crate::validate::is_ascii_space(b) => s,
+        _ => s.trim_start(),
+    }
 }
 
 #[cfg(test)]

@@ -587,10 +587,8 @@ impl Plan {
     ) -> bool {
         match when {
             None => true,
-            Some(w) => match w.eval(cells, self.trim) {
-                Ok(Some(Value::Bool(b))) => b,
-                Ok(Some(_)) => true,
-                Ok(None) => false,
+            Some(w) => match w.holds(cells, self.trim) {
+                Ok(b) => b,
                 Err(e) => {
                     errors.push(e);
                     false

@@ -105,21 +105,24 @@ impl Transform {
             Transform::CollapseSpaces => s.split_whitespace().collect::<Vec<_>>().join(" "),
             Transform::Digits => s.chars().filter(char::is_ascii_digit).collect(),
             Transform::Phone => {
-                if s.chars().any(char::is_alphabetic) {
-                    return Err("letters in a phone number".into());
-                }
-                let t = s.trim();
-                let t = t.strip_prefix('+').unwrap_or(t);
-                let mut out = String::with_capacity(t.len());
-                out.extend(
-                    t.chars().filter(|c| {
-                        !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace()
-                    }),
-                );
+                let mut out = String::with_capacity(s.len());
+                out.extend(phone_chars(s)?);
                 out
             }
         })
     }
+}
+
+/// What the `phone` transform keeps of `s`: no `+` in front, no spaces,
+/// dashes, dots or brackets; letters are an error.
+fn phone_chars(s: &str) -> Result<impl Iterator<Item = char> + '_, String> {
+    if s.chars().any(char::is_alphabetic) {
+        return Err("letters in a phone number".into());
+    }
+    let t = s.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    Ok(t.chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace()))
 }
 
 /// An explicit conversion (`type = ...`).
@@ -263,6 +266,39 @@ impl Spec {
         self.eval_with(cells, trim, true)
     }
 
+    /// The column, when the value is its cell as it is: no split,
+    /// transform, map, date or type, and a target that takes text (its
+    /// value, when present, is the cell's text).
+    fn plain_column(&self) -> Option<usize> {
+        match self.from {
+            From::Column { index, .. }
+                if self.split.is_none()
+                    && self.transforms.is_empty()
+                    && self.map.is_empty()
+                    && self.date.is_none()
+                    && self.conv.is_none()
+                    && !matches!(self.kind, Kind::Int | Kind::Bool) =>
+            {
+                Some(index)
+            }
+            _ => None,
+        }
+    }
+
+    /// A stage's `when`: whether the value is there and not `false`.
+    pub fn holds(&self, cells: CellsRef<'_>, trim: bool) -> Result<bool, FieldError> {
+        if self.default.is_none() && self.plain_column().is_some() {
+            // The value would be text or nothing: only whether it is there
+            // matters, and checking says that without building it.
+            return self.eval_with(cells, trim, false).map(|v| v.is_some());
+        }
+        Ok(match self.eval(cells, trim)? {
+            Some(Value::Bool(b)) => b,
+            Some(_) => true,
+            None => false,
+        })
+    }
+
     /// Evaluates; with `keep` false only checks: a present value comes back
     /// as `Value::Null` without building it (what `check` needs, and most of
     /// its cost avoided).
@@ -272,6 +308,16 @@ impl Spec {
         trim: bool,
         keep: bool,
     ) -> Result<Option<Value>, FieldError> {
+        if let (false, Some(index)) = (keep, self.plain_column()) {
+            // Checking a cell taken as it is: only whether it is there and
+            // fits the target's rule. Anything else takes the full path,
+            // which says what is wrong.
+            let cell = cells.get(index).unwrap_or_default();
+            let cell = if trim { self::trim(cell) } else { cell };
+            if !cell.is_empty() && self.text_rule(cell).is_ok() {
+                return Ok(Some(Value::Null));
+            }
+        }
         let text: std::borrow::Cow<'_, str> = match &self.from {
             From::Constant(_) if !keep => return Ok(Some(Value::Null)),
             From::Constant(v) => return Ok(Some(v.clone())),
@@ -355,6 +401,28 @@ impl Spec {
             } else {
                 self.convert(part, keep).map(Some)
             };
+        }
+        if let [Transform::Phone] = self.transforms[..] {
+            // The usual phone column: the kept characters go to a buffer on
+            // the stack when they fit (a phone number always does), then on
+            // as the transformed text would.
+            let mut buf = [0u8; 64];
+            let mut len = 0;
+            let mut fits = true;
+            for c in phone_chars(part)? {
+                if len + c.len_utf8() > buf.len() {
+                    fits = false;
+                    break;
+                }
+                len += c.encode_utf8(&mut buf[len..]).len();
+            }
+            if let (true, Ok(s)) = (fits, std::str::from_utf8(&buf[..len])) {
+                return if s.is_empty() {
+                    Ok(None)
+                } else {
+                    self.convert(s, keep).map(Some)
+                };
+            }
         }
         let mut s = String::new();
         for (i, t) in self.transforms.iter().enumerate() {
@@ -938,5 +1006,66 @@ mod tests {
         assert_eq!(t(Transform::Lower, "ŁÓDŹ").unwrap(), "łódź");
         assert_eq!(t(Transform::Upper, "łódź").unwrap(), "ŁÓDŹ");
         assert_eq!(t(Transform::Trim, "  x ").unwrap(), "x");
+    }
+
+    fn column_spec(kind: Kind) -> Spec {
+        Spec {
+            from: From::Column {
+                index: 0,
+                name: "c".into(),
+            },
+            kind,
+            required: false,
+            default: None,
+            transforms: Vec::new(),
+            date: None,
+            map: Vec::new(),
+            split: None,
+            conv: None,
+        }
+    }
+
+    #[test]
+    fn checking_agrees_with_building_on_the_short_cuts() {
+        let cells = |s: &str| crate::source::Cells::from_strs(&[s]);
+        let long = format!("+48 {}", "1 ".repeat(40));
+        let mut phone = column_spec(Kind::Phone);
+        phone.transforms = vec![Transform::Phone];
+        let specs = [column_spec(Kind::Text), column_spec(Kind::Email), phone];
+        for spec in &specs {
+            for cell in ["", "  ", "x", " a@b.pl ", "+48 601 234 567", "60x", &long] {
+                let c = cells(cell);
+                let built = spec.eval(c.view(), true);
+                let checked = spec.eval_with(c.view(), true, false);
+                assert_eq!(checked.is_ok(), built.is_ok(), "{spec:?} {cell:?}");
+                assert_eq!(
+                    checked.as_ref().ok().map(Option::is_some),
+                    built.as_ref().ok().map(Option::is_some)
+                );
+                assert_eq!(checked.err(), built.err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_when_holds_by_its_value_and_its_default() {
+        let cells = |s: &str| crate::source::Cells::from_strs(&[s]);
+        let plain = column_spec(Kind::Scalar);
+        assert!(plain.holds(cells("x").view(), true).unwrap());
+        assert!(!plain.holds(cells(" ").view(), true).unwrap());
+        let mut with_default = column_spec(Kind::Scalar);
+        with_default.default = Some(Value::Bool(false));
+        assert!(!with_default.holds(cells("").view(), true).unwrap());
+        assert!(with_default.holds(cells("x").view(), true).unwrap());
+        let mut mapped = column_spec(Kind::Scalar);
+        mapped.map = vec![
+            ("tak".into(), Value::Bool(true)),
+            ("nie".into(), Value::Bool(false)),
+        ];
+        assert!(mapped.holds(cells("tak").view(), true).unwrap());
+        assert!(!mapped.holds(cells("nie").view(), true).unwrap());
+        let mut required = column_spec(Kind::Scalar);
+        required.required = true;
+        assert!(required.holds(cells("").view(), true).is_err());
     }
 }

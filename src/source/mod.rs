@@ -633,8 +633,13 @@ impl Decoder {
     /// inside it (two exports concatenated): neither belongs in a customer
     /// record, and both would reach the API invisibly.
     fn refuse_nul_or_bom<'a>(&self, cells: CellsRef<'a>) -> Result<CellsRef<'a>, FieldError> {
-        // Two single-character searches (memchr) beat one two-character one.
-        if !cells.text.as_bytes().contains(&0) && !cells.text.contains('\u{feff}') {
+        // One pass for both: a NUL, or 0xEF, the first byte of a BOM's UTF-8
+        // (EF BB BF) and of no Polish letter; only a row with one of them is
+        // searched for the characters themselves.
+        let bytes = cells.text.as_bytes();
+        if memchr::memchr2(0, 0xEF, bytes).is_none()
+            || (!bytes.contains(&0) && !cells.text.contains('\u{feff}'))
+        {
             return Ok(cells);
         }
         let (i, cell) = cells
