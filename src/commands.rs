@@ -447,7 +447,10 @@ async fn retry_job(args: &RetryArgs, observed: &mut Option<Seen>) -> anyhow::Res
 
 /// Folds the ledger and prints the summary table and the request figures;
 /// leaves them in `observed` for the metrics.
-fn print_summary(ran: &job::Ran, observed: &mut Option<Seen>) -> anyhow::Result<report::Report> {
+pub(super) fn print_summary(
+    ran: &job::Ran,
+    observed: &mut Option<Seen>,
+) -> anyhow::Result<report::Report> {
     let job::Ran {
         ledger_path,
         client,
@@ -501,7 +504,7 @@ fn print_summary(ran: &job::Ran, observed: &mut Option<Seen>) -> anyhow::Result<
 
 /// What a run saw, kept for its metrics: the ledger's source file name
 /// (the `source` label) and the counts.
-struct Seen {
+pub(super) struct Seen {
     source: String,
     observed: metrics::Observed,
 }
@@ -521,7 +524,7 @@ fn file_name(path: &std::path::Path) -> String {
 /// says what became of the rows, and a cron job or a script branching on
 /// it must not take a full disk under the metrics for a failed import.
 /// The collector shows the stale file's age (`last_run`) meanwhile.
-fn write_metrics(
+pub(super) fn write_metrics(
     output: &crate::cli::OutputArgs,
     source: String,
     started: std::time::Instant,

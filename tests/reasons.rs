@@ -205,3 +205,69 @@ async fn three_reasons_read_as_three_lines() {
         "agent a.nowak is not an agent of campaign 00001; it has j.doe"
     );
 }
+
+/// After 10 % faults of every kind, the morning report reads as a handful
+/// of reasons: the server's request ids and other per-call ids are taken
+/// out, and a call not sent because the run stopped is one reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_of_five_kinds_read_as_a_handful_of_reasons() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sandbox = Sandbox::start(SandboxConfig {
+        password: PASSWORD.into(),
+        fault_rate: 0.1,
+        seed: 11,
+        retry_after_secs: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let ledger = dir.join("faults.jsonl");
+    let mut cmd = bin();
+    cmd.args([
+        "run",
+        "samples/crm_export.csv",
+        "--mapping",
+        "mappings/crm_export.toml",
+    ])
+    .arg("--ledger")
+    .arg(&ledger)
+    .args([
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+        "--no-progress",
+    ])
+    .args([
+        "--rate",
+        "5000",
+        "--batch-size",
+        "10",
+        "--max-attempts",
+        "2",
+    ])
+    .args(["--max-consecutive-failures", "0"]);
+    let out = common::output(cmd).await;
+    assert_ne!(out.code, Some(2), "{}", out.text());
+    assert!(sandbox.stats().faults_total > 20, "{:?}", sandbox.stats());
+    let report = common::report(&ledger);
+    let reasons = report["reasons"].as_array().unwrap();
+    let texts: Vec<String> = reasons
+        .iter()
+        .map(|r| format!("{} {}: {}", r["stage"], r["status"], r["reason"]))
+        .collect();
+    // The sample's eight bad rows are eight reasons of their own (at
+    // `mapping`); the faults add a handful, one per kind and stage, not one
+    // per call (34 reasons before request ids were taken out).
+    let of_faults = reasons.iter().filter(|r| r["stage"] != "mapping").count();
+    assert!(
+        of_faults <= 8,
+        "{of_faults} reasons from faults:\n{}",
+        texts.join("\n")
+    );
+    assert!(
+        texts.iter().all(|t| !t.contains("request_id")),
+        "{}",
+        texts.join("\n")
+    );
+}

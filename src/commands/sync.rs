@@ -383,7 +383,7 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 limit: None,
                 no_preflight: args.no_preflight,
                 sync: args.sync.clone(),
-                output: args.output.clone(),
+                output: output_for(&args.output, file),
             };
             super::run_command(run).await.map(|exit| (exit, None))
         }
@@ -399,9 +399,9 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 no_preflight: args.no_preflight,
                 sync: args.sync.clone(),
                 pace: args.pace.clone(),
-                output: args.output.clone(),
+                output: output_for(&args.output, file),
             };
-            continue_ledger(retry)
+            continue_ledger(retry, file.name.clone())
                 .await
                 .map(|(exit, sent)| (exit, Some(sent)))
         }
@@ -451,13 +451,56 @@ fn failed(file: &Candidate, e: &anyhow::Error) -> Done {
     }
 }
 
+/// The output flags for one file's run: with `--metrics-file DIR/NAME.prom`,
+/// each file writes `DIR/NAME-<file>.prom` (node_exporter's textfile
+/// collector reads every `.prom` of the folder; a night's files would
+/// otherwise overwrite each other's figures).
+fn output_for(output: &crate::cli::OutputArgs, file: &Candidate) -> crate::cli::OutputArgs {
+    let mut output = output.clone();
+    if let Some(path) = &output.metrics_file {
+        let stem = path.file_stem().map_or_else(
+            || "thulium-import".into(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let name: String = file
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        output.metrics_file = Some(path.with_file_name(format!("{stem}-{name}.prom")));
+    }
+    output
+}
+
 /// `retry` through the job layer, with the rows it sent again: none means
 /// the file is settled.
-async fn continue_ledger(args: RetryArgs) -> anyhow::Result<(Exit, u64)> {
-    let job = job::prepare_retry(&args).await?;
+async fn continue_ledger(args: RetryArgs, source: String) -> anyhow::Result<(Exit, u64)> {
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    let result = continue_job(&args, &mut seen).await;
+    // The exit code the file's error gives, for the metrics.
+    let exit = Ok(match &result {
+        Ok((exit, _)) => *exit,
+        Err(e) => Exit::of_error(e),
+    });
+    super::write_metrics(&args.output, source, started, &exit, seen);
+    result
+}
+
+async fn continue_job(
+    args: &RetryArgs,
+    seen: &mut Option<super::Seen>,
+) -> anyhow::Result<(Exit, u64)> {
+    let job = job::prepare_retry(args).await?;
     eprintln!("Continuing {} against {}", args.ledger.display(), job.root);
     let ran = job::drive(job, &args.pace, &args.output).await;
-    let summary = super::print_summary(&ran, &mut None)?;
+    let summary = super::print_summary(&ran, seen)?;
     let planning = ran
         .planning
         .as_ref()
