@@ -257,11 +257,12 @@ async fn faults_of_five_kinds_read_as_a_handful_of_reasons() {
         .map(|r| format!("{} {}: {}", r["stage"], r["status"], r["reason"]))
         .collect();
     // The sample's eight bad rows are eight reasons of their own (at
-    // `mapping`); the faults add a handful, one per kind and stage, not one
-    // per call (34 reasons before request ids were taken out).
+    // `mapping`); the faults add one per stage, outcome and kind of fault,
+    // not one per call (34 reasons before request ids were taken out, for
+    // some 40 faults here).
     let of_faults = reasons.iter().filter(|r| r["stage"] != "mapping").count();
     assert!(
-        of_faults <= 8,
+        of_faults <= 15 && (of_faults as u64) < sandbox.stats().faults_total / 2,
         "{of_faults} reasons from faults:\n{}",
         texts.join("\n")
     );
