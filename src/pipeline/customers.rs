@@ -87,64 +87,101 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
     if let LookupReason::Confirm(known) = reason {
         return confirm(&run, row, known).await;
     }
-    let upsert = run.matching.upsert.clone();
-    let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
-    let mut ev = event(row.id, Stage::Customer, Status::Ok);
-    // What earlier runs learnt, as a hint (`--full` asks Thulium for every
-    // row, and so repairs the state).
+    // 1. What earlier runs learnt, as a hint (`--full` asks Thulium for
+    // every row, and so repairs the state): enough when nothing is written.
     let remembered = match reason {
         LookupReason::Match if !run.matching.full => run.matching.finder.remembered(&row.keys),
         _ => None,
     };
     if let Some(id) = remembered {
-        // Without an index, confirming costs a lookup: an unchanged row
-        // writes nothing, so it needs none. With an index, Thulium's answer
-        // is already at hand and is asked below.
-        if run.matching.finder.index.is_none() && writes_nothing(&run, &row, id, on_match) {
-            ev.customer_id = Some(id);
-            if on_match == OnMatch::Skip {
-                ev.action = Some(Action::SkippedExisting);
-                ev.message = Some(SKIPPED_EXISTING.into());
-            } else {
-                ev.action = Some(Action::Unchanged);
-            }
-            existing(&run, &mut row, id);
+        if let Some(ev) = unchanged_by_memory(&run, &mut row, id) {
             return (row, Some(ev));
         }
     }
-    let found = if row.keys.is_empty() {
-        Found::Missing
-    } else {
-        let _permit = run.permits.acquire().await;
-        // After an unknown outcome, only Thulium knows: not the state, not
-        // an index read before the run.
-        let fresh = Finder::fresh();
-        let finder = match reason {
-            LookupReason::UnknownBefore => &fresh,
-            LookupReason::Match | LookupReason::Confirm(_) => &run.matching.finder,
-        };
-        let (found, attempts) = finder.find(&run.client, &row.keys).await;
-        if attempts > 0 {
-            run.looked_up(&found);
-        }
-        found
-    };
+    // 2. Thulium says who the row is; 3. a memory it does not confirm is
+    // forgotten; 4. the row is left, updated, created or failed.
+    let found = find(&run, &row, reason).await;
     if let Some(id) = remembered {
-        let confirmed = match &found {
-            Found::Matched { customer_id, .. } => *customer_id == id,
-            // Nothing learnt: the memory stays as it is.
-            Found::Failed(_) => true,
-            Found::Missing | Found::Ambiguous { .. } => false,
-        };
-        if !confirmed {
-            // A key moved to another customer (an agent's edit), or the
-            // customer is gone (deleted, a restored system).
-            run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
-            for (_, key) in row.keys.hashes() {
-                run.learn(Learnt::Forget { key });
-            }
+        forget_unconfirmed(&run, &row, id, &found);
+    }
+    decide(&run, row, found, reason)
+}
+
+/// The customer the state remembers, used without asking when the row
+/// would write nothing to it (every part as sent before): recorded
+/// `unchanged` (or `skipped_existing`). Without an index, confirming would
+/// cost a lookup; with one, Thulium's answer is at hand and is asked.
+fn unchanged_by_memory(run: &Run, row: &mut MappedRow, id: i64) -> Option<RowEvent> {
+    let on_match = run
+        .matching
+        .upsert
+        .as_ref()
+        .map_or(OnMatch::Update, |u| u.on_match);
+    if run.matching.finder.index.is_some() || !writes_nothing(run, row, id, on_match) {
+        return None;
+    }
+    let mut ev = event(row.id, Stage::Customer, Status::Ok);
+    ev.customer_id = Some(id);
+    if on_match == OnMatch::Skip {
+        ev.action = Some(Action::SkippedExisting);
+        ev.message = Some(SKIPPED_EXISTING.into());
+    } else {
+        ev.action = Some(Action::Unchanged);
+    }
+    existing(run, row, id);
+    Some(ev)
+}
+
+/// Who the row is, as Thulium says: the index read this run or a lookup
+/// (after an unknown outcome, only a fresh lookup: not an index read
+/// before the creation).
+async fn find(run: &Run, row: &MappedRow, reason: LookupReason) -> Found {
+    if row.keys.is_empty() {
+        return Found::Missing;
+    }
+    let _permit = run.permits.acquire().await;
+    let fresh = Finder::fresh();
+    let finder = match reason {
+        LookupReason::UnknownBefore => &fresh,
+        LookupReason::Match | LookupReason::Confirm(_) => &run.matching.finder,
+    };
+    let (found, attempts) = finder.find(&run.client, &row.keys).await;
+    if attempts > 0 {
+        run.looked_up(&found);
+    }
+    found
+}
+
+/// A remembered customer Thulium does not confirm — a key moved to another
+/// customer (an agent's edit), or the customer is gone (deleted, a
+/// restored system) — is forgotten for the row's keys.
+fn forget_unconfirmed(run: &Run, row: &MappedRow, id: i64, found: &Found) {
+    let confirmed = match found {
+        Found::Matched { customer_id, .. } => *customer_id == id,
+        // Nothing learnt: the memory stays as it is.
+        Found::Failed(_) => true,
+        Found::Missing | Found::Ambiguous { .. } => false,
+    };
+    if !confirmed {
+        run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
+        for (_, key) in row.keys.hashes() {
+            run.learn(Learnt::Forget { key });
         }
     }
+}
+
+/// What becomes of the row, given who Thulium says it is and why it was
+/// looked up: the row as it goes on and the customer-stage event to
+/// record, if any.
+fn decide(
+    run: &Run,
+    mut row: MappedRow,
+    found: Found,
+    reason: LookupReason,
+) -> (MappedRow, Option<RowEvent>) {
+    let upsert = run.matching.upsert.clone();
+    let on_match = upsert.as_ref().map_or(OnMatch::Update, |u| u.on_match);
+    let mut ev = event(row.id, Stage::Customer, Status::Ok);
     match (found, reason) {
         // (A confirmation returned above.)
         (
@@ -155,7 +192,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
             ev.customer_id = Some(customer_id);
             ev.reconciled = Some(true);
             ev.action = Some(Action::Adopted);
-            let hash = row_hash(&run, &row);
+            let hash = row_hash(run, &row);
             let sent_before = hash.is_some_and(|h| {
                 run.matching
                     .state
@@ -169,7 +206,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                 // fields (an idempotent PUT), recorded as adopted.
                 row.update_of = Some(customer_id);
                 row.adopted = true;
-                upsert_items(&run, &mut row);
+                upsert_items(run, &mut row);
                 return (row, None);
             }
             ev.message = Some(format!(
@@ -177,7 +214,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                 key.name()
             ));
             run.learn_customer(&row, customer_id, hash);
-            existing(&run, &mut row, customer_id);
+            existing(run, &mut row, customer_id);
             (row, Some(ev))
         }
         (Found::Matched { customer_id, .. }, LookupReason::Match) => {
@@ -186,21 +223,21 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
                 ev.action = Some(Action::SkippedExisting);
                 ev.message = Some(SKIPPED_EXISTING.into());
                 run.learn_customer(&row, customer_id, None);
-                existing(&run, &mut row, customer_id);
+                existing(run, &mut row, customer_id);
                 return (row, Some(ev));
             }
-            let hash = row_hash(&run, &row);
+            let hash = row_hash(run, &row);
             if let (Some(hash), false) = (hash, run.matching.full) {
                 if run.unchanged(customer_id, "customer", hash).is_some() {
                     ev.action = Some(Action::Unchanged);
                     // Confirmed: the keys are this customer's.
                     run.learn_customer(&row, customer_id, None);
-                    existing(&run, &mut row, customer_id);
+                    existing(run, &mut row, customer_id);
                     return (row, Some(ev));
                 }
             }
             row.update_of = Some(customer_id);
-            upsert_items(&run, &mut row);
+            upsert_items(run, &mut row);
             (row, None)
         }
         (Found::Missing, LookupReason::UnknownBefore | LookupReason::Confirm(_)) => (row, None),
@@ -215,7 +252,7 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
             (row, None)
         }
         (Found::Ambiguous { ids, key }, reason) => {
-            ambiguous(&run, &mut ev, &ids, &key);
+            ambiguous(run, &mut ev, &ids, &key);
             drop_customer_stages(&mut row);
             if reason == LookupReason::Match {
                 row.payloads.campaign_update = None;
