@@ -123,7 +123,8 @@ impl Share {
     pub fn of(self, whole: u64) -> u64 {
         match self {
             Share::Count(n) => n,
-            Share::Percent(p) => (whole as f64 * p / 100.0).floor() as u64,
+            // Rounded up: 50 % of a state of one customer allows that one.
+            Share::Percent(p) => (whole as f64 * p / 100.0).ceil() as u64,
         }
     }
 }

@@ -412,10 +412,17 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     if !args.no_preflight {
         first_contact(&client).await?;
     }
-    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     if let Some(state) = &state_for_header {
         state.set_header(input.source.header())?;
     }
+    // A stop signal during the preparation (`sync` only notes it): no
+    // ledger is begun.
+    if crate::signals::install().stopped() {
+        return Err(
+            crate::exit::Stopped("stopped by a signal before anything was sent".into()).into(),
+        );
+    }
+    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
     Ok(Job {
@@ -479,11 +486,17 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
             args.ledger.display()
         );
     }
+    // Changed since the mapping the ledger last used (a retry with
+    // --mapping records its own), not since the first run's.
+    let last_mapping = outcomes
+        .last_mapping_sha256
+        .clone()
+        .unwrap_or_else(|| header.mapping_sha256.clone());
     let (mapping_path, mapping_changed) = match &args.mapping {
         Some(p) => {
             let sha =
                 ledger::sha256_file(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            (p.clone(), sha != header.mapping_sha256)
+            (p.clone(), sha != last_mapping)
         }
         None => {
             let p = PathBuf::from(&header.mapping);
@@ -665,6 +678,9 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
     let elapsed = started.elapsed();
     ticker.abort();
     stopper.done();
+    // What follows (the summary, the metrics) finishes by itself: a signal
+    // now is only noted.
+    stopper.stops_by_itself();
     progress::finish();
     Ran {
         end,

@@ -55,6 +55,9 @@ pub const ROW_JUMP: u64 = 1_000_000;
 /// Everything a ledger says, folded.
 #[derive(Debug)]
 pub struct Outcomes {
+    /// The mapping the last `retry` used (its `attempt`), when one did: what
+    /// the next compares with, not the first run's.
+    pub last_mapping_sha256: Option<String>,
     pub header: Header,
     /// Row n at index n-1.
     rows: Vec<RowOutcomes>,
@@ -96,6 +99,7 @@ impl Outcomes {
     /// An empty fold for a ledger with this header.
     pub fn new(header: Header) -> Outcomes {
         Outcomes {
+            last_mapping_sha256: None,
             header,
             rows: Vec::new(),
             more_groups: HashMap::new(),
@@ -241,7 +245,10 @@ impl Outcomes {
                 self.limit = end.limit;
                 self.ended = true;
             }
-            Entry::Attempt(_) => self.ended = false,
+            Entry::Attempt(a) => {
+                self.ended = false;
+                self.last_mapping_sha256 = Some(a.mapping_sha256);
+            }
             Entry::Row(_) | Entry::Header(_) => {}
         }
     }

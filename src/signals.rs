@@ -62,11 +62,15 @@ impl Stopper {
     /// stops cleanly); a second exits at once. Until [`Stopper::done`]. A
     /// signal that came before is handled at once.
     pub fn while_running(&self, handler: impl Fn(&'static str) + Send + 'static) {
+        // Checked and set under the lock the listener takes: a signal
+        // arriving now is either seen here or finds the handler.
+        let mut slot = self.handler.lock().unwrap_or_else(|e| e.into_inner());
         if self.stopped() {
+            drop(slot);
             handler("a stop signal");
             return;
         }
-        *self.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+        *slot = Some(Box::new(handler));
     }
 
     /// Whether a stop signal came.
@@ -91,19 +95,18 @@ impl Stopper {
 
 async fn listen(mut signals: Signals, stopper: Arc<Stopper>) {
     let first = signals.next().await;
-    stopper.stopped.store(true, Ordering::SeqCst);
-    let handler = stopper
-        .handler
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let handler = {
+        let mut slot = stopper.handler.lock().unwrap_or_else(|e| e.into_inner());
+        stopper.stopped.store(true, Ordering::SeqCst);
+        slot.take()
+    };
     match handler {
         Some(stop) => stop(first),
         None if stopper.stops_by_itself.load(Ordering::SeqCst) => {
             eprintln!("{first}: stopping after what is in hand");
         }
         None => {
-            eprintln!("Stopped ({first}) before anything was sent: exiting now.");
+            eprintln!("Stopped ({first}): exiting now; nothing was being sent.");
             std::process::exit(i32::from(crate::Exit::Aborted.code()));
         }
     }

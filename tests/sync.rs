@@ -390,7 +390,7 @@ async fn a_second_sync_on_the_same_folder_exits_2_naming_the_first() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let first = first.spawn().unwrap();
-    let holder = drop.join(".thulium-import/sync.lock.holder");
+    let holder = drop.join(".thulium-import.sync.lock.holder");
     for _ in 0..100 {
         if holder.exists() {
             break;

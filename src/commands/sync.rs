@@ -60,9 +60,11 @@ struct DropLock {
 }
 
 impl DropLock {
-    fn acquire(work: &Path, drop_dir: &Path) -> Result<DropLock, SyncError> {
-        let path = work.join("sync.lock");
-        let holder = work.join("sync.lock.holder");
+    fn acquire(_work: &Path, drop_dir: &Path) -> Result<DropLock, SyncError> {
+        // Kept in the drop folder itself, whatever the work folder: two
+        // syncs of one folder with different --work-dir must not both run.
+        let path = drop_dir.join(".thulium-import.sync.lock");
+        let holder = drop_dir.join(".thulium-import.sync.lock.holder");
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -216,7 +218,7 @@ impl How {
         match self {
             How::Import => "imported",
             How::NewExport => "imported (new contents: a new ledger, the old one kept aside)",
-            How::Remap => "re-mapped (the mapping changed: a new ledger, the old one kept aside; the state sent what the change touches)",
+            How::Remap => "re-mapped (the mapping changed: a new ledger, the old one kept aside; the state sent what the change touches; --max-changes not applied)",
             How::Continue { remapped: false } => "continued",
             How::Continue { remapped: true } => "continued, re-mapped (the mapping changed; without --state only the rows not done are sent)",
         }
@@ -226,7 +228,13 @@ impl How {
 /// Decides how `file` is taken given its ledger: by the SHA-256 of the
 /// file against the ledger's header, and of the mapping against the one
 /// the ledger last used (a `retry --mapping` records it in its `attempt`).
-fn how(file: &Path, ledger_path: &Path, mapping_sha: &str, state: bool) -> anyhow::Result<How> {
+fn how(
+    file: &Path,
+    ledger_path: &Path,
+    mapping: &Path,
+    mapping_sha: &str,
+    state: bool,
+) -> anyhow::Result<How> {
     if !ledger_path.exists() {
         return Ok(How::Import);
     }
@@ -243,11 +251,50 @@ fn how(file: &Path, ledger_path: &Path, mapping_sha: &str, state: bool) -> anyho
         How::NewExport
     } else if last_mapping == mapping_sha {
         How::Continue { remapped: false }
-    } else if state {
+    } else if state && safe_to_restart(file, ledger_path, mapping) {
         How::Remap
     } else {
         How::Continue { remapped: true }
     })
+}
+
+/// Whether a file whose mapping was edited can start a new ledger (every
+/// row re-mapped, the state sending what the edit touches) without
+/// creating anything twice: every row has a match-key value to be found
+/// by, and the old ledger has no outcome left unknown (a new ledger would
+/// not know to look it up first). Otherwise the old ledger is continued
+/// with the edited mapping, as `retry --mapping` does.
+fn safe_to_restart(file: &Path, ledger_path: &Path, mapping: &Path) -> bool {
+    let Ok(outcomes) = crate::outcomes::Outcomes::read(ledger_path) else {
+        return false;
+    };
+    let unknown = (1..=outcomes.rows()).any(|n| {
+        outcomes.row(n).is_some_and(|r| {
+            crate::ledger::Stage::ALL.iter().any(|s| {
+                r.stage(*s, 0)
+                    .is_some_and(|o| o.status == crate::ledger::Status::Unknown)
+            })
+        })
+    });
+    if unknown {
+        return false;
+    }
+    let Ok(mut input) = crate::check::Input::open(file, mapping) else {
+        return false;
+    };
+    let keys = input.plan.lookup_keys();
+    while let Some(row) = input.source.next_row() {
+        let Ok(Ok(row)) = row else { continue };
+        let Ok(payloads) = input.plan.map_row(&row) else {
+            continue;
+        };
+        if let Some(customer) = &payloads.customer {
+            if crate::identity::RowKeys::of(customer, &keys).is_empty() {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// `thulium-import sync`: the night, file by file, then the summary; exit
@@ -361,6 +408,7 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
     let how = match how(
         &file.path,
         &ledger_path,
+        &args.mapping,
         mapping_sha,
         args.sync.state.is_some(),
     ) {
@@ -382,7 +430,16 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 include_unknown: false,
                 limit: None,
                 no_preflight: args.no_preflight,
-                sync: args.sync.clone(),
+                sync: crate::cli::SyncArgs {
+                    // The operator edited the mapping: the changes it makes
+                    // are meant, not an export bug.
+                    max_changes: if how == How::Remap {
+                        crate::cli::Share::Percent(100.0)
+                    } else {
+                        args.sync.max_changes
+                    },
+                    ..args.sync.clone()
+                },
                 output: output_for(&args.output, file),
             };
             super::run_command(run).await.map(|exit| (exit, None))
@@ -420,7 +477,18 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
     };
     // Settled: every row done, or a retry found nothing it could send (what
     // is left needs a person: a fixed file, or a fixed mapping).
-    let settled = exit != Exit::Aborted && (report.all_done() || retried_sent == Some(0));
+    // And only the very file the ledger's rows came from (an exporter may
+    // have rewritten it during the night): anything else is left.
+    let unchanged = || {
+        let now = ledger::sha256_file(&file.path).ok();
+        let read = ledger::read(&ledger_path, |_| {})
+            .ok()
+            .map(|(h, _)| h.source_sha256);
+        now.is_some() && now == read
+    };
+    let settled = exit != Exit::Aborted
+        && (report.all_done() || retried_sent == Some(0))
+        && (args.archive.is_none() || unchanged());
     let archived = match (&args.archive, settled) {
         (Some(dir), true) => match archive(file, dir) {
             Ok(to) => Some(to),
