@@ -73,6 +73,26 @@ impl Input {
         })
     }
 
+    /// As [`Input::open`], reading the CSV from `file` (already open at
+    /// its start): the job layer surveys the same open file, so that the
+    /// bytes hashed are the bytes imported, whatever happens to the path.
+    pub fn from_file(
+        csv: &Path,
+        mapping_path: &Path,
+        file: std::fs::File,
+    ) -> Result<Input, InputError> {
+        let mapping = mapping::load(mapping_path)?;
+        let options = mapping.source_options()?;
+        let source = Source::from_reader(file, csv, &options)?;
+        let plan = mapping::compile(&mapping, source.header())?;
+        Ok(Input {
+            csv: csv.into(),
+            mapping,
+            plan,
+            source,
+        })
+    }
+
     /// What was sniffed or assumed about the file.
     pub fn info(&self) -> &SourceInfo {
         self.source.info()

@@ -123,13 +123,32 @@ pub fn survey(
     wanted: SurveyFor<'_>,
     named: preflight::Named,
 ) -> anyhow::Result<Survey> {
+    survey_reader(path, None, options, plan, wanted, named)
+}
+
+/// [`survey`], reading the CSV from `reader` when given (else the path).
+fn survey_reader(
+    path: &Path,
+    reader: Option<Box<dyn std::io::Read>>,
+    options: &crate::source::SourceOptions,
+    plan: &mapping::Plan,
+    wanted: SurveyFor<'_>,
+    named: preflight::Named,
+) -> anyhow::Result<Survey> {
     let cannot_read = || format!("{}: cannot read", path.display());
     let mut survey = Survey {
         named,
         ..Survey::default()
     };
     if !wanted.campaigns && !wanted.lookups && !wanted.changes {
-        survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
+        survey.sha256 = match reader {
+            Some(mut r) => {
+                let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+                std::io::copy(&mut r, &mut hasher).with_context(cannot_read)?;
+                format!("{:x}", sha2::Digest::finalize(hasher))
+            }
+            None => ledger::sha256_file(path).with_context(cannot_read)?,
+        };
         return Ok(survey);
     }
     if crate::source::is_spreadsheet(path) {
@@ -139,9 +158,12 @@ pub fn survey(
         return Ok(survey);
     }
     let hasher = Arc::new(Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
-    let file = std::fs::File::open(path).with_context(cannot_read)?;
+    let inner: Box<dyn std::io::Read> = match reader {
+        Some(r) => r,
+        None => Box::new(std::fs::File::open(path).with_context(cannot_read)?),
+    };
     let reader = HashingReader {
-        inner: file,
+        inner,
         hasher: hasher.clone(),
     };
     let mut source = crate::source::Source::from_reader(reader, path, options)?;
@@ -153,6 +175,61 @@ pub fn survey(
         survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
     }
     Ok(survey)
+}
+
+/// The file and mapping of a run, and (a CSV on Unix) a second handle on
+/// the same open file for the survey: the survey reads it by position, so
+/// the run reads the very bytes that were hashed even if the path is
+/// replaced meanwhile.
+fn open_input(csv: &Path, mapping: &Path) -> anyhow::Result<(Input, Option<std::fs::File>)> {
+    if crate::source::is_spreadsheet(csv) || !cfg!(unix) {
+        return Ok((Input::open(csv, mapping)?, None));
+    }
+    let file =
+        std::fs::File::open(csv).with_context(|| format!("{}: cannot read", csv.display()))?;
+    let survey = file.try_clone().ok();
+    Ok((Input::from_file(csv, mapping, file)?, survey))
+}
+
+/// [`survey`], through `handle` (the run's own open file) when given.
+fn survey_open(
+    path: &Path,
+    handle: Option<std::fs::File>,
+    options: &crate::source::SourceOptions,
+    plan: &mapping::Plan,
+    wanted: SurveyFor<'_>,
+    named: preflight::Named,
+) -> anyhow::Result<Survey> {
+    #[cfg(unix)]
+    if let Some(file) = handle {
+        return survey_reader(
+            path,
+            Some(Box::new(AtReader { file, at: 0 })),
+            options,
+            plan,
+            wanted,
+            named,
+        );
+    }
+    let _ = handle;
+    survey(path, options, plan, wanted, named)
+}
+
+/// Reads an open file by position (`pread`), leaving the offset the run's
+/// reader uses where it is.
+#[cfg(unix)]
+struct AtReader {
+    file: std::fs::File,
+    at: u64,
+}
+
+#[cfg(unix)]
+impl std::io::Read for AtReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// The rows of a survey: the campaigns named, the rows to look up. Whether
@@ -343,7 +420,7 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
 /// sandbox), the survey, the state, preflight, the index, the ledger.
 pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     check_pace(&args.pace)?;
-    let input = Input::open(&args.csv, &args.mapping)?;
+    let (input, handle) = open_input(&args.csv, &args.mapping)?;
     check_sync(&args.sync, &input.plan)?;
     let (sandbox, credentials) = credentials_for(args).await?;
     // A rehearsal against the in-process sandbox gets its own default ledger,
@@ -382,7 +459,7 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         full: args.sync.full,
     };
     let options = input.mapping.source_options()?;
-    let survey = survey(&args.csv, &options, &input.plan, wanted, named)?;
+    let survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
     // Guards for a job nobody watches, before anything is asked or sent.
     guard_changes(state.as_deref(), &survey, args.sync.max_changes)?;
     let notes = header_notes(state.as_deref(), input.source.header());
