@@ -340,13 +340,7 @@ fn count_change(
 /// `--max-changes`: with a state from an earlier run, a file that would
 /// update more than this share of the customers the state knows is refused
 /// before anything is sent (exit 2), naming the fields that changed most.
-fn guard_changes(
-    state: Option<&SyncState>,
-    survey: &Survey,
-    max: crate::cli::Share,
-) -> anyhow::Result<()> {
-    let Some(state) = state else { return Ok(()) };
-    let known = state.customers_known();
+fn guard_changes(known: u64, survey: &Survey, max: crate::cli::Share) -> anyhow::Result<()> {
     if known == 0 || survey.updates <= max.of(known) {
         return Ok(());
     }
@@ -449,19 +443,21 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     // The state is local: one of another system refuses the run before
     // anything is asked.
     let state = open_state(&args.sync, &credentials.root)?;
+    // The customers the state knows: the guard's whole (0: a first night).
+    let known = state.as_deref().map_or(0, SyncState::customers_known);
     // One pass over the file for everything asked before the run.
     let (named, from_column) = preflight::constant_campaigns(&input.mapping.raw);
     let wanted = SurveyFor {
         campaigns: from_column && !args.no_preflight,
         lookups: input.plan.upsert().is_some() && args.sync.index == IndexMode::Auto,
-        changes: state.as_deref().is_some_and(|s| s.customers_known() > 0),
+        changes: known > 0,
         state: state.as_deref(),
         full: args.sync.full,
     };
     let options = input.mapping.source_options()?;
     let survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
     // Guards for a job nobody watches, before anything is asked or sent.
-    guard_changes(state.as_deref(), &survey, args.sync.max_changes)?;
+    guard_changes(known, &survey, args.sync.max_changes)?;
     let notes = header_notes(state.as_deref(), input.source.header());
     for note in &notes {
         eprintln!("note: {note}");

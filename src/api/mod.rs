@@ -115,6 +115,23 @@ pub enum RowFate<T> {
 }
 
 impl<T> RowFate<T> {
+    /// Whether a refusal says that `what` (`customer`, `item`) does not
+    /// exist: a 404, or the vendor's words for it ("Customer 13 not
+    /// found."), not another thing "not found" (a field, an account
+    /// manager) in what was sent.
+    pub fn says_missing(&self, what: &str) -> bool {
+        match self {
+            RowFate::Refused {
+                http_status,
+                message,
+            } => {
+                let m = message.to_lowercase();
+                *http_status == Some(404) || (m.contains(what) && m.contains("not found"))
+            }
+            _ => false,
+        }
+    }
+
     /// What a whole-call error means for each of its rows.
     pub fn of_call(e: &CallError) -> RowFate<T> {
         let message = e.to_string();
@@ -504,6 +521,22 @@ fn query(pairs: &[(&str, String)]) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_refusal_says_what_is_missing_only_when_it_names_it() {
+        let refused = |status, message: &str| RowFate::<()>::Refused {
+            http_status: Some(status),
+            message: message.into(),
+        };
+        assert!(refused(404, "Not Found").says_missing("item"));
+        assert!(refused(400, "Customer 13 not found.").says_missing("customer"));
+        assert!(!refused(400, "Customer 13 not found.").says_missing("item"));
+        assert!(!refused(400, "Field 12 not found.").says_missing("customer"));
+        assert!(!RowFate::<()>::Unknown {
+            message: "customer not found".into()
+        }
+        .says_missing("customer"));
+    }
+
     use super::*;
     use serde_json::json;
 

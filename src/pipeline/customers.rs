@@ -782,22 +782,6 @@ async fn find_again(
     (update, create)
 }
 
-/// Whether an answer says the customer does not exist.
-fn not_found<T>(fate: &RowFate<T>) -> bool {
-    match fate {
-        RowFate::Refused {
-            http_status,
-            message,
-        } => {
-            // A 404, or the vendor's words for the customer (not, say, an
-            // account manager or a field "not found").
-            let m = message.to_lowercase();
-            *http_status == Some(404) || (m.contains("customer") && m.contains("not found"))
-        }
-        _ => false,
-    }
-}
-
 struct UpdateBatch<'a> {
     run: &'a Run,
     settled: Mutex<Vec<(MappedRow, CustomerState)>>,
@@ -859,7 +843,7 @@ impl api::Batch for UpdateBatch<'_> {
                     );
                 }
             }
-            let gone = not_found(fate);
+            let gone = fate.says_missing("customer");
             if gone && !self.last_round && !run.abort.is_set() {
                 row.gone_from = Some(customer_id);
                 row.adopted = false;

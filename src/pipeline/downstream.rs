@@ -797,21 +797,12 @@ async fn update_item(run: &Run, ev: crate::ledger::RowEvent, item_id: i64, item:
             run.learn_part(customer_id, &part, hash, Some(item_id));
         },
     );
-    if let RowFate::Refused {
-        http_status,
-        message,
-    } = fate
-    {
-        // A 404, or the vendor's words for this item (not a field "not
-        // found" in the values sent).
-        let m = message.to_lowercase();
-        if *http_status == Some(404) || (m.contains("item") && m.contains("not found")) {
-            run.learn(Learnt::ForgetPart { customer_id, part });
-            out.retryable = Some(true);
-            out.message = Some(format!(
-                "item {item_id} is gone (deleted since it was listed): retry places the block again"
-            ));
-        }
+    if fate.says_missing("item") {
+        run.learn(Learnt::ForgetPart { customer_id, part });
+        out.retryable = Some(true);
+        out.message = Some(format!(
+            "item {item_id} is gone (deleted since it was listed): retry places the block again"
+        ));
     }
     out.customer_id = ev.customer_id;
     out.item_id = Some(item_id);
