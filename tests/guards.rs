@@ -44,24 +44,8 @@ fn export(path: &Path, n: usize, bug: bool, extra_column: bool) {
 
 async fn night(sandbox: &Sandbox, dir: &Path, csv: &Path, extra: &[&str]) -> common::Out {
     let ledger = dir.join(format!("l{}.jsonl", rand::random::<u64>()));
-    let mut cmd = common::bin(PASSWORD);
-    cmd.arg("run")
-        .arg(csv)
-        .arg("--mapping")
-        .arg(mapping(dir))
-        .arg("--ledger")
-        .arg(&ledger)
-        .arg("--state")
-        .arg(dir.join("state.sqlite"))
-        .args([
-            "--url",
-            &sandbox.url(),
-            "--user",
-            "api_user",
-            "--no-progress",
-        ])
-        .args(["--rate", "5000"])
-        .args(extra);
+    let mut cmd = common::run_against(sandbox, PASSWORD, csv, &mapping(dir), &ledger);
+    cmd.arg("--state").arg(dir.join("state.sqlite")).args(extra);
     common::output(cmd).await
 }
 

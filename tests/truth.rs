@@ -86,22 +86,8 @@ async fn night(
     extra: &[&str],
 ) -> Night {
     let ledger = dir.join(format!("l{}.jsonl", rand::random::<u64>()));
-    let mut cmd = common::bin(PASSWORD);
-    cmd.arg("run")
-        .arg(csv)
-        .arg("--mapping")
-        .arg(mapping)
-        .arg("--ledger")
-        .arg(&ledger)
-        .args([
-            "--url",
-            &sandbox.url(),
-            "--user",
-            "api_user",
-            "--no-progress",
-        ])
-        .args(["--rate", "5000", "--no-preflight"])
-        .args(extra);
+    let mut cmd = common::run_against(sandbox, PASSWORD, csv, mapping, &ledger);
+    cmd.args(["--no-preflight"]).args(extra);
     if let Some(state) = state {
         cmd.arg("--state").arg(state);
     }
@@ -350,21 +336,7 @@ async fn retry_confirms_the_ledgers_customer_before_writing_to_it() {
             .unwrap()
             .agents = vec!["j.doe".into()];
         let ledger = dir.join("l.jsonl");
-        let mut cmd = common::bin(PASSWORD);
-        cmd.arg("run")
-            .arg(&csv)
-            .arg("--mapping")
-            .arg(&m)
-            .arg("--ledger")
-            .arg(&ledger)
-            .args([
-                "--url",
-                &sandbox.url(),
-                "--user",
-                "api_user",
-                "--no-progress",
-            ])
-            .args(["--rate", "5000"]);
+        let cmd = common::run_against(&sandbox, PASSWORD, &csv, &m, &ledger);
         let out = common::output(cmd).await;
         assert_eq!(out.code, Some(1), "{}", out.text());
         let r = common::report(&ledger);

@@ -64,22 +64,8 @@ impl Out {
 }
 
 async fn run(sandbox: &Sandbox, csv: &Path, mapping: &Path, ledger: &Path, extra: &[&str]) -> Out {
-    let mut cmd = common::bin(PASSWORD);
-    cmd.arg("run")
-        .arg(csv)
-        .arg("--mapping")
-        .arg(mapping)
-        .arg("--ledger")
-        .arg(ledger)
-        .args([
-            "--url",
-            &sandbox.url(),
-            "--user",
-            "api_user",
-            "--no-progress",
-            "--force-new-ledger",
-        ])
-        .args(["--rate", "5000", "--max-consecutive-failures", "0"])
+    let mut cmd = common::run_against(sandbox, PASSWORD, csv, mapping, ledger);
+    cmd.args(["--force-new-ledger", "--max-consecutive-failures", "0"])
         .args(extra);
     let out = common::output(cmd).await;
     let ledger = std::fs::read_to_string(ledger)

@@ -19,6 +19,34 @@ pub fn bin(password: &str) -> std::process::Command {
     cmd
 }
 
+/// `thulium-import run <csv> --mapping <mapping> --ledger <ledger>` against
+/// `sandbox` as `api_user`, without progress bars, at a rate that does not
+/// slow a test; each test adds its own flags.
+pub fn run_against(
+    sandbox: &Sandbox,
+    password: &str,
+    csv: &Path,
+    mapping: &Path,
+    ledger: &Path,
+) -> std::process::Command {
+    let mut cmd = bin(password);
+    cmd.arg("run")
+        .arg(csv)
+        .arg("--mapping")
+        .arg(mapping)
+        .arg("--ledger")
+        .arg(ledger)
+        .args([
+            "--url",
+            &sandbox.url(),
+            "--user",
+            "api_user",
+            "--no-progress",
+        ])
+        .args(["--rate", "5000"]);
+    cmd
+}
+
 /// How a command ended: its exit code and what it printed (UTF-8, as the
 /// tool always writes).
 #[derive(Debug)]
