@@ -16,6 +16,7 @@ use crate::api::customers::FindCustomers;
 use crate::api::keys::SearchKey;
 use crate::api::payload::Customer;
 use crate::api::{ApiClient, Call, CallError};
+use crate::current::{Current, Written};
 use crate::hash::KeyHash;
 use crate::source::{FieldError, RowId};
 
@@ -87,6 +88,9 @@ pub struct Index {
     /// (key hash, customer id), sorted once every customer is in.
     entries: Vec<([u64; 2], i64)>,
     sorted: bool,
+    /// Each customer's values in the fields the mapping writes, by id
+    /// (sorted once every customer is in).
+    current: Vec<(i64, Current)>,
     /// Customers read.
     pub customers: u64,
     /// Requests it took.
@@ -119,8 +123,20 @@ impl Index {
         if !self.sorted {
             self.entries.sort_unstable();
             self.entries.dedup();
+            self.current.sort_unstable_by_key(|(id, _)| *id);
+            self.current.dedup_by_key(|(id, _)| *id);
             self.sorted = true;
         }
+    }
+
+    /// What the customer held, when read, in the fields the mapping
+    /// writes (the index must be finished).
+    pub fn current(&self, customer_id: i64) -> Option<&Current> {
+        let i = self
+            .current
+            .binary_search_by_key(&customer_id, |(id, _)| *id)
+            .ok()?;
+        Some(&self.current[i].1)
     }
 
     /// Whether any customer has this key value.
@@ -140,18 +156,28 @@ impl Index {
     }
 
     /// Reads the whole system, page by page through the one paging routine
-    /// ([`ApiClient::each_page`]): whatever page size the server answers.
-    pub async fn read(client: &ApiClient, keys: &[SearchKey]) -> Result<Index, CallError> {
+    /// ([`ApiClient::each_page`]): whatever page size the server answers;
+    /// each customer's key values (hashed) and its values in the `written`
+    /// fields (kept for comparing, see [`crate::current`]).
+    pub async fn read(
+        client: &ApiClient,
+        keys: &[SearchKey],
+        written: &Written,
+    ) -> Result<Index, CallError> {
         let custom = keys.iter().any(|k| matches!(k, SearchKey::CustomField(_)));
         let mut index = Index::default();
         let mut sized = false;
         let call = client
             .each_page(
-                |limit, offset| FindCustomers {
-                    filter: None,
-                    limit,
-                    offset,
-                    custom_fields: custom,
+                |limit, offset| {
+                    FindCustomers {
+                        filter: None,
+                        limit,
+                        offset,
+                        custom_fields: custom,
+                        addresses: false,
+                    }
+                    .reading(written)
                 },
                 |page| {
                     if !sized {
@@ -170,6 +196,9 @@ impl Index {
                             .flat_map(|k| c.values(k).into_iter().map(move |v| k.hash(&v)))
                             .collect();
                         index.add(c.customer_id, hashes);
+                        if !written.is_empty() {
+                            index.current.push((c.customer_id, written.keep(c)));
+                        }
                     }
                     Ok(())
                 },
@@ -189,6 +218,7 @@ impl Index {
                 limit: 1,
                 offset: 0,
                 custom_fields: false,
+                addresses: false,
             })
             .await;
         Call {
@@ -201,8 +231,13 @@ impl Index {
 /// What looking a row's customer up found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
-    /// Exactly one customer, by this key.
-    Matched { customer_id: i64, key: SearchKey },
+    /// Exactly one customer, by this key; with its values in the fields
+    /// the mapping writes, as the index or the lookup read them.
+    Matched {
+        customer_id: i64,
+        key: SearchKey,
+        current: Option<Current>,
+    },
     /// No key found anyone.
     Missing,
     /// A key found several customers.
@@ -232,14 +267,20 @@ impl Found {
 pub struct Finder {
     pub index: Option<Index>,
     pub state: Option<std::sync::Arc<crate::state::SyncState>>,
+    /// The fields the mapping writes: lookups ask for them too, so that a
+    /// match comes with the customer's current values.
+    pub written: Written,
 }
 
 impl Finder {
     /// A finder that asks Thulium only (no index read earlier, no state):
     /// for a creation whose outcome was unknown, and for a customer that
     /// turned out to be gone.
-    pub fn fresh() -> Finder {
-        Finder::default()
+    pub fn fresh(written: &Written) -> Finder {
+        Finder {
+            written: written.clone(),
+            ..Finder::default()
+        }
     }
 
     /// The customer earlier runs learnt for the row's keys (the first key,
@@ -258,21 +299,30 @@ impl Finder {
         let mut attempts = 0;
         for (key, values) in &keys.0 {
             let mut ids: Vec<i64> = Vec::new();
+            let mut current: Option<Current> = None;
             for v in values {
-                let found = match &self.index {
-                    Some(index) => index.get(key.hash(v)),
+                let found: Vec<(i64, Option<Current>)> = match &self.index {
+                    Some(index) => index
+                        .get(key.hash(v))
+                        .into_iter()
+                        .map(|id| (id, index.current(id).cloned()))
+                        .collect(),
                     None => {
-                        let call = client.find_customer_ids(key, v).await;
+                        let call = client.find_customers(key, v, &self.written).await;
                         attempts += call.attempts;
                         match call.result {
-                            Ok(ids) => ids,
+                            Ok(found) => found
+                                .iter()
+                                .map(|c| (c.customer_id, Some(self.written.keep(c))))
+                                .collect(),
                             Err(e) => return (Found::Failed(e), attempts),
                         }
                     }
                 };
-                for id in found {
+                for (id, now) in found {
                     if !ids.contains(&id) {
                         ids.push(id);
+                        current = now;
                     }
                 }
             }
@@ -283,6 +333,7 @@ impl Finder {
                         Found::Matched {
                             customer_id: ids[0],
                             key: key.clone(),
+                            current: current.filter(|_| !self.written.is_empty()),
                         },
                         attempts,
                     )

@@ -935,7 +935,7 @@ async fn prepare_matching(
         }
     };
     let index = if use_index {
-        let index = identity::Index::read(client, &upsert.keys).await?;
+        let index = identity::Index::read(client, &upsert.keys, &plan.written()).await?;
         eprintln!(
             "Index: {} customer(s) read in {} request(s)",
             index.customers, index.pages
@@ -949,6 +949,7 @@ async fn prepare_matching(
         finder: identity::Finder {
             index,
             state: state.clone(),
+            written: plan.written(),
         },
         state,
         full: args.full,

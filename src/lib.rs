@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod credentials;
+pub mod current;
 pub mod exit;
 pub mod failed_csv;
 pub mod hash;

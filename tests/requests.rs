@@ -358,7 +358,9 @@ async fn every_list_is_read_whole_through_capped_pages_and_an_ignored_offset_is_
     let items = api.find_items(3, 2).await.result.unwrap();
     assert_eq!(items.len(), 5);
     // The index: 7 customers in 4 pages.
-    let index = Index::read(&api, &[SearchKey::Identifier]).await.unwrap();
+    let index = Index::read(&api, &[SearchKey::Identifier], &Default::default())
+        .await
+        .unwrap();
     assert_eq!((index.customers, index.pages), (7, 4));
     // A lookup by a loose key reads every page of its search too.
     let ids = api
@@ -381,7 +383,7 @@ async fn every_list_is_read_whole_through_capped_pages_and_an_ignored_offset_is_
     let e = agents.result.unwrap_err();
     assert!(matches!(e, CallError::Paging { .. }), "{e:?}");
     assert!(e.to_string().contains("GET agents"), "{e}");
-    let e = Index::read(&api, &[SearchKey::Identifier])
+    let e = Index::read(&api, &[SearchKey::Identifier], &Default::default())
         .await
         .unwrap_err();
     assert!(e.stops_the_run().is_some(), "{e:?}");

@@ -411,9 +411,14 @@ async fn an_ambiguous_match_fails_the_row_and_sends_nothing_for_it() {
         .iter()
         .filter(|e| e.method != "GET")
         .all(|e| !e.body.to_string().contains("CRM-10001")));
-    // Per-row lookups (--index never): one GET per row with an identifier.
+    // Per-row lookups (--index never): one GET per row with an identifier,
+    // asking for the custom fields the mapping writes (their current values).
     assert!(journal.iter().any(|e| e.method == "GET"
-        && e.query.as_deref() == Some("identifier=CRM-10001&limit=1000&offset=0")));
+        && e.query
+            .as_deref()
+            .is_some_and(|q| q.starts_with("identifier=CRM-10001&")
+                && q.contains("include_custom_fields=true")
+                && q.ends_with("&limit=1000&offset=0"))));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -216,6 +216,27 @@ pub struct FindCustomers {
     pub offset: u64,
     /// Ask for the custom fields too (`include_custom_fields=true`).
     pub custom_fields: bool,
+    /// Ask for the three addresses too (`include_address=true`, ...).
+    pub addresses: bool,
+}
+
+/// The `include_*` flags of `GET customers` and `GET customers/:id` a
+/// reader of `written` fields needs.
+fn include(custom_fields: bool, addresses: bool) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    if custom_fields {
+        pairs.push(("include_custom_fields", "true".to_string()));
+    }
+    if addresses {
+        for a in [
+            "include_address",
+            "include_invoice_address",
+            "include_mail_drop_address",
+        ] {
+            pairs.push((a, "true".to_string()));
+        }
+    }
+    pairs
 }
 
 impl FindCustomers {
@@ -227,7 +248,16 @@ impl FindCustomers {
             limit: 100,
             offset: 0,
             custom_fields,
+            addresses: false,
         }
+    }
+
+    /// Asks for what a mapping writes, too (custom fields, addresses), so
+    /// that the customers listed carry their current values.
+    pub fn reading(mut self, written: &crate::current::Written) -> FindCustomers {
+        self.custom_fields |= written.custom_fields();
+        self.addresses |= !written.addresses.is_empty();
+        self
     }
 }
 
@@ -243,9 +273,7 @@ impl Endpoint for FindCustomers {
             // The parameter name is encoded already (brackets stay literal).
             filter = format!("{}={}&", key.parameter(), super::encode(value));
         }
-        if self.custom_fields {
-            pairs.push(("include_custom_fields", "true".to_string()));
-        }
+        pairs.extend(include(self.custom_fields, self.addresses));
         pairs.push(("limit", self.limit.to_string()));
         pairs.push(("offset", self.offset.to_string()));
         format!("customers?{filter}{}", query(&pairs))
@@ -273,6 +301,10 @@ impl Endpoint for FindCustomers {
 #[derive(Debug, Clone)]
 pub struct GetCustomer {
     pub customer_id: i64,
+    /// `include_custom_fields=true`.
+    pub custom_fields: bool,
+    /// `include_address=true` and the other two addresses.
+    pub addresses: bool,
 }
 
 impl Endpoint for GetCustomer {
@@ -281,7 +313,12 @@ impl Endpoint for GetCustomer {
     const IDEMPOTENT: bool = true;
 
     fn path(&self) -> String {
-        format!("customers/{}", self.customer_id)
+        let pairs = include(self.custom_fields, self.addresses);
+        if pairs.is_empty() {
+            format!("customers/{}", self.customer_id)
+        } else {
+            format!("customers/{}?{}", self.customer_id, query(&pairs))
+        }
     }
 
     fn parse(&self, answer: &Answer) -> Result<FoundCustomer, CallError> {
@@ -308,10 +345,21 @@ impl Endpoint for GetCustomer {
 }
 
 impl super::ApiClient {
-    /// One customer by its id: `None` when Thulium answers 404 (there is
-    /// no such customer: deleted, or a system restored from a backup).
-    pub async fn get_customer(&self, customer_id: i64) -> super::Call<Option<FoundCustomer>> {
-        let call = self.send(&GetCustomer { customer_id }).await;
+    /// One customer by its id, with the fields of `written` (custom
+    /// fields, addresses): `None` when Thulium answers 404 (there is no
+    /// such customer: deleted, or a system restored from a backup).
+    pub async fn get_customer(
+        &self,
+        customer_id: i64,
+        written: &crate::current::Written,
+    ) -> super::Call<Option<FoundCustomer>> {
+        let call = self
+            .send(&GetCustomer {
+                customer_id,
+                custom_fields: written.custom_fields(),
+                addresses: !written.addresses.is_empty(),
+            })
+            .await;
         super::Call {
             attempts: call.attempts,
             result: match call.result {
@@ -327,12 +375,31 @@ impl super::ApiClient {
     /// values count), reading every page of the search: one id, none, or
     /// several.
     pub async fn find_customer_ids(&self, key: &SearchKey, value: &str) -> super::Call<Vec<i64>> {
+        let call = self
+            .find_customers(key, value, &crate::current::Written::default())
+            .await;
+        super::Call {
+            attempts: call.attempts,
+            result: call
+                .result
+                .map(|found| found.into_iter().map(|c| c.customer_id).collect()),
+        }
+    }
+
+    /// The customers whose `key` is `value` (as [`Self::find_customer_ids`]
+    /// finds them), listed with the fields of `written`, one each.
+    pub async fn find_customers(
+        &self,
+        key: &SearchKey,
+        value: &str,
+        written: &crate::current::Written,
+    ) -> super::Call<Vec<FoundCustomer>> {
         /// Customers a search may list at most: a key that loose is not a
         /// key.
         const MAX_FOUND: u64 = 10_000;
         let wanted = key.normalise(value);
-        let find = FindCustomers::by(key.clone(), value);
-        let mut ids = Vec::new();
+        let find = FindCustomers::by(key.clone(), value).reading(written);
+        let mut found: Vec<FoundCustomer> = Vec::new();
         let mut listed = 0u64;
         let call = self
             .each_page(
@@ -353,7 +420,7 @@ impl super::ApiClient {
                             ),
                         });
                     }
-                    ids.extend(
+                    found.extend(
                         page.items
                             .iter()
                             // A customer listed without the field at all is
@@ -362,17 +429,17 @@ impl super::ApiClient {
                                 !c.has(key)
                                     || c.values(key).iter().any(|v| key.normalise(v) == wanted)
                             })
-                            .map(|c| c.customer_id),
+                            .cloned(),
                     );
                     Ok(())
                 },
             )
             .await;
-        ids.sort_unstable();
-        ids.dedup();
+        found.sort_by_key(|c| c.customer_id);
+        found.dedup_by_key(|c| c.customer_id);
         super::Call {
             attempts: call.attempts,
-            result: call.result.map(|_| ids),
+            result: call.result.map(|_| found),
         }
     }
 }

@@ -537,6 +537,23 @@ impl Plan {
         }
     }
 
+    /// The customer fields the mapping writes (what is worth keeping of
+    /// each customer Thulium lists: [`crate::current`]).
+    pub fn written(&self) -> crate::current::Written {
+        let Some((_, c)) = &self.customer else {
+            return crate::current::Written::default();
+        };
+        crate::current::Written {
+            fields: c.fields.iter().map(|(f, _)| f.key().to_string()).collect(),
+            custom: c.custom_fields.iter().map(|n| n.name.clone()).collect(),
+            addresses: c
+                .addresses
+                .iter()
+                .map(|(k, _)| k.key().to_string())
+                .collect(),
+        }
+    }
+
     /// Whether created customers carry an `identifier` (so that a customer
     /// whose creation had an unknown outcome can be looked up).
     pub fn customer_has_identifier(&self) -> bool {

@@ -140,7 +140,7 @@ async fn find(run: &Run, row: &MappedRow, reason: LookupReason) -> Found {
         return Found::Missing;
     }
     let _permit = run.permits.acquire().await;
-    let fresh = Finder::fresh();
+    let fresh = Finder::fresh(&run.matching.finder.written);
     let finder = match reason {
         LookupReason::UnknownBefore => &fresh,
         LookupReason::Match | LookupReason::Confirm(_) => &run.matching.finder,
@@ -185,7 +185,11 @@ fn decide(
     match (found, reason) {
         // (A confirmation returned above.)
         (
-            Found::Matched { customer_id, key },
+            Found::Matched {
+                customer_id,
+                key,
+                current,
+            },
             LookupReason::UnknownBefore | LookupReason::Confirm(_),
         ) => {
             run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +209,7 @@ fn decide(
                 // CSV, `retry --mapping`): the customer gets the row's
                 // fields (an idempotent PUT), recorded as adopted.
                 row.update_of = Some(customer_id);
+                row.current = current;
                 row.adopted = true;
                 upsert_items(run, &mut row);
                 return (row, None);
@@ -217,7 +222,14 @@ fn decide(
             existing(run, &mut row, customer_id);
             (row, Some(ev))
         }
-        (Found::Matched { customer_id, .. }, LookupReason::Match) => {
+        (
+            Found::Matched {
+                customer_id,
+                current,
+                ..
+            },
+            LookupReason::Match,
+        ) => {
             ev.customer_id = Some(customer_id);
             if on_match == OnMatch::Skip {
                 ev.action = Some(Action::SkippedExisting);
@@ -237,6 +249,7 @@ fn decide(
                 }
             }
             row.update_of = Some(customer_id);
+            row.current = current;
             upsert_items(run, &mut row);
             (row, None)
         }
@@ -288,7 +301,10 @@ fn decide(
 async fn confirm(run: &Run, mut row: MappedRow, known: i64) -> (MappedRow, Option<RowEvent>) {
     let mut ev = event(row.id, Stage::Customer, Status::Ok);
     let _permit = run.permits.acquire().await;
-    let call = run.client.get_customer(known).await;
+    let call = run
+        .client
+        .get_customer(known, &run.matching.finder.written)
+        .await;
     let exists = match call.result {
         Ok(found) => {
             run.breaker_sees(false);
@@ -309,7 +325,12 @@ async fn confirm(run: &Run, mut row: MappedRow, known: i64) -> (MappedRow, Optio
         None
     };
     match (exists, by_keys) {
-        (_, Some(Found::Matched { customer_id, key })) if customer_id != known => {
+        (
+            _,
+            Some(Found::Matched {
+                customer_id, key, ..
+            }),
+        ) if customer_id != known => {
             ev.customer_id = Some(customer_id);
             ev.action = Some(Action::Unchanged);
             ev.message = Some(format!(
@@ -515,13 +536,17 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
                 ));
                 continue;
             }
-            let (found, attempts) = Finder::fresh().find(&run.client, &row.keys).await;
+            let (found, attempts) = Finder::fresh(&run.matching.finder.written)
+                .find(&run.client, &row.keys)
+                .await;
             if attempts > 0 {
                 run.looked_up(&found);
             }
             let mut ev = event(row.id, Stage::Customer, Status::Ok);
             match found {
-                Found::Matched { customer_id, key } => {
+                Found::Matched {
+                    customer_id, key, ..
+                } => {
                     run.progress.reconciled.fetch_add(1, Ordering::Relaxed);
                     ev.customer_id = Some(customer_id);
                     ev.reconciled = Some(true);
@@ -713,7 +738,9 @@ async fn find_again(
         let found = if row.keys.is_empty() {
             Found::Missing
         } else {
-            let (found, attempts) = Finder::fresh().find(&run.client, &row.keys).await;
+            let (found, attempts) = Finder::fresh(&run.matching.finder.written)
+                .find(&run.client, &row.keys)
+                .await;
             if attempts > 0 {
                 run.looked_up(&found);
             }

@@ -98,6 +98,9 @@ pub struct MappedRow {
     pub keys: RowKeys,
     /// The matched customer to update.
     pub update_of: Option<i64>,
+    /// What Thulium held in the fields the mapping writes, for the matched
+    /// customer (read with the index or the lookup that found it).
+    pub current: Option<crate::current::Current>,
     /// The customer existed before this run (matched or adopted).
     pub existed: bool,
     /// The customer found after an unknown creation, to be updated with
@@ -121,6 +124,7 @@ impl MappedRow {
             known_before: Vec::new(),
             keys: RowKeys::default(),
             update_of: None,
+            current: None,
             existed: false,
             adopted: false,
             gone_from: None,
