@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod common;
+
 use assert_cmd::Command;
 use serde_json::Value;
 
@@ -174,6 +176,32 @@ fn unusable_mapping_or_file_exits_2_with_the_reason() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("duplicate header name \"Nazwisko\""));
+}
+
+/// A gzip, a zip of a CSV, a program, a PDF, random bytes: one sentence
+/// saying what the file looks like, exit 2, for `check` and `run
+/// --dry-run` alike (they open files through the same source).
+#[test]
+fn a_file_that_is_not_an_export_is_said_in_one_sentence_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, what) in common::not_exports(dir.path()) {
+        for command in [&["check"][..], &["run", "--dry-run"][..]] {
+            let out = bin()
+                .args(command)
+                .arg(&file)
+                .args(["--mapping", "mappings/crm_export.toml"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(out.status.code(), Some(2), "{command:?} {what}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains(&format!("this is not a CSV file: it looks like {what}")),
+                "{stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{command:?} {what}");
+        }
+    }
 }
 
 #[test]

@@ -520,6 +520,36 @@ async fn init_on_the_sample_gives_the_customers_of_the_hand_written_mapping() {
     }
 }
 
+/// `init` on a file that is not an export writes no mapping: one
+/// sentence, exit 2, nothing on stdout nor at `--output`; a gzip named
+/// `.xlsx` is said not to be a spreadsheet.
+#[test]
+fn init_on_a_file_that_is_not_an_export_writes_nothing_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<(PathBuf, String)> = common::not_exports(dir.path())
+        .into_iter()
+        .map(|(f, what)| (f, format!("this is not a CSV file: it looks like {what}")))
+        .collect();
+    let (gzip, _) = &files[0];
+    let named_xlsx = dir.path().join("export.xlsx");
+    std::fs::copy(gzip, &named_xlsx).unwrap();
+    files.push((
+        named_xlsx,
+        "this is not a spreadsheet: it looks like gzip data".into(),
+    ));
+    for (file, said) in files {
+        let mapping = dir.path().join("m.toml");
+        let out = output_of(bin().arg("init").arg(&file).arg("--output").arg(&mapping));
+        assert_eq!(out.code, Some(2), "{said}: {}", out.stderr);
+        assert!(out.stderr.contains(&said), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(!mapping.exists(), "{said}: a mapping was written");
+        let out = output_of(bin().arg("init").arg(&file));
+        assert_eq!(out.code, Some(2), "{said}");
+        assert!(out.stdout.is_empty(), "{said}: {}", out.stdout);
+    }
+}
+
 #[test]
 fn init_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();

@@ -277,7 +277,7 @@ fn the_sheet_is_chosen_by_name_and_a_wrong_one_is_named() {
     assert_eq!(out.code, Some(2));
     assert!(
         out.stderr
-            .contains("this is a spreadsheet (a zip file: .xlsx or .ods), not a CSV"),
+            .contains("this is a spreadsheet (a zip file: .xlsx), not a CSV"),
         "{}",
         out.stderr
     );
