@@ -585,6 +585,22 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
             .unwrap_or_default();
         let n = crate::failed_csv::write(&outcomes, path, args.utf8, &names)?;
         eprintln!("{n} row(s) not done written to {}", path.display());
+        if args.utf8 {
+            // The file is UTF-8 with commas whatever the export was: the
+            // mapping that imports it must say so.
+            let mapping = std::path::Path::new(&outcomes.header.mapping);
+            match crate::failed_csv::write_utf8_mapping(mapping, path) {
+                Ok(copy) => eprintln!(
+                    "It is UTF-8 with commas: import it with {}, a copy of the mapping with [source] delimiter = \",\" and encoding = \"utf-8\" (thulium-import run {} --mapping {}).",
+                    copy.display(),
+                    path.display(),
+                    copy.display()
+                ),
+                Err(e) => eprintln!(
+                    "It is UTF-8 with commas: importing it needs delimiter = \",\" and encoding = \"utf-8\" in the mapping's [source] (no copy of the mapping written: {e})."
+                ),
+            }
+        }
     }
     if args.json {
         serde_json::to_writer(&mut out, &summary)?;
