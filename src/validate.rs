@@ -70,8 +70,7 @@ pub fn is_pesel(s: &str) -> bool {
         _ => 1800,
     };
     let year = century + (d[0] * 10 + d[1]) as i32;
-    (10 - sum % 10) % 10 == d[10]
-        && NaiveDate::from_ymd_opt(year, month % 20, day).is_some()
+    (10 - sum % 10) % 10 == d[10] && NaiveDate::from_ymd_opt(year, month % 20, day).is_some()
 }
 
 /// A NIP (the Polish tax number), as digits only: 10 digits whose last is

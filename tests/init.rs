@@ -629,9 +629,17 @@ async fn init_maps_pesel_and_nip_by_their_values_and_judges_a_key_on_valid_value
 async fn init_maps_a_polish_exports_pesel_and_nip_under_other_names() {
     let dir = tempfile::tempdir().unwrap();
     let people = people(30);
-    let mut rows = vec![["Numer klienta", "Imię", "Nazwisko", "E-mail", "Nr ewid.", "Nr podatnika", "Miejscowość"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "Numer klienta",
+        "Imię",
+        "Nazwisko",
+        "E-mail",
+        "Nr ewid.",
+        "Nr podatnika",
+        "Miejscowość",
+    ]
+    .map(String::from)
+    .to_vec()];
     for (i, p) in people.iter().enumerate() {
         let email = if [4, 9, 14].contains(&i) {
             "biuro@przyklad.pl".to_string()

@@ -616,7 +616,8 @@ async fn a_utf8_failed_rows_csv_imports_with_the_mapping_copy_written_beside_it(
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     let copy = dir.join("failed.mapping.toml");
     assert!(
-        out.stderr.contains(&format!("import it with {}", copy.display())),
+        out.stderr
+            .contains(&format!("import it with {}", copy.display())),
         "{}",
         out.stderr
     );
@@ -652,7 +653,14 @@ async fn a_utf8_failed_rows_csv_imports_with_the_mapping_copy_written_beside_it(
     let fixed = fixed.to_str().unwrap();
 
     // The export's own mapping reads it as one column: refused.
-    let wrong = output(run_cmd(&sandbox, fixed, mapping, &dir.join("l1.jsonl"), &[])).await;
+    let wrong = output(run_cmd(
+        &sandbox,
+        fixed,
+        mapping,
+        &dir.join("l1.jsonl"),
+        &[],
+    ))
+    .await;
     assert_eq!(wrong.code, Some(2), "{}", wrong.stderr);
     let again = output(run_cmd(
         &sandbox,
@@ -662,7 +670,12 @@ async fn a_utf8_failed_rows_csv_imports_with_the_mapping_copy_written_beside_it(
         &[],
     ))
     .await;
-    assert_eq!(again.code, Some(1), "6 rows are still invalid\n{}", again.stderr);
+    assert_eq!(
+        again.code,
+        Some(1),
+        "6 rows are still invalid\n{}",
+        again.stderr
+    );
     assert!(again.stdout.contains("2 done"), "{}", again.stdout);
     assert_eq!(customers(&sandbox), 294, "row 17's customer only");
 }

@@ -10,7 +10,8 @@
 //! windows-1250 or ISO-8859-2 export uses every byte from 0x80 up for
 //! letters, and neither has a reason for C0 control bytes (but tab, line
 //! breaks, form feed, a vertical tab from a cell's line break, or a DOS
-//! end-of-file mark). Random bytes have one in ten of them.
+//! end-of-file mark), beyond a stray one in a cell. Random bytes have one
+//! in ten of them; a program's header, most.
 
 /// What the first bytes of a file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +37,12 @@ const WRONG_FILE: &str = "give the export itself, a CSV or a spreadsheet: .xlsx,
 /// Signatures of the files people give by mistake, as (prefix, what, hint).
 const SIGNATURES: &[(&[u8], &str, &str)] = &[
     (&[0x1F, 0x8B], "gzip data", UNPACK),
-    (b"BZh", "bzip2 data", UNPACK),
     (&[0xFD, b'7', b'z', b'X', b'Z', 0x00], "xz data", UNPACK),
-    (&[b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C], "a 7-Zip archive", UNPACK),
+    (
+        &[b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C],
+        "a 7-Zip archive",
+        UNPACK,
+    ),
     (b"Rar!\x1A\x07", "a RAR archive", UNPACK),
     (&[0x7F, b'E', b'L', b'F'], "an ELF program", WRONG_FILE),
     (b"%PDF-", "a PDF document", WRONG_FILE),
@@ -52,6 +56,17 @@ const SIGNATURES: &[(&[u8], &str, &str)] = &[
 pub(super) fn looks(head: &[u8]) -> Looks {
     if let Some(&(_, what, hint)) = SIGNATURES.iter().find(|(sig, _, _)| head.starts_with(sig)) {
         return Looks::Other { what, hint };
+    }
+    // "BZh", the block size, then a block's magic (π's digits in BCD):
+    // "BZh" alone could start a column's name.
+    if head.starts_with(b"BZh")
+        && head.get(3).is_some_and(|b| (b'1'..=b'9').contains(b))
+        && head.get(4..10) == Some(&[0x31, 0x41, 0x59, 0x26, 0x53, 0x59][..])
+    {
+        return Looks::Other {
+            what: "bzip2 data",
+            hint: UNPACK,
+        };
     }
     if head.starts_with(b"PK\x03\x04") {
         return zip(head);
@@ -103,14 +118,15 @@ fn utf16_without_bom(head: &[u8]) -> bool {
     nul_at(0).max(nul_at(1)) * 10 >= pairs * 9
 }
 
-/// Binary: a NUL byte (no text encoding of an export has one), or more
-/// than one byte in a hundred a C0 control no text uses.
+/// Binary: more than one byte in a hundred a C0 control no text uses (NUL
+/// among them). Not any one such byte: a stray NUL in a cell costs that
+/// row (`check` names it), not the file.
 fn binary(head: &[u8]) -> bool {
     let controls = head
         .iter()
         .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | 0x1A))
         .count();
-    head.contains(&0) || controls * 100 > head.len()
+    controls * 100 > head.len()
 }
 
 #[cfg(test)]
@@ -126,6 +142,8 @@ mod tests {
         assert_eq!(what(&[0x1F, 0x8B, 0x08, 0x00, 1, 2, 3]), "gzip data");
         assert_eq!(what(b"\x7FELF\x02\x01\x01\0\0\0"), "an ELF program");
         assert_eq!(what(b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n"), "a PDF document");
+        assert_eq!(what(b"BZh91AY&SY\x01\x02"), "bzip2 data");
+        assert_eq!(looks(b"BZhandel;Miasto\n1;2\n"), Looks::Text);
         assert_eq!(what(b"PK\x03\x04\x14\0\0\0notes.txt"), "a zip archive");
         assert_eq!(
             looks(b"PK\x03\x04\x14\0\0\0[Content_Types].xml"),
@@ -155,8 +173,12 @@ mod tests {
             assert_eq!(looks(&bytes), Looks::Text, "{}", encoding.name());
         }
         assert_eq!(looks(text.as_bytes()), Looks::Text);
-        // A vertical tab from a cell's line break is text.
+        // A vertical tab from a cell's line break is text; so is a stray
+        // NUL in one cell of many rows (that row is invalid, not the file).
         assert_eq!(looks(b"a,b\n1,\"x\x0By\"\n"), Looks::Text);
+        let mut rows = "Nazwisko;Telefon\r\n".to_string() + &"Kowalski;601234567\r\n".repeat(20);
+        rows.push_str("Nul\0ek;601234567\r\n");
+        assert_eq!(looks(rows.as_bytes()), Looks::Text);
         let utf16: Vec<u8> = "a;b\r\n1;2\r\n"
             .encode_utf16()
             .flat_map(u16::to_le_bytes)

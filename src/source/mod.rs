@@ -769,8 +769,8 @@ impl Source<File> {
     /// value.
     fn open_sheet(path: &Path, options: &SourceOptions) -> Result<Self, SourceError> {
         let mut head = Vec::with_capacity(SHEET_HEAD_BYTES);
-        let read = File::open(path)
-            .and_then(|f| f.take(SHEET_HEAD_BYTES as u64).read_to_end(&mut head));
+        let read =
+            File::open(path).and_then(|f| f.take(SHEET_HEAD_BYTES as u64).read_to_end(&mut head));
         if let Err(e) = read {
             return Err(SourceError::Open {
                 path: path.into(),
