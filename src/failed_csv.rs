@@ -91,9 +91,13 @@ pub fn write(
 fn open_source(outcomes: &Outcomes) -> Result<Source<File>, SourceError> {
     let header = &outcomes.header;
     // The mapping's [source] says how the file is read; without it, sniff.
-    let options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
+    let mut options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
         .and_then(|m| m.source_options())
         .unwrap_or_default();
+    // The sheet the run read, if `run --sheet` chose it.
+    if let Some(sheet) = &header.sheet {
+        options.sheet = Some(sheet.clone());
+    }
     Source::open(Path::new(&header.source), &options)
 }
 
@@ -377,7 +381,10 @@ fn utf8_source(text: &str, mapping: &Path, failed: &Path) -> String {
             }
             continue;
         }
-        if in_source && line.contains('=') && matches!(key_of(line).as_str(), "delimiter" | "encoding") {
+        if in_source
+            && line.contains('=')
+            && matches!(key_of(line).as_str(), "delimiter" | "encoding")
+        {
             out.push_str("# (the export's) ");
         }
         out.push_str(line);
@@ -405,7 +412,10 @@ mod tests {
         let o = options(&copy);
         assert_eq!(o.delimiter, Some(b','));
         assert_eq!(o.encoding, Some(encoding_rs::UTF_8));
-        assert!(copy.contains("# (the export's) delimiter = \";\""), "{copy}");
+        assert!(
+            copy.contains("# (the export's) delimiter = \";\""),
+            "{copy}"
+        );
         assert!(copy.contains("surname = \"Nazwisko\""), "{copy}");
         // No [source] at all: one is added.
         let copy = utf8_source("[customer]\nsurname = \"N\"\n", m, f);

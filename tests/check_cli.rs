@@ -204,6 +204,77 @@ fn a_file_that_is_not_an_export_is_said_in_one_sentence_with_exit_2() {
     }
 }
 
+/// Every command that runs tells in its `--help` what the README tells:
+/// the exit codes, where the password comes from, what `<FILE>` may be.
+#[test]
+fn help_tells_the_exit_codes_credentials_and_what_a_file_may_be() {
+    for command in ["run", "check", "init", "retry", "sync", "report"] {
+        let out = bin().args([command, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8(out.stdout).unwrap();
+        for said in [
+            "Exit codes:",
+            "0  every row done",
+            "1  finished, but some rows are not done",
+            "2  unusable input",
+            "3  aborted",
+            "THULIUM_PASSWORD",
+        ] {
+            assert!(
+                help.contains(said),
+                "{command} --help lacks {said:?}:\n{help}"
+            );
+        }
+    }
+    for command in ["run", "check", "init"] {
+        let out = bin().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("<FILE>"), "{help}");
+        assert!(
+            help.contains("a CSV or a spreadsheet (.xlsx, .xls, .ods)"),
+            "{command}: {help}"
+        );
+        assert!(help.contains("--sheet <NAME>"), "{command}: {help}");
+    }
+}
+
+/// `run --dry-run` takes `check`'s `--max-errors`; `run` without
+/// `--dry-run` refuses it (exit 2) rather than ignore it.
+#[test]
+fn dry_run_takes_max_errors() {
+    let listed = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "run",
+                "samples/crm_export.csv",
+                "--mapping",
+                "mappings/crm_export.toml",
+                "--dry-run",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().filter(|l| l.starts_with("line ")).count()
+    };
+    assert_eq!(listed(&[]), 8);
+    assert_eq!(listed(&["--max-errors", "2"]), 2);
+    let out = bin()
+        .args([
+            "run",
+            "samples/crm_export.csv",
+            "--mapping",
+            "mappings/crm_export.toml",
+            "--max-errors",
+            "2",
+            "--sandbox",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn a_utf8_file_that_is_really_windows_1250_names_the_fix() {
     let dir = tempfile::tempdir().unwrap();
