@@ -119,14 +119,15 @@ fn utf16_without_bom(head: &[u8]) -> bool {
 }
 
 /// Binary: more than one byte in a hundred a C0 control no text uses (NUL
-/// among them). Not any one such byte: a stray NUL in a cell costs that
-/// row (`check` names it), not the file.
+/// among them), and a few of them. Not any one such byte: a stray NUL in a
+/// cell, even of a three-line file, costs that row (`check` names it), not
+/// the file.
 fn binary(head: &[u8]) -> bool {
     let controls = head
         .iter()
         .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | 0x1A))
         .count();
-    controls * 100 > head.len()
+    controls >= 4 && controls * 100 > head.len()
 }
 
 #[cfg(test)]
@@ -179,6 +180,7 @@ mod tests {
         let mut rows = "Nazwisko;Telefon\r\n".to_string() + &"Kowalski;601234567\r\n".repeat(20);
         rows.push_str("Nul\0ek;601234567\r\n");
         assert_eq!(looks(rows.as_bytes()), Looks::Text);
+        assert_eq!(looks(b"a;b\nN\0w;1\n"), Looks::Text);
         let utf16: Vec<u8> = "a;b\r\n1;2\r\n"
             .encode_utf16()
             .flat_map(u16::to_le_bytes)
