@@ -181,14 +181,18 @@ fn survey_reader(
 /// the same open file for the survey: the survey reads it by position, so
 /// the run reads the very bytes that were hashed even if the path is
 /// replaced meanwhile.
-fn open_input(csv: &Path, mapping: &Path) -> anyhow::Result<(Input, Option<std::fs::File>)> {
+fn open_input(
+    csv: &Path,
+    mapping: &Path,
+    sheet: Option<&str>,
+) -> anyhow::Result<(Input, Option<std::fs::File>)> {
     if crate::source::is_spreadsheet(csv) || !cfg!(unix) {
-        return Ok((Input::open(csv, mapping)?, None));
+        return Ok((Input::open_sheet(csv, mapping, sheet)?, None));
     }
     let file =
         std::fs::File::open(csv).with_context(|| format!("{}: cannot read", csv.display()))?;
     let survey = file.try_clone().ok();
-    Ok((Input::from_file(csv, mapping, file)?, survey))
+    Ok((Input::from_file(csv, mapping, file, sheet)?, survey))
 }
 
 /// [`survey`], through `handle` (the run's own open file) when given.
@@ -414,7 +418,7 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
 /// sandbox), the survey, the state, preflight, the index, the ledger.
 pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     check_pace(&args.pace)?;
-    let (input, handle) = open_input(&args.csv, &args.mapping)?;
+    let (input, handle) = open_input(&args.csv, &args.mapping, args.sheet.as_deref())?;
     check_sync(&args.sync, &input.plan)?;
     let (sandbox, credentials) = credentials_for(args).await?;
     // A rehearsal against the in-process sandbox gets its own default ledger,
@@ -471,6 +475,11 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
             .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
         started_at: ledger::now(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
+        // A CSV has no sheets: only a spreadsheet's is worth recording.
+        sheet: args
+            .sheet
+            .clone()
+            .filter(|_| crate::source::is_spreadsheet(&args.csv)),
     };
     // Preflight first: a handful of GETs that may refuse the mapping, before
     // an index that may read the whole system.
@@ -585,7 +594,8 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         Some(p) => (p.clone(), false),
         None => (PathBuf::from(&header.source), true),
     };
-    let loaded = mapping::load(&mapping_path)?;
+    // The sheet the run read, if `run --sheet` chose it.
+    let loaded = mapping::load(&mapping_path)?.with_sheet(header.sheet.as_deref());
     let options = loaded.source_options()?;
     let changed = || -> anyhow::Error {
         anyhow::anyhow!(

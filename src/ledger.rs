@@ -163,6 +163,10 @@ pub struct Header {
     pub mapping_sha256: String,
     pub started_at: String,
     pub tool_version: String,
+    /// The sheet `run --sheet` read, over the mapping's `[source] sheet`:
+    /// `retry` and the failed-rows CSV read the same rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
 }
 
 /// One row's outcome at one stage.

@@ -502,6 +502,7 @@ mod tests {
             mapping_sha256: String::new(),
             started_at: String::new(),
             tool_version: String::new(),
+            sheet: None,
         }
     }
 

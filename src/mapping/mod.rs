@@ -98,6 +98,16 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, MappingError> {
 }
 
 impl Loaded {
+    /// The mapping with `sheet` (the command line's `--sheet`, or the one
+    /// a ledger recorded) as its `[source] sheet`; unchanged for `None`.
+    /// The one place the command line overrides the mapping's `[source]`.
+    pub fn with_sheet(mut self, sheet: Option<&str>) -> Loaded {
+        if let Some(sheet) = sheet {
+            self.raw.source.sheet = Some(sheet.to_string());
+        }
+        self
+    }
+
     /// The 1-based line of a position in the mapping file.
     pub fn line_of(&self, span: &Range<usize>) -> usize {
         Ctx::new(&self.text, &[]).line(span)
