@@ -73,6 +73,28 @@ impl Input {
         })
     }
 
+    /// As [`Input::open`], a spreadsheet's `sheet` (when given) read
+    /// instead of the one the mapping's `[source] sheet` names.
+    pub fn open_sheet(
+        csv: &Path,
+        mapping_path: &Path,
+        sheet: Option<&str>,
+    ) -> Result<Input, InputError> {
+        let mut mapping = mapping::load(mapping_path)?;
+        if let Some(sheet) = sheet {
+            mapping.raw.source.sheet = Some(sheet.to_string());
+        }
+        let options = mapping.source_options()?;
+        let source = Source::open(csv, &options)?;
+        let plan = mapping::compile(&mapping, source.header())?;
+        Ok(Input {
+            csv: csv.into(),
+            mapping,
+            plan,
+            source,
+        })
+    }
+
     /// As [`Input::open`], reading the CSV from `file` (already open at
     /// its start): the job layer surveys the same open file, so that the
     /// bytes hashed are the bytes imported, whatever happens to the path.
