@@ -48,6 +48,8 @@ pub enum Command {
     /// Re-run the rows of a ledger that are not done, from the stage where each stopped.
     #[command(after_help = EXIT_CODES)]
     Retry(RetryArgs),
+    /// Show what `run` would do, row by row and field by field against the live system, sending no write and keeping no file.
+    Plan(PlanArgs),
     /// Summarise a ledger; optionally write the rows not done as a CSV to fix.
     #[command(after_help = EXIT_CODES)]
     Report(ReportArgs),
@@ -232,6 +234,46 @@ pub struct RunArgs {
     /// A pilot: send only the first N data rows, then stop (`retry` on the ledger sends the rest).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
+    /// Do not ask the system first what the mapping refers to.
+    #[arg(long)]
+    pub no_preflight: bool,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `plan`: `run`'s arguments (the same credentials, pacing, `--index`
+/// and `--state`), without those of a ledger, and how to show the plan.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The CSV export (or spreadsheet) to plan the import of.
+    pub csv: PathBuf,
+    /// The TOML column mapping.
+    #[arg(long)]
+    pub mapping: PathBuf,
+    /// Print the plan as one JSON object (every row in it).
+    #[arg(long)]
+    pub json: bool,
+    /// After the counts, list every row: its action, the fields that change, its later stages.
+    #[arg(long)]
+    pub all: bool,
+    /// A spreadsheet's sheet (default: the mapping's [source] sheet, else the first).
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
+    /// Plan only the first N data rows (as `run --limit N` would send them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Plan against the built-in sandbox (an empty system, started for the plan).
+    #[arg(long, conflicts_with = "url")]
+    pub sandbox: bool,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    /// Importing a failed-rows CSV: plan as `run --include-unknown` would.
+    #[arg(long)]
+    pub include_unknown: bool,
     /// Do not ask the system first what the mapping refers to.
     #[arg(long)]
     pub no_preflight: bool,

@@ -9,7 +9,9 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::check::{self, Input};
-use crate::cli::{CheckArgs, Cli, Command, InitArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs};
+use crate::cli::{
+    CheckArgs, Cli, Command, InitArgs, PlanArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs,
+};
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials;
 use crate::init;
@@ -29,7 +31,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
     // Commands that send listen for stop signals from their first moment:
     // none kills the process mid-call, or before its handler is set.
     if matches!(&cli.command, Command::Run(a) if !a.dry_run)
-        || matches!(&cli.command, Command::Retry(_) | Command::Sync(_))
+        || matches!(
+            &cli.command,
+            Command::Retry(_) | Command::Sync(_) | Command::Plan(_)
+        )
     {
         crate::signals::install();
     }
@@ -42,7 +47,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Retry(args) => retry_command(args).await,
         Command::Init(args) => init_command(&args).await,
         Command::Sync(args) => sync::sync_command(args).await,
+        Command::Plan(args) => plan_command(&args).await,
     }
+}
+
+/// `thulium-import plan`: what `run` would do, to stdout only (it shows
+/// the system's values and the file's); exit codes as `run`'s.
+async fn plan_command(args: &PlanArgs) -> anyhow::Result<Exit> {
+    let plan = crate::plan::plan(args).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &plan)?;
+        writeln!(out)?;
+    } else {
+        crate::plan::print_text(&mut out, &plan, args.all)?;
+    }
+    Ok(crate::plan::exit_of(&plan))
 }
 
 /// `thulium-import init`: writes a first mapping for a file (exit 0); exit

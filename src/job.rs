@@ -53,6 +53,8 @@ pub struct Job {
     /// What the summary says besides the counts (the file's columns
     /// changed, ...).
     pub notes: Vec<String>,
+    /// `plan`: the writes the run would send, noted instead.
+    pub plan: Option<Arc<pipeline::Noted>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -75,6 +77,7 @@ pub struct Ran {
     pub sandbox: Option<Sandbox>,
     pub planning: Option<Arc<Mutex<resume::Summary>>>,
     pub notes: Vec<String>,
+    pub plan: Option<Arc<pipeline::Noted>>,
 }
 
 /// What one pass over the source tells before anything is sent.
@@ -417,6 +420,20 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
 /// `run`: the file and mapping opened, the credentials (or an in-process
 /// sandbox), the survey, the state, preflight, the index, the ledger.
 pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
+    prepare(args, None).await
+}
+
+/// `plan`: `run`'s preparation, step for step, writing nothing: no ledger
+/// file (its lines go to `sink`), the state opened read-only, a
+/// `--max-changes` refusal said as a note (the plan shows what a run
+/// allowed to go on would do), every write of the job noted instead of
+/// sent.
+pub async fn prepare_plan(args: &RunArgs, sink: impl ledger::Sink) -> anyhow::Result<Job> {
+    prepare(args, Some(Box::new(sink))).await
+}
+
+/// [`prepare_run`], or with a `plan` sink [`prepare_plan`].
+async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow::Result<Job> {
     check_pace(&args.pace)?;
     let (input, handle) = open_input(&args.csv, &args.mapping, args.sheet.as_deref())?;
     check_sync(&args.sync, &input.plan)?;
@@ -443,10 +460,15 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
     // A ledger path in use refuses the run before anything is asked.
-    ledger::check_free(&ledger_path, existing)?;
+    if plan.is_none() {
+        ledger::check_free(&ledger_path, existing)?;
+    }
     // The state is local: one of another system refuses the run before
-    // anything is asked.
-    let state = open_state(&args.sync, &credentials.root)?;
+    // anything is asked. A plan reads it and never writes it.
+    let state = match (&args.sync.state, &plan) {
+        (Some(path), Some(_)) => SyncState::open_read_only(path, &credentials.root)?,
+        _ => open_state(&args.sync, &credentials.root)?,
+    };
     // The customers the state knows: the guard's whole (0: a first night).
     let known = state.as_deref().map_or(0, SyncState::customers_known);
     // One pass over the file for everything asked before the run.
@@ -461,8 +483,12 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
     let options = input.mapping.source_options()?;
     let survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
     // Guards for a job nobody watches, before anything is asked or sent.
-    guard_changes(known, &survey, args.sync.max_changes)?;
-    let notes = header_notes(state.as_deref(), input.source.header());
+    let guarded = guard_changes(known, &survey, args.sync.max_changes);
+    let mut notes = header_notes(state.as_deref(), input.source.header());
+    match guarded {
+        Err(e) if plan.is_some() => notes.insert(0, format!("run would stop here (exit 2): {e}")),
+        guarded => guarded?,
+    }
     for note in &notes {
         eprintln!("note: {note}");
     }
@@ -504,7 +530,13 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
             crate::exit::Stopped("stopped by a signal before anything was sent".into()).into(),
         );
     }
-    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
+    let (ledger, noted) = match plan {
+        Some(sink) => (
+            Ledger::in_memory(sink),
+            Some(Arc::new(pipeline::Noted::default())),
+        ),
+        None => (Ledger::create(&ledger_path, header, existing, "run")?, None),
+    };
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
     Ok(Job {
@@ -520,6 +552,7 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         sandbox,
         planning: None,
         notes,
+        plan: noted,
     })
 }
 
@@ -700,6 +733,7 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         sandbox: None,
         planning: Some(planning),
         notes: Vec::new(),
+        plan: None,
     })
 }
 
@@ -716,6 +750,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         sandbox,
         planning,
         notes,
+        plan,
         ..
     } = job;
     let abort = Arc::new(Abort::default());
@@ -746,6 +781,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         max_failures: pace.max_failures,
         max_failure_rate: pace.max_failure_rate,
         rows: pilot,
+        plan: plan.clone(),
     };
     let started = Instant::now();
     let end = pipeline::run(
@@ -774,6 +810,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         sandbox,
         planning,
         notes,
+        plan,
     }
 }
 

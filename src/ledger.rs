@@ -371,12 +371,28 @@ pub enum Existing {
 
 type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
-/// The writing side of a ledger, holding its lock.
+/// Where a ledger's lines go: its file (written, then synced), or for
+/// `plan` a reader in memory that keeps what it needs and writes nothing.
+pub trait Sink: Send + 'static {
+    /// Appends whole lines; on return they are as durable as the sink makes
+    /// them.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()>;
+}
+
+impl Sink for File {
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        self.write_all(lines)?;
+        self.sync_data()
+    }
+}
+
+/// The writing side of a ledger, holding its lock (a ledger in memory has
+/// none).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     path: PathBuf,
     tx: std::sync::mpsc::Sender<Job>,
-    _lock: std::sync::Arc<LedgerLock>,
+    _lock: Option<std::sync::Arc<LedgerLock>>,
 }
 
 impl Ledger {
@@ -425,7 +441,13 @@ impl Ledger {
         line.push(b'\n');
         file.write_all(&line).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(Ledger::spawn(path, file, lock))
+        Ok(Ledger::spawn(path, Box::new(file), Some(lock)))
+    }
+
+    /// A ledger whose lines go to `sink` and to no file (`plan`: the run's
+    /// outcomes are read back as they come, nothing is kept on disk).
+    pub fn in_memory(sink: Box<dyn Sink>) -> Ledger {
+        Ledger::spawn(Path::new("(in memory)"), sink, None)
     }
 
     /// Opens an existing ledger for appending (retry), under its lock.
@@ -438,17 +460,17 @@ impl Ledger {
             .append(true)
             .open(path)
             .map_err(io)?;
-        Ok(Ledger::spawn(path, file, lock))
+        Ok(Ledger::spawn(path, Box::new(file), Some(lock)))
     }
 
-    fn spawn(path: &Path, file: File, lock: LedgerLock) -> Ledger {
+    fn spawn(path: &Path, file: Box<dyn Sink>, lock: Option<LedgerLock>) -> Ledger {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let display = path.display().to_string();
         std::thread::spawn(move || writer(file, rx, display));
         Ledger {
             path: path.into(),
             tx,
-            _lock: std::sync::Arc::new(lock),
+            _lock: lock.map(std::sync::Arc::new),
         }
     }
 
@@ -485,7 +507,7 @@ impl Ledger {
 /// The writer thread: drains what is queued, writes it, syncs once, acks
 /// all. After an error every later job fails: nothing is sent that cannot
 /// be recorded.
-fn writer(mut file: File, rx: std::sync::mpsc::Receiver<Job>, path: String) {
+fn writer(mut file: Box<dyn Sink>, rx: std::sync::mpsc::Receiver<Job>, path: String) {
     let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -497,7 +519,7 @@ fn writer(mut file: File, rx: std::sync::mpsc::Receiver<Job>, path: String) {
             for (bytes, _) in &jobs {
                 buf.extend_from_slice(bytes);
             }
-            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+            if let Err(e) = file.append(&buf) {
                 tracing::error!(ledger = %path, error = %e, "Cannot write the ledger.");
                 failed = Some(e.to_string());
             }

@@ -31,6 +31,7 @@ pub mod needs;
 pub mod outcomes;
 pub mod pace;
 pub mod pipeline;
+pub mod plan;
 pub mod preflight;
 pub mod progress;
 pub mod reasons;

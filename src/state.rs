@@ -110,6 +110,10 @@ pub struct SyncState {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The first write that failed, if any: the run ends with an error.
     failed: Arc<Mutex<Option<String>>>,
+    /// Opened for `plan`: read as a run reads it, never written (what is
+    /// learnt is dropped, what must be written first is answered as the
+    /// write would answer).
+    read_only: bool,
 }
 
 /// The state's format version.
@@ -278,7 +282,76 @@ impl SyncState {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             failed,
+            read_only: false,
         }))
+    }
+
+    /// Opens the state at `path` for reading only (`plan`): the same
+    /// checks of its system and version, no file created, nothing ever
+    /// written. `None` when there is no state there yet (a run would begin
+    /// an empty one: it knows nothing).
+    pub fn open_read_only(path: &Path, system: &str) -> Result<Option<Arc<SyncState>>, StateError> {
+        let display = path.display().to_string();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let sql = |source| StateError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        // A state no run has open (no `-wal` beside it) is read as an
+        // immutable file: SQLite then creates no `-wal`/`-shm` beside it,
+        // so the plan leaves the folder as it found it. One a run is
+        // writing is read through the files that run keeps.
+        let conn = if Path::new(&wal).exists() {
+            Connection::open_with_flags(path, flags)
+        } else {
+            let escaped = path
+                .to_string_lossy()
+                .replace('%', "%25")
+                .replace('?', "%3f")
+                .replace('#', "%23");
+            Connection::open_with_flags(
+                format!("file:{escaped}?immutable=1"),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+        }
+        .map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        let meta = |name: &str| -> Result<Option<String>, StateError> {
+            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)
+        };
+        if let Some(recorded) = meta("system")? {
+            if system_id(&recorded) != system_id(system) {
+                return Err(StateError::OtherSystem {
+                    path: display,
+                    recorded,
+                    given: system.into(),
+                });
+            }
+        }
+        if let Some(found) = meta("version")?.filter(|v| v != VERSION) {
+            return Err(StateError::Version {
+                path: display,
+                found,
+            });
+        }
+        Ok(Some(Arc::new(SyncState {
+            path: path.into(),
+            read: Mutex::new(conn),
+            tx: Mutex::new(None),
+            writer: Mutex::new(None),
+            failed: Arc::new(Mutex::new(None)),
+            read_only: true,
+        })))
     }
 
     /// Where it is.
@@ -358,6 +431,9 @@ impl SyncState {
 
     /// Records the file's columns (names only: no customer data).
     pub fn set_header(&self, header: &[String]) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
         let text = serde_json::to_string(header).unwrap_or_default();
         self.write_now(|c, _| {
             c.prepare_cached("INSERT INTO meta (name, value) VALUES ('header', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
@@ -403,6 +479,10 @@ impl SyncState {
         hash: KeyHash,
         track: bool,
     ) -> Result<bool, StateError> {
+        if self.read_only {
+            // What the write would answer: new unless the state holds it.
+            return Ok(track || !self.has_feed(customer_id, hash));
+        }
         self.write_now(|c, at| {
             if track {
                 track_feed(c, customer_id, at)?;
@@ -414,6 +494,9 @@ impl SyncState {
     /// Takes back [`SyncState::will_send_feed`]: the call was refused, so
     /// nothing was created.
     pub fn feed_not_sent(&self, customer_id: i64, hash: KeyHash) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
         self.write_now(|c, at| {
             let gone = c
                 .prepare_cached("DELETE FROM feed WHERE customer_id = ?1 AND hash = ?2")?

@@ -67,6 +67,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         max_failures: None,
         max_failure_rate: None,
         rows: None,
+        plan: None,
     };
     let end = pipeline::run(
         rows,
@@ -211,6 +212,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         max_failures: None,
         max_failure_rate: None,
         rows: None,
+        plan: None,
     };
     let end = pipeline::run(
         rows,

@@ -31,6 +31,7 @@ pub mod field_groups;
 pub mod keys;
 pub mod payload;
 pub mod system;
+pub mod would;
 
 use std::future::Future;
 

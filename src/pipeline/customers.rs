@@ -609,7 +609,7 @@ impl api::Batch for CreateBatch<'_> {
             .iter()
             .filter_map(|r| r.payloads.customer.as_ref())
             .collect();
-        self.run.client.send(&CreateCustomers { customers }).await
+        self.run.write(&CreateCustomers { customers }).await
     }
 
     async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {
@@ -809,6 +809,25 @@ async fn find_again(
     (update, create)
 }
 
+/// What an update with `fields` would change of a customer whose values
+/// Thulium gave as `current` (none given: every field unknown).
+fn would_change(
+    fields: &crate::api::payload::Customer,
+    current: Option<&crate::current::Current>,
+) -> crate::current::Compared {
+    let payload = serde_json::to_value(fields).unwrap_or_default();
+    match current {
+        Some(current) => crate::current::compare(&payload, current),
+        None => crate::current::Compared {
+            changes: Vec::new(),
+            unknown: crate::current::flatten(&payload)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect(),
+        },
+    }
+}
+
 struct UpdateBatch<'a> {
     run: &'a Run,
     settled: Mutex<Vec<(MappedRow, CustomerState)>>,
@@ -826,14 +845,18 @@ impl api::Batch for UpdateBatch<'_> {
         let updates: Vec<CustomerUpdate> = rows
             .iter()
             .filter_map(|r| {
+                let fields = update_fields(self.run, r)?;
+                self.run.note(r.id.row, || {
+                    super::Note::Customer(would_change(&fields, r.current.as_ref()))
+                });
                 Some(CustomerUpdate {
                     customer_id: r.update_of?,
-                    fields: update_fields(self.run, r)?,
+                    fields,
                 })
             })
             .collect();
         let customers = updates.iter().collect();
-        self.run.client.send(&UpdateCustomers { customers }).await
+        self.run.write(&UpdateCustomers { customers }).await
     }
 
     async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {

@@ -418,7 +418,7 @@ impl api::Batch for CampaignBatch<'_> {
             campaign_id: self.campaign_id,
             records,
         };
-        self.run.client.send(&endpoint).await
+        self.run.write(&endpoint).await
     }
 
     async fn settle(&self, records: Vec<PendingRecord>, call: Call<Self::Answer>) {
@@ -695,6 +695,16 @@ async fn place_item(
             return create_item(run, id, customer_id, item).await;
         }
         (ItemChoice::Update(item_id), ItemMode::Upsert) => {
+            run.note(id.row, || super::Note::Item {
+                index: item.index,
+                group_id: item.group_id,
+                created: false,
+                changes: found
+                    .iter()
+                    .find(|f| f.item_id == item_id)
+                    .map(|f| f.differs(&item.values))
+                    .unwrap_or_default(),
+            });
             return update_item(run, ev, item_id, item).await;
         }
         (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {
@@ -737,6 +747,18 @@ fn item_event(id: RowId, item: &ItemPayload, customer_id: i64) -> crate::ledger:
 /// Creates an item (`POST customer_field_group_items`, not idempotent:
 /// an intent first), remembered in the state with its id.
 async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload) {
+    run.note(id.row, || super::Note::Item {
+        index: item.index,
+        group_id: item.group_id,
+        created: true,
+        changes: crate::api::field_groups::FoundItem {
+            item_id: 0,
+            group_id: None,
+            customer_id: None,
+            values: Vec::new(),
+        }
+        .differs(&item.values),
+    });
     let part = run.matching.group_part(item.index);
     let hash = item_hash(item);
     let endpoint = CreateItem {
@@ -766,8 +788,7 @@ async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload)
 /// forgotten, and `retry` places the block again.
 async fn update_item(run: &Run, ev: crate::ledger::RowEvent, item_id: i64, item: &ItemPayload) {
     let call = run
-        .client
-        .send(&UpdateItem {
+        .write(&UpdateItem {
             item_id,
             values: &item.values,
         })
