@@ -287,7 +287,7 @@ fn scan<R: std::io::Read>(
                 let unchanged = || {
                     let state = wanted.state?;
                     let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
-                    let hash = crate::hash::payload_hash(&pipeline::customer_update(
+                    let hash = crate::hash::payload_hash(&pipeline::customer_shape(
                         upsert.as_ref(),
                         &payloads,
                     )?);
@@ -317,7 +317,7 @@ fn count_change(
     let Some(id) = row_keys.hashes().find_map(|(_, h)| state.customer_of(h)) else {
         return;
     };
-    let Some(update) = pipeline::customer_update(upsert, payloads) else {
+    let Some(update) = pipeline::customer_shape(upsert, payloads) else {
         return;
     };
     let Some((sent, _)) = state.part(id, "customer") else {

@@ -124,6 +124,8 @@ pub struct ItemPayload {
     /// `[[field_group]] match`: the field ids whose values identify the
     /// item among the customer's (empty: the block has no such key).
     pub match_ids: Vec<i64>,
+    /// The values whose `update` is not `always` (an item that exists).
+    pub policies: Vec<(i64, Policy)>,
 }
 
 /// How a field-group item is sent.
@@ -284,6 +286,8 @@ struct FieldGroupPlan {
     group_id: i64,
     values: Vec<(i64, usize)>,
     match_ids: Vec<i64>,
+    /// The values whose `update` is not `always`.
+    policies: Vec<(i64, Policy)>,
 }
 
 #[derive(Debug)]
@@ -360,6 +364,78 @@ pub struct Upsert {
     pub on_match: OnMatch,
     pub on_missing: OnMissing,
     pub clear_empty: bool,
+    /// The fields an update leaves alone, or sends only to an empty value.
+    pub policies: Policies,
+}
+
+/// `update = ...` of a field: what an update of a customer (or an item)
+/// that exists does with it. A created customer gets every field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Sent with every update (the default).
+    #[default]
+    Always,
+    /// Sent only while Thulium's value is empty: the contact center's
+    /// value, once there, is never overwritten.
+    IfEmpty,
+    /// Sent on creation only.
+    Never,
+}
+
+impl Policy {
+    /// The message of a value that is none of them.
+    pub const EXPECTED: &'static str =
+        "update must be \"always\" (the default), \"if_empty\" or \"never\"";
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        Some(match s {
+            "always" => Policy::Always,
+            "if_empty" => Policy::IfEmpty,
+            "never" => Policy::Never,
+            _ => return None,
+        })
+    }
+
+    /// As the mapping writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Always => "always",
+            Policy::IfEmpty => "if_empty",
+            Policy::Never => "never",
+        }
+    }
+}
+
+/// The customer fields whose `update` is not `always`, by the names
+/// [`crate::current::flatten`] gives them (`note`, `custom_fields.Segment`,
+/// `address.city`). Empty for a mapping without policies: its updates,
+/// and the sync state's hashes of them, are what they always were.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies(pub Vec<(String, Policy)>);
+
+impl Policies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `[customer] on_gone`: a customer an earlier file of the job brought
+/// that a complete file no longer has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OnGone {
+    /// Left as it is (the default).
+    #[default]
+    Keep,
+    /// Listed in the ledger (`"action": "gone"`), nothing sent.
+    Report,
+    /// `DELETE customers/:id`.
+    Delete,
+    /// One custom field set (`PUT batch/customers`), e.g. a status.
+    Mark { custom_field: String, value: String },
+}
+
+impl OnGone {
+    pub const EXPECTED: &'static str = "on_gone must be \"keep\" (the default), \"report\", \"delete\" or { custom_field = \"Name\", value = \"...\" }";
 }
 
 /// A mapping compiled against a header: ready to map rows.
@@ -388,6 +464,10 @@ pub struct Plan {
     feed: Option<(usize, FeedPlan)>,
     /// `[feed] on_match`.
     feed_on_match: FeedOnMatch,
+    /// `[customer] on_gone`.
+    on_gone: OnGone,
+    /// `[source] job`, when given.
+    job: Option<String>,
 }
 
 /// Columns of a failed-rows CSV written by `report --failed-csv`:
@@ -520,6 +600,16 @@ impl Plan {
     /// before the run when no sync state proves it unsent.
     pub fn feed_on_match(&self) -> FeedOnMatch {
         self.feed_on_match
+    }
+
+    /// `[customer] on_gone`.
+    pub fn on_gone(&self) -> &OnGone {
+        &self.on_gone
+    }
+
+    /// `[source] job`, when the mapping names one.
+    pub fn job(&self) -> Option<&str> {
+        self.job.as_deref()
     }
 
     /// How the sync state and a failed-rows CSV's `_done` name each
@@ -894,6 +984,7 @@ impl Plan {
                     values,
                     mode: ItemMode::Create,
                     match_ids: g.match_ids.clone(),
+                    policies: g.policies.clone(),
                 });
             }
         }
