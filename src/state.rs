@@ -16,6 +16,10 @@
 //!   has seen (created by a run that kept it), with how many messages it
 //!   holds for them: only for those can it prove a message unsent (the API
 //!   cannot list feed records), and only while that count matches its rows;
+//! - `seen`: per job (`[source] job`, by default the mapping file) the
+//!   match keys (hashes) of the customers its files brought, with the
+//!   customer's id and the file (its SHA-256) and time that last brought
+//!   each: what `on_gone` compares a complete file with (version 2);
 //! - `meta`: the system's URL (a state belongs to one system) and the
 //!   format's version.
 //!
@@ -112,8 +116,13 @@ pub struct SyncState {
     failed: Arc<Mutex<Option<String>>>,
 }
 
-/// The state's format version.
-pub const VERSION: &str = "1";
+/// The state's format version: 2 added `seen` (a version 1 state is
+/// brought up to it when opened: the table is created, nothing else
+/// changes).
+pub const VERSION: &str = "2";
+
+/// The versions this tool opens, and brings up to [`VERSION`].
+const OLDER: &[&str] = &["1"];
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -137,6 +146,11 @@ CREATE TABLE IF NOT EXISTS fields (
 CREATE TABLE IF NOT EXISTS feed_customers (
     customer_id INTEGER PRIMARY KEY, sent INTEGER NOT NULL, synced_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    job TEXT NOT NULL, key BLOB NOT NULL, customer_id INTEGER NOT NULL,
+    file_sha256 TEXT NOT NULL, seen_at TEXT NOT NULL, PRIMARY KEY (job, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_customer ON seen (job, customer_id);
 ";
 
 /// Records a feed message as sent (and, for a tracked customer, counts it).
@@ -251,11 +265,22 @@ impl SyncState {
                     })
                     .optional()
                     .map_err(sql)?;
-                if let Some(found) = version.filter(|v| v != VERSION) {
-                    return Err(StateError::Version {
-                        path: display,
-                        found,
-                    });
+                match version {
+                    Some(v) if OLDER.contains(&v.as_str()) => {
+                        // The schema above created what is new.
+                        conn.execute(
+                            "UPDATE meta SET value = ?1 WHERE name = 'version'",
+                            params![VERSION],
+                        )
+                        .map_err(sql)?;
+                    }
+                    Some(found) if found != VERSION => {
+                        return Err(StateError::Version {
+                            path: display,
+                            found,
+                        });
+                    }
+                    _ => {}
                 }
             }
             None => {
@@ -362,6 +387,48 @@ impl SyncState {
         self.write_now(|c, _| {
             c.prepare_cached("INSERT INTO meta (name, value) VALUES ('header', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
                 .execute(params![text])?;
+            Ok(())
+        })
+    }
+
+    /// The customers earlier files of `job` brought: each match key's hash
+    /// with its customer's id.
+    pub fn seen(&self, job: &str) -> Vec<(i64, KeyHash)> {
+        self.query(|c| {
+            let mut stmt = c.prepare_cached("SELECT customer_id, key FROM seen WHERE job = ?1")?;
+            let rows = stmt.query_map(params![job], |r| {
+                let h: Vec<u8> = r.get(1)?;
+                let mut b = [0u8; 16];
+                if h.len() == 16 {
+                    b.copy_from_slice(&h);
+                }
+                Ok((r.get::<_, i64>(0)?, u128::from_be_bytes(b)))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Records that a file of `job` (its SHA-256) brought these customers
+    /// (key hash → id), and forgets the customers `gone` names (deleted or
+    /// marked: handled). One transaction, on disk when it returns.
+    pub fn record_seen(
+        &self,
+        job: &str,
+        file_sha256: &str,
+        brought: &[(KeyHash, i64)],
+        gone: &[i64],
+    ) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            let mut insert = c.prepare_cached("INSERT INTO seen (job, key, customer_id, file_sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, key) DO UPDATE SET customer_id = excluded.customer_id, file_sha256 = excluded.file_sha256, seen_at = excluded.seen_at")?;
+            for (key, customer_id) in brought {
+                insert.execute(params![job, blob(*key), customer_id, file_sha256, at])?;
+            }
+            let mut forget =
+                c.prepare_cached("DELETE FROM seen WHERE job = ?1 AND customer_id = ?2")?;
+            for customer_id in gone {
+                forget.execute(params![job, customer_id])?;
+            }
             Ok(())
         })
     }

@@ -724,11 +724,31 @@ impl Plan {
     /// from its cells without building its payloads; empty without `match`
     /// or when the customer stage does not run for the row.
     pub fn key_hashes(&self, cells: CellsRef<'_>) -> Vec<(SearchKey, crate::hash::KeyHash)> {
+        self.match_key_hashes(cells, true).unwrap_or_default()
+    }
+
+    /// Who a row is, whatever its `when`: the hashes of its match-key
+    /// values (empty without `match`), for telling which customers a file
+    /// has (`on_gone`). `Err(())` when a key's cell cannot be read as its
+    /// value (the row's customer is then not known).
+    pub fn file_key_hashes(&self, cells: CellsRef<'_>) -> Result<Vec<crate::hash::KeyHash>, ()> {
+        Ok(self
+            .match_key_hashes(cells, false)?
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect())
+    }
+
+    fn match_key_hashes(
+        &self,
+        cells: CellsRef<'_>,
+        when: bool,
+    ) -> Result<Vec<(SearchKey, crate::hash::KeyHash)>, ()> {
         let (Some(upsert), Some((stage, c))) = (&self.upsert, &self.customer) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        if !self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
-            return Vec::new();
+        if when && !self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
+            return Ok(Vec::new());
         }
         let mut out = Vec::new();
         for key in &upsert.keys {
@@ -744,8 +764,12 @@ impl Plan {
                     .find(|(f, _)| f.key() == other.name())
                     .map(|(_, s)| *s),
             };
-            let Some(Ok(Some(value))) = slot.map(|s| self.specs[s].eval(cells, self.trim)) else {
-                continue;
+            let value = match slot.map(|s| self.specs[s].eval(cells, self.trim)) {
+                Some(Ok(Some(value))) => value,
+                // Who the row is must be known for `on_gone`; a lookup
+                // goes by the keys it can read.
+                Some(Err(_)) if !when => return Err(()),
+                _ => continue,
             };
             let values = match value {
                 Value::Array(items) => items,
@@ -758,7 +782,7 @@ impl Plan {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// [`Plan::validate`] on borrowed cells (a row decoded in place).
