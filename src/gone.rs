@@ -47,12 +47,12 @@ pub struct FileKeys {
 }
 
 impl FileKeys {
-    /// One row's keys, or `Err` when they cannot be read.
-    pub fn add(&mut self, keys: Result<Vec<KeyHash>, ()>) {
+    /// One row's keys, or `None` when they cannot be read.
+    pub fn add(&mut self, keys: Option<Vec<KeyHash>>) {
         self.rows += 1;
         match keys {
-            Ok(keys) => self.keys.extend(keys),
-            Err(()) => self.unidentified += 1,
+            Some(keys) => self.keys.extend(keys),
+            None => self.unidentified += 1,
         }
     }
 

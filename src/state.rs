@@ -740,4 +740,46 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_version_1_state_is_brought_up_to_version_2_and_keeps_what_it_knew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        s.learn(Learnt::Key {
+            key: 7,
+            customer_id: 13,
+        });
+        s.flush().unwrap();
+        drop(s);
+        // As version 1 left it: no `seen`, version "1".
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE seen; UPDATE meta SET value = '1' WHERE name = 'version';")
+            .unwrap();
+        drop(conn);
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        assert_eq!(s.customer_of(7), Some(13));
+        assert!(s.seen("job").is_empty());
+        s.record_seen("job", "sha", &[(7, 13), (8, 14)], &[])
+            .unwrap();
+        s.record_seen("job", "sha2", &[], &[14]).unwrap();
+        assert_eq!(s.seen("job"), vec![(13, 7)]);
+        assert!(s.seen("other").is_empty());
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE name = 'version'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, VERSION);
+        // A newer format is still refused.
+        conn.execute("UPDATE meta SET value = '9' WHERE name = 'version'", [])
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            SyncState::open(&path, "https://a.thulium.com"),
+            Err(StateError::Version { .. })
+        ));
+    }
 }

@@ -729,14 +729,11 @@ impl Plan {
 
     /// Who a row is, whatever its `when`: the hashes of its match-key
     /// values (empty without `match`), for telling which customers a file
-    /// has (`on_gone`). `Err(())` when a key's cell cannot be read as its
+    /// has (`on_gone`). `None` when a key's cell cannot be read as its
     /// value (the row's customer is then not known).
-    pub fn file_key_hashes(&self, cells: CellsRef<'_>) -> Result<Vec<crate::hash::KeyHash>, ()> {
-        Ok(self
-            .match_key_hashes(cells, false)?
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect())
+    pub fn file_key_hashes(&self, cells: CellsRef<'_>) -> Option<Vec<crate::hash::KeyHash>> {
+        let keys = self.match_key_hashes(cells, false).ok()?;
+        Some(keys.into_iter().map(|(_, h)| h).collect())
     }
 
     fn match_key_hashes(

@@ -1053,6 +1053,7 @@ mod tests {
             map: Vec::new(),
             split: None,
             conv: None,
+            update: None,
         }
     }
 
