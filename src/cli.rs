@@ -136,6 +136,9 @@ pub struct SyncArgs {
     /// With a state from an earlier run: stop before sending anything (exit 2) when the file would update more than this many of the customers the state knows, as a number or a share (`50%`, the default): a guard against a broken export in a job nobody watches.
     #[arg(long, value_name = "N|P%", default_value = "50%")]
     pub max_changes: Share,
+    /// With [customer] on_gone and a state: stop before sending anything (exit 2) when more than this many of the customers earlier files of the job brought are missing from the file, as a number or a share (`10%`, the default): a guard against deleting what a broken export hides.
+    #[arg(long, value_name = "N|P%", default_value = "10%")]
+    pub max_gone: Share,
 }
 
 /// A count (`200`) or a share (`10%`) of a whole.

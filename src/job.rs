@@ -55,6 +55,9 @@ pub struct Job {
     pub notes: Vec<String>,
     /// `plan`: the writes the run would send, noted instead.
     pub plan: Option<Arc<pipeline::Noted>>,
+    /// `[customer] on_gone` with `--state`: the customers gone from the
+    /// file, handled once the run has read it whole.
+    pub gone: Option<crate::gone::Night>,
 }
 
 impl std::fmt::Debug for Job {
@@ -96,6 +99,8 @@ pub struct Survey {
     /// no longer send a field they sent.
     pub changed: std::collections::BTreeMap<String, u64>,
     pub dropped_fields: u64,
+    /// Who the file's rows are (their match keys' hashes), for `on_gone`.
+    pub file: crate::gone::FileKeys,
 }
 
 /// What the survey is to count.
@@ -110,6 +115,9 @@ pub struct SurveyFor<'a> {
     pub changes: bool,
     pub state: Option<&'a SyncState>,
     pub full: bool,
+    /// Collect the rows' match keys (with `--state`: which customers the
+    /// file has, for `on_gone`).
+    pub keys: bool,
 }
 
 /// One pass over the source: its SHA-256 as the bytes go by, and, from
@@ -143,7 +151,7 @@ fn survey_reader(
         named,
         ..Survey::default()
     };
-    if !wanted.campaigns && !wanted.lookups && !wanted.changes {
+    if !wanted.campaigns && !wanted.lookups && !wanted.changes && !wanted.keys {
         survey.sha256 = match reader {
             Some(mut r) => {
                 let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
@@ -157,7 +165,7 @@ fn survey_reader(
     if crate::source::is_spreadsheet(path) {
         survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
         let mut source = crate::source::Source::open(path, options)?;
-        scan(&mut source, plan, wanted, &mut survey);
+        survey.file.read_all = scan(&mut source, plan, wanted, &mut survey);
         return Ok(survey);
     }
     let hasher = Arc::new(Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
@@ -170,7 +178,8 @@ fn survey_reader(
         hasher: hasher.clone(),
     };
     let mut source = crate::source::Source::from_reader(reader, path, options)?;
-    if scan(&mut source, plan, wanted, &mut survey) {
+    survey.file.read_all = scan(&mut source, plan, wanted, &mut survey);
+    if survey.file.read_all {
         let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|e| e.into_inner()));
         survey.sha256 = format!("{:x}", sha2::Digest::finalize(digest));
     } else {
@@ -251,7 +260,15 @@ fn scan<R: std::io::Read>(
     let upsert = plan.upsert().cloned();
     while let Some(row) = source.next_row() {
         let Ok(row) = row else { return false };
-        let Ok(row) = row else { continue };
+        let Ok(row) = row else {
+            survey.file.add_unreadable();
+            continue;
+        };
+        if wanted.keys {
+            survey.file.add(plan.file_key_hashes(row.cells.view()));
+        } else {
+            survey.file.rows += 1;
+        }
         let Ok(payloads) = plan.map_row(&row) else {
             continue;
         };
@@ -294,7 +311,7 @@ fn scan<R: std::io::Read>(
                 let unchanged = || {
                     let state = wanted.state?;
                     let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
-                    let hash = crate::hash::payload_hash(&pipeline::customer_update(
+                    let hash = crate::hash::payload_hash(&pipeline::customer_shape(
                         upsert.as_ref(),
                         &payloads,
                     )?);
@@ -324,7 +341,7 @@ fn count_change(
     let Some(id) = row_keys.hashes().find_map(|(_, h)| state.customer_of(h)) else {
         return;
     };
-    let Some(update) = pipeline::customer_update(upsert, payloads) else {
+    let Some(update) = pipeline::customer_shape(upsert, payloads) else {
         return;
     };
     let Some((sent, _)) = state.part(id, "customer") else {
@@ -479,9 +496,10 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
         changes: known > 0,
         state: state.as_deref(),
         full: args.sync.full,
+        keys: state.is_some(),
     };
     let options = input.mapping.source_options()?;
-    let survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
+    let mut survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
     // Guards for a job nobody watches, before anything is asked or sent.
     let guarded = guard_changes(known, &survey, args.sync.max_changes);
     let mut notes = header_notes(state.as_deref(), input.source.header());
@@ -489,6 +507,22 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
         Err(e) if plan.is_some() => notes.insert(0, format!("run would stop here (exit 2): {e}")),
         guarded => guarded?,
     }
+    let gone = crate::gone::Night::prepare(
+        &input.plan,
+        &args.mapping,
+        state.as_ref(),
+        std::mem::take(&mut survey.file),
+        &survey.sha256,
+        args.limit.is_some(),
+        args.sync.max_gone,
+    );
+    let gone = match gone {
+        Err(e) if plan.is_some() => {
+            notes.insert(0, format!("run would stop here (exit 2): {e}"));
+            None
+        }
+        gone => gone?,
+    };
     for note in &notes {
         eprintln!("note: {note}");
     }
@@ -553,6 +587,7 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
         planning: None,
         notes,
         plan: noted,
+        gone,
     })
 }
 
@@ -734,6 +769,9 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         planning: Some(planning),
         notes: Vec::new(),
         plan: None,
+        // Gone customers are a new file's question: a retry continues one
+        // already asked.
+        gone: None,
     })
 }
 
@@ -751,8 +789,10 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         planning,
         notes,
         plan,
+        gone,
         ..
     } = job;
+    let gone_ledger = gone.as_ref().map(|_| ledger.clone());
     let abort = Arc::new(Abort::default());
     // Stop signals are listened to from the command's start (see
     // `signals`); from here the first one stops the run cleanly.
@@ -784,16 +824,29 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         plan: plan.clone(),
     };
     let started = Instant::now();
-    let end = pipeline::run(
+    let batch_size = limits.batch_size;
+    let mut end = pipeline::run(
         rows,
         client.clone(),
         ledger,
         limits,
-        abort,
+        abort.clone(),
         progress_state.clone(),
         matching,
     )
     .await;
+    // Customers gone from the file: once it is known to be read whole
+    // (a plan only says what the run would do with them).
+    let mut notes = notes;
+    if plan.is_some() {
+        notes.extend(gone.as_ref().and_then(|n| n.planned()));
+    } else if let (Some(night), Some(ledger)) = (gone, gone_ledger) {
+        if let Err(e) = night.finish(&end, &client, &ledger, batch_size).await {
+            // The state would lag what was done (exit 3).
+            end.aborted
+                .get_or_insert_with(|| format!("customers gone from the file: {e}"));
+        }
+    }
     let elapsed = started.elapsed();
     ticker.abort();
     stopper.done();

@@ -5,7 +5,8 @@
 //! Line 1 is a header (source and mapping with their SHA-256, tool version);
 //! then `row` events (one row, one stage, one status), `intent` events (rows
 //! about to be sent in a call that is not idempotent) and a final `end`
-//! event. Writes go through one thread that batches whatever is queued into
+//! event, after which `gone` events may follow (customers in no row of a
+//! complete file: `[customer] on_gone`). Writes go through one thread that batches whatever is queued into
 //! one write and one `fsync` (group commit), and a caller waits for its
 //! entries to be durable before it sends anything that depends on them.
 //!
@@ -127,10 +128,19 @@ pub enum Action {
     /// the API cannot change, a feed message that no state proves unsent.
     /// `ok`, because sending again would not help; the message says why.
     Kept,
+    /// On a `gone` entry: a customer an earlier file of the job brought,
+    /// missing from a complete file, deleted (`on_gone = "delete"`).
+    Deleted,
+    /// On a `gone` entry: such a customer marked (`on_gone = { custom_field
+    /// = ..., value = ... }`).
+    Marked,
+    /// On a `gone` entry: such a customer listed, nothing sent
+    /// (`on_gone = "report"`).
+    Gone,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 10] = [
         Action::Created,
         Action::Updated,
         Action::Unchanged,
@@ -138,6 +148,9 @@ impl Action {
         Action::SkippedExisting,
         Action::SkippedMissing,
         Action::Kept,
+        Action::Deleted,
+        Action::Marked,
+        Action::Gone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +162,9 @@ impl Action {
             Action::SkippedExisting => "skipped_existing",
             Action::SkippedMissing => "skipped_missing",
             Action::Kept => "kept",
+            Action::Deleted => "deleted",
+            Action::Marked => "marked",
+            Action::Gone => "gone",
         }
     }
 }
@@ -246,6 +262,25 @@ pub struct Attempt {
     pub include_unknown: bool,
 }
 
+/// What became of a customer that is in no row: one an earlier file of
+/// the job brought and this complete file lacks (`[customer] on_gone`).
+/// Written after the run's `end`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GoneEvent {
+    pub customer_id: i64,
+    pub status: Option<Status>,
+    /// `deleted`, `marked` or `gone` (reported) when `ok`; what was tried
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
 /// One ledger line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -255,6 +290,8 @@ pub enum Entry {
     Row(RowEvent),
     Intent(Intent),
     End(End),
+    /// A customer gone from the export (no row: see [`GoneEvent`]).
+    Gone(GoneEvent),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod current;
 pub mod exit;
 pub mod failed_csv;
+pub mod gone;
 pub mod hash;
 pub mod identity;
 pub mod init;

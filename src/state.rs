@@ -16,6 +16,10 @@
 //!   has seen (created by a run that kept it), with how many messages it
 //!   holds for them: only for those can it prove a message unsent (the API
 //!   cannot list feed records), and only while that count matches its rows;
+//! - `seen`: per job (`[source] job`, by default the mapping file) the
+//!   match keys (hashes) of the customers its files brought, with the
+//!   customer's id and the file (its SHA-256) and time that last brought
+//!   each: what `on_gone` compares a complete file with (version 2);
 //! - `meta`: the system's URL (a state belongs to one system) and the
 //!   format's version.
 //!
@@ -116,8 +120,13 @@ pub struct SyncState {
     read_only: bool,
 }
 
-/// The state's format version.
-pub const VERSION: &str = "1";
+/// The state's format version: 2 added `seen` (a version 1 state is
+/// brought up to it when opened: the table is created, nothing else
+/// changes).
+pub const VERSION: &str = "2";
+
+/// The versions this tool opens, and brings up to [`VERSION`].
+const OLDER: &[&str] = &["1"];
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -141,6 +150,11 @@ CREATE TABLE IF NOT EXISTS fields (
 CREATE TABLE IF NOT EXISTS feed_customers (
     customer_id INTEGER PRIMARY KEY, sent INTEGER NOT NULL, synced_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    job TEXT NOT NULL, key BLOB NOT NULL, customer_id INTEGER NOT NULL,
+    file_sha256 TEXT NOT NULL, seen_at TEXT NOT NULL, PRIMARY KEY (job, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_customer ON seen (job, customer_id);
 ";
 
 /// Records a feed message as sent (and, for a tracked customer, counts it).
@@ -255,11 +269,22 @@ impl SyncState {
                     })
                     .optional()
                     .map_err(sql)?;
-                if let Some(found) = version.filter(|v| v != VERSION) {
-                    return Err(StateError::Version {
-                        path: display,
-                        found,
-                    });
+                match version {
+                    Some(v) if OLDER.contains(&v.as_str()) => {
+                        // The schema above created what is new.
+                        conn.execute(
+                            "UPDATE meta SET value = ?1 WHERE name = 'version'",
+                            params![VERSION],
+                        )
+                        .map_err(sql)?;
+                    }
+                    Some(found) if found != VERSION => {
+                        return Err(StateError::Version {
+                            path: display,
+                            found,
+                        });
+                    }
+                    _ => {}
                 }
             }
             None => {
@@ -438,6 +463,48 @@ impl SyncState {
         self.write_now(|c, _| {
             c.prepare_cached("INSERT INTO meta (name, value) VALUES ('header', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
                 .execute(params![text])?;
+            Ok(())
+        })
+    }
+
+    /// The customers earlier files of `job` brought: each match key's hash
+    /// with its customer's id.
+    pub fn seen(&self, job: &str) -> Vec<(i64, KeyHash)> {
+        self.query(|c| {
+            let mut stmt = c.prepare_cached("SELECT customer_id, key FROM seen WHERE job = ?1")?;
+            let rows = stmt.query_map(params![job], |r| {
+                let h: Vec<u8> = r.get(1)?;
+                let mut b = [0u8; 16];
+                if h.len() == 16 {
+                    b.copy_from_slice(&h);
+                }
+                Ok((r.get::<_, i64>(0)?, u128::from_be_bytes(b)))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Records that a file of `job` (its SHA-256) brought these customers
+    /// (key hash → id), and forgets the customers `gone` names (deleted or
+    /// marked: handled). One transaction, on disk when it returns.
+    pub fn record_seen(
+        &self,
+        job: &str,
+        file_sha256: &str,
+        brought: &[(KeyHash, i64)],
+        gone: &[i64],
+    ) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            let mut insert = c.prepare_cached("INSERT INTO seen (job, key, customer_id, file_sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, key) DO UPDATE SET customer_id = excluded.customer_id, file_sha256 = excluded.file_sha256, seen_at = excluded.seen_at")?;
+            for (key, customer_id) in brought {
+                insert.execute(params![job, blob(*key), customer_id, file_sha256, at])?;
+            }
+            let mut forget =
+                c.prepare_cached("DELETE FROM seen WHERE job = ?1 AND customer_id = ?2")?;
+            for customer_id in gone {
+                forget.execute(params![job, customer_id])?;
+            }
             Ok(())
         })
     }
@@ -755,5 +822,47 @@ mod tests {
             e.to_string().contains("belongs to https://a.thulium.com"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_version_1_state_is_brought_up_to_version_2_and_keeps_what_it_knew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        s.learn(Learnt::Key {
+            key: 7,
+            customer_id: 13,
+        });
+        s.flush().unwrap();
+        drop(s);
+        // As version 1 left it: no `seen`, version "1".
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE seen; UPDATE meta SET value = '1' WHERE name = 'version';")
+            .unwrap();
+        drop(conn);
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        assert_eq!(s.customer_of(7), Some(13));
+        assert!(s.seen("job").is_empty());
+        s.record_seen("job", "sha", &[(7, 13), (8, 14)], &[])
+            .unwrap();
+        s.record_seen("job", "sha2", &[], &[14]).unwrap();
+        assert_eq!(s.seen("job"), vec![(13, 7)]);
+        assert!(s.seen("other").is_empty());
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE name = 'version'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, VERSION);
+        // A newer format is still refused.
+        conn.execute("UPDATE meta SET value = '9' WHERE name = 'version'", [])
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            SyncState::open(&path, "https://a.thulium.com"),
+            Err(StateError::Version { .. })
+        ));
     }
 }

@@ -30,7 +30,7 @@ mod downstream;
 mod parts;
 mod would;
 
-pub use customers::customer_update;
+pub use customers::{customer_shape, customer_update, Policed};
 pub use downstream::{CampaignBatcher, CampaignChunk, PendingRecord};
 pub use would::{Note, Noted};
 
@@ -570,7 +570,7 @@ impl Run {
         }
         if let Some(hash) = hash {
             self.learn_part(customer_id, "customer", hash, None);
-            if let Some(c) = customer_update(self.matching.upsert.as_ref(), &row.payloads) {
+            if let Some(c) = customer_shape(self.matching.upsert.as_ref(), &row.payloads) {
                 let signature = crate::hash::field_signature(&crate::hash::fields_of(&c));
                 self.learn(Learnt::Fields {
                     customer_id,
