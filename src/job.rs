@@ -936,12 +936,22 @@ pub async fn preflight(
         }
     };
     preflight::check_mapping(loaded, &system)?;
+    // Only what was read is counted: agents, say, are read only for a
+    // mapping that names one.
+    let mut read = Vec::new();
+    if let Some(groups) = &system.field_groups {
+        read.push(crate::text::count(groups.len() as u64, "field group"));
+    }
+    if !system.campaigns.is_empty() {
+        read.push(crate::text::count(system.campaigns.len() as u64, "campaign"));
+    }
+    if let Some(agents) = &system.agents {
+        read.push(crate::text::count(agents.len() as u64, "agent"));
+    }
     eprintln!(
-        "Preflight: what the mapping refers to, read in {} request(s): {} field group(s), {} campaign(s), {} agent(s)",
+        "Preflight: what the mapping refers to, read in {} request(s): {}",
         system.requests,
-        system.field_groups.as_ref().map_or(0, Vec::len),
-        system.campaigns.len(),
-        system.agents.as_ref().map_or(0, Vec::len)
+        read.join(", ")
     );
     Ok(Some(Arc::new(system)))
 }
