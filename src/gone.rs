@@ -29,7 +29,7 @@ use crate::cli::Share;
 use crate::hash::KeyHash;
 use crate::ledger::{Action, Entry, GoneEvent, Ledger, Status};
 use crate::mapping::{OnGone, Plan};
-use crate::pipeline::RunEnd;
+use crate::pipeline::{Abort, RunEnd};
 use crate::state::SyncState;
 
 /// Who a file's rows are, as the survey read them: the hashes of their
@@ -124,6 +124,17 @@ pub struct Night {
     gone: Vec<i64>,
 }
 
+/// What `plan` says of the customers gone from the file: the action a run
+/// would take (`report`, `delete`, `mark`) and on whom.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Planned {
+    pub action: &'static str,
+    pub customer_ids: Vec<i64>,
+    /// The same, as the plan's note says it.
+    #[serde(skip)]
+    pub note: String,
+}
+
 impl Night {
     /// With a sync state: the customers gone from this file, checked
     /// against `--max-gone` (`max`) before anything is sent. An error
@@ -198,36 +209,64 @@ impl Night {
     }
 
     /// What a run would do with the customers gone from the file, for
-    /// `plan` (which sends nothing and leaves the state as it is).
-    pub fn planned(&self) -> Option<String> {
+    /// `plan` (which sends nothing and leaves the state as it is): `None`
+    /// when nobody is gone or the policy is `keep`.
+    pub fn planned(&self) -> Option<Planned> {
         if self.gone.is_empty() {
             return None;
         }
-        let what = match &self.policy {
+        let action = match &self.policy {
             OnGone::Keep => return None,
-            OnGone::Report => "report (leave as they are)",
+            OnGone::Report => "report",
             OnGone::Delete => "delete",
             OnGone::Mark { .. } => "mark",
         };
-        Some(format!(
+        Some(Planned {
+            action,
+            customer_ids: self.gone.clone(),
+            note: self.planned_note(),
+        })
+    }
+
+    /// [`Night::planned`] as a person reads it.
+    fn planned_note(&self) -> String {
+        let what = match &self.policy {
+            OnGone::Keep | OnGone::Report => "report (leave as they are)".to_string(),
+            OnGone::Delete => "delete".to_string(),
+            // The field is written by name, and Thulium creates a custom
+            // field it does not have: the plan shows which it would write.
+            OnGone::Mark {
+                custom_field,
+                value,
+            } => format!("mark ({custom_field} = \"{value}\")"),
+        };
+        format!(
             "on_gone: the run would {what} {} gone from this file (brought by earlier files of job \"{}\"): {}",
             crate::text::count(self.gone.len() as u64, "customer"),
             self.job,
             crate::text::join_ids(&self.gone)
-        ))
+        )
     }
 
     /// After the run: the gone customers handled (when the run read the
     /// whole file and was not stopped), each recorded as a `gone` entry,
     /// then the customers this file brought recorded in the state. An
     /// error: the state could not be written (the run is then aborted).
+    ///
+    /// `abort` is the run's: a stop signal during this step (the job layer
+    /// keeps it registered) stops it between two calls; the customers not
+    /// handled are recorded as not sent, the ledger ends `aborted` again,
+    /// and the reason is returned (`Ok(Some(..))`: the night exits 3). They
+    /// stay in the state's record of the job, so the next complete file
+    /// counts them gone again and handles them.
     pub async fn finish(
         self,
         end: &RunEnd,
         client: &ApiClient,
         ledger: &Ledger,
         batch_size: usize,
-    ) -> Result<(), String> {
+        abort: &Abort,
+    ) -> Result<Option<String>, String> {
         let complete = self.complete
             && end.aborted.is_none()
             && end.read_error.is_none()
@@ -250,15 +289,19 @@ impl Night {
             .filter_map(|k| Some((*k, self.state.customer_of(*k)?)))
             .collect();
         let mut handled = Vec::new();
+        let mut stopped = None;
         if complete && !self.gone.is_empty() {
             let events = match &self.policy {
                 OnGone::Keep => Vec::new(),
                 OnGone::Report => self.gone.iter().map(|id| self.reported(*id)).collect(),
-                OnGone::Delete => self.delete(client).await,
+                OnGone::Delete => self.delete(client, abort, &mut stopped).await,
                 OnGone::Mark {
                     custom_field,
                     value,
-                } => self.mark(client, custom_field, value, batch_size).await,
+                } => {
+                    self.mark(client, custom_field, value, batch_size, abort, &mut stopped)
+                        .await
+                }
             };
             handled = events
                 .iter()
@@ -268,12 +311,42 @@ impl Night {
                 })
                 .map(|e| e.customer_id)
                 .collect();
-            let entries: Vec<Entry> = events.into_iter().map(Entry::Gone).collect();
+            let mut entries: Vec<Entry> = events.into_iter().map(Entry::Gone).collect();
+            if let Some(why) = &stopped {
+                // The run's end was written before this step: the ledger
+                // ends again, aborted, as a run stopped mid-file does.
+                entries.push(Entry::End(crate::ledger::End {
+                    rows_read: end.rows_read,
+                    finished_at: crate::ledger::now(),
+                    aborted: Some(why.clone()),
+                    read_error: None,
+                    limit: None,
+                }));
+            }
             ledger.write(&entries).await.map_err(|e| e.to_string())?;
         }
         self.state
             .record_seen(&self.job, &self.sha256, &brought, &handled)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(stopped)
+    }
+
+    /// A gone customer not handled because the run is stopping.
+    fn not_sent(&self, customer_id: i64, action: Action, why: &str) -> GoneEvent {
+        let verb = if action == Action::Marked {
+            "marked"
+        } else {
+            "deleted"
+        };
+        self.event(
+            customer_id,
+            Status::Failed,
+            action,
+            format!(
+                "{}: not {verb}: the run stopped ({why}); the next complete file tries again",
+                self.why()
+            ),
+        )
     }
 
     fn event(
@@ -313,9 +386,22 @@ impl Night {
 
     /// `DELETE customers/:id`, one by one (the guard keeps them few); a
     /// customer already gone from Thulium (404) counts as deleted.
-    async fn delete(&self, client: &ApiClient) -> Vec<GoneEvent> {
+    /// A stop signal is honoured between two customers: the call in
+    /// flight is finished and recorded, the rest are recorded as not sent
+    /// (and `stopped` says why).
+    async fn delete(
+        &self,
+        client: &ApiClient,
+        abort: &Abort,
+        stopped: &mut Option<String>,
+    ) -> Vec<GoneEvent> {
         let mut out = Vec::with_capacity(self.gone.len());
         for &customer_id in &self.gone {
+            if let Some(why) = stopping(abort) {
+                out.push(self.not_sent(customer_id, Action::Deleted, &why));
+                stopped.get_or_insert(why);
+                continue;
+            }
             if let Err(why) = before_delete(client, customer_id).await {
                 out.push(self.event(
                     customer_id,
@@ -364,9 +450,20 @@ impl Night {
         field: &str,
         value: &str,
         batch_size: usize,
+        abort: &Abort,
+        stopped: &mut Option<String>,
     ) -> Vec<GoneEvent> {
         let mut out = Vec::with_capacity(self.gone.len());
         for chunk in self.gone.chunks(batch_size.max(1)) {
+            if let Some(why) = stopping(abort) {
+                out.extend(
+                    chunk
+                        .iter()
+                        .map(|&id| self.not_sent(id, Action::Marked, &why)),
+                );
+                stopped.get_or_insert(why);
+                continue;
+            }
             let updates: Vec<CustomerUpdate> = chunk
                 .iter()
                 .map(|&customer_id| CustomerUpdate {
@@ -433,6 +530,14 @@ impl Night {
         }
         out
     }
+}
+
+/// Why the gone step stops before its next call: the run's abort (a stop
+/// signal), once set.
+fn stopping(abort: &Abort) -> Option<String> {
+    abort
+        .is_set()
+        .then(|| abort.reason().unwrap_or_else(|| "the run was stopped".into()))
 }
 
 /// The HTTP status of a failed call, on its event.

@@ -81,7 +81,15 @@ pub struct Ran {
     pub planning: Option<Arc<Mutex<resume::Summary>>>,
     pub notes: Vec<String>,
     pub plan: Option<Arc<pipeline::Noted>>,
+    /// `plan`: what the run would do with the customers gone from the file
+    /// (`on_gone`), also said in `notes`.
+    pub gone: Option<crate::gone::Planned>,
 }
+
+/// How a note of `plan` begins when the run it plans would refuse the file
+/// before sending anything (`--max-changes`, `--max-gone`, an empty file
+/// under `on_gone`): the plan goes on, and exits 2 as the run would.
+pub const RUN_WOULD_STOP: &str = "run would stop here (exit 2): ";
 
 /// What one pass over the source tells before anything is sent.
 #[derive(Debug, Default)]
@@ -504,7 +512,7 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
     let guarded = guard_changes(known, &survey, args.sync.max_changes);
     let mut notes = header_notes(state.as_deref(), input.source.header());
     match guarded {
-        Err(e) if plan.is_some() => notes.insert(0, format!("run would stop here (exit 2): {e}")),
+        Err(e) if plan.is_some() => notes.insert(0, format!("{RUN_WOULD_STOP}{e}")),
         guarded => guarded?,
     }
     let gone = crate::gone::Night::prepare(
@@ -518,7 +526,7 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
     );
     let gone = match gone {
         Err(e) if plan.is_some() => {
-            notes.insert(0, format!("run would stop here (exit 2): {e}"));
+            notes.insert(0, format!("{RUN_WOULD_STOP}{e}"));
             None
         }
         gone => gone?,
@@ -838,13 +846,27 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
     // Customers gone from the file: once it is known to be read whole
     // (a plan only says what the run would do with them).
     let mut notes = notes;
+    let mut gone_planned = None;
     if plan.is_some() {
-        notes.extend(gone.as_ref().and_then(|n| n.planned()));
+        gone_planned = gone.as_ref().and_then(|n| n.planned());
+        notes.extend(gone_planned.as_ref().map(|p| p.note.clone()));
     } else if let (Some(night), Some(ledger)) = (gone, gone_ledger) {
-        if let Err(e) = night.finish(&end, &client, &ledger, batch_size).await {
+        // The stop-signal handler stays registered through this step: a
+        // signal stops the deletions between two calls.
+        match night
+            .finish(&end, &client, &ledger, batch_size, &abort)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                end.aborted
+                    .get_or_insert_with(|| format!("customers gone from the file: {why}"));
+            }
             // The state would lag what was done (exit 3).
-            end.aborted
-                .get_or_insert_with(|| format!("customers gone from the file: {e}"));
+            Err(e) => {
+                end.aborted
+                    .get_or_insert_with(|| format!("customers gone from the file: {e}"));
+            }
         }
     }
     let elapsed = started.elapsed();
@@ -864,6 +886,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         planning,
         notes,
         plan,
+        gone: gone_planned,
     }
 }
 

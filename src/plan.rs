@@ -59,6 +59,11 @@ pub struct Plan {
     /// What the run would say besides (`--max-changes` would stop it, the
     /// file's columns changed, ...).
     pub notes: Vec<String>,
+    /// With `--state` and `[customer] on_gone` acting: the customers gone
+    /// from the file and what the run would do with them (`report`,
+    /// `delete`, `mark`); none when nobody is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gone: Option<crate::gone::Planned>,
     /// The plan stopped before its end (a signal, a refused password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -188,7 +193,7 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<Plan> {
         .as_ref()
         .map(|n| n.take_notes())
         .unwrap_or_default();
-    let writes: BTreeMap<String, u64> = ran
+    let mut writes: BTreeMap<String, u64> = ran
         .plan
         .as_ref()
         .map(|n| n.calls())
@@ -196,6 +201,23 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<Plan> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+    // The gone step's calls: after the pipeline, one per customer deleted,
+    // one per batch marked.
+    if let Some(gone) = &ran.gone {
+        use crate::api::would::Would;
+        let n = gone.customer_ids.len() as u64;
+        let calls = match gone.action {
+            "delete" => Some((crate::api::customers::DeleteCustomer::WHAT, n)),
+            "mark" => Some((
+                crate::api::customers::UpdateCustomers::WHAT,
+                n.div_ceil(u64::from(args.pace.batch_size.max(1))),
+            )),
+            _ => None,
+        };
+        if let Some((what, n)) = calls {
+            *writes.entry(what.to_string()).or_default() += n;
+        }
+    }
     let reads = ran
         .client
         .stats
@@ -213,6 +235,7 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<Plan> {
     plan.seconds_at_rate = plan.rate.map(|r| seconds(plan.requests, r));
     plan.seconds_at_10 = seconds(plan.requests, 10.0);
     plan.notes = ran.notes.clone();
+    plan.gone = ran.gone.clone();
     plan.stopped = ran.end.aborted.clone().or(ran.end.read_error.clone());
     Ok(plan)
 }
@@ -588,12 +611,21 @@ fn print_row(out: &mut impl Write, r: &PlanRow) -> std::io::Result<()> {
 }
 
 /// The exit code of a plan, as `run`'s would be: 3 when it stopped before
-/// its end, 1 when some rows would not be done (invalid, ambiguous, a
-/// lookup failed, a stage skipped), 0 otherwise.
+/// its end, 2 when the run would refuse the file before sending anything
+/// (`--max-changes`, `--max-gone`: the plan still shows what a run allowed
+/// to go on would do, but a script that gates `run` on `plan` must not
+/// read it as a go), 1 when some rows would not be done (invalid,
+/// ambiguous, a lookup failed, a stage skipped), 0 otherwise.
 pub fn exit_of(plan: &Plan) -> Exit {
     let not_done = |a: &str| matches!(a, "invalid" | "ambiguous" | "lookup_failed" | "failed");
     if plan.stopped.is_some() {
         Exit::Aborted
+    } else if plan
+        .notes
+        .iter()
+        .any(|n| n.starts_with(job::RUN_WOULD_STOP))
+    {
+        Exit::Unusable
     } else if plan.rows.iter().any(|r| {
         not_done(&r.action)
             || r.stages

@@ -518,3 +518,236 @@ fn a_wrong_update_names_its_key() {
         "{e}"
     );
 }
+
+/// A mapping with a field-group block: channel (field 12) `never`,
+/// comment (10) `if_empty`, orders (8) `always`.
+fn group_mapping(dir: &Path) -> PathBuf {
+    let m = dir.join("g.toml");
+    std::fs::write(
+        &m,
+        r#"[source]
+delimiter = ";"
+[customer]
+match = "identifier"
+identifier = "ID"
+surname = "Nazwisko"
+
+[[field_group]]
+group_id = 2
+[field_group.values]
+12 = { column = "Kanal", update = "never" }
+10 = { column = "Komentarz", update = "if_empty" }
+8 = { column = "Zamowienia", type = "integer" }
+"#,
+    )
+    .unwrap();
+    m
+}
+
+/// Six customers; night `n` gives each its own channel, comment and
+/// orders.
+fn group_export(path: &Path, n: usize) {
+    let mut text = String::from("ID;Nazwisko;Kanal;Komentarz;Zamowienia\n");
+    for i in 1..=6 {
+        text.push_str(&format!(
+            "F{i:02};Nowak{i};CRM{n} channel {i};CRM{n} comment {i};{}\n",
+            n * 100 + i
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The values of the customer's only item in field group 2, by field id.
+fn item_of(sandbox: &Sandbox, customer_id: i64) -> (i64, BTreeMap<i64, Value>) {
+    let state = sandbox.shared().lock_state();
+    let items: Vec<_> = state
+        .field_group_items
+        .iter()
+        .filter(|i| i.customer_id == customer_id && i.group_id == 2)
+        .collect();
+    assert_eq!(items.len(), 1, "one item per customer: {items:?}");
+    let values = items[0]
+        .values
+        .iter()
+        .map(|v| (v["field_id"].as_i64().unwrap(), v["value"].clone()))
+        .collect();
+    (items[0].item_id, values)
+}
+
+/// What an agent does in the panel, through the API: `PUT
+/// customer_field_group_items/:id` with the values given.
+async fn agent_edits(sandbox: &Sandbox, item_id: i64, values: Value) {
+    let answer = reqwest::Client::new()
+        .put(format!(
+            "{}/api/customer_field_group_items/{item_id}",
+            sandbox.url()
+        ))
+        .basic_auth("api_user", Some(PASSWORD))
+        .json(&json!({ "values": values }))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+}
+
+/// Field-group values under `never` and `if_empty`, end to end: night 1
+/// creates each item with every value; agents edit both values of one
+/// customer's item and empty the `if_empty` value of another's (through
+/// the API); night 2 brings new values for all three fields. The agents'
+/// values stay, the emptied `if_empty` value is filled again, the
+/// `always` value is updated everywhere, and no update carries the
+/// `never` field.
+#[tokio::test(flavor = "multi_thread")]
+async fn field_group_values_keep_agents_edits_under_never_and_if_empty() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = group_mapping(&dir);
+    let csv = dir.join("crm.csv");
+    group_export(&csv, 1);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let ids: BTreeMap<String, i64> = common::by_identifier(&sandbox)
+        .into_iter()
+        .map(|(k, c)| (k, c["customer_id"].as_i64().unwrap()))
+        .collect();
+    let (_, created) = item_of(&sandbox, ids["F01"]);
+    assert_eq!(created[&12], "CRM1 channel 1", "never: set on creation");
+    assert_eq!(created[&10], "CRM1 comment 1", "if_empty: set on creation");
+    assert_eq!(created[&8], 101);
+
+    // The agents' day, in the panel.
+    let (item1, _) = item_of(&sandbox, ids["F01"]);
+    agent_edits(
+        &sandbox,
+        item1,
+        json!([{"field_id": 12, "value": "agent's channel"}, {"field_id": 10, "value": "agent's comment"}]),
+    )
+    .await;
+    let (item2, _) = item_of(&sandbox, ids["F02"]);
+    agent_edits(&sandbox, item2, json!([{"field_id": 10, "value": ""}])).await;
+    let (item3, _) = item_of(&sandbox, ids["F03"]);
+    agent_edits(&sandbox, item3, json!([{"field_id": 12, "value": ""}])).await;
+
+    group_export(&csv, 2);
+    let before = sandbox.requests().len();
+    let (n2, ledger) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    let r = common::report(&ledger);
+    assert_eq!(r["stages"]["field_group"]["ok"], 6, "{r}");
+
+    let (_, f1) = item_of(&sandbox, ids["F01"]);
+    assert_eq!(f1[&12], "agent's channel", "never: the agent's value stays");
+    assert_eq!(f1[&10], "agent's comment", "if_empty: the agent's value stays");
+    assert_eq!(f1[&8], 201, "always: updated");
+    let (_, f2) = item_of(&sandbox, ids["F02"]);
+    assert_eq!(f2[&10], "CRM2 comment 2", "if_empty: emptied, filled again");
+    assert_eq!(f2[&12], "CRM1 channel 2", "never: night 1's value");
+    let (_, f3) = item_of(&sandbox, ids["F03"]);
+    assert_eq!(f3[&12], "", "never: emptied by an agent, left empty");
+    assert_eq!(f3[&10], "CRM1 comment 3", "if_empty: not empty, kept");
+    for k in ["F04", "F05", "F06"] {
+        let (_, v) = item_of(&sandbox, ids[k]);
+        assert!(v[&10].as_str().unwrap().starts_with("CRM1 comment"), "{k}");
+        assert!(v[&12].as_str().unwrap().starts_with("CRM1 channel"), "{k}");
+        assert!(v[&8].as_i64().unwrap() > 200, "{k}");
+    }
+
+    // What night 2 sent: one item update per customer, none carrying the
+    // never field, the if_empty field only to the item an agent emptied.
+    let puts: Vec<_> = writes_since(&sandbox, before)
+        .into_iter()
+        .filter(|w| w.path.starts_with("/api/customer_field_group_items/"))
+        .collect();
+    assert_eq!(puts.len(), 6, "{puts:?}");
+    for p in &puts {
+        let fields: Vec<i64> = p.body["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["field_id"].as_i64().unwrap())
+            .collect();
+        assert!(!fields.contains(&12), "never sent: {p:?}");
+        let to_emptied = p.path.ends_with(&format!("/{item2}"));
+        assert_eq!(fields.contains(&10), to_emptied, "{p:?}");
+    }
+}
+
+/// A stop signal (SIGTERM) while the gone customers are being deleted:
+/// the DELETE in flight is finished and recorded, no other is sent, the
+/// ones not deleted are recorded as such, the ledger ends `aborted`, exit
+/// 3. The next complete file deletes the rest, each customer once.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_deletions_stops_between_two_and_the_next_file_does_the_rest() {
+    let dir = tempdir();
+    // Every call takes 200 ms: the 20 deletions take four seconds.
+    let sandbox = Sandbox::start(SandboxConfig {
+        password: PASSWORD.into(),
+        latency: std::time::Duration::from_millis(200),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let m = mapping(&dir, "crm.toml", "on_gone = \"delete\"");
+    let csv = dir.join("export-1.csv");
+    export(&csv, 1..=40);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+
+    let day2 = dir.join("export-2.csv");
+    export(&day2, 1..=20);
+    let ledger = dir.join("night2.jsonl");
+    let before = sandbox.requests().len();
+    let mut cmd = common::run_against(&sandbox, PASSWORD, &day2, &m, &ledger);
+    cmd.arg("--state")
+        .arg(dir.join("state.sqlite"))
+        .args(["--max-gone", "100%"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The first DELETE has reached the sandbox: stop the night.
+    let deletes = |from: usize| {
+        writes_since(&sandbox, from)
+            .iter()
+            .filter(|w| w.method == "DELETE")
+            .count()
+    };
+    for _ in 0..600 {
+        if deletes(before) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(deletes(before) > 0, "the deletions began");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let sent = deletes(before);
+    assert!(sent < 20, "stopped before the end: {sent} DELETEs");
+    let r = common::report(&ledger);
+    assert!(r["aborted"].as_str().unwrap().contains("SIGTERM"), "{r}");
+    assert_eq!(r["actions"]["deleted"], sent, "each DELETE sent is recorded: {r}");
+    assert_eq!(r["gone_failed"], 20 - sent as u64, "the rest, not sent: {r}");
+    assert_eq!(common::customers(&sandbox), 40 - sent);
+
+    // The next night's complete file: the rest go, none twice.
+    let day3 = dir.join("export-3.csv");
+    export(&day3, 1..=20);
+    let before = sandbox.requests().len();
+    let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &["--max-gone", "100%"]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    assert_eq!(common::report(&ledger3)["actions"]["deleted"], 20 - sent as u64);
+    assert_eq!(deletes(before), 20 - sent);
+    assert_eq!(common::customers(&sandbox), 20);
+}

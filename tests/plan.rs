@@ -373,3 +373,154 @@ async fn lookups_and_the_text_plan() {
         "STARY-Nowak"
     );
 }
+
+/// A mapping matching by identifier whose customers gone from the file
+/// are deleted.
+fn gone_mapping(dir: &Path) -> PathBuf {
+    let path = dir.join("gone.toml");
+    std::fs::write(
+        &path,
+        "[source]\ndelimiter = \";\"\n[customer]\nmatch = \"identifier\"\nidentifier = \"ID\"\nsurname = \"Nazwisko\"\non_gone = \"delete\"\n",
+    )
+    .unwrap();
+    path
+}
+
+fn gone_export(path: &Path, ids: impl IntoIterator<Item = usize>, surname: &str) {
+    let mut text = String::from("ID;Nazwisko\n");
+    for i in ids {
+        text.push_str(&format!("G{i:03};{surname}{i}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// With a state and `on_gone = "delete"`: the plan lists the customers
+/// gone from the file (text and `--json`'s `gone`), deletes nothing (GETs
+/// only, the state untouched), exits 0; the run that follows deletes
+/// exactly those.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_lists_the_gone_customers_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sandbox = sandbox().await;
+    let m = gone_mapping(&dir);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("night1.csv");
+    gone_export(&csv, 1..=40, "Nowak");
+    let mut first = common::run_against(&sandbox, PASSWORD, &csv, &m, &dir.join("1.jsonl"));
+    first.arg("--state").arg(&state);
+    let n1 = common::output(first).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let ids = common::by_identifier(&sandbox);
+    let gone: Vec<i64> = (38..=40)
+        .map(|i| ids[&format!("G{i:03}")]["customer_id"].as_i64().unwrap())
+        .collect();
+
+    let csv2 = dir.join("night2.csv");
+    gone_export(&csv2, 1..=37, "Nowak");
+    let kept = files(&dir);
+    let mark = sandbox.requests().len();
+    let mut text = plan_command(&sandbox, &csv2, &m);
+    text.arg("--state").arg(&state);
+    let out = common::output(text).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let listed = format!("{}, {} and {}", gone[0], gone[1], gone[2]);
+    assert!(
+        out.stdout
+            .contains("note: on_gone: the run would delete 3 customers gone from this file"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&listed), "{listed}: {}", out.stdout);
+    let mut json = plan_command(&sandbox, &csv2, &m);
+    json.arg("--state").arg(&state).arg("--json");
+    let out = common::output(json).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        plan["gone"],
+        json!({"action": "delete", "customer_ids": gone}),
+        "{plan}"
+    );
+    assert_eq!(plan["writes"]["DELETE customers/:id"], 3, "{plan}");
+    assert_eq!(plan["actions"]["unchanged"], 37, "{plan}");
+    let (_, writes) = since(&sandbox, mark);
+    assert!(writes.is_empty(), "a plan deletes nothing: {writes:?}");
+    assert_eq!(common::customers(&sandbox), 40);
+    assert_eq!(files(&dir), kept, "the state and every file as they were");
+
+    // The run deletes the customers the plan named.
+    let mark = sandbox.requests().len();
+    let mut run = common::run_against(&sandbox, PASSWORD, &csv2, &m, &dir.join("2.jsonl"));
+    run.arg("--state").arg(&state);
+    let ran = common::output(run).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.text());
+    let (_, writes) = since(&sandbox, mark);
+    let want: Vec<String> = gone
+        .iter()
+        .map(|id| format!("DELETE /api/customers/{id}"))
+        .collect();
+    assert_eq!(writes, want);
+}
+
+/// A file that trips `--max-changes`: the plan says the run would stop
+/// (exit 2) and still shows what a run allowed to go on would do; it
+/// exits 2, as the run would, so that a script gating `run` on `plan`
+/// stops too. Nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_over_max_changes_says_the_run_would_stop_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sandbox = sandbox().await;
+    let m = gone_mapping(&dir);
+    let state = dir.join("state.sqlite");
+    let csv = dir.join("night1.csv");
+    gone_export(&csv, 1..=20, "Nowak");
+    let mut first = common::run_against(&sandbox, PASSWORD, &csv, &m, &dir.join("1.jsonl"));
+    first.arg("--state").arg(&state);
+    assert_eq!(common::output(first).await.code, Some(0));
+
+    // Every surname changed: an export bug.
+    let csv2 = dir.join("night2.csv");
+    gone_export(&csv2, 1..=20, "Imie");
+    let mark = sandbox.requests().len();
+    for json in [false, true] {
+        let mut cmd = plan_command(&sandbox, &csv2, &m);
+        cmd.arg("--state").arg(&state);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = common::output(cmd).await;
+        assert_eq!(out.code, Some(2), "{}", out.text());
+        if json {
+            let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!(plan["actions"]["updated"], 20, "{plan}");
+            let notes = plan["notes"].as_array().unwrap();
+            assert!(
+                notes.iter().any(|n| n
+                    .as_str()
+                    .unwrap()
+                    .starts_with("run would stop here (exit 2): this file would update 20 of the 20")),
+                "{plan}"
+            );
+        } else {
+            assert!(
+                out.stdout.contains("plan: 20 row(s): 20 updated"),
+                "{}",
+                out.stdout
+            );
+            assert!(
+                out.stdout.contains("note: run would stop here (exit 2)")
+                    && out.stdout.contains("--max-changes 50%"),
+                "{}",
+                out.stdout
+            );
+        }
+    }
+    let (_, writes) = since(&sandbox, mark);
+    assert!(writes.is_empty(), "{writes:?}");
+    // The run refuses the file as the plan said.
+    let mut run = common::run_against(&sandbox, PASSWORD, &csv2, &m, &dir.join("2.jsonl"));
+    run.arg("--state").arg(&state);
+    let ran = common::output(run).await;
+    assert_eq!(ran.code, Some(2), "{}", ran.text());
+    assert_eq!(since(&sandbox, mark).1, Vec::<String>::new());
+}

@@ -496,3 +496,112 @@ async fn archive_moves_a_settled_file_and_its_marker() {
     assert_eq!(out.code, Some(0), "{}", out.text());
     assert!(out.stdout.contains("sync: 0 file(s)"), "{}", out.stdout);
 }
+
+/// `[customer] on_gone = "delete"` over three nights of dated exports
+/// dropped in turn: night 2's lacks 5 customers, who are deleted, with one
+/// `gone` line each in that night's ledger in the work folder, counted by
+/// `report --json` and the report beside it; night 3's lacks 80 %: exit
+/// 2, nothing sent, the file neither archived nor given a ledger, said in
+/// the summary; the next night takes it again (and refuses it again),
+/// and once the export is fixed it is imported and archived.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_gone_delete_over_dated_exports_and_a_broken_one_left_for_the_next_night() {
+    let dir = tempdir();
+    let drop = dir.join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let mapping = dir.join("crm.toml");
+    std::fs::write(&mapping, format!("{MAPPING}on_gone = \"delete\"\n")).unwrap();
+    let state = dir.join("acme.sqlite");
+    let archive = dir.join("done");
+    let args = [
+        "--state",
+        state.to_str().unwrap(),
+        "--archive",
+        archive.to_str().unwrap(),
+    ];
+    let work = drop.join(".thulium-import");
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let people = |ids: std::ops::RangeInclusive<usize>| -> Vec<[String; 5]> {
+        ids.map(|i| row(&format!("C-{i:03}"), &format!("Nowak{i}"), ""))
+            .collect()
+    };
+
+    // Night 1: 100 customers.
+    write_csv(&drop.join("crm-2024-05-01.csv"), &people(1..=100));
+    let out = sync(&sandbox, &drop, &mapping, &args).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    assert_eq!(customers(&sandbox), 100);
+    assert!(archive.join("crm-2024-05-01.csv").exists());
+    let ids: std::collections::BTreeMap<String, i64> = by_identifier(&sandbox)
+        .into_iter()
+        .map(|(k, c)| (k, c["customer_id"].as_i64().unwrap()))
+        .collect();
+
+    // Night 2: five customers left the CRM.
+    write_csv(&drop.join("crm-2024-05-02.csv"), &people(1..=95));
+    let before = sandbox.requests().len();
+    let out = sync(&sandbox, &drop, &mapping, &args).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let journal = sandbox.requests()[before..].to_vec();
+    let deleted: Vec<String> = writes(&journal)
+        .iter()
+        .filter(|e| e.method == "DELETE")
+        .map(|e| e.path.clone())
+        .collect();
+    let gone: Vec<i64> = (96..=100).map(|i| ids[&format!("C-{i:03}")]).collect();
+    let want: Vec<String> = gone
+        .iter()
+        .map(|id| format!("/api/customers/{id}"))
+        .collect();
+    assert_eq!(deleted, want);
+    assert_eq!(customers(&sandbox), 95);
+    assert!(out.stdout.contains("gone from the export"), "{}", out.stdout);
+    let ledger = work.join("crm-2024-05-02.csv.ledger.jsonl");
+    let mut named: Vec<i64> = ledger_lines(&ledger)
+        .iter()
+        .filter(|l| l["kind"] == "gone" && l["action"] == "deleted" && l["status"] == "ok")
+        .map(|l| l["customer_id"].as_i64().unwrap())
+        .collect();
+    named.sort_unstable();
+    assert_eq!(named, gone);
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 5);
+    let beside = read_json(&work.join("crm-2024-05-02.csv.report.json"));
+    assert_eq!(beside["actions"]["deleted"], 5, "{beside}");
+    assert!(archive.join("crm-2024-05-02.csv").exists());
+
+    // Night 3: a broken export, 19 of the 95 (80 % gone).
+    let broken = drop.join("crm-2024-05-03.csv");
+    write_csv(&broken, &people(1..=19));
+    for night in 0..2 {
+        let before = sandbox.requests().len();
+        let out = sync(&sandbox, &drop, &mapping, &args).await;
+        assert_eq!(out.code, Some(2), "night {night}: {}", out.text());
+        assert!(
+            out.stderr.contains("lacks 76 of the 95 customers")
+                && out.stderr.contains("--max-gone 10%"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains(
+                "crm-2024-05-03.csv: not imported (the error above; left in the folder: the next night takes it again) — exit 2"
+            ),
+            "{}",
+            out.stdout
+        );
+        assert!(writes(&sandbox.requests()[before..]).is_empty(), "nothing sent");
+        assert_eq!(customers(&sandbox), 95);
+        assert!(broken.exists(), "not archived");
+        assert!(!archive.join("crm-2024-05-03.csv").exists());
+        assert!(!work.join("crm-2024-05-03.csv.ledger.jsonl").exists());
+    }
+
+    // The CRM re-exports it whole: imported, nobody gone, archived.
+    write_csv(&broken, &people(1..=95));
+    let before = sandbox.requests().len();
+    let out = sync(&sandbox, &drop, &mapping, &args).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    assert!(writes(&sandbox.requests()[before..]).is_empty(), "nothing changed");
+    assert!(archive.join("crm-2024-05-03.csv").exists());
+    assert_eq!(customers(&sandbox), 95);
+}

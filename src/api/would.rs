@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::campaigns::{AddRecords, Added, UpdateRecord};
-use super::customers::{CreateCustomers, Created, UpdateCustomers};
+use super::customers::{CreateCustomers, Created, DeleteCustomer, UpdateCustomers};
 use super::feed::CreateFeedRecord;
 use super::field_groups::{CreateItem, ItemCreated, UpdateItem};
 use super::{Endpoint, RowFate};
@@ -55,6 +55,15 @@ impl Would for UpdateCustomers<'_> {
     fn would(&self) -> Self::Answer {
         self.customers.iter().map(|_| RowFate::Done(())).collect()
     }
+}
+
+/// `[customer] on_gone = "delete"`: counted by `plan` (the gone step is not
+/// part of the pipeline, so a plan counts its calls from the customers it
+/// lists).
+impl Would for DeleteCustomer {
+    const WHAT: &'static str = "DELETE customers/:id";
+
+    fn would(&self) -> Self::Answer {}
 }
 
 impl Would for CreateItem<'_> {

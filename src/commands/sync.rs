@@ -511,11 +511,15 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
     }
 }
 
+/// A file refused or failed: never archived, so it stays in the drop
+/// folder and the next night takes it again (a guard's refusal, such as
+/// `--max-gone`, holds until the export is fixed or the flag raised).
 fn failed(file: &Candidate, e: &anyhow::Error) -> Done {
     eprintln!("error: {}: {e:#}", file.name);
     Done {
         name: file.name.clone(),
-        what: "not imported (the error above)".into(),
+        what: "not imported (the error above; left in the folder: the next night takes it again)"
+            .into(),
         rows: None,
         exit: Some(Exit::of_error(e)),
         archived: None,
