@@ -535,9 +535,11 @@ impl Night {
 /// Why the gone step stops before its next call: the run's abort (a stop
 /// signal), once set.
 fn stopping(abort: &Abort) -> Option<String> {
-    abort
-        .is_set()
-        .then(|| abort.reason().unwrap_or_else(|| "the run was stopped".into()))
+    abort.is_set().then(|| {
+        abort
+            .reason()
+            .unwrap_or_else(|| "the run was stopped".into())
+    })
 }
 
 /// The HTTP status of a failed call, on its event.

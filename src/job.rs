@@ -966,7 +966,10 @@ pub async fn preflight(
         read.push(crate::text::count(groups.len() as u64, "field group"));
     }
     if !system.campaigns.is_empty() {
-        read.push(crate::text::count(system.campaigns.len() as u64, "campaign"));
+        read.push(crate::text::count(
+            system.campaigns.len() as u64,
+            "campaign",
+        ));
     }
     if let Some(agents) = &system.agents {
         read.push(crate::text::count(agents.len() as u64, "agent"));

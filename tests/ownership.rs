@@ -637,7 +637,10 @@ async fn field_group_values_keep_agents_edits_under_never_and_if_empty() {
 
     let (_, f1) = item_of(&sandbox, ids["F01"]);
     assert_eq!(f1[&12], "agent's channel", "never: the agent's value stays");
-    assert_eq!(f1[&10], "agent's comment", "if_empty: the agent's value stays");
+    assert_eq!(
+        f1[&10], "agent's comment",
+        "if_empty: the agent's value stays"
+    );
     assert_eq!(f1[&8], 201, "always: updated");
     let (_, f2) = item_of(&sandbox, ids["F02"]);
     assert_eq!(f2[&10], "CRM2 comment 2", "if_empty: emptied, filled again");
@@ -737,8 +740,15 @@ async fn sigterm_during_the_deletions_stops_between_two_and_the_next_file_does_t
     assert!(sent < 20, "stopped before the end: {sent} DELETEs");
     let r = common::report(&ledger);
     assert!(r["aborted"].as_str().unwrap().contains("SIGTERM"), "{r}");
-    assert_eq!(r["actions"]["deleted"], sent, "each DELETE sent is recorded: {r}");
-    assert_eq!(r["gone_failed"], 20 - sent as u64, "the rest, not sent: {r}");
+    assert_eq!(
+        r["actions"]["deleted"], sent,
+        "each DELETE sent is recorded: {r}"
+    );
+    assert_eq!(
+        r["gone_failed"],
+        20 - sent as u64,
+        "the rest, not sent: {r}"
+    );
     assert_eq!(common::customers(&sandbox), 40 - sent);
 
     // The next night's complete file: the rest go, none twice.
@@ -747,7 +757,10 @@ async fn sigterm_during_the_deletions_stops_between_two_and_the_next_file_does_t
     let before = sandbox.requests().len();
     let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &["--max-gone", "100%"]).await;
     assert_eq!(n3.code, Some(0), "{}", n3.text());
-    assert_eq!(common::report(&ledger3)["actions"]["deleted"], 20 - sent as u64);
+    assert_eq!(
+        common::report(&ledger3)["actions"]["deleted"],
+        20 - sent as u64
+    );
     assert_eq!(deletes(before), 20 - sent);
     assert_eq!(common::customers(&sandbox), 20);
 }

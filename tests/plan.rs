@@ -495,10 +495,9 @@ async fn a_plan_over_max_changes_says_the_run_would_stop_and_exits_2() {
             assert_eq!(plan["actions"]["updated"], 20, "{plan}");
             let notes = plan["notes"].as_array().unwrap();
             assert!(
-                notes.iter().any(|n| n
-                    .as_str()
-                    .unwrap()
-                    .starts_with("run would stop here (exit 2): this file would update 20 of the 20")),
+                notes.iter().any(|n| n.as_str().unwrap().starts_with(
+                    "run would stop here (exit 2): this file would update 20 of the 20"
+                )),
                 "{plan}"
             );
         } else {

@@ -555,7 +555,11 @@ async fn on_gone_delete_over_dated_exports_and_a_broken_one_left_for_the_next_ni
         .collect();
     assert_eq!(deleted, want);
     assert_eq!(customers(&sandbox), 95);
-    assert!(out.stdout.contains("gone from the export"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("gone from the export"),
+        "{}",
+        out.stdout
+    );
     let ledger = work.join("crm-2024-05-02.csv.ledger.jsonl");
     let mut named: Vec<i64> = ledger_lines(&ledger)
         .iter()
@@ -589,7 +593,10 @@ async fn on_gone_delete_over_dated_exports_and_a_broken_one_left_for_the_next_ni
             "{}",
             out.stdout
         );
-        assert!(writes(&sandbox.requests()[before..]).is_empty(), "nothing sent");
+        assert!(
+            writes(&sandbox.requests()[before..]).is_empty(),
+            "nothing sent"
+        );
         assert_eq!(customers(&sandbox), 95);
         assert!(broken.exists(), "not archived");
         assert!(!archive.join("crm-2024-05-03.csv").exists());
@@ -601,7 +608,10 @@ async fn on_gone_delete_over_dated_exports_and_a_broken_one_left_for_the_next_ni
     let before = sandbox.requests().len();
     let out = sync(&sandbox, &drop, &mapping, &args).await;
     assert_eq!(out.code, Some(0), "{}", out.text());
-    assert!(writes(&sandbox.requests()[before..]).is_empty(), "nothing changed");
+    assert!(
+        writes(&sandbox.requests()[before..]).is_empty(),
+        "nothing changed"
+    );
     assert!(archive.join("crm-2024-05-03.csv").exists());
     assert_eq!(customers(&sandbox), 95);
 }
