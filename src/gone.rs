@@ -294,7 +294,7 @@ impl Night {
             let events = match &self.policy {
                 OnGone::Keep => Vec::new(),
                 OnGone::Report => self.gone.iter().map(|id| self.reported(*id)).collect(),
-                OnGone::Delete => self.delete(client, abort, &mut stopped).await,
+                OnGone::Delete => self.delete(client, ledger, abort, &mut stopped).await?,
                 OnGone::Mark {
                     custom_field,
                     value,
@@ -311,7 +311,13 @@ impl Night {
                 })
                 .map(|e| e.customer_id)
                 .collect();
-            let mut entries: Vec<Entry> = events.into_iter().map(Entry::Gone).collect();
+            // Deletions are recorded one by one as they are made (a
+            // DELETE is not idempotent in what it says: a kill between two
+            // must not lose the record of one made).
+            let mut entries: Vec<Entry> = match &self.policy {
+                OnGone::Delete => Vec::new(),
+                _ => events.into_iter().map(Entry::Gone).collect(),
+            };
             if let Some(why) = &stopped {
                 // The run's end was written before this step: the ledger
                 // ends again, aborted, as a run stopped mid-file does.
@@ -392,23 +398,32 @@ impl Night {
     async fn delete(
         &self,
         client: &ApiClient,
+        ledger: &Ledger,
         abort: &Abort,
         stopped: &mut Option<String>,
-    ) -> Vec<GoneEvent> {
+    ) -> Result<Vec<GoneEvent>, String> {
         let mut out = Vec::with_capacity(self.gone.len());
+        let record = |ev: &GoneEvent| {
+            let entry = [Entry::Gone(ev.clone())];
+            async move { ledger.write(&entry).await.map_err(|e| e.to_string()) }
+        };
         for &customer_id in &self.gone {
             if let Some(why) = stopping(abort) {
-                out.push(self.not_sent(customer_id, Action::Deleted, &why));
+                let ev = self.not_sent(customer_id, Action::Deleted, &why);
+                record(&ev).await?;
+                out.push(ev);
                 stopped.get_or_insert(why);
                 continue;
             }
             if let Err(why) = before_delete(client, customer_id).await {
-                out.push(self.event(
+                let ev = self.event(
                     customer_id,
                     Status::Failed,
                     Action::Deleted,
                     format!("{}: not deleted: {why}", self.why()),
-                ));
+                );
+                record(&ev).await?;
+                out.push(ev);
                 continue;
             }
             let call = client.send(&DeleteCustomer { customer_id }).await;
@@ -434,12 +449,13 @@ impl Night {
             };
             ev.attempts = (call.attempts > 0).then_some(call.attempts);
             let stop = matches!(&call.result, Err(e) if e.stops_the_run().is_some());
+            record(&ev).await?;
             out.push(ev);
             if stop {
                 break;
             }
         }
-        out
+        Ok(out)
     }
 
     /// One custom field set on each gone customer (`PUT batch/customers`,
