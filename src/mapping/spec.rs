@@ -125,6 +125,27 @@ fn phone_chars(s: &str) -> Result<impl Iterator<Item = char> + '_, String> {
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace()))
 }
 
+/// How many digits the `phone` transform keeps of `s`, when it keeps only
+/// digits (what a phone number may be): `None` for anything else (a letter,
+/// a `+` not in front, a character outside ASCII), which the full path
+/// judges. The same reading as [`phone_chars`], byte by byte.
+fn phone_digits(s: &str) -> Option<usize> {
+    let (mut digits, mut lead) = (0, true);
+    for &b in s.as_bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            // Dropped wherever they are; spaces before a `+` are trimmed.
+            b' ' | b'\t'..=b'\r' => continue,
+            b'-' | b'.' | b'(' | b')' => {}
+            // The `+` in front, after the trimmed spaces.
+            b'+' if lead => {}
+            _ => return None,
+        }
+        lead = false;
+    }
+    Some(digits)
+}
+
 /// An explicit conversion (`type = ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeConv {
@@ -159,6 +180,46 @@ pub struct Spec {
     map: Vec<(String, Value)>,
     split: Option<String>,
     conv: Option<TypeConv>,
+    /// How `check` decides the value without building it, when the spec
+    /// has one of the usual shapes (set when compiled).
+    fast: Option<Fast>,
+}
+
+/// A spec's value checked on the borrowed text, chosen once when the spec is
+/// compiled: `check` asks every value of every row, and going through
+/// [`Spec::eval_with`] (transforms, map, date, type, the target's rule, each
+/// step a `Result<Option<Value>, _>`) cost more than the checks themselves.
+/// It only ever answers "fine, present" or "fine, absent" for the shapes it
+/// covers; anything else (a value that fails, a shape it does not cover)
+/// takes [`Spec::eval_with`], which says what is wrong.
+#[derive(Debug, Clone)]
+enum Fast {
+    /// A constant: checked when compiled.
+    Constant,
+    /// A column's cell, one item.
+    Cell { index: usize, rule: Rule },
+    /// A column's cell split at a one-character separator, each piece an
+    /// item.
+    Split { index: usize, sep: char, rule: Rule },
+}
+
+/// What one non-empty item must be, for the shapes [`Fast`] covers.
+#[derive(Debug, Clone)]
+enum Rule {
+    /// Anything (a text or scalar target, no options).
+    Any,
+    /// The target's text rule ([`Spec::fits`]).
+    Text,
+    /// An integer (an integer target, or `type = "integer"`).
+    Int,
+    /// A boolean word (a boolean target).
+    Bool,
+    /// `transform = ["phone"]` into a phone number.
+    Phone,
+    /// `date = ...` (the value is written by us in the target's form).
+    Date,
+    /// `map`: each key, and whether its value suits the target.
+    Map(Vec<(String, bool)>),
 }
 
 const SPEC_KEYS: &[&str] = &[
@@ -220,6 +281,7 @@ impl Spec {
         spec.split = o.split(ctx, list);
         spec.conv = o.conv(ctx);
         spec.check_constants(ctx, &mut o);
+        spec.fast = spec.fast_check();
         o.ok.then_some(spec)
     }
 
@@ -235,7 +297,115 @@ impl Spec {
             map: Vec::new(),
             split: None,
             conv: None,
+            fast: None,
         }
+        .with_fast()
+    }
+
+    /// The spec with its [`Fast`] check chosen (after its options are set).
+    fn with_fast(mut self) -> Spec {
+        self.fast = self.fast_check();
+        self
+    }
+
+    /// The [`Fast`] check of the spec's shape, if it has one of those.
+    fn fast_check(&self) -> Option<Fast> {
+        let index = match &self.from {
+            From::Constant(_) => return Some(Fast::Constant),
+            From::Column { index, .. } => *index,
+            From::Template { .. } => return None,
+        };
+        let rule = match (&self.transforms[..], &self.map, &self.date, self.conv) {
+            ([], map, None, None) if map.is_empty() => match self.kind {
+                Kind::Int => Rule::Int,
+                Kind::Bool => Rule::Bool,
+                Kind::Text | Kind::Scalar => Rule::Any,
+                _ => Rule::Text,
+            },
+            ([Transform::Phone], map, None, None) if map.is_empty() && self.kind == Kind::Phone => {
+                Rule::Phone
+            }
+            ([], map, Some(_), None | Some(TypeConv::String)) if map.is_empty() => Rule::Date,
+            ([], map, None, Some(TypeConv::Integer))
+                if map.is_empty() && matches!(self.kind, Kind::Scalar | Kind::Text | Kind::Int) =>
+            {
+                Rule::Int
+            }
+            // A mapped value goes through `type` and the target's rule
+            // alone (no date): whether it passes is known now.
+            ([], map, None, _) => Rule::Map(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.finish_item(v.clone()).is_ok()))
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        match &self.split {
+            None => Some(Fast::Cell { index, rule }),
+            Some(sep) => {
+                let mut chars = sep.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(sep), None) => Some(Fast::Split { index, sep, rule }),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// [`Fast`]: `Some(present)` when the value is certainly fine (what
+    /// [`Spec::eval_with`] would give as `Ok(Some(_))` or `Ok(None)`);
+    /// `None` when only the full path can tell.
+    pub(super) fn check_fast(&self, cells: CellsRef<'_>, trim: bool) -> Option<bool> {
+        let (index, sep, rule) = match self.fast.as_ref()? {
+            Fast::Constant => return Some(true),
+            Fast::Cell { index, rule } => (*index, None, rule),
+            Fast::Split { index, sep, rule } => (*index, Some(*sep), rule),
+        };
+        let cell = cells.get(index).unwrap_or_default();
+        let cell = if trim { self::trim(cell) } else { cell };
+        let present = match sep {
+            None if cell.is_empty() => false,
+            None => self.item_fits(rule, cell)?,
+            Some(sep) => {
+                let mut any = false;
+                for part in cell.split(sep) {
+                    let part = self::trim(part);
+                    if !part.is_empty() {
+                        any |= self.item_fits(rule, part)?;
+                    }
+                }
+                any
+            }
+        };
+        match (present, &self.default, self.required) {
+            (true, _, _) | (false, Some(_), _) => Some(true),
+            // A required value missing: the full path says so.
+            (false, None, true) => None,
+            (false, None, false) => Some(false),
+        }
+    }
+
+    /// One non-empty item under `rule`: `Some(true)` fine, `Some(false)`
+    /// empty once transformed, `None` not certainly fine.
+    fn item_fits(&self, rule: &Rule, s: &str) -> Option<bool> {
+        let ok = match rule {
+            Rule::Any => true,
+            Rule::Text => self.fits(s),
+            Rule::Int => parse_int(s).is_ok(),
+            Rule::Bool => parse_bool(s).is_some(),
+            Rule::Phone => {
+                return match phone_digits(s)? {
+                    0 => Some(false),
+                    n => (3..=20).contains(&n).then_some(true),
+                };
+            }
+            Rule::Date => self.date.as_ref().is_some_and(|d| d.parse(s).is_ok()),
+            Rule::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k == s)
+                .is_some_and(|(_, ok)| *ok),
+        };
+        ok.then_some(true)
     }
 
     /// Constants and defaults are checked now, not on every row, and kept
@@ -266,37 +436,41 @@ impl Spec {
         self.eval_with(cells, trim, true)
     }
 
-    /// The column, when the value is its cell as it is: no split,
-    /// transform, map, date or type, and a target that takes text (its
-    /// value, when present, is the cell's text).
-    fn plain_column(&self) -> Option<usize> {
-        match self.from {
-            From::Column { index, .. }
-                if self.split.is_none()
-                    && self.transforms.is_empty()
-                    && self.map.is_empty()
-                    && self.date.is_none()
-                    && self.conv.is_none()
-                    && !matches!(self.kind, Kind::Int | Kind::Bool) =>
-            {
-                Some(index)
-            }
-            _ => None,
-        }
-    }
-
     /// A stage's `when`: whether the value is there and not `false`.
     pub fn holds(&self, cells: CellsRef<'_>, trim: bool) -> Result<bool, FieldError> {
-        if self.default.is_none() && self.plain_column().is_some() {
-            // The value would be text or nothing: only whether it is there
-            // matters, and checking says that without building it.
-            return self.eval_with(cells, trim, false).map(|v| v.is_some());
+        if let Some(present) = self.holds_fast(cells, trim) {
+            return Ok(present);
         }
         Ok(match self.eval(cells, trim)? {
             Some(Value::Bool(b)) => b,
             Some(_) => true,
             None => false,
         })
+    }
+
+    /// [`Spec::holds`] without building the value, when it cannot be a
+    /// boolean (no default, no map, not a boolean target: text, a number or
+    /// nothing), so that only whether it is there matters.
+    pub(super) fn holds_fast(&self, cells: CellsRef<'_>, trim: bool) -> Option<bool> {
+        match self.fast.as_ref()? {
+            Fast::Cell { rule, .. } | Fast::Split { rule, .. }
+                if self.default.is_none()
+                    && self.kind != Kind::Bool
+                    && !matches!(rule, Rule::Map(_)) =>
+            {
+                self.check_fast(cells, trim)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the value without building it: what `check` needs. `Ok(true)`
+    /// when it is there, `Ok(false)` when the field is left out.
+    pub fn check(&self, cells: CellsRef<'_>, trim: bool) -> Result<bool, FieldError> {
+        if let Some(present) = self.check_fast(cells, trim) {
+            return Ok(present);
+        }
+        self.eval_with(cells, trim, false).map(|v| v.is_some())
     }
 
     /// Evaluates; with `keep` false only checks: a present value comes back
@@ -308,16 +482,6 @@ impl Spec {
         trim: bool,
         keep: bool,
     ) -> Result<Option<Value>, FieldError> {
-        if let (false, Some(index)) = (keep, self.plain_column()) {
-            // Checking a cell taken as it is: only whether it is there and
-            // fits the target's rule. Anything else takes the full path,
-            // which says what is wrong.
-            let cell = cells.get(index).unwrap_or_default();
-            let cell = if trim { self::trim(cell) } else { cell };
-            if !cell.is_empty() && self.text_rule(cell).is_ok() {
-                return Ok(Some(Value::Null));
-            }
-        }
         let text: std::borrow::Cow<'_, str> = match &self.from {
             From::Constant(_) if !keep => return Ok(Some(Value::Null)),
             From::Constant(v) => return Ok(Some(v.clone())),
@@ -558,16 +722,7 @@ impl Spec {
 
     /// The rule of a target that takes text of a given form.
     fn text_rule(&self, s: &str) -> Result<(), String> {
-        let ok = match self.kind {
-            Kind::Date => validate::is_date(s),
-            Kind::DateTime => validate::is_date_time(s),
-            Kind::FeedTime => validate::is_feed_time(s),
-            Kind::Phone => validate::is_phone(s),
-            Kind::Email => validate::is_email(s),
-            Kind::CampaignId => validate::is_campaign_id(s),
-            Kind::Text | Kind::Int | Kind::Bool | Kind::Scalar => true,
-        };
-        if ok {
+        if self.fits(s) {
             return Ok(());
         }
         Err(match self.kind {
@@ -578,6 +733,20 @@ impl Spec {
             Kind::Email => "not an e-mail address".into(),
             _ => "a campaign id has exactly five characters, such as 00001".into(),
         })
+    }
+
+    /// Whether `s` fits the rule of a target that takes text of a given
+    /// form.
+    fn fits(&self, s: &str) -> bool {
+        match self.kind {
+            Kind::Date => validate::is_date(s),
+            Kind::DateTime => validate::is_date_time(s),
+            Kind::FeedTime => validate::is_feed_time(s),
+            Kind::Phone => validate::is_phone(s),
+            Kind::Email => validate::is_email(s),
+            Kind::CampaignId => validate::is_campaign_id(s),
+            Kind::Text | Kind::Int | Kind::Bool | Kind::Scalar => true,
+        }
     }
 
     /// The column (or the template's columns) the value comes from.
@@ -1009,20 +1178,13 @@ mod tests {
     }
 
     fn column_spec(kind: Kind) -> Spec {
-        Spec {
-            from: From::Column {
+        Spec::plain(
+            From::Column {
                 index: 0,
                 name: "c".into(),
             },
             kind,
-            required: false,
-            default: None,
-            transforms: Vec::new(),
-            date: None,
-            map: Vec::new(),
-            split: None,
-            conv: None,
-        }
+        )
     }
 
     #[test]
@@ -1031,16 +1193,51 @@ mod tests {
         let long = format!("+48 {}", "1 ".repeat(40));
         let mut phone = column_spec(Kind::Phone);
         phone.transforms = vec![Transform::Phone];
-        let specs = [column_spec(Kind::Text), column_spec(Kind::Email), phone];
-        for spec in &specs {
-            for cell in ["", "  ", "x", " a@b.pl ", "+48 601 234 567", "60x", &long] {
+        let mut phones = phone.clone();
+        phones.split = Some(",".into());
+        let mut emails = column_spec(Kind::Email);
+        emails.split = Some(",".into());
+        let mut required = column_spec(Kind::Text);
+        required.required = true;
+        let mut mapped = column_spec(Kind::Bool);
+        mapped.map = vec![
+            ("tak".into(), Value::Bool(true)),
+            ("nie".into(), Value::Bool(false)),
+            ("x".into(), Value::String("?".into())),
+        ];
+        let mut number = column_spec(Kind::Scalar);
+        number.conv = Some(TypeConv::Integer);
+        let mut date = column_spec(Kind::Date);
+        date.date = DateFormat::new("%d.%m.%Y").ok();
+        let specs = [
+            column_spec(Kind::Text),
+            column_spec(Kind::Email),
+            column_spec(Kind::Int),
+            column_spec(Kind::Bool),
+            phone,
+            phones,
+            emails,
+            required,
+            mapped,
+            number,
+            date,
+        ];
+        for spec in specs {
+            let spec = spec.with_fast();
+            assert!(spec.fast.is_some(), "{spec:?}");
+            for cell in [
+                "", "  ", "x", " a@b.pl ", "a@b.pl, c@d.pl", "a@b.pl,,x", "+48 601 234 567",
+                " +48 (22) 1-2.3", "48+601", "1,2", "60x", "tak", "TAK", "nie", " 12 ",
+                "31.02.1990", "01.02.1990", "ó", &long,
+            ] {
                 let c = cells(cell);
                 let built = spec.eval(c.view(), true);
-                let checked = spec.eval_with(c.view(), true, false);
+                let checked = spec.check(c.view(), true);
                 assert_eq!(checked.is_ok(), built.is_ok(), "{spec:?} {cell:?}");
                 assert_eq!(
-                    checked.as_ref().ok().map(Option::is_some),
-                    built.as_ref().ok().map(Option::is_some)
+                    checked.as_ref().ok(),
+                    built.as_ref().ok().map(Option::is_some).as_ref(),
+                    "{spec:?} {cell:?}"
                 );
                 assert_eq!(checked.err(), built.err());
             }
@@ -1062,6 +1259,7 @@ mod tests {
             ("tak".into(), Value::Bool(true)),
             ("nie".into(), Value::Bool(false)),
         ];
+        let mapped = mapped.with_fast();
         assert!(mapped.holds(cells("tak").view(), true).unwrap());
         assert!(!mapped.holds(cells("nie").view(), true).unwrap());
         let mut required = column_spec(Kind::Scalar);
