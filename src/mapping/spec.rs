@@ -198,9 +198,9 @@ enum Fast {
     Constant,
     /// A column's cell, one item.
     Cell { index: usize, rule: Rule },
-    /// A column's cell split at a one-character separator, each piece an
-    /// item.
-    Split { index: usize, sep: char, rule: Rule },
+    /// A column's cell split at a one-byte (ASCII) separator, each piece
+    /// an item.
+    Split { index: usize, sep: u8, rule: Rule },
 }
 
 /// What one non-empty item must be, for the shapes [`Fast`] covers.
@@ -342,13 +342,10 @@ impl Spec {
         };
         match &self.split {
             None => Some(Fast::Cell { index, rule }),
-            Some(sep) => {
-                let mut chars = sep.chars();
-                match (chars.next(), chars.next()) {
-                    (Some(sep), None) => Some(Fast::Split { index, sep, rule }),
-                    _ => None,
-                }
-            }
+            Some(sep) => match sep.as_bytes() {
+                &[sep] if sep.is_ascii() => Some(Fast::Split { index, sep, rule }),
+                _ => None,
+            },
         }
     }
 
@@ -367,14 +364,25 @@ impl Spec {
             None if cell.is_empty() => false,
             None => self.item_fits(rule, cell)?,
             Some(sep) => {
-                let mut any = false;
-                for part in cell.split(sep) {
+                // The pieces `str::split` gives, found byte by byte: most
+                // cells hold one item, and a splitter's set-up cost more
+                // than the search. An ASCII byte is never inside a
+                // character, so every piece is a whole `str`.
+                let (mut any, mut rest) = (false, cell);
+                loop {
+                    let (part, more) = match rest.bytes().position(|b| b == sep) {
+                        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                        None => (rest, None),
+                    };
                     let part = self::trim(part);
                     if !part.is_empty() {
                         any |= self.item_fits(rule, part)?;
                     }
+                    match more {
+                        Some(more) => rest = more,
+                        None => break any,
+                    }
                 }
-                any
             }
         };
         match (present, &self.default, self.required) {
