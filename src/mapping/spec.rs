@@ -352,6 +352,7 @@ impl Spec {
     /// [`Fast`]: `Some(present)` when the value is certainly fine (what
     /// [`Spec::eval_with`] would give as `Ok(Some(_))` or `Ok(None)`);
     /// `None` when only the full path can tell.
+    #[inline]
     pub(super) fn check_fast(&self, cells: CellsRef<'_>, trim: bool) -> Option<bool> {
         let (index, sep, rule) = match self.fast.as_ref()? {
             Fast::Constant => return Some(true),
@@ -360,10 +361,13 @@ impl Spec {
         };
         let cell = cells.get(index).unwrap_or_default();
         let cell = if trim { self::trim(cell) } else { cell };
-        let present = match sep {
-            None if cell.is_empty() => false,
-            None => self.item_fits(rule, cell)?,
-            Some(sep) => {
+        let present = match (sep, rule) {
+            (None, _) if cell.is_empty() => false,
+            // Most values of an export: any text, present. (Said here, not
+            // by a call, as it is said for most cells of every row.)
+            (None, Rule::Any) => true,
+            (None, rule) => self.item_fits(rule, cell)?,
+            (Some(sep), rule) => {
                 // The pieces `str::split` gives, found byte by byte: most
                 // cells hold one item, and a splitter's set-up cost more
                 // than the search. An ASCII byte is never inside a
