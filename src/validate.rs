@@ -33,25 +33,28 @@ pub fn is_phone(s: &str) -> bool {
 /// Unicode space. A test holds it to the plain reading of the rule.
 pub fn is_email(s: &str) -> bool {
     let b = s.as_bytes();
-    let (mut at, mut ascii) = (None, true);
+    let (mut at, mut high) = (None, 0u8);
     for (i, &c) in b.iter().enumerate() {
-        if c == b'@' {
-            if at.is_some() {
+        // Spaces and `@` are at most b'@': one comparison lets letters by.
+        if c <= b'@' {
+            if c == b'@' {
+                if at.is_some() {
+                    return false;
+                }
+                at = Some(i);
+            } else if is_ascii_space(c) {
                 return false;
             }
-            at = Some(i);
-        } else if is_ascii_space(c) {
-            return false;
-        } else {
-            ascii &= c.is_ascii();
         }
+        high |= c;
     }
     let Some(at) = at else { return false };
     let domain = &b[at + 1..];
-    // A dot in the domain with something before it, and not at its end.
-    let dotted = memchr::memchr(b'.', domain).is_some_and(|d| d > 0)
+    // A dot in the domain with something before it, and not at its end
+    // (a short search: a call to memchr costs more here).
+    let dotted = domain.iter().position(|&c| c == b'.').is_some_and(|d| d > 0)
         && domain.last().is_some_and(|&c| c != b'.');
-    at > 0 && dotted && (ascii || !s.chars().any(char::is_whitespace))
+    at > 0 && dotted && (high.is_ascii() || !s.chars().any(char::is_whitespace))
 }
 
 /// The ASCII bytes `char::is_whitespace` accepts (`u8::is_ascii_whitespace`
