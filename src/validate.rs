@@ -52,7 +52,10 @@ pub fn is_email(s: &str) -> bool {
     let domain = &b[at + 1..];
     // A dot in the domain with something before it, and not at its end
     // (a short search: a call to memchr costs more here).
-    let dotted = domain.iter().position(|&c| c == b'.').is_some_and(|d| d > 0)
+    let dotted = domain
+        .iter()
+        .position(|&c| c == b'.')
+        .is_some_and(|d| d > 0)
         && domain.last().is_some_and(|&c| c != b'.');
     at > 0 && dotted && (high.is_ascii() || !s.chars().any(char::is_whitespace))
 }

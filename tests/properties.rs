@@ -42,7 +42,8 @@ fn cell() -> impl Strategy<Value = String> {
         // with their punctuation, e-mail-like text, lists, map words.
         "[ +()0-9.\\-]{0,24}",
         "[a-z. ]{0,3}@?[a-zó@]{0,3}\\.?[a-z.]{0,3}(,[ a-z@.]{0,6})?",
-        prop::sample::select(vec!["tak", "nie", "TAK", "1", " 12 ", "x,y", ","]).prop_map(str::to_string),
+        prop::sample::select(vec!["tak", "nie", "TAK", "1", " 12 ", "x,y", ","])
+            .prop_map(str::to_string),
         Just(String::new()),
     ]
 }
@@ -139,7 +140,11 @@ fn usual_spec(
         any::<bool>(),
     )
         .prop_map(move |(option, presence, split)| {
-            let split = if split && list_ok { ", split = \",\"" } else { "" };
+            let split = if split && list_ok {
+                ", split = \",\""
+            } else {
+                ""
+            };
             format!("{{ column = \"{column}\"{option}{presence}{split} }}")
         })
 }
@@ -149,14 +154,55 @@ fn usual_spec(
 /// options or nearly do.
 const USUAL: &[(&str, &[&str], &[&str])] = &[
     ("surname", &["Nowak", " Nowak ", "Żak"], &["", " "]),
-    ("email", &["a@b.pl", " a@b.pl "], &["a@b.pl, c@d.pl", "a@b.pl,,", "a@b", "a b@c.pl", "ó@b.pl", "@b.pl", "a@.pl", "a@b.pl."]),
-    ("phone", &["601234567", " 601234567 "], &["+48 601 234 567", "(22) 123-45-67, 601234567", "12", "+", "48+601", " , ", "601 234 56x"]),
-    ("birth", &["1990-02-01", " 1990-02-01 "], &["01.02.1990", "31.02.1990", " 1.2.1990 ", "1990-2-1"]),
+    (
+        "email",
+        &["a@b.pl", " a@b.pl "],
+        &[
+            "a@b.pl, c@d.pl",
+            "a@b.pl,,",
+            "a@b",
+            "a b@c.pl",
+            "ó@b.pl",
+            "@b.pl",
+            "a@.pl",
+            "a@b.pl.",
+        ],
+    ),
+    (
+        "phone",
+        &["601234567", " 601234567 "],
+        &[
+            "+48 601 234 567",
+            "(22) 123-45-67, 601234567",
+            "12",
+            "+",
+            "48+601",
+            " , ",
+            "601 234 56x",
+        ],
+    ),
+    (
+        "birth",
+        &["1990-02-01", " 1990-02-01 "],
+        &["01.02.1990", "31.02.1990", " 1.2.1990 ", "1990-2-1"],
+    ),
     ("vip", &["tak", "nie"], &["x", "true", "TAK", "1", "maybe"]),
-    ("item", &["1"], &[" 12 ", "tak", "nie", "x", "-3", "1.5", "TAK", "y"]),
+    (
+        "item",
+        &["1"],
+        &[" 12 ", "tak", "nie", "x", "-3", "1.5", "TAK", "y"],
+    ),
     ("runs", &["1"], &["tak", "nie", "x", "0", "TAK", "y"]),
-    ("campaign", &["00001"], &["tak", "nie", "0001", " 00001 ", "Nie"]),
-    ("next", &["2020-01-01 10:00"], &["01.02.1990 10:00", "01.02.1990", "01.02.1990 25:00"]),
+    (
+        "campaign",
+        &["00001"],
+        &["tak", "nie", "0001", " 00001 ", "Nie"],
+    ),
+    (
+        "next",
+        &["2020-01-01 10:00"],
+        &["01.02.1990 10:00", "01.02.1990", "01.02.1990 25:00"],
+    ),
     ("when", &["1"], &["tak", "nie", "x", "0", "y"]),
 ];
 
@@ -231,9 +277,37 @@ fn mapping_text() -> impl Strategy<Value = String> {
         prop::option::of(spec(false)),
         any::<bool>(),
     )
-        .prop_map(|(surname, email, phone, birthdate, vip, item, campaign_id, next_call, message, when, untrimmed)| {
-            fill_mapping([surname, email, phone, birthdate, vip, item, campaign_id, next_call, message], when, untrimmed)
-        })
+        .prop_map(
+            |(
+                surname,
+                email,
+                phone,
+                birthdate,
+                vip,
+                item,
+                campaign_id,
+                next_call,
+                message,
+                when,
+                untrimmed,
+            )| {
+                fill_mapping(
+                    [
+                        surname,
+                        email,
+                        phone,
+                        birthdate,
+                        vip,
+                        item,
+                        campaign_id,
+                        next_call,
+                        message,
+                    ],
+                    when,
+                    untrimmed,
+                )
+            },
+        )
 }
 
 /// A mapping with every kind of target (text, e-mail and phone lists, a
@@ -243,7 +317,11 @@ fn fill_mapping(specs: [String; 9], when: Option<String>, untrimmed: bool) -> St
     let [surname, email, phone, birthdate, vip, item, campaign_id, next_call, message] = specs;
     let when = when.map(|w| format!("when = {w}\n")).unwrap_or_default();
     // Cells as they are (no trimming) take other turns in the checks.
-    let source = if untrimmed { "[source]\ntrim = false\n" } else { "" };
+    let source = if untrimmed {
+        "[source]\ntrim = false\n"
+    } else {
+        ""
+    };
     format!(
         "{source}[customer]\n{when}surname = {surname}\nemail = {email}\nphone_number = {phone}\nbirthdate = {birthdate}\nvip = {vip}\n\
          [customer.custom_fields]\n\"X\" = {item}\n\

@@ -1238,9 +1238,25 @@ mod tests {
             let spec = spec.with_fast();
             assert!(spec.fast.is_some(), "{spec:?}");
             for cell in [
-                "", "  ", "x", " a@b.pl ", "a@b.pl, c@d.pl", "a@b.pl,,x", "+48 601 234 567",
-                " +48 (22) 1-2.3", "48+601", "1,2", "60x", "tak", "TAK", "nie", " 12 ",
-                "31.02.1990", "01.02.1990", "ó", &long,
+                "",
+                "  ",
+                "x",
+                " a@b.pl ",
+                "a@b.pl, c@d.pl",
+                "a@b.pl,,x",
+                "+48 601 234 567",
+                " +48 (22) 1-2.3",
+                "48+601",
+                "1,2",
+                "60x",
+                "tak",
+                "TAK",
+                "nie",
+                " 12 ",
+                "31.02.1990",
+                "01.02.1990",
+                "ó",
+                &long,
             ] {
                 let c = cells(cell);
                 let built = spec.eval(c.view(), true);
