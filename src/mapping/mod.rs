@@ -665,8 +665,8 @@ impl Plan {
     }
 
     /// A quick yes for the usual row: every stage's `when` and values
-    /// checked in place ([`Spec::check_fast`] through `holds` and `check`'s
-    /// fast answers), none of [`Plan::evaluate_with`]'s bookkeeping. `false`
+    /// checked in place (`Spec::holds_fast`, `Spec::check_fast`), none of
+    /// [`Plan::evaluate_with`]'s bookkeeping. `false`
     /// says only "not certain": [`Plan::evaluate_with`] then decides, and
     /// says what is wrong. Rows of a failed-rows CSV, rows with an existing
     /// customer id, a stage that cannot be sent and a later stage without
@@ -696,7 +696,8 @@ impl Plan {
             for slot in s.slots.clone() {
                 match self.specs[slot].check_fast(cells, self.trim) {
                     Some(true) => {}
-                    // An empty key makes the stage invalid for the row.
+                    // A value left out is fine, unless it is one the stage
+                    // cannot be sent without (then the stage is invalid).
                     Some(false) if s.keys.iter().all(|(k, _)| *k != slot) => {}
                     _ => return false,
                 }

@@ -12,7 +12,8 @@
 //! Memory does not grow with the file: one record buffer is reused and each
 //! row is handed on as it is read. For `check`, records can also be read
 //! undecoded into reusable batches ([`RawRows`]) and decoded on other
-//! threads by a [`Decoder`], borrowing UTF-8 cells in place.
+//! threads by a [`Decoder`], borrowing UTF-8 cells in place (a [`Batch`]
+//! validates a whole batch's UTF-8 at once).
 
 use std::borrow::Cow;
 use std::fs::File;
