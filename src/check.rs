@@ -265,10 +265,11 @@ pub fn check_parallel(input: &mut Input) -> Result<CheckReport, InputError> {
                             Err(_) => break,
                         };
                         let Ok(batch) = batch else { break };
+                        let rows = decoder.batch(&batch);
                         for i in 0..batch.len() {
                             let id = batch.id(i);
-                            let checked = decoder
-                                .decode(&batch, i, &mut scratch)
+                            let checked = rows
+                                .decode(i, &mut scratch)
                                 .map_err(|e| vec![e])
                                 .and_then(|cells| {
                                     plan.validate_cells(cells).map(|()| {

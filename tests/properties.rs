@@ -38,6 +38,12 @@ fn cell() -> impl Strategy<Value = String> {
         "[ \"';,\\r\\n\\tąęłóśźżĄĘŁ+()0-9.:/-]{0,20}",
         "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{4}( [0-9]{2}:[0-9]{2})?",
         "(\\+48 )?[0-9]{3} [0-9]{3} [0-9]{3}",
+        // What `check`'s in-place checks read byte by byte: phone numbers
+        // with their punctuation, e-mail-like text, lists, map words.
+        "[ +()0-9.\\-]{0,24}",
+        "[a-z. ]{0,3}@?[a-zó@]{0,3}\\.?[a-z.]{0,3}(,[ a-z@.]{0,6})?",
+        prop::sample::select(vec!["tak", "nie", "TAK", "1", " 12 ", "x,y", ","])
+            .prop_map(str::to_string),
         Just(String::new()),
     ]
 }
@@ -118,6 +124,145 @@ fn spec(list_ok: bool) -> impl Strategy<Value = String> {
     prop_oneof![column, options, template, constant]
 }
 
+/// A value spec of one of the shapes `check` judges in place (see
+/// `Spec::check_fast`): the target's own column, one of `options` (a
+/// transform, a date, a type or a map the target takes), maybe required or
+/// defaulted (with a default the target takes), maybe split.
+fn usual_spec(
+    column: &'static str,
+    options: &'static [&'static str],
+    default: &'static str,
+    list_ok: bool,
+) -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(options),
+        prop::sample::select(vec!["", "", "", ", required = true", default]),
+        any::<bool>(),
+    )
+        .prop_map(move |(option, presence, split)| {
+            let split = if split && list_ok {
+                ", split = \",\""
+            } else {
+                ""
+            };
+            format!("{{ column = \"{column}\"{option}{presence}{split} }}")
+        })
+}
+
+/// The columns of [`usual_mapping_text`], one per target, with values that
+/// suit the target whatever its options, and values that suit only some
+/// options or nearly do.
+const USUAL: &[(&str, &[&str], &[&str])] = &[
+    ("surname", &["Nowak", " Nowak ", "Żak"], &["", " "]),
+    (
+        "email",
+        &["a@b.pl", " a@b.pl "],
+        &[
+            "a@b.pl, c@d.pl",
+            "a@b.pl,,",
+            "a@b",
+            "a b@c.pl",
+            "ó@b.pl",
+            "@b.pl",
+            "a@.pl",
+            "a@b.pl.",
+        ],
+    ),
+    (
+        "phone",
+        &["601234567", " 601234567 "],
+        &[
+            "+48 601 234 567",
+            "(22) 123-45-67, 601234567",
+            "12",
+            "+",
+            "48+601",
+            " , ",
+            "601 234 56x",
+        ],
+    ),
+    (
+        "birth",
+        &["1990-02-01", " 1990-02-01 "],
+        &["01.02.1990", "31.02.1990", " 1.2.1990 ", "1990-2-1"],
+    ),
+    ("vip", &["tak", "nie"], &["x", "true", "TAK", "1", "maybe"]),
+    (
+        "item",
+        &["1"],
+        &[" 12 ", "tak", "nie", "x", "-3", "1.5", "TAK", "y"],
+    ),
+    ("runs", &["1"], &["tak", "nie", "x", "0", "TAK", "y"]),
+    (
+        "campaign",
+        &["00001"],
+        &["tak", "nie", "0001", " 00001 ", "Nie"],
+    ),
+    (
+        "next",
+        &["2020-01-01 10:00"],
+        &["01.02.1990 10:00", "01.02.1990", "01.02.1990 25:00"],
+    ),
+    ("when", &["1"], &["tak", "nie", "x", "0", "y"]),
+];
+
+/// A mapping of the usual shapes (see [`usual_spec`]), each target given
+/// options it takes, so that most compile: a customer (maybe with a
+/// `when`), a custom field, a field-group value and a campaign record that
+/// runs by its `when`.
+fn usual_mapping_text() -> impl Strategy<Value = String> {
+    const PLAIN: &[&str] = &["", "", ""];
+    const SCALAR: &[&str] = &[
+        "",
+        "",
+        ", type = \"integer\"",
+        ", map = { tak = true, nie = false, \"1\" = 1, x = \"y\" }",
+    ];
+    (
+        (
+            usual_spec("surname", PLAIN, ", default = \"x\"", false),
+            usual_spec("email", PLAIN, ", default = \"a@b.pl\"", true),
+            usual_spec("phone", &["", ", transform = [\"phone\"]"], ", default = \"123\"", true),
+            usual_spec("birth", &["", ", date = \"%d.%m.%Y\""], ", default = \"2020-01-01\"", false),
+            usual_spec("vip", &["", ", map = { tak = true, nie = false, x = \"y\" }"], ", default = true", false),
+            usual_spec("item", SCALAR, ", default = \"x\"", false),
+        ),
+        (
+            usual_spec("runs", SCALAR, ", default = false", false),
+            usual_spec("campaign", &["", ", map = { tak = \"00001\", nie = \"1\" }"], ", default = \"00001\"", false),
+            usual_spec("next", &["", ", date = \"%d.%m.%Y %H:%M\""], ", default = \"2020-01-01 10:00\"", false),
+            prop::option::of(usual_spec("when", SCALAR, ", default = false", false)),
+            any::<bool>(),
+        ),
+    )
+        .prop_map(|((surname, email, phone, birthdate, vip, item), (runs, campaign_id, next_call, when, untrimmed))| {
+            let when = when.map(|w| format!("when = {w}\n")).unwrap_or_default();
+            let source = if untrimmed { "[source]\ntrim = false\n" } else { "" };
+            format!(
+                "{source}[customer]\n{when}surname = {surname}\nemail = {email}\nphone_number = {phone}\nbirthdate = {birthdate}\nvip = {vip}\n\
+                 [customer.custom_fields]\n\"X\" = {item}\n\
+                 [[field_group]]\ngroup_id = 2\n[field_group.values]\n8 = {item}\n\
+                 [campaign]\nwhen = {runs}\nid = {campaign_id}\nnext_call_date = {next_call}\n"
+            )
+        })
+}
+
+/// A row of [`USUAL`]'s columns: each cell mostly one that suits its
+/// target, else one that nearly does, nothing, or any text.
+fn usual_row() -> impl Strategy<Value = Vec<String>> {
+    USUAL
+        .iter()
+        .map(|(_, good, bad)| {
+            prop_oneof![
+                16 => prop::sample::select(good.to_vec()).prop_map(str::to_string),
+                4 => prop::sample::select(bad.to_vec()).prop_map(str::to_string),
+                1 => Just(String::new()),
+                1 => cell(),
+            ]
+        })
+        .collect::<Vec<_>>()
+}
+
 fn mapping_text() -> impl Strategy<Value = String> {
     (
         spec(false),
@@ -130,22 +275,81 @@ fn mapping_text() -> impl Strategy<Value = String> {
         spec(false),
         spec(false),
         prop::option::of(spec(false)),
+        any::<bool>(),
     )
-        .prop_map(|(surname, email, phone, birthdate, vip, item, campaign_id, next_call, message, when)| {
-            let when = when.map(|w| format!("when = {w}\n")).unwrap_or_default();
-            format!(
-                "[customer]\n{when}surname = {surname}\nemail = {email}\nphone_number = {phone}\nbirthdate = {birthdate}\nvip = {vip}\n\
-                 [customer.custom_fields]\n\"X\" = {item}\n\
-                 [[field_group]]\ngroup_id = 2\n[field_group.values]\n8 = {item}\n\
-                 [campaign]\n{when}id = {campaign_id}\nnext_call_date = {next_call}\n\
-                 [campaign_update]\nid = {campaign_id}\nidentifier = {message}\n\
-                 [feed]\nmessage = {message}\ntime = {next_call}\n"
-            )
-        })
+        .prop_map(
+            |(
+                surname,
+                email,
+                phone,
+                birthdate,
+                vip,
+                item,
+                campaign_id,
+                next_call,
+                message,
+                when,
+                untrimmed,
+            )| {
+                fill_mapping(
+                    [
+                        surname,
+                        email,
+                        phone,
+                        birthdate,
+                        vip,
+                        item,
+                        campaign_id,
+                        next_call,
+                        message,
+                    ],
+                    when,
+                    untrimmed,
+                )
+            },
+        )
+}
+
+/// A mapping with every kind of target (text, e-mail and phone lists, a
+/// date, a boolean, custom and field-group values, a campaign id, dates with
+/// a time), given their specs; `when` for the customer and the campaign.
+fn fill_mapping(specs: [String; 9], when: Option<String>, untrimmed: bool) -> String {
+    let [surname, email, phone, birthdate, vip, item, campaign_id, next_call, message] = specs;
+    let when = when.map(|w| format!("when = {w}\n")).unwrap_or_default();
+    // Cells as they are (no trimming) take other turns in the checks.
+    let source = if untrimmed {
+        "[source]\ntrim = false\n"
+    } else {
+        ""
+    };
+    format!(
+        "{source}[customer]\n{when}surname = {surname}\nemail = {email}\nphone_number = {phone}\nbirthdate = {birthdate}\nvip = {vip}\n\
+         [customer.custom_fields]\n\"X\" = {item}\n\
+         [[field_group]]\ngroup_id = 2\n[field_group.values]\n8 = {item}\n\
+         [campaign]\n{when}id = {campaign_id}\nnext_call_date = {next_call}\n\
+         [campaign_update]\nid = {campaign_id}\nidentifier = {message}\n\
+         [feed]\nmessage = {message}\ntime = {next_call}\n"
+    )
 }
 
 proptest! {
     #![proptest_config(config(2000))]
+
+    /// `check`'s in-place checks (`Plan::validate`) answer exactly as
+    /// building the values does, on the shapes they cover.
+    #[test]
+    fn checking_in_place_agrees_with_building(
+        text in usual_mapping_text(),
+        rows in prop::collection::vec(usual_row(), 1..8),
+    ) {
+        let header: Vec<String> = USUAL.iter().map(|(c, _, _)| c.to_string()).collect();
+        let loaded = mapping::parse(Path::new("p.toml"), text.clone()).unwrap();
+        let Ok(plan) = mapping::compile(&loaded, &header) else { return Ok(()) };
+        for (i, cells) in rows.iter().enumerate() {
+            let row = Row { id: RowId { row: i as u64 + 1, line: i as u64 + 2, offset: 0, fp: None }, cells: Cells::from_strs(cells) };
+            prop_assert_eq!(plan.validate(&row), plan.evaluate(&row).and_then(mapping::Evaluated::checked).map(|_| ()));
+        }
+    }
 
     #[test]
     fn mapping_never_panics_and_every_row_gets_an_outcome(

@@ -125,6 +125,27 @@ fn phone_chars(s: &str) -> Result<impl Iterator<Item = char> + '_, String> {
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')') && !c.is_whitespace()))
 }
 
+/// How many digits the `phone` transform keeps of `s`, when it keeps only
+/// digits (what a phone number may be): `None` for anything else (a letter,
+/// a `+` not in front, a character outside ASCII), which the full path
+/// judges. The same reading as [`phone_chars`], byte by byte.
+fn phone_digits(s: &str) -> Option<usize> {
+    let (mut digits, mut lead) = (0, true);
+    for &b in s.as_bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            // Dropped wherever they are; spaces before a `+` are trimmed.
+            b' ' | b'\t'..=b'\r' => continue,
+            b'-' | b'.' | b'(' | b')' => {}
+            // The `+` in front, after the trimmed spaces.
+            b'+' if lead => {}
+            _ => return None,
+        }
+        lead = false;
+    }
+    Some(digits)
+}
+
 /// An explicit conversion (`type = ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeConv {
@@ -162,6 +183,46 @@ pub struct Spec {
     /// `update`: whether an update of an existing customer (or item) sends
     /// this field; `None` takes the table's default.
     update: Option<super::Policy>,
+    /// How `check` decides the value without building it, when the spec
+    /// has one of the usual shapes (set when compiled).
+    fast: Option<Fast>,
+}
+
+/// A spec's value checked on the borrowed text, chosen once when the spec is
+/// compiled: `check` asks every value of every row, and going through
+/// [`Spec::eval_with`] (transforms, map, date, type, the target's rule, each
+/// step a `Result<Option<Value>, _>`) cost more than the checks themselves.
+/// It only ever answers "fine, present" or "fine, absent" for the shapes it
+/// covers; anything else (a value that fails, a shape it does not cover)
+/// takes [`Spec::eval_with`], which says what is wrong.
+#[derive(Debug, Clone)]
+enum Fast {
+    /// A constant: checked when compiled.
+    Constant,
+    /// A column's cell, one item.
+    Cell { index: usize, rule: Rule },
+    /// A column's cell split at a one-byte (ASCII) separator, each piece
+    /// an item.
+    Split { index: usize, sep: u8, rule: Rule },
+}
+
+/// What one non-empty item must be, for the shapes [`Fast`] covers.
+#[derive(Debug, Clone)]
+enum Rule {
+    /// Anything (a text or scalar target, no options).
+    Any,
+    /// The target's text rule ([`Spec::fits`]).
+    Text,
+    /// An integer (an integer target, or `type = "integer"`).
+    Int,
+    /// A boolean word (a boolean target).
+    Bool,
+    /// `transform = ["phone"]` into a phone number.
+    Phone,
+    /// `date = ...` (the value is written by us in the target's form).
+    Date,
+    /// `map`: each key, and whether its value suits the target.
+    Map(Vec<(String, bool)>),
 }
 
 const SPEC_KEYS: &[&str] = &[
@@ -225,6 +286,7 @@ impl Spec {
         spec.conv = o.conv(ctx);
         spec.update = o.update(ctx);
         spec.check_constants(ctx, &mut o);
+        spec.fast = spec.fast_check();
         o.ok.then_some(spec)
     }
 
@@ -241,7 +303,127 @@ impl Spec {
             split: None,
             conv: None,
             update: None,
+            fast: None,
         }
+        .with_fast()
+    }
+
+    /// The spec with its [`Fast`] check chosen (after its options are set).
+    fn with_fast(mut self) -> Spec {
+        self.fast = self.fast_check();
+        self
+    }
+
+    /// The [`Fast`] check of the spec's shape, if it has one of those.
+    fn fast_check(&self) -> Option<Fast> {
+        let index = match &self.from {
+            From::Constant(_) => return Some(Fast::Constant),
+            From::Column { index, .. } => *index,
+            From::Template { .. } => return None,
+        };
+        let rule = match (&self.transforms[..], &self.map, &self.date, self.conv) {
+            ([], map, None, None) if map.is_empty() => match self.kind {
+                Kind::Int => Rule::Int,
+                Kind::Bool => Rule::Bool,
+                Kind::Text | Kind::Scalar => Rule::Any,
+                _ => Rule::Text,
+            },
+            ([Transform::Phone], map, None, None) if map.is_empty() && self.kind == Kind::Phone => {
+                Rule::Phone
+            }
+            ([], map, Some(_), None | Some(TypeConv::String)) if map.is_empty() => Rule::Date,
+            ([], map, None, Some(TypeConv::Integer))
+                if map.is_empty() && matches!(self.kind, Kind::Scalar | Kind::Text | Kind::Int) =>
+            {
+                Rule::Int
+            }
+            // A mapped value goes through `type` and the target's rule
+            // alone (no date): whether it passes is known now.
+            ([], map, None, _) => Rule::Map(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.finish_item(v.clone()).is_ok()))
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        match &self.split {
+            None => Some(Fast::Cell { index, rule }),
+            Some(sep) => match sep.as_bytes() {
+                &[sep] if sep.is_ascii() => Some(Fast::Split { index, sep, rule }),
+                _ => None,
+            },
+        }
+    }
+
+    /// [`Fast`]: `Some(present)` when the value is certainly fine (what
+    /// [`Spec::eval_with`] would give as `Ok(Some(_))` or `Ok(None)`);
+    /// `None` when only the full path can tell.
+    #[inline]
+    pub(super) fn check_fast(&self, cells: CellsRef<'_>, trim: bool) -> Option<bool> {
+        let (index, sep, rule) = match self.fast.as_ref()? {
+            Fast::Constant => return Some(true),
+            Fast::Cell { index, rule } => (*index, None, rule),
+            Fast::Split { index, sep, rule } => (*index, Some(*sep), rule),
+        };
+        let cell = cells.get(index).unwrap_or_default();
+        let cell = if trim { self::trim(cell) } else { cell };
+        let present = match (sep, rule) {
+            (None, _) if cell.is_empty() => false,
+            // Most values of an export: any text, present. (Said here, not
+            // by a call, as it is said for most cells of every row.)
+            (None, Rule::Any) => true,
+            (None, rule) => self.item_fits(rule, cell)?,
+            (Some(sep), rule) => {
+                // The pieces `str::split` gives, found byte by byte: most
+                // cells hold one item, and a splitter's set-up cost more
+                // than the search. An ASCII byte is never inside a
+                // character, so every piece is a whole `str`.
+                let (mut any, mut rest) = (false, cell);
+                loop {
+                    let (part, more) = match rest.bytes().position(|b| b == sep) {
+                        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                        None => (rest, None),
+                    };
+                    let part = self::trim(part);
+                    if !part.is_empty() {
+                        any |= self.item_fits(rule, part)?;
+                    }
+                    match more {
+                        Some(more) => rest = more,
+                        None => break any,
+                    }
+                }
+            }
+        };
+        match (present, &self.default, self.required) {
+            (true, _, _) | (false, Some(_), _) => Some(true),
+            // A required value missing: the full path says so.
+            (false, None, true) => None,
+            (false, None, false) => Some(false),
+        }
+    }
+
+    /// One non-empty item under `rule`: `Some(true)` fine, `Some(false)`
+    /// empty once transformed, `None` not certainly fine.
+    fn item_fits(&self, rule: &Rule, s: &str) -> Option<bool> {
+        let ok = match rule {
+            Rule::Any => true,
+            Rule::Text => self.fits(s),
+            Rule::Int => parse_int(s).is_ok(),
+            Rule::Bool => parse_bool(s).is_some(),
+            Rule::Phone => {
+                return match phone_digits(s)? {
+                    0 => Some(false),
+                    n => (3..=20).contains(&n).then_some(true),
+                };
+            }
+            Rule::Date => self.date.as_ref().is_some_and(|d| d.parse(s).is_ok()),
+            Rule::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k == s)
+                .is_some_and(|(_, ok)| *ok),
+        };
+        ok.then_some(true)
     }
 
     /// `update = ...` as written on this spec (`None`: the table's default).
@@ -277,37 +459,41 @@ impl Spec {
         self.eval_with(cells, trim, true)
     }
 
-    /// The column, when the value is its cell as it is: no split,
-    /// transform, map, date or type, and a target that takes text (its
-    /// value, when present, is the cell's text).
-    fn plain_column(&self) -> Option<usize> {
-        match self.from {
-            From::Column { index, .. }
-                if self.split.is_none()
-                    && self.transforms.is_empty()
-                    && self.map.is_empty()
-                    && self.date.is_none()
-                    && self.conv.is_none()
-                    && !matches!(self.kind, Kind::Int | Kind::Bool) =>
-            {
-                Some(index)
-            }
-            _ => None,
-        }
-    }
-
     /// A stage's `when`: whether the value is there and not `false`.
     pub fn holds(&self, cells: CellsRef<'_>, trim: bool) -> Result<bool, FieldError> {
-        if self.default.is_none() && self.plain_column().is_some() {
-            // The value would be text or nothing: only whether it is there
-            // matters, and checking says that without building it.
-            return self.eval_with(cells, trim, false).map(|v| v.is_some());
+        if let Some(present) = self.holds_fast(cells, trim) {
+            return Ok(present);
         }
         Ok(match self.eval(cells, trim)? {
             Some(Value::Bool(b)) => b,
             Some(_) => true,
             None => false,
         })
+    }
+
+    /// [`Spec::holds`] without building the value, when it cannot be a
+    /// boolean (no default, no map, not a boolean target: text, a number or
+    /// nothing), so that only whether it is there matters.
+    pub(super) fn holds_fast(&self, cells: CellsRef<'_>, trim: bool) -> Option<bool> {
+        match self.fast.as_ref()? {
+            Fast::Cell { rule, .. } | Fast::Split { rule, .. }
+                if self.default.is_none()
+                    && self.kind != Kind::Bool
+                    && !matches!(rule, Rule::Map(_)) =>
+            {
+                self.check_fast(cells, trim)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the value without building it: what `check` needs. `Ok(true)`
+    /// when it is there, `Ok(false)` when the field is left out.
+    pub fn check(&self, cells: CellsRef<'_>, trim: bool) -> Result<bool, FieldError> {
+        if let Some(present) = self.check_fast(cells, trim) {
+            return Ok(present);
+        }
+        self.eval_with(cells, trim, false).map(|v| v.is_some())
     }
 
     /// Evaluates; with `keep` false only checks: a present value comes back
@@ -319,16 +505,6 @@ impl Spec {
         trim: bool,
         keep: bool,
     ) -> Result<Option<Value>, FieldError> {
-        if let (false, Some(index)) = (keep, self.plain_column()) {
-            // Checking a cell taken as it is: only whether it is there and
-            // fits the target's rule. Anything else takes the full path,
-            // which says what is wrong.
-            let cell = cells.get(index).unwrap_or_default();
-            let cell = if trim { self::trim(cell) } else { cell };
-            if !cell.is_empty() && self.text_rule(cell).is_ok() {
-                return Ok(Some(Value::Null));
-            }
-        }
         let text: std::borrow::Cow<'_, str> = match &self.from {
             From::Constant(_) if !keep => return Ok(Some(Value::Null)),
             From::Constant(v) => return Ok(Some(v.clone())),
@@ -569,16 +745,7 @@ impl Spec {
 
     /// The rule of a target that takes text of a given form.
     fn text_rule(&self, s: &str) -> Result<(), String> {
-        let ok = match self.kind {
-            Kind::Date => validate::is_date(s),
-            Kind::DateTime => validate::is_date_time(s),
-            Kind::FeedTime => validate::is_feed_time(s),
-            Kind::Phone => validate::is_phone(s),
-            Kind::Email => validate::is_email(s),
-            Kind::CampaignId => validate::is_campaign_id(s),
-            Kind::Text | Kind::Int | Kind::Bool | Kind::Scalar => true,
-        };
-        if ok {
+        if self.fits(s) {
             return Ok(());
         }
         Err(match self.kind {
@@ -589,6 +756,20 @@ impl Spec {
             Kind::Email => "not an e-mail address".into(),
             _ => "a campaign id has exactly five characters, such as 00001".into(),
         })
+    }
+
+    /// Whether `s` fits the rule of a target that takes text of a given
+    /// form.
+    fn fits(&self, s: &str) -> bool {
+        match self.kind {
+            Kind::Date => validate::is_date(s),
+            Kind::DateTime => validate::is_date_time(s),
+            Kind::FeedTime => validate::is_feed_time(s),
+            Kind::Phone => validate::is_phone(s),
+            Kind::Email => validate::is_email(s),
+            Kind::CampaignId => validate::is_campaign_id(s),
+            Kind::Text | Kind::Int | Kind::Bool | Kind::Scalar => true,
+        }
     }
 
     /// The column (or the template's columns) the value comes from.
@@ -1040,21 +1221,13 @@ mod tests {
     }
 
     fn column_spec(kind: Kind) -> Spec {
-        Spec {
-            from: From::Column {
+        Spec::plain(
+            From::Column {
                 index: 0,
                 name: "c".into(),
             },
             kind,
-            required: false,
-            default: None,
-            transforms: Vec::new(),
-            date: None,
-            map: Vec::new(),
-            split: None,
-            conv: None,
-            update: None,
-        }
+        )
     }
 
     #[test]
@@ -1063,16 +1236,67 @@ mod tests {
         let long = format!("+48 {}", "1 ".repeat(40));
         let mut phone = column_spec(Kind::Phone);
         phone.transforms = vec![Transform::Phone];
-        let specs = [column_spec(Kind::Text), column_spec(Kind::Email), phone];
-        for spec in &specs {
-            for cell in ["", "  ", "x", " a@b.pl ", "+48 601 234 567", "60x", &long] {
+        let mut phones = phone.clone();
+        phones.split = Some(",".into());
+        let mut emails = column_spec(Kind::Email);
+        emails.split = Some(",".into());
+        let mut required = column_spec(Kind::Text);
+        required.required = true;
+        let mut mapped = column_spec(Kind::Bool);
+        mapped.map = vec![
+            ("tak".into(), Value::Bool(true)),
+            ("nie".into(), Value::Bool(false)),
+            ("x".into(), Value::String("?".into())),
+        ];
+        let mut number = column_spec(Kind::Scalar);
+        number.conv = Some(TypeConv::Integer);
+        let mut date = column_spec(Kind::Date);
+        date.date = DateFormat::new("%d.%m.%Y").ok();
+        let specs = [
+            column_spec(Kind::Text),
+            column_spec(Kind::Email),
+            column_spec(Kind::Int),
+            column_spec(Kind::Bool),
+            phone,
+            phones,
+            emails,
+            required,
+            mapped,
+            number,
+            date,
+        ];
+        for spec in specs {
+            let spec = spec.with_fast();
+            assert!(spec.fast.is_some(), "{spec:?}");
+            for cell in [
+                "",
+                "  ",
+                "x",
+                " a@b.pl ",
+                "a@b.pl, c@d.pl",
+                "a@b.pl,,x",
+                "+48 601 234 567",
+                " +48 (22) 1-2.3",
+                "48+601",
+                "1,2",
+                "60x",
+                "tak",
+                "TAK",
+                "nie",
+                " 12 ",
+                "31.02.1990",
+                "01.02.1990",
+                "ó",
+                &long,
+            ] {
                 let c = cells(cell);
                 let built = spec.eval(c.view(), true);
-                let checked = spec.eval_with(c.view(), true, false);
+                let checked = spec.check(c.view(), true);
                 assert_eq!(checked.is_ok(), built.is_ok(), "{spec:?} {cell:?}");
                 assert_eq!(
-                    checked.as_ref().ok().map(Option::is_some),
-                    built.as_ref().ok().map(Option::is_some)
+                    checked.as_ref().ok(),
+                    built.as_ref().ok().map(Option::is_some).as_ref(),
+                    "{spec:?} {cell:?}"
                 );
                 assert_eq!(checked.err(), built.err());
             }
@@ -1094,6 +1318,7 @@ mod tests {
             ("tak".into(), Value::Bool(true)),
             ("nie".into(), Value::Bool(false)),
         ];
+        let mapped = mapped.with_fast();
         assert!(mapped.holds(cells("tak").view(), true).unwrap());
         assert!(!mapped.holds(cells("nie").view(), true).unwrap());
         let mut required = column_spec(Kind::Scalar);
