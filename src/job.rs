@@ -53,6 +53,8 @@ pub struct Job {
     /// What the summary says besides the counts (the file's columns
     /// changed, ...).
     pub notes: Vec<String>,
+    /// The undo file, unless `--no-undo`.
+    pub images: Option<Arc<crate::undo::images::Images>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -495,7 +497,9 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
             crate::exit::Stopped("stopped by a signal before anything was sent".into()).into(),
         );
     }
+    let started_at = header.started_at.clone();
     let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
+    let images = open_images(&args.images, &args.sync, &ledger_path, &started_at, true)?;
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
     Ok(Job {
@@ -511,7 +515,29 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         sandbox,
         planning: None,
         notes,
+        images,
     })
+}
+
+/// The undo file of a ledger whose header has `started_at` (begun for a
+/// new ledger, continued by `retry`), unless `--no-undo`.
+fn open_images(
+    args: &crate::cli::ImagesArgs,
+    sync: &SyncArgs,
+    ledger_path: &Path,
+    started_at: &str,
+    new: bool,
+) -> anyhow::Result<Option<Arc<crate::undo::images::Images>>> {
+    use crate::undo::images::Images;
+    if args.no_undo {
+        return Ok(None);
+    }
+    let state = sync.state.as_deref().map(absolute);
+    Ok(Some(if new {
+        Images::create(ledger_path, started_at, state.as_deref())?
+    } else {
+        Images::append(ledger_path, started_at, state.as_deref())?
+    }))
 }
 
 /// The credentials `run` uses: the in-process sandbox's (started here, with
@@ -667,6 +693,7 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
+    let images = open_images(&args.images, &args.sync, &args.ledger, &header.started_at, false)?;
     let attempt = ledger::Attempt {
         started_at: ledger::now(),
         source: absolute(&source_path),
@@ -690,6 +717,7 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         sandbox: None,
         planning: Some(planning),
         notes: Vec::new(),
+        images,
     })
 }
 
@@ -706,6 +734,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         sandbox,
         planning,
         notes,
+        images,
         ..
     } = job;
     let abort = Arc::new(Abort::default());
@@ -746,6 +775,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         abort,
         progress_state.clone(),
         matching,
+        images,
     )
     .await;
     let elapsed = started.elapsed();

@@ -1,6 +1,7 @@
 //! Customers: `POST batch/customers` (create, not idempotent), `PUT
-//! batch/customers` (update, idempotent) and `GET customers` (search and
-//! page through them).
+//! batch/customers` (update, idempotent), `GET customers` (search and
+//! page through them), `GET customers/:id` (one) and `DELETE
+//! customers/:id` (one, with its items, records and history: `undo`).
 
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -344,6 +345,30 @@ impl Endpoint for GetCustomer {
     }
 }
 
+/// `DELETE customers/:id`: the customer and "all its dependencies" (its
+/// field-group items, campaign records, contact history); an empty answer,
+/// 404 when there is no such customer. Sent twice, the second finds none:
+/// idempotent in effect, so a dropped answer is retried, and a 404 then
+/// says the first one was applied.
+#[derive(Debug, Clone)]
+pub struct DeleteCustomer {
+    pub customer_id: i64,
+}
+
+impl Endpoint for DeleteCustomer {
+    type Answer = ();
+    const METHOD: Method = Method::DELETE;
+    const IDEMPOTENT: bool = true;
+
+    fn path(&self) -> String {
+        format!("customers/{}", self.customer_id)
+    }
+
+    fn parse(&self, _: &Answer) -> Result<(), CallError> {
+        Ok(())
+    }
+}
+
 impl super::ApiClient {
     /// One customer by its id, with the fields of `written` (custom
     /// fields, addresses): `None` when Thulium answers 404 (there is no
@@ -365,6 +390,20 @@ impl super::ApiClient {
             result: match call.result {
                 Ok(c) => Ok(Some(c)),
                 Err(CallError::Refused { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Deletes one customer and its dependencies: `true` when this call
+    /// deleted it, `false` when Thulium answers 404 (already gone).
+    pub async fn delete_customer(&self, customer_id: i64) -> super::Call<bool> {
+        let call = self.send(&DeleteCustomer { customer_id }).await;
+        super::Call {
+            attempts: call.attempts,
+            result: match call.result {
+                Ok(()) => Ok(true),
+                Err(CallError::Refused { status: 404, .. }) => Ok(false),
                 Err(e) => Err(e),
             },
         }

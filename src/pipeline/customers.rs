@@ -23,6 +23,7 @@ use crate::ledger::{Action, Entry, Intent, RowEvent, Stage, Status};
 use crate::mapping::{ItemMode, OnMatch, OnMissing};
 use crate::state::Learnt;
 use crate::text::join_ids;
+use crate::undo::images::Image;
 
 /// Drops the stages that need the row's customer (it has none), once the
 /// row is already being sent (its outcomes counted): the stages dropped
@@ -501,6 +502,14 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
         if rows.is_empty() {
             break;
         }
+        // The undo file first (what is about to be created), then the
+        // intent. An undo file that cannot be written stops the run: the
+        // rows are then recorded not sent.
+        let created = rows
+            .iter()
+            .filter_map(|r| Some(Image::created(r.id.row, r.payloads.customer.as_ref()?)))
+            .collect();
+        run.before_images(created).await;
         let intent = Intent {
             stage: Stage::Customer,
             group: None,
@@ -690,6 +699,17 @@ async fn update_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
         if rows.is_empty() {
             break;
         }
+        // What the updates overwrite, durable before they are sent (an
+        // undo file that cannot be written stops the run: the rows are
+        // then recorded not sent).
+        let overwritten = rows
+            .iter()
+            .filter_map(|r| {
+                let fields = update_fields(run, r)?;
+                Some(Image::updated(r.id.row, r.update_of?, &fields, r.current.as_ref()))
+            })
+            .collect();
+        run.before_images(overwritten).await;
         let batch = UpdateBatch {
             run,
             settled: Mutex::new(Vec::with_capacity(rows.len())),

@@ -695,6 +695,21 @@ async fn place_item(
             return create_item(run, id, customer_id, item).await;
         }
         (ItemChoice::Update(item_id), ItemMode::Upsert) => {
+            // Its values before, durable before the update is sent.
+            let old = found.iter().find(|f| f.item_id == item_id);
+            let image = old.map(|old| {
+                crate::undo::images::Image::item(
+                    id.row,
+                    item.index,
+                    customer_id,
+                    item.group_id,
+                    old,
+                    &item.values,
+                )
+            });
+            if !run.before_images(image.into_iter().collect()).await {
+                return run.stopped(&[id], Stage::FieldGroup, Some(item.index)).await;
+            }
             return update_item(run, ev, item_id, item).await;
         }
         (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {

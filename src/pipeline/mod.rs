@@ -318,6 +318,8 @@ struct Run {
     /// Rows being sent, by row number.
     pending: Mutex<HashMap<u64, Pending>>,
     matching: Matching,
+    /// The undo file (before-images), unless `--no-undo`.
+    images: Option<Arc<crate::undo::images::Images>>,
 }
 
 /// One row's outcome at one stage, ready to be written.
@@ -387,6 +389,25 @@ impl Run {
             }
         }
         match self.ledger.write(&entries).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.abort.trip(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Writes before-images (`undo`'s) durably, before the calls they
+    /// describe are sent; an undo file that cannot be written stops the
+    /// run (nothing is sent that could not be taken back). `false` then.
+    async fn before_images(&self, images: Vec<crate::undo::images::Image>) -> bool {
+        let Some(file) = &self.images else {
+            return true;
+        };
+        if images.is_empty() {
+            return true;
+        }
+        match file.record(images).await {
             Ok(()) => true,
             Err(e) => {
                 self.abort.trip(e.to_string());
@@ -737,6 +758,7 @@ pub async fn run(
     abort: Arc<Abort>,
     progress: Arc<Progress>,
     matching: Matching,
+    images: Option<Arc<crate::undo::images::Images>>,
 ) -> RunEnd {
     let run = Arc::new(Run {
         client,
@@ -748,6 +770,7 @@ pub async fn run(
         consecutive_failures: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
         matching,
+        images,
     });
     // 0. Calls in flight follow rate × latency, within the limit.
     let in_flight = tokio::spawn(follow_in_flight(run.clone()));
