@@ -21,8 +21,8 @@ use crate::metrics;
 use crate::outcomes::Outcomes;
 use crate::pipeline;
 use crate::preflight;
-use crate::undo;
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::undo;
 use crate::Exit;
 use crate::{mapping, report};
 use std::sync::Arc;
@@ -73,7 +73,11 @@ async fn undo_command(args: &UndoArgs) -> anyhow::Result<Exit> {
     if !args.json {
         eprintln!(
             "{} the run of {} in {} as {}",
-            if args.dry_run { "Judging (dry run)" } else { "Taking back" },
+            if args.dry_run {
+                "Judging (dry run)"
+            } else {
+                "Taking back"
+            },
             args.ledger.display(),
             credentials.root,
             credentials.user
@@ -110,7 +114,10 @@ async fn undo_command(args: &UndoArgs) -> anyhow::Result<Exit> {
         writeln!(
             out,
             "requests: {} sent",
-            client.stats.requests.load(std::sync::atomic::Ordering::Relaxed)
+            client
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
         )?;
         for note in &undone.notes {
             writeln!(out, "note: {note}")?;

@@ -356,9 +356,20 @@ mod tests {
             assert!(same(field, &a, &b), "{field}");
             assert_eq!(canonical(field, &a), canonical(field, &b), "{field}");
         }
-        assert_ne!(canonical("surname", &json!("A")), canonical("surname", &json!("B")));
-        assert_ne!(canonical("note", &json!("0")), canonical("note", &json!("")));
-        let w = Written::of_names(["surname", "custom_fields.Segment", "address.city", "address.street"]);
+        assert_ne!(
+            canonical("surname", &json!("A")),
+            canonical("surname", &json!("B"))
+        );
+        assert_ne!(
+            canonical("note", &json!("0")),
+            canonical("note", &json!(""))
+        );
+        let w = Written::of_names([
+            "surname",
+            "custom_fields.Segment",
+            "address.city",
+            "address.street",
+        ]);
         assert_eq!(w.fields, ["surname"]);
         assert_eq!(w.custom, ["Segment"]);
         assert_eq!(w.addresses, ["address"]);

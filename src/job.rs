@@ -693,7 +693,13 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
-    let images = open_images(&args.images, &args.sync, &args.ledger, &header.started_at, false)?;
+    let images = open_images(
+        &args.images,
+        &args.sync,
+        &args.ledger,
+        &header.started_at,
+        false,
+    )?;
     let attempt = ledger::Attempt {
         started_at: ledger::now(),
         source: absolute(&source_path),
@@ -737,6 +743,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         images,
         ..
     } = job;
+    let matching = pipeline::Matching { images, ..matching };
     let abort = Arc::new(Abort::default());
     // Stop signals are listened to from the command's start (see
     // `signals`); from here the first one stops the run cleanly.
@@ -775,7 +782,6 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         abort,
         progress_state.clone(),
         matching,
-        images,
     )
     .await;
     let elapsed = started.elapsed();
@@ -985,5 +991,6 @@ async fn prepare_matching(
         full: args.full,
         group_parts: plan.group_parts().to_vec(),
         feed_on_match: plan.feed_on_match(),
+        images: None,
     })
 }

@@ -75,7 +75,6 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         Arc::new(Abort::default()),
         progress.clone(),
         pipeline::Matching::default(),
-        None,
     )
     .await;
     assert_eq!(end.rows_read, 300);
@@ -219,7 +218,6 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         Arc::new(Abort::default()),
         Arc::new(Progress::default()),
         pipeline::Matching::default(),
-        None,
     )
     .await;
     let read = end.read_error.expect("the read error is reported");

@@ -474,7 +474,11 @@ impl Customer {
                     let part = AddressPart::ALL.into_iter().find(|p| p.key() == part);
                     match (kind, part) {
                         (Some(kind), Some(part)) => {
-                            let v = if empty { Value::from("") } else { value.clone() };
+                            let v = if empty {
+                                Value::from("")
+                            } else {
+                                value.clone()
+                            };
                             out.address_mut(kind).set(part, v);
                         }
                         _ => left.push(name.clone()),

@@ -706,7 +706,12 @@ async fn update_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
             .iter()
             .filter_map(|r| {
                 let fields = update_fields(run, r)?;
-                Some(Image::updated(r.id.row, r.update_of?, &fields, r.current.as_ref()))
+                Some(Image::updated(
+                    r.id.row,
+                    r.update_of?,
+                    &fields,
+                    r.current.as_ref(),
+                ))
             })
             .collect();
         run.before_images(overwritten).await;

@@ -708,7 +708,9 @@ async fn place_item(
                 )
             });
             if !run.before_images(image.into_iter().collect()).await {
-                return run.stopped(&[id], Stage::FieldGroup, Some(item.index)).await;
+                return run
+                    .stopped(&[id], Stage::FieldGroup, Some(item.index))
+                    .await;
             }
             return update_item(run, ev, item_id, item).await;
         }

@@ -163,6 +163,10 @@ pub struct Matching {
     pub group_parts: Vec<String>,
     /// `[feed] on_match`: a message for a customer found, without proof.
     pub feed_on_match: crate::mapping::FeedOnMatch,
+    /// The undo file, unless `--no-undo`: what the run's updates
+    /// overwrite (the values found with the customers and items), written
+    /// before each is sent.
+    pub images: Option<Arc<crate::undo::images::Images>>,
 }
 
 impl Matching {
@@ -318,8 +322,6 @@ struct Run {
     /// Rows being sent, by row number.
     pending: Mutex<HashMap<u64, Pending>>,
     matching: Matching,
-    /// The undo file (before-images), unless `--no-undo`.
-    images: Option<Arc<crate::undo::images::Images>>,
 }
 
 /// One row's outcome at one stage, ready to be written.
@@ -401,7 +403,7 @@ impl Run {
     /// describe are sent; an undo file that cannot be written stops the
     /// run (nothing is sent that could not be taken back). `false` then.
     async fn before_images(&self, images: Vec<crate::undo::images::Image>) -> bool {
-        let Some(file) = &self.images else {
+        let Some(file) = &self.matching.images else {
             return true;
         };
         if images.is_empty() {
@@ -758,7 +760,6 @@ pub async fn run(
     abort: Arc<Abort>,
     progress: Arc<Progress>,
     matching: Matching,
-    images: Option<Arc<crate::undo::images::Images>>,
 ) -> RunEnd {
     let run = Arc::new(Run {
         client,
@@ -770,7 +771,6 @@ pub async fn run(
         consecutive_failures: AtomicU64::new(0),
         pending: Mutex::new(HashMap::new()),
         matching,
-        images,
     });
     // 0. Calls in flight follow rate × latency, within the limit.
     let in_flight = tokio::spawn(follow_in_flight(run.clone()));

@@ -244,12 +244,21 @@ impl Images {
     ) -> Result<Arc<Images>, ImagesError> {
         let path = path_for(ledger);
         if path.exists() {
-            let aside = format!(
-                "{}.{}",
-                path.display(),
-                chrono::Utc::now().format("%Y%m%dT%H%M%S")
-            );
-            std::fs::rename(&path, aside).map_err(|e| io(&path, e))?;
+            // The older ledger's: it follows that ledger aside, and so does
+            // its undo ledger, so that `undo` of the older run still works.
+            let (older, _) = read(&path)?;
+            let started = older.iter().find_map(|i| match i {
+                Image::Opened {
+                    ledger_started_at, ..
+                } => Some(ledger_started_at.clone()),
+                _ => None,
+            });
+            let old_ledger = started.and_then(|s| aside_ledger(ledger, &s));
+            set_aside(&path, old_ledger.as_deref().map(path_for))?;
+            let record = super::record::path_for(ledger);
+            if record.exists() {
+                set_aside(&record, old_ledger.as_deref().map(super::record::path_for))?;
+            }
         }
         Images::open(path, started_at, state)
     }
@@ -264,7 +273,11 @@ impl Images {
         Images::open(path_for(ledger), started_at, state)
     }
 
-    fn open(path: PathBuf, started_at: &str, state: Option<&str>) -> Result<Arc<Images>, ImagesError> {
+    fn open(
+        path: PathBuf,
+        started_at: &str,
+        state: Option<&str>,
+    ) -> Result<Arc<Images>, ImagesError> {
         let mut options = std::fs::OpenOptions::new();
         options.append(true).create(true);
         #[cfg(unix)]
@@ -327,6 +340,45 @@ impl Images {
     }
 }
 
+/// Moves `path` to `to`, or (none given) to `<path>.<time>`.
+pub(super) fn set_aside(path: &Path, to: Option<PathBuf>) -> Result<(), ImagesError> {
+    let to = to.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "{}.{}",
+            path.display(),
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        ))
+    });
+    std::fs::rename(path, to).map_err(|e| io(path, e))
+}
+
+/// The ledger kept aside from `ledger`'s path (`<ledger>.<time>`, by
+/// `--force-new-ledger` or a new export under the same name) whose header
+/// has `started_at`, if it is there.
+pub(super) fn aside_ledger(ledger: &Path, started_at: &str) -> Option<PathBuf> {
+    let name = ledger.file_name()?.to_string_lossy().into_owned();
+    let dir = match ledger.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::read_dir(&dir).ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        let time = n.strip_prefix(&name)?.strip_prefix('.')?;
+        if time.contains('.') {
+            return None;
+        }
+        let mut first = String::new();
+        BufReader::new(File::open(e.path()).ok()?)
+            .read_line(&mut first)
+            .ok()?;
+        match serde_json::from_str::<crate::ledger::Entry>(&first).ok()? {
+            crate::ledger::Entry::Header(h) if h.started_at == started_at => Some(e.path()),
+            _ => None,
+        }
+    })
+}
+
 fn io(path: &Path, source: std::io::Error) -> ImagesError {
     ImagesError {
         path: path.display().to_string(),
@@ -382,9 +434,15 @@ mod tests {
         assert_eq!(unknown, ["note"]);
         // What the run wrote, read back liberally: no difference; a
         // person's edit: named.
-        let back = [("surname".to_string(), json!(" Nowy")), ("note".to_string(), json!(["x"]))];
+        let back = [
+            ("surname".to_string(), json!(" Nowy")),
+            ("note".to_string(), json!(["x"])),
+        ];
         assert!(differing(&sent, &back).is_empty());
-        let edited = [("surname".to_string(), json!("Inny")), ("note".to_string(), json!("x"))];
+        let edited = [
+            ("surname".to_string(), json!("Inny")),
+            ("note".to_string(), json!("x")),
+        ];
         assert_eq!(differing(&sent, &edited), ["surname"]);
     }
 
@@ -399,7 +457,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(images.path()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(images.path())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::OpenOptions::new()
@@ -410,8 +471,16 @@ mod tests {
             .unwrap();
         let (read, bad) = read(images.path()).unwrap();
         assert_eq!((read.len(), bad), (2, 1));
-        // A new ledger at the same path keeps the old file aside.
+        // A new ledger at the same path: the old file follows the old
+        // ledger aside.
+        let aside = dir.path().join("l.jsonl.20260101T000000");
+        std::fs::write(
+            &aside,
+            "{\"kind\":\"header\",\"version\":1,\"source\":\"s\",\"source_sha256\":\"\",\"mapping\":\"m\",\"mapping_sha256\":\"\",\"started_at\":\"t0\",\"tool_version\":\"0\"}\n",
+        )
+        .unwrap();
         Images::create(&ledger, "t1", None).unwrap();
         assert_eq!(super::read(&path_for(&ledger)).unwrap().0.len(), 1);
+        assert_eq!(super::read(&path_for(&aside)).unwrap().0.len(), 2);
     }
 }

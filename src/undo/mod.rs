@@ -403,7 +403,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
 
     // 3. The images, by what they describe (in file order).
     let mut created_image: HashMap<u64, Layer> = HashMap::new();
-    let mut updates: HashMap<i64, Vec<(Map<String, Value>, Vec<String>, Layer)>> = HashMap::new();
+    let mut updates: HashMap<i64, Vec<Overwritten>> = HashMap::new();
     let mut items: HashMap<i64, Vec<(i64, Vec<ItemField>, Layer)>> = HashMap::new();
     for image in all {
         match image {
@@ -503,7 +503,14 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     for (customer_id, rows) in updated_ids {
         let Some(list) = updates.get(&customer_id) else {
             let row = rows.first().copied().unwrap_or_default();
-            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "updated without a before-image (--no-undo): the values it had are not known"));
+            work.push(cannot(
+                Kind::Customer,
+                Some(customer_id),
+                None,
+                None,
+                row,
+                "updated without a before-image (--no-undo): the values it had are not known",
+            ));
             continue;
         };
         // The first value seen before the run is the one to put back.
@@ -541,10 +548,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             let s = seen.get(&(row, stage, group)).cloned().unwrap_or_default();
             let customer_id = s.customer_id.or(view.customer_id());
             let gone_with = customer_id.is_some_and(|c| created.contains_key(&c));
-            let nothing_sent = matches!(
-                s.action,
-                Some(Action::Unchanged | Action::Kept)
-            );
+            let nothing_sent = matches!(s.action, Some(Action::Unchanged | Action::Kept));
             match (stage, outcome.status) {
                 (Stage::FieldGroup, Status::Ok) if s.action == Some(Action::Updated) => {
                     let (Some(item_id), Some(c)) = (s.item_id, customer_id) else {
@@ -595,6 +599,10 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     }
     Ok(work)
 }
+
+/// One update's image: the values before, the fields of unknown value,
+/// and what was sent.
+type Overwritten = (Map<String, Value>, Vec<String>, Layer);
 
 /// What every target's work shares.
 struct Ctx<'a> {
@@ -661,7 +669,11 @@ impl Ctx<'_> {
 
     /// The customer now, in the fields the run wrote: `None` when gone.
     async fn read(&self, customer_id: i64, layers: &[Layer]) -> Result<Option<Current>, CallError> {
-        let written = Written::of_names(layers.iter().flat_map(|l| l.fields.iter().map(String::as_str)));
+        let written = Written::of_names(
+            layers
+                .iter()
+                .flat_map(|l| l.fields.iter().map(String::as_str)),
+        );
         let call = self.client.get_customer(customer_id, &written).await;
         Ok(call.result?.map(|c| written.keep(&c)))
     }
@@ -679,7 +691,8 @@ impl Ctx<'_> {
         let changed = changed_since(layers, |f| now.get(f));
         if !changed.is_empty() {
             let mut ev = work.event(Outcome::Kept);
-            ev.message = Some("changed since the run (by a person or another tool): not deleted".into());
+            ev.message =
+                Some("changed since the run (by a person or another tool): not deleted".into());
             ev.fields = changed;
             return ev;
         }
@@ -714,13 +727,18 @@ impl Ctx<'_> {
             Ok(Some(now)) => now,
             Ok(None) => {
                 let mut ev = work.event(Outcome::Kept);
-                ev.message = Some("gone from Thulium since the run (deleted): nothing to put back".into());
+                ev.message =
+                    Some("gone from Thulium since the run (deleted): nothing to put back".into());
                 return ev;
             }
             Err(e) => return self.errored(work, "could not read it", &e),
         };
         let value = |f: &str| now.get(f).unwrap_or(Value::Null);
-        let is_before = |f: &str| before.get(f).is_some_and(|b| current::same(f, &value(f), b));
+        let is_before = |f: &str| {
+            before
+                .get(f)
+                .is_some_and(|b| current::same(f, &value(f), b))
+        };
         // Changed since the run and not back to what it was before: a
         // person's edit (a field put back by an earlier `undo` is not).
         let person: Vec<String> = changed_since(layers, |f| now.get(f))
@@ -729,7 +747,8 @@ impl Ctx<'_> {
             .collect();
         if !person.is_empty() {
             let mut ev = work.event(Outcome::Kept);
-            ev.message = Some("changed since the run (by a person or another tool): left as it is".into());
+            ev.message =
+                Some("changed since the run (by a person or another tool): left as it is".into());
             ev.fields = person;
             return ev;
         }
@@ -817,7 +836,8 @@ impl Ctx<'_> {
         };
         let Some(item) = found.into_iter().find(|i| i.item_id == item_id) else {
             let mut ev = work.event(Outcome::Kept);
-            ev.message = Some("gone from Thulium since the run (deleted): nothing to put back".into());
+            ev.message =
+                Some("gone from Thulium since the run (deleted): nothing to put back".into());
             return ev;
         };
         let value = |field: &str| -> Option<Value> {
@@ -830,15 +850,24 @@ impl Ctx<'_> {
             )
         };
         let is_before = |f: &ItemField| {
-            current::same("", &value(&images::item_field(f.field_id)).unwrap_or(Value::Null), &f.value)
+            current::same(
+                "",
+                &value(&images::item_field(f.field_id)).unwrap_or(Value::Null),
+                &f.value,
+            )
         };
         let person: Vec<String> = changed_since(layers, value)
             .into_iter()
-            .filter(|name| !before.iter().any(|b| images::item_field(b.field_id) == *name && is_before(b)))
+            .filter(|name| {
+                !before
+                    .iter()
+                    .any(|b| images::item_field(b.field_id) == *name && is_before(b))
+            })
             .collect();
         if !person.is_empty() {
             let mut ev = work.event(Outcome::Kept);
-            ev.message = Some("changed since the run (by a person or another tool): left as it is".into());
+            ev.message =
+                Some("changed since the run (by a person or another tool): left as it is".into());
             ev.fields = person;
             return ev;
         }
@@ -911,7 +940,10 @@ mod tests {
 
     #[test]
     fn a_field_is_judged_by_the_last_layer_that_wrote_it() {
-        let created = [("surname".to_string(), json!("A")), ("name".to_string(), json!("Jan"))];
+        let created = [
+            ("surname".to_string(), json!("A")),
+            ("name".to_string(), json!("Jan")),
+        ];
         let updated = [("surname".to_string(), json!("B"))];
         let layers = vec![
             Layer {

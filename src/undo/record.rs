@@ -124,7 +124,9 @@ pub enum UndoEntry {
         tool_version: String,
     },
     /// A later `undo` on the same ledger.
-    Attempt { started_at: String },
+    Attempt {
+        started_at: String,
+    },
     Target(TargetEvent),
     /// The end of one `undo`; `aborted` if it stopped early.
     End {
@@ -224,7 +226,11 @@ pub fn render(s: &Summary) -> String {
         n(Outcome::Kept),
         n(Outcome::Errored),
         n(Outcome::NotUndoable),
-        if s.finished { "" } else { " (not finished: run undo again)" }
+        if s.finished {
+            ""
+        } else {
+            " (not finished: run undo again)"
+        }
     );
     for t in &s.not_reversed {
         out.push_str("\n  ");
@@ -261,7 +267,11 @@ pub fn describe(t: &TargetEvent) -> String {
         .join(", ");
     let mut line = format!(
         "{what} ({}; row {rows}): {}",
-        if ids.is_empty() { "no id".to_string() } else { ids.join(", ") },
+        if ids.is_empty() {
+            "no id".to_string()
+        } else {
+            ids.join(", ")
+        },
         t.outcome.map_or("?", Outcome::name)
     );
     if let Some(m) = &t.message {
@@ -327,13 +337,12 @@ impl Record {
         let path = path_for(ledger);
         let existing = read(&path)?;
         let continued = matches!(&existing, Some((s, _)) if s == started_at);
-        if existing.is_some() && !continued {
-            let aside = format!(
-                "{}.{}",
-                path.display(),
-                chrono::Utc::now().format("%Y%m%dT%H%M%S")
-            );
-            std::fs::rename(&path, aside).map_err(|e| io(&path, e))?;
+        if let (Some((older, _)), false) = (&existing, continued) {
+            let to = super::images::aside_ledger(ledger, older).map(|l| path_for(&l));
+            super::images::set_aside(&path, to).map_err(|e| RecordError {
+                path: e.path,
+                source: e.source,
+            })?;
         }
         let mut options = std::fs::OpenOptions::new();
         options.append(true).create(true);
@@ -426,8 +435,18 @@ mod tests {
         assert!(!s.finished);
         // Continued by the same ledger; set aside for another.
         Record::open(&ledger, "t0").unwrap();
-        assert!(read(&path_for(&ledger)).unwrap().unwrap().1.count(Outcome::Kept) == 1);
+        assert!(
+            read(&path_for(&ledger))
+                .unwrap()
+                .unwrap()
+                .1
+                .count(Outcome::Kept)
+                == 1
+        );
         Record::open(&ledger, "t1").unwrap();
-        assert_eq!(read(&path_for(&ledger)).unwrap().unwrap().1.targets().len(), 0);
+        assert_eq!(
+            read(&path_for(&ledger)).unwrap().unwrap().1.targets().len(),
+            0
+        );
     }
 }
