@@ -503,20 +503,21 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
             break;
         }
         // The undo file first (what is about to be created), then the
-        // intent. An undo file that cannot be written stops the run: the
-        // rows are then recorded not sent.
+        // intent. An undo file that cannot be written stops the run: no
+        // intent, and the bisection records the rows not sent.
         let created = rows
             .iter()
             .filter_map(|r| Some(Image::created(r.id.row, r.payloads.customer.as_ref()?)))
             .collect();
-        run.before_images(created).await;
-        let intent = Intent {
-            stage: Stage::Customer,
-            group: None,
-            rows: rows.iter().map(|r| r.id.row).collect(),
-        };
-        if !run.record(vec![Entry::Intent(intent)]).await {
-            return settled;
+        if run.before_images(created).await {
+            let intent = Intent {
+                stage: Stage::Customer,
+                group: None,
+                rows: rows.iter().map(|r| r.id.row).collect(),
+            };
+            if !run.record(vec![Entry::Intent(intent)]).await {
+                return settled;
+            }
         }
         let batch = CreateBatch {
             run,
@@ -781,8 +782,14 @@ async fn find_again(
             .as_ref()
             .map_or(OnMissing::Create, |u| u.on_missing);
         match found {
-            Found::Matched { customer_id, .. } if customer_id != gone_id => {
+            Found::Matched {
+                customer_id,
+                current,
+                ..
+            } if customer_id != gone_id => {
                 row.update_of = Some(customer_id);
+                // What it holds, for the undo file's before-image.
+                row.current = current;
                 update.push(row);
                 continue;
             }

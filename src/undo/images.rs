@@ -246,13 +246,7 @@ impl Images {
         if path.exists() {
             // The older ledger's: it follows that ledger aside, and so does
             // its undo ledger, so that `undo` of the older run still works.
-            let (older, _) = read(&path)?;
-            let started = older.iter().find_map(|i| match i {
-                Image::Opened {
-                    ledger_started_at, ..
-                } => Some(ledger_started_at.clone()),
-                _ => None,
-            });
+            let started = first_opened(&path);
             let old_ledger = started.and_then(|s| aside_ledger(ledger, &s));
             set_aside(&path, old_ledger.as_deref().map(path_for))?;
             let record = super::record::path_for(ledger);
@@ -337,6 +331,20 @@ impl Images {
             fields,
         }])
         .await
+    }
+}
+
+/// Whose ledger an undo file is: its first line's `ledger_started_at`.
+fn first_opened(path: &Path) -> Option<String> {
+    let mut first = String::new();
+    BufReader::new(File::open(path).ok()?)
+        .read_line(&mut first)
+        .ok()?;
+    match serde_json::from_str::<Image>(&first).ok()? {
+        Image::Opened {
+            ledger_started_at, ..
+        } => Some(ledger_started_at),
+        _ => None,
     }
 }
 

@@ -667,19 +667,31 @@ impl Ctx<'_> {
         ev
     }
 
-    /// The customer now, in the fields the run wrote: `None` when gone.
-    async fn read(&self, customer_id: i64, layers: &[Layer]) -> Result<Option<Current>, CallError> {
+    /// The customer now, in the fields the run wrote, and when it last
+    /// changed (`updated_at`, for the message of one kept): `None` when
+    /// gone.
+    async fn read(
+        &self,
+        customer_id: i64,
+        layers: &[Layer],
+    ) -> Result<Option<(Current, String)>, CallError> {
         let written = Written::of_names(
             layers
                 .iter()
                 .flat_map(|l| l.fields.iter().map(String::as_str)),
         );
         let call = self.client.get_customer(customer_id, &written).await;
-        Ok(call.result?.map(|c| written.keep(&c)))
+        Ok(call.result?.map(|c| {
+            let when = match c.fields.get("updated_at") {
+                Some(Value::String(t)) if !t.is_empty() => format!(" (last changed {t})"),
+                _ => String::new(),
+            };
+            (written.keep(&c), when)
+        }))
     }
 
     async fn delete(&self, work: &Work, customer_id: i64, layers: &[Layer]) -> TargetEvent {
-        let now = match self.read(customer_id, layers).await {
+        let (now, when) = match self.read(customer_id, layers).await {
             Ok(Some(now)) => now,
             Ok(None) => {
                 let mut ev = work.event(Outcome::Reversed);
@@ -691,8 +703,9 @@ impl Ctx<'_> {
         let changed = changed_since(layers, |f| now.get(f));
         if !changed.is_empty() {
             let mut ev = work.event(Outcome::Kept);
-            ev.message =
-                Some("changed since the run (by a person or another tool): not deleted".into());
+            ev.message = Some(format!(
+                "changed since the run (by a person or another tool){when}: not deleted"
+            ));
             ev.fields = changed;
             return ev;
         }
@@ -723,7 +736,7 @@ impl Ctx<'_> {
         unknown: &[String],
         layers: &[Layer],
     ) -> TargetEvent {
-        let now = match self.read(customer_id, layers).await {
+        let (now, when) = match self.read(customer_id, layers).await {
             Ok(Some(now)) => now,
             Ok(None) => {
                 let mut ev = work.event(Outcome::Kept);
@@ -747,8 +760,9 @@ impl Ctx<'_> {
             .collect();
         if !person.is_empty() {
             let mut ev = work.event(Outcome::Kept);
-            ev.message =
-                Some("changed since the run (by a person or another tool): left as it is".into());
+            ev.message = Some(format!(
+                "changed since the run (by a person or another tool){when}: left as it is"
+            ));
             ev.fields = person;
             return ev;
         }
