@@ -2,7 +2,7 @@
 # Reproduces the figures in benches/README.md on this machine. Loopback only:
 # every request goes to a sandbox started here on 127.0.0.1.
 #   bash benches/run.sh            # everything (about 5 minutes)
-#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python | report | retry | upsert
+#   bash benches/run.sh check      # one part: check | memory | rate | throughput | python | report | retry | upsert | plan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -163,12 +163,10 @@ if [[ $part == all || $part == retry ]]; then
   done
 fi
 
-if [[ $part == all || $part == upsert ]]; then
-  echo "== 8. upsert: a system of 100,000 customers, a full export of 100,000 rows, 1 % changed on night 2"
-  gen 100000
-  upsert_map="$data/customers-upsert.toml"
+upsert_map="$data/customers-upsert.toml"
+night2="$data/export-100000-night2.csv"
+upsert_files() { # the upsert mapping, and the 100,000-row export with 1 % of its rows changed
   sed 's/^\[customer\]$/[customer]\nmatch = "identifier"/' "$customers_only" > "$upsert_map"
-  night2="$data/export-100000-night2.csv"
   python3 - "$data/export-100000.csv" "$night2" <<'PY'
 import csv, sys
 with open(sys.argv[1], newline="", encoding="utf-8") as f, open(sys.argv[2], "w", newline="", encoding="utf-8") as out:
@@ -179,6 +177,12 @@ with open(sys.argv[1], newline="", encoding="utf-8") as f, open(sys.argv[2], "w"
             row[1] = "Renamed"  # Imię: 1 % of the rows changed
         w.writerow(row)
 PY
+}
+
+if [[ $part == all || $part == upsert ]]; then
+  echo "== 8. upsert: a system of 100,000 customers, a full export of 100,000 rows, 1 % changed on night 2"
+  gen 100000
+  upsert_files
   sandbox --preload "$data/export-100000.csv" --preload-mapping "$customers_only"
   rm -f "$data/upsert.sqlite"*
   for night in 1 2; do
@@ -213,5 +217,28 @@ PY
     $bin run "$data/export-first-1000.csv" --mapping "$upsert_map" --url "$url" --user api_user \
     --ledger "$data/index.ledger.jsonl" --index always --no-progress --rate 100000 --concurrency 8 >/dev/null 2>"$data/time.txt" || true
   grep -E 'Index|peak' "$data/time.txt"
+  kill $sandbox_pid
+fi
+
+if [[ $part == all || $part == plan ]]; then
+  echo "== 11. plan: a full export of 100,000 rows (1 % changed) against a system of 100,000 customers, then the run it planned"
+  gen 100000
+  upsert_files
+  sandbox --preload "$data/export-100000.csv" --preload-mapping "$customers_only"
+  before=$(curl -s -u api_user:bench "$url/_sandbox/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])')
+  THULIUM_PASSWORD=bench /usr/bin/time -f "plan: peak RSS %M KiB, %e s" $bin plan "$night2" --mapping "$upsert_map" --url "$url" --user api_user \
+    --no-progress --rate 100000 --concurrency 8 >"$data/plan.txt" 2>"$data/time.txt" || true
+  grep -E '^Index|^Finding|peak' "$data/time.txt"
+  grep -vE '^  row ' "$data/plan.txt"
+  after=$(curl -s -u api_user:bench "$url/_sandbox/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["requests_total"], sum(v for k, v in s["requests"].items() if not k.startswith("GET")))')
+  echo "  sandbox: the plan sent $(( ${after% *} - before )) request(s), ${after#* } of them not GETs"
+  THULIUM_PASSWORD=bench /usr/bin/time -f "plan at the default --rate 10: peak RSS %M KiB, %e s" $bin plan "$night2" --mapping "$upsert_map" --url "$url" --user api_user \
+    --no-progress --json >"$data/plan.json" 2>"$data/time.txt" || true
+  grep -E 'peak' "$data/time.txt"
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print("  --json: %d rows, %d requests, %.1f s at --rate 10" % (len(p["rows"]), p["requests"], p["seconds_at_rate"]))' "$data/plan.json"
+  rm -f "$data/plan-run.ledger.jsonl"
+  THULIUM_PASSWORD=bench /usr/bin/time -f "run: peak RSS %M KiB, %e s" $bin run "$night2" --mapping "$upsert_map" --url "$url" --user api_user \
+    --ledger "$data/plan-run.ledger.jsonl" --no-progress --rate 100000 --concurrency 8 2>"$data/time.txt" | grep -E '^(customers|requests):' || true
+  grep -E 'peak' "$data/time.txt"
   kill $sandbox_pid
 fi

@@ -61,7 +61,17 @@ impl Input {
     /// Loads the mapping, opens the file with its `[source]` options and
     /// compiles the mapping against the header.
     pub fn open(csv: &Path, mapping_path: &Path) -> Result<Input, InputError> {
-        let mapping = mapping::load(mapping_path)?;
+        Input::open_sheet(csv, mapping_path, None)
+    }
+
+    /// As [`Input::open`], reading the spreadsheet's sheet `sheet` (the
+    /// command line's `--sheet`) over the mapping's `[source] sheet`.
+    pub fn open_sheet(
+        csv: &Path,
+        mapping_path: &Path,
+        sheet: Option<&str>,
+    ) -> Result<Input, InputError> {
+        let mapping = mapping::load(mapping_path)?.with_sheet(sheet);
         let options = mapping.source_options()?;
         let source = Source::open(csv, &options)?;
         let plan = mapping::compile(&mapping, source.header())?;
@@ -80,8 +90,9 @@ impl Input {
         csv: &Path,
         mapping_path: &Path,
         file: std::fs::File,
+        sheet: Option<&str>,
     ) -> Result<Input, InputError> {
-        let mapping = mapping::load(mapping_path)?;
+        let mapping = mapping::load(mapping_path)?.with_sheet(sheet);
         let options = mapping.source_options()?;
         let source = Source::from_reader(file, csv, &options)?;
         let plan = mapping::compile(&mapping, source.header())?;

@@ -18,21 +18,48 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The exit codes, as `README.md` ("Exit codes") and `exit.rs` have them:
+/// the end of the help of every command that runs, one text for all, so
+/// that a script's author reads them where they look first.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  every row done (check: every row valid; init: the mapping written)
+  1  finished, but some rows are not done (invalid, failed, unknown)
+  2  unusable input: the mapping, the file, the flags, the credentials, an existing
+     ledger, a ledger (sync: a drop folder) another process is using, or an edited
+     copy whose rows moved; nothing was sent
+  3  aborted: authentication refused (401/403), the circuit breaker, --max-failures or
+     --max-failure-rate, a ledger or state that cannot be written, a source that fails
+     mid-file, a redirect, a list the server pages wrongly, a system that cannot be
+     reached, or a stop signal (Ctrl-C, SIGTERM, SIGHUP); the ledger is consistent
+
+Credentials (where a command talks to the system): --url or THULIUM_URL, --user or
+THULIUM_USER, the password from THULIUM_PASSWORD or --password-file
+(THULIUM_PASSWORD_FILE), never from a flag.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import a CSV file: map every row, send it, record each outcome in the ledger.
+    /// Import a CSV file or a spreadsheet: map every row, send it, record each outcome in the ledger.
+    #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
     /// Map every row offline and report the rows that would not go through.
+    #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
     /// Re-run the rows of a ledger that are not done, from the stage where each stopped.
+    #[command(after_help = EXIT_CODES)]
     Retry(RetryArgs),
+    /// Show what `run` would do, row by row and field by field against the live system, sending no write and keeping no file.
+    Plan(PlanArgs),
     /// Summarise a ledger; optionally write the rows not done as a CSV to fix.
+    #[command(after_help = EXIT_CODES)]
     Report(ReportArgs),
     /// Serve a local Thulium stand-in to rehearse an import against.
     Sandbox(SandboxArgs),
     /// Write a first mapping for a file: [source] sniffed, columns matched to customer fields, the others as comments.
+    #[command(after_help = EXIT_CODES)]
     Init(InitArgs),
     /// The nightly job: import every export in a drop folder, one ledger per file, continuing or starting over as each file says.
+    #[command(after_help = EXIT_CODES)]
     Sync(NightlyArgs),
     /// Take a run back: delete the customers it created, put back what it overwrote, keep what people changed since.
     Undo(UndoArgs),
@@ -75,7 +102,7 @@ pub struct ConnectArgs {
     /// The API user.
     #[arg(long, env = "THULIUM_USER")]
     pub user: Option<String>,
-    /// Read the password from this file (must not be readable by group or others).
+    /// Read the password from this file (must not be readable by group or others); or set THULIUM_PASSWORD. Never a flag: a command line is visible to every user of the machine.
     #[arg(long, value_name = "PATH", env = "THULIUM_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -138,6 +165,9 @@ pub struct SyncArgs {
     /// With a state from an earlier run: stop before sending anything (exit 2) when the file would update more than this many of the customers the state knows, as a number or a share (`50%`, the default): a guard against a broken export in a job nobody watches.
     #[arg(long, value_name = "N|P%", default_value = "50%")]
     pub max_changes: Share,
+    /// With [customer] on_gone and a state: stop before sending anything (exit 2) when more than this many of the customers earlier files of the job brought are missing from the file, as a number or a share (`10%`, the default): a guard against deleting what a broken export hides.
+    #[arg(long, value_name = "N|P%", default_value = "10%")]
+    pub max_gone: Share,
 }
 
 /// A count (`200`) or a share (`10%`) of a whole.
@@ -199,7 +229,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The CSV export to import.
+    /// The export to import: a CSV or a spreadsheet (.xlsx, .xls, .ods).
+    #[arg(value_name = "FILE")]
     pub csv: PathBuf,
     /// The TOML column mapping.
     #[arg(long)]
@@ -220,6 +251,12 @@ pub struct RunArgs {
     /// With --dry-run: print the payloads of the first N valid rows.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub show_payloads: usize,
+    /// With --dry-run: how many row errors to print, after the problems by reason (as check's).
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "dry_run")]
+    pub max_errors: usize,
+    /// A spreadsheet's sheet (default: the mapping's [source] sheet, else the first); recorded in the ledger for retry.
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
     /// Start a new ledger even if one exists at the ledger path (the old one is kept aside).
     #[arg(long)]
     pub force_new_ledger: bool,
@@ -240,9 +277,50 @@ pub struct RunArgs {
     pub output: OutputArgs,
 }
 
+/// `plan`: `run`'s arguments (the same credentials, pacing, `--index`
+/// and `--state`), without those of a ledger, and how to show the plan.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The CSV export (or spreadsheet) to plan the import of.
+    pub csv: PathBuf,
+    /// The TOML column mapping.
+    #[arg(long)]
+    pub mapping: PathBuf,
+    /// Print the plan as one JSON object (every row in it).
+    #[arg(long)]
+    pub json: bool,
+    /// After the counts, list every row: its action, the fields that change, its later stages.
+    #[arg(long)]
+    pub all: bool,
+    /// A spreadsheet's sheet (default: the mapping's [source] sheet, else the first).
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
+    /// Plan only the first N data rows (as `run --limit N` would send them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Plan against the built-in sandbox (an empty system, started for the plan).
+    #[arg(long, conflicts_with = "url")]
+    pub sandbox: bool,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    /// Importing a failed-rows CSV: plan as `run --include-unknown` would.
+    #[arg(long)]
+    pub include_unknown: bool,
+    /// Do not ask the system first what the mapping refers to.
+    #[arg(long)]
+    pub no_preflight: bool,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// The CSV export to check.
+    /// The export to check: a CSV or a spreadsheet (.xlsx, .xls, .ods).
+    #[arg(value_name = "FILE")]
     pub csv: PathBuf,
     /// The TOML column mapping.
     #[arg(long)]
@@ -264,6 +342,9 @@ pub struct CheckArgs {
     /// Check only the first N data rows.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// A spreadsheet's sheet (default: the mapping's [source] sheet, else the first).
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -314,7 +395,7 @@ pub struct ReportArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct InitArgs {
-    /// The CSV export or spreadsheet to write a mapping for.
+    /// The export to write a mapping for: a CSV or a spreadsheet (.xlsx, .xls, .ods).
     pub file: PathBuf,
     /// Write the mapping to this file (created 0600: its comments quote the file's values) instead of stdout.
     #[arg(long, short, value_name = "PATH")]

@@ -10,7 +10,8 @@ use anyhow::Context;
 
 use crate::check::{self, Input};
 use crate::cli::{
-    CheckArgs, Cli, Command, InitArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs, UndoArgs,
+    CheckArgs, Cli, Command, InitArgs, PlanArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs,
+    UndoArgs,
 };
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials;
@@ -33,7 +34,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
     // none kills the process mid-call, or before its handler is set.
     if matches!(&cli.command, Command::Run(a) if !a.dry_run)
         || matches!(&cli.command, Command::Undo(a) if !a.dry_run)
-        || matches!(&cli.command, Command::Retry(_) | Command::Sync(_))
+        || matches!(
+            &cli.command,
+            Command::Retry(_) | Command::Sync(_) | Command::Plan(_)
+        )
     {
         crate::signals::install();
     }
@@ -46,8 +50,24 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Retry(args) => retry_command(args).await,
         Command::Init(args) => init_command(&args).await,
         Command::Sync(args) => sync::sync_command(args).await,
+        Command::Plan(args) => plan_command(&args).await,
         Command::Undo(args) => undo_command(&args).await,
     }
+}
+
+/// `thulium-import plan`: what `run` would do, to stdout only (it shows
+/// the system's values and the file's); exit codes as `run`'s.
+async fn plan_command(args: &PlanArgs) -> anyhow::Result<Exit> {
+    let plan = crate::plan::plan(args).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &plan)?;
+        writeln!(out)?;
+    } else {
+        crate::plan::print_text(&mut out, &plan, args.all)?;
+    }
+    Ok(crate::plan::exit_of(&plan))
 }
 
 /// `thulium-import undo`: takes a run back (see [`crate::undo`]) and says
@@ -253,7 +273,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `thulium-import check`: exit 0 when every row is valid, 1 when some are
 /// not, 2 when the mapping or the file cannot be used.
 async fn check_command(args: &CheckArgs) -> anyhow::Result<Exit> {
-    let mut input = Input::open(&args.csv, &args.mapping)?;
+    let mut input = Input::open_sheet(&args.csv, &args.mapping, args.sheet.as_deref())?;
     if !args.json {
         eprintln!("Reading {}: {}", args.csv.display(), input.info());
     }
@@ -316,7 +336,7 @@ fn said_as_run_says_it(e: anyhow::Error) -> anyhow::Error {
 /// `thulium-import run --dry-run`: the `check` path, printing the payloads of
 /// the first `--show-payloads` valid rows as JSON lines.
 fn dry_run(args: &RunArgs) -> anyhow::Result<Exit> {
-    let mut input = Input::open(&args.csv, &args.mapping)?;
+    let mut input = Input::open_sheet(&args.csv, &args.mapping, args.sheet.as_deref())?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -336,7 +356,7 @@ fn dry_run(args: &RunArgs) -> anyhow::Result<Exit> {
         return Err(e.into());
     }
     let report = report.grouped();
-    check::print_text(&mut out, &report, 20)?;
+    check::print_text(&mut out, &report, args.max_errors)?;
     writeln!(out, "Dry run: nothing was sent.")?;
     Ok(if report.invalid == 0 {
         Exit::Ok
@@ -684,6 +704,22 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
             .unwrap_or_default();
         let n = crate::failed_csv::write(&outcomes, path, args.utf8, &names)?;
         eprintln!("{n} row(s) not done written to {}", path.display());
+        if args.utf8 {
+            // The file is UTF-8 with commas whatever the export was: the
+            // mapping that imports it must say so.
+            let mapping = std::path::Path::new(&outcomes.header.mapping);
+            match crate::failed_csv::write_utf8_mapping(mapping, path) {
+                Ok(copy) => eprintln!(
+                    "It is UTF-8 with commas: import it with {}, a copy of the mapping with [source] delimiter = \",\" and encoding = \"utf-8\" (thulium-import run {} --mapping {}).",
+                    copy.display(),
+                    path.display(),
+                    copy.display()
+                ),
+                Err(e) => eprintln!(
+                    "It is UTF-8 with commas: importing it needs delimiter = \",\" and encoding = \"utf-8\" in the mapping's [source] (no copy of the mapping written: {e})."
+                ),
+            }
+        }
     }
     if args.json {
         serde_json::to_writer(&mut out, &summary)?;

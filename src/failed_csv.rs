@@ -11,6 +11,11 @@
 //! its identifier, an item among the customer's items — or, where nothing
 //! can be looked up, left out unless `--include-unknown`: the round trip
 //! never creates anything twice.
+//!
+//! With `--utf8` the file is UTF-8 with commas, which the mapping's
+//! `[source]` may not say: a copy of the mapping that does
+//! ([`write_utf8_mapping`], `<failed>.mapping.toml`) is written beside it,
+//! so the round trip needs no hand edit.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -86,9 +91,13 @@ pub fn write(
 fn open_source(outcomes: &Outcomes) -> Result<Source<File>, SourceError> {
     let header = &outcomes.header;
     // The mapping's [source] says how the file is read; without it, sniff.
-    let options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
+    let mut options: SourceOptions = crate::mapping::load(Path::new(&header.mapping))
         .and_then(|m| m.source_options())
         .unwrap_or_default();
+    // The sheet the run read, if `run --sheet` chose it.
+    if let Some(sheet) = &header.sheet {
+        options.sheet = Some(sheet.clone());
+    }
     Source::open(Path::new(&header.source), &options)
 }
 
@@ -285,5 +294,132 @@ fn stage_name(stage: Stage, group: usize, field_group_names: &[String]) -> Strin
             .cloned()
             .unwrap_or_else(|| format!("field_group#{}", group + 1)),
         other => other.name().into(),
+    }
+}
+
+/// Where the mapping for a `--utf8` failed-rows CSV goes: beside it,
+/// `failed.csv` → `failed.mapping.toml`.
+pub fn utf8_mapping_path(failed: &Path) -> PathBuf {
+    failed.with_extension("mapping.toml")
+}
+
+/// Writes a copy of the mapping at `mapping` to
+/// [`utf8_mapping_path`]`(failed)` whose `[source]` reads a `--utf8`
+/// failed-rows CSV (`delimiter = ","`, `encoding = "utf-8"`), everything
+/// else as it was; returns its path. Created 0600, as the mapping's
+/// comments may quote the export's values.
+pub fn write_utf8_mapping(mapping: &Path, failed: &Path) -> Result<PathBuf, FailedCsvError> {
+    let out = utf8_mapping_path(failed);
+    let refuse = |why: String| FailedCsvError::Write {
+        path: out.clone(),
+        source: std::io::Error::other(why),
+    };
+    if out == mapping || out == failed {
+        return Err(refuse("it is the mapping or the failed-rows CSV".into()));
+    }
+    let text = std::fs::read_to_string(mapping).map_err(|e| refuse(e.to_string()))?;
+    let copy = utf8_source(&text, mapping, failed);
+    // The edit is by lines: make sure it says what it must (a mapping
+    // written in a way the edit does not foresee is refused, not copied
+    // wrong).
+    let options = crate::mapping::parse(&out, copy.clone())
+        .and_then(|m| m.source_options())
+        .map_err(|e| refuse(e.to_string()))?;
+    if options.delimiter != Some(b',') || options.encoding != Some(encoding_rs::UTF_8) {
+        return Err(refuse(
+            "its [source] could not be set to delimiter \",\" and encoding \"utf-8\"".into(),
+        ));
+    }
+    let mut file = create_private(&out).map_err(|e| refuse(e.to_string()))?;
+    file.write_all(copy.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| refuse(e.to_string()))?;
+    Ok(out)
+}
+
+/// The mapping `text` with `[source]` reading UTF-8 with commas: the
+/// table's own `delimiter` and `encoding` lines commented out and the new
+/// ones put first in it (a `[source]` table added when there is none: a
+/// mapping has no keys outside tables).
+fn utf8_source(text: &str, mapping: &Path, failed: &Path) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = format!(
+        "# A copy of {} for {}, written by `report --failed-csv --utf8`:\n# that file is UTF-8 with commas, whatever the export was.\n",
+        name(mapping),
+        name(failed)
+    );
+    let utf8 = "delimiter = \",\"                             # the failed-rows CSV, written with --utf8\nencoding = \"utf-8\"\n";
+    let is_table = |line: &str| line.trim_start().starts_with('[');
+    let is_source = |line: &str| {
+        let t = line.trim();
+        t.strip_prefix("[source]")
+            .is_some_and(|rest| rest.trim_start().is_empty() || rest.trim_start().starts_with('#'))
+    };
+    let key_of = |line: &str| {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        key.trim_matches('"').to_string()
+    };
+    if !text.lines().any(is_source) {
+        out.push_str("[source]\n");
+        out.push_str(utf8);
+        out.push('\n');
+        out.push_str(text);
+        return out;
+    }
+    let mut in_source = false;
+    for line in text.lines() {
+        if is_table(line) {
+            in_source = is_source(line);
+            out.push_str(line);
+            out.push('\n');
+            if in_source {
+                out.push_str(utf8);
+            }
+            continue;
+        }
+        if in_source
+            && line.contains('=')
+            && matches!(key_of(line).as_str(), "delimiter" | "encoding")
+        {
+            out.push_str("# (the export's) ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(text: &str) -> SourceOptions {
+        crate::mapping::parse(Path::new("m.toml"), text.to_string())
+            .unwrap()
+            .source_options()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_utf8_copy_of_a_mapping_reads_commas_and_utf8_and_keeps_the_rest() {
+        let (m, f) = (Path::new("m.toml"), Path::new("failed.csv"));
+        let text = "[source]   # how\ndelimiter = \";\"\nencoding = \"windows-1250\"\ntrim = true\n\n[customer]\nsurname = \"Nazwisko\"\n";
+        let copy = utf8_source(text, m, f);
+        let o = options(&copy);
+        assert_eq!(o.delimiter, Some(b','));
+        assert_eq!(o.encoding, Some(encoding_rs::UTF_8));
+        assert!(
+            copy.contains("# (the export's) delimiter = \";\""),
+            "{copy}"
+        );
+        assert!(copy.contains("surname = \"Nazwisko\""), "{copy}");
+        // No [source] at all: one is added.
+        let copy = utf8_source("[customer]\nsurname = \"N\"\n", m, f);
+        assert_eq!(options(&copy).delimiter, Some(b','));
+        assert_eq!(utf8_mapping_path(f), Path::new("failed.mapping.toml"));
     }
 }

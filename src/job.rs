@@ -55,6 +55,11 @@ pub struct Job {
     pub notes: Vec<String>,
     /// The undo file, unless `--no-undo`.
     pub images: Option<Arc<crate::undo::images::Images>>,
+    /// `plan`: the writes the run would send, noted instead.
+    pub plan: Option<Arc<pipeline::Noted>>,
+    /// `[customer] on_gone` with `--state`: the customers gone from the
+    /// file, handled once the run has read it whole.
+    pub gone: Option<crate::gone::Night>,
 }
 
 impl std::fmt::Debug for Job {
@@ -77,6 +82,7 @@ pub struct Ran {
     pub sandbox: Option<Sandbox>,
     pub planning: Option<Arc<Mutex<resume::Summary>>>,
     pub notes: Vec<String>,
+    pub plan: Option<Arc<pipeline::Noted>>,
 }
 
 /// What one pass over the source tells before anything is sent.
@@ -95,6 +101,8 @@ pub struct Survey {
     /// no longer send a field they sent.
     pub changed: std::collections::BTreeMap<String, u64>,
     pub dropped_fields: u64,
+    /// Who the file's rows are (their match keys' hashes), for `on_gone`.
+    pub file: crate::gone::FileKeys,
 }
 
 /// What the survey is to count.
@@ -109,6 +117,9 @@ pub struct SurveyFor<'a> {
     pub changes: bool,
     pub state: Option<&'a SyncState>,
     pub full: bool,
+    /// Collect the rows' match keys (with `--state`: which customers the
+    /// file has, for `on_gone`).
+    pub keys: bool,
 }
 
 /// One pass over the source: its SHA-256 as the bytes go by, and, from
@@ -142,7 +153,7 @@ fn survey_reader(
         named,
         ..Survey::default()
     };
-    if !wanted.campaigns && !wanted.lookups && !wanted.changes {
+    if !wanted.campaigns && !wanted.lookups && !wanted.changes && !wanted.keys {
         survey.sha256 = match reader {
             Some(mut r) => {
                 let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
@@ -156,7 +167,7 @@ fn survey_reader(
     if crate::source::is_spreadsheet(path) {
         survey.sha256 = ledger::sha256_file(path).with_context(cannot_read)?;
         let mut source = crate::source::Source::open(path, options)?;
-        scan(&mut source, plan, wanted, &mut survey);
+        survey.file.read_all = scan(&mut source, plan, wanted, &mut survey);
         return Ok(survey);
     }
     let hasher = Arc::new(Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
@@ -169,7 +180,8 @@ fn survey_reader(
         hasher: hasher.clone(),
     };
     let mut source = crate::source::Source::from_reader(reader, path, options)?;
-    if scan(&mut source, plan, wanted, &mut survey) {
+    survey.file.read_all = scan(&mut source, plan, wanted, &mut survey);
+    if survey.file.read_all {
         let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|e| e.into_inner()));
         survey.sha256 = format!("{:x}", sha2::Digest::finalize(digest));
     } else {
@@ -183,14 +195,18 @@ fn survey_reader(
 /// the same open file for the survey: the survey reads it by position, so
 /// the run reads the very bytes that were hashed even if the path is
 /// replaced meanwhile.
-fn open_input(csv: &Path, mapping: &Path) -> anyhow::Result<(Input, Option<std::fs::File>)> {
+fn open_input(
+    csv: &Path,
+    mapping: &Path,
+    sheet: Option<&str>,
+) -> anyhow::Result<(Input, Option<std::fs::File>)> {
     if crate::source::is_spreadsheet(csv) || !cfg!(unix) {
-        return Ok((Input::open(csv, mapping)?, None));
+        return Ok((Input::open_sheet(csv, mapping, sheet)?, None));
     }
     let file =
         std::fs::File::open(csv).with_context(|| format!("{}: cannot read", csv.display()))?;
     let survey = file.try_clone().ok();
-    Ok((Input::from_file(csv, mapping, file)?, survey))
+    Ok((Input::from_file(csv, mapping, file, sheet)?, survey))
 }
 
 /// [`survey`], through `handle` (the run's own open file) when given.
@@ -246,7 +262,15 @@ fn scan<R: std::io::Read>(
     let upsert = plan.upsert().cloned();
     while let Some(row) = source.next_row() {
         let Ok(row) = row else { return false };
-        let Ok(row) = row else { continue };
+        let Ok(row) = row else {
+            survey.file.add_unreadable();
+            continue;
+        };
+        if wanted.keys {
+            survey.file.add(plan.file_key_hashes(row.cells.view()));
+        } else {
+            survey.file.rows += 1;
+        }
         let Ok(payloads) = plan.map_row(&row) else {
             continue;
         };
@@ -289,7 +313,7 @@ fn scan<R: std::io::Read>(
                 let unchanged = || {
                     let state = wanted.state?;
                     let id = row_keys.hashes().find_map(|(_, h)| state.customer_of(h))?;
-                    let hash = crate::hash::payload_hash(&pipeline::customer_update(
+                    let hash = crate::hash::payload_hash(&pipeline::customer_shape(
                         upsert.as_ref(),
                         &payloads,
                     )?);
@@ -319,7 +343,7 @@ fn count_change(
     let Some(id) = row_keys.hashes().find_map(|(_, h)| state.customer_of(h)) else {
         return;
     };
-    let Some(update) = pipeline::customer_update(upsert, payloads) else {
+    let Some(update) = pipeline::customer_shape(upsert, payloads) else {
         return;
     };
     let Some((sent, _)) = state.part(id, "customer") else {
@@ -415,8 +439,22 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
 /// `run`: the file and mapping opened, the credentials (or an in-process
 /// sandbox), the survey, the state, preflight, the index, the ledger.
 pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
+    prepare(args, None).await
+}
+
+/// `plan`: `run`'s preparation, step for step, writing nothing: no ledger
+/// file (its lines go to `sink`), the state opened read-only, a
+/// `--max-changes` refusal said as a note (the plan shows what a run
+/// allowed to go on would do), every write of the job noted instead of
+/// sent.
+pub async fn prepare_plan(args: &RunArgs, sink: impl ledger::Sink) -> anyhow::Result<Job> {
+    prepare(args, Some(Box::new(sink))).await
+}
+
+/// [`prepare_run`], or with a `plan` sink [`prepare_plan`].
+async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow::Result<Job> {
     check_pace(&args.pace)?;
-    let (input, handle) = open_input(&args.csv, &args.mapping)?;
+    let (input, handle) = open_input(&args.csv, &args.mapping, args.sheet.as_deref())?;
     check_sync(&args.sync, &input.plan)?;
     let (sandbox, credentials) = credentials_for(args).await?;
     // A rehearsal against the in-process sandbox gets its own default ledger,
@@ -441,10 +479,15 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
     // A ledger path in use refuses the run before anything is asked.
-    ledger::check_free(&ledger_path, existing)?;
+    if plan.is_none() {
+        ledger::check_free(&ledger_path, existing)?;
+    }
     // The state is local: one of another system refuses the run before
-    // anything is asked.
-    let state = open_state(&args.sync, &credentials.root)?;
+    // anything is asked. A plan reads it and never writes it.
+    let state = match (&args.sync.state, &plan) {
+        (Some(path), Some(_)) => SyncState::open_read_only(path, &credentials.root)?,
+        _ => open_state(&args.sync, &credentials.root)?,
+    };
     // The customers the state knows: the guard's whole (0: a first night).
     let known = state.as_deref().map_or(0, SyncState::customers_known);
     // One pass over the file for everything asked before the run.
@@ -455,12 +498,33 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         changes: known > 0,
         state: state.as_deref(),
         full: args.sync.full,
+        keys: state.is_some(),
     };
     let options = input.mapping.source_options()?;
-    let survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
+    let mut survey = survey_open(&args.csv, handle, &options, &input.plan, wanted, named)?;
     // Guards for a job nobody watches, before anything is asked or sent.
-    guard_changes(known, &survey, args.sync.max_changes)?;
-    let notes = header_notes(state.as_deref(), input.source.header());
+    let guarded = guard_changes(known, &survey, args.sync.max_changes);
+    let mut notes = header_notes(state.as_deref(), input.source.header());
+    match guarded {
+        Err(e) if plan.is_some() => notes.insert(0, format!("run would stop here (exit 2): {e}")),
+        guarded => guarded?,
+    }
+    let gone = crate::gone::Night::prepare(
+        &input.plan,
+        &args.mapping,
+        state.as_ref(),
+        std::mem::take(&mut survey.file),
+        &survey.sha256,
+        args.limit.is_some(),
+        args.sync.max_gone,
+    );
+    let gone = match gone {
+        Err(e) if plan.is_some() => {
+            notes.insert(0, format!("run would stop here (exit 2): {e}"));
+            None
+        }
+        gone => gone?,
+    };
     for note in &notes {
         eprintln!("note: {note}");
     }
@@ -473,6 +537,11 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
             .with_context(|| format!("{}: cannot read", args.mapping.display()))?,
         started_at: ledger::now(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
+        // A CSV has no sheets: only a spreadsheet's is worth recording.
+        sheet: args
+            .sheet
+            .clone()
+            .filter(|_| crate::source::is_spreadsheet(&args.csv)),
     };
     // Preflight first: a handful of GETs that may refuse the mapping, before
     // an index that may read the whole system.
@@ -498,8 +567,18 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         );
     }
     let started_at = header.started_at.clone();
-    let ledger = Ledger::create(&ledger_path, header, existing, "run")?;
-    let images = open_images(&args.images, &args.sync, &ledger_path, &started_at, true)?;
+    let (ledger, noted) = match plan {
+        Some(sink) => (
+            Ledger::in_memory(sink),
+            Some(Arc::new(pipeline::Noted::default())),
+        ),
+        None => (Ledger::create(&ledger_path, header, existing, "run")?, None),
+    };
+    // A plan writes nothing: no undo file either.
+    let images = match &noted {
+        Some(_) => None,
+        None => open_images(&args.images, &args.sync, &ledger_path, &started_at, true)?,
+    };
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
     Ok(Job {
@@ -516,6 +595,8 @@ pub async fn prepare_run(args: &RunArgs) -> anyhow::Result<Job> {
         planning: None,
         notes,
         images,
+        plan: noted,
+        gone,
     })
 }
 
@@ -611,7 +692,8 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         Some(p) => (p.clone(), false),
         None => (PathBuf::from(&header.source), true),
     };
-    let loaded = mapping::load(&mapping_path)?;
+    // The sheet the run read, if `run --sheet` chose it.
+    let loaded = mapping::load(&mapping_path)?.with_sheet(header.sheet.as_deref());
     let options = loaded.source_options()?;
     let changed = || -> anyhow::Error {
         anyhow::anyhow!(
@@ -724,6 +806,10 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         planning: Some(planning),
         notes: Vec::new(),
         images,
+        plan: None,
+        // Gone customers are a new file's question: a retry continues one
+        // already asked.
+        gone: None,
     })
 }
 
@@ -741,9 +827,13 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         planning,
         notes,
         images,
+        plan,
+        gone,
         ..
     } = job;
+    let gone = gone.map(|n| n.with_images(images.clone()));
     let matching = pipeline::Matching { images, ..matching };
+    let gone_ledger = gone.as_ref().map(|_| ledger.clone());
     let abort = Arc::new(Abort::default());
     // Stop signals are listened to from the command's start (see
     // `signals`); from here the first one stops the run cleanly.
@@ -772,18 +862,32 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         max_failures: pace.max_failures,
         max_failure_rate: pace.max_failure_rate,
         rows: pilot,
+        plan: plan.clone(),
     };
     let started = Instant::now();
-    let end = pipeline::run(
+    let batch_size = limits.batch_size;
+    let mut end = pipeline::run(
         rows,
         client.clone(),
         ledger,
         limits,
-        abort,
+        abort.clone(),
         progress_state.clone(),
         matching,
     )
     .await;
+    // Customers gone from the file: once it is known to be read whole
+    // (a plan only says what the run would do with them).
+    let mut notes = notes;
+    if plan.is_some() {
+        notes.extend(gone.as_ref().and_then(|n| n.planned()));
+    } else if let (Some(night), Some(ledger)) = (gone, gone_ledger) {
+        if let Err(e) = night.finish(&end, &client, &ledger, batch_size).await {
+            // The state would lag what was done (exit 3).
+            end.aborted
+                .get_or_insert_with(|| format!("customers gone from the file: {e}"));
+        }
+    }
     let elapsed = started.elapsed();
     ticker.abort();
     stopper.done();
@@ -800,6 +904,7 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         sandbox,
         planning,
         notes,
+        plan,
     }
 }
 
@@ -872,12 +977,25 @@ pub async fn preflight(
         }
     };
     preflight::check_mapping(loaded, &system)?;
+    // Only what was read is counted: agents, say, are read only for a
+    // mapping that names one.
+    let mut read = Vec::new();
+    if let Some(groups) = &system.field_groups {
+        read.push(crate::text::count(groups.len() as u64, "field group"));
+    }
+    if !system.campaigns.is_empty() {
+        read.push(crate::text::count(
+            system.campaigns.len() as u64,
+            "campaign",
+        ));
+    }
+    if let Some(agents) = &system.agents {
+        read.push(crate::text::count(agents.len() as u64, "agent"));
+    }
     eprintln!(
-        "Preflight: what the mapping refers to, read in {} request(s): {} field group(s), {} campaign(s), {} agent(s)",
+        "Preflight: what the mapping refers to, read in {} request(s): {}",
         system.requests,
-        system.field_groups.as_ref().map_or(0, Vec::len),
-        system.campaigns.len(),
-        system.agents.as_ref().map_or(0, Vec::len)
+        read.join(", ")
     );
     Ok(Some(Arc::new(system)))
 }

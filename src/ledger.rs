@@ -5,7 +5,8 @@
 //! Line 1 is a header (source and mapping with their SHA-256, tool version);
 //! then `row` events (one row, one stage, one status), `intent` events (rows
 //! about to be sent in a call that is not idempotent) and a final `end`
-//! event. Writes go through one thread that batches whatever is queued into
+//! event, after which `gone` events may follow (customers in no row of a
+//! complete file: `[customer] on_gone`). Writes go through one thread that batches whatever is queued into
 //! one write and one `fsync` (group commit), and a caller waits for its
 //! entries to be durable before it sends anything that depends on them.
 //!
@@ -127,10 +128,19 @@ pub enum Action {
     /// the API cannot change, a feed message that no state proves unsent.
     /// `ok`, because sending again would not help; the message says why.
     Kept,
+    /// On a `gone` entry: a customer an earlier file of the job brought,
+    /// missing from a complete file, deleted (`on_gone = "delete"`).
+    Deleted,
+    /// On a `gone` entry: such a customer marked (`on_gone = { custom_field
+    /// = ..., value = ... }`).
+    Marked,
+    /// On a `gone` entry: such a customer listed, nothing sent
+    /// (`on_gone = "report"`).
+    Gone,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 10] = [
         Action::Created,
         Action::Updated,
         Action::Unchanged,
@@ -138,6 +148,9 @@ impl Action {
         Action::SkippedExisting,
         Action::SkippedMissing,
         Action::Kept,
+        Action::Deleted,
+        Action::Marked,
+        Action::Gone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +162,9 @@ impl Action {
             Action::SkippedExisting => "skipped_existing",
             Action::SkippedMissing => "skipped_missing",
             Action::Kept => "kept",
+            Action::Deleted => "deleted",
+            Action::Marked => "marked",
+            Action::Gone => "gone",
         }
     }
 }
@@ -163,6 +179,10 @@ pub struct Header {
     pub mapping_sha256: String,
     pub started_at: String,
     pub tool_version: String,
+    /// The sheet `run --sheet` read, over the mapping's `[source] sheet`:
+    /// `retry` and the failed-rows CSV read the same rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
 }
 
 /// One row's outcome at one stage.
@@ -242,6 +262,25 @@ pub struct Attempt {
     pub include_unknown: bool,
 }
 
+/// What became of a customer that is in no row: one an earlier file of
+/// the job brought and this complete file lacks (`[customer] on_gone`).
+/// Written after the run's `end`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GoneEvent {
+    pub customer_id: i64,
+    pub status: Option<Status>,
+    /// `deleted`, `marked` or `gone` (reported) when `ok`; what was tried
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
 /// One ledger line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -251,6 +290,8 @@ pub enum Entry {
     Row(RowEvent),
     Intent(Intent),
     End(End),
+    /// A customer gone from the export (no row: see [`GoneEvent`]).
+    Gone(GoneEvent),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,12 +408,28 @@ pub enum Existing {
 
 type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
-/// The writing side of a ledger, holding its lock.
+/// Where a ledger's lines go: its file (written, then synced), or for
+/// `plan` a reader in memory that keeps what it needs and writes nothing.
+pub trait Sink: Send + 'static {
+    /// Appends whole lines; on return they are as durable as the sink makes
+    /// them.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()>;
+}
+
+impl Sink for File {
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        self.write_all(lines)?;
+        self.sync_data()
+    }
+}
+
+/// The writing side of a ledger, holding its lock (a ledger in memory has
+/// none).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     path: PathBuf,
     tx: std::sync::mpsc::Sender<Job>,
-    _lock: std::sync::Arc<LedgerLock>,
+    _lock: Option<std::sync::Arc<LedgerLock>>,
 }
 
 impl Ledger {
@@ -421,7 +478,13 @@ impl Ledger {
         line.push(b'\n');
         file.write_all(&line).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(Ledger::spawn(path, file, lock))
+        Ok(Ledger::spawn(path, Box::new(file), Some(lock)))
+    }
+
+    /// A ledger whose lines go to `sink` and to no file (`plan`: the run's
+    /// outcomes are read back as they come, nothing is kept on disk).
+    pub fn in_memory(sink: Box<dyn Sink>) -> Ledger {
+        Ledger::spawn(Path::new("(in memory)"), sink, None)
     }
 
     /// Opens an existing ledger for appending (retry), under its lock.
@@ -434,17 +497,17 @@ impl Ledger {
             .append(true)
             .open(path)
             .map_err(io)?;
-        Ok(Ledger::spawn(path, file, lock))
+        Ok(Ledger::spawn(path, Box::new(file), Some(lock)))
     }
 
-    fn spawn(path: &Path, file: File, lock: LedgerLock) -> Ledger {
+    fn spawn(path: &Path, file: Box<dyn Sink>, lock: Option<LedgerLock>) -> Ledger {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let display = path.display().to_string();
         std::thread::spawn(move || writer(file, rx, display));
         Ledger {
             path: path.into(),
             tx,
-            _lock: std::sync::Arc::new(lock),
+            _lock: lock.map(std::sync::Arc::new),
         }
     }
 
@@ -481,7 +544,7 @@ impl Ledger {
 /// The writer thread: drains what is queued, writes it, syncs once, acks
 /// all. After an error every later job fails: nothing is sent that cannot
 /// be recorded.
-fn writer(mut file: File, rx: std::sync::mpsc::Receiver<Job>, path: String) {
+fn writer(mut file: Box<dyn Sink>, rx: std::sync::mpsc::Receiver<Job>, path: String) {
     let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -493,7 +556,7 @@ fn writer(mut file: File, rx: std::sync::mpsc::Receiver<Job>, path: String) {
             for (bytes, _) in &jobs {
                 buf.extend_from_slice(bytes);
             }
-            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+            if let Err(e) = file.append(&buf) {
                 tracing::error!(ledger = %path, error = %e, "Cannot write the ledger.");
                 failed = Some(e.to_string());
             }

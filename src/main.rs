@@ -36,6 +36,7 @@ fn init_logging(cli: &Cli) {
         Command::Run(a) => a.output.log_format,
         Command::Retry(a) => a.output.log_format,
         Command::Sync(a) => a.output.log_format,
+        Command::Plan(a) => a.output.log_format,
         _ => LogFormat::Text,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -72,6 +72,17 @@ pub struct Outcomes {
     ended: bool,
     /// Ledger lines that could not be read (a crash mid-write leaves one).
     pub unreadable: Vec<String>,
+    /// Customers in no row (`gone` entries: `on_gone`), the latest per
+    /// customer: they are not rows, and count apart.
+    gone: BTreeMap<i64, GoneOutcome>,
+}
+
+/// The latest `gone` entry of one customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneOutcome {
+    pub status: Status,
+    pub action: Option<Action>,
+    pub message: Option<String>,
 }
 
 /// One row's part of the fold.
@@ -110,6 +121,7 @@ impl Outcomes {
             limit: None,
             ended: false,
             unreadable: Vec::new(),
+            gone: BTreeMap::new(),
         }
     }
 
@@ -249,8 +261,26 @@ impl Outcomes {
                 self.ended = false;
                 self.last_mapping_sha256 = Some(a.mapping_sha256);
             }
+            Entry::Gone(g) => {
+                if let Some(status) = g.status {
+                    self.gone.insert(
+                        g.customer_id,
+                        GoneOutcome {
+                            status,
+                            action: g.action,
+                            message: g.message,
+                        },
+                    );
+                }
+            }
             Entry::Row(_) | Entry::Header(_) => {}
         }
+    }
+
+    /// The customers gone from the export that the ledger records (no row
+    /// of the file is theirs), by id.
+    pub fn gone(&self) -> &BTreeMap<i64, GoneOutcome> {
+        &self.gone
     }
 
     /// Whether the last run or retry ended (wrote its `end` event). When it
@@ -458,6 +488,12 @@ impl Outcomes {
             }
             *out.entry(Action::Kept.name()).or_default() += u64::from(r.kept.count_ones());
         }
+        // Customers in no row: deleted, marked or reported when done.
+        for g in self.gone.values().filter(|g| g.status == Status::Ok) {
+            if let Some(a) = g.action {
+                *out.entry(a.name()).or_default() += 1;
+            }
+        }
         out
     }
 
@@ -502,6 +538,7 @@ mod tests {
             mapping_sha256: String::new(),
             started_at: String::new(),
             tool_version: String::new(),
+            sheet: None,
         }
     }
 

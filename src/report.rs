@@ -23,8 +23,13 @@ pub struct Report {
     pub not_sent: u64,
     pub stages: BTreeMap<&'static str, Counts>,
     /// What became of the rows' customers: created, updated, unchanged,
-    /// adopted, skipped_existing, skipped_missing.
+    /// adopted, skipped_existing, skipped_missing; `kept` stages; and the
+    /// customers gone from the export (in no row): deleted, marked, gone.
     pub actions: BTreeMap<&'static str, u64>,
+    /// Customers gone from the export whose deletion or mark failed (they
+    /// have no row: not in `rows`; the next complete file tries again).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gone_failed: u64,
     /// Why the last run stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
@@ -60,6 +65,11 @@ impl Report {
             not_sent,
             stages,
             actions: outcomes.actions(),
+            gone_failed: outcomes
+                .gone()
+                .values()
+                .filter(|g| g.status != crate::ledger::Status::Ok)
+                .count() as u64,
             aborted: outcomes.aborted().map(str::to_string),
             read_error: outcomes.read_error().map(str::to_string),
             limit: outcomes.limit(),
@@ -81,8 +91,15 @@ impl Report {
 
     /// Whether every row is done.
     pub fn all_done(&self) -> bool {
-        self.ok == self.rows && self.read_error.is_none() && self.limit.is_none()
+        self.ok == self.rows
+            && self.read_error.is_none()
+            && self.limit.is_none()
+            && self.gone_failed == 0
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The outcomes that are not ok, by reason.
@@ -90,6 +107,14 @@ fn reasons(outcomes: &Outcomes) -> Vec<Reason> {
     let mut reasons = Reasons::default();
     for p in outcomes.problems(usize::MAX) {
         reasons.add(p.stage.name(), p.status_name(), p.row, p.line, &p.message);
+    }
+    // A gone customer has no row: listed as row 0, its message naming it.
+    for g in outcomes.gone().values() {
+        if let (crate::ledger::Status::Failed | crate::ledger::Status::Unknown, Some(m)) =
+            (g.status, &g.message)
+        {
+            reasons.add("customer", g.status.name(), 0, 0, m);
+        }
     }
     reasons.sorted()
 }
@@ -133,11 +158,12 @@ pub fn render(report: &Report) -> String {
         report.skipped,
         report.not_sent
     );
-    if report
-        .actions
-        .iter()
-        .any(|(a, n)| *a != Action::Kept.name() && *n > 0)
-    {
+    let of_rows = |a: &str| {
+        ![Action::Kept, Action::Deleted, Action::Marked, Action::Gone]
+            .iter()
+            .any(|k| k.name() == a)
+    };
+    if report.actions.iter().any(|(a, n)| of_rows(a) && *n > 0) {
         let n = |a: Action| report.actions.get(a.name()).copied().unwrap_or(0);
         let _ = write!(
             out,
@@ -148,6 +174,17 @@ pub fn render(report: &Report) -> String {
             n(Action::Adopted),
             n(Action::SkippedExisting),
             n(Action::SkippedMissing)
+        );
+    }
+    let gone = |a: Action| report.actions.get(a.name()).copied().unwrap_or(0);
+    if gone(Action::Deleted) + gone(Action::Marked) + gone(Action::Gone) + report.gone_failed > 0 {
+        let _ = write!(
+            out,
+            "\ngone from the export (on_gone): {} deleted, {} marked, {} reported, {} failed",
+            gone(Action::Deleted),
+            gone(Action::Marked),
+            gone(Action::Gone),
+            report.gone_failed
         );
     }
     if let kept @ 1.. = report

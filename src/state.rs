@@ -16,6 +16,10 @@
 //!   has seen (created by a run that kept it), with how many messages it
 //!   holds for them: only for those can it prove a message unsent (the API
 //!   cannot list feed records), and only while that count matches its rows;
+//! - `seen`: per job (`[source] job`, by default the mapping file) the
+//!   match keys (hashes) of the customers its files brought, with the
+//!   customer's id and the file (its SHA-256) and time that last brought
+//!   each: what `on_gone` compares a complete file with (version 2);
 //! - `meta`: the system's URL (a state belongs to one system) and the
 //!   format's version.
 //!
@@ -110,10 +114,19 @@ pub struct SyncState {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The first write that failed, if any: the run ends with an error.
     failed: Arc<Mutex<Option<String>>>,
+    /// Opened for `plan`: read as a run reads it, never written (what is
+    /// learnt is dropped, what must be written first is answered as the
+    /// write would answer).
+    read_only: bool,
 }
 
-/// The state's format version.
-pub const VERSION: &str = "1";
+/// The state's format version: 2 added `seen` (a version 1 state is
+/// brought up to it when opened: the table is created, nothing else
+/// changes).
+pub const VERSION: &str = "2";
+
+/// The versions this tool opens, and brings up to [`VERSION`].
+const OLDER: &[&str] = &["1"];
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -137,6 +150,11 @@ CREATE TABLE IF NOT EXISTS fields (
 CREATE TABLE IF NOT EXISTS feed_customers (
     customer_id INTEGER PRIMARY KEY, sent INTEGER NOT NULL, synced_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    job TEXT NOT NULL, key BLOB NOT NULL, customer_id INTEGER NOT NULL,
+    file_sha256 TEXT NOT NULL, seen_at TEXT NOT NULL, PRIMARY KEY (job, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_customer ON seen (job, customer_id);
 ";
 
 /// Records a feed message as sent (and, for a tracked customer, counts it).
@@ -251,11 +269,22 @@ impl SyncState {
                     })
                     .optional()
                     .map_err(sql)?;
-                if let Some(found) = version.filter(|v| v != VERSION) {
-                    return Err(StateError::Version {
-                        path: display,
-                        found,
-                    });
+                match version {
+                    Some(v) if OLDER.contains(&v.as_str()) => {
+                        // The schema above created what is new.
+                        conn.execute(
+                            "UPDATE meta SET value = ?1 WHERE name = 'version'",
+                            params![VERSION],
+                        )
+                        .map_err(sql)?;
+                    }
+                    Some(found) if found != VERSION => {
+                        return Err(StateError::Version {
+                            path: display,
+                            found,
+                        });
+                    }
+                    _ => {}
                 }
             }
             None => {
@@ -278,7 +307,76 @@ impl SyncState {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             failed,
+            read_only: false,
         }))
+    }
+
+    /// Opens the state at `path` for reading only (`plan`): the same
+    /// checks of its system and version, no file created, nothing ever
+    /// written. `None` when there is no state there yet (a run would begin
+    /// an empty one: it knows nothing).
+    pub fn open_read_only(path: &Path, system: &str) -> Result<Option<Arc<SyncState>>, StateError> {
+        let display = path.display().to_string();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let sql = |source| StateError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        // A state no run has open (no `-wal` beside it) is read as an
+        // immutable file: SQLite then creates no `-wal`/`-shm` beside it,
+        // so the plan leaves the folder as it found it. One a run is
+        // writing is read through the files that run keeps.
+        let conn = if Path::new(&wal).exists() {
+            Connection::open_with_flags(path, flags)
+        } else {
+            let escaped = path
+                .to_string_lossy()
+                .replace('%', "%25")
+                .replace('?', "%3f")
+                .replace('#', "%23");
+            Connection::open_with_flags(
+                format!("file:{escaped}?immutable=1"),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+        }
+        .map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        let meta = |name: &str| -> Result<Option<String>, StateError> {
+            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)
+        };
+        if let Some(recorded) = meta("system")? {
+            if system_id(&recorded) != system_id(system) {
+                return Err(StateError::OtherSystem {
+                    path: display,
+                    recorded,
+                    given: system.into(),
+                });
+            }
+        }
+        if let Some(found) = meta("version")?.filter(|v| v != VERSION) {
+            return Err(StateError::Version {
+                path: display,
+                found,
+            });
+        }
+        Ok(Some(Arc::new(SyncState {
+            path: path.into(),
+            read: Mutex::new(conn),
+            tx: Mutex::new(None),
+            writer: Mutex::new(None),
+            failed: Arc::new(Mutex::new(None)),
+            read_only: true,
+        })))
     }
 
     /// Where it is.
@@ -358,10 +456,55 @@ impl SyncState {
 
     /// Records the file's columns (names only: no customer data).
     pub fn set_header(&self, header: &[String]) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
         let text = serde_json::to_string(header).unwrap_or_default();
         self.write_now(|c, _| {
             c.prepare_cached("INSERT INTO meta (name, value) VALUES ('header', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
                 .execute(params![text])?;
+            Ok(())
+        })
+    }
+
+    /// The customers earlier files of `job` brought: each match key's hash
+    /// with its customer's id.
+    pub fn seen(&self, job: &str) -> Vec<(i64, KeyHash)> {
+        self.query(|c| {
+            let mut stmt = c.prepare_cached("SELECT customer_id, key FROM seen WHERE job = ?1")?;
+            let rows = stmt.query_map(params![job], |r| {
+                let h: Vec<u8> = r.get(1)?;
+                let mut b = [0u8; 16];
+                if h.len() == 16 {
+                    b.copy_from_slice(&h);
+                }
+                Ok((r.get::<_, i64>(0)?, u128::from_be_bytes(b)))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Records that a file of `job` (its SHA-256) brought these customers
+    /// (key hash → id), and forgets the customers `gone` names (deleted or
+    /// marked: handled). One transaction, on disk when it returns.
+    pub fn record_seen(
+        &self,
+        job: &str,
+        file_sha256: &str,
+        brought: &[(KeyHash, i64)],
+        gone: &[i64],
+    ) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            let mut insert = c.prepare_cached("INSERT INTO seen (job, key, customer_id, file_sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, key) DO UPDATE SET customer_id = excluded.customer_id, file_sha256 = excluded.file_sha256, seen_at = excluded.seen_at")?;
+            for (key, customer_id) in brought {
+                insert.execute(params![job, blob(*key), customer_id, file_sha256, at])?;
+            }
+            let mut forget =
+                c.prepare_cached("DELETE FROM seen WHERE job = ?1 AND customer_id = ?2")?;
+            for customer_id in gone {
+                forget.execute(params![job, customer_id])?;
+            }
             Ok(())
         })
     }
@@ -403,6 +546,10 @@ impl SyncState {
         hash: KeyHash,
         track: bool,
     ) -> Result<bool, StateError> {
+        if self.read_only {
+            // What the write would answer: new unless the state holds it.
+            return Ok(track || !self.has_feed(customer_id, hash));
+        }
         self.write_now(|c, at| {
             if track {
                 track_feed(c, customer_id, at)?;
@@ -414,6 +561,9 @@ impl SyncState {
     /// Takes back [`SyncState::will_send_feed`]: the call was refused, so
     /// nothing was created.
     pub fn feed_not_sent(&self, customer_id: i64, hash: KeyHash) -> Result<(), StateError> {
+        if self.read_only {
+            return Ok(());
+        }
         self.write_now(|c, at| {
             let gone = c
                 .prepare_cached("DELETE FROM feed WHERE customer_id = ?1 AND hash = ?2")?
@@ -672,5 +822,47 @@ mod tests {
             e.to_string().contains("belongs to https://a.thulium.com"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_version_1_state_is_brought_up_to_version_2_and_keeps_what_it_knew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        s.learn(Learnt::Key {
+            key: 7,
+            customer_id: 13,
+        });
+        s.flush().unwrap();
+        drop(s);
+        // As version 1 left it: no `seen`, version "1".
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE seen; UPDATE meta SET value = '1' WHERE name = 'version';")
+            .unwrap();
+        drop(conn);
+        let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
+        assert_eq!(s.customer_of(7), Some(13));
+        assert!(s.seen("job").is_empty());
+        s.record_seen("job", "sha", &[(7, 13), (8, 14)], &[])
+            .unwrap();
+        s.record_seen("job", "sha2", &[], &[14]).unwrap();
+        assert_eq!(s.seen("job"), vec![(13, 7)]);
+        assert!(s.seen("other").is_empty());
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        let version: String = conn
+            .query_row("SELECT value FROM meta WHERE name = 'version'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, VERSION);
+        // A newer format is still refused.
+        conn.execute("UPDATE meta SET value = '9' WHERE name = 'version'", [])
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            SyncState::open(&path, "https://a.thulium.com"),
+            Err(StateError::Version { .. })
+        ));
     }
 }

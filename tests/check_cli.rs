@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod common;
+
 use assert_cmd::Command;
 use serde_json::Value;
 
@@ -174,6 +176,103 @@ fn unusable_mapping_or_file_exits_2_with_the_reason() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("duplicate header name \"Nazwisko\""));
+}
+
+/// A gzip, a zip of a CSV, a program, a PDF, random bytes: one sentence
+/// saying what the file looks like, exit 2, for `check` and `run
+/// --dry-run` alike (they open files through the same source).
+#[test]
+fn a_file_that_is_not_an_export_is_said_in_one_sentence_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, what) in common::not_exports(dir.path()) {
+        for command in [&["check"][..], &["run", "--dry-run"][..]] {
+            let out = bin()
+                .args(command)
+                .arg(&file)
+                .args(["--mapping", "mappings/crm_export.toml"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(out.status.code(), Some(2), "{command:?} {what}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains(&format!("this is not a CSV file: it looks like {what}")),
+                "{stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{command:?} {what}");
+        }
+    }
+}
+
+/// Every command that runs tells in its `--help` what the README tells:
+/// the exit codes, where the password comes from, what `<FILE>` may be.
+#[test]
+fn help_tells_the_exit_codes_credentials_and_what_a_file_may_be() {
+    for command in ["run", "check", "init", "retry", "sync", "report"] {
+        let out = bin().args([command, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8(out.stdout).unwrap();
+        for said in [
+            "Exit codes:",
+            "0  every row done",
+            "1  finished, but some rows are not done",
+            "2  unusable input",
+            "3  aborted",
+            "THULIUM_PASSWORD",
+        ] {
+            assert!(
+                help.contains(said),
+                "{command} --help lacks {said:?}:\n{help}"
+            );
+        }
+    }
+    for command in ["run", "check", "init"] {
+        let out = bin().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("<FILE>"), "{help}");
+        assert!(
+            help.contains("a CSV or a spreadsheet (.xlsx, .xls, .ods)"),
+            "{command}: {help}"
+        );
+        assert!(help.contains("--sheet <NAME>"), "{command}: {help}");
+    }
+}
+
+/// `run --dry-run` takes `check`'s `--max-errors`; `run` without
+/// `--dry-run` refuses it (exit 2) rather than ignore it.
+#[test]
+fn dry_run_takes_max_errors() {
+    let listed = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "run",
+                "samples/crm_export.csv",
+                "--mapping",
+                "mappings/crm_export.toml",
+                "--dry-run",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().filter(|l| l.starts_with("line ")).count()
+    };
+    assert_eq!(listed(&[]), 8);
+    assert_eq!(listed(&["--max-errors", "2"]), 2);
+    let out = bin()
+        .args([
+            "run",
+            "samples/crm_export.csv",
+            "--mapping",
+            "mappings/crm_export.toml",
+            "--max-errors",
+            "2",
+            "--sandbox",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

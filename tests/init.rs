@@ -520,6 +520,192 @@ async fn init_on_the_sample_gives_the_customers_of_the_hand_written_mapping() {
     }
 }
 
+/// A valid PESEL for person `i`, born on their birth date (the month
+/// plus 20 from 2000 on), so that some start with a zero.
+fn pesel(p: &Person, i: usize) -> String {
+    let (y, m, d) = (p.birth.0 + 52 * (i % 2) as u16, p.birth.1, p.birth.2);
+    let month = if y >= 2000 { m + 20 } else { m };
+    let first = format!("{:02}{month:02}{d:02}{:04}", y % 100, 1000 + i * 37 % 9000);
+    let sum: u32 = first
+        .bytes()
+        .zip([1, 3, 7, 9, 1, 3, 7, 9, 1, 3])
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
+    format!("{first}{}", (10 - sum % 10) % 10)
+}
+
+/// A valid NIP for person `i`, as digits.
+fn nip(i: usize) -> String {
+    (0..)
+        .map(|k| format!("{:09}", 526_000_000 + i * 7919 + k))
+        .find_map(|first| {
+            let sum: u32 = first
+                .bytes()
+                .zip([6, 5, 7, 2, 3, 4, 5, 6, 7])
+                .map(|(b, w)| u32::from(b - b'0') * w)
+                .sum();
+            (sum % 11 != 10).then(|| format!("{first}{}", sum % 11))
+        })
+        .unwrap()
+}
+
+/// `123-456-78-90`, as an English CRM writes a NIP.
+fn dashed(nip: &str) -> String {
+    format!("{}-{}-{}-{}", &nip[..3], &nip[3..6], &nip[6..8], &nip[8..])
+}
+
+/// The customers hold the PESEL and the NIP (as digits) of their rows.
+fn assert_pesel_and_nip(sandbox: &Sandbox, people: &[Person], skip: &[usize]) {
+    let customers = common::by_identifier(sandbox);
+    assert_eq!(customers.len(), people.len() - skip.len());
+    for (i, p) in people.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
+        let c = &customers[&p.id];
+        assert_eq!(text(&c["pesel"]), pesel(p, i), "{}: {c}", p.id);
+        assert_eq!(text(&c["nip"]), nip(i), "{}: {c}", p.id);
+    }
+}
+
+/// An English CRM's export whose PESELs are "National ID" and NIPs "Tax
+/// no" (with dashes): mapped as pesel and nip by their values. Its e-mail
+/// column has one placeholder that is no address in five rows: the key is
+/// judged on the addresses, and the note says how many were left out.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_maps_pesel_and_nip_by_their_values_and_judges_a_key_on_valid_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = people(40);
+    let placeholder = [3, 11, 19, 27, 35];
+    let mut rows = english_rows(&people);
+    rows[0].extend(["National ID".to_string(), "Tax no".to_string()]);
+    for (i, p) in people.iter().enumerate() {
+        let row = &mut rows[i + 1];
+        if placeholder.contains(&i) {
+            row[3] = "jan.kowalski(at)example".into();
+        }
+        row.extend([pesel(p, i), dashed(&nip(i))]);
+    }
+    let file = dir.path().join("crm.csv");
+    write_csv(&file, &rows, b',', false, encoding_rs::UTF_8);
+    let mapping = dir.path().join("crm.toml");
+    let out = output_of(bin().arg("init").arg(&file).arg("-o").arg(&mapping));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let text = std::fs::read_to_string(&mapping).unwrap();
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start}: {text}"))
+    };
+    assert!(
+        line("pesel = \"National ID\" ").contains("# by its values: PESEL numbers"),
+        "{text}"
+    );
+    assert!(
+        line("nip = { column = \"Tax no\", transform = [\"digits\"] }")
+            .contains("# by its values: NIP numbers"),
+        "{text}"
+    );
+    assert!(!text.contains("# \"National ID\""), "{text}");
+    assert!(
+        text.contains("match = [\"identifier\", \"email\"]"),
+        "{text}"
+    );
+    assert!(
+        out.stderr.contains(
+            "e-mail (\"Email Address\"): 5 invalid values (left out of the uniqueness check)"
+        ),
+        "{}",
+        out.stderr
+    );
+    // The placeholder's rows are invalid (no address), the others go in.
+    let sandbox = sandbox().await;
+    let out = import(&sandbox, &file, &mapping, dir.path()).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_pesel_and_nip(&sandbox, &people, &placeholder);
+}
+
+/// A Polish export in windows-1250 with PESELs as "Nr ewid." and NIPs as
+/// "Nr podatnika" (digits): mapped as pesel and nip by their values. An
+/// address written in three rows is a repeat: one value, said as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_maps_a_polish_exports_pesel_and_nip_under_other_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = people(30);
+    let mut rows = vec![[
+        "Numer klienta",
+        "Imię",
+        "Nazwisko",
+        "E-mail",
+        "Nr ewid.",
+        "Nr podatnika",
+        "Miejscowość",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (i, p) in people.iter().enumerate() {
+        let email = if [4, 9, 14].contains(&i) {
+            "biuro@przyklad.pl".to_string()
+        } else {
+            p.email.clone()
+        };
+        rows.push(vec![
+            p.id.clone(),
+            p.first.clone(),
+            p.last.clone(),
+            email,
+            pesel(p, i),
+            nip(i),
+            p.city.clone(),
+        ]);
+    }
+    let file = dir.path().join("klienci.csv");
+    write_csv(&file, &rows, b';', false, encoding_rs::WINDOWS_1250);
+    let mapping = dir.path().join("klienci.toml");
+    let out = output_of(bin().arg("init").arg(&file).arg("-o").arg(&mapping));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let text = std::fs::read_to_string(&mapping).unwrap();
+    assert!(text.contains("encoding = \"windows-1250\""), "{text}");
+    assert!(text.contains("pesel = \"Nr ewid.\""), "{text}");
+    assert!(text.contains("nip = \"Nr podatnika\""), "{text}");
+    assert!(text.contains("match = \"identifier\""), "{text}");
+    assert!(
+        text.contains("#   not email (\"E-mail\"): 1 value repeats in the rows sampled"),
+        "{text}"
+    );
+    let sandbox = sandbox().await;
+    let out = import(&sandbox, &file, &mapping, dir.path()).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_pesel_and_nip(&sandbox, &people, &[]);
+}
+
+/// `init` on a file that is not an export writes no mapping: one
+/// sentence, exit 2, nothing on stdout nor at `--output`; a gzip named
+/// `.xlsx` is said not to be a spreadsheet.
+#[test]
+fn init_on_a_file_that_is_not_an_export_writes_nothing_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<(PathBuf, String)> = common::not_exports(dir.path())
+        .into_iter()
+        .map(|(f, what)| (f, format!("this is not a CSV file: it looks like {what}")))
+        .collect();
+    let (gzip, _) = &files[0];
+    let named_xlsx = dir.path().join("export.xlsx");
+    std::fs::copy(gzip, &named_xlsx).unwrap();
+    files.push((
+        named_xlsx,
+        "this is not a spreadsheet: it looks like gzip data".into(),
+    ));
+    for (file, said) in files {
+        let mapping = dir.path().join("m.toml");
+        let out = output_of(bin().arg("init").arg(&file).arg("--output").arg(&mapping));
+        assert_eq!(out.code, Some(2), "{said}: {}", out.stderr);
+        assert!(out.stderr.contains(&said), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(!mapping.exists(), "{said}: a mapping was written");
+        let out = output_of(bin().arg("init").arg(&file));
+        assert_eq!(out.code, Some(2), "{said}");
+        assert!(out.stdout.is_empty(), "{said}: {}", out.stdout);
+    }
+}
+
 #[test]
 fn init_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();

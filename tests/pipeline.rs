@@ -56,6 +56,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         mapping_sha256: String::new(),
         started_at: ledger::now(),
         tool_version: "test".into(),
+        sheet: None,
     };
     let ledger = Ledger::create(&path, header, ledger::Existing::Refuse, "test").unwrap();
     let progress = Arc::new(Progress::default());
@@ -66,6 +67,7 @@ async fn import(sandbox: &Sandbox, dir: &Path) -> (Arc<Progress>, usize) {
         max_failures: None,
         max_failure_rate: None,
         rows: None,
+        plan: None,
     };
     let end = pipeline::run(
         rows,
@@ -185,6 +187,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         mapping_sha256: ledger::sha256_file(&mapping).unwrap(),
         started_at: ledger::now(),
         tool_version: "test".into(),
+        sheet: None,
     };
     let ledger = Ledger::create(&path, header, ledger::Existing::Refuse, "test").unwrap();
     let client = ApiClient::new(
@@ -209,6 +212,7 @@ async fn a_read_error_mid_file_is_recorded_reported_and_retry_continues() {
         max_failures: None,
         max_failure_rate: None,
         rows: None,
+        plan: None,
     };
     let end = pipeline::run(
         rows,

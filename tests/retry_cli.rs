@@ -585,6 +585,101 @@ async fn failed_rows_csv_round_trip_fixes_rows_without_duplicates() {
     );
 }
 
+/// `--failed-csv --utf8` of a windows-1250, `;` export: the file is UTF-8
+/// with commas, which the export's mapping cannot read (exit 2); the copy
+/// of the mapping written beside it can, and the fixed rows go in once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_utf8_failed_rows_csv_imports_with_the_mapping_copy_written_beside_it() {
+    let dir = tempdir();
+    let mapping = dir.join("m.toml");
+    let text = std::fs::read_to_string(MAPPING).unwrap().replace(
+        "8 = { column = \"Liczba zamówień\", type = \"integer\" }",
+        "8 = \"Liczba zamówień\"",
+    );
+    std::fs::write(&mapping, text).unwrap();
+    let mapping = mapping.to_str().unwrap();
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let ledger = dir.join("l.jsonl");
+    let first = output(run_cmd(&sandbox, SAMPLE, mapping, &ledger, &[])).await;
+    assert_eq!(first.code, Some(1));
+    assert_eq!(customers(&sandbox), 293);
+
+    let failed = dir.join("failed.csv");
+    let out = common::output_of(
+        bin()
+            .arg("report")
+            .arg(&ledger)
+            .arg("--failed-csv")
+            .arg(&failed)
+            .arg("--utf8"),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let copy = dir.join("failed.mapping.toml");
+    assert!(
+        out.stderr
+            .contains(&format!("import it with {}", copy.display())),
+        "{}",
+        out.stderr
+    );
+    let copy_text = std::fs::read_to_string(&copy).unwrap();
+    assert!(copy_text.contains("delimiter = \",\""), "{copy_text}");
+    assert!(copy_text.contains("encoding = \"utf-8\""), "{copy_text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Fixed as a person would in a spreadsheet saving UTF-8 CSV.
+    let mut reader = csv::Reader::from_path(&failed).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let mut rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    let row201 = rows.iter_mut().find(|r| r[col("_row")] == "201").unwrap();
+    row201[col("Liczba zamówień")] = "12".into();
+    let row17 = rows.iter_mut().find(|r| r[col("_row")] == "17").unwrap();
+    row17[col("Telefon")] = "601 234 567".into();
+    let fixed = dir.join("fixed.csv");
+    let mut w = csv::Writer::from_path(&fixed).unwrap();
+    w.write_record(&headers).unwrap();
+    for r in &rows {
+        w.write_record(r).unwrap();
+    }
+    w.flush().unwrap();
+    let fixed = fixed.to_str().unwrap();
+
+    // The export's own mapping reads it as one column: refused.
+    let wrong = output(run_cmd(
+        &sandbox,
+        fixed,
+        mapping,
+        &dir.join("l1.jsonl"),
+        &[],
+    ))
+    .await;
+    assert_eq!(wrong.code, Some(2), "{}", wrong.stderr);
+    let again = output(run_cmd(
+        &sandbox,
+        fixed,
+        copy.to_str().unwrap(),
+        &dir.join("l2.jsonl"),
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        again.code,
+        Some(1),
+        "6 rows are still invalid\n{}",
+        again.stderr
+    );
+    assert!(again.stdout.contains("2 done"), "{}", again.stdout);
+    assert_eq!(customers(&sandbox), 294, "row 17's customer only");
+}
+
 /// The sample mapping without the stages that are not idempotent after the
 /// customer (items, feed records): a crash can then leave nothing unknown.
 fn idempotent_downstream_mapping(dir: &Path) -> PathBuf {

@@ -502,6 +502,28 @@ async fn ambiguous_faults_on_customer_calls_leave_rows_unknown_and_are_not_resen
     );
 }
 
+/// A file that is not an export (an archive, a program, a PDF, random
+/// bytes) stops `run` with one sentence and exit 2 before anything is
+/// asked or written: no request, no ledger.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_is_not_an_export_sends_nothing_and_writes_no_ledger() {
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (file, what) in common::not_exports(dir.path()) {
+        let done = run(&sandbox, file.to_str().unwrap(), MAPPING, &[]).await;
+        assert_eq!(done.code, Some(2), "{what}: {}", done.stderr);
+        assert_eq!(done.stderr.trim().lines().count(), 1, "{}", done.stderr);
+        assert!(
+            done.stderr
+                .contains(&format!("this is not a CSV file: it looks like {what}")),
+            "{}",
+            done.stderr
+        );
+        assert!(!done.ledger_path.exists(), "{what}: a ledger was begun");
+    }
+    assert!(sandbox.requests().is_empty(), "{:?}", sandbox.requests());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_refuses_an_existing_ledger_and_the_sandbox_flag_needs_no_server() {
     let sandbox = Sandbox::start(config()).await.unwrap();

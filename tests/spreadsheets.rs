@@ -277,10 +277,70 @@ fn the_sheet_is_chosen_by_name_and_a_wrong_one_is_named() {
     assert_eq!(out.code, Some(2));
     assert!(
         out.stderr
-            .contains("this is a spreadsheet (a zip file: .xlsx or .ods), not a CSV"),
+            .contains("this is a spreadsheet (a zip file: .xlsx), not a CSV"),
         "{}",
         out.stderr
     );
+}
+
+/// `--sheet` on `check` and `run` as on `init`: the sheet named on the
+/// command line over the mapping's (which names none here); `run` records
+/// it in the ledger, so that `retry` reads the rest of the same sheet.
+#[tokio::test(flavor = "multi_thread")]
+async fn sheet_on_the_command_line_is_read_by_check_run_and_the_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let xlsx = dir.path().join("book.xlsx");
+    write_xlsx(&xlsx, "Klienci", &["Opis", "Notatki"], &typed_rows());
+    let m = typed_mapping(dir.path());
+    let check = |sheet: &[&str]| {
+        common::output_of(
+            bin()
+                .arg("check")
+                .arg(&xlsx)
+                .arg("--mapping")
+                .arg(&m)
+                .args(sheet),
+        )
+    };
+    assert_eq!(
+        check(&[]).code,
+        Some(2),
+        "the first sheet has no \"Nazwisko\""
+    );
+    let out = check(&["--sheet", "Klienci"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("sheet \"Klienci\""), "{}", out.stderr);
+
+    let sandbox = Sandbox::start(SandboxConfig {
+        password: PASSWORD.into(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let ledger = dir.path().join("l.jsonl");
+    let mut pilot = common::run_command(
+        &sandbox,
+        xlsx.to_str().unwrap(),
+        m.to_str().unwrap(),
+        &ledger,
+        PASSWORD,
+    );
+    pilot.args(["--sheet", "Klienci", "--limit", "1"]);
+    let out = common::output(pilot).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(common::customers(&sandbox), 1);
+    assert_eq!(lines(&ledger)[0]["sheet"], "Klienci");
+    let mut retry = bin();
+    retry.arg("retry").arg(&ledger).args([
+        "--url",
+        &sandbox.url(),
+        "--user",
+        "api_user",
+        "--no-progress",
+    ]);
+    let out = common::output(retry).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(common::customers(&sandbox), 2, "the rest of the same sheet");
 }
 
 fn lines(ledger: &Path) -> Vec<Value> {

@@ -156,6 +156,27 @@ impl FoundItem {
 }
 
 impl FoundItem {
+    /// The values of `values` the item does not hold, as (field id, the
+    /// item's value now or `null`, the value sent), by the rule of
+    /// [`FoundItem::holds`]: what updating the item would change.
+    pub fn differs(&self, values: &[ItemValue]) -> Vec<(i64, Value, Value)> {
+        values
+            .iter()
+            .filter_map(|want| {
+                let now = self
+                    .values
+                    .iter()
+                    .find(|(id, _)| *id == want.field_id)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or(Value::Null);
+                let sent = serde_json::to_value(&want.value).unwrap_or(Value::Null);
+                (!same_value(&want.value, &now)).then_some((want.field_id, now, sent))
+            })
+            .collect()
+    }
+}
+
+impl FoundItem {
     /// How many of `values` the item holds.
     pub fn shares(&self, values: &[ItemValue]) -> usize {
         values

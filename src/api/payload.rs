@@ -421,6 +421,71 @@ impl Customer {
         out
     }
 
+    /// Leaves out one field, named as [`crate::current::flatten`] names
+    /// it (`note`, `custom_fields.Segment`, `address.city`): an update
+    /// that must not write it. Whether the customer had it.
+    pub fn drop_field(&mut self, name: &str) -> bool {
+        if let Some(custom) = name.strip_prefix("custom_fields.") {
+            let before = self.custom_fields.0.len();
+            self.custom_fields.0.retain(|(n, _)| n != custom);
+            return self.custom_fields.0.len() != before;
+        }
+        if let Some((kind, part)) = name.split_once('.') {
+            let Some(kind) = AddressKind::ALL.into_iter().find(|k| k.key() == kind) else {
+                return false;
+            };
+            let Some(address) = self.address_mut_if(kind) else {
+                return false;
+            };
+            let slot = match part {
+                "street" => &mut address.street,
+                "building" => &mut address.building,
+                "flat" => &mut address.flat,
+                "postcode" => &mut address.postcode,
+                "city" => &mut address.city,
+                "country" => &mut address.country,
+                _ => return false,
+            };
+            let had = slot.take().is_some();
+            self.drop_empty_addresses();
+            return had;
+        }
+        fn take<T>(v: &mut Option<T>) -> bool {
+            v.take().is_some()
+        }
+        match name {
+            "name" => take(&mut self.name),
+            "surname" => take(&mut self.surname),
+            "email" => take(&mut self.email),
+            "phone_number" => take(&mut self.phone_number),
+            "company_id" => take(&mut self.company_id),
+            "type" => take(&mut self.type_),
+            "group" => take(&mut self.group),
+            "identifier" => take(&mut self.identifier),
+            "gender" => take(&mut self.gender),
+            "homepage" => take(&mut self.homepage),
+            "birthdate" => take(&mut self.birthdate),
+            "nip" => take(&mut self.nip),
+            "note" => take(&mut self.note),
+            "pesel" => take(&mut self.pesel),
+            "job" => take(&mut self.job),
+            "job_title" => take(&mut self.job_title),
+            "account_manager" => take(&mut self.account_manager),
+            "vip" => take(&mut self.vip),
+            "fill_read_only_custom_fields" => take(&mut self.fill_read_only_custom_fields),
+            _ => false,
+        }
+    }
+
+    /// The address of `kind`, if the customer has one.
+    fn address_mut_if(&mut self, kind: AddressKind) -> Option<&mut Address> {
+        match kind {
+            AddressKind::Address => self.address.as_mut(),
+            AddressKind::Invoice => self.invoice_address.as_mut(),
+            AddressKind::MailDrop => self.mail_drop_address.as_mut(),
+        }
+    }
+
     /// The customer's values of a match key: one identifier, every e-mail
     /// address and phone number, one NIP, one custom field's value.
     pub fn key_values(&self, key: &crate::api::keys::SearchKey) -> Vec<String> {

@@ -426,6 +426,9 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 pace: args.pace.clone(),
                 dry_run: false,
                 show_payloads: 0,
+                max_errors: 20,
+                // Each file's sheet is its mapping's.
+                sheet: None,
                 force_new_ledger: how != How::Import,
                 include_unknown: false,
                 limit: None,

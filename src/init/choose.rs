@@ -1,13 +1,15 @@
 //! Which column becomes which customer field: the pairs of column and
-//! field best named first, then a whole name or a company as the surname
-//! when no column is one, e-mail addresses found by their values, a
-//! surname guessed (loudly) when nothing else will do, and the columns
-//! whose values are unique suggested as `match` keys.
+//! field best named first (a column of PESEL or NIP numbers pairs with its
+//! field by its values, above a weak name), then a whole name or a company
+//! as the surname when no column is one, e-mail addresses found by their
+//! values, a surname guessed (loudly) when nothing else will do, and the
+//! columns whose valid values are unique suggested as `match` keys.
 
 use std::collections::HashSet;
 
 use super::names::{fits, score, target_named, Table, Target, TARGETS};
-use super::profile::{Kind, Profile};
+use super::profile::{IdNumber, Kind, Profile};
+use crate::validate::is_email;
 
 /// A column chosen for a target, and how.
 #[derive(Debug)]
@@ -63,7 +65,7 @@ pub(super) fn choose(columns: &[Profile], sampled: u64, notes: &mut Vec<String>)
     if chosen.column_of("surname").is_none() {
         guess_surname(columns, &mut chosen, notes);
     }
-    suggest_match(columns, &mut chosen, sampled);
+    suggest_match(columns, &mut chosen, sampled, notes);
     chosen.fields.sort_by_key(|c| {
         TARGETS
             .iter()
@@ -80,7 +82,7 @@ fn pairs(columns: &[Profile]) -> Vec<(u32, usize, usize)> {
     let mut pairs = Vec::new();
     for (c, column) in columns.iter().enumerate() {
         for (t, target) in TARGETS.iter().enumerate() {
-            let s = score(column, target);
+            let s = score(column, target).max(by_values(column, target).0);
             // A weak name makes an identifier only of unique values.
             let unique_enough = target.key != "identifier" || s >= 95 || column.unique(false);
             if s > 0 && fits(column, target) && unique_enough {
@@ -90,6 +92,18 @@ fn pairs(columns: &[Profile]) -> Vec<(u32, usize, usize)> {
     }
     pairs.sort_by_key(|&(s, c, t)| (std::cmp::Reverse(s), c, t));
     pairs
+}
+
+/// How well a column's values say `target`, whatever its name: 70 (above
+/// a name that only starts or ends with the field's, below a near miss)
+/// for PESEL and NIP numbers, whose checksums few other numbers pass;
+/// with the reason `init` writes.
+fn by_values(column: &Profile, target: &Target) -> (u32, &'static str) {
+    match (target.key, column.id_number) {
+        ("pesel", Some(IdNumber::Pesel)) => (70, "by its values: PESEL numbers (checksums valid)"),
+        ("nip", Some(IdNumber::Nip { .. })) => (70, "by its values: NIP numbers (checksums valid)"),
+        _ => (0, ""),
+    }
 }
 
 /// Takes the best pairs, each column and each target once, into
@@ -108,11 +122,19 @@ fn by_name(columns: &[Profile], chosen: &mut Chosen) -> Vec<(usize, usize)> {
         match target.table {
             Table::Source => chosen.customer_id = Some(c),
             Table::Fallback => fallback.push((t, c)),
-            _ => chosen.fields.push(Choice {
-                target,
-                column: c,
-                how: (s <= 80).then(|| "by a name close to it".to_string()),
-            }),
+            _ => {
+                let (by_values, why) = by_values(&columns[c], target);
+                let how = if by_values == s && score(&columns[c], target) < s {
+                    Some(why.to_string())
+                } else {
+                    (s <= 80).then(|| "by a name close to it".to_string())
+                };
+                chosen.fields.push(Choice {
+                    target,
+                    column: c,
+                    how,
+                })
+            }
         }
     }
     fallback
@@ -166,34 +188,57 @@ fn guess_surname(columns: &[Profile], chosen: &mut Chosen, notes: &mut Vec<Strin
     }
 }
 
-/// `identifier`, then `email`, as `match` keys when their values are
-/// unique in the sample (an e-mail without case).
-fn suggest_match(columns: &[Profile], chosen: &mut Chosen, sampled: u64) {
+/// `identifier`, then `email`, as `match` keys when their valid values
+/// are unique in the sample (an e-mail without case; a value that is not
+/// an address, such as a placeholder many rows share, is left out of the
+/// comparison and said in a note).
+fn suggest_match(columns: &[Profile], chosen: &mut Chosen, sampled: u64, notes: &mut Vec<String>) {
     for key in ["identifier", "email"] {
         let Some(c) = chosen.column_of(key) else {
             continue;
         };
         let column = &columns[c];
         let several = matches!(column.kind, Kind::Email(Some(_)));
-        if !several && column.unique(key == "email") {
+        let email = key == "email";
+        let unique = column.uniqueness(email, |v| !email || is_email(v));
+        let invalid = (unique.invalid > 0).then(|| {
+            format!(
+                "{} (left out of the uniqueness check)",
+                crate::text::count(unique.invalid as u64, "invalid value")
+            )
+        });
+        if !several && unique.valid > 0 && unique.repeated == 0 {
             chosen.match_keys.push(key);
-            chosen.match_why.push(format!(
+            let mut why = format!(
                 "{key} (\"{}\"): unique in the {} rows sampled, {} of them filled",
                 column.name, sampled, column.filled
-            ));
+            );
+            if let Some(invalid) = &invalid {
+                why.push_str(&format!("; {invalid}"));
+                notes.push(format!("e-mail (\"{}\"): {invalid}", column.name));
+            }
+            chosen.match_why.push(why);
         } else if column.filled > 0 {
-            chosen.match_why.push(format!(
-                "not {key} (\"{}\"): {}",
-                column.name,
-                if several {
-                    "cells hold several addresses".to_string()
-                } else {
-                    format!(
-                        "{} values repeat in the rows sampled",
-                        column.filled - column.distinct.min(column.filled)
-                    )
+            let why = if several {
+                "cells hold several addresses".to_string()
+            } else if unique.valid == 0 {
+                "no valid value in the rows sampled".to_string()
+            } else {
+                let mut why = format!(
+                    "{} in the rows sampled",
+                    match unique.repeated {
+                        1 => "1 value repeats".to_string(),
+                        n => format!("{n} values repeat"),
+                    }
+                );
+                if let Some(invalid) = &invalid {
+                    why.push_str(&format!("; {invalid}"));
                 }
-            ));
+                why
+            };
+            chosen
+                .match_why
+                .push(format!("not {key} (\"{}\"): {why}", column.name));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What a column's sampled values are, whatever its name says: e-mail
 //! addresses (one or several a cell), dates (which format, day or month
-//! first), yes/no words, whole numbers, phone numbers, and whether every
-//! value is different (a `match` key). The names of the columns are the
+//! first), yes/no words, whole numbers, phone numbers, PESEL and NIP
+//! numbers (by their checksums), and whether every valid value is
+//! different (a `match` key). The names of the columns are the
 //! business of `names`; this room looks only at the values.
 
 use std::collections::HashSet;
@@ -9,7 +10,7 @@ use std::io::Read;
 
 use crate::mapping::date::DateFormat;
 use crate::source::{Source, SourceError};
-use crate::validate::is_email;
+use crate::validate::{is_email, is_nip, is_pesel};
 
 /// The first rows of a file, column by column.
 #[derive(Debug)]
@@ -64,6 +65,20 @@ pub(super) struct Profile {
     pub(super) kind: Kind,
     /// Phone numbers (most values), and the separator of cells with several.
     pub(super) phone: Option<Option<char>>,
+    /// PESEL or NIP numbers (most values, their checksums valid).
+    pub(super) id_number: Option<IdNumber>,
+}
+
+/// A Polish identity number a column holds, told by its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IdNumber {
+    Pesel,
+    /// NIPs; `separated` when some are written with spaces, dashes or a
+    /// `PL` prefix (`123-456-78-90`), which `transform = ["digits"]` takes
+    /// out.
+    Nip {
+        separated: bool,
+    },
 }
 
 /// What a column's values are.
@@ -130,6 +145,7 @@ impl Profile {
             distinct: 0,
             kind: Kind::Empty,
             phone: None,
+            id_number: None,
         }
     }
 
@@ -145,18 +161,33 @@ impl Profile {
         self.distinct = self.values.iter().collect::<HashSet<_>>().len();
         self.kind = kind(&self.values);
         self.phone = most(&self.values, |v| list_of(v, looks_like_phone));
+        self.id_number = id_number(&self.values);
     }
 
     /// Whether every value is different (and there is one).
     pub(super) fn unique(&self, fold: bool) -> bool {
-        if self.filled == 0 {
-            return false;
+        self.uniqueness(fold, |_| true).repeated == 0 && self.filled > 0
+    }
+
+    /// How unique the values `valid` accepts are (an e-mail key: the
+    /// addresses; a placeholder such as `jan.kowalski(at)example` written
+    /// in many rows is not a customer, and is no reason to refuse the
+    /// key), compared without case when `fold`.
+    pub(super) fn uniqueness(&self, fold: bool, valid: impl Fn(&str) -> bool) -> Uniqueness {
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut invalid = 0;
+        for v in &self.values {
+            if !valid(v) {
+                invalid += 1;
+                continue;
+            }
+            let key = if fold { v.to_lowercase() } else { v.clone() };
+            *seen.entry(key).or_default() += 1;
         }
-        if fold {
-            let set: HashSet<String> = self.values.iter().map(|v| v.to_lowercase()).collect();
-            set.len() == self.filled
-        } else {
-            self.distinct == self.filled
+        Uniqueness {
+            valid: self.values.len() - invalid,
+            invalid,
+            repeated: seen.values().filter(|&&n| n > 1).count(),
         }
     }
 
@@ -170,6 +201,47 @@ impl Profile {
             .take(3)
             .collect()
     }
+}
+
+/// How unique a column's valid values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Uniqueness {
+    /// Values counted.
+    pub(super) valid: usize,
+    /// Values left out as invalid.
+    pub(super) invalid: usize,
+    /// Different values found in more than one row.
+    pub(super) repeated: usize,
+}
+
+/// PESEL when most values (four in five) are PESELs; otherwise NIP when
+/// most are NIPs, as digits or with the usual separators. A checksum
+/// passes for one number in ten or eleven at random, so most values of a
+/// column of other numbers (phones, ids) never do.
+fn id_number(values: &[String]) -> Option<IdNumber> {
+    if most(values, |v| is_pesel(v).then_some(None)).is_some() {
+        return Some(IdNumber::Pesel);
+    }
+    let separated = most(values, |v| {
+        let digits = nip_digits(v)?;
+        is_nip(&digits).then_some((digits.len() != v.len()).then_some('-'))
+    })?;
+    Some(IdNumber::Nip {
+        separated: separated.is_some(),
+    })
+}
+
+/// A NIP as people write one (`PL 123-456-78-90`, `123 45 67 890`): its
+/// digits, when only spaces and dashes (and a `PL` in front) are around them.
+fn nip_digits(v: &str) -> Option<String> {
+    let v = v.trim();
+    let v = match v.get(..2) {
+        Some(pl) if pl.eq_ignore_ascii_case("pl") => v[2..].trim_start(),
+        _ => v,
+    };
+    v.chars()
+        .all(|c| c.is_ascii_digit() || c == '-' || c == ' ')
+        .then(|| v.chars().filter(char::is_ascii_digit).collect())
 }
 
 /// What most values (four in five) are; `Some(sep)` when some needed
@@ -319,5 +391,30 @@ mod tests {
         assert_eq!(profile("x", &["007"]).kind, Kind::Text);
         let p = profile("x", &["+48 601 234 567", "601234567, 22 735 46 84"]);
         assert_eq!(p.phone, Some(Some(',')));
+    }
+
+    #[test]
+    fn pesel_and_nip_columns_are_told_by_their_checksums() {
+        let p = profile("x", &["44051401359", "02270803624", "02070803628"]);
+        assert_eq!(p.id_number, Some(IdNumber::Pesel));
+        let p = profile("x", &["5260001246", "1234563218"]);
+        assert_eq!(p.id_number, Some(IdNumber::Nip { separated: false }));
+        let p = profile("x", &["526-000-12-46", "PL 123-456-32-18"]);
+        assert_eq!(p.id_number, Some(IdNumber::Nip { separated: true }));
+        // Phone numbers of 11 and 10 digits are not.
+        let phones = ["48601234567", "48601234568", "48601234569", "6012345678"];
+        assert_eq!(profile("x", &phones).id_number, None);
+        assert_eq!(profile("x", &["526-000-12-47"]).id_number, None);
+    }
+
+    #[test]
+    fn uniqueness_counts_repeated_values_once_and_can_leave_out_invalid_ones() {
+        let mut values = vec!["a@b.pl", "c@d.pl", "C@D.pl", "e@f.pl", "e@f.pl"];
+        values.extend(["x(at)y"; 7]);
+        let p = profile("x", &values);
+        let all = p.uniqueness(true, |_| true);
+        assert_eq!((all.invalid, all.repeated), (0, 3));
+        let valid = p.uniqueness(true, is_email);
+        assert_eq!((valid.valid, valid.invalid, valid.repeated), (5, 7, 2));
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::choose::{Choice, Chosen};
 use super::names::{Table, Target};
-use super::profile::{DateGuess, Kind, Profile};
+use super::profile::{DateGuess, IdNumber, Kind, Profile};
 use super::sniff::Sniffed;
 use crate::preflight::System;
 use crate::source::SheetInfo;
@@ -264,6 +264,14 @@ fn spec_for(target: &Target, column: &Profile) -> (String, String) {
                 notes.push("some cells hold several".into());
             }
             options.push("transform = [\"phone\"]".into());
+        }
+        "nip" => {
+            // The API searches NIPs by their digits; sent as digits too, so
+            // that one customer's NIP reads the same whoever typed it.
+            if let Some(IdNumber::Nip { separated: true }) = column.id_number {
+                options.push("transform = [\"digits\"]".into());
+                notes.push("separators taken out".into());
+            }
         }
         "birthdate" => {
             if let Kind::Date(date) = &column.kind {

@@ -18,7 +18,8 @@ use super::raw::{self, OrderedMap, RawAddress, RawMapping};
 use super::spec::{Kind, Spec};
 use super::{
     CampaignPlan, CustomerPlan, FailedCsvColumns, FeedOnMatch, FeedPlan, FieldGroupPlan, Issue,
-    Loaded, MappingError, NamedSlot, OnMatch, OnMissing, Plan, StageSlots, UpdatePlan, Upsert,
+    Loaded, MappingError, NamedSlot, OnGone, OnMatch, OnMissing, Plan, Policies, Policy,
+    StageSlots, UpdatePlan, Upsert,
 };
 use crate::api::customers::SearchKey;
 use crate::api::payload::{AddressKind, AddressPart, CustomerField, RecordField};
@@ -31,6 +32,9 @@ pub struct Ctx<'a> {
     text: &'a str,
     pub(super) header: &'a [String],
     issues: Vec<Issue>,
+    /// Whether the specs compiled now may take `update` (customer fields
+    /// and field-group values).
+    pub(crate) policies: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -39,6 +43,7 @@ impl<'a> Ctx<'a> {
             text,
             header,
             issues: Vec::new(),
+            policies: false,
         }
     }
 
@@ -236,6 +241,12 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         Some(f) => feed_stage(&mut ctx, &mut b, f.get_ref()),
         None => (None, FeedOnMatch::Skip),
     };
+    let on_gone = raw
+        .customer
+        .as_ref()
+        .map(|c| on_gone(&mut ctx, c.get_ref()))
+        .unwrap_or_default();
+    let job = job_name(&mut ctx, &raw.source);
     check_customer_id_source(&mut ctx, raw);
     check_some_stage(&mut ctx, raw);
     ctx.finish(&loaded.path)?;
@@ -253,7 +264,89 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         campaign_update,
         feed,
         feed_on_match,
+        on_gone,
+        job,
     })
+}
+
+/// A table's default `update` (`<key>.update`), `always` when absent.
+fn default_policy(ctx: &mut Ctx<'_>, key: &str, v: &Option<Spanned<String>>) -> Policy {
+    let Some(v) = v else {
+        return Policy::Always;
+    };
+    Policy::parse(v.get_ref()).unwrap_or_else(|| {
+        ctx.issue(key, v.span(), Policy::EXPECTED.into());
+        Policy::Always
+    })
+}
+
+/// `[customer] on_gone`.
+fn on_gone(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> OnGone {
+    let Some(v) = &c.on_gone else {
+        return OnGone::Keep;
+    };
+    let text = |v: Option<&toml::Value>| match v {
+        Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(toml::Value::Integer(i)) => Some(i.to_string()),
+        _ => None,
+    };
+    let parsed = match v.get_ref() {
+        toml::Value::String(s) => match s.as_str() {
+            "keep" => Some(OnGone::Keep),
+            "report" => Some(OnGone::Report),
+            "delete" => Some(OnGone::Delete),
+            _ => None,
+        },
+        toml::Value::Table(t) if t.keys().all(|k| k == "custom_field" || k == "value") => {
+            match (text(t.get("custom_field")), text(t.get("value"))) {
+                (Some(custom_field), Some(value)) => Some(OnGone::Mark {
+                    custom_field: custom_field.trim().to_string(),
+                    value,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| {
+        ctx.issue("customer.on_gone", v.span(), OnGone::EXPECTED.into());
+        OnGone::Keep
+    })
+}
+
+/// `[source] job`: a name, not empty.
+fn job_name(ctx: &mut Ctx<'_>, source: &raw::RawSource) -> Option<String> {
+    let job = source.job.as_ref()?;
+    let name = job.get_ref().trim();
+    if name.is_empty() {
+        ctx.issue(
+            "source.job",
+            job.span(),
+            "job must name the job (a few words), not be empty".into(),
+        );
+        return None;
+    }
+    Some(name.to_string())
+}
+
+/// The customer fields whose `update` (their own, or the table's default)
+/// is not `always`, by the names an update's payload gives them.
+fn customer_policies(specs: &[Spec], plan: &CustomerPlan, default: Policy) -> Policies {
+    let of = |slot: usize| specs[slot].update().unwrap_or(default);
+    let mut out = Vec::new();
+    for (field, slot) in &plan.fields {
+        out.push((field.key().to_string(), of(*slot)));
+    }
+    for (kind, parts) in &plan.addresses {
+        for (part, slot) in parts {
+            out.push((format!("{}.{}", kind.key(), part.key()), of(*slot)));
+        }
+    }
+    for f in &plan.custom_fields {
+        out.push((format!("custom_fields.{}", f.name), of(f.slot)));
+    }
+    out.retain(|(_, p)| *p != Policy::Always);
+    Policies(out)
 }
 
 /// The bookkeeping columns of a failed-rows CSV, where the header has them.
@@ -295,7 +388,8 @@ fn customer_stage(
 ) -> ((usize, CustomerPlan), Option<Upsert>) {
     let span = c.span();
     let c = c.get_ref();
-    let upsert = upsert(ctx, c);
+    let mut upsert = upsert(ctx, c);
+    let default = default_policy(ctx, "customer.update", &c.update);
     let creates = upsert
         .as_ref()
         .is_none_or(|u| u.on_missing == OnMissing::Create);
@@ -307,9 +401,11 @@ fn customer_stage(
         );
     }
     let start = b.begin();
+    ctx.policies = true;
     let fields = customer_scalars(ctx, b, c, creates);
     let addresses = customer_addresses(ctx, b, c);
     let custom_fields = ordered(ctx, b, "customer.custom_fields", c.custom_fields.as_ref());
+    ctx.policies = false;
     let stage = b.end(
         start,
         when(ctx, "customer", &c.when),
@@ -321,6 +417,10 @@ fn customer_stage(
         addresses,
         custom_fields,
     };
+    // Without `match` nothing is updated: the policies have nothing to do.
+    if let Some(u) = &mut upsert {
+        u.policies = customer_policies(&b.specs, &plan, default);
+    }
     ((stage, plan), upsert)
 }
 
@@ -381,7 +481,15 @@ fn field_group_stage(
 ) -> (usize, FieldGroupPlan) {
     let key = format!("field_group[{n}]");
     let start = b.begin();
+    let default = default_policy(ctx, &format!("{key}.update"), &g.update);
+    ctx.policies = true;
     let values = group_values(ctx, b, &key, g);
+    ctx.policies = false;
+    let policies = values
+        .iter()
+        .map(|(id, slot)| (*id, b.specs[*slot].update().unwrap_or(default)))
+        .filter(|(_, p)| *p != Policy::Always)
+        .collect();
     let stage = b.end(
         start,
         when(ctx, &key, &g.when),
@@ -393,6 +501,7 @@ fn field_group_stage(
         group_id: *g.group_id.get_ref(),
         values,
         match_ids,
+        policies,
     };
     (stage, plan)
 }
@@ -632,6 +741,7 @@ fn upsert(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> Option<Upsert> {
             OnMissing::Create
         },
         clear_empty: c.clear_empty.unwrap_or(false),
+        policies: Policies::default(),
     })
 }
 

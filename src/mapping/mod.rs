@@ -98,6 +98,16 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, MappingError> {
 }
 
 impl Loaded {
+    /// The mapping with `sheet` (the command line's `--sheet`, or the one
+    /// a ledger recorded) as its `[source] sheet`; unchanged for `None`.
+    /// The one place the command line overrides the mapping's `[source]`.
+    pub fn with_sheet(mut self, sheet: Option<&str>) -> Loaded {
+        if let Some(sheet) = sheet {
+            self.raw.source.sheet = Some(sheet.to_string());
+        }
+        self
+    }
+
     /// The 1-based line of a position in the mapping file.
     pub fn line_of(&self, span: &Range<usize>) -> usize {
         Ctx::new(&self.text, &[]).line(span)
@@ -124,6 +134,8 @@ pub struct ItemPayload {
     /// `[[field_group]] match`: the field ids whose values identify the
     /// item among the customer's (empty: the block has no such key).
     pub match_ids: Vec<i64>,
+    /// The values whose `update` is not `always` (an item that exists).
+    pub policies: Vec<(i64, Policy)>,
 }
 
 /// How a field-group item is sent.
@@ -284,6 +296,8 @@ struct FieldGroupPlan {
     group_id: i64,
     values: Vec<(i64, usize)>,
     match_ids: Vec<i64>,
+    /// The values whose `update` is not `always`.
+    policies: Vec<(i64, Policy)>,
 }
 
 #[derive(Debug)]
@@ -360,6 +374,78 @@ pub struct Upsert {
     pub on_match: OnMatch,
     pub on_missing: OnMissing,
     pub clear_empty: bool,
+    /// The fields an update leaves alone, or sends only to an empty value.
+    pub policies: Policies,
+}
+
+/// `update = ...` of a field: what an update of a customer (or an item)
+/// that exists does with it. A created customer gets every field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Sent with every update (the default).
+    #[default]
+    Always,
+    /// Sent only while Thulium's value is empty: the contact center's
+    /// value, once there, is never overwritten.
+    IfEmpty,
+    /// Sent on creation only.
+    Never,
+}
+
+impl Policy {
+    /// The message of a value that is none of them.
+    pub const EXPECTED: &'static str =
+        "update must be \"always\" (the default), \"if_empty\" or \"never\"";
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        Some(match s {
+            "always" => Policy::Always,
+            "if_empty" => Policy::IfEmpty,
+            "never" => Policy::Never,
+            _ => return None,
+        })
+    }
+
+    /// As the mapping writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Always => "always",
+            Policy::IfEmpty => "if_empty",
+            Policy::Never => "never",
+        }
+    }
+}
+
+/// The customer fields whose `update` is not `always`, by the names
+/// [`crate::current::flatten`] gives them (`note`, `custom_fields.Segment`,
+/// `address.city`). Empty for a mapping without policies: its updates,
+/// and the sync state's hashes of them, are what they always were.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies(pub Vec<(String, Policy)>);
+
+impl Policies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `[customer] on_gone`: a customer an earlier file of the job brought
+/// that a complete file no longer has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OnGone {
+    /// Left as it is (the default).
+    #[default]
+    Keep,
+    /// Listed in the ledger (`"action": "gone"`), nothing sent.
+    Report,
+    /// `DELETE customers/:id`.
+    Delete,
+    /// One custom field set (`PUT batch/customers`), e.g. a status.
+    Mark { custom_field: String, value: String },
+}
+
+impl OnGone {
+    pub const EXPECTED: &'static str = "on_gone must be \"keep\" (the default), \"report\", \"delete\" or { custom_field = \"Name\", value = \"...\" }";
 }
 
 /// A mapping compiled against a header: ready to map rows.
@@ -388,6 +474,10 @@ pub struct Plan {
     feed: Option<(usize, FeedPlan)>,
     /// `[feed] on_match`.
     feed_on_match: FeedOnMatch,
+    /// `[customer] on_gone`.
+    on_gone: OnGone,
+    /// `[source] job`, when given.
+    job: Option<String>,
 }
 
 /// Columns of a failed-rows CSV written by `report --failed-csv`:
@@ -522,6 +612,16 @@ impl Plan {
         self.feed_on_match
     }
 
+    /// `[customer] on_gone`.
+    pub fn on_gone(&self) -> &OnGone {
+        &self.on_gone
+    }
+
+    /// `[source] job`, when the mapping names one.
+    pub fn job(&self) -> Option<&str> {
+        self.job.as_deref()
+    }
+
     /// How the sync state and a failed-rows CSV's `_done` name each
     /// `[[field_group]]`.
     pub fn group_parts(&self) -> &[String] {
@@ -634,11 +734,28 @@ impl Plan {
     /// from its cells without building its payloads; empty without `match`
     /// or when the customer stage does not run for the row.
     pub fn key_hashes(&self, cells: CellsRef<'_>) -> Vec<(SearchKey, crate::hash::KeyHash)> {
+        self.match_key_hashes(cells, true).unwrap_or_default()
+    }
+
+    /// Who a row is, whatever its `when`: the hashes of its match-key
+    /// values (empty without `match`), for telling which customers a file
+    /// has (`on_gone`). `None` when a key's cell cannot be read as its
+    /// value (the row's customer is then not known).
+    pub fn file_key_hashes(&self, cells: CellsRef<'_>) -> Option<Vec<crate::hash::KeyHash>> {
+        let keys = self.match_key_hashes(cells, false).ok()?;
+        Some(keys.into_iter().map(|(_, h)| h).collect())
+    }
+
+    fn match_key_hashes(
+        &self,
+        cells: CellsRef<'_>,
+        when: bool,
+    ) -> Result<Vec<(SearchKey, crate::hash::KeyHash)>, ()> {
         let (Some(upsert), Some((stage, c))) = (&self.upsert, &self.customer) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        if !self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
-            return Vec::new();
+        if when && !self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
+            return Ok(Vec::new());
         }
         let mut out = Vec::new();
         for key in &upsert.keys {
@@ -654,8 +771,12 @@ impl Plan {
                     .find(|(f, _)| f.key() == other.name())
                     .map(|(_, s)| *s),
             };
-            let Some(Ok(Some(value))) = slot.map(|s| self.specs[s].eval(cells, self.trim)) else {
-                continue;
+            let value = match slot.map(|s| self.specs[s].eval(cells, self.trim)) {
+                Some(Ok(Some(value))) => value,
+                // Who the row is must be known for `on_gone`; a lookup
+                // goes by the keys it can read.
+                Some(Err(_)) if !when => return Err(()),
+                _ => continue,
             };
             let values = match value {
                 Value::Array(items) => items,
@@ -668,7 +789,7 @@ impl Plan {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// [`Plan::validate`] on borrowed cells (a row decoded in place).
@@ -894,6 +1015,7 @@ impl Plan {
                     values,
                     mode: ItemMode::Create,
                     match_ids: g.match_ids.clone(),
+                    policies: g.policies.clone(),
                 });
             }
         }

@@ -70,6 +70,10 @@ pub struct RawSource {
     /// A column holding an existing Thulium customer id: rows with a value
     /// there skip customer creation and use that id.
     pub customer_id: Option<Spanned<String>>,
+    /// The job this file belongs to, for `on_gone`: the files whose
+    /// customers a later file of the same job is compared with. Default:
+    /// the mapping file (nightly exports carry dated names).
+    pub job: Option<Spanned<String>>,
 }
 
 /// `[customer]`: `POST /api/batch/customers`.
@@ -90,6 +94,14 @@ pub struct RawCustomer {
     /// (which clears them, as the vendor documents) instead of leaving them
     /// out; default false. Other fields are never cleared.
     pub clear_empty: Option<bool>,
+    /// The default `update` of every field of the table: `"always"` (the
+    /// default), `"if_empty"` (written only while Thulium's value is
+    /// empty) or `"never"` (written when the customer is created only).
+    pub update: Option<Spanned<String>>,
+    /// A customer an earlier file of the job brought and a complete file
+    /// no longer has (with `--state`): `"keep"` (the default), `"report"`,
+    /// `"delete"`, or `{ custom_field = "Name", value = "..." }` to mark it.
+    pub on_gone: Option<Spanned<toml::Value>>,
     pub name: Option<Spec>,
     pub surname: Option<Spec>,
     pub email: Option<Spec>,
@@ -139,6 +151,8 @@ pub struct RawFieldGroup {
     /// contract's number): each must be one of this block's `values`.
     #[serde(rename = "match")]
     pub match_fields: Option<Spanned<toml::Value>>,
+    /// The default `update` of the block's values (see `[customer] update`).
+    pub update: Option<Spanned<String>>,
     /// Field id → value spec.
     pub values: OrderedMap<Spec>,
 }

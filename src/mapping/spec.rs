@@ -159,6 +159,9 @@ pub struct Spec {
     map: Vec<(String, Value)>,
     split: Option<String>,
     conv: Option<TypeConv>,
+    /// `update`: whether an update of an existing customer (or item) sends
+    /// this field; `None` takes the table's default.
+    update: Option<super::Policy>,
 }
 
 const SPEC_KEYS: &[&str] = &[
@@ -172,6 +175,7 @@ const SPEC_KEYS: &[&str] = &[
     "map",
     "split",
     "type",
+    "update",
 ];
 
 impl Spec {
@@ -219,6 +223,7 @@ impl Spec {
         spec.map = o.map(ctx);
         spec.split = o.split(ctx, list);
         spec.conv = o.conv(ctx);
+        spec.update = o.update(ctx);
         spec.check_constants(ctx, &mut o);
         o.ok.then_some(spec)
     }
@@ -235,7 +240,13 @@ impl Spec {
             map: Vec::new(),
             split: None,
             conv: None,
+            update: None,
         }
+    }
+
+    /// `update = ...` as written on this spec (`None`: the table's default).
+    pub fn update(&self) -> Option<super::Policy> {
+        self.update
     }
 
     /// Constants and defaults are checked now, not on every row, and kept
@@ -674,6 +685,26 @@ impl Options<'_> {
         Some(From::Constant(Value::Null))
     }
 
+    /// `update`: `"always"`, `"if_empty"` or `"never"`, only where an update
+    /// can leave a field alone (customer fields, field-group values).
+    fn update(&mut self, ctx: &mut Ctx<'_>) -> Option<super::Policy> {
+        let v = self.table.get("update")?;
+        if !ctx.policies {
+            self.bad(
+                ctx,
+                "update applies to [customer] fields and [[field_group]] values only".into(),
+            );
+            return None;
+        }
+        match v.as_str().and_then(super::Policy::parse) {
+            Some(p) => Some(p),
+            None => {
+                self.bad(ctx, super::Policy::EXPECTED.into());
+                None
+            }
+        }
+    }
+
     /// `required`: an empty value is an error for the row.
     fn required(&mut self, ctx: &mut Ctx<'_>) -> bool {
         match self.table.get("required") {
@@ -1022,6 +1053,7 @@ mod tests {
             map: Vec::new(),
             split: None,
             conv: None,
+            update: None,
         }
     }
 

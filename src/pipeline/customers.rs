@@ -44,23 +44,107 @@ fn drop_customer_stages(row: &mut MappedRow) {
     row.payloads.feed = None;
 }
 
-/// The customer's payload as an update sends it (with `clear_empty`, the
-/// empty cells as empty values), and its hash for the sync state.
-fn update_fields(run: &Run, row: &MappedRow) -> Option<crate::api::payload::Customer> {
-    customer_update(run.matching.upsert.as_ref(), &row.payloads)
+/// The customer's payload as the sync state remembers it (its hash):
+/// see [`customer_shape`].
+fn update_shape(run: &Run, row: &MappedRow) -> Option<crate::api::payload::Customer> {
+    customer_shape(run.matching.upsert.as_ref(), &row.payloads)
 }
 
-/// The customer's payload as an update sends it under `upsert`.
-pub fn customer_update(
+/// What an update of a matched customer sends, under the mapping's
+/// `update` policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policed {
+    /// The fields to send (none: nothing to write).
+    pub fields: crate::api::payload::Customer,
+    /// `if_empty` fields left out because Thulium's value is not known.
+    pub not_known: Vec<String>,
+    /// `if_empty` fields left out because Thulium holds a value.
+    pub kept: Vec<String>,
+}
+
+impl Policed {
+    /// Whether the update would write nothing.
+    pub fn is_empty(&self) -> bool {
+        self.fields == crate::api::payload::Customer::default()
+    }
+
+    /// What the ledger says of the fields left out for want of a current
+    /// value (the other policies are the mapping's, and say nothing new).
+    pub fn note(&self) -> Option<String> {
+        (!self.not_known.is_empty()).then(|| {
+            format!(
+                "not written: {} (update = \"if_empty\", and Thulium's value for this customer is not known)",
+                self.not_known.join(", ")
+            )
+        })
+    }
+}
+
+/// The customer's payload as the sync state hashes an update of it: with
+/// `clear_empty`, the empty cells as empty values; `never` fields left out
+/// (a change there alone is no change); `if_empty` fields kept (a new
+/// value in the export is worth a look at Thulium's). A mapping without
+/// policies hashes as it always did.
+pub fn customer_shape(
     upsert: Option<&crate::mapping::Upsert>,
     payloads: &crate::mapping::RowPayloads,
 ) -> Option<crate::api::payload::Customer> {
+    policed(upsert, payloads, None).map(|p| p.fields)
+}
+
+/// The customer's payload as an update sends it, given what Thulium holds
+/// now (`current`, from the index or the lookup that found it): the one
+/// place the `update` policies apply to customers. `never` fields are left
+/// out; `if_empty` ones are sent only where `current` shows Thulium's
+/// value empty, and not at all where it does not know it.
+pub fn customer_update(
+    upsert: Option<&crate::mapping::Upsert>,
+    payloads: &crate::mapping::RowPayloads,
+    current: Option<&crate::current::Current>,
+) -> Option<Policed> {
+    policed(upsert, payloads, Some(current))
+}
+
+/// [`customer_shape`] (`against` `None`) and [`customer_update`].
+fn policed(
+    upsert: Option<&crate::mapping::Upsert>,
+    payloads: &crate::mapping::RowPayloads,
+    against: Option<Option<&crate::current::Current>>,
+) -> Option<Policed> {
+    use crate::mapping::Policy;
     let customer = payloads.customer.as_ref()?;
-    Some(if upsert.is_some_and(|u| u.clear_empty) {
+    let mut fields = if upsert.is_some_and(|u| u.clear_empty) {
         customer.clearing(&payloads.cleared)
     } else {
         customer.clone()
-    })
+    };
+    let mut out = Policed {
+        fields: crate::api::payload::Customer::default(),
+        not_known: Vec::new(),
+        kept: Vec::new(),
+    };
+    for (field, policy) in upsert.map_or(&[][..], |u| &u.policies.0[..]) {
+        match (policy, against) {
+            (Policy::Always, _) | (Policy::IfEmpty, None) => {}
+            (Policy::Never, _) => {
+                fields.drop_field(field);
+            }
+            (Policy::IfEmpty, Some(current)) => {
+                let now = current.and_then(|c| c.get(field));
+                if now.as_ref().is_some_and(crate::current::is_empty) {
+                    continue;
+                }
+                if fields.drop_field(field) {
+                    match now {
+                        None => out.not_known.push(field.clone()),
+                        Some(_) => out.kept.push(field.clone()),
+                    }
+                }
+            }
+        }
+    }
+    out.fields = fields;
+    Some(out)
 }
 
 /// Finds a row's customer before anything is sent for it, and decides:
@@ -249,8 +333,17 @@ fn decide(
                     return (row, Some(ev));
                 }
             }
-            row.update_of = Some(customer_id);
             row.current = current;
+            // The policies may leave nothing to write (every field that
+            // changed is the contact center's now): nothing is sent.
+            if let Some(p) = update_fields(run, &row).filter(Policed::is_empty) {
+                ev.action = Some(Action::Unchanged);
+                ev.message = p.note();
+                run.learn_customer(&row, customer_id, hash.filter(|_| p.not_known.is_empty()));
+                existing(run, &mut row, customer_id);
+                return (row, Some(ev));
+            }
+            row.update_of = Some(customer_id);
             upsert_items(run, &mut row);
             (row, None)
         }
@@ -596,7 +689,16 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
 }
 
 fn row_hash(run: &Run, row: &MappedRow) -> Option<crate::hash::KeyHash> {
-    update_fields(run, row).map(|c| crate::hash::payload_hash(&c))
+    update_shape(run, row).map(|c| crate::hash::payload_hash(&c))
+}
+
+/// What the update of `row` sends, given its customer's current values.
+fn update_fields(run: &Run, row: &MappedRow) -> Option<Policed> {
+    customer_update(
+        run.matching.upsert.as_ref(),
+        &row.payloads,
+        row.current.as_ref(),
+    )
 }
 
 /// The create calls, bisected on a whole-call 4xx.
@@ -619,7 +721,7 @@ impl api::Batch for CreateBatch<'_> {
             .iter()
             .filter_map(|r| r.payloads.customer.as_ref())
             .collect();
-        self.run.client.send(&CreateCustomers { customers }).await
+        self.run.write(&CreateCustomers { customers }).await
     }
 
     async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {
@@ -706,7 +808,7 @@ async fn update_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
         let overwritten = rows
             .iter()
             .filter_map(|r| {
-                let fields = update_fields(run, r)?;
+                let fields = update_fields(run, r)?.fields;
                 Some(Image::updated(
                     r.id.row,
                     r.update_of?,
@@ -841,6 +943,25 @@ async fn find_again(
     (update, create)
 }
 
+/// What an update with `fields` would change of a customer whose values
+/// Thulium gave as `current` (none given: every field unknown).
+fn would_change(
+    fields: &crate::api::payload::Customer,
+    current: Option<&crate::current::Current>,
+) -> crate::current::Compared {
+    let payload = serde_json::to_value(fields).unwrap_or_default();
+    match current {
+        Some(current) => crate::current::compare(&payload, current),
+        None => crate::current::Compared {
+            changes: Vec::new(),
+            unknown: crate::current::flatten(&payload)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect(),
+        },
+    }
+}
+
 struct UpdateBatch<'a> {
     run: &'a Run,
     settled: Mutex<Vec<(MappedRow, CustomerState)>>,
@@ -858,14 +979,18 @@ impl api::Batch for UpdateBatch<'_> {
         let updates: Vec<CustomerUpdate> = rows
             .iter()
             .filter_map(|r| {
+                let fields = update_fields(self.run, r)?.fields;
+                self.run.note(r.id.row, || {
+                    super::Note::Customer(would_change(&fields, r.current.as_ref()))
+                });
                 Some(CustomerUpdate {
                     customer_id: r.update_of?,
-                    fields: update_fields(self.run, r)?,
+                    fields,
                 })
             })
             .collect();
         let customers = updates.iter().collect();
-        self.run.client.send(&UpdateCustomers { customers }).await
+        self.run.write(&UpdateCustomers { customers }).await
     }
 
     async fn settle(&self, rows: Vec<MappedRow>, call: Call<Self::Answer>) {
@@ -893,6 +1018,11 @@ impl api::Batch for UpdateBatch<'_> {
                 },
             );
             ev.customer_id = Some(customer_id);
+            if let (RowFate::Done(()), Some(note)) =
+                (fate, update_fields(run, &row).and_then(|p| p.note()))
+            {
+                ev.message = Some(note);
+            }
             if adopted {
                 ev.reconciled = Some(true);
                 if matches!(fate, RowFate::Done(())) {

@@ -418,7 +418,7 @@ impl api::Batch for CampaignBatch<'_> {
             campaign_id: self.campaign_id,
             records,
         };
-        self.run.client.send(&endpoint).await
+        self.run.write(&endpoint).await
     }
 
     async fn settle(&self, records: Vec<PendingRecord>, call: Call<Self::Answer>) {
@@ -695,24 +695,17 @@ async fn place_item(
             return create_item(run, id, customer_id, item).await;
         }
         (ItemChoice::Update(item_id), ItemMode::Upsert) => {
-            // Its values before, durable before the update is sent.
-            let old = found.iter().find(|f| f.item_id == item_id);
-            let image = old.map(|old| {
-                crate::undo::images::Image::item(
-                    id.row,
-                    item.index,
-                    customer_id,
-                    item.group_id,
-                    old,
-                    &item.values,
-                )
+            let now = found.iter().find(|f| f.item_id == item_id);
+            run.note(id.row, || super::Note::Item {
+                index: item.index,
+                group_id: item.group_id,
+                created: false,
+                // What the update sends, under the block's update policies.
+                changes: now
+                    .map(|f| f.differs(&item_update(item, Some(f))))
+                    .unwrap_or_default(),
             });
-            if !run.before_images(image.into_iter().collect()).await {
-                return run
-                    .stopped(&[id], Stage::FieldGroup, Some(item.index))
-                    .await;
-            }
-            return update_item(run, ev, item_id, item).await;
+            return update_item(run, ev, item_id, item, now).await;
         }
         (ItemChoice::Update(_) | ItemChoice::Ambiguous(_), ItemMode::Reconcile) => {
             ev.status = Some(Status::Failed);
@@ -754,6 +747,18 @@ fn item_event(id: RowId, item: &ItemPayload, customer_id: i64) -> crate::ledger:
 /// Creates an item (`POST customer_field_group_items`, not idempotent:
 /// an intent first), remembered in the state with its id.
 async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload) {
+    run.note(id.row, || super::Note::Item {
+        index: item.index,
+        group_id: item.group_id,
+        created: true,
+        changes: crate::api::field_groups::FoundItem {
+            item_id: 0,
+            group_id: None,
+            customer_id: None,
+            values: Vec::new(),
+        }
+        .differs(&item.values),
+    });
     let part = run.matching.group_part(item.index);
     let hash = item_hash(item);
     let endpoint = CreateItem {
@@ -781,24 +786,56 @@ async fn create_item(run: &Run, id: RowId, customer_id: i64, item: &ItemPayload)
 /// idempotent), recorded on `ev` with `"action": "updated"`. The item was
 /// listed for the customer just before; one deleted since (404) is
 /// forgotten, and `retry` places the block again.
-async fn update_item(run: &Run, ev: crate::ledger::RowEvent, item_id: i64, item: &ItemPayload) {
+async fn update_item(
+    run: &Run,
+    mut ev: crate::ledger::RowEvent,
+    item_id: i64,
+    item: &ItemPayload,
+    now: Option<&crate::api::field_groups::FoundItem>,
+) {
+    let values = item_update(item, now);
+    if values.is_empty() {
+        // Every value that differs is the contact center's now.
+        ev.action = Some(Action::Unchanged);
+        ev.item_id = Some(item_id);
+        let part = run.matching.group_part(item.index);
+        let customer_id = ev.customer_id.unwrap_or_default();
+        run.learn_part(customer_id, &part, item_hash(item), Some(item_id));
+        run.record(vec![Entry::Row(ev)]).await;
+        return;
+    }
+    // Its values before, durable before the update is sent.
+    let image = now.map(|old| {
+        crate::undo::images::Image::item(
+            ev.row,
+            item.index,
+            ev.customer_id.unwrap_or_default(),
+            item.group_id,
+            old,
+            &values,
+        )
+    });
+    let id = RowId {
+        row: ev.row,
+        line: ev.line,
+        offset: ev.offset,
+        fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
+    };
+    if !run.before_images(image.into_iter().collect()).await {
+        return run
+            .stopped(&[id], Stage::FieldGroup, Some(item.index))
+            .await;
+    }
     let call = run
-        .client
-        .send(&UpdateItem {
+        .write(&UpdateItem {
             item_id,
-            values: &item.values,
+            values: &values,
         })
         .await;
     run.observe(&call);
     let fate = match &call.result {
         Ok(fate) => fate,
         Err(e) => &RowFate::of_call(e),
-    };
-    let id = RowId {
-        row: ev.row,
-        line: ev.line,
-        offset: ev.offset,
-        fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
     };
     let part = run.matching.group_part(item.index);
     let hash = item_hash(item);
@@ -824,6 +861,38 @@ async fn update_item(run: &Run, ev: crate::ledger::RowEvent, item_id: i64, item:
     out.customer_id = ev.customer_id;
     out.item_id = Some(item_id);
     run.record(vec![Entry::Row(out)]).await;
+}
+
+/// The values an update of an item that exists sends, given its values
+/// now (`now`, as the customer's items were listed): the one place the
+/// `update` policies apply to items. `never` values are left out;
+/// `if_empty` ones are sent only where the item's value is empty (a
+/// value the listing does not show is empty: the item was read whole).
+fn item_update(
+    item: &ItemPayload,
+    now: Option<&crate::api::field_groups::FoundItem>,
+) -> Vec<crate::api::payload::ItemValue> {
+    use crate::mapping::Policy;
+    let policy = |id: i64| {
+        item.policies
+            .iter()
+            .find(|(f, _)| *f == id)
+            .map_or(Policy::Always, |(_, p)| *p)
+    };
+    item.values
+        .iter()
+        .filter(|v| match policy(v.field_id) {
+            Policy::Always => true,
+            Policy::Never => false,
+            Policy::IfEmpty => now.is_some_and(|n| {
+                n.values
+                    .iter()
+                    .filter(|(id, _)| *id == v.field_id)
+                    .all(|(_, value)| crate::current::is_empty(value))
+            }),
+        })
+        .cloned()
+        .collect()
 }
 
 /// A campaign record edit: idempotent, needs no customer.

@@ -28,9 +28,11 @@
 mod customers;
 mod downstream;
 mod parts;
+mod would;
 
-pub use customers::customer_update;
+pub use customers::{customer_shape, customer_update, Policed};
 pub use downstream::{CampaignBatcher, CampaignChunk, PendingRecord};
+pub use would::{Note, Noted};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +42,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::api::{self, ApiClient, Call, Endpoint, RowFate};
+use crate::api::{self, ApiClient, Call, RowFate};
 use crate::hash::KeyHash;
 use crate::identity::{Finder, RowKeys};
 use crate::ledger::{self, Action, Entry, Intent, Ledger, RowEvent, Stage, Status};
@@ -81,6 +83,9 @@ pub struct Limits {
     pub max_failure_rate: Option<f64>,
     /// A pilot: read only this many data rows.
     pub rows: Option<u64>,
+    /// `plan`: no write is sent; each is counted and noted here instead
+    /// ([`Run::write`]).
+    pub plan: Option<Arc<Noted>>,
 }
 
 /// A mapped row on its way through the stages.
@@ -588,7 +593,7 @@ impl Run {
         }
         if let Some(hash) = hash {
             self.learn_part(customer_id, "customer", hash, None);
-            if let Some(c) = customer_update(self.matching.upsert.as_ref(), &row.payloads) {
+            if let Some(c) = customer_shape(self.matching.upsert.as_ref(), &row.payloads) {
                 let signature = crate::hash::field_signature(&crate::hash::fields_of(&c));
                 self.learn(Learnt::Fields {
                     customer_id,
@@ -620,7 +625,7 @@ impl Run {
         fill: impl FnOnce(&mut RowEvent, &T),
     ) -> Option<Status>
     where
-        E: Endpoint<Answer = RowFate<T>>,
+        E: crate::api::would::Would<Answer = RowFate<T>>,
     {
         if self.abort.is_set() {
             self.stopped(&[id], stage, group).await;
@@ -636,7 +641,7 @@ impl Run {
                 return None;
             }
         }
-        let call = self.client.send(&endpoint).await;
+        let call = self.write(&endpoint).await;
         self.observe(&call);
         let fate = match &call.result {
             Ok(fate) => fate,

@@ -9,9 +9,21 @@ use crate::hash::{payload_hash, KeyHash};
 use crate::mapping::{CampaignPayload, ItemPayload, UpdatePayload};
 
 /// The sync state's hash of a field-group item (the block's group and
-/// values as sent).
+/// values as sent). Values under `update = "never"` are left out, so that
+/// a change there alone is no change; a block without policies hashes as
+/// it always did.
 pub(super) fn item_hash(item: &ItemPayload) -> KeyHash {
-    payload_hash(&(item.group_id, &item.values))
+    use crate::mapping::Policy;
+    if item.policies.iter().all(|(_, p)| *p != Policy::Never) {
+        return payload_hash(&(item.group_id, &item.values));
+    }
+    let never = |id: i64| {
+        item.policies
+            .iter()
+            .any(|(f, p)| *f == id && *p == Policy::Never)
+    };
+    let values: Vec<_> = item.values.iter().filter(|v| !never(v.field_id)).collect();
+    payload_hash(&(item.group_id, &values))
 }
 
 /// The sync state's hash of a campaign record (the campaign and the record's

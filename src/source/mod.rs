@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use encoding_rs::Encoding;
 
 mod issue;
+mod magic;
 pub mod sheet;
 
 pub use issue::RowIssue;
@@ -199,6 +200,16 @@ pub enum SourceError {
     Csv { path: PathBuf, source: csv::Error },
     #[error("{path}: {message}")]
     Sheet { path: PathBuf, message: String },
+    /// A file that is no export at all (an archive, a program, a PDF,
+    /// random bytes): one sentence, what it looks like and what to do.
+    #[error("{path}: this is not {expected}: it looks like {what} ({hint})")]
+    NotAnExport {
+        path: PathBuf,
+        /// "a CSV file" or "a spreadsheet", as the file was to be read.
+        expected: &'static str,
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("{path}: this is a spreadsheet ({kind}), not a CSV: give it its extension ({extensions}) and it is read as one")]
     SpreadsheetAsCsv {
         path: PathBuf,
@@ -734,8 +745,11 @@ impl<R: Read> Records<R> {
     }
 }
 
-/// How much of the file is looked at to sniff the delimiter.
+/// How much of the file is looked at to sniff the delimiter (and whether
+/// it is text at all).
 const SNIFF_BYTES: usize = 64 * 1024;
+/// How much of a spreadsheet is looked at to tell it from other files.
+const SHEET_HEAD_BYTES: usize = 4096;
 
 impl Source<File> {
     /// Opens a file (a CSV, or a spreadsheet by its extension) and reads
@@ -754,10 +768,24 @@ impl Source<File> {
     /// Opens a spreadsheet's sheet; its header is the first row with a
     /// value.
     fn open_sheet(path: &Path, options: &SourceOptions) -> Result<Self, SourceError> {
-        if let Err(e) = File::open(path) {
+        let mut head = Vec::with_capacity(SHEET_HEAD_BYTES);
+        let read =
+            File::open(path).and_then(|f| f.take(SHEET_HEAD_BYTES as u64).read_to_end(&mut head));
+        if let Err(e) = read {
             return Err(SourceError::Open {
                 path: path.into(),
                 source: e,
+            });
+        }
+        // A gzip or a PDF named .xlsx is said as such; a text file named
+        // .xls (some CRMs export one) is left to the spreadsheet reader,
+        // which says why it cannot read it.
+        if let magic::Looks::Other { what, hint } = magic::looks(&head) {
+            return Err(SourceError::NotAnExport {
+                path: path.into(),
+                expected: "a spreadsheet",
+                what,
+                hint,
             });
         }
         let mut ignored = Vec::new();
@@ -865,16 +893,25 @@ impl<R: Read> Source<R> {
         if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
             return Err(SourceError::Utf16 { path: path.into() });
         }
-        let spreadsheet = |kind| SourceError::SpreadsheetAsCsv {
-            path: path.into(),
-            kind,
-            extensions: ".xlsx, .xls, .ods",
-        };
-        if head.starts_with(b"PK\x03\x04") {
-            return Err(spreadsheet("a zip file: .xlsx or .ods"));
-        }
-        if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]) {
-            return Err(spreadsheet("an OLE file: .xls"));
+        // Before anything is read as a header: a file that is not text.
+        match magic::looks(head) {
+            magic::Looks::Text => {}
+            magic::Looks::Utf16 => return Err(SourceError::Utf16 { path: path.into() }),
+            magic::Looks::Spreadsheet(kind) => {
+                return Err(SourceError::SpreadsheetAsCsv {
+                    path: path.into(),
+                    kind,
+                    extensions: ".xlsx, .xls, .ods",
+                })
+            }
+            magic::Looks::Other { what, hint } => {
+                return Err(SourceError::NotAnExport {
+                    path: path.into(),
+                    expected: "a CSV file",
+                    what,
+                    hint,
+                })
+            }
         }
         let bom = head.starts_with(&[0xEF, 0xBB, 0xBF]);
         let head = if bom { &head[3..] } else { head };

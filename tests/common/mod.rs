@@ -239,3 +239,74 @@ pub fn doubled_items(sandbox: &Sandbox) -> Vec<String> {
         .map(|(k, n)| format!("{k:?} ×{n}"))
         .collect()
 }
+
+/// Files that are not exports, written to `dir` under a CSV's name, each
+/// with what the tool should say it looks like: a real gzip of a CSV, a
+/// zip holding a CSV (not a spreadsheet), an ELF program's header, a PDF's
+/// start, and random bytes.
+pub fn not_exports(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+    let csv = b"Nazwisko;E-mail\nKowalski;jan@example.pl\n";
+    let gzip = {
+        // One stored deflate block, then the CRC-32 and length gzip ends with.
+        let mut g = vec![0x1F, 0x8B, 0x08, 0, 0, 0, 0, 0, 0, 0xFF, 0x01];
+        let len = csv.len() as u16;
+        g.extend_from_slice(&len.to_le_bytes());
+        g.extend_from_slice(&(!len).to_le_bytes());
+        g.extend_from_slice(csv);
+        g.extend_from_slice(&crc32(csv).to_le_bytes());
+        g.extend_from_slice(&(csv.len() as u32).to_le_bytes());
+        g
+    };
+    let zip = {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("export.csv", stored).unwrap();
+        std::io::Write::write_all(&mut zip, csv).unwrap();
+        zip.finish().unwrap().into_inner()
+    };
+    let mut elf = b"\x7FELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3E\0\x01\0\0\0".to_vec();
+    elf.resize(4096, 0);
+    let pdf = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n";
+    // A fixed pseudo-random sequence (xorshift): a corrupt download.
+    let mut x: u32 = 0x2545_F491;
+    let random: Vec<u8> = (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    let files: [(&str, Vec<u8>, &str); 5] = [
+        ("export.csv.gz.csv", gzip, "gzip data"),
+        ("export.zip.csv", zip, "a zip archive"),
+        ("program.csv", elf, "an ELF program"),
+        ("document.csv", pdf.to_vec(), "a PDF document"),
+        ("random.csv", random, "binary data"),
+    ];
+    files
+        .into_iter()
+        .map(|(name, bytes, what)| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            (path, what)
+        })
+        .collect()
+}
+
+/// CRC-32 (IEEE), bit by bit: enough for a test's few bytes.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

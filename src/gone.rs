@@ -1,0 +1,486 @@
+//! Customers gone from the export (`[customer] on_gone`): a nightly full
+//! export that no longer has a customer says the CRM deleted (or closed)
+//! it. A step of the job layer, in two halves around the run:
+//!
+//! - before anything is sent ([`Night::prepare`]), from the survey's pass
+//!   over the file: the match keys (hashes) of every row, compared with the
+//!   customers the sync state saw earlier files of the same job bring. The
+//!   customers none of whose keys is in the file are gone; more than
+//!   `--max-gone` of them, or an empty file, stop the night (exit 2);
+//! - after the run ([`Night::finish`]), once the file is known to have been
+//!   read whole: the gone customers are reported, deleted or marked (a
+//!   `gone` ledger entry each: they have no row), and the state records
+//!   which customers this file brought.
+//!
+//! Only customers that earlier files of the job brought are ever touched:
+//! never one the tool never imported, never one only another job's files
+//! bring. A file that is not complete (a read error, a pilot `--limit`, a
+//! row whose keys cannot be read, a run that stopped early) counts nobody
+//! gone.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::api::customers::{DeleteCustomer, UpdateCustomers};
+use crate::api::payload::{Customer, CustomerUpdate, Named, Scalar};
+use crate::api::{ApiClient, CallError, RowFate};
+use crate::cli::Share;
+use crate::hash::KeyHash;
+use crate::ledger::{Action, Entry, GoneEvent, Ledger, Status};
+use crate::mapping::{OnGone, Plan};
+use crate::pipeline::RunEnd;
+use crate::state::SyncState;
+
+/// Who a file's rows are, as the survey read them: the hashes of their
+/// match-key values, no values.
+#[derive(Debug, Default)]
+pub struct FileKeys {
+    pub keys: HashSet<KeyHash>,
+    /// Data rows read (bad ones included).
+    pub rows: u64,
+    /// Rows whose keys could not be read (a row that cannot be decoded, a
+    /// key cell that is not a key's value): their customers are not known.
+    pub unidentified: u64,
+    /// Whether the file was read to its end.
+    pub read_all: bool,
+}
+
+impl FileKeys {
+    /// One row's keys, or `None` when they cannot be read.
+    pub fn add(&mut self, keys: Option<Vec<KeyHash>>) {
+        self.rows += 1;
+        match keys {
+            Some(keys) => self.keys.extend(keys),
+            None => self.unidentified += 1,
+        }
+    }
+
+    /// A row that could not be decoded.
+    pub fn add_unreadable(&mut self) {
+        self.rows += 1;
+        self.unidentified += 1;
+    }
+}
+
+/// The job a file belongs to: `[source] job`, or else the mapping file
+/// (nightly exports carry dated names, the mapping stays).
+pub fn job_name(plan: &Plan, mapping: &Path) -> String {
+    match plan.job() {
+        Some(job) => job.to_string(),
+        // Absolute, as the ledger records paths: the job is the same from
+        // any working directory.
+        None => format!(
+            "mapping {}",
+            std::fs::canonicalize(mapping)
+                .unwrap_or_else(|_| mapping.to_path_buf())
+                .display()
+        ),
+    }
+}
+
+/// The customers earlier files of `job` brought that no key of `file`
+/// names (gone, by id), and how many customers the job's files brought.
+/// What `plan` lists, and what the guard counts.
+pub fn gone_customers(state: &SyncState, job: &str, file: &HashSet<KeyHash>) -> (Vec<i64>, u64) {
+    let mut present: HashMap<i64, bool> = HashMap::new();
+    for (customer_id, key) in state.seen(job) {
+        *present.entry(customer_id).or_default() |= file.contains(&key);
+    }
+    let known = present.len() as u64;
+    let mut gone: Vec<i64> = present
+        .into_iter()
+        .filter(|(_, here)| !here)
+        .map(|(id, _)| id)
+        .collect();
+    gone.sort_unstable();
+    (gone, known)
+}
+
+/// How a policy is written, for messages.
+fn written(policy: &OnGone) -> String {
+    match policy {
+        OnGone::Keep => "\"keep\"".into(),
+        OnGone::Report => "\"report\"".into(),
+        OnGone::Delete => "\"delete\"".into(),
+        OnGone::Mark { custom_field, .. } => {
+            format!("{{ custom_field = \"{custom_field}\", ... }}")
+        }
+    }
+}
+
+/// One night's gone handling, decided before anything is sent.
+#[derive(Debug)]
+pub struct Night {
+    job: String,
+    policy: OnGone,
+    state: Arc<SyncState>,
+    file: FileKeys,
+    sha256: String,
+    /// Complete as far as the survey can tell (read whole, every row's
+    /// keys read, not a pilot).
+    complete: bool,
+    /// The customers to act on once the run has read the file whole.
+    gone: Vec<i64>,
+    /// The undo file (unless `--no-undo`): a customer deleted is written
+    /// there whole first.
+    images: Option<Arc<crate::undo::images::Images>>,
+}
+
+impl Night {
+    /// With a sync state: the customers gone from this file, checked
+    /// against `--max-gone` (`max`) before anything is sent. An error
+    /// (exit 2) stops the night: more gone than allowed, or an empty file
+    /// while `on_gone` acts.
+    pub fn prepare(
+        plan: &Plan,
+        mapping: &Path,
+        state: Option<&Arc<SyncState>>,
+        file: FileKeys,
+        sha256: &str,
+        pilot: bool,
+        max: Share,
+    ) -> anyhow::Result<Option<Night>> {
+        let policy = plan.on_gone().clone();
+        let acting = policy != OnGone::Keep;
+        let Some(state) = state else {
+            if acting {
+                eprintln!("note: [customer] on_gone needs --state (what earlier files brought): no customer is counted gone without it");
+            }
+            return Ok(None);
+        };
+        let job = job_name(plan, mapping);
+        if acting && file.rows == 0 {
+            anyhow::bail!(
+                "the file has no rows: refused under [customer] on_gone = {} (an empty export would make every customer of job \"{job}\" gone). Nothing was sent.",
+                written(&policy)
+            );
+        }
+        let why_not = if pilot {
+            Some("a pilot (--limit) reads part of the file".to_string())
+        } else if !file.read_all {
+            Some("the file cannot be read to its end".to_string())
+        } else if file.unidentified > 0 {
+            Some(format!(
+                "{} whose match keys cannot be read",
+                crate::text::count(file.unidentified, "row")
+            ))
+        } else {
+            None
+        };
+        let complete = why_not.is_none();
+        let mut gone = Vec::new();
+        if acting {
+            match why_not {
+                Some(why) => eprintln!(
+                    "note: [customer] on_gone: {why}: no customer is counted gone from this file"
+                ),
+                None => {
+                    let (found, known) = gone_customers(state, &job, &file.keys);
+                    if found.len() as u64 > max.of(known) {
+                        anyhow::bail!(
+                            "this file lacks {} of the {known} customers earlier files of job \"{job}\" brought ({:.0} %), more than --max-gone {max}; [customer] on_gone = {} would act on them. Nothing was sent. If tonight's export is broken, fix it; if they are meant to go, pass --max-gone 100%",
+                            found.len(),
+                            found.len() as f64 * 100.0 / known.max(1) as f64,
+                            written(&policy)
+                        );
+                    }
+                    gone = found;
+                }
+            }
+        }
+        Ok(Some(Night {
+            job,
+            policy,
+            state: state.clone(),
+            file,
+            sha256: sha256.to_string(),
+            complete,
+            gone,
+            images: None,
+        }))
+    }
+
+    /// Keeps a before-image of every customer deleted in `images`.
+    pub fn with_images(mut self, images: Option<Arc<crate::undo::images::Images>>) -> Night {
+        self.images = images;
+        self
+    }
+
+    /// What a run would do with the customers gone from the file, for
+    /// `plan` (which sends nothing and leaves the state as it is).
+    pub fn planned(&self) -> Option<String> {
+        if self.gone.is_empty() {
+            return None;
+        }
+        let what = match &self.policy {
+            OnGone::Keep => return None,
+            OnGone::Report => "report (leave as they are)",
+            OnGone::Delete => "delete",
+            OnGone::Mark { .. } => "mark",
+        };
+        Some(format!(
+            "on_gone: the run would {what} {} gone from this file (brought by earlier files of job \"{}\"): {}",
+            crate::text::count(self.gone.len() as u64, "customer"),
+            self.job,
+            crate::text::join_ids(&self.gone)
+        ))
+    }
+
+    /// After the run: the gone customers handled (when the run read the
+    /// whole file and was not stopped), each recorded as a `gone` entry,
+    /// then the customers this file brought recorded in the state. An
+    /// error: the state could not be written (the run is then aborted).
+    pub async fn finish(
+        self,
+        end: &RunEnd,
+        client: &ApiClient,
+        ledger: &Ledger,
+        batch_size: usize,
+    ) -> Result<(), String> {
+        let complete = self.complete
+            && end.aborted.is_none()
+            && end.read_error.is_none()
+            && end.limit.is_none()
+            && end.rows_read == self.file.rows;
+        if !complete && !self.gone.is_empty() {
+            eprintln!(
+                "note: [customer] on_gone: the run did not read every row ({} of {}): the {} gone customer(s) are left for a complete file",
+                end.rows_read,
+                self.file.rows,
+                self.gone.len()
+            );
+        }
+        // Who this file brought: its keys' customers, as the run left the
+        // state (a row that failed has none).
+        let brought: Vec<(KeyHash, i64)> = self
+            .file
+            .keys
+            .iter()
+            .filter_map(|k| Some((*k, self.state.customer_of(*k)?)))
+            .collect();
+        let mut handled = Vec::new();
+        if complete && !self.gone.is_empty() {
+            let events = match &self.policy {
+                OnGone::Keep => Vec::new(),
+                OnGone::Report => self.gone.iter().map(|id| self.reported(*id)).collect(),
+                OnGone::Delete => self.delete(client).await,
+                OnGone::Mark {
+                    custom_field,
+                    value,
+                } => self.mark(client, custom_field, value, batch_size).await,
+            };
+            handled = events
+                .iter()
+                .filter(|e| {
+                    e.status == Some(Status::Ok)
+                        && matches!(e.action, Some(Action::Deleted | Action::Marked))
+                })
+                .map(|e| e.customer_id)
+                .collect();
+            let entries: Vec<Entry> = events.into_iter().map(Entry::Gone).collect();
+            ledger.write(&entries).await.map_err(|e| e.to_string())?;
+        }
+        self.state
+            .record_seen(&self.job, &self.sha256, &brought, &handled)
+            .map_err(|e| e.to_string())
+    }
+
+    fn event(
+        &self,
+        customer_id: i64,
+        status: Status,
+        action: Action,
+        message: String,
+    ) -> GoneEvent {
+        GoneEvent {
+            customer_id,
+            status: Some(status),
+            action: Some(action),
+            message: Some(message),
+            ..GoneEvent::default()
+        }
+    }
+
+    fn why(&self) -> String {
+        format!(
+            "not in this file (complete); brought by an earlier file of job \"{}\"",
+            self.job
+        )
+    }
+
+    fn reported(&self, customer_id: i64) -> GoneEvent {
+        self.event(
+            customer_id,
+            Status::Ok,
+            Action::Gone,
+            format!(
+                "{}: reported, left as it is (on_gone = \"report\")",
+                self.why()
+            ),
+        )
+    }
+
+    /// `DELETE customers/:id`, one by one (the guard keeps them few); a
+    /// customer already gone from Thulium (404) counts as deleted.
+    async fn delete(&self, client: &ApiClient) -> Vec<GoneEvent> {
+        let mut out = Vec::with_capacity(self.gone.len());
+        for &customer_id in &self.gone {
+            if let Err(why) = before_delete(client, self.images.as_ref(), customer_id).await {
+                out.push(self.event(
+                    customer_id,
+                    Status::Failed,
+                    Action::Deleted,
+                    format!("{}: not deleted: {why}", self.why()),
+                ));
+                continue;
+            }
+            let call = client.send(&DeleteCustomer { customer_id }).await;
+            let mut ev = match &call.result {
+                Ok(()) => self.event(
+                    customer_id,
+                    Status::Ok,
+                    Action::Deleted,
+                    format!("{}: deleted (on_gone = \"delete\")", self.why()),
+                ),
+                Err(CallError::Refused { status: 404, .. }) => self.event(
+                    customer_id,
+                    Status::Ok,
+                    Action::Deleted,
+                    format!("{}: already gone from Thulium", self.why()),
+                ),
+                Err(e) => failed(self.event(
+                    customer_id,
+                    Status::Failed,
+                    Action::Deleted,
+                    format!("could not delete customer {customer_id}: {e}; the next complete file tries again"),
+                ), e),
+            };
+            ev.attempts = (call.attempts > 0).then_some(call.attempts);
+            let stop = matches!(&call.result, Err(e) if e.stops_the_run().is_some());
+            out.push(ev);
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// One custom field set on each gone customer (`PUT batch/customers`,
+    /// idempotent), in batches.
+    async fn mark(
+        &self,
+        client: &ApiClient,
+        field: &str,
+        value: &str,
+        batch_size: usize,
+    ) -> Vec<GoneEvent> {
+        let mut out = Vec::with_capacity(self.gone.len());
+        for chunk in self.gone.chunks(batch_size.max(1)) {
+            let updates: Vec<CustomerUpdate> = chunk
+                .iter()
+                .map(|&customer_id| CustomerUpdate {
+                    customer_id,
+                    fields: Customer {
+                        custom_fields: Named(vec![(
+                            field.to_string(),
+                            Scalar::Text(value.to_string()),
+                        )]),
+                        ..Customer::default()
+                    },
+                })
+                .collect();
+            let call = client
+                .send(&UpdateCustomers {
+                    customers: updates.iter().collect(),
+                })
+                .await;
+            let fates = RowFate::of_rows(&call.result, chunk.len());
+            for (&customer_id, fate) in chunk.iter().zip(&fates) {
+                let mut ev = match fate {
+                    RowFate::Done(()) => self.event(
+                        customer_id,
+                        Status::Ok,
+                        Action::Marked,
+                        format!("{}: marked {field} = \"{value}\"", self.why()),
+                    ),
+                    f if f.says_missing("customer") => self.event(
+                        customer_id,
+                        Status::Ok,
+                        Action::Deleted,
+                        format!("{}: already gone from Thulium, nothing to mark", self.why()),
+                    ),
+                    RowFate::Refused {
+                        http_status,
+                        message,
+                    }
+                    | RowFate::Retryable {
+                        http_status,
+                        message,
+                    } => {
+                        let mut ev = self.event(
+                            customer_id,
+                            Status::Failed,
+                            Action::Marked,
+                            format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
+                        );
+                        ev.http_status = *http_status;
+                        ev
+                    }
+                    RowFate::Unknown { message } | RowFate::Stopping { message } => self.event(
+                        customer_id,
+                        Status::Failed,
+                        Action::Marked,
+                        format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
+                    ),
+                };
+                ev.attempts = (call.attempts > 0).then_some(call.attempts);
+                out.push(ev);
+            }
+            if matches!(&call.result, Err(e) if e.stops_the_run().is_some()) {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// The HTTP status of a failed call, on its event.
+fn failed(mut ev: GoneEvent, e: &CallError) -> GoneEvent {
+    if let CallError::Refused { status, .. } = e {
+        ev.http_status = Some(*status);
+    }
+    ev
+}
+
+/// Just before a gone customer is deleted: the one place where its
+/// before-image is kept. Read whole (custom fields and addresses too), it
+/// goes to the undo file, durable, before the `DELETE` (`undo` lists it;
+/// the API cannot create it again under its id). Without an undo file
+/// (`--no-undo`) nothing is kept. An `Err` keeps the customer: it is not
+/// deleted without its before-image.
+pub async fn before_delete(
+    client: &ApiClient,
+    images: Option<&Arc<crate::undo::images::Images>>,
+    customer_id: i64,
+) -> Result<(), String> {
+    let Some(images) = images else {
+        return Ok(());
+    };
+    // Every field: `include_custom_fields` and the three addresses are
+    // asked for (a custom field's or an address's name asks for all).
+    let whole = crate::current::Written {
+        fields: Vec::new(),
+        custom: vec![String::new()],
+        addresses: vec!["address".into()],
+    };
+    match client.get_customer(customer_id, &whole).await.result {
+        // Gone already: the DELETE finds none.
+        Ok(None) => Ok(()),
+        Ok(Some(c)) => images
+            .deleted(customer_id, c.fields)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("could not read it for its before-image: {e}")),
+    }
+}

@@ -1,0 +1,533 @@
+//! Nightly syncs that know who owns what: customers gone from the export
+//! (`[customer] on_gone`, guarded by `--max-gone`, only over what earlier
+//! files of the same job brought) and fields the contact center edits
+//! after the first import (`update = "if_empty"` / `"never"`). The real
+//! binary against the sandbox, with a real state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use thulium_import::sandbox::{Sandbox, SandboxConfig};
+
+const PASSWORD: &str = "own-secret";
+
+fn tempdir() -> PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
+async fn sandbox() -> Sandbox {
+    Sandbox::start(SandboxConfig {
+        password: PASSWORD.into(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A mapping matching by identifier, with `extra` appended to `[customer]`.
+fn mapping(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::write(
+        &m,
+        format!("[source]\ndelimiter = \";\"\n[customer]\nmatch = \"identifier\"\nidentifier = \"ID\"\nsurname = \"Nazwisko\"\nname = \"Imię\"\n{extra}\n"),
+    )
+    .unwrap();
+    m
+}
+
+/// An export of customers `K0001..` numbered by `ids`.
+fn export(path: &Path, ids: impl IntoIterator<Item = usize>) {
+    let mut text = String::from("ID;Imię;Nazwisko\n");
+    for i in ids {
+        text.push_str(&format!("K{i:04};Imie{i};Nazwisko{i}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+async fn night(
+    sandbox: &Sandbox,
+    dir: &Path,
+    csv: &Path,
+    mapping: &Path,
+    extra: &[&str],
+) -> (common::Out, PathBuf) {
+    let ledger = dir.join(format!("l{}.jsonl", rand::random::<u64>()));
+    let mut cmd = common::run_against(sandbox, PASSWORD, csv, mapping, &ledger);
+    cmd.arg("--state").arg(dir.join("state.sqlite")).args(extra);
+    (common::output(cmd).await, ledger)
+}
+
+/// Five customers the system had before the tool ever ran (an agent's),
+/// by id with their fields.
+fn system_customers(sandbox: &Sandbox) -> BTreeMap<i64, Value> {
+    let mut state = sandbox.shared().lock_state();
+    (1..=5)
+        .map(|i| {
+            let fields = json!({"surname": format!("Agent{i}"), "identifier": format!("S{i}")});
+            let id = state.add_customer(fields.as_object().unwrap().clone());
+            (id, Value::Null)
+        })
+        .collect()
+}
+
+/// The customers the sandbox holds now, by id.
+fn customers_by_id(sandbox: &Sandbox) -> BTreeMap<i64, Value> {
+    sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| (c["customer_id"].as_i64().unwrap(), c.clone()))
+        .collect()
+}
+
+/// Every write request (not a GET) the sandbox had from `from` on.
+fn writes_since(sandbox: &Sandbox, from: usize) -> Vec<thulium_import::sandbox::JournalEntry> {
+    sandbox.requests()[from..]
+        .iter()
+        .filter(|e| e.method != "GET")
+        .cloned()
+        .collect()
+}
+
+/// Three nights for each policy: 200 customers imported; 20 of them gone
+/// from the second file (10 %, the default --max-gone) are deleted, marked
+/// or reported; the third night (the same file) deletes and marks nobody
+/// again, and reports the 20 again. The five customers the system had
+/// before the tool are never written to.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nights_twenty_gone_deleted_marked_reported_and_the_systems_own_untouched() {
+    for policy in [
+        "on_gone = \"delete\"",
+        "on_gone = { custom_field = \"Status\", value = \"usunięty w CRM\" }",
+        "on_gone = \"report\"",
+    ] {
+        let dir = tempdir();
+        let sandbox = sandbox().await;
+        let own = system_customers(&sandbox);
+        let own_before: BTreeMap<i64, Value> = customers_by_id(&sandbox)
+            .into_iter()
+            .filter(|(id, _)| own.contains_key(id))
+            .collect();
+        let m = mapping(&dir, "crm.toml", policy);
+        // Nightly exports carry dated names: one job, the mapping's.
+        let day1 = dir.join("export-1.csv");
+        export(&day1, 1..=200);
+        let (n1, _) = night(&sandbox, &dir, &day1, &m, &[]).await;
+        assert_eq!(n1.code, Some(0), "{policy}: {}", n1.text());
+        let ids: BTreeMap<String, i64> = common::by_identifier(&sandbox)
+            .into_iter()
+            .map(|(k, c)| (k, c["customer_id"].as_i64().unwrap()))
+            .collect();
+        let gone_ids: Vec<i64> = (181..=200).map(|i| ids[&format!("K{i:04}")]).collect();
+
+        let day2 = dir.join("export-2.csv");
+        export(&day2, 1..=180);
+        let before = sandbox.requests().len();
+        let (n2, ledger2) = night(&sandbox, &dir, &day2, &m, &[]).await;
+        assert_eq!(n2.code, Some(0), "{policy}: {}", n2.text());
+        let writes = writes_since(&sandbox, before);
+        let r2 = common::report(&ledger2);
+        let now = customers_by_id(&sandbox);
+        if policy.contains("delete") {
+            assert_eq!(r2["actions"]["deleted"], 20, "{r2}");
+            assert!(gone_ids.iter().all(|id| !now.contains_key(id)));
+            assert_eq!(now.len(), 180 + 5);
+            assert_eq!(
+                writes.iter().filter(|w| w.method == "DELETE").count(),
+                20,
+                "one DELETE per gone customer"
+            );
+            // Each kept whole in the undo file first (`undo` lists them).
+            let images =
+                std::fs::read_to_string(format!("{}.undo.jsonl", ledger2.display())).unwrap();
+            let deleted: Vec<Value> = images
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|i| i["kind"] == "deleted")
+                .collect();
+            assert_eq!(deleted.len(), 20);
+            assert!(deleted
+                .iter()
+                .all(|d| gone_ids.contains(&d["customer_id"].as_i64().unwrap())
+                    && d["fields"]["surname"].is_string()));
+        } else if policy.contains("Status") {
+            assert_eq!(r2["actions"]["marked"], 20, "{r2}");
+            for id in &gone_ids {
+                assert_eq!(now[id]["custom_fields"]["Status"], "usunięty w CRM");
+            }
+            assert_eq!(now.len(), 200 + 5);
+        } else {
+            assert_eq!(r2["actions"]["gone"], 20, "{r2}");
+            assert_eq!(now.len(), 200 + 5);
+            assert!(writes.is_empty(), "a report sends nothing: {writes:?}");
+        }
+        // The ledger names each gone customer by id, with no row.
+        let gone_lines: Vec<Value> = std::fs::read_to_string(&ledger2)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["kind"] == "gone")
+            .collect();
+        let mut named: Vec<i64> = gone_lines
+            .iter()
+            .map(|l| l["customer_id"].as_i64().unwrap())
+            .collect();
+        named.sort_unstable();
+        assert_eq!(named, gone_ids, "{policy}");
+        assert!(n2.stdout.contains("gone from the export"), "{}", n2.text());
+
+        // Night 3: the same export again.
+        let day3 = dir.join("export-3.csv");
+        export(&day3, 1..=180);
+        let before = sandbox.requests().len();
+        let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &[]).await;
+        assert_eq!(n3.code, Some(0), "{policy}: {}", n3.text());
+        let r3 = common::report(&ledger3);
+        let writes = writes_since(&sandbox, before);
+        assert!(writes.is_empty(), "{policy}: night 3 writes {writes:?}");
+        let reported = if policy.contains("report") { 20 } else { 0 };
+        assert_eq!(r3["actions"]["gone"], reported, "{r3}");
+        assert_eq!(r3["actions"]["deleted"], 0, "{r3}");
+        assert_eq!(r3["actions"]["marked"], 0, "{r3}");
+
+        // The system's own customers: as they were, and never written to.
+        let now = customers_by_id(&sandbox);
+        for (id, before) in &own_before {
+            assert_eq!(&now[id], before, "{policy}: customer {id} changed");
+        }
+        for w in sandbox.requests().iter().filter(|e| e.method != "GET") {
+            for id in own.keys() {
+                assert!(
+                    !w.path.ends_with(&format!("/customers/{id}")),
+                    "{policy}: {} {}",
+                    w.method,
+                    w.path
+                );
+                assert!(
+                    !w.body
+                        .to_string()
+                        .contains(&format!("\"customer_id\":{id},")),
+                    "{policy}: {} {} {}",
+                    w.method,
+                    w.path,
+                    w.body
+                );
+            }
+        }
+    }
+}
+
+/// 80 % of the customers gone: a broken export. Refused before anything
+/// is sent (exit 2), naming the count and the flag; nobody is deleted.
+/// `--max-gone 100%` lets it through.
+#[tokio::test(flavor = "multi_thread")]
+async fn eighty_percent_gone_is_refused_before_anything_is_sent() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = mapping(&dir, "crm.toml", "on_gone = \"delete\"");
+    let csv = dir.join("export.csv");
+    export(&csv, 1..=100);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    export(&csv, 1..=20);
+    let before = sandbox.requests().len();
+    let (n2, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n2.code, Some(2), "{}", n2.text());
+    let text = n2.text();
+    assert!(text.contains("lacks 80 of the 100 customers"), "{text}");
+    assert!(text.contains("--max-gone 10%"), "{text}");
+    assert!(text.contains("Nothing was sent"), "{text}");
+    assert!(writes_since(&sandbox, before).is_empty(), "nothing sent");
+    assert_eq!(common::customers(&sandbox), 100);
+    let (n3, ledger) = night(&sandbox, &dir, &csv, &m, &["--max-gone", "100%"]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 80);
+    assert_eq!(common::customers(&sandbox), 20);
+}
+
+/// An empty export (its header only) is always refused under on_gone,
+/// whatever --max-gone says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_file_is_refused() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = mapping(&dir, "crm.toml", "on_gone = \"delete\"");
+    let csv = dir.join("export.csv");
+    export(&csv, 1..=30);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    export(&csv, []);
+    let before = sandbox.requests().len();
+    let (n2, _) = night(&sandbox, &dir, &csv, &m, &["--max-gone", "100%"]).await;
+    assert_eq!(n2.code, Some(2), "{}", n2.text());
+    assert!(n2.text().contains("the file has no rows"), "{}", n2.text());
+    assert!(writes_since(&sandbox, before).is_empty());
+    assert_eq!(common::customers(&sandbox), 30);
+}
+
+/// Files that are not complete count nobody gone: a pilot (`--limit`), a
+/// file with a row that cannot be read (its customer is not known), and a
+/// file of another job (a customer seen only by another job's files).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pilot_a_read_error_and_another_job_never_count_as_complete() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = mapping(&dir, "crm.toml", "on_gone = \"delete\"");
+    let csv = dir.join("export.csv");
+    export(&csv, 1..=100);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+
+    // A pilot of a file lacking 5: nothing deleted.
+    export(&csv, 1..=95);
+    let (pilot, _) = night(&sandbox, &dir, &csv, &m, &["--limit", "10"]).await;
+    assert_eq!(pilot.code, Some(1), "rows left for retry: {}", pilot.text());
+    assert!(
+        pilot.text().contains("a pilot (--limit)"),
+        "{}",
+        pilot.text()
+    );
+    assert_eq!(common::customers(&sandbox), 100);
+
+    // A row that cannot be decoded (bytes that are not UTF-8): the file
+    // does not say who is in it.
+    let mut bytes = std::fs::read(&csv).unwrap();
+    bytes.extend_from_slice(b"K0200;\xff\xfe;Nazwisko\xff\n");
+    std::fs::write(&csv, bytes).unwrap();
+    let (broken, ledger) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(broken.code, Some(1), "{}", broken.text());
+    assert!(
+        broken.text().contains("whose match keys cannot be read"),
+        "{}",
+        broken.text()
+    );
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 0);
+    assert_eq!(common::customers(&sandbox), 100);
+
+    // Another job over the same state: it never saw these customers.
+    let other = mapping(&dir, "other.toml", "on_gone = \"delete\"");
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("[source]\n", "[source]\njob = \"other\"\n");
+    std::fs::write(&other, text).unwrap();
+    export(&csv, 1..=95);
+    let (n, ledger) = night(&sandbox, &dir, &csv, &other, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 0);
+    assert_eq!(common::customers(&sandbox), 100);
+
+    // The job's own complete file: the 5 go.
+    let (n, ledger) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 5);
+    assert_eq!(common::customers(&sandbox), 95);
+}
+
+fn policy_mapping(dir: &Path) -> PathBuf {
+    let m = dir.join("p.toml");
+    std::fs::write(
+        &m,
+        r#"[source]
+delimiter = ";"
+[customer]
+match = "identifier"
+identifier = "ID"
+surname = "Nazwisko"
+note = { column = "Notatka", update = "if_empty" }
+account_manager = { column = "Opiekun", update = "never" }
+[customer.custom_fields]
+Segment = { column = "Segment", update = "if_empty" }
+"#,
+    )
+    .unwrap();
+    m
+}
+
+/// Ten customers; `surname(i)` and `manager(i)` per row.
+fn policy_export(
+    path: &Path,
+    surname: impl Fn(usize) -> String,
+    manager: impl Fn(usize) -> String,
+) {
+    let mut text = String::from("ID;Nazwisko;Notatka;Opiekun;Segment\n");
+    for i in 1..=10 {
+        text.push_str(&format!(
+            "P{i:02};{};CRM note {i};{};A\n",
+            surname(i),
+            manager(i)
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Agents' edits survive a night that updates their customers: a note and
+/// a segment (`if_empty`) they rewrote, an account manager (`never`) they
+/// changed; values they emptied are filled again (`if_empty`). The
+/// `never` field is set on creation. A row whose only change is its
+/// `never` field is `unchanged`: nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_edits_are_kept_under_if_empty_and_never() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = policy_mapping(&dir);
+    let csv = dir.join("crm.csv");
+    policy_export(&csv, |i| format!("Nowak{i}"), |_| "j.doe".into());
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let c = common::by_identifier(&sandbox);
+    assert_eq!(
+        c["P01"]["account_manager"], "j.doe",
+        "never: set on creation"
+    );
+    assert_eq!(c["P01"]["note"], "CRM note 1");
+    assert_eq!(c["P01"]["custom_fields"]["Segment"], "A");
+
+    // The agents' day.
+    {
+        let id = |k: &str| c[k]["customer_id"].as_i64().unwrap();
+        let mut state = sandbox.shared().lock_state();
+        let mut edit = |k: &str, field: &str, v: Value| {
+            let fields = &mut state.customers.get_mut(&id(k)).unwrap().fields;
+            match field.strip_prefix("custom_fields.") {
+                Some(name) => {
+                    fields["custom_fields"][name] = v;
+                }
+                None => {
+                    fields.insert(field.into(), v);
+                }
+            }
+        };
+        edit("P01", "note", json!("agent's note"));
+        edit("P02", "note", json!(""));
+        edit("P03", "account_manager", json!("k.wisniewska"));
+        edit("P04", "custom_fields.Segment", json!("B"));
+        edit("P05", "custom_fields.Segment", Value::Null);
+    }
+    // The CRM's night: new surnames for 1..=5, a new manager for 6 only.
+    policy_export(
+        &csv,
+        |i| {
+            if i <= 5 {
+                format!("Kowalska{i}")
+            } else {
+                format!("Nowak{i}")
+            }
+        },
+        |i| {
+            if i == 6 {
+                "a.nowak".into()
+            } else {
+                "j.doe".into()
+            }
+        },
+    );
+    let before = sandbox.requests().len();
+    let (n2, ledger) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    let c = common::by_identifier(&sandbox);
+    for i in 1..=5 {
+        assert_eq!(c[&format!("P{i:02}")]["surname"], format!("Kowalska{i}"));
+    }
+    assert_eq!(c["P01"]["note"], "agent's note", "if_empty: kept");
+    assert_eq!(c["P02"]["note"], "CRM note 2", "if_empty: filled again");
+    assert_eq!(c["P03"]["account_manager"], "k.wisniewska", "never: kept");
+    assert_eq!(c["P04"]["custom_fields"]["Segment"], "B", "if_empty: kept");
+    assert_eq!(
+        c["P05"]["custom_fields"]["Segment"], "A",
+        "if_empty: filled again"
+    );
+    assert_eq!(c["P06"]["account_manager"], "j.doe", "never: not sent");
+    let r = common::report(&ledger);
+    assert_eq!(r["actions"]["updated"], 5, "{r}");
+    assert_eq!(r["actions"]["unchanged"], 5, "{r}");
+    // Only the five changed customers were written to, and no update
+    // carries a never field or a kept value.
+    let puts: Vec<Value> = writes_since(&sandbox, before)
+        .into_iter()
+        .map(|w| w.body)
+        .collect();
+    let sent: Vec<&Value> = puts
+        .iter()
+        .flat_map(|b| b["customers"].as_array().unwrap())
+        .collect();
+    assert_eq!(sent.len(), 5, "{puts:?}");
+    for s in &sent {
+        assert!(s.get("account_manager").is_none(), "{s}");
+    }
+    let p6 = c["P06"]["customer_id"].as_i64().unwrap();
+    assert!(sent.iter().all(|s| s["customer_id"] != p6));
+}
+
+/// A mapping without policies hashes its updates as before policies
+/// existed (the payload itself): states written by earlier versions stay
+/// valid, and their rows `unchanged`.
+#[test]
+fn a_policy_free_mapping_hashes_as_before() {
+    let dir = tempdir();
+    let m = mapping(&dir, "crm.toml", "clear_empty = true\nnote = \"Imię\"");
+    let csv = dir.join("e.csv");
+    export(&csv, 1..=20);
+    let mut input = thulium_import::check::Input::open(&csv, &m).unwrap();
+    let upsert = input.plan.upsert().cloned();
+    assert!(upsert.as_ref().unwrap().policies.is_empty());
+    let mut n = 0;
+    while let Some(row) = input.source.next_row() {
+        let row = row.unwrap().unwrap();
+        let p = input.plan.map_row(&row).unwrap();
+        let shape = thulium_import::pipeline::customer_shape(upsert.as_ref(), &p).unwrap();
+        // What earlier versions hashed: the customer, cleared cells added.
+        let before = p.customer.as_ref().unwrap().clearing(&p.cleared);
+        assert_eq!(
+            thulium_import::hash::payload_hash(&shape),
+            thulium_import::hash::payload_hash(&before)
+        );
+        // And an update sends it whole, current values or not.
+        let sent = thulium_import::pipeline::customer_update(upsert.as_ref(), &p, None).unwrap();
+        assert_eq!(sent.fields, before);
+        assert!(sent.not_known.is_empty());
+        n += 1;
+    }
+    assert_eq!(n, 20);
+}
+
+/// `update` is checked: a value that is none of the three names its key;
+/// it is refused where an update cannot leave a field alone.
+#[test]
+fn a_wrong_update_names_its_key() {
+    let dir = tempdir();
+    let csv = dir.join("e.csv");
+    export(&csv, 1..=2);
+    for (extra, key, says) in [
+        (
+            "note = { column = \"Imię\", update = \"sometimes\" }",
+            "customer.note",
+            "update must be",
+        ),
+        ("update = \"nie\"", "customer.update", "update must be"),
+        ("on_gone = \"burn\"", "customer.on_gone", "on_gone must be"),
+    ] {
+        let m = mapping(&dir, "bad.toml", extra);
+        let e = thulium_import::check::Input::open(&csv, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+    let m = dir.join("feed.toml");
+    std::fs::write(
+        &m,
+        "[source]\ndelimiter = \";\"\n[customer]\nsurname = \"Nazwisko\"\n[feed]\nmessage = { column = \"Imię\", update = \"never\" }\ntime = { value = \"2024-01-01T10:00:00\" }\n",
+    )
+    .unwrap();
+    let e = thulium_import::check::Input::open(&csv, &m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("feed.message") && e.contains("update applies to"),
+        "{e}"
+    );
+}
