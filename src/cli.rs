@@ -61,6 +61,35 @@ pub enum Command {
     /// The nightly job: import every export in a drop folder, one ledger per file, continuing or starting over as each file says.
     #[command(after_help = EXIT_CODES)]
     Sync(NightlyArgs),
+    /// Take a run back: delete the customers it created, put back what it overwrote, keep what people changed since.
+    Undo(UndoArgs),
+}
+
+/// Before-images for `undo` (`<LEDGER>.undo.jsonl`), on by default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ImagesArgs {
+    /// Do not write the undo file (`<LEDGER>.undo.jsonl`: the values each update overwrites, customer data): the run cannot be taken back with `undo`.
+    #[arg(long)]
+    pub no_undo: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UndoArgs {
+    /// The ledger of the run to take back (for a `sync` night, the file's ledger in the work folder).
+    pub ledger: PathBuf,
+    /// Read and say what would be done; send and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the outcome as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The sync state to update (default: the state the run used, as its undo file says).
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
 }
 
 /// Where to send and as whom. The password is never a flag: it comes from
@@ -243,6 +272,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     #[command(flatten)]
+    pub images: ImagesArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -336,6 +367,8 @@ pub struct RetryArgs {
     pub no_preflight: bool,
     #[command(flatten)]
     pub sync: SyncArgs,
+    #[command(flatten)]
+    pub images: ImagesArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
     #[command(flatten)]
@@ -471,6 +504,8 @@ pub struct NightlyArgs {
     pub no_preflight: bool,
     #[command(flatten)]
     pub sync: SyncArgs,
+    #[command(flatten)]
+    pub images: ImagesArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
     #[command(flatten)]

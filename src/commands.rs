@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::check::{self, Input};
 use crate::cli::{
     CheckArgs, Cli, Command, InitArgs, PlanArgs, ReportArgs, RetryArgs, RunArgs, SandboxArgs,
+    UndoArgs,
 };
 use crate::client::{ApiClient, ClientConfig};
 use crate::credentials;
@@ -22,6 +23,7 @@ use crate::outcomes::Outcomes;
 use crate::pipeline;
 use crate::preflight;
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::undo;
 use crate::Exit;
 use crate::{mapping, report};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
     // Commands that send listen for stop signals from their first moment:
     // none kills the process mid-call, or before its handler is set.
     if matches!(&cli.command, Command::Run(a) if !a.dry_run)
+        || matches!(&cli.command, Command::Undo(a) if !a.dry_run)
         || matches!(
             &cli.command,
             Command::Retry(_) | Command::Sync(_) | Command::Plan(_)
@@ -48,6 +51,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Init(args) => init_command(&args).await,
         Command::Sync(args) => sync::sync_command(args).await,
         Command::Plan(args) => plan_command(&args).await,
+        Command::Undo(args) => undo_command(&args).await,
     }
 }
 
@@ -64,6 +68,100 @@ async fn plan_command(args: &PlanArgs) -> anyhow::Result<Exit> {
         crate::plan::print_text(&mut out, &plan, args.all)?;
     }
     Ok(crate::plan::exit_of(&plan))
+}
+
+/// `thulium-import undo`: takes a run back (see [`crate::undo`]) and says
+/// what became of each target. Exit 0 when everything was reversed, 1
+/// when something was kept, not undoable or errored, 3 when it stopped
+/// early (a signal, a wrong password), 2 when it cannot start (no undo
+/// file, creations of unknown outcome not looked up by `retry` yet).
+async fn undo_command(args: &UndoArgs) -> anyhow::Result<Exit> {
+    job::check_pace(&args.pace)?;
+    let credentials = credentials::resolve(
+        args.connect.url.as_deref(),
+        args.connect.user.as_deref(),
+        args.connect.password_file.as_deref(),
+    )?;
+    let client = ApiClient::new(&credentials, &job::client_config(&args.pace))
+        .context("cannot set up the HTTP client")?;
+    let options = undo::Options {
+        ledger: args.ledger.clone(),
+        dry_run: args.dry_run,
+        state: args.state.clone(),
+        concurrency: args.pace.concurrency.map_or(8, |c| c as usize),
+    };
+    if !args.json {
+        eprintln!(
+            "{} the run of {} in {} as {}",
+            if args.dry_run {
+                "Judging (dry run)"
+            } else {
+                "Taking back"
+            },
+            args.ledger.display(),
+            credentials.root,
+            credentials.user
+        );
+    }
+    let undone = undo::undo(&options, client.clone(), &credentials.root).await?;
+    let summary = &undone.summary;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        let json = serde_json::json!({
+            "ledger": args.ledger.display().to_string(),
+            "undo_ledger": undone.record_path.display().to_string(),
+            "dry_run": args.dry_run,
+            "counts": summary.counts,
+            "finished": summary.finished,
+            "settled_before": undone.settled_before,
+            "targets": undone.events,
+            "not_reversed": summary.not_reversed,
+            "aborted": undone.aborted,
+            "notes": undone.notes,
+        });
+        serde_json::to_writer(&mut out, &json)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", undo::record::render(summary))?;
+        if undone.settled_before > 0 {
+            writeln!(
+                out,
+                "{} target(s) settled by an earlier undo were left as they are",
+                undone.settled_before
+            )?;
+        }
+        writeln!(
+            out,
+            "requests: {} sent",
+            client
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        )?;
+        for note in &undone.notes {
+            writeln!(out, "note: {note}")?;
+        }
+        if let Some(a) = &undone.aborted {
+            writeln!(out, "aborted: {a}")?;
+        }
+        if args.dry_run {
+            writeln!(out, "Dry run: nothing was sent or written.")?;
+        } else {
+            writeln!(out, "undo ledger: {}", undone.record_path.display())?;
+        }
+    }
+    use undo::record::Outcome;
+    Ok(if undone.aborted.is_some() {
+        Exit::Aborted
+    } else if [Outcome::Kept, Outcome::Errored, Outcome::NotUndoable]
+        .iter()
+        .all(|o| summary.count(*o) == 0)
+    {
+        Exit::Ok
+    } else {
+        Exit::RowsNotDone
+    })
 }
 
 /// `thulium-import init`: writes a first mapping for a file (exit 0); exit
@@ -597,7 +695,7 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<Exit> {
         None => None,
     };
     let outcomes = Outcomes::read(&args.ledger)?;
-    let summary = report::Report::of(&outcomes);
+    let summary = report::Report::of(&outcomes).with_undo(&args.ledger, &outcomes);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if let Some(path) = &args.failed_csv {

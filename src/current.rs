@@ -36,6 +36,23 @@ impl Written {
         self.fields.is_empty() && self.custom.is_empty() && self.addresses.is_empty()
     }
 
+    /// The fields [`flatten`] names (`surname`, `custom_fields.Segment`,
+    /// `address.city`), as what to read of a customer.
+    pub fn of_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Written {
+        let mut w = Written::default();
+        for name in names {
+            let (list, key) = match name.split_once('.') {
+                Some(("custom_fields", key)) => (&mut w.custom, key),
+                Some((outer, _)) => (&mut w.addresses, outer),
+                None => (&mut w.fields, name),
+            };
+            if !list.iter().any(|k| k == key) {
+                list.push(key.to_string());
+            }
+        }
+        w
+    }
+
     /// Whether the custom fields must be asked for (`include_custom_fields`).
     pub fn custom_fields(&self) -> bool {
         !self.custom.is_empty()
@@ -218,6 +235,32 @@ pub fn same(field: &str, a: &Value, b: &Value) -> bool {
         && flag(&x) == flag(&y)
 }
 
+/// A value's canonical text for `field`, such that two values [`same`]
+/// reads as equal have one canonical text (normalised texts, empty ones
+/// left out, sorted, deduplicated; a flag as `1` or nothing): what the
+/// undo file hashes, so that a later edit can be told from what a run
+/// wrote without keeping the value.
+pub fn canonical(field: &str, v: &Value) -> String {
+    let flag = field == "vip" || matches!(v, Value::Bool(_));
+    let mut x: Vec<String> = texts(v)
+        .iter()
+        .map(|t| match field {
+            "email" => SearchKey::Email.normalise(t),
+            "phone_number" | "phone_numbers" => SearchKey::PhoneNumber.normalise(t),
+            _ => t.trim().to_string(),
+        })
+        .filter_map(|t| match t.as_str() {
+            "true" | "1" if flag => Some("1".to_string()),
+            "false" | "0" if flag => None,
+            _ => Some(t),
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    x.sort();
+    x.dedup();
+    x.join("\u{1f}")
+}
+
 /// Whether a value is empty as Thulium shows it (`null`, `""`, `[]`).
 pub fn is_empty(v: &Value) -> bool {
     texts(v).iter().all(|t| t.trim().is_empty())
@@ -297,5 +340,38 @@ mod tests {
         assert!(!same("vip", &json!("0"), &json!(true)));
         assert!(same("company_id", &json!("12"), &json!(12)));
         assert!(is_empty(&json!([""])) && is_empty(&Value::Null) && !is_empty(&json!(0)));
+    }
+
+    #[test]
+    fn canonical_texts_agree_with_same() {
+        for (field, a, b) in [
+            ("email", json!("Jan@Example.PL"), json!(["jan@example.pl"])),
+            ("phone_number", json!("+48 601"), json!(["48601"])),
+            ("vip", json!("1"), json!(true)),
+            ("vip", json!(""), json!(false)),
+            ("company_id", json!("12"), json!(12)),
+            ("surname", json!(" Nowak "), json!("Nowak")),
+            ("note", Value::Null, json!("")),
+        ] {
+            assert!(same(field, &a, &b), "{field}");
+            assert_eq!(canonical(field, &a), canonical(field, &b), "{field}");
+        }
+        assert_ne!(
+            canonical("surname", &json!("A")),
+            canonical("surname", &json!("B"))
+        );
+        assert_ne!(
+            canonical("note", &json!("0")),
+            canonical("note", &json!(""))
+        );
+        let w = Written::of_names([
+            "surname",
+            "custom_fields.Segment",
+            "address.city",
+            "address.street",
+        ]);
+        assert_eq!(w.fields, ["surname"]);
+        assert_eq!(w.custom, ["Segment"]);
+        assert_eq!(w.addresses, ["address"]);
     }
 }

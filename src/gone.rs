@@ -122,6 +122,9 @@ pub struct Night {
     complete: bool,
     /// The customers to act on once the run has read the file whole.
     gone: Vec<i64>,
+    /// The undo file (unless `--no-undo`): a customer deleted is written
+    /// there whole first.
+    images: Option<Arc<crate::undo::images::Images>>,
 }
 
 /// What `plan` says of the customers gone from the file: the action a run
@@ -205,7 +208,14 @@ impl Night {
             sha256: sha256.to_string(),
             complete,
             gone,
+            images: None,
         }))
+    }
+
+    /// Keeps a before-image of every customer deleted in `images`.
+    pub fn with_images(mut self, images: Option<Arc<crate::undo::images::Images>>) -> Night {
+        self.images = images;
+        self
     }
 
     /// What a run would do with the customers gone from the file, for
@@ -415,7 +425,7 @@ impl Night {
                 stopped.get_or_insert(why);
                 continue;
             }
-            if let Err(why) = before_delete(client, customer_id).await {
+            if let Err(why) = before_delete(client, self.images.as_ref(), customer_id).await {
                 let ev = self.event(
                     customer_id,
                     Status::Failed,
@@ -567,9 +577,33 @@ fn failed(mut ev: GoneEvent, e: &CallError) -> GoneEvent {
 }
 
 /// Just before a gone customer is deleted: the one place where its
-/// before-image is to be kept (`undo`, issue 23, recreates a deleted
-/// customer from it, under a new id). Does nothing yet. An `Err` keeps the
-/// customer: it is not deleted without its before-image.
-pub async fn before_delete(_client: &ApiClient, _customer_id: i64) -> Result<(), String> {
-    Ok(())
+/// before-image is kept. Read whole (custom fields and addresses too), it
+/// goes to the undo file, durable, before the `DELETE` (`undo` lists it;
+/// the API cannot create it again under its id). Without an undo file
+/// (`--no-undo`) nothing is kept. An `Err` keeps the customer: it is not
+/// deleted without its before-image.
+pub async fn before_delete(
+    client: &ApiClient,
+    images: Option<&Arc<crate::undo::images::Images>>,
+    customer_id: i64,
+) -> Result<(), String> {
+    let Some(images) = images else {
+        return Ok(());
+    };
+    // Every field: `include_custom_fields` and the three addresses are
+    // asked for (a custom field's or an address's name asks for all).
+    let whole = crate::current::Written {
+        fields: Vec::new(),
+        custom: vec![String::new()],
+        addresses: vec!["address".into()],
+    };
+    match client.get_customer(customer_id, &whole).await.result {
+        // Gone already: the DELETE finds none.
+        Ok(None) => Ok(()),
+        Ok(Some(c)) => images
+            .deleted(customer_id, c.fields)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("could not read it for its before-image: {e}")),
+    }
 }

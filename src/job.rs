@@ -53,6 +53,8 @@ pub struct Job {
     /// What the summary says besides the counts (the file's columns
     /// changed, ...).
     pub notes: Vec<String>,
+    /// The undo file, unless `--no-undo`.
+    pub images: Option<Arc<crate::undo::images::Images>>,
     /// `plan`: the writes the run would send, noted instead.
     pub plan: Option<Arc<pipeline::Noted>>,
     /// `[customer] on_gone` with `--state`: the customers gone from the
@@ -572,12 +574,18 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
             crate::exit::Stopped("stopped by a signal before anything was sent".into()).into(),
         );
     }
+    let started_at = header.started_at.clone();
     let (ledger, noted) = match plan {
         Some(sink) => (
             Ledger::in_memory(sink),
             Some(Arc::new(pipeline::Noted::default())),
         ),
         None => (Ledger::create(&ledger_path, header, existing, "run")?, None),
+    };
+    // A plan writes nothing: no undo file either.
+    let images = match &noted {
+        Some(_) => None,
+        None => open_images(&args.images, &args.sync, &ledger_path, &started_at, true)?,
     };
     let Input { source, plan, .. } = input;
     let rows = pipeline::mapped_rows(source, Arc::new(plan), args.include_unknown, system);
@@ -594,9 +602,31 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
         sandbox,
         planning: None,
         notes,
+        images,
         plan: noted,
         gone,
     })
+}
+
+/// The undo file of a ledger whose header has `started_at` (begun for a
+/// new ledger, continued by `retry`), unless `--no-undo`.
+fn open_images(
+    args: &crate::cli::ImagesArgs,
+    sync: &SyncArgs,
+    ledger_path: &Path,
+    started_at: &str,
+    new: bool,
+) -> anyhow::Result<Option<Arc<crate::undo::images::Images>>> {
+    use crate::undo::images::Images;
+    if args.no_undo {
+        return Ok(None);
+    }
+    let state = sync.state.as_deref().map(absolute);
+    Ok(Some(if new {
+        Images::create(ledger_path, started_at, state.as_deref())?
+    } else {
+        Images::append(ledger_path, started_at, state.as_deref())?
+    }))
 }
 
 /// The credentials `run` uses: the in-process sandbox's (started here, with
@@ -753,6 +783,13 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
     let rows = rows.with_system(system);
     let planning = rows.summary();
     let ledger = Ledger::append_to(&args.ledger, lock)?;
+    let images = open_images(
+        &args.images,
+        &args.sync,
+        &args.ledger,
+        &header.started_at,
+        false,
+    )?;
     let attempt = ledger::Attempt {
         started_at: ledger::now(),
         source: absolute(&source_path),
@@ -776,6 +813,7 @@ pub async fn prepare_retry(args: &RetryArgs) -> anyhow::Result<Job> {
         sandbox: None,
         planning: Some(planning),
         notes: Vec::new(),
+        images,
         plan: None,
         // Gone customers are a new file's question: a retry continues one
         // already asked.
@@ -796,10 +834,13 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
         sandbox,
         planning,
         notes,
+        images,
         plan,
         gone,
         ..
     } = job;
+    let gone = gone.map(|n| n.with_images(images.clone()));
+    let matching = pipeline::Matching { images, ..matching };
     let gone_ledger = gone.as_ref().map(|_| ledger.clone());
     let abort = Arc::new(Abort::default());
     // Stop signals are listened to from the command's start (see
@@ -1091,5 +1132,6 @@ async fn prepare_matching(
         full: args.full,
         group_parts: plan.group_parts().to_vec(),
         feed_on_match: plan.feed_on_match(),
+        images: None,
     })
 }

@@ -44,6 +44,7 @@ pub mod signals;
 pub mod source;
 pub mod state;
 pub mod text;
+pub mod undo;
 pub mod validate;
 
 pub use exit::Exit;

@@ -132,6 +132,8 @@ fn as_run(args: &PlanArgs) -> RunArgs {
         max_errors: 20,
         no_preflight: args.no_preflight,
         sync: args.sync.clone(),
+        // A plan writes nothing, before-images neither.
+        images: crate::cli::ImagesArgs { no_undo: true },
         output: args.output.clone(),
     }
 }

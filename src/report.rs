@@ -45,6 +45,10 @@ pub struct Report {
     pub unreadable_lines: Vec<String>,
     /// The outcomes that are not ok, grouped by reason, most rows first.
     pub reasons: Vec<Reason>,
+    /// What `undo` did to the run, when it was taken back (its own
+    /// ledger, `<LEDGER>.undo-ledger.jsonl`, folded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<crate::undo::record::Summary>,
 }
 
 impl Report {
@@ -71,7 +75,18 @@ impl Report {
             limit: outcomes.limit(),
             unreadable_lines: outcomes.unreadable.clone(),
             reasons: reasons(outcomes),
+            undo: None,
         }
+    }
+
+    /// The report of the ledger at `path`, with what `undo` did to it.
+    pub fn with_undo(mut self, path: &std::path::Path, outcomes: &Outcomes) -> Report {
+        let undo = crate::undo::record::path_for(path);
+        self.undo = match crate::undo::record::read(&undo) {
+            Ok(Some((started, summary))) if started == outcomes.header.started_at => Some(summary),
+            _ => None,
+        };
+        self
     }
 
     /// Whether every row is done.
@@ -185,6 +200,9 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(a) = &report.aborted {
         let _ = write!(out, "\naborted: {a}");
+    }
+    if let Some(u) = &report.undo {
+        let _ = write!(out, "\n{}", crate::undo::record::render(u));
     }
     if let Some(n) = report.limit {
         let _ = write!(

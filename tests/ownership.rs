@@ -142,6 +142,19 @@ async fn three_nights_twenty_gone_deleted_marked_reported_and_the_systems_own_un
                 20,
                 "one DELETE per gone customer"
             );
+            // Each kept whole in the undo file first (`undo` lists them).
+            let images =
+                std::fs::read_to_string(format!("{}.undo.jsonl", ledger2.display())).unwrap();
+            let deleted: Vec<Value> = images
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|i| i["kind"] == "deleted")
+                .collect();
+            assert_eq!(deleted.len(), 20);
+            assert!(deleted
+                .iter()
+                .all(|d| gone_ids.contains(&d["customer_id"].as_i64().unwrap())
+                    && d["fields"]["surname"].is_string()));
         } else if policy.contains("Status") {
             assert_eq!(r2["actions"]["marked"], 20, "{r2}");
             for id in &gone_ids {

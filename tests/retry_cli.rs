@@ -781,11 +781,12 @@ async fn nightly_job_completes_a_crashed_file_and_a_new_one_without_duplicates()
 async fn a_ledger_that_cannot_be_written_stops_the_run_before_sending_more() {
     // A file-size limit stands in for a full disk: past 12 KiB every ledger
     // write fails (EFBIG; SIGXFSZ is ignored so the write returns an error).
+    // No undo file (which would meet the limit first): the ledger's case.
     let sandbox = Sandbox::start(config()).await.unwrap();
     let dir = tempdir();
     let ledger = dir.join("l.jsonl");
     let script = format!(
-        "trap '' XFSZ; ulimit -f 12; exec '{}' run {SAMPLE} --mapping {MAPPING} --url {} --user api_user --no-progress --rate 2000 --batch-size 20 --ledger '{}'",
+        "trap '' XFSZ; ulimit -f 12; exec '{}' run {SAMPLE} --mapping {MAPPING} --url {} --user api_user --no-progress --rate 2000 --batch-size 20 --no-undo --ledger '{}'",
         assert_cmd::cargo::cargo_bin("thulium-import").display(),
         sandbox.url(),
         ledger.display()

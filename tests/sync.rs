@@ -274,12 +274,18 @@ async fn three_nights_import_then_continue_then_a_mapping_edit_sends_only_what_i
         held["X-2"]
     );
     assert!(out.stdout.contains("crm.csv: re-mapped"), "{}", out.stdout);
+    // (Each kept aside with its undo file, `<ledger>.<time>.undo.jsonl`.)
+    let ledgers = |prefix: &str| {
+        let all = named(&work, prefix);
+        let undo = all.iter().filter(|n| n.ends_with(".undo.jsonl")).count();
+        (all.len() - undo, undo)
+    };
     assert_eq!(
-        named(&work, "crm.csv.ledger.jsonl.").len(),
-        1,
-        "last ledger kept aside"
+        ledgers("crm.csv.ledger.jsonl."),
+        (1, 2),
+        "last ledger kept aside, with its undo file"
     );
-    assert_eq!(named(&work, "partners.xlsx.ledger.jsonl.").len(), 1);
+    assert_eq!(ledgers("partners.xlsx.ledger.jsonl.").0, 1);
 
     // Night 4: nothing changed: the new ledgers are continued, nothing sent.
     let before = sandbox.requests().len();

@@ -1,6 +1,7 @@
 //! Customers: `POST batch/customers` (create, not idempotent), `PUT
-//! batch/customers` (update, idempotent) and `GET customers` (search and
-//! page through them).
+//! batch/customers` (update, idempotent), `GET customers` (search and
+//! page through them), `GET customers/:id` (one) and `DELETE
+//! customers/:id` (one, with its items, records and history: `undo`).
 
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -388,6 +389,20 @@ impl super::ApiClient {
             result: match call.result {
                 Ok(c) => Ok(Some(c)),
                 Err(CallError::Refused { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Deletes one customer and its dependencies: `true` when this call
+    /// deleted it, `false` when Thulium answers 404 (already gone).
+    pub async fn delete_customer(&self, customer_id: i64) -> super::Call<bool> {
+        let call = self.send(&DeleteCustomer { customer_id }).await;
+        super::Call {
+            attempts: call.attempts,
+            result: match call.result {
+                Ok(()) => Ok(true),
+                Err(CallError::Refused { status: 404, .. }) => Ok(false),
                 Err(e) => Err(e),
             },
         }

@@ -10,6 +10,8 @@
 //! | `POST batch/customers` | [`customers`] | no | keyed by position |
 //! | `PUT batch/customers` | [`customers`] | yes | keyed by position, or empty: all applied |
 //! | `GET customers` | [`customers`] | yes | a page of customers |
+//! | `GET customers/:id` | [`customers`] | yes | one customer (404: none) |
+//! | `DELETE customers/:id` | [`customers`] | yes (a second finds none: 404) | empty |
 //! | `POST customer_field_group_items` | [`field_groups`] | no | `{"item_id"}` |
 //! | `GET customer_field_group_items` | [`field_groups`] | yes | a page of items |
 //! | `PUT customer_field_group_items/:id` | [`field_groups`] | yes | empty |

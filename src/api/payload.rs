@@ -225,6 +225,36 @@ pub enum CustomerField {
 }
 
 impl CustomerField {
+    /// Every field.
+    pub const ALL: [CustomerField; 19] = [
+        CustomerField::Name,
+        CustomerField::Surname,
+        CustomerField::Email,
+        CustomerField::PhoneNumber,
+        CustomerField::CompanyId,
+        CustomerField::Type,
+        CustomerField::Group,
+        CustomerField::Identifier,
+        CustomerField::Gender,
+        CustomerField::Homepage,
+        CustomerField::Birthdate,
+        CustomerField::Nip,
+        CustomerField::Note,
+        CustomerField::Pesel,
+        CustomerField::Job,
+        CustomerField::JobTitle,
+        CustomerField::AccountManager,
+        CustomerField::Vip,
+        CustomerField::FillReadOnlyCustomFields,
+    ];
+
+    /// The field the API calls `key`.
+    pub fn from_key(key: &str) -> Option<CustomerField> {
+        CustomerField::ALL.into_iter().find(|f| f.key() == key)
+    }
+}
+
+impl CustomerField {
     /// The API's (and the mapping's) name of the field.
     pub fn key(self) -> &'static str {
         match self {
@@ -479,6 +509,62 @@ impl Customer {
         };
         out.retain(|v| !v.is_empty());
         out
+    }
+}
+
+impl Customer {
+    /// The fields of an update that puts back `before` (values as Thulium
+    /// answered them, named as [`crate::current::flatten`] names them:
+    /// `surname`, `custom_fields.Segment`, `address.city`), in the types
+    /// the API takes: a flag answered `"1"` is `true`; an empty value is
+    /// sent empty (an empty list for `email` and `phone_number`, `""`
+    /// otherwise, which clears a custom field). Fields it cannot send
+    /// (unknown names, an empty `company_id`) come back apart.
+    pub fn restoring(before: &serde_json::Map<String, Value>) -> (Customer, Vec<String>) {
+        let mut out = Customer::default();
+        let mut left = Vec::new();
+        for (name, value) in before {
+            let empty = crate::current::is_empty(value);
+            match name.split_once('.') {
+                Some(("custom_fields", key)) => {
+                    let v = if empty {
+                        Scalar::Text(String::new())
+                    } else {
+                        Scalar::from_value(value.clone())
+                    };
+                    out.custom_fields.0.push((key.to_string(), v));
+                }
+                Some((outer, part)) => {
+                    let kind = AddressKind::ALL.into_iter().find(|k| k.key() == outer);
+                    let part = AddressPart::ALL.into_iter().find(|p| p.key() == part);
+                    match (kind, part) {
+                        (Some(kind), Some(part)) => {
+                            let v = if empty {
+                                Value::from("")
+                            } else {
+                                value.clone()
+                            };
+                            out.address_mut(kind).set(part, v);
+                        }
+                        _ => left.push(name.clone()),
+                    }
+                }
+                None => match CustomerField::from_key(name) {
+                    Some(f @ (CustomerField::Vip | CustomerField::FillReadOnlyCustomFields)) => {
+                        let on = crate::current::canonical("vip", value) == "1";
+                        out.set(f, Value::Bool(on));
+                    }
+                    Some(CustomerField::CompanyId) if empty => left.push(name.clone()),
+                    Some(f @ (CustomerField::Email | CustomerField::PhoneNumber)) if empty => {
+                        out.set(f, Value::Array(Vec::new()))
+                    }
+                    Some(f) if empty => out.set(f, Value::from("")),
+                    Some(f) => out.set(f, value.clone()),
+                    None => left.push(name.clone()),
+                },
+            }
+        }
+        (out, left)
     }
 }
 

@@ -443,6 +443,7 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                     },
                     ..args.sync.clone()
                 },
+                images: args.images.clone(),
                 output: output_for(&args.output, file),
             };
             super::run_command(run).await.map(|exit| (exit, None))
@@ -458,6 +459,7 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 mapping: Some(args.mapping.clone()),
                 no_preflight: args.no_preflight,
                 sync: args.sync.clone(),
+                images: args.images.clone(),
                 pace: args.pace.clone(),
                 output: output_for(&args.output, file),
             };

@@ -23,6 +23,7 @@ use crate::ledger::{Action, Entry, Intent, RowEvent, Stage, Status};
 use crate::mapping::{ItemMode, OnMatch, OnMissing};
 use crate::state::Learnt;
 use crate::text::join_ids;
+use crate::undo::images::Image;
 
 /// Drops the stages that need the row's customer (it has none), once the
 /// row is already being sent (its outcomes counted): the stages dropped
@@ -594,13 +595,22 @@ async fn create_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
         if rows.is_empty() {
             break;
         }
-        let intent = Intent {
-            stage: Stage::Customer,
-            group: None,
-            rows: rows.iter().map(|r| r.id.row).collect(),
-        };
-        if !run.record(vec![Entry::Intent(intent)]).await {
-            return settled;
+        // The undo file first (what is about to be created), then the
+        // intent. An undo file that cannot be written stops the run: no
+        // intent, and the bisection records the rows not sent.
+        let created = rows
+            .iter()
+            .filter_map(|r| Some(Image::created(r.id.row, r.payloads.customer.as_ref()?)))
+            .collect();
+        if run.before_images(created).await {
+            let intent = Intent {
+                stage: Stage::Customer,
+                group: None,
+                rows: rows.iter().map(|r| r.id.row).collect(),
+            };
+            if !run.record(vec![Entry::Intent(intent)]).await {
+                return settled;
+            }
         }
         let batch = CreateBatch {
             run,
@@ -792,6 +802,22 @@ async fn update_customers(run: &Run, rows: Vec<MappedRow>) -> Vec<(MappedRow, Cu
         if rows.is_empty() {
             break;
         }
+        // What the updates overwrite, durable before they are sent (an
+        // undo file that cannot be written stops the run: the rows are
+        // then recorded not sent).
+        let overwritten = rows
+            .iter()
+            .filter_map(|r| {
+                let fields = update_fields(run, r)?.fields;
+                Some(Image::updated(
+                    r.id.row,
+                    r.update_of?,
+                    &fields,
+                    r.current.as_ref(),
+                ))
+            })
+            .collect();
+        run.before_images(overwritten).await;
         let batch = UpdateBatch {
             run,
             settled: Mutex::new(Vec::with_capacity(rows.len())),
@@ -858,8 +884,14 @@ async fn find_again(
             .as_ref()
             .map_or(OnMissing::Create, |u| u.on_missing);
         match found {
-            Found::Matched { customer_id, .. } if customer_id != gone_id => {
+            Found::Matched {
+                customer_id,
+                current,
+                ..
+            } if customer_id != gone_id => {
                 row.update_of = Some(customer_id);
+                // What it holds, for the undo file's before-image.
+                row.current = current;
                 update.push(row);
                 continue;
             }

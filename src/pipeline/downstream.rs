@@ -804,6 +804,28 @@ async fn update_item(
         run.record(vec![Entry::Row(ev)]).await;
         return;
     }
+    // Its values before, durable before the update is sent.
+    let image = now.map(|old| {
+        crate::undo::images::Image::item(
+            ev.row,
+            item.index,
+            ev.customer_id.unwrap_or_default(),
+            item.group_id,
+            old,
+            &values,
+        )
+    });
+    let id = RowId {
+        row: ev.row,
+        line: ev.line,
+        offset: ev.offset,
+        fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
+    };
+    if !run.before_images(image.into_iter().collect()).await {
+        return run
+            .stopped(&[id], Stage::FieldGroup, Some(item.index))
+            .await;
+    }
     let call = run
         .write(&UpdateItem {
             item_id,
@@ -814,12 +836,6 @@ async fn update_item(
     let fate = match &call.result {
         Ok(fate) => fate,
         Err(e) => &RowFate::of_call(e),
-    };
-    let id = RowId {
-        row: ev.row,
-        line: ev.line,
-        offset: ev.offset,
-        fp: ev.fp.as_deref().and_then(crate::ledger::parse_fingerprint),
     };
     let part = run.matching.group_part(item.index);
     let hash = item_hash(item);

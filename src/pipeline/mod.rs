@@ -168,6 +168,10 @@ pub struct Matching {
     pub group_parts: Vec<String>,
     /// `[feed] on_match`: a message for a customer found, without proof.
     pub feed_on_match: crate::mapping::FeedOnMatch,
+    /// The undo file, unless `--no-undo`: what the run's updates
+    /// overwrite (the values found with the customers and items), written
+    /// before each is sent.
+    pub images: Option<Arc<crate::undo::images::Images>>,
 }
 
 impl Matching {
@@ -392,6 +396,25 @@ impl Run {
             }
         }
         match self.ledger.write(&entries).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.abort.trip(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Writes before-images (`undo`'s) durably, before the calls they
+    /// describe are sent; an undo file that cannot be written stops the
+    /// run (nothing is sent that could not be taken back). `false` then.
+    async fn before_images(&self, images: Vec<crate::undo::images::Image>) -> bool {
+        let Some(file) = &self.matching.images else {
+            return true;
+        };
+        if images.is_empty() {
+            return true;
+        }
+        match file.record(images).await {
             Ok(()) => true,
             Err(e) => {
                 self.abort.trip(e.to_string());
