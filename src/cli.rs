@@ -24,10 +24,12 @@ pub struct Cli {
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  every row done (check: every row valid; init: the mapping written)
-  1  finished, but some rows are not done (invalid, failed, unknown)
+  1  finished, but some rows are not done (invalid, failed, unknown; plan: rows the
+     run would not do; undo: something kept or not undoable)
   2  unusable input: the mapping, the file, the flags, the credentials, an existing
      ledger, a ledger (sync: a drop folder) another process is using, or an edited
-     copy whose rows moved; nothing was sent
+     copy whose rows moved; a guard (--max-changes, --max-gone; plan: the run it
+     plans would stop there); nothing was sent
   3  aborted: authentication refused (401/403), the circuit breaker, --max-failures or
      --max-failure-rate, a ledger or state that cannot be written, a source that fails
      mid-file, a redirect, a list the server pages wrongly, a system that cannot be
@@ -49,6 +51,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Retry(RetryArgs),
     /// Show what `run` would do, row by row and field by field against the live system, sending no write and keeping no file.
+    #[command(after_help = EXIT_CODES)]
     Plan(PlanArgs),
     /// Summarise a ledger; optionally write the rows not done as a CSV to fix.
     #[command(after_help = EXIT_CODES)]
@@ -62,6 +65,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Sync(NightlyArgs),
     /// Take a run back: delete the customers it created, put back what it overwrote, keep what people changed since.
+    #[command(after_help = EXIT_CODES)]
     Undo(UndoArgs),
 }
 
@@ -281,7 +285,8 @@ pub struct RunArgs {
 /// and `--state`), without those of a ledger, and how to show the plan.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// The CSV export (or spreadsheet) to plan the import of.
+    /// The export to plan the import of: a CSV or a spreadsheet (.xlsx, .xls, .ods).
+    #[arg(value_name = "FILE")]
     pub csv: PathBuf,
     /// The TOML column mapping.
     #[arg(long)]

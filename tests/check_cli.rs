@@ -208,7 +208,9 @@ fn a_file_that_is_not_an_export_is_said_in_one_sentence_with_exit_2() {
 /// the exit codes, where the password comes from, what `<FILE>` may be.
 #[test]
 fn help_tells_the_exit_codes_credentials_and_what_a_file_may_be() {
-    for command in ["run", "check", "init", "retry", "sync", "report"] {
+    for command in [
+        "run", "check", "init", "retry", "sync", "report", "plan", "undo",
+    ] {
         let out = bin().args([command, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0));
         let help = String::from_utf8(out.stdout).unwrap();
@@ -226,7 +228,7 @@ fn help_tells_the_exit_codes_credentials_and_what_a_file_may_be() {
             );
         }
     }
-    for command in ["run", "check", "init"] {
+    for command in ["run", "check", "init", "plan"] {
         let out = bin().args([command, "--help"]).output().unwrap();
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(help.contains("<FILE>"), "{help}");
