@@ -61,9 +61,23 @@ pub enum Command {
     /// The nightly job: import every export in a drop folder, one ledger per file, continuing or starting over as each file says.
     #[command(after_help = EXIT_CODES)]
     Sync(NightlyArgs),
-    /// Take a run back: delete the customers it created, put back what it overwrote, keep what people changed since.
+    /// Take a run back: delete the customers it created, put back what it overwrote (a gone customer's mark too), create again under a new id the customers it deleted (on_gone), keep what people changed since.
+    #[command(after_help = UNDO_EXIT_CODES)]
     Undo(UndoArgs),
 }
+
+/// What `undo`'s exit codes mean.
+pub const UNDO_EXIT_CODES: &str = "\
+Exit codes:
+  0  everything reversed; a customer the run deleted (on_gone) and created again
+     counts as reversed: it is back under a NEW id, with its fields; its items,
+     campaign records and contact history were deleted with it and are not brought
+     back (its message says so)
+  1  something kept (a person changed it since, or someone created the deleted
+     customer again), errored (run undo again) or not undoable
+  2  cannot start: no undo file, creations of unknown outcome to look up (run retry)
+  3  stopped early: a stop signal, authentication refused; run undo again
+";
 
 /// Before-images for `undo` (`<LEDGER>.undo.jsonl`), on by default.
 #[derive(Debug, Clone, Default, Args)]

@@ -568,6 +568,45 @@ impl Customer {
     }
 }
 
+impl Customer {
+    /// A customer to create again from what `GET customers/:id` answered
+    /// for it (custom fields and addresses included): every non-empty
+    /// field `POST batch/customers` takes, in its types; every phone
+    /// number (`phone_numbers`) when it had several. Custom fields are
+    /// sent with `fill_read_only_custom_fields`, so that read-only ones
+    /// come back too. The names of the fields answered but not sent (read
+    /// only: `company_flag`, `updated_at`, ...) come back apart.
+    pub fn recreating(answered: &serde_json::Map<String, Value>) -> (Customer, Vec<String>) {
+        let mut nonempty = serde_json::Map::new();
+        let mut skipped = Vec::new();
+        let phones = match answered.get("phone_numbers") {
+            Some(Value::Array(list)) if list.len() > 1 => Some(Value::Array(list.clone())),
+            _ => None,
+        };
+        for (name, value) in crate::current::flatten(&Value::Object(answered.clone())) {
+            if crate::current::is_empty(&value) {
+                continue;
+            }
+            match name.as_str() {
+                // Bookkeeping, or said by `phone_number` already.
+                "updated_at" | "created_at" | "phone_numbers" => {}
+                "phone_number" => {
+                    nonempty.insert(name, phones.clone().unwrap_or(value));
+                }
+                _ => {
+                    nonempty.insert(name, value);
+                }
+            }
+        }
+        let (mut out, left) = Customer::restoring(&nonempty);
+        skipped.extend(left);
+        if !out.custom_fields.is_empty() {
+            out.fill_read_only_custom_fields = Some(true);
+        }
+        (out, skipped)
+    }
+}
+
 /// One entry of `PUT batch/customers`: the customer's id and the fields to
 /// change (`surname` optional).
 #[derive(Debug, Clone, PartialEq, Serialize)]
