@@ -828,7 +828,11 @@ fn data_of(c: &Value) -> Value {
 /// How many customers hold each identifier (never two, after an undo).
 fn per_identifier(sandbox: &Sandbox) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
-    for c in sandbox.state_json()["customers"].as_object().unwrap().values() {
+    for c in sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
         if let Some(i) = c["identifier"].as_str() {
             *n.entry(i.to_string()).or_default() += 1;
         }
@@ -902,7 +906,10 @@ async fn undo_of_a_night_brings_the_deleted_back_under_new_ids_and_the_next_nigh
         assert_eq!(t["outcome"], "reversed", "{t}");
         assert!(old_ids.contains(&t["customer_id"].as_i64().unwrap()));
         let m = t["message"].as_str().unwrap();
-        assert!(m.contains("NEW id") && m.contains("not brought back"), "{m}");
+        assert!(
+            m.contains("NEW id") && m.contains("not brought back"),
+            "{m}"
+        );
     }
     // Back with every field, under new ids.
     let now = common::by_identifier(&sandbox);
@@ -939,7 +946,11 @@ async fn undo_of_a_night_brings_the_deleted_back_under_new_ids_and_the_next_nigh
     assert!(per_identifier(&sandbox).values().all(|n| *n == 1));
     let new_ids: Vec<i64> = gone
         .iter()
-        .map(|k| common::by_identifier(&sandbox)[k]["customer_id"].as_i64().unwrap())
+        .map(|k| {
+            common::by_identifier(&sandbox)[k]["customer_id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
 
     // Night 4: they are gone again, under their new ids.
@@ -1072,7 +1083,11 @@ async fn undo_of_a_mark_puts_the_field_back_and_keeps_an_agents_change() {
 
     let out = undo(&sandbox, &ledger2, &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.text());
-    assert!(out.stdout.contains("undo: 4 reversed, 1 kept"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("undo: 4 reversed, 1 kept"),
+        "{}",
+        out.stdout
+    );
     let now = common::by_identifier(&sandbox);
     for i in 36..=39 {
         assert_eq!(
@@ -1119,7 +1134,11 @@ async fn undo_keeps_a_deleted_customer_someone_created_again() {
 
     let out = undo(&sandbox, &ledger2, &[]).await;
     assert_eq!(out.code, Some(1), "{}", out.text());
-    assert!(out.stdout.contains("undo: 4 reversed, 1 kept"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("undo: 4 reversed, 1 kept"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("not created twice"), "{}", out.stdout);
     assert!(per_identifier(&sandbox).values().all(|n| *n == 1));
     assert_eq!(common::customers(&sandbox), 40);

@@ -791,6 +791,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_customer_created_again_sends_what_post_takes_and_names_the_rest() {
+        let answered = json!({
+            "customer_id": 7, "surname": "Nowak", "name": "", "email": "a@b.pl",
+            "phone_number": "48600000001", "phone_numbers": ["48600000001", "48600000002"],
+            "company_id": "", "company_flag": "0", "vip": "1", "updated_at": "2025-01-01 00:00:00",
+            "custom_fields": {"Segment": "A", "Empty": null},
+            "address": {"city": "Gdańsk", "street": ""}, "invoice_address": null
+        });
+        let (c, skipped) = Customer::recreating(answered.as_object().unwrap());
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({
+                "surname": "Nowak", "email": "a@b.pl",
+                "phone_number": ["48600000001", "48600000002"], "vip": true,
+                "fill_read_only_custom_fields": true,
+                "address": {"city": "Gdańsk"}, "custom_fields": {"Segment": "A"}
+            })
+        );
+        assert_eq!(skipped, ["company_flag"]);
+    }
+
+    #[test]
     fn absent_fields_are_not_sent_and_ids_are_numbers() {
         let mut c = Customer::default();
         c.set(CustomerField::Surname, json!("Kowalski"));

@@ -491,6 +491,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn the_seen_keys_of_a_gone_customer_round_trip_as_hex() {
+        let keys = [0u128, 7, u128::MAX];
+        let seen = SeenKeys::of("job", &keys);
+        assert_eq!(seen.keys[1].len(), 32);
+        assert_eq!(seen.hashes(), keys);
+    }
+
+    #[test]
     fn an_update_keeps_only_what_it_overwrites_and_signs_what_it_sends() {
         let written = current::Written::of_names(["surname", "name", "custom_fields.Segment"]);
         let now = written.keep(&crate::api::customers::FoundCustomer {

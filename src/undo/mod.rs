@@ -447,8 +447,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             Entry::Gone(g) => match (g.status, g.action) {
                 // Found gone from Thulium already: the run deleted nothing.
                 (Some(Status::Ok), Some(Action::Deleted))
-                    if g
-                        .message
+                    if g.message
                         .as_deref()
                         .is_some_and(|m| m.contains("already gone from Thulium")) => {}
                 (Some(Status::Ok), Some(Action::Deleted)) => {
@@ -514,8 +513,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     let mut updates: HashMap<i64, Vec<Overwritten>> = HashMap::new();
     let mut items: HashMap<i64, Vec<(i64, Vec<ItemField>, Layer)>> = HashMap::new();
     let mut deleted_image: HashMap<i64, (Map<String, Value>, Option<SeenKeys>)> = HashMap::new();
-    let mut marked_image: HashMap<i64, (Map<String, Value>, Vec<String>, Layer, Option<SeenKeys>)> =
-        HashMap::new();
+    let mut marked_image: HashMap<i64, (Overwritten, Option<SeenKeys>)> = HashMap::new();
     for image in all {
         match image {
             Image::Created { row, fields, sent } => {
@@ -551,7 +549,10 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                 sent,
                 ..
             } => {
-                let fields = before.iter().map(|f| images::item_field(f.field_id)).collect();
+                let fields = before
+                    .iter()
+                    .map(|f| images::item_field(f.field_id))
+                    .collect();
                 items.entry(*item_id).or_default().push((
                     *group_id,
                     before.clone(),
@@ -580,12 +581,14 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                 let fields = before.keys().chain(unknown).cloned().collect();
                 // The first value before is the one to put back.
                 marked_image.entry(*customer_id).or_insert((
-                    before.clone(),
-                    unknown.clone(),
-                    Layer {
-                        fields,
-                        sent: sent.clone(),
-                    },
+                    (
+                        before.clone(),
+                        unknown.clone(),
+                        Layer {
+                            fields,
+                            sent: sent.clone(),
+                        },
+                    ),
                     seen.clone(),
                 ));
             }
@@ -624,7 +627,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     marked_ids.sort_unstable();
     for customer_id in marked_ids {
         match marked_image.remove(&customer_id) {
-            Some((before, unknown, layer, seen)) => work.push(Work::Restore {
+            Some(((before, unknown, layer), seen)) => work.push(Work::Restore {
                 customer_id,
                 rows: Vec::new(),
                 before,
@@ -930,7 +933,12 @@ impl Ctx<'_> {
         fields: &Map<String, Value>,
     ) -> TargetEvent {
         const LOST: &str = "its field-group items, campaign records and contact history were deleted with it and are not brought back";
-        match self.client.get_customer(customer_id, &Written::default()).await.result {
+        match self
+            .client
+            .get_customer(customer_id, &Written::default())
+            .await
+            .result
+        {
             Ok(Some(_)) => {
                 let mut ev = work.event(Outcome::Reversed);
                 ev.message = Some("still in Thulium under its id (the DELETE was not made): nothing to bring back".into());
