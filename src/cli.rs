@@ -18,14 +18,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the credentials come from, at the end of every command's help
+/// that talks to the system.
+macro_rules! credentials_help {
+    () => {
+        "
+
+Credentials (where a command talks to the system): --url or THULIUM_URL, --user or
+THULIUM_USER, the password from THULIUM_PASSWORD or --password-file
+(THULIUM_PASSWORD_FILE), never from a flag."
+    };
+}
+
 /// The exit codes, as `README.md` ("Exit codes") and `exit.rs` have them:
 /// the end of the help of every command that runs, one text for all, so
 /// that a script's author reads them where they look first.
-pub const EXIT_CODES: &str = "\
+pub const EXIT_CODES: &str = concat!(
+    "\
 Exit codes:
   0  every row done (check: every row valid; init: the mapping written)
   1  finished, but some rows are not done (invalid, failed, unknown; plan: rows the
-     run would not do; undo: something kept or not undoable)
+     run would not do)
   2  unusable input: the mapping, the file, the flags, the credentials, an existing
      ledger, a ledger (sync: a drop folder) another process is using, or an edited
      copy whose rows moved; a guard (--max-changes, --max-gone; plan: the run it
@@ -33,11 +46,9 @@ Exit codes:
   3  aborted: authentication refused (401/403), the circuit breaker, --max-failures or
      --max-failure-rate, a ledger or state that cannot be written, a source that fails
      mid-file, a redirect, a list the server pages wrongly, a system that cannot be
-     reached, or a stop signal (Ctrl-C, SIGTERM, SIGHUP); the ledger is consistent
-
-Credentials (where a command talks to the system): --url or THULIUM_URL, --user or
-THULIUM_USER, the password from THULIUM_PASSWORD or --password-file
-(THULIUM_PASSWORD_FILE), never from a flag.";
+     reached, or a stop signal (Ctrl-C, SIGTERM, SIGHUP); the ledger is consistent",
+    credentials_help!()
+);
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -64,10 +75,25 @@ pub enum Command {
     /// The nightly job: import every export in a drop folder, one ledger per file, continuing or starting over as each file says.
     #[command(after_help = EXIT_CODES)]
     Sync(NightlyArgs),
-    /// Take a run back: delete the customers it created, put back what it overwrote, keep what people changed since.
-    #[command(after_help = EXIT_CODES)]
+    /// Take a run back: delete the customers it created, put back what it overwrote (a gone customer's mark too), create again under a new id the customers it deleted (on_gone), keep what people changed since.
+    #[command(after_help = UNDO_EXIT_CODES)]
     Undo(UndoArgs),
 }
+
+/// What `undo`'s exit codes mean.
+pub const UNDO_EXIT_CODES: &str = concat!(
+    "\
+Exit codes:
+  0  everything reversed; a customer the run deleted (on_gone) and created again
+     counts as reversed: it is back under a NEW id, with its fields; its items,
+     campaign records and contact history were deleted with it and are not brought
+     back (its message says so)
+  1  something kept (a person changed it since, or someone created the deleted
+     customer again), errored (run undo again) or not undoable
+  2  cannot start: no undo file, creations of unknown outcome to look up (run retry)
+  3  stopped early: a stop signal, authentication refused; run undo again",
+    credentials_help!()
+);
 
 /// Before-images for `undo` (`<LEDGER>.undo.jsonl`), on by default.
 #[derive(Debug, Clone, Default, Args)]

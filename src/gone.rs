@@ -413,6 +413,7 @@ impl Night {
         stopped: &mut Option<String>,
     ) -> Result<Vec<GoneEvent>, String> {
         let mut out = Vec::with_capacity(self.gone.len());
+        let seen = self.seen_of_gone();
         let record = |ev: &GoneEvent| {
             let entry = [Entry::Gone(ev.clone())];
             async move { ledger.write(&entry).await.map_err(|e| e.to_string()) }
@@ -425,7 +426,8 @@ impl Night {
                 stopped.get_or_insert(why);
                 continue;
             }
-            if let Err(why) = before_delete(client, self.images.as_ref(), customer_id).await {
+            let keys = seen.get(&customer_id).cloned();
+            if let Err(why) = before_delete(client, self.images.as_ref(), customer_id, keys).await {
                 let ev = self.event(
                     customer_id,
                     Status::Failed,
@@ -468,8 +470,68 @@ impl Night {
         Ok(out)
     }
 
+    /// The gone customers' records in the state's `seen` (what handling
+    /// them forgets there): kept in their before-images, for `undo`.
+    fn seen_of_gone(&self) -> HashMap<i64, crate::undo::images::SeenKeys> {
+        let gone: HashSet<i64> = self.gone.iter().copied().collect();
+        let mut keys: HashMap<i64, Vec<KeyHash>> = HashMap::new();
+        for (customer_id, key) in self.state.seen(&self.job) {
+            if gone.contains(&customer_id) {
+                keys.entry(customer_id).or_default().push(key);
+            }
+        }
+        keys.into_iter()
+            .map(|(id, mut k)| {
+                k.sort_unstable();
+                (id, crate::undo::images::SeenKeys::of(&self.job, &k))
+            })
+            .collect()
+    }
+
+    /// Before a chunk is marked: each customer's field read and its old
+    /// value written to the undo file (durable) first. The customers whose
+    /// value cannot be read come back apart, with why: they are not
+    /// marked (a mark without its before-image could not be taken back).
+    async fn before_mark(
+        &self,
+        client: &ApiClient,
+        chunk: &[i64],
+        field: &str,
+        payload: &Customer,
+        seen: &HashMap<i64, crate::undo::images::SeenKeys>,
+    ) -> Result<Vec<(i64, String)>, String> {
+        let Some(images) = &self.images else {
+            return Ok(Vec::new());
+        };
+        let written = crate::current::Written {
+            custom: vec![field.to_string()],
+            ..crate::current::Written::default()
+        };
+        let mut out = Vec::new();
+        let mut unread = Vec::new();
+        for &customer_id in chunk {
+            match client.get_customer(customer_id, &written).await.result {
+                Ok(Some(c)) => out.push(crate::undo::images::Image::marked(
+                    customer_id,
+                    payload,
+                    Some(&written.keep(&c)),
+                    seen.get(&customer_id).cloned(),
+                )),
+                // Gone already: the PUT says so, nothing to keep.
+                Ok(None) => {}
+                Err(e) => unread.push((
+                    customer_id,
+                    format!("could not read it for its before-image: {e}"),
+                )),
+            }
+        }
+        images.record(out).await.map_err(|e| e.to_string())?;
+        Ok(unread)
+    }
+
     /// One custom field set on each gone customer (`PUT batch/customers`,
-    /// idempotent), in batches.
+    /// idempotent), in batches; each customer's old value of the field
+    /// goes to the undo file first.
     async fn mark(
         &self,
         client: &ApiClient,
@@ -480,6 +542,11 @@ impl Night {
         stopped: &mut Option<String>,
     ) -> Vec<GoneEvent> {
         let mut out = Vec::with_capacity(self.gone.len());
+        let seen = self.seen_of_gone();
+        let payload = Customer {
+            custom_fields: Named(vec![(field.to_string(), Scalar::Text(value.to_string()))]),
+            ..Customer::default()
+        };
         for chunk in self.gone.chunks(batch_size.max(1)) {
             if let Some(why) = stopping(abort) {
                 out.extend(
@@ -490,17 +557,36 @@ impl Night {
                 stopped.get_or_insert(why);
                 continue;
             }
+            let unread = match self
+                .before_mark(client, chunk, field, &payload, &seen)
+                .await
+            {
+                Ok(unread) => unread,
+                // The undo file cannot be written: nobody in the chunk is
+                // marked without it.
+                Err(why) => chunk.iter().map(|&id| (id, why.clone())).collect(),
+            };
+            for (customer_id, why) in &unread {
+                out.push(self.event(
+                    *customer_id,
+                    Status::Failed,
+                    Action::Marked,
+                    format!("{}: not marked: {why}", self.why()),
+                ));
+            }
+            let chunk: Vec<i64> = chunk
+                .iter()
+                .copied()
+                .filter(|id| !unread.iter().any(|(u, _)| u == id))
+                .collect();
+            if chunk.is_empty() {
+                continue;
+            }
             let updates: Vec<CustomerUpdate> = chunk
                 .iter()
                 .map(|&customer_id| CustomerUpdate {
                     customer_id,
-                    fields: Customer {
-                        custom_fields: Named(vec![(
-                            field.to_string(),
-                            Scalar::Text(value.to_string()),
-                        )]),
-                        ..Customer::default()
-                    },
+                    fields: payload.clone(),
                 })
                 .collect();
             let call = client
@@ -578,14 +664,16 @@ fn failed(mut ev: GoneEvent, e: &CallError) -> GoneEvent {
 
 /// Just before a gone customer is deleted: the one place where its
 /// before-image is kept. Read whole (custom fields and addresses too), it
-/// goes to the undo file, durable, before the `DELETE` (`undo` lists it;
-/// the API cannot create it again under its id). Without an undo file
+/// goes to the undo file, durable, before the `DELETE`, with its record in
+/// the state's `seen` (`undo` creates it again from there, under a new
+/// id: the API cannot create it under its old one). Without an undo file
 /// (`--no-undo`) nothing is kept. An `Err` keeps the customer: it is not
 /// deleted without its before-image.
 pub async fn before_delete(
     client: &ApiClient,
     images: Option<&Arc<crate::undo::images::Images>>,
     customer_id: i64,
+    seen: Option<crate::undo::images::SeenKeys>,
 ) -> Result<(), String> {
     let Some(images) = images else {
         return Ok(());
@@ -601,7 +689,7 @@ pub async fn before_delete(
         // Gone already: the DELETE finds none.
         Ok(None) => Ok(()),
         Ok(Some(c)) => images
-            .deleted(customer_id, c.fields)
+            .deleted(customer_id, c.fields, seen)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("could not read it for its before-image: {e}")),

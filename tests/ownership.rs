@@ -777,3 +777,373 @@ async fn sigterm_during_the_deletions_stops_between_two_and_the_next_file_does_t
     assert_eq!(deletes(before), 20 - sent);
     assert_eq!(common::customers(&sandbox), 20);
 }
+
+/// Customers with e-mail, phone, an address part and a custom field, for
+/// `undo` of a night's gone handling: `on_gone` given.
+fn full_mapping(dir: &Path, on_gone: &str) -> PathBuf {
+    let m = dir.join("full.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "[source]\ndelimiter = \";\"\n[customer]\nmatch = \"identifier\"\nidentifier = \"ID\"\nsurname = \"Nazwisko\"\nname = \"Imię\"\nemail = \"Email\"\nphone_number = \"Tel\"\n{on_gone}\n[customer.address]\ncity = \"Miasto\"\n[customer.custom_fields]\n\"Segment\" = \"Segment\"\n\"Status\" = \"Status\"\n"
+        ),
+    )
+    .unwrap();
+    m
+}
+
+fn full_export(path: &Path, ids: impl IntoIterator<Item = usize>) {
+    let mut text = String::from("ID;Imię;Nazwisko;Email;Tel;Miasto;Segment;Status\n");
+    for i in ids {
+        text.push_str(&format!(
+            "K{i:04};Imie{i};Nazwisko{i};k{i}@example.pl;48600{i:06};Miasto{i};Seg{};aktywny\n",
+            i % 3
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `undo <LEDGER>` against the sandbox (the state: the one the night used).
+async fn undo(sandbox: &Sandbox, ledger: &Path, extra: &[&str]) -> common::Out {
+    let mut cmd = common::bin(PASSWORD);
+    cmd.arg("undo")
+        .arg(ledger)
+        .args(["--url", &sandbox.url(), "--user", "api_user"])
+        .args(["--rate", "5000", "--max-consecutive-failures", "0"])
+        .args(extra);
+    common::output(cmd).await
+}
+
+/// A customer as the sandbox holds it, without what is not its data (its
+/// id, `updated_at`, the flag that lets read-only custom fields be
+/// written again).
+fn data_of(c: &Value) -> Value {
+    let mut c = c.clone();
+    for k in ["customer_id", "updated_at", "fill_read_only_custom_fields"] {
+        c.as_object_mut().unwrap().remove(k);
+    }
+    c
+}
+
+/// How many customers hold each identifier (never two, after an undo).
+fn per_identifier(sandbox: &Sandbox) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for c in sandbox.state_json()["customers"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
+        if let Some(i) = c["identifier"].as_str() {
+            *n.entry(i.to_string()).or_default() += 1;
+        }
+    }
+    n
+}
+
+/// The ids the gone lines of a ledger name.
+fn gone_named(ledger: &Path) -> Vec<i64> {
+    let mut ids: Vec<i64> = std::fs::read_to_string(ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "gone")
+        .map(|l| l["customer_id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Night 1 imports 40; night 2 lacks 5, deleted under `on_gone =
+/// "delete"`. `undo --dry-run` of night 2 sends nothing; `undo` creates
+/// the 5 again from their before-images (every field as before, a new
+/// id), exit 0, and run again sends nothing. Night 3 has them again:
+/// present (nobody gone, nobody created twice); night 4 lacks them again:
+/// gone again, deleted under their new ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_of_a_night_brings_the_deleted_back_under_new_ids_and_the_next_nights_follow() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = full_mapping(&dir, "on_gone = \"delete\"");
+    let day1 = dir.join("export-1.csv");
+    full_export(&day1, 1..=40);
+    let (n1, _) = night(&sandbox, &dir, &day1, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let gone: Vec<String> = (36..=40).map(|i| format!("K{i:04}")).collect();
+    let before = common::by_identifier(&sandbox);
+    let old_ids: Vec<i64> = gone
+        .iter()
+        .map(|k| before[k]["customer_id"].as_i64().unwrap())
+        .collect();
+
+    let day2 = dir.join("export-2.csv");
+    full_export(&day2, 1..=35);
+    let (n2, ledger2) = night(&sandbox, &dir, &day2, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    assert_eq!(common::report(&ledger2)["actions"]["deleted"], 5);
+    assert_eq!(common::customers(&sandbox), 35);
+
+    // A dry run: says what it would do, sends and writes nothing.
+    let from = sandbox.requests().len();
+    let dry = undo(&sandbox, &ledger2, &["--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{}", dry.text());
+    assert!(dry.stdout.contains("undo: 5 reversed"), "{}", dry.stdout);
+    assert!(writes_since(&sandbox, from).is_empty());
+    assert!(!PathBuf::from(format!("{}.undo-ledger.jsonl", ledger2.display())).exists());
+
+    let from = sandbox.requests().len();
+    let out = undo(&sandbox, &ledger2, &["--json"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let writes = writes_since(&sandbox, from);
+    assert_eq!(writes.len(), 5, "one POST each: {writes:?}");
+    assert!(writes
+        .iter()
+        .all(|w| w.method == "POST" && w.path.ends_with("batch/customers")));
+    let j: Value = serde_json::from_str(&out.stdout).unwrap();
+    let targets = j["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 5, "{j}");
+    for t in targets {
+        assert_eq!(t["undo"], "recreate", "{t}");
+        assert_eq!(t["outcome"], "reversed", "{t}");
+        assert!(old_ids.contains(&t["customer_id"].as_i64().unwrap()));
+        let m = t["message"].as_str().unwrap();
+        assert!(
+            m.contains("NEW id") && m.contains("not brought back"),
+            "{m}"
+        );
+    }
+    // Back with every field, under new ids.
+    let now = common::by_identifier(&sandbox);
+    assert_eq!(common::customers(&sandbox), 40);
+    for (k, old) in gone.iter().zip(&old_ids) {
+        let c = &now[k];
+        let new = c["customer_id"].as_i64().unwrap();
+        assert_ne!(new, *old, "{k}: a new id");
+        assert!(
+            targets.iter().any(|t| t["new_customer_id"] == new),
+            "{k}: its new id said"
+        );
+        assert_eq!(data_of(c), data_of(&before[k]), "{k}");
+    }
+    // Run again: settled, nothing sent twice.
+    let from = sandbox.requests().len();
+    let again = undo(&sandbox, &ledger2, &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.text());
+    assert!(writes_since(&sandbox, from).is_empty());
+    assert_eq!(common::report(&ledger2)["undo"]["counts"]["reversed"], 5);
+
+    // Night 3: they are in the export again: present, none created twice.
+    let day3 = dir.join("export-3.csv");
+    full_export(&day3, 1..=40);
+    let from = sandbox.requests().len();
+    let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &[]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    let r3 = common::report(&ledger3);
+    assert_eq!(r3["actions"]["deleted"], 0, "{r3}");
+    assert_eq!(r3["actions"]["created"], 0, "{r3}");
+    assert!(writes_since(&sandbox, from)
+        .iter()
+        .all(|w| w.method != "DELETE" && w.method != "POST"));
+    assert!(per_identifier(&sandbox).values().all(|n| *n == 1));
+    let new_ids: Vec<i64> = gone
+        .iter()
+        .map(|k| {
+            common::by_identifier(&sandbox)[k]["customer_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+
+    // Night 4: they are gone again, under their new ids.
+    let day4 = dir.join("export-4.csv");
+    full_export(&day4, 1..=35);
+    let (n4, ledger4) = night(&sandbox, &dir, &day4, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n4.code, Some(0), "{}", n4.text());
+    assert_eq!(common::report(&ledger4)["actions"]["deleted"], 5);
+    let mut expected = new_ids.clone();
+    expected.sort_unstable();
+    assert_eq!(gone_named(&ledger4), expected);
+    assert_eq!(common::customers(&sandbox), 35);
+}
+
+/// The POSTs of an undo under faults that leave their outcome unknown
+/// (the customer created, the answer lost): the next undo looks each up
+/// before any second POST and takes the one it finds as its own. Run
+/// until everything is reversed: one customer per identifier throughout.
+/// The next night, still without them, counts them gone again (new ids).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undo_whose_creations_outcome_is_lost_never_makes_two_customers() {
+    let dir = tempdir();
+    let sandbox = Sandbox::start(SandboxConfig {
+        password: PASSWORD.into(),
+        retry_after_secs: 0,
+        faults: vec![thulium_import::sandbox::FaultKind::DropAfter],
+        seed: 3,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let m = full_mapping(&dir, "on_gone = \"delete\"");
+    let day1 = dir.join("export-1.csv");
+    full_export(&day1, 1..=40);
+    let (n1, _) = night(&sandbox, &dir, &day1, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let before = common::by_identifier(&sandbox);
+    let day2 = dir.join("export-2.csv");
+    full_export(&day2, 1..=35);
+    let (n2, ledger2) = night(&sandbox, &dir, &day2, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+
+    sandbox.set_fault_rate(0.5);
+    let mut done = false;
+    for _ in 0..10 {
+        let out = undo(&sandbox, &ledger2, &[]).await;
+        assert!(per_identifier(&sandbox).values().all(|n| *n == 1));
+        assert!(common::customers(&sandbox) <= 40);
+        if out.code == Some(0) {
+            done = true;
+            break;
+        }
+        assert_eq!(out.code, Some(1), "{}", out.text());
+    }
+    sandbox.set_fault_rate(0.0);
+    assert!(done, "undo ends with everything reversed");
+    let stats = sandbox.stats();
+    assert!(
+        stats.faults_by_endpoint["POST /api/batch/customers"]["drop_after"] > 0,
+        "a creation's answer was lost: {:?}",
+        stats.faults_by_endpoint
+    );
+    let undo_ledger =
+        std::fs::read_to_string(format!("{}.undo-ledger.jsonl", ledger2.display())).unwrap();
+    assert!(
+        undo_ledger.contains("the earlier undo's creation"),
+        "a lost answer found by lookup: {undo_ledger}"
+    );
+    assert_eq!(common::customers(&sandbox), 40);
+    let now = common::by_identifier(&sandbox);
+    let mut new_ids = Vec::new();
+    for i in 36..=40 {
+        let k = format!("K{i:04}");
+        assert_eq!(data_of(&now[&k]), data_of(&before[&k]), "{k}");
+        new_ids.push(now[&k]["customer_id"].as_i64().unwrap());
+    }
+    // The next night still lacks them: the undo gave them back to the
+    // job's record under their new ids, so they are gone again.
+    let day3 = dir.join("export-3.csv");
+    full_export(&day3, 1..=35);
+    let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    new_ids.sort_unstable();
+    assert_eq!(gone_named(&ledger3), new_ids);
+    assert_eq!(common::customers(&sandbox), 35);
+}
+
+/// `on_gone` marking: each gone customer's old value of the field goes to
+/// the undo file before the PUT, and `undo` puts it back; one an agent
+/// changed since the mark is kept (exit 1). Night 3, with them in the
+/// export again, counts nobody gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_of_a_mark_puts_the_field_back_and_keeps_an_agents_change() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = full_mapping(
+        &dir,
+        "on_gone = { custom_field = \"Status\", value = \"usunięty w CRM\" }",
+    );
+    let day1 = dir.join("export-1.csv");
+    full_export(&day1, 1..=40);
+    let (n1, _) = night(&sandbox, &dir, &day1, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let day2 = dir.join("export-2.csv");
+    full_export(&day2, 1..=35);
+    let (n2, ledger2) = night(&sandbox, &dir, &day2, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    assert_eq!(common::report(&ledger2)["actions"]["marked"], 5);
+    let images = std::fs::read_to_string(format!("{}.undo.jsonl", ledger2.display())).unwrap();
+    let marked: Vec<Value> = images
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|i| i["kind"] == "marked")
+        .collect();
+    assert_eq!(marked.len(), 5);
+    assert!(marked
+        .iter()
+        .all(|i| i["before"]["custom_fields.Status"] == "aktywny"));
+    // An agent sets one marked customer's Status by hand.
+    let ids = common::by_identifier(&sandbox);
+    let edited = ids["K0040"]["customer_id"].as_i64().unwrap();
+    let answer = reqwest::Client::new()
+        .put(format!("{}/api/batch/customers", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
+        .json(&json!({"customers": [{"customer_id": edited, "custom_fields": {"Status": "zamknięty"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+
+    let out = undo(&sandbox, &ledger2, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    assert!(
+        out.stdout.contains("undo: 4 reversed, 1 kept"),
+        "{}",
+        out.stdout
+    );
+    let now = common::by_identifier(&sandbox);
+    for i in 36..=39 {
+        assert_eq!(
+            now[&format!("K{i:04}")]["custom_fields"]["Status"],
+            "aktywny"
+        );
+    }
+    assert_eq!(now["K0040"]["custom_fields"]["Status"], "zamknięty");
+
+    // Night 3: all back in the export; nobody gone, nobody marked.
+    let day3 = dir.join("export-3.csv");
+    full_export(&day3, 1..=40);
+    let (n3, ledger3) = night(&sandbox, &dir, &day3, &m, &[]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    let r3 = common::report(&ledger3);
+    assert_eq!(r3["actions"]["marked"], 0, "{r3}");
+    assert_eq!(r3["actions"]["gone"], 0, "{r3}");
+}
+
+/// A deleted customer someone created again before the undo (found by its
+/// identifier) is `kept`, not created twice; the others come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_keeps_a_deleted_customer_someone_created_again() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = full_mapping(&dir, "on_gone = \"delete\"");
+    let day1 = dir.join("export-1.csv");
+    full_export(&day1, 1..=40);
+    let (n1, _) = night(&sandbox, &dir, &day1, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let day2 = dir.join("export-2.csv");
+    full_export(&day2, 1..=35);
+    let (n2, ledger2) = night(&sandbox, &dir, &day2, &m, &["--max-gone", "20%"]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    // An agent creates K0036 again by hand, with only its surname.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/batch/customers", sandbox.url()))
+        .basic_auth("api_user", Some(PASSWORD))
+        .json(&json!({"customers": [{"identifier": "K0036", "surname": "Ręcznie"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+
+    let out = undo(&sandbox, &ledger2, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    assert!(
+        out.stdout.contains("undo: 4 reversed, 1 kept"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("not created twice"), "{}", out.stdout);
+    assert!(per_identifier(&sandbox).values().all(|n| *n == 1));
+    assert_eq!(common::customers(&sandbox), 40);
+    assert_eq!(
+        common::by_identifier(&sandbox)["K0036"]["surname"],
+        "Ręcznie"
+    );
+}

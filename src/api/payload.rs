@@ -568,6 +568,45 @@ impl Customer {
     }
 }
 
+impl Customer {
+    /// A customer to create again from what `GET customers/:id` answered
+    /// for it (custom fields and addresses included): every non-empty
+    /// field `POST batch/customers` takes, in its types; every phone
+    /// number (`phone_numbers`) when it had several. Custom fields are
+    /// sent with `fill_read_only_custom_fields`, so that read-only ones
+    /// come back too. The names of the fields answered but not sent (read
+    /// only: `company_flag`, `updated_at`, ...) come back apart.
+    pub fn recreating(answered: &serde_json::Map<String, Value>) -> (Customer, Vec<String>) {
+        let mut nonempty = serde_json::Map::new();
+        let mut skipped = Vec::new();
+        let phones = match answered.get("phone_numbers") {
+            Some(Value::Array(list)) if list.len() > 1 => Some(Value::Array(list.clone())),
+            _ => None,
+        };
+        for (name, value) in crate::current::flatten(&Value::Object(answered.clone())) {
+            if crate::current::is_empty(&value) {
+                continue;
+            }
+            match name.as_str() {
+                // Bookkeeping, or said by `phone_number` already.
+                "updated_at" | "created_at" | "phone_numbers" => {}
+                "phone_number" => {
+                    nonempty.insert(name, phones.clone().unwrap_or(value));
+                }
+                _ => {
+                    nonempty.insert(name, value);
+                }
+            }
+        }
+        let (mut out, left) = Customer::restoring(&nonempty);
+        skipped.extend(left);
+        if !out.custom_fields.is_empty() {
+            out.fill_read_only_custom_fields = Some(true);
+        }
+        (out, skipped)
+    }
+}
+
 /// One entry of `PUT batch/customers`: the customer's id and the fields to
 /// change (`surname` optional).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -750,6 +789,28 @@ impl FeedRecord {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_customer_created_again_sends_what_post_takes_and_names_the_rest() {
+        let answered = json!({
+            "customer_id": 7, "surname": "Nowak", "name": "", "email": "a@b.pl",
+            "phone_number": "48600000001", "phone_numbers": ["48600000001", "48600000002"],
+            "company_id": "", "company_flag": "0", "vip": "1", "updated_at": "2025-01-01 00:00:00",
+            "custom_fields": {"Segment": "A", "Empty": null},
+            "address": {"city": "Gdańsk", "street": ""}, "invoice_address": null
+        });
+        let (c, skipped) = Customer::recreating(answered.as_object().unwrap());
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({
+                "surname": "Nowak", "email": "a@b.pl",
+                "phone_number": ["48600000001", "48600000002"], "vip": true,
+                "fill_read_only_custom_fields": true,
+                "address": {"city": "Gdańsk"}, "custom_fields": {"Segment": "A"}
+            })
+        );
+        assert_eq!(skipped, ["company_flag"]);
+    }
 
     #[test]
     fn absent_fields_are_not_sent_and_ids_are_numbers() {

@@ -12,7 +12,11 @@
 //!   signature of their values (hashes, no values), so that `undo` can tell
 //!   a person's later edit from what the run wrote;
 //! - a customer **deleted** by the tool (for `on_gone = "delete"`): every
-//!   field it had ([`Images::deleted`]).
+//!   field it had ([`Images::deleted`]), from which `undo` creates it again
+//!   (under a new id), and which of the job's keys (hashes) the state's
+//!   `seen` held for it;
+//! - a customer **marked** by the tool (`on_gone = { custom_field, value
+//!   }`): the old value of that one field, as an update's image.
 //!
 //! Each kind also carries a signature of what was sent, for the same
 //! check. The ids of what the calls created come from the ledger, which
@@ -82,7 +86,48 @@ pub enum Image {
     Deleted {
         customer_id: i64,
         fields: Map<String, Value>,
+        /// What the sync state's `seen` held for it (the job and its keys'
+        /// hashes), for `undo` to give back to the customer created again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<SeenKeys>,
     },
+    /// A customer about to be marked gone (`on_gone = { custom_field,
+    /// value }`): the field's value before, as [`Image::Updated`] keeps it.
+    Marked {
+        customer_id: i64,
+        before: Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<String>,
+        sent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<SeenKeys>,
+    },
+}
+
+/// A gone customer's record in the sync state's `seen` table, as it was
+/// before the tool handled it (and forgot it there): ids and hashes only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeenKeys {
+    pub job: String,
+    /// Its match keys' hashes, in hex.
+    pub keys: Vec<String>,
+}
+
+impl SeenKeys {
+    pub fn of(job: &str, keys: &[crate::hash::KeyHash]) -> SeenKeys {
+        SeenKeys {
+            job: job.to_string(),
+            keys: keys.iter().map(|k| format!("{k:032x}")).collect(),
+        }
+    }
+
+    /// The keys' hashes (a key not written by [`SeenKeys::of`] is skipped).
+    pub fn hashes(&self) -> Vec<crate::hash::KeyHash> {
+        self.keys
+            .iter()
+            .filter_map(|k| u128::from_str_radix(k, 16).ok())
+            .collect()
+    }
 }
 
 /// One value of an item, before.
@@ -136,6 +181,31 @@ impl Image {
             before,
             unknown,
             sent: signature(&sent),
+        }
+    }
+
+    /// The image of a gone customer about to be marked with `payload` (one
+    /// custom field), given what Thulium holds now.
+    pub fn marked(
+        customer_id: i64,
+        payload: &impl Serialize,
+        now: Option<&Current>,
+        seen: Option<SeenKeys>,
+    ) -> Image {
+        match Image::updated(0, customer_id, payload, now) {
+            Image::Updated {
+                before,
+                unknown,
+                sent,
+                ..
+            } => Image::Marked {
+                customer_id,
+                before,
+                unknown,
+                sent,
+                seen,
+            },
+            other => other,
         }
     }
 
@@ -325,10 +395,12 @@ impl Images {
         self: &Arc<Self>,
         customer_id: i64,
         fields: Map<String, Value>,
+        seen: Option<SeenKeys>,
     ) -> Result<(), ImagesError> {
         self.record(vec![Image::Deleted {
             customer_id,
             fields,
+            seen,
         }])
         .await
     }
@@ -417,6 +489,14 @@ pub fn read(path: &Path) -> Result<(Vec<Image>, usize), ImagesError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_seen_keys_of_a_gone_customer_round_trip_as_hex() {
+        let keys = [0u128, 7, u128::MAX];
+        let seen = SeenKeys::of("job", &keys);
+        assert_eq!(seen.keys[1].len(), 32);
+        assert_eq!(seen.hashes(), keys);
+    }
 
     #[test]
     fn an_update_keeps_only_what_it_overwrites_and_signs_what_it_sends() {

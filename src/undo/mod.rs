@@ -7,9 +7,23 @@
 //!        still what the run wrote ─▶ DELETE customers/:id, or PUT the values back ─▶ reversed
 //!        already as before the run (or gone, for a deletion) ─────────────────────▶ reversed
 //!        a person changed it since ─▶ left as it is ───────────────────────────────▶ kept
+//!   deleted by the run (on_gone) ─▶ looked up by identifier (e-mail, phone)
+//!        found, our own earlier POST (a pending intent) ────────────────────────▶ reversed
+//!        found, someone else's ─────────────────────────────────────────────────▶ kept
+//!        none ─▶ intent (durable) ─▶ POST batch/customers, a new id ─────────────▶ reversed
 //!   ─▶ <LEDGER>.undo-ledger.jsonl (one outcome per target, durable as it ends)
-//!   ─▶ the sync state forgets the customers taken back
+//!   ─▶ the sync state forgets the customers taken back (a customer created
+//!      again: its old id forgotten, its job's `seen` keys given its new id)
 //! ```
+//!
+//! A customer the run deleted (`on_gone = "delete"`) comes back from its
+//! before-image under a **new id**, with its fields (custom fields and
+//! addresses too); its field-group items, campaign records and contact
+//! history were deleted with it and are not brought back (said in its
+//! message; it still counts as reversed: nothing the tool can do would
+//! bring more). Its `POST` is not idempotent: the intent is written first,
+//! and an unknown outcome is looked up before any second `POST`. A
+//! customer marked gone gets its field's old value back, as an update does.
 //!
 //! What the API cannot take back is listed, not hidden (`not undoable`):
 //! items created on customers that existed, campaign records added, record
@@ -35,7 +49,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
-use crate::api::customers::UpdateCustomers;
+use crate::api::customers::{CreateCustomers, UpdateCustomers};
 use crate::api::field_groups::UpdateItem;
 use crate::api::payload::{Customer, CustomerUpdate, ItemValue, Scalar};
 use crate::api::{ApiClient, CallError, RowFate};
@@ -43,7 +57,7 @@ use crate::current::{self, Current, Written};
 use crate::ledger::{self, Action, Entry, LedgerLock, Stage, Status};
 use crate::outcomes::Outcomes;
 use crate::pipeline::Abort;
-use images::{Image, ItemField};
+use images::{Image, ItemField, SeenKeys};
 use record::{Kind, Outcome, Record, Summary, TargetEvent, UndoEntry};
 
 /// What `undo` is asked to do.
@@ -98,6 +112,14 @@ enum Work {
         before: Map<String, Value>,
         unknown: Vec<String>,
         layers: Vec<Layer>,
+        /// A customer marked gone: its record in the state's `seen`.
+        seen: Option<SeenKeys>,
+    },
+    /// A customer the run deleted, created again from its before-image.
+    Recreate {
+        customer_id: i64,
+        fields: Map<String, Value>,
+        seen: Option<SeenKeys>,
     },
     RestoreItem {
         customer_id: i64,
@@ -131,6 +153,10 @@ impl Work {
                 rows,
                 ..
             } => (Kind::Item, "restore", *customer_id, Some(*item_id), rows),
+            Work::Recreate { customer_id, .. } => {
+                const NO_ROWS: &Vec<u64> = &Vec::new();
+                (Kind::Customer, "recreate", *customer_id, None, NO_ROWS)
+            }
             Work::Cannot(e) => return e.clone(),
         };
         TargetEvent {
@@ -211,6 +237,25 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
             .and_then(|s| s.outcome_of(key))
             .is_some_and(Outcome::settled)
     };
+    // Where a target's customer is to be found in the state's `seen`
+    // (customers gone from the file), by target.
+    let seen_of: HashMap<String, SeenKeys> = work
+        .iter()
+        .filter_map(|w| match w {
+            Work::Recreate {
+                seen: Some(seen), ..
+            }
+            | Work::Restore {
+                seen: Some(seen), ..
+            } => Some((w.key(), seen.clone())),
+            _ => None,
+        })
+        .collect();
+    let pending: HashSet<String> = work
+        .iter()
+        .map(Work::key)
+        .filter(|k| before.as_ref().is_some_and(|s| s.is_pending(k)))
+        .collect();
     let (done_before, todo): (Vec<Work>, Vec<Work>) =
         work.into_iter().partition(|w| settled(&w.key()));
     let record = if opts.dry_run {
@@ -233,6 +278,7 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
         dry_run: opts.dry_run,
         abort: abort.clone(),
         record: record.as_ref(),
+        pending,
     };
     let events: Vec<TargetEvent> = futures::stream::iter(todo)
         .map(|w| ctx.take_back(w))
@@ -273,8 +319,9 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
                 s
             }
         };
+        let sha = &outcomes.header.source_sha256;
         for state in states {
-            notes.push(forget(&state, root, &summary));
+            notes.push(forget(&state, root, &summary, &seen_of, sha));
         }
     }
     Ok(Undone {
@@ -290,7 +337,21 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
 /// The sync state forgets every customer taken back (deleted, or given
 /// back fields or item values), so that the next night sends their rows
 /// again rather than take them as unchanged. Said as a note.
-fn forget(path: &str, root: &str, summary: &Summary) -> String {
+///
+/// A customer gone from the file and taken back (created again, or its
+/// mark removed) also gets back its record in the job's `seen`, which
+/// handling it had removed, under its id now (the new one, for one created
+/// again): the next complete file that has it sees it present, one that
+/// lacks it counts it gone again, under that id. Its keys are forgotten,
+/// not pointed at the new id: the next night finds it by lookup (the state
+/// is a hint; Thulium says who a row is).
+fn forget(
+    path: &str,
+    root: &str,
+    summary: &Summary,
+    seen_of: &HashMap<String, SeenKeys>,
+    sha256: &str,
+) -> String {
     if !Path::new(path).exists() {
         return format!("sync state {path} not found: not updated");
     }
@@ -309,13 +370,37 @@ fn forget(path: &str, root: &str, summary: &Summary) -> String {
             customer_id: *customer_id,
         });
     }
-    match state.flush() {
-        Ok(()) => format!(
-            "sync state {path}: {} customer(s) taken back forgotten (the next run sends their rows again)",
-            ids.len()
-        ),
-        Err(e) => format!("sync state not updated: {e}"),
+    if let Err(e) = state.flush() {
+        return format!("sync state not updated: {e}");
     }
+    let mut back = 0;
+    for t in summary.targets() {
+        let Some(seen) = seen_of.get(&t.key()) else {
+            continue;
+        };
+        let id = match (t.outcome, t.new_customer_id, t.customer_id) {
+            (Some(Outcome::Reversed), Some(new), _) => new,
+            (Some(Outcome::Reversed), None, Some(id)) if t.undo.as_deref() == Some("restore") => id,
+            _ => continue,
+        };
+        let brought: Vec<(crate::hash::KeyHash, i64)> =
+            seen.hashes().into_iter().map(|k| (k, id)).collect();
+        if let Err(e) = state.record_seen(&seen.job, sha256, &brought, &[]) {
+            return format!("sync state not updated: {e}");
+        }
+        back += 1;
+    }
+    let seen_note = if back > 0 {
+        format!(
+            "; {back} customer(s) gone from the file and taken back are counted in their job again (under their id now)"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "sync state {path}: {} customer(s) taken back forgotten (the next run sends their rows again){seen_note}",
+        ids.len()
+    )
 }
 
 /// The targets of a run: from the ledger (what was done, with ids) and the
@@ -327,6 +412,11 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     let mut unknown_at: HashMap<u64, u64> = HashMap::new();
     let mut last_attempt = 0u64;
     let mut seq = 0u64;
+    // The customers gone from the file the run deleted or marked (ok),
+    // and those it tried to and did not.
+    let mut deleted: HashSet<i64> = HashSet::new();
+    let mut marked: HashSet<i64> = HashSet::new();
+    let mut not_done: HashSet<i64> = HashSet::new();
     ledger::read(ledger_path, |e| {
         seq += 1;
         match e {
@@ -354,6 +444,23 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                 }
             }
             Entry::Attempt(_) => last_attempt = seq,
+            Entry::Gone(g) => match (g.status, g.action) {
+                // Found gone from Thulium already: the run deleted nothing.
+                (Some(Status::Ok), Some(Action::Deleted))
+                    if g.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("already gone from Thulium")) => {}
+                (Some(Status::Ok), Some(Action::Deleted)) => {
+                    deleted.insert(g.customer_id);
+                }
+                (Some(Status::Ok), Some(Action::Marked)) => {
+                    marked.insert(g.customer_id);
+                }
+                (Some(_), Some(Action::Deleted | Action::Marked)) => {
+                    not_done.insert(g.customer_id);
+                }
+                _ => {}
+            },
             _ => {}
         }
     })
@@ -405,6 +512,8 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     let mut created_image: HashMap<u64, Layer> = HashMap::new();
     let mut updates: HashMap<i64, Vec<Overwritten>> = HashMap::new();
     let mut items: HashMap<i64, Vec<(i64, Vec<ItemField>, Layer)>> = HashMap::new();
+    let mut deleted_image: HashMap<i64, (Map<String, Value>, Option<SeenKeys>)> = HashMap::new();
+    let mut marked_image: HashMap<i64, (Overwritten, Option<SeenKeys>)> = HashMap::new();
     for image in all {
         match image {
             Image::Created { row, fields, sent } => {
@@ -440,7 +549,10 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                 sent,
                 ..
             } => {
-                let fields = before.iter().map(|f| images::item_field(f.field_id)).collect();
+                let fields = before
+                    .iter()
+                    .map(|f| images::item_field(f.field_id))
+                    .collect();
                 items.entry(*item_id).or_default().push((
                     *group_id,
                     before.clone(),
@@ -450,16 +562,86 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                     },
                 ));
             }
-            Image::Deleted { customer_id, .. } => work.push(Work::Cannot(TargetEvent {
+            // The last image of a customer wins (a night continued by
+            // `retry` may read it twice).
+            Image::Deleted {
+                customer_id,
+                fields,
+                seen,
+            } => {
+                deleted_image.insert(*customer_id, (fields.clone(), seen.clone()));
+            }
+            Image::Marked {
+                customer_id,
+                before,
+                unknown,
+                sent,
+                seen,
+            } => {
+                let fields = before.keys().chain(unknown).cloned().collect();
+                // The first value before is the one to put back.
+                marked_image.entry(*customer_id).or_insert((
+                    (
+                        before.clone(),
+                        unknown.clone(),
+                        Layer {
+                            fields,
+                            sent: sent.clone(),
+                        },
+                    ),
+                    seen.clone(),
+                ));
+            }
+            Image::Opened { .. } => {}
+        }
+    }
+    // The customers gone from the file: deleted ones created again (those
+    // whose deletion is not in the ledger too, a kill between the image
+    // and the record: read first, they may still be there), marked ones
+    // given their field back.
+    let mut gone_ids: Vec<i64> = deleted_image
+        .keys()
+        .copied()
+        .filter(|id| deleted.contains(id) || !not_done.contains(id))
+        .chain(deleted.iter().copied())
+        .collect();
+    gone_ids.sort_unstable();
+    gone_ids.dedup();
+    for customer_id in gone_ids {
+        match deleted_image.remove(&customer_id) {
+            Some((fields, seen)) => work.push(Work::Recreate {
+                customer_id,
+                fields,
+                seen,
+            }),
+            None => work.push(Work::Cannot(TargetEvent {
                 target: Some(Kind::Customer),
-                customer_id: Some(*customer_id),
+                customer_id: Some(customer_id),
                 outcome: Some(Outcome::NotUndoable),
-                message: Some(
-                    "deleted by the run: the API cannot create it again with its id; its fields are in the undo file".into(),
-                ),
+                message: Some("deleted by the run without a before-image (--no-undo): its fields are not known".into()),
                 ..TargetEvent::default()
             })),
-            Image::Opened { .. } => {}
+        }
+    }
+    let mut marked_ids: Vec<i64> = marked.into_iter().collect();
+    marked_ids.sort_unstable();
+    for customer_id in marked_ids {
+        match marked_image.remove(&customer_id) {
+            Some(((before, unknown, layer), seen)) => work.push(Work::Restore {
+                customer_id,
+                rows: Vec::new(),
+                before,
+                unknown,
+                layers: vec![layer],
+                seen,
+            }),
+            None => work.push(Work::Cannot(TargetEvent {
+                target: Some(Kind::Customer),
+                customer_id: Some(customer_id),
+                outcome: Some(Outcome::NotUndoable),
+                message: Some("marked gone by the run without a before-image (--no-undo): the field's value before is not known".into()),
+                ..TargetEvent::default()
+            })),
         }
     }
     let cannot = |target, customer_id, item_id, record_id, row, why: &str| {
@@ -533,6 +715,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             before,
             unknown,
             layers: list.iter().map(|(_, _, l)| l.clone()).collect(),
+            seen: None,
         });
     }
 
@@ -610,6 +793,9 @@ struct Ctx<'a> {
     dry_run: bool,
     abort: Arc<Abort>,
     record: Option<&'a Record>,
+    /// Targets whose `POST` an earlier `undo` sent without learning its
+    /// outcome ([`Summary::is_pending`]).
+    pending: HashSet<String>,
 }
 
 impl Ctx<'_> {
@@ -621,6 +807,11 @@ impl Ctx<'_> {
         }
         let ev = match &work {
             Work::Cannot(e) => e.clone(),
+            Work::Recreate {
+                customer_id,
+                fields,
+                ..
+            } => self.recreate(&work, *customer_id, fields).await,
             Work::Delete {
                 customer_id,
                 layers,
@@ -725,6 +916,160 @@ impl Ctx<'_> {
                 ev
             }
             Err(e) => self.errored(work, "DELETE failed", &e),
+        }
+    }
+
+    /// A customer the run deleted, created again from its before-image,
+    /// at most once: read under its old id first (a deletion the ledger
+    /// does not record may not have been made), then looked up by its
+    /// identifier (or e-mail, or phone): found after an earlier `undo`'s
+    /// `POST` of unknown outcome, it is that one (reversed); found
+    /// otherwise, someone brought it back (kept). Only when none is found
+    /// is the intent written, durable, and the `POST` sent.
+    async fn recreate(
+        &self,
+        work: &Work,
+        customer_id: i64,
+        fields: &Map<String, Value>,
+    ) -> TargetEvent {
+        const LOST: &str = "its field-group items, campaign records and contact history were deleted with it and are not brought back";
+        match self
+            .client
+            .get_customer(customer_id, &Written::default())
+            .await
+            .result
+        {
+            Ok(Some(_)) => {
+                let mut ev = work.event(Outcome::Reversed);
+                ev.message = Some("still in Thulium under its id (the DELETE was not made): nothing to bring back".into());
+                return ev;
+            }
+            Ok(None) => {}
+            Err(e) => return self.errored(work, "could not read it", &e),
+        }
+        let (customer, skipped) = Customer::recreating(fields);
+        let pending = self.pending.contains(&work.key());
+        let key = [
+            crate::api::keys::SearchKey::Identifier,
+            crate::api::keys::SearchKey::Email,
+            crate::api::keys::SearchKey::PhoneNumber,
+        ]
+        .into_iter()
+        .find_map(|k| customer.key_values(&k).into_iter().next().map(|v| (k, v)));
+        match &key {
+            Some((k, value)) => {
+                let found = match self.client.find_customer_ids(k, value).await.result {
+                    Ok(found) => found,
+                    Err(e) => return self.errored(work, "could not look it up", &e),
+                };
+                let by = k.name();
+                match (found.as_slice(), pending) {
+                    ([], _) => {}
+                    ([one], true) => {
+                        let mut ev = work.event(Outcome::Reversed);
+                        ev.new_customer_id = Some(*one);
+                        ev.message = Some(format!(
+                            "back under a NEW id ({one}; found by its {by}: the earlier undo's creation, whose answer was lost); {LOST}"
+                        ));
+                        return ev;
+                    }
+                    (many, _) => {
+                        let mut ev = work.event(Outcome::Kept);
+                        ev.message = Some(format!(
+                            "{} with its {by} exist{} again (customer {}){}: not created twice",
+                            crate::text::count(many.len() as u64, "customer"),
+                            if many.len() == 1 { "s" } else { "" },
+                            crate::text::join_ids(many),
+                            if pending {
+                                ", one of them perhaps the earlier undo's creation"
+                            } else {
+                                ", brought back by someone since"
+                            }
+                        ));
+                        return ev;
+                    }
+                }
+            }
+            None if pending => {
+                let mut ev = work.event(Outcome::NotUndoable);
+                ev.message = Some("an earlier undo sent its creation without learning the outcome, and it has no identifier, e-mail or phone to look it up by: look for it in Thulium (not created twice)".into());
+                return ev;
+            }
+            None => {}
+        }
+        let unsent = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!("; not sent (read only): {}", skipped.join(", "))
+        };
+        if self.dry_run {
+            let mut ev = work.event(Outcome::Reversed);
+            ev.message = Some(format!(
+                "would be created again from its before-image, under a new id; {LOST}{unsent}"
+            ));
+            return ev;
+        }
+        if let Some(r) = self.record {
+            let intent = UndoEntry::Intent {
+                target: work.key(),
+                customer_id,
+                at: ledger::now(),
+            };
+            if let Err(e) = r.write(&[intent]) {
+                self.abort.trip(e.to_string());
+                let mut ev = work.event(Outcome::Errored);
+                ev.message = Some(format!("not sent: {e}"));
+                return ev;
+            }
+        }
+        let call = self
+            .client
+            .send(&CreateCustomers {
+                customers: vec![&customer],
+            })
+            .await;
+        let unknown = |why: String| {
+            let mut ev = work.event(Outcome::Errored);
+            ev.outcome_unknown = true;
+            ev.message = Some(format!(
+                "{why}: it may have been created; the next undo looks it up before any second POST"
+            ));
+            ev
+        };
+        match call.result {
+            Ok(fates) => match fates.into_iter().next() {
+                Some(RowFate::Done(created)) => {
+                    let mut ev = work.event(Outcome::Reversed);
+                    ev.new_customer_id = Some(created.customer_id);
+                    ev.message = Some(format!(
+                        "back under a NEW id ({}), with its fields; {LOST}{unsent}",
+                        created.customer_id
+                    ));
+                    ev
+                }
+                Some(RowFate::Refused { message, .. }) => {
+                    let mut ev = work.event(Outcome::Errored);
+                    ev.message = Some(format!("POST refused: {message}"));
+                    ev
+                }
+                Some(
+                    RowFate::Retryable { message, .. }
+                    | RowFate::Unknown { message }
+                    | RowFate::Stopping { message },
+                ) => unknown(format!("POST answered: {message}")),
+                None => unknown("POST answered nothing for it".into()),
+            },
+            Err(e) => {
+                if let Some(reason) = e.stops_the_run() {
+                    self.abort.trip(reason);
+                }
+                match e {
+                    // Sent, and no clear answer: it may exist.
+                    CallError::Unknown { .. } => unknown(format!("POST failed: {e}")),
+                    // Nothing was applied (refused, never sent, ...).
+                    e => self.errored(work, "POST failed", &e),
+                }
+            }
         }
     }
 

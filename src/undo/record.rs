@@ -11,6 +11,11 @@
 //! `not_undoable` (the API cannot take it back: listed with its ids). The
 //! last outcome of a target wins; [`Summary`] is the one fold `undo` and
 //! `report` print.
+//!
+//! A customer created again (one the run deleted) is the one target whose
+//! call is not idempotent: an `intent` line goes first, durable, and a
+//! target whose intent has no known outcome after it is *pending*: the
+//! next `undo` looks the customer up before any second `POST`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -68,7 +73,7 @@ pub enum Kind {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetEvent {
     pub target: Option<Kind>,
-    /// `delete`, `restore`, or nothing (not undoable).
+    /// `delete`, `restore`, `recreate`, or nothing (not undoable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +91,14 @@ pub struct TargetEvent {
     pub fields: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `recreate`: the id of the customer created again (`customer_id`
+    /// is the one deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_customer_id: Option<i64>,
+    /// The call's outcome is not known (a `POST` sent, no clear answer):
+    /// the target's intent stays pending.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_unknown: bool,
 }
 
 impl TargetEvent {
@@ -128,6 +141,13 @@ pub enum UndoEntry {
         started_at: String,
     },
     Target(TargetEvent),
+    /// A `POST` about to be sent for the target `target` (its
+    /// [`TargetEvent::key`]): pending until an outcome follows.
+    Intent {
+        target: String,
+        customer_id: i64,
+        at: String,
+    },
     /// The end of one `undo`; `aborted` if it stopped early.
     End {
         finished_at: String,
@@ -154,6 +174,9 @@ pub struct Summary {
     pub not_reversed: Vec<TargetEvent>,
     #[serde(skip)]
     latest: Vec<TargetEvent>,
+    /// Targets whose last intent has no known outcome after it.
+    #[serde(skip)]
+    pending: std::collections::BTreeSet<String>,
 }
 
 impl Summary {
@@ -163,6 +186,12 @@ impl Summary {
             .iter()
             .find(|t| t.key() == key)
             .and_then(|t| t.outcome)
+    }
+
+    /// Whether a `POST` of the target `key` was sent (or about to be) and
+    /// its outcome is not known.
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.pending.contains(key)
     }
 
     /// Every target's latest event.
@@ -207,6 +236,7 @@ impl Summary {
                 .cloned()
                 .collect(),
             latest,
+            pending: Default::default(),
         }
     }
 
@@ -278,6 +308,9 @@ pub fn describe(t: &TargetEvent) -> String {
         line.push_str(": ");
         line.push_str(m);
     }
+    if let Some(n) = t.new_customer_id {
+        line.push_str(&format!(" (now customer {n})"));
+    }
     if !t.fields.is_empty() && t.outcome == Some(Outcome::Kept) {
         line.push_str(": ");
         line.push_str(&t.fields.join(", "));
@@ -302,6 +335,7 @@ pub fn read(path: &Path) -> Result<Option<(String, Summary)>, RecordError> {
     };
     let mut started = None;
     let mut events = Vec::new();
+    let mut pending = std::collections::BTreeSet::new();
     let mut finished = false;
     for line in BufReader::new(file).split(b'\n') {
         let line = line.map_err(|e| io(path, e))?;
@@ -314,11 +348,23 @@ pub fn read(path: &Path) -> Result<Option<(String, Summary)>, RecordError> {
                 ledger_started_at, ..
             } => started = Some(ledger_started_at),
             UndoEntry::Attempt { .. } => finished = false,
-            UndoEntry::Target(t) => events.push(t),
+            UndoEntry::Target(t) => {
+                if !t.outcome_unknown {
+                    pending.remove(&t.key());
+                }
+                events.push(t)
+            }
+            UndoEntry::Intent { target, .. } => {
+                pending.insert(target);
+            }
             UndoEntry::End { aborted, .. } => finished = aborted.is_none(),
         }
     }
-    Ok(started.map(|s| (s, Summary::of(events, finished))))
+    Ok(started.map(|s| {
+        let mut summary = Summary::of(events, finished);
+        summary.pending = pending;
+        (s, summary)
+    }))
 }
 
 /// The writing side of an undo ledger.
