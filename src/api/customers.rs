@@ -278,7 +278,7 @@ impl FindCustomers {
 
     /// Asks for what a mapping writes, too (custom fields, addresses), so
     /// that the customers listed carry their current values.
-    pub fn reading(mut self, written: &crate::current::Written) -> FindCustomers {
+    pub fn reading(mut self, written: &super::values::Written) -> FindCustomers {
         self.custom_fields |= written.custom_fields();
         self.addresses |= !written.addresses.is_empty();
         self
@@ -375,7 +375,7 @@ impl super::ApiClient {
     pub async fn get_customer(
         &self,
         customer_id: i64,
-        written: &crate::current::Written,
+        written: &super::values::Written,
     ) -> super::Call<Option<FoundCustomer>> {
         let call = self
             .send(&GetCustomer {
@@ -414,7 +414,7 @@ impl super::ApiClient {
     /// several.
     pub async fn find_customer_ids(&self, key: &SearchKey, value: &str) -> super::Call<Vec<i64>> {
         let call = self
-            .find_customers(key, value, &crate::current::Written::default())
+            .find_customers(key, value, &super::values::Written::default())
             .await;
         super::Call {
             attempts: call.attempts,
@@ -430,7 +430,7 @@ impl super::ApiClient {
         &self,
         key: &SearchKey,
         value: &str,
-        written: &crate::current::Written,
+        written: &super::values::Written,
     ) -> super::Call<Vec<FoundCustomer>> {
         /// Customers a search may list at most: a key that loose is not a
         /// key.

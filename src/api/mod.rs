@@ -33,6 +33,7 @@ pub mod field_groups;
 pub mod keys;
 pub mod payload;
 pub mod system;
+pub mod values;
 pub mod would;
 
 use std::future::Future;

@@ -421,7 +421,7 @@ impl Customer {
         out
     }
 
-    /// Leaves out one field, named as [`crate::current::flatten`] names
+    /// Leaves out one field, named as [`super::values::flatten`] names
     /// it (`note`, `custom_fields.Segment`, `address.city`): an update
     /// that must not write it. Whether the customer had it.
     pub fn drop_field(&mut self, name: &str) -> bool {
@@ -514,7 +514,7 @@ impl Customer {
 
 impl Customer {
     /// The fields of an update that puts back `before` (values as Thulium
-    /// answered them, named as [`crate::current::flatten`] names them:
+    /// answered them, named as [`super::values::flatten`] names them:
     /// `surname`, `custom_fields.Segment`, `address.city`), in the types
     /// the API takes: a flag answered `"1"` is `true`; an empty value is
     /// sent empty (an empty list for `email` and `phone_number`, `""`
@@ -524,7 +524,7 @@ impl Customer {
         let mut out = Customer::default();
         let mut left = Vec::new();
         for (name, value) in before {
-            let empty = crate::current::is_empty(value);
+            let empty = super::values::is_empty(value);
             match name.split_once('.') {
                 Some(("custom_fields", key)) => {
                     let v = if empty {
@@ -551,7 +551,7 @@ impl Customer {
                 }
                 None => match CustomerField::from_key(name) {
                     Some(f @ (CustomerField::Vip | CustomerField::FillReadOnlyCustomFields)) => {
-                        let on = crate::current::canonical("vip", value) == "1";
+                        let on = super::values::canonical("vip", value) == "1";
                         out.set(f, Value::Bool(on));
                     }
                     Some(CustomerField::CompanyId) if empty => left.push(name.clone()),
@@ -583,8 +583,8 @@ impl Customer {
             Some(Value::Array(list)) if list.len() > 1 => Some(Value::Array(list.clone())),
             _ => None,
         };
-        for (name, value) in crate::current::flatten(&Value::Object(answered.clone())) {
-            if crate::current::is_empty(&value) {
+        for (name, value) in super::values::flatten(&Value::Object(answered.clone())) {
+            if super::values::is_empty(&value) {
                 continue;
             }
             match name.as_str() {

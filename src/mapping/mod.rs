@@ -417,7 +417,7 @@ impl Policy {
 }
 
 /// The customer fields whose `update` is not `always`, by the names
-/// [`crate::current::flatten`] gives them (`note`, `custom_fields.Segment`,
+/// [`crate::api::values::flatten`] gives them (`note`, `custom_fields.Segment`,
 /// `address.city`). Empty for a mapping without policies: its updates,
 /// and the sync state's hashes of them, are what they always were.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -639,11 +639,11 @@ impl Plan {
 
     /// The customer fields the mapping writes (what is worth keeping of
     /// each customer Thulium lists: [`crate::current`]).
-    pub fn written(&self) -> crate::current::Written {
+    pub fn written(&self) -> crate::api::values::Written {
         let Some((_, c)) = &self.customer else {
-            return crate::current::Written::default();
+            return crate::api::values::Written::default();
         };
-        crate::current::Written {
+        crate::api::values::Written {
             fields: c.fields.iter().map(|(f, _)| f.key().to_string()).collect(),
             custom: c.custom_fields.iter().map(|n| n.name.clone()).collect(),
             addresses: c

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::aside::{aside_ledger, set_aside};
 use crate::api::field_groups::FoundItem;
 use crate::api::payload::ItemValue;
 use crate::current::{self, Current};
@@ -318,10 +319,11 @@ impl Images {
             // its undo ledger, so that `undo` of the older run still works.
             let started = first_opened(&path);
             let old_ledger = started.and_then(|s| aside_ledger(ledger, &s));
-            set_aside(&path, old_ledger.as_deref().map(path_for))?;
+            set_aside(&path, old_ledger.as_deref().map(path_for)).map_err(|e| io(&path, e))?;
             let record = super::record::path_for(ledger);
             if record.exists() {
-                set_aside(&record, old_ledger.as_deref().map(super::record::path_for))?;
+                set_aside(&record, old_ledger.as_deref().map(super::record::path_for))
+                    .map_err(|e| io(&record, e))?;
             }
         }
         Images::open(path, started_at, state)
@@ -418,45 +420,6 @@ fn first_opened(path: &Path) -> Option<String> {
         } => Some(ledger_started_at),
         _ => None,
     }
-}
-
-/// Moves `path` to `to`, or (none given) to `<path>.<time>`.
-pub(super) fn set_aside(path: &Path, to: Option<PathBuf>) -> Result<(), ImagesError> {
-    let to = to.unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "{}.{}",
-            path.display(),
-            chrono::Utc::now().format("%Y%m%dT%H%M%S")
-        ))
-    });
-    std::fs::rename(path, to).map_err(|e| io(path, e))
-}
-
-/// The ledger kept aside from `ledger`'s path (`<ledger>.<time>`, by
-/// `--force-new-ledger` or a new export under the same name) whose header
-/// has `started_at`, if it is there.
-pub(super) fn aside_ledger(ledger: &Path, started_at: &str) -> Option<PathBuf> {
-    let name = ledger.file_name()?.to_string_lossy().into_owned();
-    let dir = match ledger.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::read_dir(&dir).ok()?.find_map(|e| {
-        let e = e.ok()?;
-        let n = e.file_name().to_string_lossy().into_owned();
-        let time = n.strip_prefix(&name)?.strip_prefix('.')?;
-        if time.contains('.') {
-            return None;
-        }
-        let mut first = String::new();
-        BufReader::new(File::open(e.path()).ok()?)
-            .read_line(&mut first)
-            .ok()?;
-        match serde_json::from_str::<crate::ledger::Entry>(&first).ok()? {
-            crate::ledger::Entry::Header(h) if h.started_at == started_at => Some(e.path()),
-            _ => None,
-        }
-    })
 }
 
 fn io(path: &Path, source: std::io::Error) -> ImagesError {

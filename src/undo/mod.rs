@@ -38,6 +38,7 @@
 //! ones it had sent but not recorded already as before the run (reversed,
 //! not mistaken for a person's edit).
 
+mod aside;
 pub mod images;
 pub mod record;
 

@@ -384,11 +384,8 @@ impl Record {
         let existing = read(&path)?;
         let continued = matches!(&existing, Some((s, _)) if s == started_at);
         if let (Some((older, _)), false) = (&existing, continued) {
-            let to = super::images::aside_ledger(ledger, older).map(|l| path_for(&l));
-            super::images::set_aside(&path, to).map_err(|e| RecordError {
-                path: e.path,
-                source: e.source,
-            })?;
+            let to = super::aside::aside_ledger(ledger, older).map(|l| path_for(&l));
+            super::aside::set_aside(&path, to).map_err(|e| io(&path, e))?;
         }
         let mut options = std::fs::OpenOptions::new();
         options.append(true).create(true);
