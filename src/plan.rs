@@ -42,8 +42,9 @@ pub struct Plan {
     /// Fields an update would send whose value in Thulium is not known
     /// (its answer did not carry them), by customers: not "no change".
     pub unknown: BTreeMap<String, u64>,
-    /// Updates that change no field Thulium showed (still sent: the run
-    /// cannot prove a customer unchanged without a state).
+    /// Updates that change no field Thulium showed (still sent: they
+    /// write fields whose value its answer did not carry; an update whose
+    /// every value Thulium holds is not sent, and is `unchanged`).
     pub updates_changing_nothing: u64,
     /// The later stages, by what would become of them.
     pub stages: BTreeMap<String, BTreeMap<String, u64>>,
@@ -472,7 +473,7 @@ pub fn print_text(out: &mut impl Write, plan: &Plan, all: bool) -> std::io::Resu
     if plan.updates_changing_nothing > 0 {
         writeln!(
             out,
-            "  {} update(s) change no field Thulium showed (sent all the same: without a state, the run cannot prove a customer unchanged)",
+            "  {} update(s) change no field Thulium showed (sent all the same: they write fields whose value Thulium's answer did not carry)",
             plan.updates_changing_nothing
         )?;
     }

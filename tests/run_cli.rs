@@ -632,8 +632,16 @@ async fn stopped_by(signal: &str, name: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it get going, then interrupt it once.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Let it get going (its first creations sent: on a busy machine the
+    // preparation alone may take longer than any fixed wait), then
+    // interrupt it once.
+    for _ in 0..600 {
+        if sandbox.requests().iter().any(|e| e.method == "POST") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let status = std::process::Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()

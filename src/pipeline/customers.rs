@@ -334,11 +334,17 @@ fn decide(
                 }
             }
             row.current = current;
-            // The policies may leave nothing to write (every field that
-            // changed is the contact center's now): nothing is sent.
-            if let Some(p) = update_fields(run, &row).filter(Policed::is_empty) {
+            // Nothing to write: the policies leave no field (every field
+            // that changed is the contact center's now), or Thulium already
+            // holds every value the update would send (read with the index
+            // or the lookup that found it): nothing is sent.
+            if let Some(p) = update_fields(run, &row).filter(|p| writes_nothing_new(p, &row)) {
                 ev.action = Some(Action::Unchanged);
-                ev.message = p.note();
+                ev.message = p.note().or_else(|| {
+                    (!p.is_empty()).then(|| {
+                        "Thulium already holds every value of this row: nothing sent".to_string()
+                    })
+                });
                 run.learn_customer(&row, customer_id, hash.filter(|_| p.not_known.is_empty()));
                 existing(run, &mut row, customer_id);
                 return (row, Some(ev));
@@ -379,6 +385,21 @@ fn decide(
             (row, Some(ev))
         }
     }
+}
+
+/// Whether an update would write nothing Thulium does not hold: no field
+/// left under the policies, or every field's value already the current
+/// one (none of them unknown).
+fn writes_nothing_new(p: &Policed, row: &MappedRow) -> bool {
+    if p.is_empty() {
+        return true;
+    }
+    let Some(current) = &row.current else {
+        return false;
+    };
+    let payload = serde_json::to_value(&p.fields).unwrap_or_default();
+    let cmp = crate::current::compare(&payload, current);
+    cmp.changes.is_empty() && cmp.unknown.is_empty()
 }
 
 /// `retry`'s confirmation of the customer the ledger holds for a row whose
