@@ -1093,6 +1093,24 @@ async fn prepare_matching(
             ..pipeline::Matching::default()
         });
     };
+    // The state is a cache of Thulium: a system holding fewer customers
+    // than the state remembers was restored from a backup or emptied, and
+    // the state's "unchanged" would send nothing to customers that are not
+    // there. One small read tells; then every row is asked of Thulium.
+    let known = state.as_deref().map_or(0, SyncState::customers_known);
+    let mut full = args.full;
+    let mut lookups = lookups;
+    if !full && known > 0 {
+        if let Some(count) = identity::Index::count(client).await.result? {
+            if count < known {
+                eprintln!(
+                    "warning: the system holds {count} customer(s), fewer than the {known} this state remembers: restored from a backup, or emptied? Every row is asked of Thulium this time (as with --full), and the state repaired"
+                );
+                full = true;
+                lookups = lookups.max(known);
+            }
+        }
+    }
     let use_index = match args.index {
         IndexMode::Never => false,
         IndexMode::Always => true,
@@ -1129,7 +1147,7 @@ async fn prepare_matching(
             written: plan.written(),
         },
         state,
-        full: args.full,
+        full,
         group_parts: plan.group_parts().to_vec(),
         feed_on_match: plan.feed_on_match(),
         images: None,
