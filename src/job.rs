@@ -487,9 +487,17 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
         .context("cannot set up the HTTP client")?;
     eprintln!("Reading {}: {}", args.csv.display(), input.info());
     // A ledger path in use refuses the run before anything is asked.
-    if plan.is_none() {
+    // A plan takes no lock (it writes no file) but says what the run
+    // would meet.
+    let ledger_note = if plan.is_none() {
         ledger::check_free(&ledger_path, existing)?;
-    }
+        None
+    } else {
+        (matches!(existing, ledger::Existing::Refuse) && ledger_path.exists()).then(|| format!(
+            "a ledger exists at {}: `run` of this file with the default ledger would stop there (exit 2); continue it with `retry`, or pass --ledger or --force-new-ledger",
+            ledger_path.display()
+        ))
+    };
     // The state is local: one of another system refuses the run before
     // anything is asked. A plan reads it and never writes it.
     let state = match (&args.sync.state, &plan) {
@@ -513,6 +521,7 @@ async fn prepare(args: &RunArgs, plan: Option<Box<dyn ledger::Sink>>) -> anyhow:
     // Guards for a job nobody watches, before anything is asked or sent.
     let guarded = guard_changes(known, &survey, args.sync.max_changes);
     let mut notes = header_notes(state.as_deref(), input.source.header());
+    notes.extend(ledger_note);
     match guarded {
         Err(e) if plan.is_some() => notes.insert(0, format!("{RUN_WOULD_STOP}{e}")),
         guarded => guarded?,

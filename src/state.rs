@@ -240,6 +240,43 @@ impl SyncState {
         }
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        // A state of another system, or of a newer version, is refused
+        // before anything is written to it (the schema below adds tables).
+        let has_meta = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(sql)?
+            .is_some();
+        if has_meta {
+            let meta = |name: &str| -> Result<Option<String>, StateError> {
+                conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)
+            };
+            if let Some(recorded) = meta("system")? {
+                if system_id(&recorded) != system_id(system) {
+                    return Err(StateError::OtherSystem {
+                        path: display,
+                        recorded,
+                        given: system.into(),
+                    });
+                }
+            }
+            if let Some(found) =
+                meta("version")?.filter(|v| v != VERSION && !OLDER.contains(&v.as_str()))
+            {
+                return Err(StateError::Version {
+                    path: display,
+                    found,
+                });
+            }
+        }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         // This connection also makes the writes that must be on disk before
         // a call (feed messages): they wait for the disk.
@@ -363,7 +400,11 @@ impl SyncState {
                 });
             }
         }
-        if let Some(found) = meta("version")?.filter(|v| v != VERSION) {
+        // An older version reads as it is (what is new in this one, the
+        // `seen` table, reads as empty): a run brings it up to date.
+        if let Some(found) =
+            meta("version")?.filter(|v| v != VERSION && !OLDER.contains(&v.as_str()))
+        {
             return Err(StateError::Version {
                 path: display,
                 found,
@@ -840,6 +881,16 @@ mod tests {
         conn.execute_batch("DROP TABLE seen; UPDATE meta SET value = '1' WHERE name = 'version';")
             .unwrap();
         drop(conn);
+        // `plan` reads it as it is (no `seen` yet: nobody seen), writing
+        // nothing.
+        let before = std::fs::read(&path).unwrap();
+        let r = SyncState::open_read_only(&path, "https://a.thulium.com")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.customer_of(7), Some(13));
+        assert!(r.seen("job").is_empty());
+        drop(r);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
         let s = SyncState::open(&path, "https://a.thulium.com").unwrap();
         assert_eq!(s.customer_of(7), Some(13));
         assert!(s.seen("job").is_empty());
@@ -860,9 +911,12 @@ mod tests {
         conn.execute("UPDATE meta SET value = '9' WHERE name = 'version'", [])
             .unwrap();
         drop(conn);
+        let before = std::fs::read(&path).unwrap();
         assert!(matches!(
             SyncState::open(&path, "https://a.thulium.com"),
             Err(StateError::Version { .. })
         ));
+        // Refused before anything is written to it.
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 }

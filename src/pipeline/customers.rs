@@ -1061,7 +1061,14 @@ impl api::Batch for UpdateBatch<'_> {
                 continue;
             }
             match fate {
-                RowFate::Done(()) => run.learn_customer(&row, customer_id, row_hash(run, &row)),
+                RowFate::Done(()) => {
+                    // An `if_empty` field left out for want of Thulium's
+                    // value is not proven written: the row's hash is not
+                    // learnt, so the next night looks again.
+                    let proven = update_fields(run, &row).is_none_or(|p| p.not_known.is_empty());
+                    let hash = row_hash(run, &row).filter(|_| proven);
+                    run.learn_customer(&row, customer_id, hash)
+                }
                 _ if gone => {
                     run.learn(Learnt::ForgetCustomer { customer_id });
                     ev.message = Some(format!(
