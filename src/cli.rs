@@ -514,7 +514,7 @@ pub struct SandboxArgs {
 /// with `run`.
 #[derive(Debug, Clone, Args)]
 pub struct NightlyArgs {
-    /// The drop folder: every .csv, .xlsx, .xls and .ods in it, oldest first.
+    /// The drop folder: every .csv, .xlsx, .xls and .ods in it, oldest first (full exports, as `on_gone` or `[source] full_export` says: the newest only, the older superseded).
     pub drop_dir: PathBuf,
     /// The TOML column mapping, for every file (an edited one is used as it is).
     #[arg(long)]

@@ -621,3 +621,292 @@ async fn on_gone_delete_over_dated_exports_and_a_broken_one_left_for_the_next_ni
     assert!(archive.join("crm-2024-05-03.csv").exists());
     assert_eq!(customers(&sandbox), 95);
 }
+
+/// Two dated full exports of one job waiting in the drop folder, the mapping
+/// (with a campaign record per customer) given `on_gone`, `full_export` or
+/// neither; night 1 imported the older alone. Returns the folder, the
+/// mapping, the state, the work folder and the customers' ids after night 1.
+struct TwoExports {
+    drop: PathBuf,
+    mapping: PathBuf,
+    state: PathBuf,
+    work: PathBuf,
+    archive: PathBuf,
+    older: PathBuf,
+    ids: std::collections::BTreeMap<String, i64>,
+}
+
+fn people(ids: std::ops::RangeInclusive<usize>) -> Vec<[String; 5]> {
+    ids.map(|i| row(&format!("C-{i:03}"), &format!("Nowak{i}"), "VIP"))
+        .collect()
+}
+
+async fn night_one(sandbox: &Sandbox, extra: &str) -> TwoExports {
+    let dir = tempdir();
+    let drop = dir.join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let mapping = dir.join("crm.toml");
+    std::fs::write(
+        &mapping,
+        format!("{MAPPING}{extra}\n[campaign]\nid = {{ value = \"00001\" }}\n"),
+    )
+    .unwrap();
+    let state = dir.join("acme.sqlite");
+    let older = drop.join("export_2026-11-01.csv");
+    write_csv(&older, &people(1..=100));
+    let out = sync(
+        sandbox,
+        &drop,
+        &mapping,
+        &["--state", state.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    assert_eq!(customers(sandbox), 100);
+    let ids = by_identifier(sandbox)
+        .into_iter()
+        .map(|(k, c)| (k, c["customer_id"].as_i64().unwrap()))
+        .collect();
+    TwoExports {
+        work: drop.join(".thulium-import"),
+        archive: dir.join("done"),
+        drop,
+        mapping,
+        state,
+        older,
+        ids,
+    }
+}
+
+/// The customer ids the campaign records of `journal` name.
+fn record_customers(journal: &[JournalEntry]) -> Vec<i64> {
+    journal
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.ends_with("/records"))
+        .flat_map(|e| e.body["records"].as_array().unwrap().clone())
+        .map(|r| r["customer_id"].as_i64().unwrap())
+        .collect()
+}
+
+/// The cold user's night: the newer export (lacking 9 customers) dropped
+/// beside the older, already imported one, and the mapping edited the same
+/// day (which would have re-mapped the older file first). Under `on_gone =
+/// "delete"` the older is superseded: not re-mapped, its ledger untouched;
+/// the 9 are deleted once and never created again (no customer, no
+/// campaign record for a dialer to pick up); then, with `--archive`, the
+/// superseded file is archived with the settled one.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_on_gone_an_older_full_export_waiting_beside_a_newer_one_is_superseded() {
+    let sandbox = Sandbox::start(config()).await.unwrap();
+    let t = night_one(&sandbox, "on_gone = \"delete\"").await;
+    let older_ledger = t.work.join("export_2026-11-01.csv.ledger.jsonl");
+    // A crash at the end of night 1: the ledger lost its `end` line, so the
+    // older file's ledger is unfinished.
+    let text = std::fs::read_to_string(&older_ledger).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last: Value = serde_json::from_str(lines.pop().unwrap()).unwrap();
+    assert_eq!(last["kind"], "end", "{last}");
+    let crashed = lines.join("\n") + "\n";
+    std::fs::write(&older_ledger, &crashed).unwrap();
+
+    std::thread::sleep(Duration::from_millis(20)); // a later modification time
+    let newer = t.drop.join("export_2026-11-02.csv");
+    write_csv(&newer, &people(1..=91));
+    let state_arg = ["--state", t.state.to_str().unwrap()];
+    let before = sandbox.requests().len();
+    let out = sync(&sandbox, &t.drop, &t.mapping, &state_arg).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let journal = sandbox.requests()[before..].to_vec();
+    assert!(
+        out.stdout.contains(
+            "export_2026-11-01.csv: superseded by export_2026-11-02.csv: not imported (its ledger is unfinished: its last run did not end"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("export_2026-11-02.csv: imported"),
+        "{}",
+        out.stdout
+    );
+    // Nobody created, no campaign record added: the 9 are not brought back.
+    assert!(
+        !journal
+            .iter()
+            .any(|e| e.method == "POST" && e.path == "/api/batch/customers"),
+        "no customer created"
+    );
+    let known: std::collections::HashSet<i64> = t.ids.values().copied().collect();
+    assert!(record_customers(&journal)
+        .iter()
+        .all(|id| known.contains(id)));
+    // Exactly the 9 the newer export lacks are deleted, once.
+    let mut deleted: Vec<String> = writes(&journal)
+        .iter()
+        .filter(|e| e.method == "DELETE")
+        .map(|e| e.path.clone())
+        .collect();
+    deleted.sort();
+    let mut want: Vec<String> = (92..=100)
+        .map(|i| format!("/api/customers/{}", t.ids[&format!("C-{i:03}")]))
+        .collect();
+    want.sort();
+    assert_eq!(deleted, want);
+    let held = by_identifier(&sandbox);
+    assert_eq!(held.len(), 91);
+    for i in 1..=91 {
+        let id = format!("C-{i:03}");
+        assert_eq!(held[&id]["customer_id"].as_i64(), Some(t.ids[&id]), "{id}");
+    }
+    // The older file's ledger is neither continued nor kept aside (only
+    // night 1's undo file is beside it).
+    assert_eq!(std::fs::read_to_string(&older_ledger).unwrap(), crashed);
+    assert!(
+        named(&t.work, "export_2026-11-01.csv.ledger.jsonl.")
+            == ["export_2026-11-01.csv.ledger.jsonl.undo.jsonl"]
+    );
+
+    // Night 3: the mapping edited, which re-maps a file whose ledger used
+    // the old one. The older is still superseded (before, its re-map
+    // created the 9 again, with campaign records, and the newer's deleted
+    // them again); the newer is re-mapped: updates only.
+    std::fs::write(
+        &t.mapping,
+        format!(
+            "{}{MAPPING_WITH_SEGMENT}",
+            std::fs::read_to_string(&t.mapping).unwrap()
+        ),
+    )
+    .unwrap();
+    let before = sandbox.requests().len();
+    let out = sync(&sandbox, &t.drop, &t.mapping, &state_arg).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    assert!(
+        out.stdout
+            .contains("export_2026-11-01.csv: superseded by export_2026-11-02.csv: not imported"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("export_2026-11-02.csv: re-mapped"),
+        "{}",
+        out.stdout
+    );
+    let journal = sandbox.requests()[before..].to_vec();
+    let sent_now = writes(&journal);
+    assert!(
+        sent_now
+            .iter()
+            .all(|e| e.method == "PUT" && e.path == "/api/batch/customers"),
+        "updates only: {sent_now:?}"
+    );
+    let mut updated: Vec<String> = sent_now.iter().flat_map(|e| identifiers_sent(e)).collect();
+    updated.sort();
+    let want: Vec<String> = (1..=91).map(|i| format!("C-{i:03}")).collect();
+    assert_eq!(updated, want);
+    assert_eq!(customers(&sandbox), 91);
+    assert_eq!(std::fs::read_to_string(&older_ledger).unwrap(), crashed);
+
+    // The next night, with --archive: the older still superseded (nothing
+    // created, nobody deleted again), and archived with the settled newer
+    // one, so that no later night takes it alone.
+    let archive_arg = [
+        "--state",
+        t.state.to_str().unwrap(),
+        "--archive",
+        t.archive.to_str().unwrap(),
+    ];
+    let before = sandbox.requests().len();
+    let out = sync(&sandbox, &t.drop, &t.mapping, &archive_arg).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let journal = sandbox.requests()[before..].to_vec();
+    assert!(
+        writes(&journal).is_empty(),
+        "nothing to send: {:?}",
+        writes(&journal)
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "export_2026-11-01.csv: superseded by export_2026-11-02.csv: not imported (its ledger is unfinished: its last run did not end, a crash or a kill; not continued: the newer full export covers its rows) — archived to {}",
+            t.archive.join("export_2026-11-01.csv").display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(!t.older.exists() && !newer.exists());
+    assert!(t.archive.join("export_2026-11-02.csv").exists());
+    assert_eq!(customers(&sandbox), 91);
+}
+
+/// `[source] full_export = true` says the same without `on_gone`; and the
+/// same folder with neither is taken as today: both files, oldest first.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_full_exports_both_files_are_imported_in_order_as_before() {
+    for (extra, full) in [("", false), ("[source]\nfull_export = true\n", true)] {
+        let sandbox = Sandbox::start(config()).await.unwrap();
+        // `[source]` already opens MAPPING: the key goes into that table.
+        let t = night_one(&sandbox, "").await;
+        if full {
+            let text = std::fs::read_to_string(&t.mapping).unwrap();
+            let text = text.replacen("[source]\n", extra, 1);
+            std::fs::write(&t.mapping, text).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        write_csv(&t.drop.join("export_2026-11-02.csv"), &people(1..=91));
+        // The mapping edited: the older file re-mapped, as before.
+        std::fs::write(
+            &t.mapping,
+            format!(
+                "{}{MAPPING_WITH_SEGMENT}",
+                std::fs::read_to_string(&t.mapping).unwrap()
+            ),
+        )
+        .unwrap();
+        let out = sync(
+            &sandbox,
+            &t.drop,
+            &t.mapping,
+            &["--state", t.state.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(out.code, Some(0), "{}", out.text());
+        let older = out.stdout.find("export_2026-11-01.csv: ");
+        let newer = out.stdout.find("export_2026-11-02.csv: imported");
+        assert!(newer.is_some(), "{}", out.stdout);
+        if full {
+            assert!(
+                out.stdout.contains(
+                    "export_2026-11-01.csv: superseded by export_2026-11-02.csv: not imported\n"
+                ),
+                "{}",
+                out.stdout
+            );
+            // The edit the older file's re-map would have sent comes with
+            // the newer file, held to --max-changes no more than a re-map.
+            assert!(
+                out.stdout.contains(
+                    "export_2026-11-02.csv: imported (the mapping changed since the older files' ledgers: --max-changes not applied)"
+                ),
+                "{}",
+                out.stdout
+            );
+            assert_eq!(
+                by_identifier(&sandbox)["C-001"]["custom_fields"]["Segment"],
+                "VIP"
+            );
+            assert!(
+                named(&t.work, "export_2026-11-01.csv.ledger.jsonl.")
+                    == ["export_2026-11-01.csv.ledger.jsonl.undo.jsonl"]
+            );
+        } else {
+            assert!(
+                out.stdout.contains("export_2026-11-01.csv: re-mapped"),
+                "{}",
+                out.stdout
+            );
+            assert!(older < newer, "oldest first: {}", out.stdout);
+        }
+        // No on_gone: nobody deleted either way.
+        assert_eq!(customers(&sandbox), 100);
+    }
+}

@@ -1,7 +1,9 @@
 //! `thulium-import sync`: the nightly drop-folder job as one command, on any
 //! OS (what `contrib/nightly.sh` did in bash, which is now a wrapper around
 //! it). One process per folder, held by a lock in the work folder; every
-//! export in the folder, oldest first, except one still being written; per
+//! export in the folder, oldest first, except one still being written (and,
+//! when the mapping says its files are full exports, only the newest: the
+//! older ones are superseded); per
 //! file one ledger in the work folder, continued while the file and the
 //! mapping are the ones it recorded, begun anew for new contents, and its
 //! `report --json` beside it; a settled file moved to `--archive`; the
@@ -238,13 +240,7 @@ fn how(
     if !ledger_path.exists() {
         return Ok(How::Import);
     }
-    let mut last_mapping = None;
-    let (header, _) = ledger::read(ledger_path, |e| {
-        if let Entry::Attempt(a) = e {
-            last_mapping = Some(a.mapping_sha256);
-        }
-    })?;
-    let last_mapping = last_mapping.unwrap_or(header.mapping_sha256);
+    let (header, last_mapping) = last_mapping(ledger_path)?;
     let sha =
         ledger::sha256_file(file).with_context(|| format!("{}: cannot read", file.display()))?;
     Ok(if sha != header.source_sha256 {
@@ -256,6 +252,19 @@ fn how(
     } else {
         How::Continue { remapped: true }
     })
+}
+
+/// The ledger's header and the SHA-256 of the mapping it last used (a
+/// `retry --mapping` records it in its `attempt`).
+fn last_mapping(ledger_path: &Path) -> anyhow::Result<(ledger::Header, String)> {
+    let mut last = None;
+    let (header, _) = ledger::read(ledger_path, |e| {
+        if let Entry::Attempt(a) = e {
+            last = Some(a.mapping_sha256);
+        }
+    })?;
+    let last = last.unwrap_or_else(|| header.mapping_sha256.clone());
+    Ok((header, last))
 }
 
 /// Whether a file whose mapping was edited can start a new ledger (every
@@ -324,7 +333,25 @@ pub(super) async fn sync_command(args: NightlyArgs) -> anyhow::Result<Exit> {
     let stop = listen_for_stop();
     let (files, markers) = candidates(drop_dir)?;
     let (taken, mut done) = settle(files, markers, args.settle, &stop).await;
+    // Full exports of one job: only the newest file taken tonight says what
+    // the CRM holds; an older one imported first would bring back, for a
+    // few minutes and under new ids, customers the newer one lacks.
+    let newest = full_exports(&args.mapping)
+        .then(|| taken.last().map(|f| f.name.clone()))
+        .flatten();
+    // Whether a superseded file's ledger used another mapping: the edit
+    // then reaches Thulium through the newest file, which would otherwise
+    // have been the older file's re-map (README: an edited mapping is
+    // simply used, its changes not held to --max-changes).
+    let mut edit_meant = false;
     for file in taken {
+        if let Some(newest) = newest.as_ref().filter(|n| **n != file.name) {
+            let ledger_path = work.join(format!("{}.ledger.jsonl", file.name));
+            edit_meant |= ledger_path.exists()
+                && last_mapping(&ledger_path).is_ok_and(|(_, m)| m != mapping_sha);
+            done.push(superseded(&args, &work, &file, newest));
+            continue;
+        }
         if stop.stopped() {
             done.push(Done::left(
                 &file,
@@ -332,7 +359,7 @@ pub(super) async fn sync_command(args: NightlyArgs) -> anyhow::Result<Exit> {
             ));
             continue;
         }
-        done.push(take(&args, &work, &mapping_sha, &file).await);
+        done.push(take(&args, &work, &mapping_sha, &file, edit_meant).await);
     }
     let worst = done
         .iter()
@@ -342,6 +369,62 @@ pub(super) async fn sync_command(args: NightlyArgs) -> anyhow::Result<Exit> {
         .unwrap_or(Exit::Ok);
     print_night(drop_dir, &work, &done, worst);
     Ok(worst)
+}
+
+/// Whether the mapping says its files are full exports of one job
+/// (README, "Nightly syncs"). A mapping that cannot be read says no here:
+/// each file's run then reports why, as without full exports.
+fn full_exports(mapping: &Path) -> bool {
+    crate::mapping::load(mapping).is_ok_and(|m| m.full_exports())
+}
+
+/// A full export with a newer one of the same job waiting: not imported,
+/// nor its ledger continued or begun anew (the newer file covers every row
+/// it has, and what it lacks is gone). With `--archive` it is archived at
+/// once: left in the folder, it would be the newest the night after the
+/// newer one is archived, and be imported then.
+fn superseded(args: &NightlyArgs, work: &Path, file: &Candidate, newer: &str) -> Done {
+    let mut what = format!("superseded by {newer}: not imported");
+    // A ledger a crash (or a stop) left unfinished is not continued either:
+    // its rows not done are in the newer export, or gone from the CRM.
+    let ledger_path = work.join(format!("{}.ledger.jsonl", file.name));
+    if ledger_path.exists() {
+        match Outcomes::read(&ledger_path) {
+            Ok(o) if !o.ended() => what.push_str(
+                " (its ledger is unfinished: its last run did not end, a crash or a kill; not continued: the newer full export covers its rows)",
+            ),
+            Ok(o) => {
+                let report = Report::of(&o);
+                if !report.all_done() {
+                    what.push_str(&format!(
+                        " (its ledger is unfinished: {} not done; not continued: the newer full export covers them)",
+                        crate::text::count(report.rows.saturating_sub(report.ok), "row")
+                    ));
+                }
+            }
+            Err(e) => what.push_str(&format!(
+                " (its ledger cannot be read: {e:#}; not continued)"
+            )),
+        }
+    }
+    println!("sync: {}: {what}", file.path.display());
+    let archived = match &args.archive {
+        Some(dir) => match archive(file, dir) {
+            Ok(to) => Some(to),
+            Err(e) => {
+                eprintln!("sync: {}: cannot archive: {e:#}", file.name);
+                None
+            }
+        },
+        None => None,
+    };
+    Done {
+        name: file.name.clone(),
+        what,
+        rows: None,
+        exit: None,
+        archived,
+    }
 }
 
 /// Splits the exports into those taken tonight and those left (`Done`):
@@ -401,7 +484,17 @@ fn listen_for_stop() -> Arc<crate::signals::Stopper> {
 /// One file's night: run or retry through the job layer, its report
 /// written, moved to the archive when settled. An error is this file's (its
 /// exit code remembers it); the night goes on with the next.
-async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candidate) -> Done {
+///
+/// `edit_meant`: an older file superseded by this one recorded another
+/// mapping, so this file carries the mapping's edit (not held to
+/// `--max-changes`, as a re-map is not).
+async fn take(
+    args: &NightlyArgs,
+    work: &Path,
+    mapping_sha: &str,
+    file: &Candidate,
+    edit_meant: bool,
+) -> Done {
     let ledger_path = work.join(format!("{}.ledger.jsonl", file.name));
     let report_path = work.join(format!("{}.report.json", file.name));
     println!("sync: {}", file.path.display());
@@ -436,7 +529,7 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
                 sync: crate::cli::SyncArgs {
                     // The operator edited the mapping: the changes it makes
                     // are meant, not an export bug.
-                    max_changes: if how == How::Remap {
+                    max_changes: if how == How::Remap || edit_meant {
                         crate::cli::Share::Percent(100.0)
                     } else {
                         args.sync.max_changes
@@ -504,9 +597,15 @@ async fn take(args: &NightlyArgs, work: &Path, mapping_sha: &str, file: &Candida
         },
         _ => None,
     };
+    let mut what = how.says().to_string();
+    if edit_meant && how != How::Remap && !matches!(how, How::Continue { .. }) {
+        what.push_str(
+            " (the mapping changed since the older files' ledgers: --max-changes not applied)",
+        );
+    }
     Done {
         name: file.name.clone(),
-        what: how.says().into(),
+        what,
         rows: Some((report.ok, report.rows.saturating_sub(report.ok))),
         exit: Some(exit),
         archived,

@@ -247,6 +247,7 @@ pub fn compile(loaded: &Loaded, header: &[String]) -> Result<Plan, MappingError>
         .map(|c| on_gone(&mut ctx, c.get_ref()))
         .unwrap_or_default();
     let job = job_name(&mut ctx, &raw.source);
+    check_full_export(&mut ctx, &raw.source, &on_gone);
     check_customer_id_source(&mut ctx, raw);
     check_some_stage(&mut ctx, raw);
     ctx.finish(&loaded.path)?;
@@ -312,6 +313,42 @@ fn on_gone(ctx: &mut Ctx<'_>, c: &raw::RawCustomer) -> OnGone {
         ctx.issue("customer.on_gone", v.span(), OnGone::EXPECTED.into());
         OnGone::Keep
     })
+}
+
+/// `[source] full_export = false` beside an `on_gone` that acts says two
+/// things at once: `on_gone` counts a customer missing from a file gone,
+/// which only a full export can say.
+fn check_full_export(ctx: &mut Ctx<'_>, source: &raw::RawSource, on_gone: &OnGone) {
+    if let Some(full) = &source.full_export {
+        if !*full.get_ref() && *on_gone != OnGone::Keep {
+            ctx.issue(
+                "source.full_export",
+                full.span(),
+                "full_export = false contradicts [customer] on_gone, which reads every file as a full export (a customer missing from it is gone); remove full_export, or set on_gone = \"keep\"".into(),
+            );
+        }
+    }
+}
+
+/// Whether the mapping's files are full exports of one job: `[source]
+/// full_export = true`, or an `on_gone` that acts. Read without a header
+/// (`sync` decides which files to take before opening any); an `on_gone`
+/// that does not parse counts as `"keep"` here and is reported when the
+/// file's run compiles the mapping.
+pub(super) fn full_exports(loaded: &Loaded) -> bool {
+    let raw = &loaded.raw;
+    if raw
+        .source
+        .full_export
+        .as_ref()
+        .is_some_and(|f| *f.get_ref())
+    {
+        return true;
+    }
+    let mut ctx = Ctx::new(&loaded.text, &[]);
+    raw.customer
+        .as_ref()
+        .is_some_and(|c| on_gone(&mut ctx, c.get_ref()) != OnGone::Keep)
 }
 
 /// `[source] job`: a name, not empty.
@@ -1026,4 +1063,46 @@ fn address_fields(a: &RawAddress) -> [(AddressPart, Option<&raw::Spec>); 6] {
         (AddressPart::City, a.city.as_ref()),
         (AddressPart::Country, a.country.as_ref()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(text: &str) -> Loaded {
+        super::super::parse(Path::new("m.toml"), text.to_string()).unwrap()
+    }
+
+    const CUSTOMER: &str =
+        "[customer]\nmatch = \"identifier\"\nidentifier = \"Id\"\nsurname = \"Surname\"\n";
+
+    #[test]
+    fn full_exports_are_said_by_on_gone_or_by_source_full_export() {
+        assert!(!loaded(CUSTOMER).full_exports());
+        assert!(!loaded(&format!("{CUSTOMER}on_gone = \"keep\"\n")).full_exports());
+        assert!(loaded(&format!("{CUSTOMER}on_gone = \"delete\"\n")).full_exports());
+        assert!(loaded(&format!("{CUSTOMER}on_gone = \"report\"\n")).full_exports());
+        assert!(loaded(&format!(
+            "{CUSTOMER}on_gone = {{ custom_field = \"Status\", value = \"x\" }}\n"
+        ))
+        .full_exports());
+        assert!(loaded(&format!("[source]\nfull_export = true\n{CUSTOMER}")).full_exports());
+        assert!(!loaded(&format!("[source]\nfull_export = false\n{CUSTOMER}")).full_exports());
+        // A policy that does not parse is reported by the compile, not here.
+        assert!(!loaded(&format!("{CUSTOMER}on_gone = \"erase\"\n")).full_exports());
+    }
+
+    #[test]
+    fn full_export_false_beside_an_acting_on_gone_is_an_error_naming_the_key() {
+        let header = ["Id".to_string(), "Surname".to_string()];
+        let bad = loaded(&format!(
+            "[source]\nfull_export = false\n{CUSTOMER}on_gone = \"delete\"\n"
+        ));
+        let e = compile(&bad, &header).unwrap_err().to_string();
+        assert!(e.contains("source.full_export"), "{e}");
+        let fine = loaded(&format!(
+            "[source]\nfull_export = true\n{CUSTOMER}on_gone = \"delete\"\n"
+        ));
+        assert!(compile(&fine, &header).is_ok());
+    }
 }

@@ -113,6 +113,13 @@ impl Loaded {
         Ctx::new(&self.text, &[]).line(span)
     }
 
+    /// Whether every file of this mapping's job is a full export (`[source]
+    /// full_export = true`, or `[customer] on_gone` other than `"keep"`):
+    /// of several waiting, only the newest says what the CRM holds.
+    pub fn full_exports(&self) -> bool {
+        compiler::full_exports(self)
+    }
+
     /// The CSV reading options of `[source]` (checked: a bad delimiter or
     /// encoding is an error here, before the file is opened).
     pub fn source_options(&self) -> Result<SourceOptions, MappingError> {

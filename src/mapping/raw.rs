@@ -74,6 +74,11 @@ pub struct RawSource {
     /// customers a later file of the same job is compared with. Default:
     /// the mapping file (nightly exports carry dated names).
     pub job: Option<Spanned<String>>,
+    /// Every file of the job is a full export (the whole CRM, not the day's
+    /// changes), so that `sync` imports only the newest of several waiting
+    /// in the drop folder. Implied by `[customer] on_gone` other than
+    /// `"keep"`; default false.
+    pub full_export: Option<Spanned<bool>>,
 }
 
 /// `[customer]`: `POST /api/batch/customers`.
