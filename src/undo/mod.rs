@@ -40,6 +40,7 @@
 
 mod aside;
 pub mod images;
+mod lines;
 pub mod record;
 mod targets;
 
