@@ -609,29 +609,17 @@ impl Night {
                         Action::Deleted,
                         format!("{}: already gone from Thulium, nothing to mark", self.why()),
                     ),
-                    RowFate::Refused {
-                        http_status,
-                        message,
-                    }
-                    | RowFate::Retryable {
-                        http_status,
-                        message,
-                    } => {
+                    f => {
+                        let (message, http_status) = f.why_not().unwrap_or_default();
                         let mut ev = self.event(
                             customer_id,
                             Status::Failed,
                             Action::Marked,
                             format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
                         );
-                        ev.http_status = *http_status;
+                        ev.http_status = http_status;
                         ev
                     }
-                    RowFate::Unknown { message } | RowFate::Stopping { message } => self.event(
-                        customer_id,
-                        Status::Failed,
-                        Action::Marked,
-                        format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
-                    ),
                 };
                 ev.attempts = (call.attempts > 0).then_some(call.attempts);
                 out.push(ev);

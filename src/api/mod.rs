@@ -136,6 +136,23 @@ impl<T> RowFate<T> {
         }
     }
 
+    /// Why a row was not done: the message, and the HTTP status where
+    /// there was one. `None` when it was done.
+    pub fn why_not(&self) -> Option<(&str, Option<u16>)> {
+        match self {
+            RowFate::Done(_) => None,
+            RowFate::Refused {
+                http_status,
+                message,
+            }
+            | RowFate::Retryable {
+                http_status,
+                message,
+            } => Some((message, *http_status)),
+            RowFate::Unknown { message } | RowFate::Stopping { message } => Some((message, None)),
+        }
+    }
+
     /// What a whole-call error means for each of its rows.
     pub fn of_call(e: &CallError) -> RowFate<T> {
         let message = e.to_string();

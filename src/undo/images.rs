@@ -26,7 +26,7 @@
 //! beside the ledger, never in the ledger or the sync state.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -344,11 +344,7 @@ impl Images {
         started_at: &str,
         state: Option<&str>,
     ) -> Result<Arc<Images>, ImagesError> {
-        let mut options = std::fs::OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&path).map_err(|e| io(&path, e))?;
+        let file = super::lines::open(&path).map_err(|e| io(&path, e))?;
         let images = Images {
             path,
             file: Mutex::new(file),
@@ -370,16 +366,7 @@ impl Images {
         if images.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(images.len() * 160);
-        for image in images {
-            serde_json::to_writer(&mut buf, image)
-                .map_err(|e| io(&self.path, std::io::Error::other(e)))?;
-            buf.push(b'\n');
-        }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io(&self.path, e))
+        super::lines::append(&self.file, images).map_err(|e| io(&self.path, e))
     }
 
     /// [`Images::write`] off the async runtime's threads.
@@ -452,6 +439,7 @@ pub fn read(path: &Path) -> Result<(Vec<Image>, usize), ImagesError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::io::Write;
 
     #[test]
     fn the_seen_keys_of_a_gone_customer_round_trip_as_hex() {
