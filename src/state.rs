@@ -120,6 +120,38 @@ pub struct SyncState {
     read_only: bool,
 }
 
+/// Refuses a state recorded for another system, or of a version this one
+/// cannot read (newer; an older one is accepted: the caller brings it up
+/// to date, or reads it as it is).
+fn refuse_other(conn: &Connection, display: &str, system: &str) -> Result<(), StateError> {
+    let meta = |name: &str| -> Result<Option<String>, StateError> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|source| StateError::Sqlite {
+            path: display.to_string(),
+            source,
+        })
+    };
+    if let Some(recorded) = meta("system")? {
+        if system_id(&recorded) != system_id(system) {
+            return Err(StateError::OtherSystem {
+                path: display.to_string(),
+                recorded,
+                given: system.into(),
+            });
+        }
+    }
+    if let Some(found) = meta("version")?.filter(|v| v != VERSION && !OLDER.contains(&v.as_str())) {
+        return Err(StateError::Version {
+            path: display.to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
 /// The state's format version: 2 added `seen` (a version 1 state is
 /// brought up to it when opened: the table is created, nothing else
 /// changes).
@@ -252,30 +284,7 @@ impl SyncState {
             .map_err(sql)?
             .is_some();
         if has_meta {
-            let meta = |name: &str| -> Result<Option<String>, StateError> {
-                conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(sql)
-            };
-            if let Some(recorded) = meta("system")? {
-                if system_id(&recorded) != system_id(system) {
-                    return Err(StateError::OtherSystem {
-                        path: display,
-                        recorded,
-                        given: system.into(),
-                    });
-                }
-            }
-            if let Some(found) =
-                meta("version")?.filter(|v| v != VERSION && !OLDER.contains(&v.as_str()))
-            {
-                return Err(StateError::Version {
-                    path: display,
-                    found,
-                });
-            }
+            refuse_other(&conn, &display, system)?;
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         // This connection also makes the writes that must be on disk before
@@ -384,32 +393,9 @@ impl SyncState {
         }
         .map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        let meta = |name: &str| -> Result<Option<String>, StateError> {
-            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(sql)
-        };
-        if let Some(recorded) = meta("system")? {
-            if system_id(&recorded) != system_id(system) {
-                return Err(StateError::OtherSystem {
-                    path: display,
-                    recorded,
-                    given: system.into(),
-                });
-            }
-        }
         // An older version reads as it is (what is new in this one, the
         // `seen` table, reads as empty): a run brings it up to date.
-        if let Some(found) =
-            meta("version")?.filter(|v| v != VERSION && !OLDER.contains(&v.as_str()))
-        {
-            return Err(StateError::Version {
-                path: display,
-                found,
-            });
-        }
+        refuse_other(&conn, &display, system)?;
         Ok(Some(Arc::new(SyncState {
             path: path.into(),
             read: Mutex::new(conn),
