@@ -22,11 +22,12 @@
 //! check. The ids of what the calls created come from the ledger, which
 //! already holds them: one home per fact.
 //!
-//! This file is customer data (old values in clear): created 0600, kept
+//! This file is customer data (old values in clear): kept 0600 (set on
+//! every open), kept
 //! beside the ledger, never in the ledger or the sync state.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -344,11 +345,7 @@ impl Images {
         started_at: &str,
         state: Option<&str>,
     ) -> Result<Arc<Images>, ImagesError> {
-        let mut options = std::fs::OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&path).map_err(|e| io(&path, e))?;
+        let file = super::jsonl::open_private(&path).map_err(|e| io(&path, e))?;
         let images = Images {
             path,
             file: Mutex::new(file),
@@ -367,19 +364,7 @@ impl Images {
 
     /// Appends images and waits until they are on disk.
     pub fn write(&self, images: &[Image]) -> Result<(), ImagesError> {
-        if images.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(images.len() * 160);
-        for image in images {
-            serde_json::to_writer(&mut buf, image)
-                .map_err(|e| io(&self.path, std::io::Error::other(e)))?;
-            buf.push(b'\n');
-        }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io(&self.path, e))
+        super::jsonl::append(&self.file, images).map_err(|e| io(&self.path, e))
     }
 
     /// [`Images::write`] off the async runtime's threads.

@@ -40,6 +40,7 @@
 
 mod aside;
 pub mod images;
+mod jsonl;
 pub mod record;
 
 use std::collections::{HashMap, HashSet};

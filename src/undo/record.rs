@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -376,9 +376,9 @@ pub struct Record {
 
 impl Record {
     /// Opens the undo ledger of the ledger at `ledger` (whose header has
-    /// `started_at`): continued when it is this ledger's, begun (0600)
-    /// otherwise; one left by an older ledger at the same path is kept
-    /// aside as `<file>.<time>`.
+    /// `started_at`): continued when it is this ledger's, begun otherwise
+    /// (0600 either way); one left by an older ledger at the same path is
+    /// kept aside as `<file>.<time>`.
     pub fn open(ledger: &Path, started_at: &str) -> Result<Record, RecordError> {
         let path = path_for(ledger);
         let existing = read(&path)?;
@@ -387,11 +387,7 @@ impl Record {
             let to = super::aside::aside_ledger(ledger, older).map(|l| path_for(&l));
             super::aside::set_aside(&path, to).map_err(|e| io(&path, e))?;
         }
-        let mut options = std::fs::OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&path).map_err(|e| io(&path, e))?;
+        let file = super::jsonl::open_private(&path).map_err(|e| io(&path, e))?;
         let record = Record {
             path,
             file: Mutex::new(file),
@@ -418,16 +414,7 @@ impl Record {
 
     /// Appends entries and waits until they are on disk.
     pub fn write(&self, entries: &[UndoEntry]) -> Result<(), RecordError> {
-        let mut buf = Vec::new();
-        for e in entries {
-            serde_json::to_writer(&mut buf, e)
-                .map_err(|e| io(&self.path, std::io::Error::other(e)))?;
-            buf.push(b'\n');
-        }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io(&self.path, e))
+        super::jsonl::append(&self.file, entries).map_err(|e| io(&self.path, e))
     }
 }
 
@@ -441,6 +428,7 @@ fn io(path: &Path, source: std::io::Error) -> RecordError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn target(id: i64, outcome: Outcome) -> TargetEvent {
         TargetEvent {
