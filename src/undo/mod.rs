@@ -107,6 +107,9 @@ enum Work {
         customer_id: i64,
         rows: Vec<u64>,
         layers: Vec<Layer>,
+        /// Items the run tried to create on it without learning their
+        /// outcome (they may be there, with no id in the ledger).
+        unknown_items: usize,
     },
     Restore {
         customer_id: i64,
@@ -228,7 +231,15 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
             "{bad_images} line(s) of the undo file could not be read (a crash mid-write leaves one): their targets are judged without them"
         ));
     }
-    let work = plan(&opts.ledger, &outcomes, &all_images)?;
+    let Planned {
+        work,
+        ended_at,
+        run_items,
+    } = plan(&opts.ledger, &outcomes, &all_images)?;
+    // `updated_at` is the system's local time: read as this machine's.
+    let ended_at = ended_at
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&chrono::Local).naive_local());
     let record_path = record::path_for(&opts.ledger);
     let before = record::read(&record_path)?
         .filter(|(s, _)| *s == started_at)
@@ -281,6 +292,8 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
         abort: abort.clone(),
         record: record.as_ref(),
         pending,
+        ended_at,
+        run_items,
     };
     let events: Vec<TargetEvent> = futures::stream::iter(todo)
         .map(|w| ctx.take_back(w))
@@ -322,8 +335,15 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
             }
         };
         let sha = &outcomes.header.source_sha256;
+        // What this undo took back: the state note is for a change made
+        // now, not one an earlier undo made (said then).
+        let fresh: HashSet<String> = events
+            .iter()
+            .filter(|e| e.outcome == Some(Outcome::Reversed))
+            .map(TargetEvent::key)
+            .collect();
         for state in states {
-            notes.push(forget(&state, root, &summary, &seen_of, sha));
+            notes.extend(forget(&state, root, &summary, &seen_of, sha, &fresh));
         }
     }
     Ok(Undone {
@@ -347,19 +367,25 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
 /// lacks it counts it gone again, under that id. Its keys are forgotten,
 /// not pointed at the new id: the next night finds it by lookup (the state
 /// is a hint; Thulium says who a row is).
+///
+/// Every target reversed so far is forgotten again (idempotent: an undo
+/// stopped before this step left them known), but the note counts only
+/// those `fresh` (reversed by this undo), and there is none when nothing
+/// changed this time.
 fn forget(
     path: &str,
     root: &str,
     summary: &Summary,
     seen_of: &HashMap<String, SeenKeys>,
     sha256: &str,
-) -> String {
+    fresh: &HashSet<String>,
+) -> Option<String> {
     if !Path::new(path).exists() {
-        return format!("sync state {path} not found: not updated");
+        return Some(format!("sync state {path} not found: not updated"));
     }
     let state = match crate::state::SyncState::open(Path::new(path), root) {
         Ok(s) => s,
-        Err(e) => return format!("sync state not updated: {e}"),
+        Err(e) => return Some(format!("sync state not updated: {e}")),
     };
     let ids: HashSet<i64> = summary
         .targets()
@@ -373,8 +399,15 @@ fn forget(
         });
     }
     if let Err(e) = state.flush() {
-        return format!("sync state not updated: {e}");
+        return Some(format!("sync state not updated: {e}"));
     }
+    let forgotten = summary
+        .targets()
+        .iter()
+        .filter(|t| fresh.contains(&t.key()) && t.undo.is_some())
+        .filter_map(|t| t.customer_id)
+        .collect::<HashSet<i64>>()
+        .len();
     let mut back = 0;
     for t in summary.targets() {
         let Some(seen) = seen_of.get(&t.key()) else {
@@ -388,9 +421,14 @@ fn forget(
         let brought: Vec<(crate::hash::KeyHash, i64)> =
             seen.hashes().into_iter().map(|k| (k, id)).collect();
         if let Err(e) = state.record_seen(&seen.job, sha256, &brought, &[]) {
-            return format!("sync state not updated: {e}");
+            return Some(format!("sync state not updated: {e}"));
         }
-        back += 1;
+        if fresh.contains(&t.key()) {
+            back += 1;
+        }
+    }
+    if forgotten == 0 && back == 0 {
+        return None;
     }
     let seen_note = if back > 0 {
         format!(
@@ -399,15 +437,14 @@ fn forget(
     } else {
         String::new()
     };
-    format!(
-        "sync state {path}: {} customer(s) taken back forgotten (the next run sends their rows again){seen_note}",
-        ids.len()
-    )
+    Some(format!(
+        "sync state {path}: {forgotten} customer(s) taken back forgotten (the next run sends their rows again){seen_note}"
+    ))
 }
 
 /// The targets of a run: from the ledger (what was done, with ids) and the
 /// undo file (values before, signatures of what was sent).
-fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Result<Vec<Work>> {
+fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Result<Planned> {
     // 1. What the fold does not keep: ids and actions of ok events, and
     // whether a `retry` looked at a customer of unknown outcome since.
     let mut seen: HashMap<(u64, Stage, usize), Seen> = HashMap::new();
@@ -417,8 +454,11 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     // The customers gone from the file the run deleted or marked (ok),
     // and those it tried to and did not.
     let mut deleted: HashSet<i64> = HashSet::new();
+    let mut already_gone: HashSet<i64> = HashSet::new();
     let mut marked: HashSet<i64> = HashSet::new();
-    let mut not_done: HashSet<i64> = HashSet::new();
+    let mut not_marked: HashSet<i64> = HashSet::new();
+    // When the last attempt on the ledger ended (none: it did not).
+    let mut ended_at: Option<String> = None;
     ledger::read(ledger_path, |e| {
         seq += 1;
         match e {
@@ -445,21 +485,32 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                     unknown_at.insert(row, seq);
                 }
             }
-            Entry::Attempt(_) => last_attempt = seq,
+            Entry::Attempt(_) => {
+                last_attempt = seq;
+                ended_at = None;
+            }
+            Entry::End(end) => ended_at = Some(end.finished_at),
+            // A deletion or a mark not recorded ok (unknown, failed, or
+            // no line at all: a kill between image and record) is judged
+            // from its image, by reading the customer first.
             Entry::Gone(g) => match (g.status, g.action) {
                 // Found gone from Thulium already: the run deleted nothing.
                 (Some(Status::Ok), Some(Action::Deleted))
                     if g.message
                         .as_deref()
-                        .is_some_and(|m| m.contains("already gone from Thulium")) => {}
+                        .is_some_and(|m| m.contains("already gone from Thulium")) =>
+                {
+                    already_gone.insert(g.customer_id);
+                }
                 (Some(Status::Ok), Some(Action::Deleted)) => {
                     deleted.insert(g.customer_id);
                 }
                 (Some(Status::Ok), Some(Action::Marked)) => {
                     marked.insert(g.customer_id);
                 }
-                (Some(_), Some(Action::Deleted | Action::Marked)) => {
-                    not_done.insert(g.customer_id);
+                // A PUT refused: the mark was not made.
+                (Some(Status::Failed), Some(Action::Marked)) => {
+                    not_marked.insert(g.customer_id);
                 }
                 _ => {}
             },
@@ -470,6 +521,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
 
     // 2. The customers: created (deleted), updated (put back).
     let mut created: HashMap<i64, u64> = HashMap::new();
+    let mut adopted: HashMap<i64, u64> = HashMap::new();
     let mut updated: HashMap<i64, Vec<u64>> = HashMap::new();
     let mut unresolved = Vec::new();
     let mut work = Vec::new();
@@ -479,8 +531,11 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
         };
         match view.stage(Stage::Customer, 0).map(|o| o.status) {
             Some(Status::Ok) => match (view.action(), view.customer_id()) {
-                (Some(Action::Created | Action::Adopted), Some(c)) => {
+                (Some(Action::Created), Some(c)) => {
                     created.insert(c, row);
+                }
+                (Some(Action::Adopted), Some(c)) => {
+                    adopted.insert(c, row);
                 }
                 (Some(Action::Updated), Some(c)) => updated.entry(c).or_default().push(row),
                 _ => {}
@@ -604,7 +659,7 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     let mut gone_ids: Vec<i64> = deleted_image
         .keys()
         .copied()
-        .filter(|id| deleted.contains(id) || !not_done.contains(id))
+        .filter(|id| deleted.contains(id) || !already_gone.contains(id))
         .chain(deleted.iter().copied())
         .collect();
     gone_ids.sort_unstable();
@@ -625,8 +680,14 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             })),
         }
     }
-    let mut marked_ids: Vec<i64> = marked.into_iter().collect();
+    let mut marked_ids: Vec<i64> = marked_image
+        .keys()
+        .copied()
+        .filter(|id| marked.contains(id) || !not_marked.contains(id))
+        .chain(marked.iter().copied())
+        .collect();
     marked_ids.sort_unstable();
+    marked_ids.dedup();
     for customer_id in marked_ids {
         match marked_image.remove(&customer_id) {
             Some(((before, unknown, layer), seen)) => work.push(Work::Restore {
@@ -658,6 +719,25 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             ..TargetEvent::default()
         })
     };
+    // A customer adopted (found by its keys after a creation of unknown
+    // outcome) may have been there before the run: deleted only when the
+    // images show it is the run's own POST's (its creation signed before
+    // the POST, and no update since found other values in it). One whose
+    // update overwrote values gets them back instead, as an update's.
+    let mut adopted_ids: Vec<(i64, u64)> = adopted.into_iter().collect();
+    adopted_ids.sort_unstable_by_key(|(_, r)| *r);
+    for (customer_id, row) in adopted_ids {
+        let list = updates.get(&customer_id).map_or(&[][..], Vec::as_slice);
+        if list.iter().any(|(b, _, _)| !b.is_empty()) {
+            updated.entry(customer_id).or_default().push(row);
+        } else if !created_image.contains_key(&row) {
+            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "adopted (found by its keys after a creation of unknown outcome) without a before-image: nothing shows it is the run's own creation rather than a customer that was there before; left as it is"));
+        } else if list.iter().any(|(_, u, _)| !u.is_empty()) {
+            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "adopted (found by its keys after a creation of unknown outcome) and updated without its values before being known: it may be a customer that was there before the run; left as it is"));
+        } else {
+            created.insert(customer_id, row);
+        }
+    }
     let mut created_ids: Vec<(i64, u64)> = created.iter().map(|(c, r)| (*c, *r)).collect();
     created_ids.sort_unstable_by_key(|(_, r)| *r);
     for (customer_id, row) in created_ids {
@@ -673,10 +753,29 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                 .flatten()
                 .map(|(_, _, l)| l.clone()),
         );
+        // Items of this row with no id in the ledger: of unknown outcome,
+        // or created and answered without an id.
+        let unknown_items = outcomes.row(row).map_or(0, |view| {
+            view.all()
+                .filter(|(stage, group, o)| {
+                    *stage == Stage::FieldGroup
+                        && match o.status {
+                            Status::Unknown => true,
+                            Status::Ok => seen
+                                .get(&(row, Stage::FieldGroup, *group))
+                                .is_some_and(|s| {
+                                    s.action == Some(Action::Created) && s.item_id.is_none()
+                                }),
+                            _ => false,
+                        }
+                })
+                .count()
+        });
         work.push(Work::Delete {
             customer_id,
             rows: vec![row],
             layers,
+            unknown_items,
         });
     }
     let mut updated_ids: Vec<(i64, Vec<u64>)> = updated
@@ -697,20 +796,10 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             ));
             continue;
         };
-        // The first value seen before the run is the one to put back.
-        let mut before = Map::new();
-        for (b, _, _) in list {
-            for (k, v) in b {
-                before.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        let mut unknown: Vec<String> = list
-            .iter()
-            .flat_map(|(_, u, _)| u.iter().cloned())
-            .filter(|f| !before.contains_key(f))
-            .collect();
-        unknown.sort();
-        unknown.dedup();
+        let (before, unknown) = first_mention(list);
+        let mut rows = rows;
+        rows.sort_unstable();
+        rows.dedup();
         work.push(Work::Restore {
             customer_id,
             rows,
@@ -722,6 +811,11 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
     }
 
     // 4. What hangs on the customers: items, records, history.
+    let run_items: HashSet<i64> = seen
+        .iter()
+        .filter(|((_, stage, _), _)| *stage == Stage::FieldGroup)
+        .filter_map(|(_, s)| s.item_id)
+        .collect();
     for row in 1..=outcomes.max_row() {
         let Some(view) = outcomes.row(row) else {
             continue;
@@ -782,12 +876,50 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
             }
         }
     }
-    Ok(work)
+    Ok(Planned {
+        work,
+        ended_at,
+        run_items,
+    })
+}
+
+/// The targets of a run, and what `delete` checks a customer against.
+struct Planned {
+    work: Vec<Work>,
+    /// When the ledger's last attempt ended (`finished_at`; none when it
+    /// did not end: a crash).
+    ended_at: Option<String>,
+    /// Every field-group item the run created or updated.
+    run_items: HashSet<i64>,
 }
 
 /// One update's image: the values before, the fields of unknown value,
 /// and what was sent.
 type Overwritten = (Map<String, Value>, Vec<String>, Layer);
+
+/// The values to put back from a customer's update images (in file
+/// order): each field as the FIRST image that mentions it has it (a value,
+/// or unknown). A later image was read after the run's own update: its
+/// value is the run's, never the one before the run.
+fn first_mention(list: &[Overwritten]) -> (Map<String, Value>, Vec<String>) {
+    let mut before = Map::new();
+    let mut unknown = Vec::new();
+    let mut met = HashSet::new();
+    for (b, u, _) in list {
+        for (f, v) in b {
+            if met.insert(f.clone()) {
+                before.insert(f.clone(), v.clone());
+            }
+        }
+        for f in u {
+            if met.insert(f.clone()) {
+                unknown.push(f.clone());
+            }
+        }
+    }
+    unknown.sort();
+    (before, unknown)
+}
 
 /// What every target's work shares.
 struct Ctx<'a> {
@@ -798,6 +930,10 @@ struct Ctx<'a> {
     /// Targets whose `POST` an earlier `undo` sent without learning its
     /// outcome ([`Summary::is_pending`]).
     pending: HashSet<String>,
+    /// When the run ended, on this machine's local clock.
+    ended_at: Option<chrono::NaiveDateTime>,
+    /// Every item the run created or updated.
+    run_items: HashSet<i64>,
 }
 
 impl Ctx<'_> {
@@ -817,8 +953,12 @@ impl Ctx<'_> {
             Work::Delete {
                 customer_id,
                 layers,
+                unknown_items,
                 ..
-            } => self.delete(&work, *customer_id, layers).await,
+            } => {
+                self.delete(&work, *customer_id, layers, *unknown_items)
+                    .await
+            }
             Work::Restore {
                 customer_id,
                 before,
@@ -861,13 +1001,12 @@ impl Ctx<'_> {
     }
 
     /// The customer now, in the fields the run wrote, and when it last
-    /// changed (`updated_at`, for the message of one kept): `None` when
-    /// gone.
+    /// changed (`updated_at`, as Thulium gives it): `None` when gone.
     async fn read(
         &self,
         customer_id: i64,
         layers: &[Layer],
-    ) -> Result<Option<(Current, String)>, CallError> {
+    ) -> Result<Option<(Current, Option<String>)>, CallError> {
         let written = Written::of_names(
             layers
                 .iter()
@@ -876,15 +1015,26 @@ impl Ctx<'_> {
         let call = self.client.get_customer(customer_id, &written).await;
         Ok(call.result?.map(|c| {
             let when = match c.fields.get("updated_at") {
-                Some(Value::String(t)) if !t.is_empty() => format!(" (last changed {t})"),
-                _ => String::new(),
+                Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+                _ => None,
             };
             (written.keep(&c), when)
         }))
     }
 
-    async fn delete(&self, work: &Work, customer_id: i64, layers: &[Layer]) -> TargetEvent {
-        let (now, when) = match self.read(customer_id, layers).await {
+    /// A customer the run created, deleted when nothing shows a change
+    /// since: every field the run wrote still holds its value, it was not
+    /// updated after the run ended (`updated_at`, a minute of slack for
+    /// the clocks: a later night may have written fields this run did
+    /// not), and it holds no field-group item the run did not create.
+    async fn delete(
+        &self,
+        work: &Work,
+        customer_id: i64,
+        layers: &[Layer],
+        unknown_items: usize,
+    ) -> TargetEvent {
+        let (now, updated_at) = match self.read(customer_id, layers).await {
             Ok(Some(now)) => now,
             Ok(None) => {
                 let mut ev = work.event(Outcome::Reversed);
@@ -893,6 +1043,7 @@ impl Ctx<'_> {
             }
             Err(e) => return self.errored(work, "could not read it", &e),
         };
+        let when = last_changed(&updated_at);
         let changed = changed_since(layers, |f| now.get(f));
         if !changed.is_empty() {
             let mut ev = work.event(Outcome::Kept);
@@ -900,6 +1051,35 @@ impl Ctx<'_> {
                 "changed since the run (by a person or another tool){when}: not deleted"
             ));
             ev.fields = changed;
+            return ev;
+        }
+        if let (Some(end), Some(t)) = (self.ended_at, updated_at.as_deref()) {
+            let later = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S")
+                .is_ok_and(|at| at > end + chrono::Duration::seconds(CLOCK_SLACK_SECS));
+            if later {
+                let mut ev = work.event(Outcome::Kept);
+                ev.message = Some(format!(
+                    "changed after the run (updated_at {t}; the run ended {}): not deleted",
+                    end.format("%Y-%m-%d %H:%M:%S")
+                ));
+                return ev;
+            }
+        }
+        let items = match self.client.find_all_items(customer_id).await.result {
+            Ok(items) => items,
+            Err(e) => return self.errored(work, "could not list its items", &e),
+        };
+        let foreign: Vec<i64> = items
+            .iter()
+            .map(|i| i.item_id)
+            .filter(|id| !self.run_items.contains(id))
+            .collect();
+        if foreign.len() > unknown_items {
+            let mut ev = work.event(Outcome::Kept);
+            ev.message = Some(format!(
+                "holds field-group items the run did not create (item {}): not deleted",
+                crate::text::join_ids(&foreign)
+            ));
             return ev;
         }
         if self.dry_run {
@@ -999,11 +1179,19 @@ impl Ctx<'_> {
             }
             None => {}
         }
-        let unsent = if skipped.is_empty() {
+        let mut unsent = if skipped.is_empty() {
             String::new()
         } else {
             format!("; not sent (read only): {}", skipped.join(", "))
         };
+        // `GET customers/:id` shows one e-mail address: whether it had
+        // more is not known, and those are not brought back.
+        if fields
+            .get("email")
+            .is_some_and(|e| e.as_str().is_some_and(|e| !e.trim().is_empty()))
+        {
+            unsent.push_str("; e-mail: the first address only (Thulium's GET shows one)");
+        }
         if self.dry_run {
             let mut ev = work.event(Outcome::Reversed);
             ev.message = Some(format!(
@@ -1084,7 +1272,7 @@ impl Ctx<'_> {
         layers: &[Layer],
     ) -> TargetEvent {
         let (now, when) = match self.read(customer_id, layers).await {
-            Ok(Some(now)) => now,
+            Ok(Some((now, at))) => (now, last_changed(&at)),
             Ok(None) => {
                 let mut ev = work.event(Outcome::Kept);
                 ev.message =
@@ -1272,6 +1460,19 @@ impl Ctx<'_> {
             Err(e) => self.errored(work, "PUT failed", &e),
         }
     }
+}
+
+/// How much later than the run's end a customer's `updated_at` must be to
+/// count as changed after it: the two clocks (Thulium's, this machine's)
+/// are not the same one.
+const CLOCK_SLACK_SECS: i64 = 60;
+
+/// ` (last changed <updated_at>)`, for the message of a target kept.
+fn last_changed(updated_at: &Option<String>) -> String {
+    updated_at
+        .as_deref()
+        .map(|t| format!(" (last changed {t})"))
+        .unwrap_or_default()
 }
 
 /// The fields whose value now (`value`: `None` when the answer lacks the

@@ -250,7 +250,7 @@ impl Summary {
 /// reversed with its ids, rows and the fields that differ.
 pub fn render(s: &Summary) -> String {
     let n = |o| s.count(o);
-    let mut out = format!(
+    let counts = format!(
         "undo: {} reversed, {} kept (changed since), {} errored, {} not undoable{}",
         n(Outcome::Reversed),
         n(Outcome::Kept),
@@ -262,6 +262,26 @@ pub fn render(s: &Summary) -> String {
             " (not finished: run undo again)"
         }
     );
+    with_targets(counts, s)
+}
+
+/// [`render`] of an `undo --dry-run`: what it would do, in the
+/// conditional (nothing was done).
+pub fn render_dry_run(s: &Summary) -> String {
+    let n = |o| s.count(o);
+    let counts = format!(
+        "undo (dry run): would reverse {}, would keep {} (changed since), {} could not be judged (errored), {} not undoable",
+        n(Outcome::Reversed),
+        n(Outcome::Kept),
+        n(Outcome::Errored),
+        n(Outcome::NotUndoable),
+    );
+    with_targets(counts, s)
+}
+
+/// The counts line, then every target not reversed.
+fn with_targets(counts: String, s: &Summary) -> String {
+    let mut out = counts;
     for t in &s.not_reversed {
         out.push_str("\n  ");
         out.push_str(&describe(t));
