@@ -437,6 +437,7 @@ pub fn read(path: &Path) -> Result<(Vec<Image>, usize), ImagesError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::io::Write;
 
     #[test]
     fn the_seen_keys_of_a_gone_customer_round_trip_as_hex() {

@@ -761,11 +761,12 @@ fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Resul
                     *stage == Stage::FieldGroup
                         && match o.status {
                             Status::Unknown => true,
-                            Status::Ok => seen
-                                .get(&(row, Stage::FieldGroup, *group))
-                                .is_some_and(|s| {
-                                    s.action == Some(Action::Created) && s.item_id.is_none()
-                                }),
+                            Status::Ok => {
+                                seen.get(&(row, Stage::FieldGroup, *group))
+                                    .is_some_and(|s| {
+                                        s.action == Some(Action::Created) && s.item_id.is_none()
+                                    })
+                            }
                             _ => false,
                         }
                 })
@@ -1499,6 +1500,35 @@ fn changed_since(layers: &[Layer], value: impl Fn(&str) -> Option<Value>) -> Vec
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn each_field_is_put_back_as_the_first_image_mentioning_it_has_it() {
+        let layer = || Layer {
+            fields: Vec::new(),
+            sent: String::new(),
+        };
+        let obj = |v: Value| v.as_object().unwrap().clone();
+        // The first update did not know `name`; the second, read after the
+        // run's own update, knows it (the run's value) and `surname` too.
+        let list = vec![
+            (
+                obj(json!({"surname": "Old"})),
+                vec!["name".to_string()],
+                layer(),
+            ),
+            (
+                obj(json!({"surname": "Run's", "name": "Run's", "email": "old@x.pl"})),
+                vec![],
+                layer(),
+            ),
+        ];
+        let (before, unknown) = first_mention(&list);
+        assert_eq!(
+            Value::Object(before),
+            json!({"surname": "Old", "email": "old@x.pl"})
+        );
+        assert_eq!(unknown, ["name"]);
+    }
 
     #[test]
     fn a_field_is_judged_by_the_last_layer_that_wrote_it() {
