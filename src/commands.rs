@@ -123,7 +123,12 @@ async fn undo_command(args: &UndoArgs) -> anyhow::Result<Exit> {
         serde_json::to_writer(&mut out, &json)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{}", undo::record::render(summary))?;
+        let counts = if args.dry_run {
+            undo::record::render_dry_run(summary)
+        } else {
+            undo::record::render(summary)
+        };
+        writeln!(out, "{counts}")?;
         if undone.settled_before > 0 {
             writeln!(
                 out,

@@ -1099,6 +1099,16 @@ async fn prepare_matching(
     let Some(upsert) = plan.upsert() else {
         return Ok(pipeline::Matching {
             feed_on_match: plan.feed_on_match(),
+            // Without `match` a customer is looked up only by `retry`, for
+            // a creation of unknown outcome; the one it adopts gets the
+            // row's fields, so the lookup reads their values now: the undo
+            // file keeps what that update overwrites (it may be a customer
+            // that was there before the run, and `undo` must not take it
+            // for the run's own).
+            finder: identity::Finder {
+                written: plan.written(),
+                ..identity::Finder::default()
+            },
             ..pipeline::Matching::default()
         });
     };

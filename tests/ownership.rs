@@ -886,7 +886,11 @@ async fn undo_of_a_night_brings_the_deleted_back_under_new_ids_and_the_next_nigh
     let from = sandbox.requests().len();
     let dry = undo(&sandbox, &ledger2, &["--dry-run"]).await;
     assert_eq!(dry.code, Some(0), "{}", dry.text());
-    assert!(dry.stdout.contains("undo: 5 reversed"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("undo (dry run): would reverse 5"),
+        "{}",
+        dry.stdout
+    );
     assert!(writes_since(&sandbox, from).is_empty());
     assert!(!PathBuf::from(format!("{}.undo-ledger.jsonl", ledger2.display())).exists());
 

@@ -264,7 +264,7 @@ async fn lookups_and_updates_send_exact_queries_and_bodies() {
     let _ = client
         .send(&FindItems {
             customer_id: 13,
-            group_id: 2,
+            group_id: Some(2),
             limit: 1000,
             offset: 0,
         })

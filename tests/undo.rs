@@ -524,10 +524,28 @@ async fn a_sync_night_taken_back_is_sent_again_the_next_night() {
     assert_eq!(out.code, Some(0), "{}", out.text());
     assert_eq!(common::customers(&s.sandbox), 5 + 6);
     let ledger = drop.join(".thulium-import").join("mon.csv.ledger.jsonl");
+    // A dry run speaks in the conditional: nothing was done.
+    let dry = undo(&s.sandbox, &ledger, &["--dry-run"]).await;
+    assert_eq!(dry.code, Some(0), "{}", dry.text());
+    assert!(
+        dry.stdout
+            .contains("undo (dry run): would reverse 6, would keep 0"),
+        "{}",
+        dry.stdout
+    );
     let out = undo(&s.sandbox, &ledger, &[]).await;
     assert_eq!(out.code, Some(0), "{}", out.text());
-    assert!(out.stdout.contains("sync state"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("6 customer(s) taken back forgotten (the next run sends their rows again)"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(held(&s.sandbox), before);
+    // Run again: nothing to do, the state not changed, and not said to be.
+    let again = undo(&s.sandbox, &ledger, &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.text());
+    assert!(!again.stdout.contains("sync state"), "{}", again.stdout);
     // The next night's export holds the same six people, and one more.
     std::fs::remove_file(drop.join("mon.csv")).unwrap();
     let out = common::output(night("tue.csv", rows(0, 7, "new"))).await;
@@ -536,4 +554,147 @@ async fn a_sync_night_taken_back_is_sent_again_the_next_night() {
     for i in 1..=7 {
         assert!(ids.contains_key(&format!("N-{i}")), "N-{i} sent again");
     }
+}
+
+/// No `match`: the run creates without looking anyone up. A creation
+/// whose answer is lost (the connection dropped before the request was
+/// applied) is looked up by `retry`, which finds the customer that was
+/// already there with the row's identifier, adopts it and writes the
+/// row's fields onto it. `undo` must not delete that customer: it gets
+/// its old values back; the customers the run really created are deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_puts_back_a_customer_retry_adopted_and_never_deletes_it() {
+    let mut config = config();
+    config.faults = vec![FaultKind::DropBefore];
+    config.seed = 11;
+    let s = setup(20, 0, config).await;
+    std::fs::write(
+        &s.mapping,
+        "[source]\ndelimiter = \";\"\nencoding = \"utf-8\"\n\n[customer]\nsurname = { column = \"Surname\", required = true }\nname = \"Name\"\nidentifier = \"Id\"\nemail = \"Email\"\n",
+    )
+    .unwrap();
+    let before = held(&s.sandbox);
+    let old_ids: Vec<i64> = (1..=20)
+        .map(|i| id_of(&s.sandbox, &format!("P-{i}")))
+        .collect();
+    s.sandbox.set_fault_rate(0.3);
+    let out = run(&s, &["--batch-size", "1"]).await;
+    s.sandbox.set_fault_rate(0.0);
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    let unknown = common::report(&s.ledger)["stages"]["customer"]["unknown"]
+        .as_u64()
+        .unwrap();
+    assert!(unknown > 0, "{}", out.text());
+
+    let mut retry = common::bin(PASSWORD);
+    retry
+        .arg("retry")
+        .arg(&s.ledger)
+        .args(["--url", &s.sandbox.url(), "--user", "api_user"])
+        .args(["--no-progress", "--rate", "5000"]);
+    let out = common::output(retry).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let r = common::report(&s.ledger);
+    let adopted = r["actions"]["adopted"].as_u64().unwrap();
+    assert_eq!(adopted, unknown, "{r}");
+    // The adopted ones now hold the row's fields (the retry's PUT).
+    let adopted_ids: Vec<i64> = old_ids
+        .iter()
+        .copied()
+        .filter(|id| {
+            s.sandbox.state_json()["customers"][id.to_string()]["surname"]
+                .as_str()
+                .unwrap()
+                .starts_with("Nowak-new")
+        })
+        .collect();
+    assert_eq!(adopted_ids.len() as u64, adopted);
+
+    let out = undo(&s.sandbox, &s.ledger, &["--json"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let j: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["counts"]["reversed"], 20, "{j}");
+    for t in j["targets"].as_array().unwrap() {
+        let id = t["customer_id"].as_i64().unwrap();
+        let want = if adopted_ids.contains(&id) {
+            "restore"
+        } else {
+            "delete"
+        };
+        assert_eq!(t["undo"], want, "{t}");
+    }
+    // Every customer that was there before is there, as it was; the
+    // duplicates the run created are gone.
+    assert_eq!(held(&s.sandbox), before);
+}
+
+/// A customer the run created that a later night changed is kept: one
+/// got a field this run never wrote (seen by `updated_at`, the system's
+/// clock a day on), one got a field-group item in another group; the
+/// others are deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_keeps_created_customers_a_later_night_changed() {
+    let s = setup(0, 4, config()).await;
+    std::fs::write(&s.mapping, plain_mapping()).unwrap();
+    let out = run(&s, &[]).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let ids: Vec<i64> = (1..=4)
+        .map(|i| id_of(&s.sandbox, &format!("N-{i}")))
+        .collect();
+
+    // The next night, another export, another ledger.
+    s.sandbox.advance_clock(24 * 3600);
+    let night = |name: &str, mapping: &str, csv: &str| {
+        let m = s.dir.join(format!("{name}.toml"));
+        std::fs::write(&m, mapping).unwrap();
+        let c = s.dir.join(format!("{name}.csv"));
+        std::fs::write(&c, csv).unwrap();
+        let l = s.dir.join(format!("{name}.ledger.jsonl"));
+        common::run_against(&s.sandbox, PASSWORD, &c, &m, &l)
+    };
+    let head = "[source]\ndelimiter = \";\"\nencoding = \"utf-8\"\n\n[customer]\nmatch = \"identifier\"\nsurname = { column = \"Surname\", required = true }\nidentifier = \"Id\"\n";
+    let phone = night(
+        "phone",
+        &format!("{head}phone_number = \"Phone\"\n"),
+        "Id;Surname;Phone\nN-1;Kowal-1;48600100200\n",
+    );
+    let out = common::output(phone).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let contract = night(
+        "contract",
+        &format!(
+            "{head}\n[[field_group]]\ngroup_id = 3\n[field_group.values]\n20 = \"Contract\"\n"
+        ),
+        "Id;Surname;Contract\nN-2;Kowal-2;U-1\n",
+    );
+    let out = common::output(contract).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+
+    let out = undo(&s.sandbox, &s.ledger, &["--json"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    let j: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(j["counts"]["kept"], 2, "{j}");
+    assert_eq!(j["counts"]["reversed"], 2, "{j}");
+    let message = |id: i64| {
+        j["not_reversed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["customer_id"] == id)
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        message(ids[0]).contains("changed after the run (updated_at"),
+        "{j}"
+    );
+    assert!(
+        message(ids[1]).contains("items the run did not create"),
+        "{j}"
+    );
+    let now = common::by_identifier(&s.sandbox);
+    assert!(now.contains_key("N-1") && now.contains_key("N-2"));
+    assert!(!now.contains_key("N-3") && !now.contains_key("N-4"));
 }

@@ -64,7 +64,8 @@ pub struct FoundItem {
 #[derive(Debug, Clone)]
 pub struct FindItems {
     pub customer_id: i64,
-    pub group_id: i64,
+    /// `None`: the customer's items in every group.
+    pub group_id: Option<i64>,
     pub limit: u32,
     pub offset: u64,
 }
@@ -75,15 +76,13 @@ impl Endpoint for FindItems {
     const IDEMPOTENT: bool = true;
 
     fn path(&self) -> String {
-        format!(
-            "customer_field_group_items?{}",
-            query(&[
-                ("customer_id", self.customer_id.to_string()),
-                ("group_id", self.group_id.to_string()),
-                ("limit", self.limit.to_string()),
-                ("offset", self.offset.to_string()),
-            ])
-        )
+        let mut params = vec![("customer_id", self.customer_id.to_string())];
+        if let Some(g) = self.group_id {
+            params.push(("group_id", g.to_string()));
+        }
+        params.push(("limit", self.limit.to_string()));
+        params.push(("offset", self.offset.to_string()));
+        format!("customer_field_group_items?{}", query(&params))
     }
 
     fn parse(&self, answer: &Answer) -> Result<Self::Answer, CallError> {
@@ -273,6 +272,16 @@ impl ApiClient {
     /// Every item of a customer in a group, page by page (through the one
     /// paging routine, [`ApiClient::all_pages`]).
     pub async fn find_items(&self, customer_id: i64, group_id: i64) -> Call<Vec<FoundItem>> {
+        self.items_of(customer_id, Some(group_id)).await
+    }
+
+    /// Every item of a customer, in every group (`undo` asks whether a
+    /// customer holds items a run did not create).
+    pub async fn find_all_items(&self, customer_id: i64) -> Call<Vec<FoundItem>> {
+        self.items_of(customer_id, None).await
+    }
+
+    async fn items_of(&self, customer_id: i64, group_id: Option<i64>) -> Call<Vec<FoundItem>> {
         let mut call = self
             .all_pages(|limit, offset| FindItems {
                 customer_id,
@@ -281,12 +290,12 @@ impl ApiClient {
                 offset,
             })
             .await;
-        // Only this customer's items in this group count, whatever the
+        // Only this customer's items (in this group) count, whatever the
         // filter let through.
         if let Ok(items) = &mut call.result {
             items.retain(|i| {
                 i.customer_id.is_none_or(|c| c == customer_id)
-                    && i.group_id.is_none_or(|g| g == group_id)
+                    && group_id.is_none_or(|want| i.group_id.is_none_or(|g| g == want))
             });
         }
         call
@@ -303,7 +312,7 @@ mod tests {
     fn items_are_read_in_either_value_shape() {
         let f = FindItems {
             customer_id: 5,
-            group_id: 2,
+            group_id: Some(2),
             limit: 1000,
             offset: 0,
         };

@@ -501,6 +501,12 @@ impl Sandbox {
         self.shared.lock_state().restore(reset_ids);
     }
 
+    /// Moves the system's clock on by `secs` (what `updated_at` says from
+    /// now on): a test's stand-in for a later night.
+    pub fn advance_clock(&self, secs: i64) {
+        self.shared.lock_state().clock_offset_secs += secs;
+    }
+
     /// Changes the fault rate while serving.
     pub fn set_fault_rate(&self, rate: f64) {
         self.shared

@@ -22,7 +22,8 @@
 //! check. The ids of what the calls created come from the ledger, which
 //! already holds them: one home per fact.
 //!
-//! This file is customer data (old values in clear): created 0600, kept
+//! This file is customer data (old values in clear): kept 0600 (set on
+//! every open), kept
 //! beside the ledger, never in the ledger or the sync state.
 
 use std::fs::File;
@@ -344,7 +345,7 @@ impl Images {
         started_at: &str,
         state: Option<&str>,
     ) -> Result<Arc<Images>, ImagesError> {
-        let file = super::lines::open(&path).map_err(|e| io(&path, e))?;
+        let file = super::jsonl::open_private(&path).map_err(|e| io(&path, e))?;
         let images = Images {
             path,
             file: Mutex::new(file),
@@ -363,10 +364,7 @@ impl Images {
 
     /// Appends images and waits until they are on disk.
     pub fn write(&self, images: &[Image]) -> Result<(), ImagesError> {
-        if images.is_empty() {
-            return Ok(());
-        }
-        super::lines::append(&self.file, images).map_err(|e| io(&self.path, e))
+        super::jsonl::append(&self.file, images).map_err(|e| io(&self.path, e))
     }
 
     /// [`Images::write`] off the async runtime's threads.

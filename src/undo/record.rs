@@ -250,7 +250,7 @@ impl Summary {
 /// reversed with its ids, rows and the fields that differ.
 pub fn render(s: &Summary) -> String {
     let n = |o| s.count(o);
-    let mut out = format!(
+    let counts = format!(
         "undo: {} reversed, {} kept (changed since), {} errored, {} not undoable{}",
         n(Outcome::Reversed),
         n(Outcome::Kept),
@@ -262,6 +262,26 @@ pub fn render(s: &Summary) -> String {
             " (not finished: run undo again)"
         }
     );
+    with_targets(counts, s)
+}
+
+/// [`render`] of an `undo --dry-run`: what it would do, in the
+/// conditional (nothing was done).
+pub fn render_dry_run(s: &Summary) -> String {
+    let n = |o| s.count(o);
+    let counts = format!(
+        "undo (dry run): would reverse {}, would keep {} (changed since), {} could not be judged (errored), {} not undoable",
+        n(Outcome::Reversed),
+        n(Outcome::Kept),
+        n(Outcome::Errored),
+        n(Outcome::NotUndoable),
+    );
+    with_targets(counts, s)
+}
+
+/// The counts line, then every target not reversed.
+fn with_targets(counts: String, s: &Summary) -> String {
+    let mut out = counts;
     for t in &s.not_reversed {
         out.push_str("\n  ");
         out.push_str(&describe(t));
@@ -376,9 +396,9 @@ pub struct Record {
 
 impl Record {
     /// Opens the undo ledger of the ledger at `ledger` (whose header has
-    /// `started_at`): continued when it is this ledger's, begun (0600)
-    /// otherwise; one left by an older ledger at the same path is kept
-    /// aside as `<file>.<time>`.
+    /// `started_at`): continued when it is this ledger's, begun otherwise
+    /// (0600 either way); one left by an older ledger at the same path is
+    /// kept aside as `<file>.<time>`.
     pub fn open(ledger: &Path, started_at: &str) -> Result<Record, RecordError> {
         let path = path_for(ledger);
         let existing = read(&path)?;
@@ -387,7 +407,7 @@ impl Record {
             let to = super::aside::aside_ledger(ledger, older).map(|l| path_for(&l));
             super::aside::set_aside(&path, to).map_err(|e| io(&path, e))?;
         }
-        let file = super::lines::open(&path).map_err(|e| io(&path, e))?;
+        let file = super::jsonl::open_private(&path).map_err(|e| io(&path, e))?;
         let record = Record {
             path,
             file: Mutex::new(file),
@@ -414,7 +434,7 @@ impl Record {
 
     /// Appends entries and waits until they are on disk.
     pub fn write(&self, entries: &[UndoEntry]) -> Result<(), RecordError> {
-        super::lines::append(&self.file, entries).map_err(|e| io(&self.path, e))
+        super::jsonl::append(&self.file, entries).map_err(|e| io(&self.path, e))
     }
 }
 
