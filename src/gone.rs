@@ -78,11 +78,7 @@ impl FileKeys {
 
     /// "1 row whose match keys cannot be read (line 340)".
     fn unidentified_note(&self) -> String {
-        let lines: Vec<String> = self
-            .unidentified_lines
-            .iter()
-            .map(u64::to_string)
-            .collect();
+        let lines: Vec<String> = self.unidentified_lines.iter().map(u64::to_string).collect();
         let more = if self.unidentified > self.unidentified_lines.len() as u64 {
             ", ..."
         } else {
@@ -763,7 +759,9 @@ impl Night {
             // (a kill later must not lose the record of marks made).
             let settled = out.len();
             let stop = self
-                .mark_chunk(chunk, client, field, value, &payload, &seen, abort, stopped, &mut out)
+                .mark_chunk(
+                    chunk, client, field, value, &payload, &seen, abort, stopped, &mut out,
+                )
                 .await;
             let entries: Vec<Entry> = out[settled..].iter().cloned().map(Entry::Gone).collect();
             ledger.write(&entries).await.map_err(|e| e.to_string())?;
@@ -790,54 +788,51 @@ impl Night {
         out: &mut Vec<GoneEvent>,
     ) -> bool {
         if let Some(why) = stopping(abort) {
-                out.extend(
-                    chunk
-                        .iter()
-                        .map(|&id| self.not_sent(id, Action::Marked, &why)),
-                );
-                stopped.get_or_insert(why);
-                return false;
-            }
-            let unread = match self
-                .before_mark(client, chunk, field, payload, seen)
-                .await
-            {
-                Ok(unread) => unread,
-                // The undo file cannot be written: nobody in the chunk is
-                // marked without it.
-                Err(why) => chunk.iter().map(|&id| (id, why.clone())).collect(),
-            };
-            for (customer_id, why) in &unread {
-                out.push(self.event(
-                    *customer_id,
-                    Status::Failed,
-                    Action::Marked,
-                    format!("{}: not marked: {why}", self.why()),
-                ));
-            }
-            let chunk: Vec<i64> = chunk
-                .iter()
-                .copied()
-                .filter(|id| !unread.iter().any(|(u, _)| u == id))
-                .collect();
-            if chunk.is_empty() {
-                return false;
-            }
-            let updates: Vec<CustomerUpdate> = chunk
-                .iter()
-                .map(|&customer_id| CustomerUpdate {
-                    customer_id,
-                    fields: payload.clone(),
-                })
-                .collect();
-            let call = client
-                .send(&UpdateCustomers {
-                    customers: updates.iter().collect(),
-                })
-                .await;
-            let fates = RowFate::of_rows(&call.result, chunk.len());
-            for (&customer_id, fate) in chunk.iter().zip(&fates) {
-                let mut ev = match fate {
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|&id| self.not_sent(id, Action::Marked, &why)),
+            );
+            stopped.get_or_insert(why);
+            return false;
+        }
+        let unread = match self.before_mark(client, chunk, field, payload, seen).await {
+            Ok(unread) => unread,
+            // The undo file cannot be written: nobody in the chunk is
+            // marked without it.
+            Err(why) => chunk.iter().map(|&id| (id, why.clone())).collect(),
+        };
+        for (customer_id, why) in &unread {
+            out.push(self.event(
+                *customer_id,
+                Status::Failed,
+                Action::Marked,
+                format!("{}: not marked: {why}", self.why()),
+            ));
+        }
+        let chunk: Vec<i64> = chunk
+            .iter()
+            .copied()
+            .filter(|id| !unread.iter().any(|(u, _)| u == id))
+            .collect();
+        if chunk.is_empty() {
+            return false;
+        }
+        let updates: Vec<CustomerUpdate> = chunk
+            .iter()
+            .map(|&customer_id| CustomerUpdate {
+                customer_id,
+                fields: payload.clone(),
+            })
+            .collect();
+        let call = client
+            .send(&UpdateCustomers {
+                customers: updates.iter().collect(),
+            })
+            .await;
+        let fates = RowFate::of_rows(&call.result, chunk.len());
+        for (&customer_id, fate) in chunk.iter().zip(&fates) {
+            let mut ev = match fate {
                     RowFate::Done(()) => self.event(
                         customer_id,
                         Status::Ok,
@@ -874,10 +869,10 @@ impl Night {
                         format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
                     ),
                 };
-                ev.attempts = (call.attempts > 0).then_some(call.attempts);
-                out.push(ev);
-            }
-            matches!(&call.result, Err(e) if e.stops_the_run().is_some())
+            ev.attempts = (call.attempts > 0).then_some(call.attempts);
+            out.push(ev);
+        }
+        matches!(&call.result, Err(e) if e.stops_the_run().is_some())
     }
 }
 
@@ -903,7 +898,9 @@ fn resolved_ids(brought: &[(KeyHash, i64)], ledger: &Path) -> HashSet<i64> {
             }
         }
         // The state's keys still say who the rows were.
-        Err(e) => tracing::warn!(ledger = %ledger.display(), error = %e, "Cannot read the ledger back for on_gone."),
+        Err(e) => {
+            tracing::warn!(ledger = %ledger.display(), error = %e, "Cannot read the ledger back for on_gone.")
+        }
     }
     ids
 }

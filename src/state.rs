@@ -20,8 +20,9 @@
 //!   match keys (hashes) of the customers its files brought, with the
 //!   customer's id and the file (its SHA-256) and time that last brought
 //!   each: what `on_gone` compares a complete file with (version 2);
-//! - `meta`: the system's URL (a state belongs to one system) and the
-//!   format's version.
+//! - `meta`: the system's URL (a state belongs to one system), the
+//!   format's version, and per job the names of the match keys its `seen`
+//!   hashes are of (a change of keys is not read as customers gone).
 //!
 //! The state is a cache derived from the ledger; Thulium is the truth. It is
 //! written after the ledger records an outcome, so a crash between the two
@@ -914,6 +915,7 @@ mod tests {
             .unwrap();
         s.record_seen("job", "sha2", &[], &[14]).unwrap();
         assert_eq!(s.seen("job"), vec![(13, 7)]);
+        assert!(s.seen("other").is_empty());
         // A customer handled and brought again by the same file keeps the
         // keys the file brought.
         s.record_seen("job", "sha3", &[(9, 13)], &[13]).unwrap();
@@ -949,7 +951,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.seen("job"), vec![(15, 11)]);
-        assert!(s.seen("other").is_empty());
+        assert_eq!(s.seen("other"), vec![(13, 10)]);
         drop(s);
         let conn = Connection::open(&path).unwrap();
         let version: String = conn

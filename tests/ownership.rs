@@ -441,9 +441,10 @@ async fn a_customer_another_job_still_brings_is_only_reported() {
         .filter(|l| l["kind"] == "gone")
         .collect();
     assert!(
-        messages
-            .iter()
-            .all(|g| g["message"].as_str().unwrap().contains("job \"y\" still brings it")),
+        messages.iter().all(|g| g["message"]
+            .as_str()
+            .unwrap()
+            .contains("job \"y\" still brings it")),
         "{messages:?}"
     );
     let (n, ledger) = night(&sandbox, &dir, &y_csv, &y, &[]).await;
@@ -493,8 +494,7 @@ async fn a_blank_key_cell_makes_the_file_incomplete_and_the_summary_says_so() {
         let why = "on_gone: not applied tonight: 1 row whose match keys cannot be read (line 8)";
         assert!(n.stdout.contains(why), "the summary: {}", n.text());
         assert_eq!(
-            r["on_gone"],
-            "not applied tonight: 1 row whose match keys cannot be read (line 8)",
+            r["on_gone"], "not applied tonight: 1 row whose match keys cannot be read (line 8)",
             "{r}"
         );
         let text = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
