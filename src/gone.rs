@@ -40,26 +40,56 @@ pub struct FileKeys {
     /// Data rows read (bad ones included).
     pub rows: u64,
     /// Rows whose keys could not be read (a row that cannot be decoded, a
-    /// key cell that is not a key's value): their customers are not known.
+    /// key cell that is not a key's value, key cells left empty): their
+    /// customers are not known.
     pub unidentified: u64,
+    /// The lines of the first of those (a few: what the note names).
+    pub unidentified_lines: Vec<u64>,
     /// Whether the file was read to its end.
     pub read_all: bool,
 }
 
+/// How many lines of unidentified rows a note names.
+const LINES_NAMED: usize = 5;
+
 impl FileKeys {
-    /// One row's keys, or `None` when they cannot be read.
-    pub fn add(&mut self, keys: Option<Vec<KeyHash>>) {
+    /// One row's keys (the row starts on `line`), or `None` when they
+    /// cannot be read.
+    pub fn add(&mut self, keys: Option<Vec<KeyHash>>, line: u64) {
         self.rows += 1;
         match keys {
             Some(keys) => self.keys.extend(keys),
-            None => self.unidentified += 1,
+            None => self.unidentified(line),
         }
     }
 
-    /// A row that could not be decoded.
-    pub fn add_unreadable(&mut self) {
+    /// A row that could not be decoded (it starts on `line`).
+    pub fn add_unreadable(&mut self, line: u64) {
         self.rows += 1;
+        self.unidentified(line);
+    }
+
+    fn unidentified(&mut self, line: u64) {
         self.unidentified += 1;
+        if self.unidentified_lines.len() < LINES_NAMED {
+            self.unidentified_lines.push(line);
+        }
+    }
+
+    /// "1 row whose match keys cannot be read (line 340)".
+    fn unidentified_note(&self) -> String {
+        let lines: Vec<String> = self.unidentified_lines.iter().map(u64::to_string).collect();
+        let more = if self.unidentified > self.unidentified_lines.len() as u64 {
+            ", ..."
+        } else {
+            ""
+        };
+        format!(
+            "{} whose match keys cannot be read ({} {}{more})",
+            crate::text::count(self.unidentified, "row"),
+            if lines.len() == 1 { "line" } else { "lines" },
+            lines.join(", ")
+        )
     }
 }
 
@@ -117,11 +147,18 @@ pub struct Night {
     state: Arc<SyncState>,
     file: FileKeys,
     sha256: String,
-    /// Complete as far as the survey can tell (read whole, every row's
-    /// keys read, not a pilot).
-    complete: bool,
+    /// Why gone customers are not handled tonight, as far as the survey
+    /// can tell (not read whole, a row's keys not read, a pilot, the match
+    /// keys changed); `None`: complete.
+    skipped: Option<String>,
     /// The customers to act on once the run has read the file whole.
     gone: Vec<i64>,
+    /// The names of the mapping's match keys (sorted): what the hashes in
+    /// the job's record are of.
+    match_keys: Vec<String>,
+    /// The job's record names other match keys than tonight's: replaced
+    /// by this file's (when read whole), nobody counted gone.
+    reseed: bool,
     /// The undo file (unless `--no-undo`): a customer deleted is written
     /// there whole first.
     images: Option<Arc<crate::undo::images::Images>>,
@@ -136,6 +173,35 @@ pub struct Planned {
     /// The same, as the plan's note says it.
     #[serde(skip)]
     pub note: String,
+}
+
+impl Planned {
+    /// The requests the gone step would send: its reads (with an undo
+    /// file, each customer deleted or marked is read whole first for its
+    /// before-image: one `GET customers/:id` each) and its writes (one
+    /// `DELETE` per customer, one `PUT batch/customers` per batch marked).
+    pub fn calls(&self, batch_size: u64, images: bool) -> (u64, Option<(&'static str, u64)>) {
+        use crate::api::would::Would;
+        let n = self.customer_ids.len() as u64;
+        let writes = match self.action {
+            "delete" => Some((DeleteCustomer::WHAT, n)),
+            "mark" => Some((UpdateCustomers::WHAT, n.div_ceil(batch_size.max(1)))),
+            _ => None,
+        };
+        let reads = if images && writes.is_some() { n } else { 0 };
+        (reads, writes)
+    }
+}
+
+/// The sorted names of a mapping's match keys.
+fn match_key_names(plan: &Plan) -> Vec<String> {
+    let mut names: Vec<String> = plan
+        .upsert()
+        .map(|u| u.keys.iter().map(|k| k.name()).collect())
+        .unwrap_or_default();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 impl Night {
@@ -167,22 +233,29 @@ impl Night {
                 written(&policy)
             );
         }
-        let why_not = if pilot {
+        let match_keys = match_key_names(plan);
+        // The hashes in the job's record are of the keys' names and
+        // values: under other keys, every customer would look gone.
+        let before = state.seen_match_keys(&job);
+        let reseed = before.as_ref().is_some_and(|b| *b != match_keys);
+        let skipped = if pilot {
             Some("a pilot (--limit) reads part of the file".to_string())
         } else if !file.read_all {
             Some("the file cannot be read to its end".to_string())
         } else if file.unidentified > 0 {
+            Some(file.unidentified_note())
+        } else if reseed {
             Some(format!(
-                "{} whose match keys cannot be read",
-                crate::text::count(file.unidentified, "row")
+                "the match keys changed ({} → {}): nobody is counted gone tonight; the job's record of who its files bring is seeded again from this file",
+                before.unwrap_or_default().join(", "),
+                match_keys.join(", ")
             ))
         } else {
             None
         };
-        let complete = why_not.is_none();
         let mut gone = Vec::new();
         if acting {
-            match why_not {
+            match &skipped {
                 Some(why) => eprintln!(
                     "note: [customer] on_gone: {why}: no customer is counted gone from this file"
                 ),
@@ -190,10 +263,15 @@ impl Night {
                     let (found, known) = gone_customers(state, &job, &file.keys);
                     if found.len() as u64 > max.of(known) {
                         anyhow::bail!(
-                            "this file lacks {} of the {known} customers earlier files of job \"{job}\" brought ({:.0} %), more than --max-gone {max}; [customer] on_gone = {} would act on them. Nothing was sent. If tonight's export is broken, fix it; if they are meant to go, pass --max-gone 100%",
+                            "this file lacks {} of the {known} customers earlier files of job \"{job}\" brought ({:.0} %), more than --max-gone {max}; [customer] on_gone = {} would act on them. Nothing was sent. Check tonight's export first (a broken or partial export looks just like this); only if these customers really left the CRM, run again with a higher --max-gone: --max-gone 100% lets on_gone act on all of them ({})",
                             found.len(),
                             found.len() as f64 * 100.0 / known.max(1) as f64,
-                            written(&policy)
+                            written(&policy),
+                            match policy {
+                                OnGone::Delete => "deletes them all",
+                                OnGone::Mark { .. } => "marks them all",
+                                _ => "reports them all",
+                            }
                         );
                     }
                     gone = found;
@@ -206,8 +284,10 @@ impl Night {
             state: state.clone(),
             file,
             sha256: sha256.to_string(),
-            complete,
+            skipped,
             gone,
+            match_keys,
+            reseed,
             images: None,
         }))
     }
@@ -220,26 +300,39 @@ impl Night {
 
     /// What a run would do with the customers gone from the file, for
     /// `plan` (which sends nothing and leaves the state as it is): `None`
-    /// when nobody is gone or the policy is `keep`.
+    /// when nobody is gone or the policy is `keep`. A customer another
+    /// job's files still bring would only be reported: not counted.
     pub fn planned(&self) -> Option<Planned> {
-        if self.gone.is_empty() {
-            return None;
-        }
         let action = match &self.policy {
             OnGone::Keep => return None,
             OnGone::Report => "report",
             OnGone::Delete => "delete",
             OnGone::Mark { .. } => "mark",
         };
+        let (others, acted): (Vec<i64>, Vec<i64>) = self
+            .gone
+            .iter()
+            .partition(|id| self.state.seen_by_another_job(&self.job, **id).is_some());
+        if acted.is_empty() && others.is_empty() {
+            return None;
+        }
+        let mut note = self.planned_note(&acted);
+        if !others.is_empty() {
+            note.push_str(&format!(
+                "; {} another job's files still bring would only be reported: {}",
+                crate::text::count(others.len() as u64, "customer"),
+                crate::text::join_ids(&others)
+            ));
+        }
         Some(Planned {
             action,
-            customer_ids: self.gone.clone(),
-            note: self.planned_note(),
+            customer_ids: acted,
+            note,
         })
     }
 
     /// [`Night::planned`] as a person reads it.
-    fn planned_note(&self) -> String {
+    fn planned_note(&self, ids: &[i64]) -> String {
         let what = match &self.policy {
             OnGone::Keep | OnGone::Report => "report (leave as they are)".to_string(),
             OnGone::Delete => "delete".to_string(),
@@ -252,9 +345,9 @@ impl Night {
         };
         format!(
             "on_gone: the run would {what} {} gone from this file (brought by earlier files of job \"{}\"): {}",
-            crate::text::count(self.gone.len() as u64, "customer"),
+            crate::text::count(ids.len() as u64, "customer"),
             self.job,
-            crate::text::join_ids(&self.gone)
+            crate::text::join_ids(ids)
         )
     }
 
@@ -263,12 +356,25 @@ impl Night {
     /// then the customers this file brought recorded in the state. An
     /// error: the state could not be written (the run is then aborted).
     ///
+    /// `plan` is the run's plan handle: the write gate. A plan sends
+    /// nothing and leaves the ledger and the state as they are, so with
+    /// one this returns at once (what the run would do is
+    /// [`Night::planned`]).
+    ///
+    /// Who tonight's rows turned out to be decides last: a customer a row
+    /// resolved to (the state's keys after the run, and the customer ids
+    /// the ledger recorded for this run's rows) is not gone, whatever its
+    /// recorded keys said before the run (a row matched by another key).
+    /// A customer another job's files still bring is only reported, and
+    /// this job lets it go (the other job decides).
+    ///
     /// `abort` is the run's: a stop signal during this step (the job layer
     /// keeps it registered) stops it between two calls; the customers not
     /// handled are recorded as not sent, the ledger ends `aborted` again,
     /// and the reason is returned (`Ok(Some(..))`: the night exits 3). They
     /// stay in the state's record of the job, so the next complete file
     /// counts them gone again and handles them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         self,
         end: &RunEnd,
@@ -276,13 +382,25 @@ impl Night {
         ledger: &Ledger,
         batch_size: usize,
         abort: &Abort,
+        plan: Option<&crate::pipeline::Noted>,
     ) -> Result<Option<String>, String> {
-        let complete = self.complete
-            && end.aborted.is_none()
-            && end.read_error.is_none()
-            && end.limit.is_none()
-            && end.rows_read == self.file.rows;
-        if !complete && !self.gone.is_empty() {
+        if plan.is_some() {
+            return Ok(None);
+        }
+        let acting = self.policy != OnGone::Keep;
+        let skipped = self.skipped.clone().or_else(|| {
+            (end.aborted.is_some()
+                || end.read_error.is_some()
+                || end.limit.is_some()
+                || end.rows_read != self.file.rows)
+                .then(|| {
+                    format!(
+                        "the run did not read every row ({} of {})",
+                        end.rows_read, self.file.rows
+                    )
+                })
+        });
+        if skipped.is_some() && self.skipped.is_none() && !self.gone.is_empty() {
             eprintln!(
                 "note: [customer] on_gone: the run did not read every row ({} of {}): the {} gone customer(s) are left for a complete file",
                 end.rows_read,
@@ -300,51 +418,124 @@ impl Night {
             .collect();
         let mut handled = Vec::new();
         let mut stopped = None;
-        if complete && !self.gone.is_empty() {
+        if skipped.is_none() && !self.gone.is_empty() {
+            let resolved = resolved_ids(&brought, ledger.path());
+            let gone: Vec<i64> = self
+                .gone
+                .iter()
+                .copied()
+                .filter(|id| !resolved.contains(id))
+                .collect();
+            // Another job's files still bring these: reported only.
+            let mut acted = Vec::with_capacity(gone.len());
+            let mut theirs = Vec::new();
+            for id in gone {
+                match self.state.seen_by_another_job(&self.job, id) {
+                    Some(other) => theirs.push(self.held_by(id, &other)),
+                    None => acted.push(id),
+                }
+            }
+            if !theirs.is_empty() {
+                ledger
+                    .write(&theirs.iter().cloned().map(Entry::Gone).collect::<Vec<_>>())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                handled.extend(theirs.iter().map(|e| e.customer_id));
+            }
+            // Each outcome is in the ledger as soon as it is known
+            // (a DELETE is not idempotent in what it says: a kill between
+            // two must not lose the record of one made).
             let events = match &self.policy {
                 OnGone::Keep => Vec::new(),
-                OnGone::Report => self.gone.iter().map(|id| self.reported(*id)).collect(),
-                OnGone::Delete => self.delete(client, ledger, abort, &mut stopped).await?,
+                OnGone::Report => {
+                    let events: Vec<GoneEvent> =
+                        acted.iter().map(|id| self.reported(*id)).collect();
+                    ledger
+                        .write(&events.iter().cloned().map(Entry::Gone).collect::<Vec<_>>())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    events
+                }
+                OnGone::Delete => {
+                    self.delete(&acted, client, ledger, abort, &mut stopped)
+                        .await?
+                }
                 OnGone::Mark {
                     custom_field,
                     value,
                 } => {
-                    self.mark(client, custom_field, value, batch_size, abort, &mut stopped)
-                        .await
+                    let how = Marking {
+                        field: custom_field,
+                        value,
+                        batch_size,
+                    };
+                    self.mark(&acted, client, ledger, how, abort, &mut stopped)
+                        .await?
                 }
             };
-            handled = events
-                .iter()
-                .filter(|e| {
-                    e.status == Some(Status::Ok)
-                        && matches!(e.action, Some(Action::Deleted | Action::Marked))
-                })
-                .map(|e| e.customer_id)
-                .collect();
-            // Deletions are recorded one by one as they are made (a
-            // DELETE is not idempotent in what it says: a kill between two
-            // must not lose the record of one made).
-            let mut entries: Vec<Entry> = match &self.policy {
-                OnGone::Delete => Vec::new(),
-                _ => events.into_iter().map(Entry::Gone).collect(),
-            };
-            if let Some(why) = &stopped {
-                // The run's end was written before this step: the ledger
-                // ends again, aborted, as a run stopped mid-file does.
-                entries.push(Entry::End(crate::ledger::End {
-                    rows_read: end.rows_read,
-                    finished_at: crate::ledger::now(),
-                    aborted: Some(why.clone()),
-                    read_error: None,
-                    limit: None,
-                }));
-            }
-            ledger.write(&entries).await.map_err(|e| e.to_string())?;
+            handled.extend(
+                events
+                    .iter()
+                    .filter(|e| {
+                        e.status == Some(Status::Ok)
+                            && matches!(e.action, Some(Action::Deleted | Action::Marked))
+                    })
+                    .map(|e| e.customer_id),
+            );
         }
+        // The run's end was written before this step: the ledger ends
+        // again, aborted (as a run stopped mid-file does), or saying why
+        // on_gone was not applied (the summary and `report` say so).
+        let not_applied = skipped
+            .filter(|_| acting)
+            .map(|why| format!("not applied tonight: {why}"));
+        if stopped.is_some() || not_applied.is_some() {
+            let again = Entry::End(crate::ledger::End {
+                rows_read: end.rows_read,
+                finished_at: crate::ledger::now(),
+                aborted: stopped.clone().or_else(|| end.aborted.clone()),
+                read_error: end.read_error.clone(),
+                limit: end.limit,
+                on_gone: not_applied,
+            });
+            ledger.write(&[again]).await.map_err(|e| e.to_string())?;
+        }
+        // A changed set of match keys: the record is replaced only by a
+        // file read whole, and the keys' names recorded with it.
+        let read_whole = end.aborted.is_none()
+            && end.read_error.is_none()
+            && end.limit.is_none()
+            && end.rows_read == self.file.rows
+            && self.file.read_all
+            && self.file.unidentified == 0;
+        let reseed = self.reseed && read_whole;
+        let record = crate::state::SeenRecord {
+            match_keys: (!self.reseed || reseed).then_some(self.match_keys.as_slice()),
+            reseed,
+        };
         self.state
-            .record_seen(&self.job, &self.sha256, &brought, &handled)
+            .record_seen_as(&self.job, &self.sha256, &brought, &handled, record)
             .map_err(|e| e.to_string())?;
         Ok(stopped)
+    }
+
+    /// A gone customer that another job's files still bring: only
+    /// reported, and this job lets it go (the other job decides).
+    fn held_by(&self, customer_id: i64, other: &str) -> GoneEvent {
+        self.event(
+            customer_id,
+            Status::Ok,
+            Action::Gone,
+            format!(
+                "{}: reported, not {}: job \"{other}\" still brings it (its files decide)",
+                self.why(),
+                match self.policy {
+                    OnGone::Mark { .. } => "marked",
+                    OnGone::Delete => "deleted",
+                    _ => "handled",
+                }
+            ),
+        )
     }
 
     /// A gone customer not handled because the run is stopping.
@@ -407,18 +598,19 @@ impl Night {
     /// (and `stopped` says why).
     async fn delete(
         &self,
+        ids: &[i64],
         client: &ApiClient,
         ledger: &Ledger,
         abort: &Abort,
         stopped: &mut Option<String>,
     ) -> Result<Vec<GoneEvent>, String> {
-        let mut out = Vec::with_capacity(self.gone.len());
+        let mut out = Vec::with_capacity(ids.len());
         let seen = self.seen_of_gone();
         let record = |ev: &GoneEvent| {
             let entry = [Entry::Gone(ev.clone())];
             async move { ledger.write(&entry).await.map_err(|e| e.to_string()) }
         };
-        for &customer_id in &self.gone {
+        for &customer_id in ids {
             if let Some(why) = stopping(abort) {
                 let ev = self.not_sent(customer_id, Action::Deleted, &why);
                 record(&ev).await?;
@@ -451,6 +643,16 @@ impl Night {
                     Status::Ok,
                     Action::Deleted,
                     format!("{}: already gone from Thulium", self.why()),
+                ),
+                // Sent, and no answer (a timeout, a dropped connection):
+                // the customer may be deleted. Unknown, not failed: `undo`
+                // creates it again from its before-image if it is gone,
+                // and the next complete file finds out (a 404 is deleted).
+                Err(e @ CallError::Unknown { .. }) => self.event(
+                    customer_id,
+                    Status::Unknown,
+                    Action::Deleted,
+                    format!("customer {customer_id}: the DELETE was sent but its outcome is unknown ({e}); it may be deleted: the next complete file finds out (a customer already gone counts as deleted)"),
                 ),
                 Err(e) => failed(self.event(
                     customer_id,
@@ -534,69 +736,103 @@ impl Night {
     /// goes to the undo file first.
     async fn mark(
         &self,
+        ids: &[i64],
         client: &ApiClient,
-        field: &str,
-        value: &str,
-        batch_size: usize,
+        ledger: &Ledger,
+        how: Marking<'_>,
         abort: &Abort,
         stopped: &mut Option<String>,
-    ) -> Vec<GoneEvent> {
-        let mut out = Vec::with_capacity(self.gone.len());
+    ) -> Result<Vec<GoneEvent>, String> {
+        let Marking {
+            field,
+            value,
+            batch_size,
+        } = how;
+        let mut out = Vec::with_capacity(ids.len());
         let seen = self.seen_of_gone();
         let payload = Customer {
             custom_fields: Named(vec![(field.to_string(), Scalar::Text(value.to_string()))]),
             ..Customer::default()
         };
-        for chunk in self.gone.chunks(batch_size.max(1)) {
-            if let Some(why) = stopping(abort) {
-                out.extend(
-                    chunk
-                        .iter()
-                        .map(|&id| self.not_sent(id, Action::Marked, &why)),
-                );
-                stopped.get_or_insert(why);
-                continue;
-            }
-            let unread = match self
-                .before_mark(client, chunk, field, &payload, &seen)
-                .await
-            {
-                Ok(unread) => unread,
-                // The undo file cannot be written: nobody in the chunk is
-                // marked without it.
-                Err(why) => chunk.iter().map(|&id| (id, why.clone())).collect(),
-            };
-            for (customer_id, why) in &unread {
-                out.push(self.event(
-                    *customer_id,
-                    Status::Failed,
-                    Action::Marked,
-                    format!("{}: not marked: {why}", self.why()),
-                ));
-            }
-            let chunk: Vec<i64> = chunk
-                .iter()
-                .copied()
-                .filter(|id| !unread.iter().any(|(u, _)| u == id))
-                .collect();
-            if chunk.is_empty() {
-                continue;
-            }
-            let updates: Vec<CustomerUpdate> = chunk
-                .iter()
-                .map(|&customer_id| CustomerUpdate {
-                    customer_id,
-                    fields: payload.clone(),
-                })
-                .collect();
-            let call = client
-                .send(&UpdateCustomers {
-                    customers: updates.iter().collect(),
-                })
+        for chunk in ids.chunks(batch_size.max(1)) {
+            // Each chunk's outcomes go to the ledger as soon as it settles
+            // (a kill later must not lose the record of marks made).
+            let settled = out.len();
+            let stop = self
+                .mark_chunk(
+                    chunk, client, field, value, &payload, &seen, abort, stopped, &mut out,
+                )
                 .await;
-            let fates = RowFate::of_rows(&call.result, chunk.len());
-            for (&customer_id, fate) in chunk.iter().zip(&fates) {
-                let mut ev = match fate {
+            let entries: Vec<Entry> = out[settled..].iter().cloned().map(Entry::Gone).collect();
+            ledger.write(&entries).await.map_err(|e| e.to_string())?;
+            if stop {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One chunk of [`Night::mark`]: its events pushed to `out`; whether
+    /// the step stops (a call that stops the run).
+    #[allow(clippy::too_many_arguments)]
+    async fn mark_chunk(
+        &self,
+        chunk: &[i64],
+        client: &ApiClient,
+        field: &str,
+        value: &str,
+        payload: &Customer,
+        seen: &HashMap<i64, crate::undo::images::SeenKeys>,
+        abort: &Abort,
+        stopped: &mut Option<String>,
+        out: &mut Vec<GoneEvent>,
+    ) -> bool {
+        if let Some(why) = stopping(abort) {
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|&id| self.not_sent(id, Action::Marked, &why)),
+            );
+            stopped.get_or_insert(why);
+            return false;
+        }
+        let unread = match self.before_mark(client, chunk, field, payload, seen).await {
+            Ok(unread) => unread,
+            // The undo file cannot be written: nobody in the chunk is
+            // marked without it.
+            Err(why) => chunk.iter().map(|&id| (id, why.clone())).collect(),
+        };
+        for (customer_id, why) in &unread {
+            out.push(self.event(
+                *customer_id,
+                Status::Failed,
+                Action::Marked,
+                format!("{}: not marked: {why}", self.why()),
+            ));
+        }
+        let chunk: Vec<i64> = chunk
+            .iter()
+            .copied()
+            .filter(|id| !unread.iter().any(|(u, _)| u == id))
+            .collect();
+        if chunk.is_empty() {
+            return false;
+        }
+        let updates: Vec<CustomerUpdate> = chunk
+            .iter()
+            .map(|&customer_id| CustomerUpdate {
+                customer_id,
+                fields: payload.clone(),
+            })
+            .collect();
+        let call = client
+            .send(&UpdateCustomers {
+                customers: updates.iter().collect(),
+            })
+            .await;
+        let fates = RowFate::of_rows(&call.result, chunk.len());
+        for (&customer_id, fate) in chunk.iter().zip(&fates) {
+            let mut ev = match fate {
                     RowFate::Done(()) => self.event(
                         customer_id,
                         Status::Ok,
@@ -621,15 +857,40 @@ impl Night {
                         ev
                     }
                 };
-                ev.attempts = (call.attempts > 0).then_some(call.attempts);
-                out.push(ev);
-            }
-            if matches!(&call.result, Err(e) if e.stops_the_run().is_some()) {
-                break;
+            ev.attempts = (call.attempts > 0).then_some(call.attempts);
+            out.push(ev);
+        }
+        matches!(&call.result, Err(e) if e.stops_the_run().is_some())
+    }
+}
+
+/// How gone customers are marked: the custom field, its value, and how
+/// many customers one `PUT batch/customers` carries.
+#[derive(Debug, Clone, Copy)]
+struct Marking<'a> {
+    field: &'a str,
+    value: &'a str,
+    batch_size: usize,
+}
+
+/// The customers tonight's rows resolved to: those the file's keys name
+/// in the state after the run, and those the ledger at `ledger` recorded
+/// for this run's rows (the proof: a row matched by a key its customer's
+/// record did not have yet). None of them is gone.
+fn resolved_ids(brought: &[(KeyHash, i64)], ledger: &Path) -> HashSet<i64> {
+    let mut ids: HashSet<i64> = brought.iter().map(|(_, id)| *id).collect();
+    match crate::outcomes::Outcomes::read(ledger) {
+        Ok(outcomes) => {
+            for row in 1..=outcomes.max_row() {
+                ids.extend(outcomes.row(row).and_then(|r| r.customer_id()));
             }
         }
-        out
+        // The state's keys still say who the rows were.
+        Err(e) => {
+            tracing::warn!(ledger = %ledger.display(), error = %e, "Cannot read the ledger back for on_gone.")
+        }
     }
+    ids
 }
 
 /// Why the gone step stops before its next call: the run's abort (a stop

@@ -270,12 +270,17 @@ fn scan<R: std::io::Read>(
     let upsert = plan.upsert().cloned();
     while let Some(row) = source.next_row() {
         let Ok(row) = row else { return false };
-        let Ok(row) = row else {
-            survey.file.add_unreadable();
-            continue;
+        let row = match row {
+            Ok(row) => row,
+            Err(bad) => {
+                survey.file.add_unreadable(bad.id.line);
+                continue;
+            }
         };
         if wanted.keys {
-            survey.file.add(plan.file_key_hashes(row.cells.view()));
+            survey
+                .file
+                .add(plan.file_key_hashes(row.cells.view()), row.id.line);
         } else {
             survey.file.rows += 1;
         }
@@ -900,11 +905,13 @@ pub async fn drive(job: Job, pace: &PaceArgs, output: &OutputArgs) -> Ran {
     if plan.is_some() {
         gone_planned = gone.as_ref().and_then(|n| n.planned());
         notes.extend(gone_planned.as_ref().map(|p| p.note.clone()));
-    } else if let (Some(night), Some(ledger)) = (gone, gone_ledger) {
+    }
+    if let (Some(night), Some(ledger)) = (gone, gone_ledger) {
         // The stop-signal handler stays registered through this step: a
-        // signal stops the deletions between two calls.
+        // signal stops the deletions between two calls. The plan handle is
+        // the write gate: with one, `finish` sends and records nothing.
         match night
-            .finish(&end, &client, &ledger, batch_size, &abort)
+            .finish(&end, &client, &ledger, batch_size, &abort, plan.as_deref())
             .await
         {
             Ok(None) => {}

@@ -247,6 +247,11 @@ pub struct End {
     /// were not read (`retry` sends them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// `[customer] on_gone` was not applied to this file, and why (a row
+    /// whose match keys cannot be read, a pilot, the match keys changed):
+    /// written with a second `end` after the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_gone: Option<String>,
 }
 
 /// The start of a `retry` on an existing ledger.

@@ -75,6 +75,8 @@ pub struct Outcomes {
     /// Customers in no row (`gone` entries: `on_gone`), the latest per
     /// customer: they are not rows, and count apart.
     gone: BTreeMap<i64, GoneOutcome>,
+    /// Why `on_gone` was not applied to the last run's file, if it was not.
+    on_gone: Option<String>,
 }
 
 /// The latest `gone` entry of one customer.
@@ -122,6 +124,7 @@ impl Outcomes {
             ended: false,
             unreadable: Vec::new(),
             gone: BTreeMap::new(),
+            on_gone: None,
         }
     }
 
@@ -255,6 +258,7 @@ impl Outcomes {
                 self.aborted = end.aborted;
                 self.read_error = end.read_error;
                 self.limit = end.limit;
+                self.on_gone = end.on_gone;
                 self.ended = true;
             }
             Entry::Attempt(a) => {
@@ -304,6 +308,12 @@ impl Outcomes {
     /// the end of the file.
     pub fn limit(&self) -> Option<u64> {
         self.limit
+    }
+
+    /// Why `[customer] on_gone` was not applied to the last run's file
+    /// (it did not say who is in it, ...), if it was not.
+    pub fn on_gone_skipped(&self) -> Option<&str> {
+        self.on_gone.as_deref()
     }
 
     /// How many rows the runs read (at least every row recorded).
@@ -580,6 +590,7 @@ mod tests {
             aborted: None,
             read_error: None,
             limit: None,
+            on_gone: None,
         }));
         assert!(!o.is_done(1) && o.is_done(2) && !o.is_done(3));
         let r1 = o.row(1).unwrap();
@@ -628,6 +639,7 @@ mod tests {
             aborted: None,
             read_error: None,
             limit: None,
+            on_gone: None,
         }));
         // Nothing was sized from the corrupt numbers.
         assert_eq!(o.max_row(), 2);

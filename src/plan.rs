@@ -204,28 +204,25 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<Plan> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    // The gone step's calls: after the pipeline, one per customer deleted,
-    // one per batch marked.
-    if let Some(gone) = &ran.gone {
-        use crate::api::would::Would;
-        let n = gone.customer_ids.len() as u64;
-        let calls = match gone.action {
-            "delete" => Some((crate::api::customers::DeleteCustomer::WHAT, n)),
-            "mark" => Some((
-                crate::api::customers::UpdateCustomers::WHAT,
-                n.div_ceil(u64::from(args.pace.batch_size.max(1))),
-            )),
-            _ => None,
-        };
-        if let Some((what, n)) = calls {
-            *writes.entry(what.to_string()).or_default() += n;
+    // The gone step's calls, after the pipeline: the run keeps an undo
+    // file (a plan has no `--no-undo`), so each customer deleted or marked
+    // is read for its before-image first.
+    let gone_reads = match &ran.gone {
+        Some(gone) => {
+            let (reads, calls) = gone.calls(u64::from(args.pace.batch_size), true);
+            if let Some((what, n)) = calls {
+                *writes.entry(what.to_string()).or_default() += n;
+            }
+            reads
         }
-    }
+        None => 0,
+    };
     let reads = ran
         .client
         .stats
         .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + gone_reads;
     let recorded = std::mem::take(&mut *memory.0.lock().unwrap_or_else(|e| e.into_inner()));
     let mut plan = fold(recorded, notes);
     plan.reads = reads;

@@ -40,6 +40,10 @@ pub struct Report {
     /// read yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// `[customer] on_gone` was not applied to the file, and why ("not
+    /// applied tonight: 1 row whose match keys cannot be read (line 340)").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_gone: Option<String>,
     /// Ledger lines that could not be read (a crash mid-write).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable_lines: Vec<String>,
@@ -73,6 +77,7 @@ impl Report {
             aborted: outcomes.aborted().map(str::to_string),
             read_error: outcomes.read_error().map(str::to_string),
             limit: outcomes.limit(),
+            on_gone: outcomes.on_gone_skipped().map(str::to_string),
             unreadable_lines: outcomes.unreadable.clone(),
             reasons: reasons(outcomes),
             undo: None,
@@ -197,6 +202,9 @@ pub fn render(report: &Report) -> String {
             out,
             "\nkept: {kept} (ok, but not done as the rows ask: the API cannot do it; the ledger's messages say why)"
         );
+    }
+    if let Some(why) = &report.on_gone {
+        let _ = write!(out, "\non_gone: {why}");
     }
     if let Some(a) = &report.aborted {
         let _ = write!(out, "\naborted: {a}");

@@ -20,8 +20,9 @@
 //!   match keys (hashes) of the customers its files brought, with the
 //!   customer's id and the file (its SHA-256) and time that last brought
 //!   each: what `on_gone` compares a complete file with (version 2);
-//! - `meta`: the system's URL (a state belongs to one system) and the
-//!   format's version.
+//! - `meta`: the system's URL (a state belongs to one system), the
+//!   format's version, and per job the names of the match keys its `seen`
+//!   hashes are of (a change of keys is not read as customers gone).
 //!
 //! The state is a cache derived from the ledger; Thulium is the truth. It is
 //! written after the ledger records an outcome, so a crash between the two
@@ -226,6 +227,22 @@ fn track_feed(c: &Connection, customer_id: i64, at: &str) -> rusqlite::Result<()
 
 fn blob(h: KeyHash) -> [u8; 16] {
     h.to_be_bytes()
+}
+
+/// The `meta` row holding a job's match-key names (names only).
+fn match_keys_name(job: &str) -> String {
+    format!("seen_match_keys:{job}")
+}
+
+/// How [`SyncState::record_seen`] treats the job's record besides the
+/// customers brought and handled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeenRecord<'a> {
+    /// The names of the match keys the hashes are of (sorted), recorded
+    /// with the job.
+    pub match_keys: Option<&'a [String]>,
+    /// Replace the job's whole record by this file's.
+    pub reseed: bool,
 }
 
 /// Which Thulium system a root URL names, as one string: scheme and host
@@ -513,8 +530,46 @@ impl SyncState {
     }
 
     /// Records that a file of `job` (its SHA-256) brought these customers
-    /// (key hash → id), and forgets the customers `gone` names (deleted or
-    /// marked: handled). One transaction, on disk when it returns.
+    /// (key hash → id), and forgets the customers `gone` names (deleted,
+    /// marked, or left to another job: handled) first, so that a key this
+    /// file brought is never forgotten with them. `reseed`: the job's
+    /// whole record is replaced by this file's (its match keys changed:
+    /// the hashes recorded before name other keys). `match_keys`: the
+    /// names of the keys the hashes are of, recorded with the job. One
+    /// transaction, on disk when it returns.
+    pub fn record_seen_as(
+        &self,
+        job: &str,
+        file_sha256: &str,
+        brought: &[(KeyHash, i64)],
+        gone: &[i64],
+        seen: SeenRecord<'_>,
+    ) -> Result<(), StateError> {
+        self.write_now(|c, at| {
+            if seen.reseed {
+                c.prepare_cached("DELETE FROM seen WHERE job = ?1")?
+                    .execute(params![job])?;
+            }
+            let mut forget =
+                c.prepare_cached("DELETE FROM seen WHERE job = ?1 AND customer_id = ?2")?;
+            for customer_id in gone {
+                forget.execute(params![job, customer_id])?;
+            }
+            let mut insert = c.prepare_cached("INSERT INTO seen (job, key, customer_id, file_sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, key) DO UPDATE SET customer_id = excluded.customer_id, file_sha256 = excluded.file_sha256, seen_at = excluded.seen_at")?;
+            for (key, customer_id) in brought {
+                insert.execute(params![job, blob(*key), customer_id, file_sha256, at])?;
+            }
+            if let Some(names) = seen.match_keys {
+                let text = serde_json::to_string(names).unwrap_or_default();
+                c.prepare_cached("INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
+                    .execute(params![match_keys_name(job), text])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`SyncState::record_seen_as`] with the job's match keys and record
+    /// left as they are.
     pub fn record_seen(
         &self,
         job: &str,
@@ -522,17 +577,30 @@ impl SyncState {
         brought: &[(KeyHash, i64)],
         gone: &[i64],
     ) -> Result<(), StateError> {
-        self.write_now(|c, at| {
-            let mut insert = c.prepare_cached("INSERT INTO seen (job, key, customer_id, file_sha256, seen_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, key) DO UPDATE SET customer_id = excluded.customer_id, file_sha256 = excluded.file_sha256, seen_at = excluded.seen_at")?;
-            for (key, customer_id) in brought {
-                insert.execute(params![job, blob(*key), customer_id, file_sha256, at])?;
-            }
-            let mut forget =
-                c.prepare_cached("DELETE FROM seen WHERE job = ?1 AND customer_id = ?2")?;
-            for customer_id in gone {
-                forget.execute(params![job, customer_id])?;
-            }
-            Ok(())
+        self.record_seen_as(job, file_sha256, brought, gone, SeenRecord::default())
+    }
+
+    /// The names of the match keys `job`'s record in `seen` is of (sorted),
+    /// as [`SyncState::record_seen`] last wrote them; `None` for a job not
+    /// recorded yet (or recorded before the names were kept).
+    pub fn seen_match_keys(&self, job: &str) -> Option<Vec<String>> {
+        let text: String = self.query(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row(params![match_keys_name(job)], |r| r.get(0))
+                .optional()
+        })?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Another job than `job` whose record in `seen` still holds the
+    /// customer (its files still bring it), if any: the first by name.
+    pub fn seen_by_another_job(&self, job: &str, customer_id: i64) -> Option<String> {
+        self.query(|c| {
+            c.prepare_cached(
+                "SELECT job FROM seen WHERE customer_id = ?1 AND job <> ?2 ORDER BY job LIMIT 1",
+            )?
+            .query_row(params![customer_id, job], |r| r.get(0))
+            .optional()
         })
     }
 
@@ -885,6 +953,42 @@ mod tests {
         s.record_seen("job", "sha2", &[], &[14]).unwrap();
         assert_eq!(s.seen("job"), vec![(13, 7)]);
         assert!(s.seen("other").is_empty());
+        // A customer handled and brought again by the same file keeps the
+        // keys the file brought.
+        s.record_seen("job", "sha3", &[(9, 13)], &[13]).unwrap();
+        assert_eq!(s.seen("job"), vec![(13, 9)]);
+        // Another job holding the customer, and the match keys recorded.
+        assert_eq!(s.seen_by_another_job("job", 13), None);
+        let keys = vec!["email".to_string(), "identifier".to_string()];
+        s.record_seen_as(
+            "other",
+            "sha",
+            &[(10, 13)],
+            &[],
+            SeenRecord {
+                match_keys: Some(&keys),
+                reseed: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.seen_by_another_job("job", 13).as_deref(), Some("other"));
+        assert_eq!(s.seen_by_another_job("other", 13).as_deref(), Some("job"));
+        assert_eq!(s.seen_match_keys("other"), Some(keys));
+        assert_eq!(s.seen_match_keys("job"), None);
+        // A reseed replaces the job's record by the file's.
+        s.record_seen_as(
+            "job",
+            "sha4",
+            &[(11, 15)],
+            &[],
+            SeenRecord {
+                match_keys: None,
+                reseed: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.seen("job"), vec![(15, 11)]);
+        assert_eq!(s.seen("other"), vec![(13, 10)]);
         drop(s);
         let conn = Connection::open(&path).unwrap();
         let version: String = conn

@@ -328,6 +328,236 @@ async fn a_pilot_a_read_error_and_another_job_never_count_as_complete() {
     assert_eq!(common::customers(&sandbox), 95);
 }
 
+/// A mapping matching by identifier, then e-mail (`match` with two keys).
+fn two_key_mapping(dir: &Path, extra: &str) -> PathBuf {
+    let m = dir.join("two.toml");
+    std::fs::write(
+        &m,
+        format!("[source]\ndelimiter = \";\"\n[customer]\nmatch = [\"identifier\", \"email\"]\nidentifier = \"ID\"\nemail = \"Mail\"\nsurname = \"Nazwisko\"\n{extra}\n"),
+    )
+    .unwrap();
+    m
+}
+
+/// Rows `(identifier, e-mail)`, surnames by position.
+fn two_key_export(path: &Path, rows: &[(String, String)]) {
+    let mut text = String::from("ID;Mail;Nazwisko\n");
+    for (i, (id, mail)) in rows.iter().enumerate() {
+        text.push_str(&format!("{id};{mail};Nazwisko{i}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Customer A was brought with an identifier only; an agent gave it an
+/// e-mail. Tonight's file brings A under a new identifier with that
+/// e-mail: the row matches A by e-mail and updates it. A is not gone (the
+/// run's rows resolved to it), so it is not deleted, and the next night
+/// (the same file) counts nobody gone either: A's new keys were recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_tonights_row_matched_by_another_key_is_not_deleted() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = two_key_mapping(&dir, "on_gone = \"delete\"");
+    let csv = dir.join("export.csv");
+    let mut rows: Vec<(String, String)> = (1..=20)
+        .map(|i| (format!("K{i:04}"), format!("k{i}@example.com")))
+        .collect();
+    rows[0].1 = String::new();
+    two_key_export(&csv, &rows);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    let a = common::by_identifier(&sandbox)["K0001"]["customer_id"]
+        .as_i64()
+        .unwrap();
+    // An agent's day: A gets an e-mail in Thulium.
+    {
+        let mut state = sandbox.shared().lock_state();
+        let mut fields = state.customers[&a].fields.clone();
+        fields.insert("email".into(), json!("a@example.com"));
+        state.replace_customer(a, fields);
+    }
+    // The CRM gives A a new identifier, with that e-mail.
+    rows[0] = ("K9001".into(), "a@example.com".into());
+    two_key_export(&csv, &rows);
+    let (n2, ledger2) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    let r2 = common::report(&ledger2);
+    assert_eq!(r2["actions"]["deleted"], 0, "{r2}");
+    assert_eq!(r2["actions"]["updated"], 1, "{r2}");
+    let now = customers_by_id(&sandbox);
+    assert_eq!(now[&a]["identifier"], "K9001", "A updated, not deleted");
+    assert_eq!(common::customers(&sandbox), 20);
+
+    let (n3, ledger3) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    let r3 = common::report(&ledger3);
+    assert_eq!(r3["actions"]["deleted"], 0, "{r3}");
+    assert_eq!(r3["actions"]["gone"], 0, "{r3}");
+    assert_eq!(common::customers(&sandbox), 20);
+}
+
+/// Two jobs over one state, two nights each, sharing customers 21..=40.
+/// Job x's second file drops 39 and 40; job y still brings them: x only
+/// reports them (naming job y) and deletes nothing. When y's own file
+/// drops them too, y deletes them (x let them go: no deadlock).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_another_job_still_brings_is_only_reported() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let job = |name: &str| {
+        let m = mapping(&dir, &format!("{name}.toml"), "on_gone = \"delete\"");
+        let text = std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("[source]\n", &format!("[source]\njob = \"{name}\"\n"));
+        std::fs::write(&m, text).unwrap();
+        m
+    };
+    let (x, y) = (job("x"), job("y"));
+    let (x_csv, y_csv) = (dir.join("x.csv"), dir.join("y.csv"));
+    export(&x_csv, 1..=40);
+    export(&y_csv, 21..=60);
+    for (m, csv) in [(&x, &x_csv), (&y, &y_csv)] {
+        let (n, _) = night(&sandbox, &dir, csv, m, &[]).await;
+        assert_eq!(n.code, Some(0), "{}", n.text());
+    }
+    assert_eq!(common::customers(&sandbox), 60);
+    let ids = common::by_identifier(&sandbox);
+    let shared: Vec<i64> = [39, 40]
+        .iter()
+        .map(|i| ids[&format!("K{i:04}")]["customer_id"].as_i64().unwrap())
+        .collect();
+
+    // Night 2: x drops 39 and 40, y still brings them.
+    export(&x_csv, 1..=38);
+    let (n, ledger) = night(&sandbox, &dir, &x_csv, &x, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    let r = common::report(&ledger);
+    assert_eq!(r["actions"]["deleted"], 0, "{r}");
+    assert_eq!(r["actions"]["gone"], 2, "{r}");
+    let messages: Vec<Value> = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "gone")
+        .collect();
+    assert!(
+        messages.iter().all(|g| g["message"]
+            .as_str()
+            .unwrap()
+            .contains("job \"y\" still brings it")),
+        "{messages:?}"
+    );
+    let (n, ledger) = night(&sandbox, &dir, &y_csv, &y, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 0);
+    let now = customers_by_id(&sandbox);
+    assert!(shared.iter().all(|id| now.contains_key(id)), "still there");
+    assert_eq!(now.len(), 60);
+
+    // Night 3: y drops them too: its own, now, and deleted.
+    export(&y_csv, (21..=38).chain(41..=60));
+    let (n, ledger) = night(&sandbox, &dir, &y_csv, &y, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    assert_eq!(common::report(&ledger)["actions"]["deleted"], 2);
+    let now = customers_by_id(&sandbox);
+    assert!(shared.iter().all(|id| !now.contains_key(id)));
+    // And x's next night does not count them again.
+    let (n, ledger) = night(&sandbox, &dir, &x_csv, &x, &[]).await;
+    assert_eq!(n.code, Some(0), "{}", n.text());
+    let r = common::report(&ledger);
+    assert_eq!(r["actions"]["gone"], 0, "{r}");
+    assert_eq!(r["actions"]["deleted"], 0, "{r}");
+}
+
+/// An export whose identifier was blanked on one row: that row's customer
+/// is not known, so the file does not say who is gone. Nobody is deleted,
+/// and the run's summary and `report` say why (with the row's line), night
+/// after night while the row stays broken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blank_key_cell_makes_the_file_incomplete_and_the_summary_says_so() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = mapping(&dir, "crm.toml", "on_gone = \"delete\"");
+    let csv = dir.join("export.csv");
+    export(&csv, 1..=30);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    // Row 7 (line 8) loses its identifier.
+    let text = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replace("K0007;", ";");
+    std::fs::write(&csv, text).unwrap();
+    for _night in 0..2 {
+        let (n, ledger) = night(&sandbox, &dir, &csv, &m, &[]).await;
+        let r = common::report(&ledger);
+        assert_eq!(r["actions"]["deleted"], 0, "{r}");
+        let why = "on_gone: not applied tonight: 1 row whose match keys cannot be read (line 8)";
+        assert!(n.stdout.contains(why), "the summary: {}", n.text());
+        assert_eq!(
+            r["on_gone"], "not applied tonight: 1 row whose match keys cannot be read (line 8)",
+            "{r}"
+        );
+        let text = std::process::Command::new(assert_cmd::cargo::cargo_bin("thulium-import"))
+            .arg("report")
+            .arg(&ledger)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains(why),
+            "{}",
+            String::from_utf8_lossy(&text.stdout)
+        );
+        let ids = common::by_identifier(&sandbox);
+        assert!(ids.contains_key("K0007"), "K0007 kept");
+    }
+}
+
+/// The job's match keys change (identifier → identifier and e-mail): the
+/// hashes recorded before are of other keys, so nobody is counted gone
+/// (not even the customer the file lacks); the record is seeded again and
+/// the run says so. The next night compares with the new record.
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_match_keys_count_nobody_gone_and_reseed_the_record() {
+    let dir = tempdir();
+    let sandbox = sandbox().await;
+    let m = two_key_mapping(&dir, "on_gone = \"delete\"");
+    let both = std::fs::read_to_string(&m).unwrap();
+    let one = both.replace(
+        "match = [\"identifier\", \"email\"]",
+        "match = \"identifier\"",
+    );
+    std::fs::write(&m, &one).unwrap();
+    let csv = dir.join("export.csv");
+    let rows: Vec<(String, String)> = (1..=30)
+        .map(|i| (format!("K{i:04}"), format!("k{i}@example.com")))
+        .collect();
+    two_key_export(&csv, &rows);
+    let (n1, _) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n1.code, Some(0), "{}", n1.text());
+    std::fs::write(&m, &both).unwrap();
+    two_key_export(&csv, &rows[..29]);
+    let (n2, ledger2) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n2.code, Some(0), "{}", n2.text());
+    let r2 = common::report(&ledger2);
+    assert_eq!(r2["actions"]["deleted"], 0, "{r2}");
+    assert!(
+        r2["on_gone"]
+            .as_str()
+            .is_some_and(|s| s.contains("the match keys changed (identifier → email, identifier)")),
+        "{r2}"
+    );
+    assert!(n2.stdout.contains("seeded again"), "{}", n2.text());
+    assert_eq!(common::customers(&sandbox), 30);
+    // Night 3: one more gone from the reseeded record is deleted.
+    two_key_export(&csv, &rows[..28]);
+    let (n3, ledger3) = night(&sandbox, &dir, &csv, &m, &[]).await;
+    assert_eq!(n3.code, Some(0), "{}", n3.text());
+    let r3 = common::report(&ledger3);
+    assert_eq!(r3["actions"]["deleted"], 1, "{r3}");
+    assert!(r3.get("on_gone").is_none(), "{r3}");
+    assert_eq!(common::customers(&sandbox), 29);
+}
+
 fn policy_mapping(dir: &Path) -> PathBuf {
     let m = dir.join("p.toml");
     std::fs::write(

@@ -747,9 +747,19 @@ impl Plan {
     /// Who a row is, whatever its `when`: the hashes of its match-key
     /// values (empty without `match`), for telling which customers a file
     /// has (`on_gone`). `None` when a key's cell cannot be read as its
-    /// value (the row's customer is then not known).
+    /// value, or when a row that brings a customer has no key value at all
+    /// (an export whose key cells were blanked: the row's customer is then
+    /// not known, and must not count as gone).
     pub fn file_key_hashes(&self, cells: CellsRef<'_>) -> Option<Vec<crate::hash::KeyHash>> {
         let keys = self.match_key_hashes(cells, false).ok()?;
+        if keys.is_empty() {
+            if let (Some(_), Some((stage, _))) = (&self.upsert, &self.customer) {
+                // A row whose `when` leaves out its customer brings none.
+                if self.stage_runs(&self.stages[*stage].when, cells, &mut Vec::new()) {
+                    return None;
+                }
+            }
+        }
         Some(keys.into_iter().map(|(_, h)| h).collect())
     }
 

@@ -1031,6 +1031,7 @@ async fn finish(run: &Run, read: Read, cut: bool) -> RunEnd {
         aborted: aborted.clone(),
         read_error: read.read_error.clone(),
         limit,
+        on_gone: None,
     };
     if let Err(e) = run.ledger.write(&[Entry::End(end)]).await {
         // Without its end, the ledger reads as a crashed run: `retry`
