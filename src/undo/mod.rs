@@ -42,25 +42,27 @@ mod aside;
 pub mod images;
 mod jsonl;
 pub mod record;
+mod targets;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::api::customers::{CreateCustomers, UpdateCustomers};
 use crate::api::field_groups::UpdateItem;
+use crate::api::keys::SearchKey;
 use crate::api::payload::{Customer, CustomerUpdate, ItemValue, Scalar};
 use crate::api::{ApiClient, CallError, RowFate};
 use crate::current::{self, Current, Written};
-use crate::ledger::{self, Action, Entry, LedgerLock, Stage, Status};
+use crate::ledger::{self, LedgerLock};
 use crate::outcomes::Outcomes;
 use crate::pipeline::Abort;
 use images::{Image, ItemField, SeenKeys};
-use record::{Kind, Outcome, Record, Summary, TargetEvent, UndoEntry};
+use record::{Outcome, Record, Summary, TargetEvent, UndoEntry};
+use targets::{Layer, Planned, Work};
 
 /// What `undo` is asked to do.
 #[derive(Debug, Clone)]
@@ -92,101 +94,6 @@ pub struct Undone {
     pub notes: Vec<String>,
 }
 
-/// What the run wrote to a customer or an item, in layers (a creation,
-/// then updates): a field is judged by the last layer that wrote it.
-#[derive(Debug, Clone)]
-struct Layer {
-    fields: Vec<String>,
-    sent: String,
-}
-
-/// One thing to take back.
-#[derive(Debug, Clone)]
-enum Work {
-    Delete {
-        customer_id: i64,
-        rows: Vec<u64>,
-        layers: Vec<Layer>,
-        /// Items the run tried to create on it without learning their
-        /// outcome (they may be there, with no id in the ledger).
-        unknown_items: usize,
-    },
-    Restore {
-        customer_id: i64,
-        rows: Vec<u64>,
-        before: Map<String, Value>,
-        unknown: Vec<String>,
-        layers: Vec<Layer>,
-        /// A customer marked gone: its record in the state's `seen`.
-        seen: Option<SeenKeys>,
-    },
-    /// A customer the run deleted, created again from its before-image.
-    Recreate {
-        customer_id: i64,
-        fields: Map<String, Value>,
-        seen: Option<SeenKeys>,
-    },
-    RestoreItem {
-        customer_id: i64,
-        item_id: i64,
-        group_id: i64,
-        rows: Vec<u64>,
-        before: Vec<ItemField>,
-        layers: Vec<Layer>,
-    },
-    /// Decided from the ledger alone.
-    Cannot(TargetEvent),
-}
-
-impl Work {
-    fn key(&self) -> String {
-        self.event(Outcome::Reversed).key()
-    }
-
-    /// The target's event with `outcome`, ids and rows filled in.
-    fn event(&self, outcome: Outcome) -> TargetEvent {
-        let (target, undo, customer_id, item_id, rows) = match self {
-            Work::Delete {
-                customer_id, rows, ..
-            } => (Kind::Customer, "delete", *customer_id, None, rows),
-            Work::Restore {
-                customer_id, rows, ..
-            } => (Kind::Customer, "restore", *customer_id, None, rows),
-            Work::RestoreItem {
-                customer_id,
-                item_id,
-                rows,
-                ..
-            } => (Kind::Item, "restore", *customer_id, Some(*item_id), rows),
-            Work::Recreate { customer_id, .. } => {
-                const NO_ROWS: &Vec<u64> = &Vec::new();
-                (Kind::Customer, "recreate", *customer_id, None, NO_ROWS)
-            }
-            Work::Cannot(e) => return e.clone(),
-        };
-        TargetEvent {
-            target: Some(target),
-            undo: Some(undo.into()),
-            customer_id: Some(customer_id),
-            item_id,
-            rows: rows.clone(),
-            outcome: Some(outcome),
-            ..TargetEvent::default()
-        }
-    }
-}
-
-/// The latest ok event of a (row, stage, group): what the fold does not
-/// keep (item and record ids, the message of an ok outcome).
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    action: Option<Action>,
-    customer_id: Option<i64>,
-    item_id: Option<i64>,
-    record_id: Option<i64>,
-    message: Option<String>,
-}
-
 /// Takes back the run of `opts.ledger` (locked for the whole time, as
 /// `run` and `retry` lock it), through `client`; `root` names the system
 /// (the sync state checks it is its own).
@@ -194,155 +101,42 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
     let _lock = LedgerLock::acquire(&opts.ledger, "undo")?;
     let outcomes = Outcomes::read(&opts.ledger)?;
     let started_at = outcomes.header.started_at.clone();
-    let images_path = images::path_for(&opts.ledger);
-    if !images_path.exists() {
-        anyhow::bail!(
-            "{}: no undo file beside the ledger (the run was made with --no-undo, or by a version without undo): nothing says what the run overwrote, so nothing is taken back",
-            images_path.display()
-        );
-    }
-    let (all_images, bad_images) = images::read(&images_path)?;
-    let states: Vec<String> = all_images
-        .iter()
-        .filter_map(|i| match i {
-            Image::Opened {
-                ledger_started_at,
-                state,
-                ..
-            } if *ledger_started_at == started_at => Some(state.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect();
-    let ours = all_images.iter().any(
-        |i| matches!(i, Image::Opened { ledger_started_at, .. } if *ledger_started_at == started_at),
-    );
-    if !ours {
-        anyhow::bail!(
-            "{}: the undo file belongs to another ledger (one started at another time at this path)",
-            images_path.display()
-        );
-    }
-    let mut notes = Vec::new();
-    if bad_images > 0 {
-        notes.push(format!(
-            "{bad_images} line(s) of the undo file could not be read (a crash mid-write leaves one): their targets are judged without them"
-        ));
-    }
+    let undo_file = UndoFile::read(&opts.ledger, &started_at)?;
+    let mut notes = undo_file.notes();
     let Planned {
         work,
         ended_at,
         run_items,
-    } = plan(&opts.ledger, &outcomes, &all_images)?;
-    // `updated_at` is the system's local time: read as this machine's.
-    let ended_at = ended_at
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| t.with_timezone(&chrono::Local).naive_local());
+    } = targets::plan(&opts.ledger, &outcomes, &undo_file.images)?;
     let record_path = record::path_for(&opts.ledger);
-    let before = record::read(&record_path)?
-        .filter(|(s, _)| *s == started_at)
-        .map(|(_, s)| s);
-    let settled = |key: &str| {
-        before
-            .as_ref()
-            .and_then(|s| s.outcome_of(key))
-            .is_some_and(Outcome::settled)
-    };
-    // Where a target's customer is to be found in the state's `seen`
-    // (customers gone from the file), by target.
-    let seen_of: HashMap<String, SeenKeys> = work
-        .iter()
-        .filter_map(|w| match w {
-            Work::Recreate {
-                seen: Some(seen), ..
-            }
-            | Work::Restore {
-                seen: Some(seen), ..
-            } => Some((w.key(), seen.clone())),
-            _ => None,
-        })
-        .collect();
-    let pending: HashSet<String> = work
-        .iter()
-        .map(Work::key)
-        .filter(|k| before.as_ref().is_some_and(|s| s.is_pending(k)))
-        .collect();
-    let (done_before, todo): (Vec<Work>, Vec<Work>) =
-        work.into_iter().partition(|w| settled(&w.key()));
+    let before = earlier_undos(&record_path, &started_at)?;
+    let seen_of = seen_of(&work);
+    let pending = pending(&work, before.as_ref());
+    let (done_before, todo) = set_settled_aside(work, before.as_ref());
     let record = if opts.dry_run {
         None
     } else {
         Some(Record::open(&opts.ledger, &started_at)?)
     };
-    let abort = Arc::new(Abort::default());
-    let stopper = crate::signals::install();
-    {
-        let abort = abort.clone();
-        stopper.while_running(move |name| {
-            abort.trip(format!(
-                "interrupted ({name}): targets in hand were finished and recorded"
-            ));
-        });
-    }
     let ctx = Ctx {
         client,
         dry_run: opts.dry_run,
-        abort: abort.clone(),
+        abort: Arc::new(Abort::default()),
         record: record.as_ref(),
         pending,
-        ended_at,
+        ended_at: local_time(ended_at),
         run_items,
     };
-    let events: Vec<TargetEvent> = futures::stream::iter(todo)
-        .map(|w| ctx.take_back(w))
-        .buffer_unordered(opts.concurrency.max(1))
-        .filter_map(|e| async move { e })
-        .collect()
-        .await;
-    stopper.done();
-    stopper.stops_by_itself();
-    let mut aborted = abort.reason();
+    let events = ctx.take_back_all(todo, opts.concurrency).await;
+    let mut aborted = ctx.abort.reason();
     let summary = match &record {
-        Some(r) => {
-            if let Err(e) = r.write(&[UndoEntry::End {
-                finished_at: ledger::now(),
-                aborted: aborted.clone(),
-            }]) {
-                aborted.get_or_insert_with(|| e.to_string());
-            }
-            record::read(&record_path)?
-                .map(|(_, s)| s)
-                .unwrap_or_default()
-        }
-        None => Summary::of(
-            before
-                .iter()
-                .flat_map(|s| s.targets().iter().cloned())
-                .chain(events.iter().cloned()),
-            aborted.is_none(),
-        ),
+        Some(r) => close(r, &record_path, &mut aborted)?,
+        None => dry_summary(before.as_ref(), &events, aborted.is_none()),
     };
     if !opts.dry_run {
-        let states = match &opts.state {
-            Some(p) => vec![p.display().to_string()],
-            None => {
-                let mut s = states;
-                s.sort();
-                s.dedup();
-                s
-            }
-        };
         let sha = &outcomes.header.source_sha256;
-        // What this undo took back: the state note is for a change made
-        // now, not one an earlier undo made (said then).
-        let fresh: HashSet<String> = events
-            .iter()
-            .filter(|e| e.outcome == Some(Outcome::Reversed))
-            .map(TargetEvent::key)
-            .collect();
-        for state in states {
+        let fresh = fresh(&events);
+        for state in states_to_tell(opts.state.as_deref(), undo_file.states) {
             notes.extend(forget(&state, root, &summary, &seen_of, sha, &fresh));
         }
     }
@@ -354,6 +148,169 @@ pub async fn undo(opts: &Options, client: Arc<ApiClient>, root: &str) -> anyhow:
         record_path,
         notes,
     })
+}
+
+/// The run's undo file (`<LEDGER>.undo.jsonl`), read.
+struct UndoFile {
+    images: Vec<Image>,
+    /// The sync states the run used (as it opened the file).
+    states: Vec<String>,
+    /// Lines that could not be read.
+    unreadable: usize,
+}
+
+impl UndoFile {
+    /// Reads the undo file beside `ledger`, refusing when there is none
+    /// (nothing says what the run overwrote) or when it belongs to another
+    /// ledger (not opened by the one started at `started_at`).
+    fn read(ledger: &Path, started_at: &str) -> anyhow::Result<UndoFile> {
+        let path = images::path_for(ledger);
+        if !path.exists() {
+            anyhow::bail!(
+                "{}: no undo file beside the ledger (the run was made with --no-undo, or by a version without undo): nothing says what the run overwrote, so nothing is taken back",
+                path.display()
+            );
+        }
+        let (images, unreadable) = images::read(&path)?;
+        let opened_by_us = |i: &&Image| matches!(i, Image::Opened { ledger_started_at, .. } if ledger_started_at == started_at);
+        if !images.iter().any(|i| opened_by_us(&i)) {
+            anyhow::bail!(
+                "{}: the undo file belongs to another ledger (one started at another time at this path)",
+                path.display()
+            );
+        }
+        let states = images
+            .iter()
+            .filter(opened_by_us)
+            .filter_map(|i| match i {
+                Image::Opened { state, .. } => state.clone(),
+                _ => None,
+            })
+            .collect();
+        Ok(UndoFile {
+            images,
+            states,
+            unreadable,
+        })
+    }
+
+    /// What the summary says about the file itself.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.unreadable > 0 {
+            notes.push(format!(
+                "{} line(s) of the undo file could not be read (a crash mid-write leaves one): their targets are judged without them",
+                self.unreadable
+            ));
+        }
+        notes
+    }
+}
+
+/// When the run ended (the ledger's `finished_at`), on this machine's
+/// local clock: `updated_at` is the system's local time, read as this
+/// machine's.
+fn local_time(ended_at: Option<String>) -> Option<chrono::NaiveDateTime> {
+    ended_at
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&chrono::Local).naive_local())
+}
+
+/// What earlier `undo`s of this run (the ledger started at `started_at`)
+/// recorded, if any.
+fn earlier_undos(record_path: &Path, started_at: &str) -> anyhow::Result<Option<Summary>> {
+    Ok(record::read(record_path)?
+        .filter(|(s, _)| *s == started_at)
+        .map(|(_, s)| s))
+}
+
+/// Where a target's customer is to be found in the state's `seen`
+/// (customers gone from the file), by target.
+fn seen_of(work: &[Work]) -> HashMap<String, SeenKeys> {
+    work.iter()
+        .filter_map(|w| match w {
+            Work::Recreate {
+                seen: Some(seen), ..
+            }
+            | Work::Restore {
+                seen: Some(seen), ..
+            } => Some((w.key(), seen.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The targets whose `POST` an earlier `undo` sent without learning its
+/// outcome.
+fn pending(work: &[Work], before: Option<&Summary>) -> HashSet<String> {
+    work.iter()
+        .map(Work::key)
+        .filter(|k| before.is_some_and(|s| s.is_pending(k)))
+        .collect()
+}
+
+/// The targets an earlier `undo` settled (left as they are), and the ones
+/// still to do.
+fn set_settled_aside(work: Vec<Work>, before: Option<&Summary>) -> (Vec<Work>, Vec<Work>) {
+    work.into_iter().partition(|w| {
+        before
+            .and_then(|s| s.outcome_of(&w.key()))
+            .is_some_and(Outcome::settled)
+    })
+}
+
+/// Ends the undo ledger (a failed write says why the undo stopped, if
+/// nothing else did) and reads it back whole, folded.
+fn close(
+    record: &Record,
+    record_path: &Path,
+    aborted: &mut Option<String>,
+) -> anyhow::Result<Summary> {
+    if let Err(e) = record.write(&[UndoEntry::End {
+        finished_at: ledger::now(),
+        aborted: aborted.clone(),
+    }]) {
+        aborted.get_or_insert_with(|| e.to_string());
+    }
+    Ok(record::read(record_path)?
+        .map(|(_, s)| s)
+        .unwrap_or_default())
+}
+
+/// With `--dry-run`: the undo ledger folded with this undo's outcomes as
+/// if recorded.
+fn dry_summary(before: Option<&Summary>, events: &[TargetEvent], finished: bool) -> Summary {
+    Summary::of(
+        before
+            .iter()
+            .flat_map(|s| s.targets().iter().cloned())
+            .chain(events.iter().cloned()),
+        finished,
+    )
+}
+
+/// The targets this undo took back: the state note is for a change made
+/// now, not one an earlier undo made (said then).
+fn fresh(events: &[TargetEvent]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e.outcome == Some(Outcome::Reversed))
+        .map(TargetEvent::key)
+        .collect()
+}
+
+/// The sync states to tell: the one asked for, or those the run used
+/// (each once).
+fn states_to_tell(asked: Option<&Path>, used: Vec<String>) -> Vec<String> {
+    match asked {
+        Some(p) => vec![p.display().to_string()],
+        None => {
+            let mut s = used;
+            s.sort();
+            s.dedup();
+            s
+        }
+    }
 }
 
 /// The sync state forgets every customer taken back (deleted, or given
@@ -442,486 +399,6 @@ fn forget(
     ))
 }
 
-/// The targets of a run: from the ledger (what was done, with ids) and the
-/// undo file (values before, signatures of what was sent).
-fn plan(ledger_path: &Path, outcomes: &Outcomes, all: &[Image]) -> anyhow::Result<Planned> {
-    // 1. What the fold does not keep: ids and actions of ok events, and
-    // whether a `retry` looked at a customer of unknown outcome since.
-    let mut seen: HashMap<(u64, Stage, usize), Seen> = HashMap::new();
-    let mut unknown_at: HashMap<u64, u64> = HashMap::new();
-    let mut last_attempt = 0u64;
-    let mut seq = 0u64;
-    // The customers gone from the file the run deleted or marked (ok),
-    // and those it tried to and did not.
-    let mut deleted: HashSet<i64> = HashSet::new();
-    let mut already_gone: HashSet<i64> = HashSet::new();
-    let mut marked: HashSet<i64> = HashSet::new();
-    let mut not_marked: HashSet<i64> = HashSet::new();
-    // When the last attempt on the ledger ended (none: it did not).
-    let mut ended_at: Option<String> = None;
-    ledger::read(ledger_path, |e| {
-        seq += 1;
-        match e {
-            Entry::Row(ev) => {
-                let Some(stage) = ev.stage else { return };
-                if stage == Stage::Customer && ev.status == Some(Status::Unknown) {
-                    unknown_at.insert(ev.row, seq);
-                }
-                if ev.status == Some(Status::Ok) {
-                    seen.insert(
-                        (ev.row, stage, ev.group.unwrap_or(0)),
-                        Seen {
-                            action: ev.action,
-                            customer_id: ev.customer_id,
-                            item_id: ev.item_id,
-                            record_id: ev.record_id,
-                            message: ev.message,
-                        },
-                    );
-                }
-            }
-            Entry::Intent(i) if i.stage == Stage::Customer => {
-                for row in i.rows {
-                    unknown_at.insert(row, seq);
-                }
-            }
-            Entry::Attempt(_) => {
-                last_attempt = seq;
-                ended_at = None;
-            }
-            Entry::End(end) => ended_at = Some(end.finished_at),
-            // A deletion or a mark not recorded ok (unknown, failed, or
-            // no line at all: a kill between image and record) is judged
-            // from its image, by reading the customer first.
-            Entry::Gone(g) => match (g.status, g.action) {
-                // Found gone from Thulium already: the run deleted nothing.
-                (Some(Status::Ok), Some(Action::Deleted))
-                    if g.message
-                        .as_deref()
-                        .is_some_and(|m| m.contains("already gone from Thulium")) =>
-                {
-                    already_gone.insert(g.customer_id);
-                }
-                (Some(Status::Ok), Some(Action::Deleted)) => {
-                    deleted.insert(g.customer_id);
-                }
-                (Some(Status::Ok), Some(Action::Marked)) => {
-                    marked.insert(g.customer_id);
-                }
-                // A PUT refused: the mark was not made.
-                (Some(Status::Failed), Some(Action::Marked)) => {
-                    not_marked.insert(g.customer_id);
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    })
-    .with_context(|| format!("{}: cannot read the ledger", ledger_path.display()))?;
-
-    // 2. The customers: created (deleted), updated (put back).
-    let mut created: HashMap<i64, u64> = HashMap::new();
-    let mut adopted: HashMap<i64, u64> = HashMap::new();
-    let mut updated: HashMap<i64, Vec<u64>> = HashMap::new();
-    let mut unresolved = Vec::new();
-    let mut work = Vec::new();
-    for row in 1..=outcomes.max_row() {
-        let Some(view) = outcomes.row(row) else {
-            continue;
-        };
-        match view.stage(Stage::Customer, 0).map(|o| o.status) {
-            Some(Status::Ok) => match (view.action(), view.customer_id()) {
-                (Some(Action::Created), Some(c)) => {
-                    created.insert(c, row);
-                }
-                (Some(Action::Adopted), Some(c)) => {
-                    adopted.insert(c, row);
-                }
-                (Some(Action::Updated), Some(c)) => updated.entry(c).or_default().push(row),
-                _ => {}
-            },
-            Some(Status::Unknown) => {
-                if unknown_at.get(&row).copied().unwrap_or(0) > last_attempt {
-                    unresolved.push(row);
-                } else {
-                    work.push(Work::Cannot(TargetEvent {
-                        target: Some(Kind::Customer),
-                        rows: vec![row],
-                        outcome: Some(Outcome::NotUndoable),
-                        message: Some("its creation's outcome is unknown and `retry` could not look it up (no identifier): look for it in Thulium".into()),
-                        ..TargetEvent::default()
-                    }));
-                }
-            }
-            _ => {}
-        }
-    }
-    if !unresolved.is_empty() {
-        anyhow::bail!(
-            "{} customer creation(s) have an unknown outcome (rows {}): they may exist, and undo would miss them. Run `thulium-import retry {}` first: it looks them up and records what became of them; then run undo again",
-            unresolved.len(),
-            crate::text::join_ids(&unresolved.iter().map(|r| *r as i64).collect::<Vec<_>>()),
-            ledger_path.display()
-        );
-    }
-
-    // 3. The images, by what they describe (in file order).
-    let mut created_image: HashMap<u64, Layer> = HashMap::new();
-    let mut updates: HashMap<i64, Vec<Overwritten>> = HashMap::new();
-    let mut items: HashMap<i64, Vec<(i64, Vec<ItemField>, Layer)>> = HashMap::new();
-    let mut deleted_image: HashMap<i64, (Map<String, Value>, Option<SeenKeys>)> = HashMap::new();
-    let mut marked_image: HashMap<i64, (Overwritten, Option<SeenKeys>)> = HashMap::new();
-    for image in all {
-        match image {
-            Image::Created { row, fields, sent } => {
-                created_image.insert(
-                    *row,
-                    Layer {
-                        fields: fields.clone(),
-                        sent: sent.clone(),
-                    },
-                );
-            }
-            Image::Updated {
-                customer_id,
-                before,
-                unknown,
-                sent,
-                ..
-            } => {
-                let fields = before.keys().chain(unknown).cloned().collect();
-                updates.entry(*customer_id).or_default().push((
-                    before.clone(),
-                    unknown.clone(),
-                    Layer {
-                        fields,
-                        sent: sent.clone(),
-                    },
-                ));
-            }
-            Image::Item {
-                item_id,
-                group_id,
-                before,
-                sent,
-                ..
-            } => {
-                let fields = before
-                    .iter()
-                    .map(|f| images::item_field(f.field_id))
-                    .collect();
-                items.entry(*item_id).or_default().push((
-                    *group_id,
-                    before.clone(),
-                    Layer {
-                        fields,
-                        sent: sent.clone(),
-                    },
-                ));
-            }
-            // The last image of a customer wins (a night continued by
-            // `retry` may read it twice).
-            Image::Deleted {
-                customer_id,
-                fields,
-                seen,
-            } => {
-                deleted_image.insert(*customer_id, (fields.clone(), seen.clone()));
-            }
-            Image::Marked {
-                customer_id,
-                before,
-                unknown,
-                sent,
-                seen,
-            } => {
-                let fields = before.keys().chain(unknown).cloned().collect();
-                // The first value before is the one to put back.
-                marked_image.entry(*customer_id).or_insert((
-                    (
-                        before.clone(),
-                        unknown.clone(),
-                        Layer {
-                            fields,
-                            sent: sent.clone(),
-                        },
-                    ),
-                    seen.clone(),
-                ));
-            }
-            Image::Opened { .. } => {}
-        }
-    }
-    // The customers gone from the file: deleted ones created again (those
-    // whose deletion is not in the ledger too, a kill between the image
-    // and the record: read first, they may still be there), marked ones
-    // given their field back.
-    let mut gone_ids: Vec<i64> = deleted_image
-        .keys()
-        .copied()
-        .filter(|id| deleted.contains(id) || !already_gone.contains(id))
-        .chain(deleted.iter().copied())
-        .collect();
-    gone_ids.sort_unstable();
-    gone_ids.dedup();
-    for customer_id in gone_ids {
-        match deleted_image.remove(&customer_id) {
-            Some((fields, seen)) => work.push(Work::Recreate {
-                customer_id,
-                fields,
-                seen,
-            }),
-            None => work.push(Work::Cannot(TargetEvent {
-                target: Some(Kind::Customer),
-                customer_id: Some(customer_id),
-                outcome: Some(Outcome::NotUndoable),
-                message: Some("deleted by the run without a before-image (--no-undo): its fields are not known".into()),
-                ..TargetEvent::default()
-            })),
-        }
-    }
-    let mut marked_ids: Vec<i64> = marked_image
-        .keys()
-        .copied()
-        .filter(|id| marked.contains(id) || !not_marked.contains(id))
-        .chain(marked.iter().copied())
-        .collect();
-    marked_ids.sort_unstable();
-    marked_ids.dedup();
-    for customer_id in marked_ids {
-        match marked_image.remove(&customer_id) {
-            Some(((before, unknown, layer), seen)) => work.push(Work::Restore {
-                customer_id,
-                rows: Vec::new(),
-                before,
-                unknown,
-                layers: vec![layer],
-                seen,
-            }),
-            None => work.push(Work::Cannot(TargetEvent {
-                target: Some(Kind::Customer),
-                customer_id: Some(customer_id),
-                outcome: Some(Outcome::NotUndoable),
-                message: Some("marked gone by the run without a before-image (--no-undo): the field's value before is not known".into()),
-                ..TargetEvent::default()
-            })),
-        }
-    }
-    let cannot = |target, customer_id, item_id, record_id, row, why: &str| {
-        Work::Cannot(TargetEvent {
-            target: Some(target),
-            customer_id,
-            item_id,
-            record_id,
-            rows: vec![row],
-            outcome: Some(Outcome::NotUndoable),
-            message: Some(why.to_string()),
-            ..TargetEvent::default()
-        })
-    };
-    // A customer adopted (found by its keys after a creation of unknown
-    // outcome) may have been there before the run: deleted only when the
-    // images show it is the run's own POST's (its creation signed before
-    // the POST, and no update since found other values in it). One whose
-    // update overwrote values gets them back instead, as an update's.
-    let mut adopted_ids: Vec<(i64, u64)> = adopted.into_iter().collect();
-    adopted_ids.sort_unstable_by_key(|(_, r)| *r);
-    for (customer_id, row) in adopted_ids {
-        let list = updates.get(&customer_id).map_or(&[][..], Vec::as_slice);
-        if list.iter().any(|(b, _, _)| !b.is_empty()) {
-            updated.entry(customer_id).or_default().push(row);
-        } else if !created_image.contains_key(&row) {
-            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "adopted (found by its keys after a creation of unknown outcome) without a before-image: nothing shows it is the run's own creation rather than a customer that was there before; left as it is"));
-        } else if list.iter().any(|(_, u, _)| !u.is_empty()) {
-            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "adopted (found by its keys after a creation of unknown outcome) and updated without its values before being known: it may be a customer that was there before the run; left as it is"));
-        } else {
-            created.insert(customer_id, row);
-        }
-    }
-    let mut created_ids: Vec<(i64, u64)> = created.iter().map(|(c, r)| (*c, *r)).collect();
-    created_ids.sort_unstable_by_key(|(_, r)| *r);
-    for (customer_id, row) in created_ids {
-        let Some(first) = created_image.get(&row) else {
-            work.push(cannot(Kind::Customer, Some(customer_id), None, None, row, "created without a before-image (--no-undo): nothing proves nobody changed it since; delete it by hand if it is not wanted"));
-            continue;
-        };
-        let mut layers = vec![first.clone()];
-        layers.extend(
-            updates
-                .get(&customer_id)
-                .into_iter()
-                .flatten()
-                .map(|(_, _, l)| l.clone()),
-        );
-        // Items of this row with no id in the ledger: of unknown outcome,
-        // or created and answered without an id.
-        let unknown_items = outcomes.row(row).map_or(0, |view| {
-            view.all()
-                .filter(|(stage, group, o)| {
-                    *stage == Stage::FieldGroup
-                        && match o.status {
-                            Status::Unknown => true,
-                            Status::Ok => {
-                                seen.get(&(row, Stage::FieldGroup, *group))
-                                    .is_some_and(|s| {
-                                        s.action == Some(Action::Created) && s.item_id.is_none()
-                                    })
-                            }
-                            _ => false,
-                        }
-                })
-                .count()
-        });
-        work.push(Work::Delete {
-            customer_id,
-            rows: vec![row],
-            layers,
-            unknown_items,
-        });
-    }
-    let mut updated_ids: Vec<(i64, Vec<u64>)> = updated
-        .into_iter()
-        .filter(|(c, _)| !created.contains_key(c))
-        .collect();
-    updated_ids.sort_unstable_by_key(|(_, rows)| rows.first().copied());
-    for (customer_id, rows) in updated_ids {
-        let Some(list) = updates.get(&customer_id) else {
-            let row = rows.first().copied().unwrap_or_default();
-            work.push(cannot(
-                Kind::Customer,
-                Some(customer_id),
-                None,
-                None,
-                row,
-                "updated without a before-image (--no-undo): the values it had are not known",
-            ));
-            continue;
-        };
-        let (before, unknown) = first_mention(list);
-        let mut rows = rows;
-        rows.sort_unstable();
-        rows.dedup();
-        work.push(Work::Restore {
-            customer_id,
-            rows,
-            before,
-            unknown,
-            layers: list.iter().map(|(_, _, l)| l.clone()).collect(),
-            seen: None,
-        });
-    }
-
-    // 4. What hangs on the customers: items, records, history.
-    let run_items: HashSet<i64> = seen
-        .iter()
-        .filter(|((_, stage, _), _)| *stage == Stage::FieldGroup)
-        .filter_map(|(_, s)| s.item_id)
-        .collect();
-    for row in 1..=outcomes.max_row() {
-        let Some(view) = outcomes.row(row) else {
-            continue;
-        };
-        for (stage, group, outcome) in view.all() {
-            if stage == Stage::Customer || stage == Stage::Mapping {
-                continue;
-            }
-            let s = seen.get(&(row, stage, group)).cloned().unwrap_or_default();
-            let customer_id = s.customer_id.or(view.customer_id());
-            let gone_with = customer_id.is_some_and(|c| created.contains_key(&c));
-            let nothing_sent = matches!(s.action, Some(Action::Unchanged | Action::Kept));
-            match (stage, outcome.status) {
-                (Stage::FieldGroup, Status::Ok) if s.action == Some(Action::Updated) => {
-                    let (Some(item_id), Some(c)) = (s.item_id, customer_id) else {
-                        continue;
-                    };
-                    if gone_with {
-                        continue;
-                    }
-                    let Some(list) = items.get(&item_id) else {
-                        work.push(cannot(Kind::Item, Some(c), Some(item_id), None, row, "updated without a before-image (--no-undo): its values before are not known"));
-                        continue;
-                    };
-                    let mut before: Vec<ItemField> = Vec::new();
-                    for (_, b, _) in list {
-                        for f in b {
-                            if !before.iter().any(|x| x.field_id == f.field_id) {
-                                before.push(f.clone());
-                            }
-                        }
-                    }
-                    work.push(Work::RestoreItem {
-                        customer_id: c,
-                        item_id,
-                        group_id: list[0].0,
-                        rows: vec![row],
-                        before,
-                        layers: list.iter().map(|(_, _, l)| l.clone()).collect(),
-                    });
-                }
-                (_, Status::Ok) if nothing_sent || gone_with => {}
-                (Stage::CampaignUpdate, Status::Ok | Status::Unknown) => {
-                    work.push(cannot(Kind::CampaignUpdate, customer_id, None, None, row, "a campaign record edited: the API cannot read what it held before"))
-                }
-                (_, Status::Unknown) if gone_with => {}
-                (Stage::FieldGroup, Status::Ok) => work.push(cannot(Kind::Item, customer_id, s.item_id, None, row, "an item created on a customer that existed: the API cannot delete an item")),
-                (Stage::FieldGroup, Status::Unknown) => work.push(cannot(Kind::Item, customer_id, None, None, row, "an item whose creation's outcome is unknown, on a customer that existed: look for it in Thulium")),
-                (Stage::Campaign, Status::Ok) => {
-                    if s.message.as_deref().is_some_and(|m| m.starts_with("already in the campaign")) {
-                        continue;
-                    }
-                    work.push(cannot(Kind::CampaignRecord, customer_id, None, s.record_id, row, "a campaign record added to a customer that existed: the API cannot remove a record"))
-                }
-                (Stage::Feed, Status::Ok) => work.push(cannot(Kind::Feed, customer_id, None, None, row, "a contact-history record added to a customer that existed: the API cannot remove one")),
-                (Stage::Feed, Status::Unknown) => work.push(cannot(Kind::Feed, customer_id, None, None, row, "a contact-history record of unknown outcome on a customer that existed: the API cannot list or remove one")),
-                _ => {}
-            }
-        }
-    }
-    Ok(Planned {
-        work,
-        ended_at,
-        run_items,
-    })
-}
-
-/// The targets of a run, and what `delete` checks a customer against.
-struct Planned {
-    work: Vec<Work>,
-    /// When the ledger's last attempt ended (`finished_at`; none when it
-    /// did not end: a crash).
-    ended_at: Option<String>,
-    /// Every field-group item the run created or updated.
-    run_items: HashSet<i64>,
-}
-
-/// One update's image: the values before, the fields of unknown value,
-/// and what was sent.
-type Overwritten = (Map<String, Value>, Vec<String>, Layer);
-
-/// The values to put back from a customer's update images (in file
-/// order): each field as the FIRST image that mentions it has it (a value,
-/// or unknown). A later image was read after the run's own update: its
-/// value is the run's, never the one before the run.
-fn first_mention(list: &[Overwritten]) -> (Map<String, Value>, Vec<String>) {
-    let mut before = Map::new();
-    let mut unknown = Vec::new();
-    let mut met = HashSet::new();
-    for (b, u, _) in list {
-        for (f, v) in b {
-            if met.insert(f.clone()) {
-                before.insert(f.clone(), v.clone());
-            }
-        }
-        for f in u {
-            if met.insert(f.clone()) {
-                unknown.push(f.clone());
-            }
-        }
-    }
-    unknown.sort();
-    (before, unknown)
-}
-
 /// What every target's work shares.
 struct Ctx<'a> {
     client: Arc<ApiClient>,
@@ -938,6 +415,30 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Every target of `todo` taken back, `concurrency` at a time, until
+    /// done or stopped (a signal, a wrong password): the targets in hand
+    /// are finished and recorded.
+    async fn take_back_all(&self, todo: Vec<Work>, concurrency: usize) -> Vec<TargetEvent> {
+        let stopper = crate::signals::install();
+        {
+            let abort = self.abort.clone();
+            stopper.while_running(move |name| {
+                abort.trip(format!(
+                    "interrupted ({name}): targets in hand were finished and recorded"
+                ));
+            });
+        }
+        let events = futures::stream::iter(todo)
+            .map(|w| self.take_back(w))
+            .buffer_unordered(concurrency.max(1))
+            .filter_map(|e| async move { e })
+            .collect()
+            .await;
+        stopper.done();
+        stopper.stops_by_itself();
+        events
+    }
+
     /// One target taken back (or, dry, judged), its outcome recorded; `None`
     /// when the undo is stopping and it was not started.
     async fn take_back(&self, work: Work) -> Option<TargetEvent> {
@@ -982,12 +483,20 @@ impl Ctx<'_> {
                     .await
             }
         };
-        if let Some(r) = self.record {
-            if let Err(e) = r.write(&[UndoEntry::Target(ev.clone())]) {
-                self.abort.trip(e.to_string());
-            }
-        }
+        // A failed write has stopped the undo; the outcome is still said.
+        let _ = self.write_down(UndoEntry::Target(ev.clone()));
         Some(ev)
+    }
+
+    /// Writes `entry` to the undo ledger (none with `--dry-run`); one that
+    /// cannot be written stops the undo: what is not recorded could be
+    /// taken back twice.
+    fn write_down(&self, entry: UndoEntry) -> Result<(), record::RecordError> {
+        let Some(r) = self.record else {
+            return Ok(());
+        };
+        r.write(&[entry])
+            .inspect_err(|e| self.abort.trip(e.to_string()))
     }
 
     /// A failed call: `errored` (the next `undo` tries again); one that
@@ -1115,7 +624,32 @@ impl Ctx<'_> {
         customer_id: i64,
         fields: &Map<String, Value>,
     ) -> TargetEvent {
-        const LOST: &str = "its field-group items, campaign records and contact history were deleted with it and are not brought back";
+        if let Some(ev) = self.still_there(work, customer_id).await {
+            return ev;
+        }
+        let (customer, skipped) = Customer::recreating(fields);
+        let pending = self.pending.contains(&work.key());
+        if let Some(ev) = self.found_again(work, &customer, pending).await {
+            return ev;
+        }
+        let unsent = unsent(&skipped, fields);
+        if self.dry_run {
+            let mut ev = work.event(Outcome::Reversed);
+            ev.message = Some(format!(
+                "would be created again from its before-image, under a new id; {LOST}{unsent}"
+            ));
+            return ev;
+        }
+        if let Some(ev) = self.intend(work, customer_id) {
+            return ev;
+        }
+        self.create_again(work, &customer, &unsent).await
+    }
+
+    /// A customer to create again that is still in Thulium under its old id
+    /// (the `DELETE` was not made): reversed, nothing to bring back. `None`
+    /// when it is gone.
+    async fn still_there(&self, work: &Work, customer_id: i64) -> Option<TargetEvent> {
         match self
             .client
             .get_customer(customer_id, &Written::default())
@@ -1125,108 +659,97 @@ impl Ctx<'_> {
             Ok(Some(_)) => {
                 let mut ev = work.event(Outcome::Reversed);
                 ev.message = Some("still in Thulium under its id (the DELETE was not made): nothing to bring back".into());
-                return ev;
+                Some(ev)
             }
-            Ok(None) => {}
-            Err(e) => return self.errored(work, "could not read it", &e),
+            Ok(None) => None,
+            Err(e) => Some(self.errored(work, "could not read it", &e)),
         }
-        let (customer, skipped) = Customer::recreating(fields);
-        let pending = self.pending.contains(&work.key());
+    }
+
+    /// A customer to create again looked up by its identifier (or e-mail,
+    /// or phone), so that it is never created twice: one found is the
+    /// earlier `undo`'s `POST` of unknown outcome (`pending`: reversed) or
+    /// someone else's (kept); one with nothing to look it up by whose
+    /// `POST` is pending is not undoable. `None`: none found, create it.
+    async fn found_again(
+        &self,
+        work: &Work,
+        customer: &Customer,
+        pending: bool,
+    ) -> Option<TargetEvent> {
         let key = [
-            crate::api::keys::SearchKey::Identifier,
-            crate::api::keys::SearchKey::Email,
-            crate::api::keys::SearchKey::PhoneNumber,
+            SearchKey::Identifier,
+            SearchKey::Email,
+            SearchKey::PhoneNumber,
         ]
         .into_iter()
         .find_map(|k| customer.key_values(&k).into_iter().next().map(|v| (k, v)));
-        match &key {
-            Some((k, value)) => {
-                let found = match self.client.find_customer_ids(k, value).await.result {
-                    Ok(found) => found,
-                    Err(e) => return self.errored(work, "could not look it up", &e),
-                };
-                let by = k.name();
-                match (found.as_slice(), pending) {
-                    ([], _) => {}
-                    ([one], true) => {
-                        let mut ev = work.event(Outcome::Reversed);
-                        ev.new_customer_id = Some(*one);
-                        ev.message = Some(format!(
-                            "back under a NEW id ({one}; found by its {by}: the earlier undo's creation, whose answer was lost); {LOST}"
-                        ));
-                        return ev;
-                    }
-                    (many, _) => {
-                        let mut ev = work.event(Outcome::Kept);
-                        ev.message = Some(format!(
-                            "{} with its {by} exist{} again (customer {}){}: not created twice",
-                            crate::text::count(many.len() as u64, "customer"),
-                            if many.len() == 1 { "s" } else { "" },
-                            crate::text::join_ids(many),
-                            if pending {
-                                ", one of them perhaps the earlier undo's creation"
-                            } else {
-                                ", brought back by someone since"
-                            }
-                        ));
-                        return ev;
-                    }
-                }
-            }
-            None if pending => {
+        let Some((k, value)) = key else {
+            return pending.then(|| {
                 let mut ev = work.event(Outcome::NotUndoable);
                 ev.message = Some("an earlier undo sent its creation without learning the outcome, and it has no identifier, e-mail or phone to look it up by: look for it in Thulium (not created twice)".into());
-                return ev;
-            }
-            None => {}
-        }
-        let mut unsent = if skipped.is_empty() {
-            String::new()
-        } else {
-            format!("; not sent (read only): {}", skipped.join(", "))
+                ev
+            });
         };
-        // `GET customers/:id` shows one e-mail address: whether it had
-        // more is not known, and those are not brought back.
-        if fields
-            .get("email")
-            .is_some_and(|e| e.as_str().is_some_and(|e| !e.trim().is_empty()))
-        {
-            unsent.push_str("; e-mail: the first address only (Thulium's GET shows one)");
-        }
-        if self.dry_run {
-            let mut ev = work.event(Outcome::Reversed);
-            ev.message = Some(format!(
-                "would be created again from its before-image, under a new id; {LOST}{unsent}"
-            ));
-            return ev;
-        }
-        if let Some(r) = self.record {
-            let intent = UndoEntry::Intent {
-                target: work.key(),
-                customer_id,
-                at: ledger::now(),
-            };
-            if let Err(e) = r.write(&[intent]) {
-                self.abort.trip(e.to_string());
-                let mut ev = work.event(Outcome::Errored);
-                ev.message = Some(format!("not sent: {e}"));
-                return ev;
+        let found = match self.client.find_customer_ids(&k, &value).await.result {
+            Ok(found) => found,
+            Err(e) => return Some(self.errored(work, "could not look it up", &e)),
+        };
+        let by = k.name();
+        match (found.as_slice(), pending) {
+            ([], _) => None,
+            ([one], true) => {
+                let mut ev = work.event(Outcome::Reversed);
+                ev.new_customer_id = Some(*one);
+                ev.message = Some(format!(
+                    "back under a NEW id ({one}; found by its {by}: the earlier undo's creation, whose answer was lost); {LOST}"
+                ));
+                Some(ev)
+            }
+            (many, _) => {
+                let mut ev = work.event(Outcome::Kept);
+                ev.message = Some(format!(
+                    "{} with its {by} exist{} again (customer {}){}: not created twice",
+                    crate::text::count(many.len() as u64, "customer"),
+                    if many.len() == 1 { "s" } else { "" },
+                    crate::text::join_ids(many),
+                    if pending {
+                        ", one of them perhaps the earlier undo's creation"
+                    } else {
+                        ", brought back by someone since"
+                    }
+                ));
+                Some(ev)
             }
         }
+    }
+
+    /// The intent to create `customer_id` again, written (durable) to the
+    /// undo ledger before its `POST`, which is not idempotent: the next
+    /// `undo` looks it up before any second one. `Some`: not written, not
+    /// sent (and the undo stops).
+    fn intend(&self, work: &Work, customer_id: i64) -> Option<TargetEvent> {
+        let intent = UndoEntry::Intent {
+            target: work.key(),
+            customer_id,
+            at: ledger::now(),
+        };
+        let e = self.write_down(intent).err()?;
+        let mut ev = work.event(Outcome::Errored);
+        ev.message = Some(format!("not sent: {e}"));
+        Some(ev)
+    }
+
+    /// The `POST` that creates a customer again (under a new id), judged:
+    /// reversed, refused (errored), or of unknown outcome (errored, looked
+    /// up by the next `undo`).
+    async fn create_again(&self, work: &Work, customer: &Customer, unsent: &str) -> TargetEvent {
         let call = self
             .client
             .send(&CreateCustomers {
-                customers: vec![&customer],
+                customers: vec![customer],
             })
             .await;
-        let unknown = |why: String| {
-            let mut ev = work.event(Outcome::Errored);
-            ev.outcome_unknown = true;
-            ev.message = Some(format!(
-                "{why}: it may have been created; the next undo looks it up before any second POST"
-            ));
-            ev
-        };
         match call.result {
             Ok(fates) => match fates.into_iter().next() {
                 Some(RowFate::Done(created)) => {
@@ -1247,8 +770,8 @@ impl Ctx<'_> {
                     RowFate::Retryable { message, .. }
                     | RowFate::Unknown { message }
                     | RowFate::Stopping { message },
-                ) => unknown(format!("POST answered: {message}")),
-                None => unknown("POST answered nothing for it".into()),
+                ) => maybe_created(work, format!("POST answered: {message}")),
+                None => maybe_created(work, "POST answered nothing for it".into()),
             },
             Err(e) => {
                 if let Some(reason) = e.stops_the_run() {
@@ -1256,7 +779,7 @@ impl Ctx<'_> {
                 }
                 match e {
                     // Sent, and no clear answer: it may exist.
-                    CallError::Unknown { .. } => unknown(format!("POST failed: {e}")),
+                    CallError::Unknown { .. } => maybe_created(work, format!("POST failed: {e}")),
                     // Nothing was applied (refused, never sent, ...).
                     e => self.errored(work, "POST failed", &e),
                 }
@@ -1463,6 +986,39 @@ impl Ctx<'_> {
     }
 }
 
+/// What a customer created again has lost, for its message.
+const LOST: &str = "its field-group items, campaign records and contact history were deleted with it and are not brought back";
+
+/// What of a customer created again was not sent, for its message: the
+/// read-only fields `skipped`, and every e-mail address but the first.
+fn unsent(skipped: &[String], fields: &Map<String, Value>) -> String {
+    let mut unsent = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; not sent (read only): {}", skipped.join(", "))
+    };
+    // `GET customers/:id` shows one e-mail address: whether it had
+    // more is not known, and those are not brought back.
+    if fields
+        .get("email")
+        .is_some_and(|e| e.as_str().is_some_and(|e| !e.trim().is_empty()))
+    {
+        unsent.push_str("; e-mail: the first address only (Thulium's GET shows one)");
+    }
+    unsent
+}
+
+/// A `POST` that may have created the customer (sent, no clear answer):
+/// errored, of unknown outcome; the next `undo` looks it up first.
+fn maybe_created(work: &Work, why: String) -> TargetEvent {
+    let mut ev = work.event(Outcome::Errored);
+    ev.outcome_unknown = true;
+    ev.message = Some(format!(
+        "{why}: it may have been created; the next undo looks it up before any second POST"
+    ));
+    ev
+}
+
 /// How much later than the run's end a customer's `updated_at` must be to
 /// count as changed after it: the two clocks (Thulium's, this machine's)
 /// are not the same one.
@@ -1500,35 +1056,6 @@ fn changed_since(layers: &[Layer], value: impl Fn(&str) -> Option<Value>) -> Vec
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn each_field_is_put_back_as_the_first_image_mentioning_it_has_it() {
-        let layer = || Layer {
-            fields: Vec::new(),
-            sent: String::new(),
-        };
-        let obj = |v: Value| v.as_object().unwrap().clone();
-        // The first update did not know `name`; the second, read after the
-        // run's own update, knows it (the run's value) and `surname` too.
-        let list = vec![
-            (
-                obj(json!({"surname": "Old"})),
-                vec!["name".to_string()],
-                layer(),
-            ),
-            (
-                obj(json!({"surname": "Run's", "name": "Run's", "email": "old@x.pl"})),
-                vec![],
-                layer(),
-            ),
-        ];
-        let (before, unknown) = first_mention(&list);
-        assert_eq!(
-            Value::Object(before),
-            json!({"surname": "Old", "email": "old@x.pl"})
-        );
-        assert_eq!(unknown, ["name"]);
-    }
 
     #[test]
     fn a_field_is_judged_by_the_last_layer_that_wrote_it() {
