@@ -186,7 +186,7 @@ pub struct SyncArgs {
     /// The sync state (an SQLite file, created 0600): what was sent, so that the next run of the same export sends only what changed. Needs [customer] match.
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
-    /// Ignore the state's record of what was sent, for this run: send every payload again.
+    /// Ignore the state's record of what was sent, for this run: ask Thulium for every row and send whatever it does not already hold (repairs the state after a restore).
     #[arg(long)]
     pub full: bool,
     /// How existing customers are found ([customer] match): an index of the whole system read once, a lookup per row, or whichever takes fewer requests.

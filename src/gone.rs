@@ -482,6 +482,16 @@ impl Night {
                     })
                     .map(|e| e.customer_id),
             );
+            // A customer deleted is forgotten whole (keys, parts): the
+            // state caches Thulium, which no longer holds it.
+            for e in &events {
+                if e.status == Some(Status::Ok) && e.action == Some(Action::Deleted) {
+                    self.state.learn(crate::state::Learnt::ForgetCustomer {
+                        customer_id: e.customer_id,
+                    });
+                }
+            }
+            self.state.flush().map_err(|e| e.to_string())?;
         }
         // The run's end was written before this step: the ledger ends
         // again, aborted (as a run stopped mid-file does), or saying why
@@ -833,30 +843,30 @@ impl Night {
         let fates = RowFate::of_rows(&call.result, chunk.len());
         for (&customer_id, fate) in chunk.iter().zip(&fates) {
             let mut ev = match fate {
-                    RowFate::Done(()) => self.event(
-                        customer_id,
-                        Status::Ok,
-                        Action::Marked,
-                        format!("{}: marked {field} = \"{value}\"", self.why()),
-                    ),
-                    f if f.says_missing("customer") => self.event(
-                        customer_id,
-                        Status::Ok,
-                        Action::Deleted,
-                        format!("{}: already gone from Thulium, nothing to mark", self.why()),
-                    ),
-                    f => {
-                        let (message, http_status) = f.why_not().unwrap_or_default();
-                        let mut ev = self.event(
+                RowFate::Done(()) => self.event(
+                    customer_id,
+                    Status::Ok,
+                    Action::Marked,
+                    format!("{}: marked {field} = \"{value}\"", self.why()),
+                ),
+                f if f.says_missing("customer") => self.event(
+                    customer_id,
+                    Status::Ok,
+                    Action::Deleted,
+                    format!("{}: already gone from Thulium, nothing to mark", self.why()),
+                ),
+                f => {
+                    let (message, http_status) = f.why_not().unwrap_or_default();
+                    let mut ev = self.event(
                             customer_id,
                             Status::Failed,
                             Action::Marked,
                             format!("could not mark customer {customer_id}: {message}; the next complete file tries again"),
                         );
-                        ev.http_status = http_status;
-                        ev
-                    }
-                };
+                    ev.http_status = http_status;
+                    ev
+                }
+            };
             ev.attempts = (call.attempts > 0).then_some(call.attempts);
             out.push(ev);
         }

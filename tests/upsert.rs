@@ -286,7 +286,13 @@ async fn the_same_file_twice_sends_only_the_changed_rows() {
     let text = String::from_utf8_lossy(&bytes);
     assert!(!text.contains("CRM-10001") && !text.contains("@example.pl"));
 
-    // --full sends everything again, as updates: still nothing doubled.
+    // --full asks Thulium for every row: each already holds the row's
+    // values, so nothing is PUT (unchanged, said so); nothing doubled.
+    let puts_before = sandbox
+        .requests()
+        .iter()
+        .filter(|e| e.method == "PUT" && e.path == "/api/batch/customers")
+        .count();
     let full = run(
         &sandbox,
         &csv,
@@ -297,7 +303,17 @@ async fn the_same_file_twice_sends_only_the_changed_rows() {
     .await;
     assert_eq!(full.code, Some(1), "{}", full.text);
     let r = report(&dir.join("n3.jsonl"));
-    assert_eq!(r["actions"]["unchanged"], 0, "{r}");
+    assert_eq!(r["actions"]["updated"], 0, "{r}");
+    assert_eq!(
+        r["actions"]["unchanged"], r["stages"]["customer"]["ok"],
+        "{r}"
+    );
+    let puts_after = sandbox
+        .requests()
+        .iter()
+        .filter(|e| e.method == "PUT" && e.path == "/api/batch/customers")
+        .count();
+    assert_eq!(puts_after, puts_before, "nothing PUT: Thulium holds it all");
     assert_eq!(common::customers(&sandbox), created);
     assert_eq!(doubled_items(&sandbox), Vec::<String>::new());
 

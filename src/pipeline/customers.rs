@@ -173,12 +173,13 @@ pub(super) async fn resolve(run: Arc<Run>, mut row: MappedRow) -> (MappedRow, Op
         return confirm(&run, row, known).await;
     }
     // 1. What earlier runs learnt, as a hint (`--full` asks Thulium for
-    // every row, and so repairs the state): enough when nothing is written.
+    // every row, and so repairs the state, forgetting what it does not
+    // confirm): enough when nothing is written.
     let remembered = match reason {
-        LookupReason::Match if !run.matching.full => run.matching.finder.remembered(&row.keys),
+        LookupReason::Match => run.matching.finder.remembered(&row.keys),
         _ => None,
     };
-    if let Some(id) = remembered {
+    if let Some(id) = remembered.filter(|_| !run.matching.full) {
         if let Some(ev) = unchanged_by_memory(&run, &mut row, id) {
             return (row, Some(ev));
         }
@@ -251,6 +252,13 @@ fn forget_unconfirmed(run: &Run, row: &MappedRow, id: i64, found: &Found) {
         run.progress.forgotten.fetch_add(1, Ordering::Relaxed);
         for (_, key) in row.keys.hashes() {
             run.learn(Learnt::Forget { key });
+        }
+        // Nobody holds the row's keys: the remembered customer is gone (or
+        // lost every key the row has) and is forgotten whole, so that the
+        // state's count of customers stays Thulium's (a restored system
+        // is told by it).
+        if *found == Found::Missing {
+            run.learn(Learnt::ForgetCustomer { customer_id: id });
         }
     }
 }
