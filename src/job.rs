@@ -1126,8 +1126,12 @@ async fn prepare_matching(
     let known = state.as_deref().map_or(0, SyncState::customers_known);
     let mut full = args.full;
     let mut lookups = lookups;
+    // `GET customers?limit=1`'s count, read once for both questions.
+    let mut counted: Option<Option<u64>> = None;
     if !full && known > 0 {
-        if let Some(count) = identity::Index::count(client).await.result? {
+        let count = identity::Index::count(client).await.result?;
+        counted = Some(count);
+        if let Some(count) = count {
             if count < known {
                 eprintln!(
                     "warning: the system holds {count} customer(s), fewer than the {known} this state remembers: restored from a backup, or emptied? Every row is asked of Thulium this time (as with --full), and the state repaired"
@@ -1144,7 +1148,10 @@ async fn prepare_matching(
             if lookups == 0 {
                 false
             } else {
-                let count = identity::Index::count(client).await.result?;
+                let count = match counted {
+                    Some(count) => count,
+                    None => identity::Index::count(client).await.result?,
+                };
                 let pages = count.map_or(u64::MAX, |c| c.div_ceil(1000).max(1));
                 eprintln!(
                     "Finding customers: {lookups} row(s) to look up; the system holds {} customer(s), {pages} page(s) to read them all: {}",
